@@ -1,0 +1,27 @@
+# The two commands of the README: `make test` and `make demo`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# A CPU build of torch, installed first: a bare `torch` (or a range past it) pulls GBs of CUDA packages.
+TORCH_PIN := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo install clean test-fast
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/safe demo
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

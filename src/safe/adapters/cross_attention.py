@@ -1,0 +1,58 @@
+"""Gated low-rank cross-attention from LLM hidden states to audio tokens."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from safe.adapters.gate import TanhGate
+
+
+class GatedCrossAttention(nn.Module):
+    """``delta = tanh(g) * W_o . attn(q = LN(h) A B, k = W_k a, v = W_v a)``.
+
+    The query is a LoRA-style low-rank map of the hidden state (rank ``rank``); keys and values are
+    projections of the audio tokens; an optional learned *null key* with a zero value lets a head
+    attend to "nothing" when the audio is irrelevant. The module returns only the gated delta; the
+    caller adds it to the rows that use audio.
+
+    Shapes: ``hidden`` (n, T, hidden_size), ``audio_tokens`` (n, k, hidden_size) -> (n, T, hidden_size),
+    in the dtype of ``hidden`` (the adapter itself may run in a wider dtype than a bf16 base).
+    """
+
+    def __init__(self, hidden_size: int, *, rank: int = 8, num_heads: int = 4, attn_dim: int | None = None,
+                 null_key: bool = True, gate_init: float = 0.0) -> None:
+        super().__init__()
+        attn_dim = attn_dim or min(hidden_size, 256)
+        if attn_dim % num_heads:
+            raise ValueError(f"attn_dim={attn_dim} must be divisible by num_heads={num_heads}")
+        if rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {rank}")
+        self.num_heads, self.head_dim = num_heads, attn_dim // num_heads
+        self.norm = nn.LayerNorm(hidden_size)
+        self.q_down = nn.Linear(hidden_size, rank, bias=False)
+        self.q_up = nn.Linear(rank, attn_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, attn_dim)
+        self.v_proj = nn.Linear(hidden_size, attn_dim)
+        self.o_proj = nn.Linear(attn_dim, hidden_size)
+        self.null_key = nn.Parameter(torch.randn(num_heads, self.head_dim) * 0.02) if null_key else None
+        self.gate = TanhGate(gate_init)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        return x.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
+        dtype = self.o_proj.weight.dtype
+        h = hidden.to(dtype)
+        a = audio_tokens.to(dtype)
+        q = self._heads(self.q_up(self.q_down(self.norm(h))))
+        k = self._heads(self.k_proj(a))
+        v = self._heads(self.v_proj(a))
+        if self.null_key is not None:
+            n = a.shape[0]
+            k = torch.cat([self.null_key.to(dtype).expand(n, -1, -1).unsqueeze(2), k], dim=2)
+            v = torch.cat([v.new_zeros(n, self.num_heads, 1, self.head_dim), v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
+        return self.gate(self.o_proj(out)).to(hidden.dtype)

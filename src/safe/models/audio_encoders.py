@@ -1,0 +1,54 @@
+"""Frozen audio encoders behind one interface: ``encode(input_features) -> (batch, tokens, dim)``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SUPPORTED_AUDIO_ENCODERS = ("ClapModel", "ClapAudioModel", "ClapAudioModelWithProjection",
+                            "WhisperModel", "WhisperForConditionalGeneration", "WhisperEncoder")
+
+
+class AudioEncoder(nn.Module):
+    """A frozen audio encoder. Guarantees: parameters never require grad and ``encode`` runs under
+    ``torch.no_grad``; output is batch-first ``(batch, tokens, output_dim)``.
+
+    ``kind`` is ``"clap"`` (the HTSAT audio tower's final feature map, flattened over frequency x
+    time) or ``"whisper"`` (the encoder's last hidden states). The built-in encoder is a small
+    Whisper-architecture model, so it goes through the same path.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        cls = type(model).__name__
+        if cls == "ClapModel":
+            self.kind, self.model, self.output_dim = "clap", model.audio_model, model.config.audio_config.hidden_size
+        elif cls == "ClapAudioModel":
+            self.kind, self.model, self.output_dim = "clap", model, model.config.hidden_size
+        elif cls == "ClapAudioModelWithProjection":
+            self.kind, self.model, self.output_dim = "clap", model.audio_model, model.config.hidden_size
+        elif cls in ("WhisperModel", "WhisperForConditionalGeneration"):
+            self.kind, self.model, self.output_dim = "whisper", model.get_encoder(), model.config.d_model
+        elif cls == "WhisperEncoder":
+            self.kind, self.model, self.output_dim = "whisper", model, model.config.d_model
+        else:
+            raise ValueError(f"unsupported audio encoder {cls}; SAFE supports: {', '.join(SUPPORTED_AUDIO_ENCODERS)}")
+        # Freeze everything the user passed (e.g. Whisper's unused decoder too), but register only the
+        # part that runs, so state_dict / hashing / .to() see each tensor once.
+        model.requires_grad_(False)
+        model.eval()
+
+    def train(self, mode: bool = True):  # frozen: dropout and friends stay in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, input_features: torch.Tensor) -> torch.Tensor:
+        """``input_features``: the encoder's own input (CLAP (n, 1, frames, mels) or (n, frames, mels);
+        Whisper (n, mels, frames)) -> (n, tokens, output_dim)."""
+        dtype = next(self.model.parameters()).dtype
+        x = input_features.to(dtype)
+        if self.kind == "clap":
+            if x.dim() == 3:
+                x = x.unsqueeze(1)
+            out = self.model(input_features=x).last_hidden_state  # (n, C, F, T)
+            return out.flatten(2).transpose(1, 2)
+        return self.model(x).last_hidden_state

@@ -1,0 +1,66 @@
+"""Registry of supported frozen VL backbones: where their decoder layers are and how wide they are.
+
+Each entry knows how to find the decoder layers the adapters hook, the LLM hidden size, and the
+layer count (both part of a SAFE checkpoint's compatibility signature).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A resolved backbone: the model, its registry name, and the pieces SAFE needs."""
+
+    name: str
+    model: nn.Module
+    decoder_layers: nn.ModuleList
+    hidden_size: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def signature(self) -> dict:
+        """What a SAFE checkpoint must match to load onto this base."""
+        return {"architecture": self.name, "hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    class_name: str
+    matches: Callable[[nn.Module], bool]
+    layers: Callable[[nn.Module], nn.ModuleList]
+    hidden: Callable[[nn.Module], int]
+
+
+def _text_model_type(m: nn.Module) -> str:
+    return getattr(m.config.text_config, "model_type", "")
+
+
+_REGISTRY: tuple[_Entry, ...] = (
+    _Entry("llava", "LlavaForConditionalGeneration", lambda m: True,
+           lambda m: m.model.language_model.layers, lambda m: m.config.text_config.hidden_size),
+    _Entry("blip2-t5", "Blip2ForConditionalGeneration", lambda m: _text_model_type(m) in ("t5", "mt5"),
+           lambda m: m.language_model.decoder.block, lambda m: m.config.text_config.d_model),
+    _Entry("blip2-opt", "Blip2ForConditionalGeneration", lambda m: _text_model_type(m) == "opt",
+           lambda m: m.language_model.model.decoder.layers, lambda m: m.config.text_config.hidden_size),
+)
+
+SUPPORTED_BACKBONES = ("LlavaForConditionalGeneration (any decoder LM)",
+                       "Blip2ForConditionalGeneration (OPT or T5 language model)")
+
+
+def resolve_backbone(model: nn.Module) -> Backbone:
+    """Identify ``model`` in the registry; ``ValueError`` naming the supported classes otherwise."""
+    cls = type(model).__name__
+    for entry in _REGISTRY:
+        if cls == entry.class_name and entry.matches(model):
+            return Backbone(entry.name, model, entry.layers(model), int(entry.hidden(model)))
+    detail = f" with a {_text_model_type(model)!r} language model" if cls == "Blip2ForConditionalGeneration" else ""
+    raise ValueError(f"unsupported base model {cls}{detail}; SAFE supports: {'; '.join(SUPPORTED_BACKBONES)}")

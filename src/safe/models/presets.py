@@ -1,0 +1,130 @@
+"""Tiny random-weight instances of the real Hugging Face classes, for verification and tests.
+
+They need no download and build in well under a second; they exercise exactly the code paths a 7B
+checkpoint does (same classes, same layer layout), only smaller.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGE_TOKEN = 99          # id of the image placeholder token in the tiny vocabularies
+VOCAB = 100
+NUM_IMAGE_TOKENS = 4      # 32 px images, 16 px patches
+BASE_PRESETS = ("llava", "blip2-opt", "blip2-t5")
+AUDIO_PRESETS = ("whisper", "clap")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+
+def tiny_base(kind: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised tiny ``LlavaForConditionalGeneration`` or ``Blip2ForConditionalGeneration``."""
+    _quiet_transformers()
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if kind == "llava":
+        vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=32, patch_size=16, projection_dim=32)
+        text = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128,
+                              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        cfg = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+                             vision_feature_select_strategy="default", vision_feature_layer=-1,
+                             image_seq_length=NUM_IMAGE_TOKENS)
+        model = tf.LlavaForConditionalGeneration(cfg)
+    elif kind in ("blip2-opt", "blip2-t5"):
+        vision = tf.Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      image_size=32, patch_size=16)
+        qformer = tf.Blip2QFormerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        intermediate_size=64, encoder_hidden_size=32)
+        if kind == "blip2-opt":
+            text = tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
+                                vocab_size=VOCAB, word_embed_proj_dim=64, max_position_embeddings=128,
+                                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        else:
+            text = tf.T5Config(d_model=64, d_ff=128, num_layers=3, num_decoder_layers=3, num_heads=4, d_kv=16,
+                               vocab_size=VOCAB, decoder_start_token_id=0, pad_token_id=0, eos_token_id=2)
+        cfg = tf.Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                             num_query_tokens=NUM_IMAGE_TOKENS, image_token_index=IMAGE_TOKEN)
+        model = tf.Blip2ForConditionalGeneration(cfg)
+    else:
+        raise ValueError(f"unknown base preset {kind!r}; choose from {BASE_PRESETS}")
+    return model.eval()
+
+
+def tiny_audio_encoder(kind: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised tiny Whisper encoder or CLAP audio model."""
+    _quiet_transformers()
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if kind == "whisper":
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        cfg = tf.WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                               decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=16,
+                               max_source_positions=50, vocab_size=64, max_target_positions=16,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+        return WhisperEncoder(cfg).eval()
+    if kind == "clap":
+        cfg = tf.ClapAudioConfig(spec_size=64, num_mel_bins=16, window_size=4, hidden_size=32, depths=[1, 1],
+                                 num_heads=[2, 2], patch_embeds_hidden_size=16, enable_fusion=False,
+                                 projection_dim=24, patch_stride=(4, 4), patch_size=4)
+        return tf.ClapAudioModelWithProjection(cfg).eval()
+    raise ValueError(f"unknown audio preset {kind!r}; choose from {AUDIO_PRESETS}")
+
+
+def audio_input_shape(encoder: nn.Module) -> tuple[int, ...]:
+    """Per-example ``input_features`` shape the encoder expects, read from its config
+    (Whisper: mels x frames; CLAP: 1 x frames x mels, frames filling HTSAT's square spectrogram)."""
+    cfg = encoder.config
+    cfg = getattr(cfg, "audio_config", cfg)  # ClapModel keeps the audio tower's config inside
+    if hasattr(cfg, "max_source_positions"):
+        return (cfg.num_mel_bins, 2 * cfg.max_source_positions)
+    return (1, cfg.spec_size * max(1, cfg.spec_size // cfg.num_mel_bins), cfg.num_mel_bins)
+
+
+def random_audio(encoder: nn.Module, batch: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Random encoder input features for ``batch`` clips (shape from :func:`audio_input_shape`)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *audio_input_shape(encoder)), generator=g).to(dtype)
+
+
+def image_token_layout(base: nn.Module) -> tuple[int, int]:
+    """(image placeholder token id, number of placeholders per image) of a LLaVA or BLIP-2 config."""
+    cfg = base.config
+    token = getattr(cfg, "image_token_id", None)
+    token = getattr(cfg, "image_token_index", None) if token is None else token
+    count = getattr(cfg, "num_query_tokens", None) or getattr(cfg, "image_seq_length", None)
+    if token is None or count is None:
+        raise ValueError(f"{type(base).__name__} config lacks the image token id or count")
+    return int(token), int(count)
+
+
+def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int = 0, dtype=torch.float32,
+                     left_pad: bool = True) -> dict[str, torch.Tensor]:
+    """A batch of prompts ``[image tokens][text]`` with random pixel values, for any supported base.
+    The first row is left-padded by two tokens when ``left_pad`` so padding paths are exercised."""
+    g = torch.Generator().manual_seed(seed)
+    image_token, n_image = image_token_layout(base)
+    vocab = base.config.text_config.vocab_size
+    high = image_token if 3 < image_token < vocab else vocab
+    text = torch.randint(3, high, (batch, text_len), generator=g)
+    ids = torch.cat([torch.full((batch, n_image), image_token), text], dim=1)
+    mask = torch.ones_like(ids)
+    if left_pad and batch > 1:
+        pad = base.config.text_config.pad_token_id or 0
+        ids = torch.cat([torch.full((batch, 2), pad, dtype=ids.dtype), ids], dim=1)
+        mask = torch.cat([torch.ones(batch, 2, dtype=mask.dtype), mask], dim=1)
+        mask[0, :2] = 0
+    size = base.config.vision_config.image_size
+    pixels = torch.randn(batch, 3, size, size, generator=g).to(dtype)
+    out = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+    if getattr(base.config.text_config, "is_encoder_decoder", False):
+        out["decoder_input_ids"] = torch.randint(3, high, (batch, 3), generator=g)
+    return out
