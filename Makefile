@@ -20,8 +20,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Extra arguments for `safe demo`, e.g. make demo DEMO_ARGS=--fresh
+DEMO_ARGS ?=
+
 demo: $(STAMP)
-	$(VENV)/bin/safe demo
+	$(VENV)/bin/safe demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

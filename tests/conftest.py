@@ -14,3 +14,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_builtin(tmp_path_factory):
+    """Tiny benchmark + tiny built-in models, built once per test session (a few seconds)."""
+    from safe.data import synth
+    from safe.models.builtin import BuiltinConfig, build_builtin_models
+
+    root = tmp_path_factory.mktemp("builtin")
+    bench = synth.generate_benchmark(root / "bench", synth.SynthConfig.tiny(), progress=False)
+    build_builtin_models(bench, root / "base", BuiltinConfig.tiny(), progress=False)
+    return bench, root / "base"

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -56,30 +58,214 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(result.parameter_report.table())
         results[name] = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
     print(f"\nverification {'PASSED' if ok else 'FAILED'} for {len(pairs)} model pair(s)")
-    if args.run_dir:
-        RunDir(args.run_dir).record("verify", {"passed": ok, "models": results})
+    if args.run_dir:  # merge, so several verify calls of one run (built-in + presets) all land in metrics.json
+        run = RunDir(args.run_dir)
+        models = {**run.metrics().get("verify", {}).get("models", {}), **results}
+        run.record("verify", {"passed": all(m["passed"] for m in models.values()), "models": models})
     return 0 if ok else 1
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["synth"], help="synth: generate the built-in audio-visual benchmark")
+    p.add_argument("--out", default=None, help="output folder (default $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (same seed -> byte-identical files)")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long miniature (for tests)")
+    p.add_argument("--snr-db", type=float, default=None, help="add background noise at this SNR (default clean)")
+    p.add_argument("--vl-share", type=float, default=None, help="share of VL-only questions (default 0.65)")
+    p.add_argument("--force", action="store_true", help="regenerate even if a complete benchmark is there")
+
+
+def _synth_config(args: argparse.Namespace):
+    from safe.data.synth import SynthConfig
+
+    extra = {k: v for k, v in (("snr_db", args.snr_db), ("vl_share", args.vl_share)) if v is not None}
+    return SynthConfig.tiny(seed=args.seed, **extra) if args.tiny else SynthConfig(seed=args.seed, **extra)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from safe.data import synth
+
+    out = Path(args.out) if args.out else _cache_dir() / "benchmark"
+    t0 = time.perf_counter()
+    synth.generate_benchmark(out, _synth_config(args), progress=True, force=args.force)
+    info = synth.load_benchmark_info(out)
+    print(f"benchmark at {out} ({time.perf_counter() - t0:.1f} s)")
+    for split, n in info["counts"].items():
+        families = ", ".join(f"{f} {c}" for f, c in n["families"].items())
+        print(f"  {split:<10}{n['total']:>7} examples ({families})")
+    return 0
+
+
+def _add_base_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["build"], help="build: train (or reuse) the built-in VL model and audio encoder")
+    p.add_argument("--data", default=None, help="benchmark folder (default $SAFE_CACHE/benchmark; generated if missing)")
+    p.add_argument("--out", default=None, help="output folder (default $SAFE_CACHE/base)")
+    p.add_argument("--tiny", action="store_true", help="seconds-long builds (for tests; no accuracy floor)")
+    p.add_argument("--seed", type=int, default=0, help="seed of both models")
+    p.add_argument("--force", action="store_true", help="rebuild even if a matching build is there")
+    p.add_argument("--run-dir", default=None, help="also record the results under this run directory")
+
+
+def _ensure_benchmark(path: Path | None, tiny: bool) -> Path:
+    """A benchmark given with --data is used as it is (it must be complete); the default location is
+    generated when missing (and reused, byte-identical, when present)."""
+    from safe.data import synth
+
+    if path is not None:
+        synth.load_benchmark_info(path)  # raises BenchmarkMissingError naming what is wrong
+        return path
+    path = _cache_dir() / ("benchmark-tiny" if tiny else "benchmark")
+    synth.generate_benchmark(path, synth.SynthConfig.tiny() if tiny else synth.SynthConfig(), progress=True)
+    return path
+
+
+def _print_base(manifest: dict) -> None:
+    acc = manifest["test_accuracy"]
+    print(f"\nbuilt-in VL model, exact match on the test split (generate, greedy):")
+    print(f"  {'family':<18}{'accuracy':>9}")
+    for fam in [f for f in acc if f != "all"] + ["all"]:
+        print(f"  {fam:<18}{acc[fam]:>9.3f}")
+    print(f"  VL-only accuracy {manifest['vl_accuracy']:.3f}; audio encoder tag exact match "
+          f"{manifest['audio_encoder'].get('tag_exact_match', float('nan')):.3f}")
+    print("  deaf-guesser check (the base cannot hear):")
+    for fam, c in manifest["deaf_check"].items():
+        print(f"    {fam:<16}{c['accuracy']:.3f} <= {c['bound']:.3f} ({c['rule']}): {'PASS' if c['passed'] else 'FAIL'}")
+    print(f"  {'reused' if manifest.get('reused') else 'built'} ({manifest['seconds']:.0f} s to build)")
+
+
+def cmd_base(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from safe.models.builtin import BuiltinConfig, build_builtin_models
+    from safe.runs import RunDir
+
+    bench = _ensure_benchmark(Path(args.data) if args.data else None, args.tiny)
+    out = Path(args.out) if args.out else _cache_dir() / ("base-tiny" if args.tiny else "base")
+    cfg = BuiltinConfig.tiny() if args.tiny else BuiltinConfig()
+    cfg.vl = dataclasses.replace(cfg.vl, seed=args.seed)
+    cfg.audio = dataclasses.replace(cfg.audio, seed=args.seed)
+    manifest = build_builtin_models(bench, out, cfg, force=args.force, progress=True)
+    _print_base(manifest)
+    print(f"models at {out}/vl and {out}/audio_encoder")
+    if args.run_dir:
+        RunDir(args.run_dir).record("base", {**manifest, "path": str(out)})
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/stage_a_builtin.yaml", help="YAML recipe (keys under stage_a:)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=200 --set safe.lora_rank=4 (repeatable)")
+    p.add_argument("--data", default=None, help="benchmark folder (default $SAFE_CACHE/benchmark)")
+    p.add_argument("--base", default=None,
+                   help="built-in models folder (default $SAFE_CACHE/base) or a local LLaVA / BLIP-2 checkpoint")
+    p.add_argument("--audio", default=None, help="local CLAP / Whisper checkpoint (required with a checkpoint --base)")
+    p.add_argument("--dtype", default="float32", help="dtype of the frozen parts: float32 | bfloat16 | float16")
+    p.add_argument("--template", default=None,
+                   help="prompt template with {question} and <image> (checkpoints; default per architecture)")
+    p.add_argument("--run-dir", default="runs/stage_a", help="run directory (checkpoints, logs, metrics.json)")
+    p.add_argument("--fresh", action="store_true", help="ignore checkpoints in the run directory (default: resume)")
+    p.add_argument("--tiny", action="store_true", help="tiny benchmark and models (for tests)")
+
+
+def _print_stage_a(m: dict) -> None:
+    print("\nStage A summary (test split; gate open = each row with its own clip, VL rows with unrelated audio)")
+    rows = [
+        ("VL accuracy, base", m["vl_accuracy_base"]),
+        ("VL accuracy, SAFE gate closed", m["vl_accuracy_gate_closed"]),
+        ("VL accuracy, SAFE gate open", m["vl_accuracy_gate_open"]),
+        ("VL retention ratio (gate open / base)", m["vl_retention_ratio_gate_open"]),
+        ("answers identical to base, gate closed", m["answers_identical_gate_closed"]),
+        ("audio-dependent accuracy, base", m["audio_accuracy_base"]),
+        ("audio-dependent accuracy, SAFE", m["audio_accuracy"]),
+    ]
+    if "caption_cider_d" in m:
+        rows += [("caption CIDEr-D, base", m["caption_cider_d_base"]), ("caption CIDEr-D, SAFE", m["caption_cider_d"]),
+                 ("caption BLEU-2, base", m["caption_bleu2_base"]), ("caption BLEU-2, SAFE", m["caption_bleu2"])]
+    for name, v in rows:
+        print(f"  {name:<42}{v:>8.3f}")
+    print(f"  {'VL answers changed with gate open':<42}{m['vl_answers_changed_gate_open']:>8d} of {m['vl_examples']}")
+    print(f"  {'base + encoder byte-identical (sha256)':<42}{'yes' if m['frozen_byte_identical'] else 'NO':>8}")
+    print(f"  per family (base -> SAFE gate open):")
+    for fam, v in m["per_family"].items():
+        print(f"    {fam:<18}{v['base']:>7.3f} -> {v['open']:.3f}")
+    print(f"  Stage A took {m['seconds']:.0f} s ({m['train_seconds']:.0f} s training, {m['steps']} steps)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from safe.models.loading import parse_dtype
+    from safe.runs import RunDir
+    from safe.training.config import load_stage_a_config
+    from safe.training.pipeline import run_stage_a
+
+    cfg = load_stage_a_config(args.config, args.overrides)
+    dtype = parse_dtype(getattr(args, "dtype", "float32"))
+    bench = _ensure_benchmark(Path(args.data) if args.data else None, args.tiny)
+    base = Path(args.base) if args.base else _cache_dir() / ("base-tiny" if args.tiny else "base")
+    if args.base is None and not (base / "manifest.json").is_file():
+        cmd_base(argparse.Namespace(action="build", data=str(bench), out=str(base), tiny=args.tiny, seed=0,
+                                    force=False, run_dir=None))
+    run = RunDir(args.run_dir)
+    metrics = run_stage_a(bench, base, cfg, run.path, audio=getattr(args, "audio", None), dtype=dtype,
+                          template=getattr(args, "template", None), fresh=args.fresh)
+    run.record("stage_a", {k: v for k, v in metrics.items() if k != "samples"})
+    _print_stage_a(metrics)
+    print(f"SAFE weights: {metrics['checkpoint']}; metrics: {run.metrics_file}")
+    return 0 if metrics["frozen_byte_identical"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job. For now: Stage-1 verification of every tiny preset pair."""
+    """The main job: benchmark -> built-in base models -> Stage 1 verification -> Stage A."""
     from safe.runs import RunDir
 
     run = RunDir(args.run_dir)
     t0 = time.perf_counter()
-    code = cmd_verify(argparse.Namespace(base="llava", audio="whisper", all_presets=True, dtype="float32",
-                                         device="cpu", fusion_layers="0,-1", batch=4, run_dir=str(run.path)))
-    run.record("timing", {"seconds": round(time.perf_counter() - t0, 3)})
-    print(f"\nmetrics written to {run.metrics_file}")
+    bench = _cache_dir() / "benchmark"
+    print("== 1. built-in benchmark ==")
+    cmd_data(argparse.Namespace(action="synth", out=str(bench), seed=0, tiny=False, snr_db=None, vl_share=None,
+                                force=False))
+    print("\n== 2. built-in frozen base models ==")
+    base = _cache_dir() / "base"
+    cmd_base(argparse.Namespace(action="build", data=str(bench), out=str(base), tiny=False, seed=0, force=False,
+                                run_dir=str(run.path)))
+    print("\n== 3. Stage 1 safety verification: built-in models and every tiny preset pair ==")
+    verify = argparse.Namespace(base=str(base / "vl"), audio=str(base / "audio_encoder"), all_presets=False,
+                                dtype="float32", device="cpu", fusion_layers="0,-1", batch=4, run_dir=str(run.path))
+    run.record("verify", {})  # this run's verification only
+    code = cmd_verify(verify)
+    code |= cmd_verify(argparse.Namespace(**{**vars(verify), "all_presets": True}))
+    timing = {"verify_done_seconds": round(time.perf_counter() - t0, 1)}
+    print("\n== 4. Stage A: projector + gated adapters (configs/stage_a_builtin.yaml) ==")
+    code |= cmd_train(argparse.Namespace(config=args.config, overrides=args.overrides, data=str(bench), base=str(base),
+                                         run_dir=str(run.path), fresh=args.fresh, tiny=False))
+    timing["seconds"] = round(time.perf_counter() - t0, 1)
+    run.record("timing", timing)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; metrics written to {run.metrics_file}")
     return code
+
+
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default="runs/demo", help="where results are written")
+    p.add_argument("--config", default="configs/stage_a_builtin.yaml", help="Stage A recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a Stage A config field (repeatable)")
+    p.add_argument("--fresh", action="store_true", help="retrain Stage A even if the run directory has checkpoints")
 
 
 # name -> (function, help, argument builder)
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "verify": (cmd_verify, "Stage 1 safety verification: bit-exact bypass, frozen weights, parameter table",
                _add_verify_args),
-    "demo": (cmd_demo, "run the embedded pipeline end to end on CPU",
-             lambda p: p.add_argument("--run-dir", default="runs/demo", help="where results are written")),
+    "data": (cmd_data, "generate the built-in audio-visual benchmark (safe data synth)", _add_data_args),
+    "base": (cmd_base, "build the built-in frozen VL model and audio encoder (safe base build)", _add_base_args),
+    "train": (cmd_train, "Stage A: train projector + gated adapters (audio CE, retention KL, Fisher, dual ascent)",
+              _add_train_args),
+    "demo": (cmd_demo, "run the embedded pipeline end to end on CPU: data, base models, verify, Stage A",
+             _add_demo_args),
 }
 
 
@@ -99,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command][0](args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # ConfigError and friends: a message, not a traceback
         print(f"safe {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -83,3 +83,17 @@ def test_pooled_projector_mode_runs():
     model = SAFEModel(base, enc, SAFEConfig(projector_mode="pooled", num_audio_tokens=3))
     tokens = model.encode_audio(P.random_audio(enc, 2))
     assert tokens.shape == (2, 3, model.hidden_size)
+
+
+def test_precomputed_audio_embeddings_match_features_and_skip_the_encoder():
+    model, _, enc = build()
+    x, audio = inputs(model, enc)
+    model.set_gates(0.5)
+    with torch.no_grad():
+        want = model(**x, audio_features=audio, audio_mask=MIXED).logits
+        emb = model.audio_encoder.encode(audio)
+        calls = model.audio_encoder_calls
+        got = model(**x, audio_embeddings=emb, audio_mask=MIXED).logits
+    assert torch.equal(got, want) and model.audio_encoder_calls == calls
+    with pytest.raises(ValueError, match="not both"):
+        model(**x, audio_features=audio, audio_embeddings=emb)

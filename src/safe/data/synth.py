@@ -142,7 +142,7 @@ class SynthConfig:
 
     seed: int = 0
     """Root seed; each example's generator is derived from ``(seed, split, index)``."""
-    n_train: int = 6000
+    n_train: int = 12000
     """Examples in the ``train`` split."""
     n_val: int = 600
     """Examples in the ``val`` split."""

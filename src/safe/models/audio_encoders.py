@@ -49,6 +49,9 @@ class AudioEncoder(nn.Module):
         if self.kind == "clap":
             if x.dim() == 3:
                 x = x.unsqueeze(1)
+            if x.shape[1] != 1 and not getattr(self.model.config, "enable_fusion", False):
+                raise ValueError(f"CLAP input_features have {x.shape[1]} channels (the feature extractor's 'fusion' "
+                                 "truncation) but this CLAP model has no fusion; use truncation='rand_trunc'")
             out = self.model(input_features=x).last_hidden_state  # (n, C, F, T)
             return out.flatten(2).transpose(1, 2)
         return self.model(x).last_hidden_state

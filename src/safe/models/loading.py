@@ -36,36 +36,32 @@ def _architecture(path: Path, what: str) -> str:
     return archs[0]
 
 
-def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """``spec``: a tiny preset (``llava``, ``blip2-opt``, ``blip2-t5``) or a local checkpoint path."""
-    if spec in presets.BASE_PRESETS:
-        return presets.tiny_base(spec).to(device=device, dtype=dtype)
+def _load(spec: str, what: str, preset_names, build_preset, supported: tuple[str, ...], supported_text: str,
+          dtype: torch.dtype, device: str) -> nn.Module:
+    if spec in preset_names:
+        return build_preset(spec).to(device=device, dtype=dtype)
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"base model {spec!r} is neither a preset {presets.BASE_PRESETS} nor an existing path")
-    arch = _architecture(path, "base model")
-    if arch not in _BASE_CLASSES:
-        raise ValueError(f"{path}: architecture {arch} is not supported; SAFE supports: {'; '.join(SUPPORTED_BACKBONES)}")
-    import transformers
+        raise FileNotFoundError(f"{what} {spec!r} is neither a preset {preset_names} nor an existing path")
+    arch = _architecture(path, what)
+    if arch not in supported:
+        raise ValueError(f"{path}: architecture {arch} is not supported; SAFE supports: {supported_text}")
+    if arch == "WhisperEncoder":  # not exported at the top level of transformers
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder as cls
+    else:
+        import transformers
 
-    cls = getattr(transformers, arch)
+        cls = getattr(transformers, arch)
     return cls.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+
+
+def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """``spec``: a tiny preset (``llava``, ``blip2-opt``, ``blip2-t5``) or a local checkpoint path."""
+    return _load(spec, "base model", presets.BASE_PRESETS, presets.tiny_base, _BASE_CLASSES,
+                 "; ".join(SUPPORTED_BACKBONES), dtype, device)
 
 
 def load_audio_encoder(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
     """``spec``: a tiny preset (``whisper``, ``clap``) or a local CLAP / Whisper checkpoint path."""
-    if spec in presets.AUDIO_PRESETS:
-        return presets.tiny_audio_encoder(spec).to(device=device, dtype=dtype)
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"audio encoder {spec!r} is neither a preset {presets.AUDIO_PRESETS} nor an existing path")
-    arch = _architecture(path, "audio encoder")
-    if arch not in SUPPORTED_AUDIO_ENCODERS:
-        raise ValueError(f"{path}: architecture {arch} is not supported; SAFE supports: {', '.join(SUPPORTED_AUDIO_ENCODERS)}")
-    import transformers
-
-    if arch == "WhisperEncoder":
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder as cls
-    else:
-        cls = getattr(transformers, arch)
-    return cls.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    return _load(spec, "audio encoder", presets.AUDIO_PRESETS, presets.tiny_audio_encoder, SUPPORTED_AUDIO_ENCODERS,
+                 ", ".join(SUPPORTED_AUDIO_ENCODERS), dtype, device)

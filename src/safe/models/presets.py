@@ -113,8 +113,8 @@ def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int =
     g = torch.Generator().manual_seed(seed)
     image_token, n_image = image_token_layout(base)
     vocab = base.config.text_config.vocab_size
-    high = image_token if 3 < image_token < vocab else vocab
-    text = torch.randint(3, high, (batch, text_len), generator=g)
+    text = torch.randint(0, vocab, (batch, text_len), generator=g)
+    text[text == image_token] = (image_token + 1) % vocab  # only the image slots may hold the image token
     ids = torch.cat([torch.full((batch, n_image), image_token), text], dim=1)
     mask = torch.ones_like(ids)
     if left_pad and batch > 1:
@@ -126,5 +126,5 @@ def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int =
     pixels = torch.randn(batch, 3, size, size, generator=g).to(dtype)
     out = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
     if getattr(base.config.text_config, "is_encoder_decoder", False):
-        out["decoder_input_ids"] = torch.randint(3, high, (batch, 3), generator=g)
+        out["decoder_input_ids"] = torch.randint(0, vocab, (batch, 3), generator=g)
     return out

@@ -194,17 +194,17 @@ class SAFEModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     # audio
-    def _resolve_mask(self, audio_features, audio_mask, batch_size: int | None) -> torch.Tensor | None:
-        if audio_features is None:
+    def _resolve_mask(self, audio, audio_mask, batch_size: int | None) -> torch.Tensor | None:
+        if audio is None:
             if audio_mask is not None and bool(torch.as_tensor(audio_mask).any()):
                 raise ValueError("audio_mask marks rows as using audio but no audio_features were given")
             return None
-        if batch_size is not None and audio_features.shape[0] != batch_size:
-            raise ValueError(f"audio_features has {audio_features.shape[0]} rows but the batch has {batch_size}")
-        n = audio_features.shape[0]
+        if batch_size is not None and audio.shape[0] != batch_size:
+            raise ValueError(f"audio_features has {audio.shape[0]} rows but the batch has {batch_size}")
+        n = audio.shape[0]
         if audio_mask is None:
-            return torch.ones(n, dtype=torch.bool, device=audio_features.device)
-        mask = torch.as_tensor(audio_mask, device=audio_features.device)
+            return torch.ones(n, dtype=torch.bool, device=audio.device)
+        mask = torch.as_tensor(audio_mask, device=audio.device)
         if mask.dtype != torch.bool or mask.shape != (n,):
             raise ValueError(f"audio_mask must be a bool tensor of shape ({n},), got {mask.dtype} {tuple(mask.shape)}")
         return mask
@@ -214,16 +214,24 @@ class SAFEModel(nn.Module):
         self.audio_encoder_calls += audio_features.shape[0]
         return self.projector(self.audio_encoder.encode(audio_features))
 
-    def audio_context(self, audio_features=None, audio_mask=None, batch_size: int | None = None):
+    def audio_context(self, audio_features=None, audio_mask=None, batch_size: int | None = None, *,
+                      audio_embeddings=None):
         """Context manager making the audio of the rows in ``audio_mask`` visible to the adapters.
 
         The encoder runs only on those rows; with no such row (or inside :meth:`audio_disabled`) the
-        adapters see nothing and the model is the base."""
-        mask = self._resolve_mask(audio_features, audio_mask, batch_size)
+        adapters see nothing and the model is the base. ``audio_embeddings`` (n, T, D): the frozen
+        encoder's outputs computed beforehand (e.g. from a cache) instead of ``audio_features``."""
+        if audio_features is not None and audio_embeddings is not None:
+            raise ValueError("pass audio_features or audio_embeddings, not both")
+        audio = audio_features if audio_embeddings is None else audio_embeddings
+        mask = self._resolve_mask(audio, audio_mask, batch_size)
         if self._audio_off or mask is None or not bool(mask.any()):
             return self._injector.audio(None)
         rows = mask.nonzero().squeeze(1).to(next(self.base_model.parameters()).device)
-        tokens = self.encode_audio(audio_features[mask])
+        if audio_embeddings is None:
+            tokens = self.encode_audio(audio_features[mask])
+        else:
+            tokens = self.projector(audio_embeddings[mask])
         return self._injector.audio(AudioContext(tokens, rows, int(mask.shape[0])))
 
     @staticmethod
@@ -236,19 +244,22 @@ class SAFEModel(nn.Module):
     # ------------------------------------------------------------------------------------------
     # forward / generate
     def forward(self, *args, audio_features: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
-                **vl_inputs):
+                audio_embeddings: torch.Tensor | None = None, **vl_inputs):
         """The base model's forward (same arguments, same output type) with audio fused into rows of
         ``audio_mask``. ``audio_features``: the encoder's input tensor, batch-first; ``audio_mask``:
-        bool (batch,), None = all rows when features are given."""
-        with self.audio_context(audio_features, audio_mask, self._batch_size(vl_inputs)):
+        bool (batch,), None = all rows when features are given; ``audio_embeddings``: precomputed
+        encoder outputs instead of features."""
+        with self.audio_context(audio_features, audio_mask, self._batch_size(vl_inputs),
+                                audio_embeddings=audio_embeddings):
             return self.base_model(*args, **vl_inputs)
 
     @torch.no_grad()
     def generate(self, *args, audio_features: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
-                 **kwargs):
+                 audio_embeddings: torch.Tensor | None = None, **kwargs):
         """The base model's ``generate`` (greedy, sampling, beams, ``num_return_sequences``) with
         audio fused into the rows of ``audio_mask``; other rows generate exactly what the base does."""
-        with self.audio_context(audio_features, audio_mask, self._batch_size(kwargs)):
+        with self.audio_context(audio_features, audio_mask, self._batch_size(kwargs),
+                                audio_embeddings=audio_embeddings):
             return self.base_model.generate(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------

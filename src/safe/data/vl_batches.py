@@ -1,0 +1,131 @@
+"""Turning records into model inputs for the built-in LLaVA: word-level tokenizer, images, batches.
+
+Prompt layout (question *before* the image: under causal attention image tokens placed first could
+never see the question, and colour / position questions stall near chance — DESIGN.md):
+
+    [pad ...] <bos> question words <image> x N <sep> answer words <eos>
+
+Batches are left-padded (as generation needs) and carry ``position_ids = cumsum(mask) - 1`` so training
+and ``generate`` agree on positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from safe.data.records import Example
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>")
+# CLIP's normalisation constants; the saved CLIPImageProcessor uses the same ones.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """Sorted word vocabulary of ``texts`` under the tokenizer's pre-tokenisation (whitespace + punctuation)."""
+    from tokenizers.pre_tokenizers import Whitespace
+
+    pre = Whitespace()
+    return sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t.lower())})
+
+
+def build_tokenizer(words: Sequence[str]):
+    """A real ``PreTrainedTokenizerFast`` (word level) over ``words`` plus :data:`SPECIAL_TOKENS`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>", "sep_token": "<sep>"},
+                                   padding_side="left")
+
+
+def image_processor(image_size: int):
+    """The ``CLIPImageProcessor`` saved with the built-in model (no resize/crop: images are already square)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(do_resize=False, do_center_crop=False, do_rescale=True, rescale_factor=1 / 255,
+                              do_normalize=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+                              do_convert_rgb=True, size={"height": image_size, "width": image_size},
+                              crop_size={"height": image_size, "width": image_size})
+
+
+def load_pixels(paths: Sequence[str]) -> torch.Tensor:
+    """Images -> (n, 3, H, W) float32, normalised exactly as :func:`image_processor` does."""
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in paths]) / 255.0
+    arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())
+
+
+@dataclass
+class Encoded:
+    """Pre-tokenised examples: prompt ids (without padding) and answer ids (ending in <eos>)."""
+
+    prompts: list[list[int]]
+    answers: list[list[int]]
+
+
+class PromptFormat:
+    """Builds prompt / training batches for a LLaVA whose vision tower yields ``num_image_tokens`` tokens."""
+
+    def __init__(self, tokenizer, num_image_tokens: int) -> None:
+        self.tok = tokenizer
+        self.n_image = num_image_tokens
+        ids = tokenizer.convert_tokens_to_ids
+        self.pad, self.bos, self.eos = ids("<pad>"), ids("<bos>"), ids("<eos>")
+        self.image, self.sep = ids("<image>"), ids("<sep>")
+
+    def pixels(self, paths: Sequence[str]) -> torch.Tensor:
+        """Images -> pixel values as the saved image processor makes them."""
+        return load_pixels(paths)
+
+    def encode(self, examples: Sequence[Example]) -> Encoded:
+        q = self.tok([e.question for e in examples], add_special_tokens=False)["input_ids"]
+        a = self.tok([e.answer for e in examples], add_special_tokens=False)["input_ids"]
+        prompts = [[self.bos, *qi, *([self.image] * self.n_image), self.sep] for qi in q]
+        return Encoded(prompts, [[*ai, self.eos] for ai in a])
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        return ids, mask
+
+    def prompt_batch(self, enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts for ``generate`` (``input_ids``, ``attention_mask``)."""
+        ids, mask = self._left_pad([enc.prompts[i] for i in index])
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def train_batch(self, enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Prompt + answer, left-padded; ``labels`` are -100 except on the answer tokens and <eos>;
+        ``position_ids`` as ``generate`` computes them for left padding."""
+        seqs = [enc.prompts[i] + enc.answers[i] for i in index]
+        ids, mask = self._left_pad(seqs)
+        labels = torch.full_like(ids, -100)
+        width = ids.shape[1]
+        for row, i in enumerate(index):
+            n = len(enc.answers[i])
+            labels[row, width - n:] = torch.tensor(enc.answers[i])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
+
+    def decode(self, generated: torch.Tensor, prompt_len: int) -> list[str]:
+        """Answers from ``generate`` output (prompt + new tokens), cut at <eos>."""
+        out = []
+        for row in generated[:, prompt_len:].tolist():
+            if self.eos in row:
+                row = row[: row.index(self.eos)]
+            out.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        return out

@@ -1,0 +1,140 @@
+"""The embedded default: build (or reuse) the built-in frozen VL model and audio encoder.
+
+``build_builtin_models`` trains both on the built-in benchmark and saves them as ordinary local
+checkpoints (``<out>/vl``, ``<out>/audio_encoder``) with a ``manifest.json`` recording the config hash,
+the benchmark they were trained on, seeds, metrics and timings. A later call with the same config and
+benchmark reuses them; the build happens in a temporary folder renamed into place at the end, so an
+interrupted build never looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safe.data import synth
+from safe.models.builtin_vl import VLBuildConfig, accuracy_by_family, answer_questions, build_vl_model, load_vl_model
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _audio_config_cls():
+    from safe.models.builtin_audio import AudioEncoderBuildConfig
+
+    return AudioEncoderBuildConfig
+
+
+@dataclass
+class BuiltinConfig:
+    """Everything that determines the built-in models (hashed into the manifest)."""
+
+    vl: VLBuildConfig = field(default_factory=VLBuildConfig)
+    """The VL model's size and schedule."""
+    audio: object = None
+    """The audio encoder's ``AudioEncoderBuildConfig`` (default when None)."""
+
+    def __post_init__(self) -> None:
+        if self.audio is None:
+            self.audio = _audio_config_cls()()
+
+    @classmethod
+    def tiny(cls) -> "BuiltinConfig":
+        return cls(vl=VLBuildConfig.tiny(), audio=_audio_config_cls().tiny())
+
+    def to_dict(self) -> dict:
+        return {"vl": asdict(self.vl), "audio": asdict(self.audio)}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _benchmark_fingerprint(bench_dir: Path) -> str:
+    return hashlib.sha256((bench_dir / "benchmark.json").read_bytes()).hexdigest()[:16]
+
+
+def read_manifest(out_dir: str | Path) -> dict | None:
+    f = Path(out_dir) / MANIFEST
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def evaluate_base(vl_dir: str | Path, examples, progress: bool = False) -> dict[str, float]:
+    """Exact-match accuracy per family of the built-in VL model answering with ``generate``."""
+    from safe.data.vl_batches import load_pixels
+
+    model, _, fmt = load_vl_model(vl_dir)
+    preds = answer_questions(model, fmt, fmt.encode(examples), load_pixels([e.image for e in examples]),
+                             progress=progress)
+    return accuracy_by_family(examples, preds)
+
+
+def deaf_check(accuracy: dict[str, float], examples) -> dict[str, dict]:
+    """Is the base no better than a guesser that cannot hear? Audio-only families: at most 5 points
+    above the majority answer; audio-visual: at most the accuracy of naming a random object's colour."""
+    majority = synth.majority_baseline(examples)
+    objects = synth.object_guess_baseline(examples)
+    out = {}
+    for fam in synth.AUDIO_ONLY_FAMILIES:
+        if fam in accuracy:
+            out[fam] = {"accuracy": accuracy[fam], "bound": majority[fam] + 0.05, "rule": "majority + 5 points"}
+    for fam in synth.AUDIO_VISUAL_FAMILIES:
+        if fam in accuracy:
+            out[fam] = {"accuracy": accuracy[fam], "bound": max(objects.get(fam, 0.0), majority[fam]),
+                        "rule": "random object of the image"}
+    for v in out.values():
+        v["passed"] = v["accuracy"] <= v["bound"] + 1e-9
+    return out
+
+
+def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: BuiltinConfig | None = None, *,
+                         force: bool = False, progress: bool = True) -> dict:
+    """Build the built-in VL model and audio encoder from the benchmark in ``bench_dir`` into ``out_dir``
+    (or reuse a complete build with the same config and benchmark). Returns the manifest."""
+    from safe.models.builtin_audio import build_audio_encoder
+
+    config = config or BuiltinConfig()
+    bench_dir, out_dir = Path(bench_dir), Path(out_dir)
+    info = synth.load_benchmark_info(bench_dir)
+    fingerprint = _benchmark_fingerprint(bench_dir)
+    old = read_manifest(out_dir)
+    if (not force and old and old.get("config_hash") == config.digest() and old.get("benchmark") == fingerprint
+            and (out_dir / "vl" / "config.json").is_file() and (out_dir / "audio_encoder" / "config.json").is_file()):
+        return {**old, "reused": True}
+    t0 = time.perf_counter()
+    bench_cfg = info["config"]
+    splits = {s: synth.load_split(bench_dir, s) for s in info["counts"]}
+    train_vl = [e for e in splits["train"] if not e.needs_audio]
+    every = [e for s in splits.values() for e in s]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-building-"))
+    try:
+        vl_metrics = build_vl_model(tmp / "vl", train_vl, every, config.vl, grid=bench_cfg["grid"],
+                                    image_size=bench_cfg["image_size"], shapes=synth.SHAPES,
+                                    colours=synth.COLOUR_NAMES, progress=progress)
+        audio_metrics = build_audio_encoder(tmp / "audio_encoder", config.audio, progress=progress)
+        test = splits["test"]
+        accuracy = evaluate_base(tmp / "vl", test, progress=progress)
+        vl_families = [f for f in synth.VL_FAMILIES if f in accuracy]
+        vl_acc = sum(accuracy[f] * sum(e.family == f for e in test) for f in vl_families) / max(
+            1, sum(e.family in vl_families for e in test))
+        manifest = {
+            "format_version": FORMAT_VERSION, "config_hash": config.digest(), "config": config.to_dict(),
+            "benchmark": fingerprint, "benchmark_dir": str(bench_dir.resolve()),
+            "seed": {"vl": config.vl.seed, "audio": getattr(config.audio, "seed", None)},
+            "vl": vl_metrics, "audio_encoder": audio_metrics,
+            "test_accuracy": accuracy, "vl_accuracy": vl_acc, "deaf_check": deaf_check(accuracy, test),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**manifest, "reused": False}

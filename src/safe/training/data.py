@@ -1,0 +1,92 @@
+"""Stage A inputs prepared once: tokenised prompts/answers, pixel tensors and cached frozen-encoder
+outputs, so a training step does no I/O and runs the audio encoder never (each clip is encoded once,
+keyed by content hash and encoder fingerprint)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from safe.data.records import Example
+from safe.data.vl_batches import Encoded
+
+
+@dataclass
+class PreparedSet:
+    """Examples with everything a step needs, index-aligned.
+
+    ``audio``: (n, T, D) frozen-encoder outputs of each example's clip; ``needs_audio``: (n,) bool."""
+
+    examples: list[Example]
+    enc: Encoded
+    pixels: torch.Tensor
+    audio: torch.Tensor
+    needs_audio: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, index: Sequence[int]) -> "PreparedSet":
+        index = list(index)
+        return PreparedSet([self.examples[i] for i in index],
+                           Encoded([self.enc.prompts[i] for i in index], [self.enc.answers[i] for i in index]),
+                           self.pixels[index], self.audio[index], self.needs_audio[index])
+
+
+class BuiltinFrontEnd:
+    """Waveforms -> log-mel features of the built-in Whisper-architecture encoder (16 kHz, 1 s)."""
+
+    sampling_rate = 16000
+
+    def __call__(self, waveforms) -> torch.Tensor:
+        from safe.data.audio_features import log_mel
+
+        return log_mel(list(waveforms))
+
+    def config(self) -> dict:
+        from safe.data.audio_features import FEATURE_CONFIG
+
+        return FEATURE_CONFIG
+
+
+def encoder_fingerprint(audio_encoder, frontend) -> str:
+    """Identifies the frozen encoder and its feature settings (the embedding cache's namespace)."""
+    from safe.models.integrity import state_hash
+
+    cfg = frontend.config() if hasattr(frontend, "config") else frontend.extractor.to_dict()
+    feats = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{state_hash(audio_encoder)[:24]}-{feats}"
+
+
+def encode_clips(model, paths: Sequence[str], frontend, cache=None, batch_size: int = 256,
+                 progress: bool = False) -> torch.Tensor:
+    """Frozen-encoder outputs (n, T, D) of WAV files, through the content-hash cache when given."""
+    from tqdm.auto import tqdm
+
+    from safe.data.audio_io import read_wav
+
+    def compute(positions: list[int]) -> torch.Tensor:
+        chunks = []
+        for s in tqdm(range(0, len(positions), batch_size), desc="encoding audio", disable=not progress, leave=False):
+            wavs = [read_wav(paths[i], target_rate=frontend.sampling_rate)[0] for i in positions[s:s + batch_size]]
+            chunks.append(model.audio_encoder.encode(frontend(wavs)).float().cpu())
+        return torch.cat(chunks)
+
+    if cache is None:
+        return compute(list(range(len(paths))))
+    return cache.get_or_compute([cache.key_for_file(p) for p in paths], compute)
+
+
+def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progress: bool = False) -> PreparedSet:
+    """Tokenise, load images and encode audio of ``examples`` with the model's own formats."""
+    examples = list(examples)
+    missing = [e.id for e in examples if e.image is None or e.audio is None]
+    if missing:
+        raise ValueError(f"{len(missing)} examples lack an image or audio clip (first: {missing[0]}); "
+                         "Stage A needs both")
+    return PreparedSet(examples, fmt.encode(examples), fmt.pixels([e.image for e in examples]),
+                       encode_clips(model, [e.audio for e in examples], frontend, cache, progress=progress),
+                       torch.tensor([e.needs_audio for e in examples], dtype=torch.bool))

@@ -1,0 +1,294 @@
+"""Stage A: supervised warm-start of the projector and the gated adapters (proposal section 7.2).
+
+    L = L_audio + lambda_ret * L_ret + lambda_fisher * L_fisher
+
+``L_audio``: answer cross-entropy on audio-dependent rows, gate open. ``L_ret``: KL(base || adapted) on
+VL-only rows *with the gate open and unrelated audio attached* (with the gate closed it is zero by
+construction). ``L_fisher``: EWC on the trainable parameters, anchored at their zero-gate start.
+``lambda_ret`` rises by dual ascent while VL accuracy (gate open) on the retention buffer is below
+the base's minus tau. Runs on Hugging Face Accelerate; checkpoints resume bit-exactly on CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from safe.data.vl_batches import PromptFormat
+from safe.models.builtin_vl import accuracy_by_family, answer_questions
+from safe.models.safe_model import SAFEModel
+from safe.training.config import StageAConfig
+from safe.training.data import PreparedSet
+
+STATE_FILE = "trainer_state.pt"
+LATEST = "latest"
+
+
+class ResumeMismatch(ValueError):
+    """The run directory holds a checkpoint from a different configuration."""
+
+
+def param_groups(model: SAFEModel, cfg: StageAConfig) -> list[dict]:
+    """Projector / adapter matrices / no-decay (norms, biases, null keys) / gates, each with its lr."""
+    gates = {id(g) for g in model.gates().values()}
+    groups = {"projector": [], "projector_no_decay": [], "adapters": [], "adapters_no_decay": [], "gates": []}
+    for part, module in (("projector", model.projector), ("adapters", model.adapters)):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) in gates:
+                groups["gates"].append(p)
+            elif p.dim() < 2:
+                groups[f"{part}_no_decay"].append(p)
+            else:
+                groups[part].append(p)
+    lr_gate = cfg.lr_gates or cfg.lr_adapters
+    spec = {"projector": (cfg.lr_projector, cfg.weight_decay), "projector_no_decay": (cfg.lr_projector, 0.0),
+            "adapters": (cfg.lr_adapters, cfg.weight_decay), "adapters_no_decay": (cfg.lr_adapters, 0.0),
+            "gates": (lr_gate, 0.0)}
+    return [{"params": ps, "lr": spec[k][0], "weight_decay": spec[k][1], "name": k} for k, ps in groups.items() if ps]
+
+
+class StageATrainer:
+    """Runs Stage A on prepared data and writes checkpoints, TensorBoard logs and metrics.
+
+    Guarantees: only SAFE's parameters are optimised; a run killed at any point and started again
+    with the same config and run directory resumes from the last checkpoint and ends with SAFE
+    weights bit-identical to an uninterrupted run (on CPU); checkpoints are written to a temporary
+    folder and renamed, so a crash never leaves a half-written one.
+    """
+
+    def __init__(self, model: SAFEModel, fmt: PromptFormat, train: PreparedSet, retention: PreparedSet,
+                 cfg: StageAConfig, run_dir: str | Path, *, progress: bool = True) -> None:
+        from accelerate import Accelerator
+
+        from safe.data.mixture import BalancedMixtureSampler, order_by_family
+        from safe.training.losses import DiagonalFisher
+        from safe.training.schedules import DualAscent, make_lr_lambda
+
+        self.cfg, self.fmt, self.train_set, self.progress = cfg, fmt, train, progress
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        self.model = model
+        self.retention = retention.subset(range(min(cfg.retention_examples, len(retention))))
+        audio_idx = [i for i, n in enumerate(train.needs_audio.tolist()) if n]
+        vl_idx = [i for i, n in enumerate(train.needs_audio.tolist()) if not n]
+        if not audio_idx or not vl_idx:
+            raise ValueError(f"Stage A needs audio-dependent and VL-only training examples; got {len(audio_idx)} "
+                             f"and {len(vl_idx)}")
+        order = order_by_family(train.examples, cfg.curriculum.family_order)
+        self.sampler = BalancedMixtureSampler(audio_idx, vl_idx, cfg.batch_size, audio_share=cfg.audio_share,
+                                              seed=cfg.seed, audio_order=order)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(cfg.steps, cfg.warmup_steps))
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.named_trainable = {n: p for n, p in self._unwrapped.named_parameters() if p.requires_grad}
+        self.fisher = DiagonalFisher(self.named_trainable)
+        self.dual = DualAscent(cfg.lambda_retention, cfg.dual_lr, floor=0.0)
+        self.step = 0
+        self.history: list[dict] = []
+        self.base_retention_accuracy: float | None = None
+
+    @property
+    def _unwrapped(self) -> SAFEModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------------------------------
+    def _inputs(self, data: PreparedSet, idx: Sequence[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        dev = self.accelerator.device
+        batch = {k: v.to(dev) for k, v in self.fmt.train_batch(data.enc, idx).items()}
+        labels = batch.pop("labels")
+        batch["pixel_values"] = data.pixels[idx].to(dev)
+        return batch, labels, data.needs_audio[idx].to(dev)
+
+    def _losses(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        from safe.training.losses import answer_cross_entropy, retention_kl
+
+        batch, labels, needs = self._inputs(self.train_set, idx)
+        emb = self.train_set.audio[idx].to(self.accelerator.device)
+        with self.accelerator.autocast():
+            logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row
+        vl = ~needs
+        zero = logits.new_zeros(())
+        out = {"audio": answer_cross_entropy(logits[needs], labels[needs]) if needs.any() else zero}
+        if vl.any():
+            with torch.no_grad(), self.accelerator.autocast():
+                base = self._unwrapped.base_model(**{k: v[vl] for k, v in batch.items()}).logits
+            out["retention"] = retention_kl(logits[vl], base, labels[vl])
+        else:
+            out["retention"] = zero
+        out["fisher"] = self.fisher.penalty(self.named_trainable) if self.cfg.lambda_fisher > 0 else zero
+        out["total"] = out["audio"] + self.dual.value * out["retention"] + self.cfg.lambda_fisher * out["fisher"]
+        return out
+
+    def _estimate_fisher(self) -> None:
+        """Diagonal Fisher of the retention objective: squared gradients of the NLL of the VL answers
+        with the gate open (unrelated audio attached), at the current parameters."""
+        from safe.training.losses import answer_cross_entropy
+
+        n = len(self.retention)
+        per = max(1, self.cfg.batch_size // 2)
+        for b in range(self.cfg.fisher_batches):
+            idx = [(b * per + j) % n for j in range(per)]
+            batch, labels, _ = self._inputs(self.retention, idx)
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.model(**batch, audio_embeddings=self.retention.audio[idx].to(self.accelerator.device)).logits
+            answer_cross_entropy(logits, labels).backward()
+            self.fisher.accumulate(self.named_trainable)
+        self.fisher.finalize()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def retention_accuracy(self, gate_open: bool = True) -> float:
+        """VL accuracy on the retention buffer (generate, greedy); gate open with its unrelated audio."""
+        model, data = self._unwrapped, self.retention
+        was = model.training
+        model.eval()
+        try:
+            if gate_open:
+                preds = answer_questions(model, self.fmt, data.enc, data.pixels,
+                                         extra=lambda idx: {"audio_embeddings": data.audio[idx]})
+            else:
+                with model.audio_disabled():
+                    preds = answer_questions(model, self.fmt, data.enc, data.pixels)
+        finally:
+            model.train(was)
+        return accuracy_by_family(data.examples, preds)["all"]
+
+    # ------------------------------------------------------------------------------------------
+    def _checkpoint(self) -> Path:
+        name = f"step_{self.step:06d}"
+        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".tmp-{name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self._unwrapped.save_pretrained(tmp / "safe")
+        torch.save({
+            "step": self.step, "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            "dual": self.dual.state_dict(), "fisher": self.fisher.state_dict(), "history": self.history,
+            "base_retention_accuracy": self.base_retention_accuracy,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }, tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp = self.ckpt_dir / f".{LATEST}.tmp"
+        latest_tmp.write_text(name)
+        os.replace(latest_tmp, self.ckpt_dir / LATEST)
+        for old in sorted(self.ckpt_dir.glob("step_*"))[:-2]:  # keep the two newest
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        f = self.ckpt_dir / LATEST
+        if not f.is_file():
+            return None
+        path = self.ckpt_dir / f.read_text().strip()
+        return path if (path / STATE_FILE).is_file() else None
+
+    def resume(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        if state["config"] != self.cfg.to_dict():
+            diff = sorted(k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k))
+            raise ResumeMismatch(f"{path} was written with a different config (fields {diff}); "
+                                 f"start a fresh run directory or pass --fresh (make demo DEMO_ARGS=--fresh)")
+        weights = load_file(str(path / "safe" / "safe_weights.safetensors"))
+        own = self._unwrapped.safe_state_dict()
+        with torch.no_grad():
+            for k, v in weights.items():
+                own[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.dual.load_state_dict(state["dual"])
+        self.fisher.load_state_dict(state["fisher"])
+        self.history = state["history"]
+        self.base_retention_accuracy = state["base_retention_accuracy"]
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = True, stop_after: int | None = None) -> dict:
+        """Train to ``cfg.steps`` (resuming from the latest checkpoint when ``resume``). ``stop_after``
+        ends the process-local run early after that step, as a crash would (for tests)."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        from safe.training.schedules import audio_exposure
+
+        cfg, acc = self.cfg, self.accelerator
+        latest = self.latest_checkpoint() if resume else None
+        if latest is not None:
+            self.resume(latest)
+        if self.base_retention_accuracy is None and cfg.retention_every:
+            self.base_retention_accuracy = self.retention_accuracy(gate_open=False)
+        if self.base_retention_accuracy is not None:
+            self.dual.floor = self.base_retention_accuracy - cfg.retention_tau
+        writer = SummaryWriter(str(self.run_dir / "logs" / "stage_a")) if acc.is_main_process else None
+        t0 = time.perf_counter()
+        self.model.train()
+        micro = cfg.batch_size // cfg.grad_accum
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="Stage A", disable=not self.progress or not acc.is_main_process)
+        try:
+            while self.step < cfg.steps:
+                c = cfg.curriculum
+                exposure = audio_exposure(self.step, cfg.steps, c.start, c.end, c.ramp_fraction)
+                self.sampler.set_exposure(exposure)
+                idx = self.sampler.next_batch()[acc.process_index::acc.num_processes]
+                logs: dict[str, float] = {}
+                for m in range(cfg.grad_accum):
+                    part = idx[m * micro // acc.num_processes:(m + 1) * micro // acc.num_processes] or idx
+                    losses = self._losses(part)
+                    acc.backward(losses["total"] / cfg.grad_accum)
+                    for k, v in losses.items():
+                        logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                grad_norm = acc.clip_grad_norm_(self._unwrapped.trainable_parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if cfg.lambda_fisher > 0 and cfg.fisher_every and self.step % cfg.fisher_every == 0:
+                    self._estimate_fisher()
+                record = {"step": self.step, **{f"loss_{k}": round(v, 6) for k, v in logs.items()},
+                          "lambda_retention": self.dual.value, "audio_exposure": exposure,
+                          "grad_norm": float(grad_norm)}
+                if cfg.retention_every and self.step % cfg.retention_every == 0:
+                    vl_acc = self.retention_accuracy(gate_open=True)
+                    record["retention_vl_accuracy"] = vl_acc
+                    record["lambda_retention"] = self.dual.update(vl_acc)
+                self.history.append(record)
+                if writer is not None and (self.step % cfg.log_every == 0 or "retention_vl_accuracy" in record):
+                    for k, v in record.items():
+                        if k != "step":
+                            writer.add_scalar(f"stage_a/{k}", v, self.step)
+                    for i, g in self._unwrapped.gates().items():
+                        writer.add_scalar(f"stage_a/gate_layer{i}", float(torch.tanh(g.detach())), self.step)
+                bar.update(1)
+                bar.set_postfix(audio=f"{logs['audio']:.3f}", ret=f"{logs['retention']:.4f}",
+                                lam=f"{self.dual.value:.2f}")
+                if acc.is_main_process and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._checkpoint()
+                if stop_after is not None and self.step >= stop_after:
+                    return {"interrupted": True, "step": self.step}
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if acc.is_main_process:
+            self._checkpoint()
+            self._unwrapped.save_pretrained(self.ckpt_dir / "final")
+        return {"steps": self.step, "seconds": round(time.perf_counter() - t0, 2), "history": self.history,
+                "base_retention_accuracy": self.base_retention_accuracy, "lambda_retention": self.dual.value}
