@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+# Before torch (and MKL) load: MKL otherwise picks its thread count by machine load, which changes float
+# summation order, so a long CPU training run (the built-in base models) is not reproducible run to run.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("MKL_CBWR", "AUTO")
 import time
 from pathlib import Path
 from typing import Callable

@@ -1,0 +1,295 @@
+"""The outcome table: what Stage B's policy learns from, with no model inside.
+
+Running the VL model and SAFE once per training example and per action, and storing the result,
+turns reinforcement learning over a 7B model into reinforcement learning over a table: an episode
+is one row, the action is "consult audio or not", and the outcome of either action is looked up.
+PPO then runs in seconds (issue 5: "outcomes with and without audio precomputed per training
+example so RL runs over a table fast").
+
+:class:`OutcomeTable` holds, per example ``i`` (``n`` rows):
+
+================== =========== =================================================================
+field              shape/dtype meaning
+================== =========== =================================================================
+``states``         (n, d) f32  the policy's input features (question / image embeddings, a
+                               cheap audio preview, the base's confidence ...)
+``correct_without`` (n,) bool  the base VL model (gate closed, no audio) answers correctly
+``correct_with``   (n,) bool   SAFE with audio (gate open) answers correctly
+``needs_audio``    (n,) bool   the question is audio-dependent (label from the dataset)
+``is_vl``          (n,) bool   a VL-only retention question (the retention constraint's rows)
+``cost_without_ms`` (n,) f32   measured latency of answering without audio, milliseconds
+``cost_with_ms``   (n,) f32    measured latency of answering with audio, milliseconds
+``confidence``     (n,) f32    the base's confidence in its VL-only answer (threshold baseline)
+``entropy``        (n,) f32    the entropy of the base's VL-only answer (threshold baseline)
+================== =========== =================================================================
+
+A row cannot be both ``needs_audio`` and ``is_vl`` (a VL-only question does not need audio); a
+row may be neither (an audio-visual question that the image alone answers).
+
+:func:`evaluate_actions` scores any decision vector against the table (the PPO policy, its
+distilled MLP and every baseline use it, so their numbers are comparable), and
+:func:`make_synthetic_table` builds a table with a known optimal policy for tests and demos.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["OutcomeTable", "evaluate_actions", "make_synthetic_table", "TABLE_FIELDS"]
+
+_BOOL_FIELDS = ("correct_without", "correct_with", "needs_audio", "is_vl")
+_FLOAT_FIELDS = ("cost_without_ms", "cost_with_ms", "confidence", "entropy")
+TABLE_FIELDS = ("states",) + _BOOL_FIELDS + _FLOAT_FIELDS
+_FORMAT = "safe.policy.OutcomeTable/1"
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value).detach().cpu()
+    except Exception as exc:  # numpy object arrays, ragged lists ...
+        raise TypeError(f"{name} must be convertible to a tensor, got {type(value).__name__}: {exc}") from exc
+
+
+def _as_bool(name: str, value: Any, n: int | None) -> torch.Tensor:
+    t = _as_tensor(name, value)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (n,), got shape {tuple(t.shape)}")
+    if n is not None and t.shape[0] != n:
+        raise ValueError(f"{name} must have length n={n} (rows of states), got {t.shape[0]}")
+    if t.dtype != torch.bool:
+        # 0/1 integers or floats are accepted (they come out of numpy / pandas that way); any other
+        # value means the column is not what the caller thinks it is.
+        if t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError(f"{name} must be boolean (or 0/1), got values outside {{0, 1}}")
+        t = t != 0
+    return t.contiguous()
+
+
+def _as_float(name: str, value: Any, n: int, nonnegative: bool) -> torch.Tensor:
+    t = _as_tensor(name, value)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (n,), got shape {tuple(t.shape)}")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} must have length n={n} (rows of states), got {t.shape[0]}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
+    t = t.to(torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(t)).sum())} non-finite value(s)")
+    if nonnegative and bool((t < 0).any()):
+        raise ValueError(f"{name} must be >= 0, got minimum {float(t.min())}")
+    return t.contiguous()
+
+
+@dataclass
+class OutcomeTable:
+    """Precomputed outcomes of both actions for ``n`` examples (see the module docstring).
+
+    Construction converts every field to a CPU tensor (``states`` float32 (n, d); the four flags
+    bool (n,); costs, confidence and entropy float32 (n,)) and validates it: wrong shapes, lengths,
+    non-0/1 flags, non-finite numbers, negative latencies, ``n == 0`` and rows flagged both
+    ``needs_audio`` and ``is_vl`` raise ``ValueError`` naming the field. A valid table is
+    therefore guaranteed aligned and finite.
+    """
+
+    states: torch.Tensor
+    correct_without: torch.Tensor
+    correct_with: torch.Tensor
+    needs_audio: torch.Tensor
+    is_vl: torch.Tensor
+    cost_without_ms: torch.Tensor
+    cost_with_ms: torch.Tensor
+    confidence: torch.Tensor
+    entropy: torch.Tensor
+
+    def __post_init__(self) -> None:
+        s = _as_tensor("states", self.states)
+        if s.dim() != 2:
+            raise ValueError(f"states must be 2-D (n, d), got shape {tuple(s.shape)}")
+        if s.shape[0] == 0 or s.shape[1] == 0:
+            raise ValueError(f"states must have at least one row and one feature, got shape {tuple(s.shape)}")
+        if s.is_complex() or s.dtype == torch.bool:
+            raise ValueError(f"states must be real-valued, got dtype {s.dtype}")
+        s = s.to(torch.float32)
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError("states must be finite, got NaN or inf")
+        self.states = s.contiguous()
+        n = s.shape[0]
+        for name in _BOOL_FIELDS:
+            setattr(self, name, _as_bool(name, getattr(self, name), n))
+        for name in _FLOAT_FIELDS:
+            setattr(self, name, _as_float(name, getattr(self, name), n, nonnegative=name.startswith("cost_")))
+        both = self.needs_audio & self.is_vl
+        if bool(both.any()):
+            raise ValueError(f"needs_audio and is_vl are both set on {int(both.sum())} row(s) "
+                             f"(first index {int(both.nonzero()[0])}); a VL-only question cannot need audio")
+
+    # ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+    @property
+    def state_dim(self) -> int:
+        """``d``, the width of :attr:`states`."""
+        return int(self.states.shape[1])
+
+    def subset(self, idx: Any) -> "OutcomeTable":
+        """The rows ``idx`` (int indices, a bool mask of length n, or a slice) as a new table.
+
+        Index tensors are validated (range, mask length) and an empty selection is an error, since
+        a table has at least one row.
+        """
+        n = len(self)
+        if isinstance(idx, slice):
+            sel: Any = idx
+        else:
+            t = _as_tensor("idx", idx)
+            if t.dtype == torch.bool:
+                if t.dim() != 1 or t.shape[0] != n:
+                    raise ValueError(f"idx as a bool mask must have shape ({n},), got {tuple(t.shape)}")
+            else:
+                if t.is_floating_point() or t.is_complex():
+                    raise ValueError(f"idx must hold integer indices or a bool mask, got dtype {t.dtype}")
+                t = t.reshape(-1).long()
+                if t.numel() and (int(t.min()) < -n or int(t.max()) >= n):
+                    raise ValueError(f"idx must be in [-{n}, {n}), got range [{int(t.min())}, {int(t.max())}]")
+            sel = t
+        return OutcomeTable(**{f.name: getattr(self, f.name)[sel] for f in fields(self)})
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Field name -> tensor (the table's own tensors, not copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def save(self, path: str | PathLike[str]) -> Path:
+        """Write the table as one safetensors file (all fields, plus a format tag); returns the path."""
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        save_file(self.to_dict(), str(p), metadata={"format": _FORMAT})
+        return p
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> "OutcomeTable":
+        """Read a table written by :meth:`save` (re-validated on construction)."""
+        from safetensors import safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"path {str(p)!r} is not a file")
+        with safe_open(str(p), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+            if fmt != _FORMAT:
+                raise ValueError(f"path {str(p)!r} is not an OutcomeTable file (format tag {fmt!r}, expected {_FORMAT!r})")
+            keys = set(f.keys())
+            missing = sorted(set(TABLE_FIELDS) - keys)
+            if missing:
+                raise ValueError(f"path {str(p)!r} is missing field(s) {missing}")
+            return cls(**{k: f.get_tensor(k) for k in TABLE_FIELDS})
+
+
+# --------------------------------------------------------------------------------------------
+# scoring
+# --------------------------------------------------------------------------------------------
+def _mean(x: torch.Tensor) -> float:
+    """Mean of a bool/float vector as a Python float; NaN for an empty vector (not an error, so a
+    table without VL rows still gets its other numbers)."""
+    return float(x.float().mean()) if x.numel() else math.nan
+
+
+def _score(table: OutcomeTable, use: torch.Tensor) -> dict[str, float]:
+    correct = torch.where(use, table.correct_with, table.correct_without)
+    cost = torch.where(use, table.cost_with_ms, table.cost_without_ms)
+    base_cost = float(table.cost_without_ms.double().mean())
+    mean_cost = float(cost.double().mean())
+    return {
+        "accuracy": _mean(correct),
+        "vl_accuracy": _mean(correct[table.is_vl]),
+        "audio_accuracy": _mean(correct[table.needs_audio]),
+        "use_rate": _mean(use),
+        "mean_latency_ms": mean_cost,
+        "latency_ratio_to_base": mean_cost / base_cost if base_cost > 0 else math.nan,
+        "false_positive_rate": _mean(use[table.is_vl]),
+    }
+
+
+def _check_actions(table: OutcomeTable, use_audio: Any, name: str = "use_audio") -> torch.Tensor:
+    return _as_bool(name, use_audio, len(table))
+
+
+def evaluate_actions(table: OutcomeTable, use_audio: Any) -> dict[str, float]:
+    """Score the decisions ``use_audio`` ((n,) bool, True = consult audio) on ``table``.
+
+    Returns plain floats:
+
+    * ``accuracy``: mean correctness of the action taken (``correct_with`` where audio is used,
+      ``correct_without`` elsewhere);
+    * ``vl_accuracy``: the same over ``is_vl`` rows (NaN if none) — the retention number;
+    * ``audio_accuracy``: the same over ``needs_audio`` rows (NaN if none);
+    * ``use_rate``: fraction of rows that consult audio;
+    * ``mean_latency_ms``: mean measured latency of the action taken;
+    * ``latency_ratio_to_base``: ``mean_latency_ms / mean(cost_without_ms)`` (1.0 = never-audio
+      cost; NaN if the base cost is 0);
+    * ``false_positive_rate``: fraction of ``is_vl`` rows that consult audio (NaN if none);
+
+    then the same seven numbers for the oracle (audio exactly where it turns a wrong answer into a
+    right one, see :func:`safe.policy.baselines.oracle`) under ``oracle_<name>``, and the
+    never-audio reference ``base_accuracy`` / ``base_vl_accuracy`` (the retention floor's anchor).
+    """
+    use = _check_actions(table, use_audio)
+    out = _score(table, use)
+    oracle_use = table.correct_with & ~table.correct_without
+    out.update({f"oracle_{k}": v for k, v in _score(table, oracle_use).items()})
+    out["base_accuracy"] = _mean(table.correct_without)
+    out["base_vl_accuracy"] = _mean(table.correct_without[table.is_vl])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic table
+# --------------------------------------------------------------------------------------------
+def make_synthetic_table(n: int = 3000, state_dim: int = 8, seed: int = 0, audio_fraction: float = 0.5,
+                         base_vl_accuracy: float = 0.8, base_ms: float = 100.0, extra_ms: float = 40.0,
+                         noise_ms: float = 5.0) -> OutcomeTable:
+    """A table whose optimal decision is known: audio helps exactly on rows with ``states[:, 0] > t``.
+
+    ``states`` is standard normal (n, state_dim); ``t`` is the normal quantile that makes the
+    expected fraction of audio rows ``audio_fraction`` (``t = 0`` for 0.5). Audio rows
+    (``needs_audio``) are answered wrongly without audio and rightly with it; the other rows are
+    VL-only (``is_vl``), right with probability ``base_vl_accuracy`` and unaffected by audio. So the
+    oracle uses audio exactly on ``x0 > t`` and always-audio has the same accuracy as the oracle.
+    Latency: ``cost_without = base_ms + noise``, ``cost_with = cost_without + extra_ms + noise``
+    (noise ``N(0, noise_ms)``, clamped so costs stay positive) — audio costs time on every row.
+    ``confidence`` is ``sigmoid(-x0 + N(0,1))`` and ``entropy`` its binary entropy, weak signals of
+    the audio need, for the threshold baselines. Deterministic given ``seed``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(state_dim, bool) or not isinstance(state_dim, int) or state_dim < 1:
+        raise ValueError(f"state_dim must be an integer >= 1, got {state_dim!r}")
+    if not 0.0 < audio_fraction < 1.0:
+        raise ValueError(f"audio_fraction must be in (0, 1), got {audio_fraction!r}")
+    if not 0.0 <= base_vl_accuracy <= 1.0:
+        raise ValueError(f"base_vl_accuracy must be in [0, 1], got {base_vl_accuracy!r}")
+    if base_ms <= 0 or extra_ms < 0 or noise_ms < 0:
+        raise ValueError(f"need base_ms > 0, extra_ms >= 0, noise_ms >= 0, got {base_ms!r}, {extra_ms!r}, {noise_ms!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    states = torch.randn(n, state_dim, generator=g)
+    threshold = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - audio_fraction)))
+    needs = states[:, 0] > threshold
+    vl_right = torch.rand(n, generator=g) < base_vl_accuracy
+    correct_without = ~needs & vl_right
+    correct_with = needs | vl_right
+    cost_without = (base_ms + noise_ms * torch.randn(n, generator=g)).clamp_min(0.1 * base_ms)
+    cost_with = cost_without + (extra_ms + noise_ms * torch.randn(n, generator=g)).clamp_min(0.0)
+    confidence = torch.sigmoid(-states[:, 0] + torch.randn(n, generator=g))
+    p = confidence.clamp(1e-6, 1 - 1e-6)
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    return OutcomeTable(states=states, correct_without=correct_without, correct_with=correct_with,
+                        needs_audio=needs, is_vl=~needs, cost_without_ms=cost_without,
+                        cost_with_ms=cost_with, confidence=confidence, entropy=entropy)
