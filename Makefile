@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # A CPU build of torch, installed first: a bare `torch` (or a range past it) pulls GBs of CUDA packages.
 TORCH_PIN := torch==2.13.0
+# Extra pip arguments for the torch step only (e.g. a CPU wheel index where the default index serves CUDA).
+TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: test demo install clean test-fast
@@ -11,7 +13,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

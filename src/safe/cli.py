@@ -43,6 +43,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError:
         raise SystemExit(f"--fusion-layers must be comma-separated integers, got {args.fusion_layers!r}")
     dtype = parse_dtype(args.dtype)
+    _check_device(args.device)
     pairs = ([(b, a) for b in presets.BASE_PRESETS for a in presets.AUDIO_PRESETS] if args.all_presets
              else [(args.base, args.audio)])
     results, ok = {}, True
@@ -68,6 +69,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
         models = {**run.metrics().get("verify", {}).get("models", {}), **results}
         run.record("verify", {"passed": all(m["passed"] for m in models.values()), "models": models})
     return 0 if ok else 1
+
+
+def _config_path(path: str) -> str:
+    """A recipe path as given, else relative to the source checkout (``safe`` run outside the repo root)."""
+    if Path(path).exists():
+        return path
+    repo = Path(__file__).resolve().parents[2] / path
+    return str(repo) if repo.exists() else path
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a torch device ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this torch build or machine has no CUDA device")
 
 
 def _cache_dir() -> Path:
@@ -207,7 +227,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from safe.training.config import load_stage_a_config
     from safe.training.pipeline import run_stage_a
 
-    cfg = load_stage_a_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.tiny and not any(o.startswith("safe.fusion_layers") for o in overrides):
+        overrides.append("safe.fusion_layers=[0, -1]")  # the tiny built-in LM has 2 decoder layers
+    cfg = load_stage_a_config(_config_path(args.config), overrides)
     dtype = parse_dtype(getattr(args, "dtype", "float32"))
     bench = _ensure_benchmark(Path(args.data) if args.data else None, args.tiny)
     base = Path(args.base) if args.base else _cache_dir() / ("base-tiny" if args.tiny else "base")
@@ -290,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command][0](args)
-    except (ValueError, FileNotFoundError) as err:  # ConfigError and friends: a message, not a traceback
+    except (ValueError, OSError) as err:  # ConfigError, missing files, broken checkpoints: a message, not a traceback
         print(f"safe {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -97,3 +97,16 @@ def test_precomputed_audio_embeddings_match_features_and_skip_the_encoder():
     assert torch.equal(got, want) and model.audio_encoder_calls == calls
     with pytest.raises(ValueError, match="not both"):
         model(**x, audio_features=audio, audio_embeddings=emb)
+
+
+def test_refused_load_leaves_no_hooks_on_the_base(tmp_path):
+    model, _, _ = build("llava", "whisper")
+    model.save_pretrained(tmp_path)
+    other = P.tiny_base("blip2-opt")
+    layers = other.language_model.model.decoder.layers
+    before = [len(layer._forward_hooks) for layer in layers]
+    with pytest.raises(ValueError, match="another base model"):
+        SAFEModel.from_pretrained(tmp_path, other, P.tiny_audio_encoder("whisper"))
+    assert [len(layer._forward_hooks) for layer in layers] == before
+    model.remove_hooks()
+    assert all(len(layer._forward_hooks) == 0 for layer in model.base_model.model.language_model.layers)

@@ -71,3 +71,14 @@ def test_safe_train_command_writes_metrics(tiny_builtin, tmp_path, capsys):
         assert key in metrics
     assert main(["train", "--set", "steps=0"]) == 2  # bad config: an error message, not a traceback
     assert "steps: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_data(tiny_builtin, tmp_path):
+    bench, base = tiny_builtin
+    cfg = load_stage_a_config(None, FAST)
+    run_stage_a(bench, base, cfg, tmp_path, progress=False, stop_after=5)
+    with pytest.raises(ResumeMismatch, match="max_train"):
+        run_stage_a(bench, base, cfg, tmp_path, progress=False, max_train=30)
+    # --fresh starts over instead (and clears the old TensorBoard logs)
+    m = run_stage_a(bench, base, cfg, tmp_path, progress=False, max_train=30, fresh=True, max_eval=4)
+    assert m["steps"] == 12

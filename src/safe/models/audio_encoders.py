@@ -44,8 +44,8 @@ class AudioEncoder(nn.Module):
     def encode(self, input_features: torch.Tensor) -> torch.Tensor:
         """``input_features``: the encoder's own input (CLAP (n, 1, frames, mels) or (n, frames, mels);
         Whisper (n, mels, frames)) -> (n, tokens, output_dim)."""
-        dtype = next(self.model.parameters()).dtype
-        x = input_features.to(dtype)
+        param = next(self.model.parameters())
+        x = input_features.to(device=param.device, dtype=param.dtype)
         if self.kind == "clap":
             if x.dim() == 3:
                 x = x.unsqueeze(1)

@@ -114,10 +114,11 @@ def answer_questions(model: nn.Module, fmt: PromptFormat, enc: Encoded, pixels: 
     starts = range(0, len(index), batch_size)
     for s in tqdm(starts, desc="answering", disable=not progress, leave=False):
         idx = index[s:s + batch_size]
-        batch = fmt.prompt_batch(enc, idx)
-        more = extra(idx) if extra is not None else {}
-        gen = model.generate(**batch, pixel_values=pixels[idx], max_new_tokens=max_new_tokens, do_sample=False,
-                             **more)
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in fmt.prompt_batch(enc, idx).items()}
+        more = {k: v.to(device) for k, v in (extra(idx) if extra is not None else {}).items()}
+        gen = model.generate(**batch, pixel_values=pixels[idx].to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, **more)
         out.extend(fmt.decode(gen, batch["input_ids"].shape[1]))
     return out
 
@@ -188,13 +189,13 @@ def build_vl_model(out_dir: str | Path, train: Sequence[Example], vocab_examples
             "config": asdict(cfg)}
 
 
-def load_vl_model(path: str | Path):
+def load_vl_model(path: str | Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, PromptFormat) of a built-in VL checkpoint directory, loaded like any local
     LLaVA checkpoint (``safe.models.loading.load_base``)."""
     from transformers import AutoTokenizer
 
     from safe.models.loading import load_base
 
-    model = load_base(str(path))
+    model = load_base(str(path), dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model, tokenizer, PromptFormat(tokenizer, model.config.image_seq_length)

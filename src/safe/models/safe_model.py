@@ -182,6 +182,11 @@ class SAFEModel(nn.Module):
         finally:
             self._audio_off = previous
 
+    def remove_hooks(self) -> None:
+        """Detach the adapters from the base model for good (before reusing the base elsewhere or
+        wrapping it again); the SAFE model no longer fuses audio afterwards."""
+        self._injector.detach()
+
     @contextlib.contextmanager
     def hooks_detached(self) -> Iterator[nn.Module]:
         """Inside the block the adapter hooks are removed: ``base_model`` is the unwrapped model.
@@ -302,21 +307,28 @@ class SAFEModel(nn.Module):
         meta = json.loads(cfg_file.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{cfg_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-        model = cls(base_model, audio_encoder, SAFEConfig.from_dict(meta["config"]))
-        want, have = meta["base_signature"], model.signature
+        # Check compatibility before building, so a refused load leaves no hooks on the caller's base.
+        encoder = audio_encoder if isinstance(audio_encoder, AudioEncoder) else AudioEncoder(audio_encoder)
+        have = {**resolve_backbone(base_model).signature, "audio_encoder": encoder.kind, "audio_dim": encoder.output_dim}
+        want = meta["base_signature"]
         diff = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"SAFE checkpoint {path} was made for another base model ({detail})")
         if meta.get("has_policy"):
             raise ValueError(f"{path} holds a policy; load it with safe.policy (not available in this version)")
-        state = load_file(str(w_file))
-        own = model.safe_state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"{w_file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-        with torch.no_grad():
-            for name, module in model.safe_modules().items():
-                prefix = name + "."
-                module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        model = cls(base_model, encoder, SAFEConfig.from_dict(meta["config"]))
+        try:
+            state = load_file(str(w_file))
+            own = model.safe_state_dict()
+            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            if missing or unexpected:
+                raise ValueError(f"{w_file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            with torch.no_grad():
+                for name, module in model.safe_modules().items():
+                    prefix = name + "."
+                    module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        except Exception:
+            model.remove_hooks()
+            raise
         return model

@@ -33,10 +33,13 @@ def load_safe(base: str | Path, cfg: StageAConfig, audio: str | Path | None = No
 
     if is_builtin_dir(base):
         base = Path(base)
-        vl, _, fmt = load_vl_model(base / "vl")
-        encoder = load_audio_encoder(str(audio or base / "audio_encoder"))
+        vl, _, fmt = load_vl_model(base / "vl", dtype=dtype)
+        encoder = load_audio_encoder(str(audio or base / "audio_encoder"), dtype)
         frontend = BuiltinFrontEnd() if audio is None else FeatureFrontEnd(audio)
     else:
+        if not (Path(base) / "config.json").is_file():
+            raise FileNotFoundError(f"--base {base} is neither a built-in models folder (manifest.json, vl/, "
+                                    "audio_encoder/ from `safe base build`) nor a checkpoint directory (config.json)")
         if audio is None:
             raise ValueError(f"--audio must name a local CLAP / Whisper checkpoint when --base is a checkpoint ({base})")
         vl, encoder = load_base(str(base), dtype), load_audio_encoder(str(audio), dtype)
@@ -57,11 +60,13 @@ def run_stage_a(bench_dir: str | Path, base_dir: str | Path, cfg: StageAConfig, 
     from safe.training.stage_a import StageATrainer
 
     run_dir = Path(run_dir)
-    if fresh and (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir / "checkpoints")
     t0 = time.perf_counter()
     model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template)
     hashes = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
+    if fresh:  # only once the models loaded: a typo in --base must not wipe a good run
+        for sub in ("checkpoints", "logs/stage_a"):
+            if (run_dir / sub).exists():
+                shutil.rmtree(run_dir / sub)
     cache = AudioEmbeddingCache(Path(bench_dir) / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
     train = synth.load_split(bench_dir, "train")[:max_train]
     retention = synth.load_split(bench_dir, "retention")
@@ -70,7 +75,12 @@ def run_stage_a(bench_dir: str | Path, base_dir: str | Path, cfg: StageAConfig, 
     retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
     test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
     prep_seconds = time.perf_counter() - t0
-    trainer = StageATrainer(model, fmt, train_set, retention_set, cfg, run_dir, progress=progress)
+    from safe.data import synth as _synth
+
+    fingerprint = {**hashes, "benchmark": _synth.load_benchmark_info(bench_dir).get("manifest_sha256"),
+                   "max_train": max_train}
+    trainer = StageATrainer(model, fmt, train_set, retention_set, cfg, run_dir, progress=progress,
+                            fingerprint=fingerprint)
     fit = trainer.fit(resume=True, stop_after=stop_after)
     if fit.get("interrupted"):
         return fit

@@ -66,7 +66,8 @@ class StageATrainer:
     """
 
     def __init__(self, model: SAFEModel, fmt: PromptFormat, train: PreparedSet, retention: PreparedSet,
-                 cfg: StageAConfig, run_dir: str | Path, *, progress: bool = True) -> None:
+                 cfg: StageAConfig, run_dir: str | Path, *, progress: bool = True,
+                 fingerprint: dict | None = None) -> None:
         from accelerate import Accelerator
 
         from safe.data.mixture import BalancedMixtureSampler, order_by_family
@@ -74,6 +75,8 @@ class StageATrainer:
         from safe.training.schedules import DualAscent, make_lr_lambda
 
         self.cfg, self.fmt, self.train_set, self.progress = cfg, fmt, train, progress
+        # What the run trains on (base / encoder hashes, data): a checkpoint made on anything else is refused.
+        self.fingerprint = fingerprint or {}
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +171,14 @@ class StageATrainer:
     def _checkpoint(self) -> Path:
         name = f"step_{self.step:06d}"
         final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".tmp-{name}"
+        if (final / STATE_FILE).is_file():  # already saved (a finished run re-entered): never delete a good one
+            return final
         if tmp.exists():
             shutil.rmtree(tmp)
         self._unwrapped.save_pretrained(tmp / "safe")
         torch.save({
-            "step": self.step, "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
+            "step": self.step, "config": self.cfg.to_dict(), "fingerprint": self.fingerprint,
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
             "dual": self.dual.state_dict(), "fisher": self.fisher.state_dict(), "history": self.history,
             "base_retention_accuracy": self.base_retention_accuracy,
@@ -189,11 +195,14 @@ class StageATrainer:
         return final
 
     def latest_checkpoint(self) -> Path | None:
+        """The checkpoint named by ``latest``, else the newest complete ``step_*`` folder, else None."""
         f = self.ckpt_dir / LATEST
-        if not f.is_file():
-            return None
-        path = self.ckpt_dir / f.read_text().strip()
-        return path if (path / STATE_FILE).is_file() else None
+        if f.is_file():
+            path = self.ckpt_dir / f.read_text().strip()
+            if (path / STATE_FILE).is_file():
+                return path
+        complete = [p for p in sorted(self.ckpt_dir.glob("step_*")) if (p / STATE_FILE).is_file()]
+        return complete[-1] if complete else None
 
     def resume(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -203,8 +212,17 @@ class StageATrainer:
             diff = sorted(k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k))
             raise ResumeMismatch(f"{path} was written with a different config (fields {diff}); "
                                  f"start a fresh run directory or pass --fresh (make demo DEMO_ARGS=--fresh)")
+        if state.get("fingerprint", {}) != self.fingerprint:
+            old, new = state.get("fingerprint", {}), self.fingerprint
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ResumeMismatch(f"{path} was trained on other base models or data ({diff} differ); start a fresh "
+                                 f"run directory or pass --fresh (make demo DEMO_ARGS=--fresh)")
         weights = load_file(str(path / "safe" / "safe_weights.safetensors"))
         own = self._unwrapped.safe_state_dict()
+        bad = sorted(k for k in set(own) | set(weights)
+                     if k not in own or k not in weights or own[k].shape != weights[k].shape)
+        if bad:
+            raise ResumeMismatch(f"{path}: SAFE weights do not fit this model (keys {bad[:4]}); pass --fresh")
         with torch.no_grad():
             for k, v in weights.items():
                 own[k].copy_(v)
