@@ -118,5 +118,9 @@ class FeatureFrontEnd:
         self.extractor = AutoFeatureExtractor.from_pretrained(str(checkpoint), local_files_only=True)
         self.sampling_rate = int(self.extractor.sampling_rate)
 
+    def config(self) -> dict:
+        """The extractor's settings (part of the embedding cache's namespace)."""
+        return self.extractor.to_dict()
+
     def __call__(self, waveforms) -> torch.Tensor:
         return self.extractor(list(waveforms), sampling_rate=self.sampling_rate, return_tensors="pt")["input_features"]

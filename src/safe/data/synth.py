@@ -801,6 +801,12 @@ def generate_benchmark(out_dir: str | Path, config: SynthConfig | None = None, p
     return out
 
 
+def benchmark_fingerprint(out_dir: str | Path) -> str:
+    """Short content id of a generated benchmark (hash of its ``benchmark.json``, which holds the config
+    and the SHA-256 of every manifest): models and checkpoints record it to know what they were trained on."""
+    return hashlib.sha256((Path(out_dir) / "benchmark.json").read_bytes()).hexdigest()[:16]
+
+
 def load_split(out_dir: str | Path, split: str) -> list[Example]:
     """Read one split's examples with image and audio paths made absolute.
 

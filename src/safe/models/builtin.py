@@ -54,10 +54,6 @@ class BuiltinConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _benchmark_fingerprint(bench_dir: Path) -> str:
-    return hashlib.sha256((bench_dir / "benchmark.json").read_bytes()).hexdigest()[:16]
-
-
 def read_manifest(out_dir: str | Path) -> dict | None:
     f = Path(out_dir) / MANIFEST
     return json.loads(f.read_text()) if f.is_file() else None
@@ -100,7 +96,7 @@ def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: Bui
     config = config or BuiltinConfig()
     bench_dir, out_dir = Path(bench_dir), Path(out_dir)
     info = synth.load_benchmark_info(bench_dir)
-    fingerprint = _benchmark_fingerprint(bench_dir)
+    fingerprint = synth.benchmark_fingerprint(bench_dir)
     old = read_manifest(out_dir)
     if (not force and old and old.get("config_hash") == config.digest() and old.get("benchmark") == fingerprint
             and (out_dir / "vl" / "config.json").is_file() and (out_dir / "audio_encoder" / "config.json").is_file()):

@@ -56,8 +56,7 @@ def encoder_fingerprint(audio_encoder, frontend) -> str:
     """Identifies the frozen encoder and its feature settings (the embedding cache's namespace)."""
     from safe.models.integrity import state_hash
 
-    cfg = frontend.config() if hasattr(frontend, "config") else frontend.extractor.to_dict()
-    feats = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    feats = hashlib.sha256(json.dumps(frontend.config(), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{state_hash(audio_encoder)[:24]}-{feats}"
 
 

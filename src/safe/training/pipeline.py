@@ -75,9 +75,7 @@ def run_stage_a(bench_dir: str | Path, base_dir: str | Path, cfg: StageAConfig, 
     retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
     test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
     prep_seconds = time.perf_counter() - t0
-    from safe.data import synth as _synth
-
-    fingerprint = {**hashes, "benchmark": _synth.load_benchmark_info(bench_dir).get("manifest_sha256"),
+    fingerprint = {**hashes, "benchmark": synth.benchmark_fingerprint(bench_dir),
                    "max_train": max_train}
     trainer = StageATrainer(model, fmt, train_set, retention_set, cfg, run_dir, progress=progress,
                             fingerprint=fingerprint)
