@@ -247,7 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: benchmark -> built-in base models -> Stage 1 verification -> Stage A."""
+    """The main job: benchmark -> built-in base models -> Stage 1 verification -> Stage A -> Stages B/C."""
     from safe.runs import RunDir
 
     run = RunDir(args.run_dir)
@@ -270,8 +270,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\n== 4. Stage A: projector + gated adapters (configs/stage_a_builtin.yaml) ==")
     code |= cmd_train(argparse.Namespace(config=args.config, overrides=args.overrides, data=str(bench), base=str(base),
                                          run_dir=str(run.path), fresh=args.fresh, tiny=False))
+    timing["stage_a_done_seconds"] = round(time.perf_counter() - t0, 1)
+    print("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
+    from safe.cli_policy import cmd_policy
+
+    code |= cmd_policy(argparse.Namespace(action="train", run_dir=str(run.path), data=str(bench), base=str(base),
+                                          checkpoint=None, alphas="0,0.1,0.3,0.6", alpha=0.1, steps=200,
+                                          seeds=args.seeds, train_rows=2400, hidden=32, epochs=100))
+    timing["policy_done_seconds"] = round(time.perf_counter() - t0, 1)
+    print("\n== 6. Evaluation protocol and report ==")
+    from safe.cli_eval import cmd_eval
+
+    run.record("timing", {**timing, "seconds": round(time.perf_counter() - t0, 1)})
+    code |= cmd_eval(argparse.Namespace(run_dir=str(run.path), data=str(bench), base=str(base), checkpoint=None,
+                                        split="test"))
     timing["seconds"] = round(time.perf_counter() - t0, 1)
     run.record("timing", timing)
+    from safe.cli_eval import cmd_report
+
+    cmd_report(argparse.Namespace(run_dir=str(run.path)))  # again, so the report carries the final timing
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; metrics written to {run.metrics_file}")
     return code
 
@@ -282,6 +299,23 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a Stage A config field (repeatable)")
     p.add_argument("--fresh", action="store_true", help="retrain Stage A even if the run directory has checkpoints")
+    p.add_argument("--seeds", type=int, default=3, help="PPO seeds at the deployed operating point")
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+    return run
+
+
+def _lazy_args(module: str, name: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), name)(p)
+    return add
 
 
 # name -> (function, help, argument builder)
@@ -292,7 +326,15 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "base": (cmd_base, "build the built-in frozen VL model and audio encoder (safe base build)", _add_base_args),
     "train": (cmd_train, "Stage A: train projector + gated adapters (audio CE, retention KL, Fisher, dual ascent)",
               _add_train_args),
-    "demo": (cmd_demo, "run the embedded pipeline end to end on CPU: data, base models, verify, Stage A",
+    "policy": (_lazy("safe.cli_policy", "cmd_policy"),
+               "Stages B and C: PPO policy over measured outcome tables, baselines, Pareto, distilled gate",
+               _lazy_args("safe.cli_policy", "add_policy_args")),
+    "eval": (_lazy("safe.cli_eval", "cmd_eval"),
+             "the evaluation protocol: retention, audio gains, efficiency, attribution, robustness, stage gates",
+             _lazy_args("safe.cli_eval", "add_eval_args")),
+    "report": (_lazy("safe.cli_eval", "cmd_report"), "write report.html from a run's metrics.json",
+               _lazy_args("safe.cli_eval", "add_report_args")),
+    "demo": (cmd_demo, "run the embedded pipeline end to end on CPU: data, base models, verify, Stages A, B, C",
              _add_demo_args),
 }
 

@@ -46,11 +46,12 @@ def _hand_table(states=None) -> OutcomeTable:
 def test_table_converts_and_validates():
     t = _hand_table()
     assert len(t) == 6 and t.state_dim == 2
-    assert t.correct_with.dtype == torch.bool and t.cost_with_ms.dtype == torch.float32
+    assert t.correct_with.dtype == torch.float32 and t.is_vl.dtype == torch.bool and t.cost_with_ms.dtype == torch.float32
     good = t.to_dict()
     bad_cases = [
         (dict(correct_with=[1, 0, 1]), "correct_with"),
         (dict(is_vl=[0, 1, 2, 0, 0, 0]), "is_vl"),
+        (dict(correct_without=[0, 1, 1.5, 0, 0, 0]), "correct_without"),
         (dict(cost_with_ms=[-1.0, 1, 1, 1, 1, 1]), "cost_with_ms"),
         (dict(confidence=[math.nan, 1, 1, 1, 1, 1]), "confidence"),
         (dict(states=torch.zeros(6)), "states"),
@@ -67,7 +68,7 @@ def test_table_subset_and_roundtrip(tmp_path):
     t = _hand_table()
     s = t.subset([4, 0])
     assert s.states.tolist() == [[8.0, 9.0], [0.0, 1.0]]
-    assert s.correct_with.tolist() == [False, True]
+    assert s.correct_with.tolist() == [0.0, 1.0]
     m = t.subset(t.is_vl)
     assert len(m) == 3 and bool(m.is_vl.all())
     with pytest.raises(ValueError, match="idx"):
@@ -133,7 +134,7 @@ def test_baselines_by_hand():
 def test_oracle_is_the_upper_bound():
     t = make_synthetic_table(400, 3, seed=0)
     best = evaluate_actions(t, oracle(t))["accuracy"]
-    assert best == pytest.approx(float((t.correct_with | t.correct_without).float().mean()))
+    assert best == pytest.approx(float(torch.maximum(t.correct_with, t.correct_without).mean()))
     for use in (never(t), always(t), random_at_rate(t, 0.3, seed=1), confidence_threshold(t, 0.5)):
         assert evaluate_actions(t, use)["accuracy"] <= best + 1e-12
 

@@ -1,7 +1,10 @@
 """Registry of supported frozen VL backbones: where their decoder layers are and how wide they are.
 
 Each entry knows how to find the decoder layers the adapters hook, the LLM hidden size, and the
-layer count (both part of a SAFE checkpoint's compatibility signature).
+layer count (both part of a SAFE checkpoint's compatibility signature), plus the two places the
+policy's cheap state features come from: the module that projects image features into the LLM
+(its output, mean-pooled, is the image embedding) and the image placeholder token (left out of the
+question embedding).
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ class Backbone:
     model: nn.Module
     decoder_layers: nn.ModuleList
     hidden_size: int
+    image_projection: nn.Module
+    """Maps vision features to LLM-width image tokens; its output is ``(batch, image tokens, hidden)``."""
+    image_token_id: int
 
     @property
     def num_layers(self) -> int:
@@ -37,19 +43,29 @@ class _Entry:
     matches: Callable[[nn.Module], bool]
     layers: Callable[[nn.Module], nn.ModuleList]
     hidden: Callable[[nn.Module], int]
+    image_projection: Callable[[nn.Module], nn.Module]
 
 
 def _text_model_type(m: nn.Module) -> str:
     return getattr(m.config.text_config, "model_type", "")
 
 
+def _image_token_id(m: nn.Module) -> int:
+    token = getattr(m.config, "image_token_id", None)
+    token = getattr(m.config, "image_token_index", None) if token is None else token
+    return -1 if token is None else int(token)
+
+
 _REGISTRY: tuple[_Entry, ...] = (
     _Entry("llava", "LlavaForConditionalGeneration", lambda m: True,
-           lambda m: m.model.language_model.layers, lambda m: m.config.text_config.hidden_size),
+           lambda m: m.model.language_model.layers, lambda m: m.config.text_config.hidden_size,
+           lambda m: m.model.multi_modal_projector),
     _Entry("blip2-t5", "Blip2ForConditionalGeneration", lambda m: _text_model_type(m) in ("t5", "mt5"),
-           lambda m: m.language_model.decoder.block, lambda m: m.config.text_config.d_model),
+           lambda m: m.language_model.decoder.block, lambda m: m.config.text_config.d_model,
+           lambda m: m.language_projection),
     _Entry("blip2-opt", "Blip2ForConditionalGeneration", lambda m: _text_model_type(m) == "opt",
-           lambda m: m.language_model.model.decoder.layers, lambda m: m.config.text_config.hidden_size),
+           lambda m: m.language_model.model.decoder.layers, lambda m: m.config.text_config.hidden_size,
+           lambda m: m.language_projection),
 )
 
 SUPPORTED_BACKBONES = ("LlavaForConditionalGeneration (any decoder LM)",
@@ -61,6 +77,7 @@ def resolve_backbone(model: nn.Module) -> Backbone:
     cls = type(model).__name__
     for entry in _REGISTRY:
         if cls == entry.class_name and entry.matches(model):
-            return Backbone(entry.name, model, entry.layers(model), int(entry.hidden(model)))
+            return Backbone(entry.name, model, entry.layers(model), int(entry.hidden(model)),
+                            entry.image_projection(model), _image_token_id(model))
     detail = f" with a {_text_model_type(model)!r} language model" if cls == "Blip2ForConditionalGeneration" else ""
     raise ValueError(f"unsupported base model {cls}{detail}; SAFE supports: {'; '.join(SUPPORTED_BACKBONES)}")

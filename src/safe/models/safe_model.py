@@ -98,6 +98,9 @@ class SAFEModel(nn.Module):
         or a gate value of exactly 0 when no gradient is wanted) gets logits and generated tokens
         bit-exact to the unwrapped base on the same batch; adapter code never touches those rows;
       * the audio encoder runs only on rows that use audio, and not at all if none does;
+      * with a policy attached (:meth:`attach_policy`) and no ``audio_mask``, :meth:`generate` lets the
+        policy choose the rows per query (:mod:`safe.policy.runtime`): skipped rows are the base's
+        own tokens and never reach the encoder; the output says which rows used audio;
       * base and encoder parameters have ``requires_grad=False`` and are never modified; SAFE's own
         weights are saved separately (:meth:`save_pretrained`).
     """
@@ -110,6 +113,7 @@ class SAFEModel(nn.Module):
         self.base_model = base_model
         self.base_model.requires_grad_(False)
         self.base_model.eval()
+        self.backbone = backbone  # a plain dataclass (not a submodule): layer paths and state-feature sources
         self.backbone_name, self.hidden_size = backbone.name, backbone.hidden_size
         self.signature = {**backbone.signature, "audio_encoder": self.audio_encoder.kind,
                           "audio_dim": self.audio_encoder.output_dim}
@@ -151,6 +155,21 @@ class SAFEModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.safe_modules().values() for p in m.parameters() if p.requires_grad]
+
+    def attach_policy(self, policy: nn.Module | None) -> None:
+        """Attach a trained :class:`safe.policy.runtime.AudioPolicy` (None detaches). It is frozen, counted
+        in :meth:`parameter_report` and saved with :meth:`save_pretrained`."""
+        from safe.policy.runtime import AudioPolicy
+
+        if policy is not None:
+            if not isinstance(policy, AudioPolicy):
+                raise TypeError(f"policy must be a safe.policy.runtime.AudioPolicy, got {type(policy).__name__}")
+            want = {"question_dim": self.hidden_size, "image_dim": self.hidden_size}
+            have = {"question_dim": policy.spec.question_dim, "image_dim": policy.spec.image_dim}
+            if want != have:
+                raise ValueError(f"policy state {have} does not match this base (hidden size {self.hidden_size})")
+            policy = policy.to(next(self.base_model.parameters()).device)
+        self.policy = policy
 
     def gates(self) -> dict[int, nn.Parameter]:
         return {i: self.adapters[str(i)].gate.value for i in self.fusion_layers}
@@ -260,9 +279,21 @@ class SAFEModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, *args, audio_features: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
-                 audio_embeddings: torch.Tensor | None = None, **kwargs):
+                 audio_embeddings: torch.Tensor | None = None, audio_preview: torch.Tensor | None = None, **kwargs):
         """The base model's ``generate`` (greedy, sampling, beams, ``num_return_sequences``) with
-        audio fused into the rows of ``audio_mask``; other rows generate exactly what the base does."""
+        audio fused into the rows of ``audio_mask``; other rows generate exactly what the base does.
+
+        With a policy attached, audio given and ``audio_mask`` None, the policy picks the rows instead
+        and a :class:`safe.policy.runtime.PolicyGenerateOutput` (``sequences``, ``used_audio``, ...) is
+        returned; ``audio_preview`` (n, preview_dim) is then required."""
+        if self.policy is not None and audio_mask is None and not self._audio_off and (
+                audio_features is not None or audio_embeddings is not None):
+            from safe.policy.runtime import generate_with_policy
+
+            if args:
+                raise ValueError("generate with a policy takes its inputs as keyword arguments (input_ids=...)")
+            return generate_with_policy(self, audio_preview=audio_preview, audio_features=audio_features,
+                                        audio_embeddings=audio_embeddings, **kwargs)
         with self.audio_context(audio_features, audio_mask, self._batch_size(kwargs),
                                 audio_embeddings=audio_embeddings):
             return self.base_model.generate(*args, **kwargs)
@@ -280,7 +311,8 @@ class SAFEModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "base_signature": self.signature,
-                "has_policy": self.policy is not None}
+                "has_policy": self.policy is not None,
+                "policy": self.policy.config() if self.policy is not None else None}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.safe_state_dict().items()}
         with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as f:
             tmp_w = f.name
@@ -315,10 +347,12 @@ class SAFEModel(nn.Module):
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"SAFE checkpoint {path} was made for another base model ({detail})")
-        if meta.get("has_policy"):
-            raise ValueError(f"{path} holds a policy; load it with safe.policy (not available in this version)")
         model = cls(base_model, encoder, SAFEConfig.from_dict(meta["config"]))
         try:
+            if meta.get("has_policy"):
+                from safe.policy.runtime import AudioPolicy
+
+                model.attach_policy(AudioPolicy.from_config(meta["policy"]))
             state = load_file(str(w_file))
             own = model.safe_state_dict()
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -95,15 +95,16 @@ def entropy_threshold(table: OutcomeTable, t: float) -> torch.Tensor:
 
 
 def oracle(table: OutcomeTable) -> torch.Tensor:
-    """Audio iff it changes correctness for the better: ``correct_with & ~correct_without``.
+    """Audio iff it raises the score: ``correct_with > correct_without`` (for 0/1 scores: it turns a
+    wrong answer into a right one).
 
     Rows where both answers are right (or both wrong) skip audio — it would only cost latency — and
     rows where audio makes a right answer wrong skip it too. So the oracle's accuracy is the best
-    any gate can reach on this table (``mean(correct_with | correct_without)``), at the lowest use
+    any gate can reach on this table (``mean(max(correct_with, correct_without))``), at the lowest use
     rate that reaches it.
     """
     t = _check_table(table)
-    return t.correct_with & ~t.correct_without
+    return t.correct_with > t.correct_without
 
 
 def threshold_for_rate(table: OutcomeTable, kind: str, rate: float) -> float:

@@ -5,7 +5,7 @@ policy decides whether to consult audio, and the reward is read from the table:
 
     r = correct - alpha * latency_cost - gamma * irrelevance_penalty - lambda * is_vl * (1 - correct)
 
-* ``correct``: ``correct_with`` if audio was used, else ``correct_without`` (0/1);
+* ``correct``: ``correct_with`` if audio was used, else ``correct_without`` (a score in [0, 1]: 0/1 for QA);
 * ``latency_cost``: the measured extra latency of the action, ``max(0, cost_ms - base_cost_ms)``,
   divided by a table-wide scale (:func:`latency_scale`): by default the mean extra latency of audio
   over the table, so consulting audio costs about 1 unit and ``alpha`` is unitless — with
@@ -113,7 +113,7 @@ def reward(correct: Any, use_audio: Any, cost_ms: Any, base_cost_ms: Any, alpha:
            needs_audio: Any, *, latency_scale: float) -> torch.Tensor:
     """Per-row reward ``correct - alpha * latency_cost - gamma * irrelevance_penalty``, float32 (n,).
 
-    ``correct``, ``use_audio``, ``needs_audio``: (n,) bool or 0/1; ``cost_ms``: measured latency of the
+    ``correct``: (n,) score in [0, 1] (bool accepted); ``use_audio``, ``needs_audio``: (n,) bool or 0/1; ``cost_ms``: measured latency of the
     action taken; ``base_cost_ms``: measured latency of the no-audio action on the same row (so the
     latency cost of skipping is exactly 0); ``latency_cost = max(0, cost_ms - base_cost_ms) /
     latency_scale`` (clamped at 0 so timing noise never makes audio look cheaper than skipping);
@@ -147,7 +147,7 @@ def retention_penalty(correct: Any, is_vl: Any, lam: float) -> torch.Tensor:
     c = _vector("correct", correct)
     vl = _vector("is_vl", is_vl, c.shape[0]).bool()
     lam = _real_arg("lam", lam, 0.0)
-    return (lam * (vl & ~c.bool()).double()).float()
+    return (lam * vl.double() * (1.0 - c.double())).float()
 
 
 # --------------------------------------------------------------------------------------------

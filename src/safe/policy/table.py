@@ -13,8 +13,8 @@ field              shape/dtype meaning
 ================== =========== =================================================================
 ``states``         (n, d) f32  the policy's input features (question / image embeddings, a
                                cheap audio preview, the base's confidence ...)
-``correct_without`` (n,) bool  the base VL model (gate closed, no audio) answers correctly
-``correct_with``   (n,) bool   SAFE with audio (gate open) answers correctly
+``correct_without`` (n,) f32  score of the base VL model's answer (gate closed, no audio), in [0, 1]
+``correct_with``   (n,) f32    score of SAFE's answer with audio (gate open), in [0, 1]
 ``needs_audio``    (n,) bool   the question is audio-dependent (label from the dataset)
 ``is_vl``          (n,) bool   a VL-only retention question (the retention constraint's rows)
 ``cost_without_ms`` (n,) f32   measured latency of answering without audio, milliseconds
@@ -22,6 +22,10 @@ field              shape/dtype meaning
 ``confidence``     (n,) f32    the base's confidence in its VL-only answer (threshold baseline)
 ``entropy``        (n,) f32    the entropy of the base's VL-only answer (threshold baseline)
 ================== =========== =================================================================
+
+Scores are 1/0 correctness for short-answer questions (bools are accepted and stored as 1.0/0.0) and
+a graded score such as token F1 for captions (the proposal's "QA accuracy (0/1) or normalized caption
+metric"), so a caption that audio improves counts as improved.
 
 A row cannot be both ``needs_audio`` and ``is_vl`` (a VL-only question does not need audio); a
 row may be neither (an audio-visual question that the image alone answers).
@@ -42,9 +46,10 @@ import torch
 
 __all__ = ["OutcomeTable", "evaluate_actions", "make_synthetic_table", "TABLE_FIELDS"]
 
-_BOOL_FIELDS = ("correct_without", "correct_with", "needs_audio", "is_vl")
+_SCORE_FIELDS = ("correct_without", "correct_with")
+_BOOL_FIELDS = ("needs_audio", "is_vl")
 _FLOAT_FIELDS = ("cost_without_ms", "cost_with_ms", "confidence", "entropy")
-TABLE_FIELDS = ("states",) + _BOOL_FIELDS + _FLOAT_FIELDS
+TABLE_FIELDS = ("states",) + _SCORE_FIELDS + _BOOL_FIELDS + _FLOAT_FIELDS
 _FORMAT = "safe.policy.OutcomeTable/1"
 
 
@@ -70,6 +75,20 @@ def _as_bool(name: str, value: Any, n: int | None) -> torch.Tensor:
     return t.contiguous()
 
 
+def _as_score(name: str, value: Any, n: int) -> torch.Tensor:
+    t = _as_tensor(name, value)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (n,), got shape {tuple(t.shape)}")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} must have length n={n} (rows of states), got {t.shape[0]}")
+    if t.is_complex():
+        raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
+    t = t.to(torch.float32)
+    if not bool((torch.isfinite(t) & (t >= 0) & (t <= 1)).all()):
+        raise ValueError(f"{name} must be a score in [0, 1] (or a bool), got values outside it")
+    return t.contiguous()
+
+
 def _as_float(name: str, value: Any, n: int, nonnegative: bool) -> torch.Tensor:
     t = _as_tensor(name, value)
     if t.dim() != 1:
@@ -91,8 +110,8 @@ class OutcomeTable:
     """Precomputed outcomes of both actions for ``n`` examples (see the module docstring).
 
     Construction converts every field to a CPU tensor (``states`` float32 (n, d); the four flags
-    bool (n,); costs, confidence and entropy float32 (n,)) and validates it: wrong shapes, lengths,
-    non-0/1 flags, non-finite numbers, negative latencies, ``n == 0`` and rows flagged both
+    scores float32 (n,) in [0, 1]; the two flags bool (n,); costs, confidence and entropy float32 (n,)) and
+    validates it: wrong shapes, lengths, scores outside [0, 1], non-0/1 flags, non-finite numbers, negative latencies, ``n == 0`` and rows flagged both
     ``needs_audio`` and ``is_vl`` raise ``ValueError`` naming the field. A valid table is
     therefore guaranteed aligned and finite.
     """
@@ -120,6 +139,8 @@ class OutcomeTable:
             raise ValueError("states must be finite, got NaN or inf")
         self.states = s.contiguous()
         n = s.shape[0]
+        for name in _SCORE_FIELDS:
+            setattr(self, name, _as_score(name, getattr(self, name), n))
         for name in _BOOL_FIELDS:
             setattr(self, name, _as_bool(name, getattr(self, name), n))
         for name in _FLOAT_FIELDS:
@@ -237,13 +258,12 @@ def evaluate_actions(table: OutcomeTable, use_audio: Any) -> dict[str, float]:
       cost; NaN if the base cost is 0);
     * ``false_positive_rate``: fraction of ``is_vl`` rows that consult audio (NaN if none);
 
-    then the same seven numbers for the oracle (audio exactly where it turns a wrong answer into a
-    right one, see :func:`safe.policy.baselines.oracle`) under ``oracle_<name>``, and the
+    then the same seven numbers for the oracle (audio exactly where it raises the score, see :func:`safe.policy.baselines.oracle`) under ``oracle_<name>``, and the
     never-audio reference ``base_accuracy`` / ``base_vl_accuracy`` (the retention floor's anchor).
     """
     use = _check_actions(table, use_audio)
     out = _score(table, use)
-    oracle_use = table.correct_with & ~table.correct_without
+    oracle_use = table.correct_with > table.correct_without
     out.update({f"oracle_{k}": v for k, v in _score(table, oracle_use).items()})
     out["base_accuracy"] = _mean(table.correct_without)
     out["base_vl_accuracy"] = _mean(table.correct_without[table.is_vl])
@@ -283,8 +303,8 @@ def make_synthetic_table(n: int = 3000, state_dim: int = 8, seed: int = 0, audio
     threshold = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - audio_fraction)))
     needs = states[:, 0] > threshold
     vl_right = torch.rand(n, generator=g) < base_vl_accuracy
-    correct_without = ~needs & vl_right
-    correct_with = needs | vl_right
+    correct_without = (~needs & vl_right).float()
+    correct_with = (needs | vl_right).float()
     cost_without = (base_ms + noise_ms * torch.randn(n, generator=g)).clamp_min(0.1 * base_ms)
     cost_with = cost_without + (extra_ms + noise_ms * torch.randn(n, generator=g)).clamp_min(0.0)
     confidence = torch.sigmoid(-states[:, 0] + torch.randn(n, generator=g))

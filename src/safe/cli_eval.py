@@ -1,0 +1,79 @@
+"""``safe eval`` (the evaluation protocol, written into metrics.json and report.html) and ``safe report``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default="runs/demo", help="run directory with checkpoints/policy and metrics.json")
+    p.add_argument("--data", default=None, help="benchmark folder (default $SAFE_CACHE/benchmark)")
+    p.add_argument("--base", default=None, help="built-in models folder (default $SAFE_CACHE/base)")
+    p.add_argument("--checkpoint", default=None, help="SAFE + policy checkpoint (default <run-dir>/checkpoints/policy)")
+    p.add_argument("--split", default="test", help="benchmark split to evaluate on")
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default="runs/demo", help="run directory whose metrics.json becomes report.html")
+
+
+def print_gates(gates: list[dict]) -> None:
+    print("\nStage gates (proposal section 14), measured:")
+    for g in gates:
+        print(f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<60} target {g['target']:<34} measured {g['measured']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from safe.cli import _cache_dir
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.evaluation.protocol import run_eval
+    from safe.runs import RunDir
+    from safe.training.data import encoder_fingerprint
+    from safe.training.pipeline import load_trained
+
+    run = RunDir(args.run_dir)
+    bench = Path(args.data) if args.data else _cache_dir() / "benchmark"
+    base = Path(args.base) if args.base else _cache_dir() / "base"
+    ckpt = Path(args.checkpoint) if args.checkpoint else run.path / "checkpoints" / "policy"
+    model, fmt, frontend = load_trained(base, ckpt)
+    if model.policy is None:
+        raise ValueError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")
+    cache = AudioEmbeddingCache(bench / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
+    metrics = run.metrics()
+    ev = run_eval(model, fmt, frontend, bench, cache, policy_metrics=metrics.get("policy"),
+                  stage_a=metrics.get("stage_a"), split=args.split)
+    run.record("eval", ev)
+    r, g = ev["retention"], ev["audio_gains"]
+    print(f"\nevaluation on {ev['split']} ({ev['examples']} examples, {ev['seconds']:.0f} s)")
+    print("  VL accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in r["vl_accuracy"].items()))
+    print("  audio accuracy [95% CI]: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                                                 for k, v in g["audio_accuracy"].items()))
+    rob = ev["robustness"]
+    print("  SNR sweep (audio accuracy): " + ", ".join(
+        f"{'clean' if p['snr_db'] is None else str(int(p['snr_db'])) + ' dB'} {p['audio_accuracy']:.3f}" for p in rob["snr_sweep"]))
+    print(f"  misaligned clips: audio accuracy {rob['misaligned']['audio_accuracy']:.3f} (aligned "
+          f"{rob['misaligned']['aligned_audio_accuracy']:.3f}); irrelevant audio on VL questions: policy false "
+          f"positives {rob['irrelevant']['false_positive_rate']:.4f}, answers changed with the gate forced open "
+          f"{rob['irrelevant']['answers_changed']} of {rob['irrelevant']['n']}")
+    if "ood_sounds" in rob:
+        o = rob["ood_sounds"]
+        print(f"  held-out sound kinds: audio accuracy {o['audio_accuracy']:.3f} vs in-domain "
+              f"{o['in_domain_audio_accuracy']:.3f} (base {o['base_audio_accuracy']:.3f}, {o['n']} questions)")
+    sh = ev["attribution"]["shapley"]
+    print(f"  Shapley (mean per question): image {sh['image_mean']:.3f}, audio {sh['audio_mean']:.3f}")
+    print_gates(ev["stage_gates"])
+    return cmd_report(argparse.Namespace(run_dir=str(run.path)))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from safe.evaluation.report import report_sections, write_report
+    from safe.runs import RunDir
+
+    run = RunDir(args.run_dir)
+    metrics = run.metrics()
+    if not metrics:
+        raise FileNotFoundError(f"{run.metrics_file} is missing or empty: run the pipeline (make demo) first")
+    path = write_report(metrics, run.path / "report.html")
+    missing = [k for k, v in report_sections(metrics).items() if not v]
+    print(f"\nreport: {path.resolve()}" + (f" (sections not run: {', '.join(missing)})" if missing else ""))
+    return 0

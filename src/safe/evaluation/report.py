@@ -1,0 +1,433 @@
+"""The SAFE report: one self-contained ``report.html`` built from a run's ``metrics.json``.
+
+The report answers three questions for a reviewer: is the base model untouched, does audio help
+where it should, and is audio skipped where it does not help. Every section is rendered only from
+values present in the metrics; a missing section says "not run in this report" and no number is
+ever invented. Plots are PNGs embedded as ``data:`` URIs, styles are inline, there is no script
+and no external reference, and every string from the metrics is HTML-escaped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from safe.evaluation import plots
+
+DASH = "—"
+_MODES = ("base", "gate_closed", "gate_open", "policy")
+_POLICY_COLS = ("accuracy", "vl_accuracy", "audio_accuracy", "use_rate", "mean_latency_ms",
+                "latency_ratio_to_base", "false_positive_rate", "oracle_accuracy", "oracle_use_rate",
+                "base_accuracy")
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222;line-height:1.4}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+.pass{background:#d7f5d7;color:#105010;font-weight:600}
+.fail{background:#fbd5d5;color:#801010;font-weight:600}
+.missing{color:#888;font-style:italic} .warn{color:#a05000;font-weight:600}
+img{display:block;margin:.6em 0;max-width:100%} pre{font-size:.8em;white-space:pre-wrap}
+"""
+
+
+class _Html(str):
+    """A string that is already HTML (a table cell that must not be escaped again)."""
+
+
+# ---------------------------------------------------------------------------------------- values
+def _is_num(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Format one value for a table: None / NaN / inf -> "—", bools -> yes/no, integers as they
+    are, floats with ``digits`` decimals (very large ones in scientific notation), anything else
+    as text. The result is plain text, not yet escaped."""
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if _is_num(value):
+        value = float(value)
+        if not math.isfinite(value):
+            return DASH
+        if abs(value) >= 1e5 or 0 < abs(value) < 0.5 * 10**-digits:
+            return f"{value:.3g}"   # very large or very small: keep significant digits
+        return f"{value:.{digits}f}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def fmt_key(key: str, value: Any) -> str:
+    """Format ``value`` using its key for the unit: milliseconds and seconds with 2 decimals,
+    bytes in MiB, everything else as :func:`fmt` (fractions with 3 decimals)."""
+    k = key.lower()
+    if _is_num(value) and "bytes" in k and math.isfinite(float(value)):
+        return f"{float(value) / 2**20:.2f} MiB"
+    if k.endswith("_ms") or k == "ms" or "latency" in k or "second" in k or k.endswith("_s"):
+        return fmt(value, 2)
+    return fmt(value)
+
+
+def fmt_ci(d: Any, digits: int = 3) -> str:
+    """``{"mean", "ci_low", "ci_high"}`` as "0.938 [0.910, 0.960]" (a bare number as itself)."""
+    if not isinstance(d, Mapping):
+        return fmt(d, digits)
+    text = fmt(d.get("mean"), digits)
+    if "ci_low" in d or "ci_high" in d:
+        text += f" [{fmt(d.get('ci_low'), digits)}, {fmt(d.get('ci_high'), digits)}]"
+    return text
+
+
+def _get(metrics: Any, *keys: str) -> Any:
+    """``metrics[k1][k2]...`` or ``None`` when any level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(metrics, Mapping):
+            return None
+        metrics = metrics.get(key)
+    return metrics
+
+
+def _present(value: Any) -> bool:
+    return isinstance(value, (Mapping, list, tuple)) and len(value) > 0
+
+
+def _m(value: Any) -> Mapping:
+    """``value`` if it is a mapping, else an empty one (so a malformed entry reads as missing)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _maps(value: Any) -> dict[str, Mapping]:
+    """The entries of a mapping whose values are mappings (e.g. per-family tables)."""
+    return {str(k): v for k, v in _m(value).items() if isinstance(v, Mapping)}
+
+
+# ------------------------------------------------------------------------------------ HTML pieces
+def _esc(text: Any) -> str:
+    return text if isinstance(text, _Html) else html.escape(str(text))
+
+
+def _badge(passed: Any) -> _Html:
+    if passed is None:
+        return _Html(DASH)
+    return _Html('<span class="pass">PASS</span>' if passed else '<span class="fail">FAIL</span>')
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; cells are escaped unless they are :class:`_Html`."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _kv_table(d: Any, keys: Sequence[str] | None = None, header: str = "value") -> str:
+    """A two-column table of the scalar entries of ``d`` (all of them, or ``keys`` in that order)."""
+    if not isinstance(d, Mapping):
+        return ""
+    keys = [k for k in (keys or d) if k in d and not isinstance(d[k], (Mapping, list, tuple))]
+    return _table(["", header], [[k, fmt_key(k, d[k])] for k in keys])
+
+
+def _grid(groups: Mapping[str, Mapping], columns: Sequence[str] | None = None, first: str = "",
+          cell: Callable[[str, Any], str] = fmt_key) -> str:
+    """A table with one row per group and one column per key present in any group."""
+    groups = _maps(groups)
+    if columns is None:
+        columns = []
+        for g in groups.values():
+            columns += [k for k in g if k not in columns]
+    columns = [c for c in columns if any(c in g for g in groups.values())]
+    rows = [[name] + [cell(c, g.get(c)) for c in columns] for name, g in groups.items()]
+    return _table([first] + [c.replace("_", " ") for c in columns], rows)
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+
+
+def _p(text: Any, cls: str = "") -> str:
+    return f'<p class="{cls}">{_esc(text)}</p>' if cls else f"<p>{_esc(text)}</p>"
+
+
+def _h3(text: str) -> str:
+    return f"<h3>{_esc(text)}</h3>"
+
+
+# ---------------------------------------------------------------------------------------- sections
+def _stage_gates(m: Mapping) -> str:
+    gates = [g for g in _get(m, "eval", "stage_gates") or () if isinstance(g, Mapping)]
+    if not gates:
+        return _p("Stage gates recorded, but none in the expected form.", "missing")
+    rows = [[g.get("gate", DASH), g.get("target", DASH), fmt_key(str(g.get("gate", "")), g.get("measured")),
+             _badge(g.get("passed"))] for g in gates]
+    failed = [str(g.get("gate", "?")) for g in gates if g.get("passed") is not True]
+    verdict = (f"All {len(gates)} stage gates passed." if not failed
+               else f"{len(failed)} of {len(gates)} stage gates failed: {', '.join(failed)}.")
+    return _table(["gate", "target", "measured", "result"], rows) + _p(verdict, "fail" if failed else "pass")
+
+
+def _checks_summary(checks: Any) -> str:
+    """"k/n passed" plus the names of failing checks, for a list of dicts or a name -> result map."""
+    if isinstance(checks, Mapping):
+        items = [(k, v.get("passed") if isinstance(v, Mapping) else v) for k, v in checks.items()]
+    elif isinstance(checks, (list, tuple)):
+        items = [(c.get("name", f"#{i}"), c.get("passed")) if isinstance(c, Mapping) else (f"#{i}", c)
+                 for i, c in enumerate(checks)]
+    else:
+        return fmt(checks)
+    bad = [str(n) for n, ok in items if not ok]
+    return f"{len(items) - len(bad)}/{len(items)} passed" + (f"; failed: {', '.join(bad)}" if bad else "")
+
+
+def _verify(m: Mapping) -> str:
+    v = m["verify"]
+    rows = []
+    for name, model in _maps(v.get("models")).items():
+        extra = "; ".join(f"{k}={fmt_key(k, x)}" for k, x in model.items()
+                          if k not in ("passed", "checks", "seconds"))
+        rows.append([name, _badge(model.get("passed")), _checks_summary(model.get("checks")),
+                     fmt_key("seconds", model.get("seconds")), extra])
+    overall = _table(["overall", "result"], [["all models", _badge(v.get("passed"))]])
+    return overall + _table(["model", "result", "checks", "seconds", "other"], rows) + \
+        _kv_table({k: x for k, x in v.items() if k not in ("passed", "models")})
+
+
+def _base(m: Mapping) -> str:
+    b = m["base"]
+    scalars = dict(b)
+    if isinstance(b.get("audio_encoder"), Mapping):
+        scalars.update({f"audio encoder {k}": v for k, v in b["audio_encoder"].items()})
+    parts = [_kv_table(scalars)]
+    fam = b.get("test_accuracy")
+    if isinstance(fam, Mapping):
+        parts += [_h3("Test accuracy per family"),
+                  _table(["family", "accuracy"], [[k, fmt(x)] for k, x in fam.items()])]
+    deaf = _maps(b.get("deaf_check"))
+    if deaf:
+        rows = [[f, fmt(d.get("accuracy")), fmt(d.get("bound")), fmt(d.get("rule")), _badge(d.get("passed"))]
+                for f, d in deaf.items()]
+        parts += [_h3("Deaf check (VL model on audio questions)"),
+                  _table(["family", "accuracy", "bound", "rule", "result"], rows)]
+    return "".join(parts)
+
+
+def _retention(m: Mapping) -> str:
+    r = m["eval"]["retention"]
+    acc, mc, changed = _m(r.get("vl_accuracy")), _maps(r.get("mcnemar")), _m(r.get("answers_changed"))
+    n = changed.get("n")
+    rows = []
+    for mode in [k for k in _MODES if k in acc or k in mc or k in changed]:
+        t = mc.get(mode, {})
+        rows.append([mode.replace("_", " "), fmt(acc.get(mode)),
+                     f"{fmt(changed.get(mode))} / {fmt(n)}" if mode in changed else DASH,
+                     fmt(t.get("b")), fmt(t.get("c")), fmt(t.get("statistic")), fmt(t.get("p_value")),
+                     fmt(t.get("exact"))])
+    parts = [_table(["mode", "VL accuracy", "answers changed", "McNemar b", "c", "statistic", "p",
+                     "exact"], rows)]
+    fam = _maps(r.get("per_family"))
+    if fam:
+        parts += [_h3("Per family"), _grid(fam, list(_MODES), "family"),
+                  _img(plots.retention_plot(fam), "retention per family")]
+    if isinstance(r.get("effect_size"), Mapping):
+        parts += [_h3("Effect size"), _kv_table(r["effect_size"])]
+    return "".join(parts)
+
+
+def _audio_gains(m: Mapping) -> str:
+    g = m["eval"]["audio_gains"]
+    parts = []
+    for metric in ("audio_accuracy", "caption_cider_d"):
+        if isinstance(g.get(metric), Mapping):
+            parts.append(_table(["model", metric.replace("_", " ") + " (mean [95% CI])"],
+                                [[k, fmt_ci(v)] for k, v in g[metric].items()]))
+    fam = _maps(g.get("per_family"))
+    if fam:
+        parts += [_h3("Audio accuracy per family"), _grid(fam, None, "family")]
+    return "".join(parts)
+
+
+def _efficiency(m: Mapping) -> str:
+    e = m["eval"]["efficiency"]
+    parts = [_kv_table(e)]
+    lat, ratio = _maps(e.get("latency_ms")), _m(e.get("latency_ratio_to_base"))
+    flops = _m(e.get("flops_per_query"))
+    modes = list(dict.fromkeys([*lat, *ratio, *flops]))
+    rows = [[mode, *(fmt(lat.get(mode, {}).get(k), 2) for k in ("median", "p95", "mean")),
+             fmt(ratio.get(mode), 2), fmt(flops.get(mode))] for mode in modes]
+    parts.append(_table(["mode", "latency median (ms)", "p95 (ms)", "mean (ms)", "ratio to base",
+                         "FLOPs / query"], rows))
+    for key, title in (("memory_bytes", "Memory"), ("state_cost_ms", "Cost of the policy state (ms)")):
+        if isinstance(e.get(key), Mapping):
+            rows = [[k, fmt_key(key, v)] for k, v in e[key].items()]
+            parts += [_h3(title), _table(["part", "value"], rows)]
+    return "".join(parts)
+
+
+def _policy(m: Mapping) -> str:
+    p = m["policy"]
+    parts = []
+    if p.get("collapse"):
+        parts.append(_p(f"Policy collapse: {p['collapse']}", "warn"))
+    rows = {"PPO policy": p["test"]} if isinstance(p.get("test"), Mapping) else {}
+    rows.update(_maps(p.get("baselines")))
+    if rows:
+        extra = [k for r in rows.values() for k, v in r.items() if _is_num(v) and k not in _POLICY_COLS]
+        columns = [*_POLICY_COLS, *dict.fromkeys(extra)]
+        parts += [_h3("Policy vs baselines (test split)"), _grid(rows, columns, "policy")]
+    pareto = [q for q in p.get("pareto") or () if isinstance(q, Mapping)]
+    if pareto:
+        cols = ("kind", "alpha", "threshold", "accuracy", "mean_latency_ms", "use_rate", "on_front")
+        parts += [_h3("Accuracy / latency trade-off"), _img(plots.pareto_plot(pareto), "Pareto plot"),
+                  _table(["name", *(c.replace("_", " ") for c in cols)],
+                         [[q.get("name", DASH), *(fmt_key(c, q.get(c)) for c in cols)] for q in pareto])]
+    history = [h for h in p.get("history") or () if isinstance(h, Mapping)]
+    if history:
+        parts += [_h3(f"PPO training ({len(history)} updates; last row below)"),
+                  _img(plots.ppo_curves_plot(history), "PPO curves"), _kv_table(history[-1])]
+    if isinstance(p.get("distill"), Mapping):
+        parts += [_h3("Distilled gate (Stage C)"), _kv_table(p["distill"])]
+    return "".join(parts)
+
+
+def _attribution(m: Mapping) -> str:
+    a = m["eval"]["attribution"]
+    lomo, shap = _maps(a.get("lomo")), _m(a.get("shapley"))
+    parts = []
+    if lomo:
+        parts += [_h3("Muted-audio accuracy drop (LOMO)"), _grid(lomo, ["active", "muted", "drop"], "family")]
+    if shap:
+        parts += [_h3("Shapley values per modality"), _kv_table(shap),
+                  _grid(shap.get("by_family") or {}, ["image", "audio"], "family")]
+    parts.append(_img(plots.attribution_plot(lomo, _get(shap, "by_family")), "attribution"))
+    return "".join(parts)
+
+
+def _robustness(m: Mapping) -> str:
+    r = m["eval"]["robustness"]
+    parts = []
+    sweep = [s for s in r.get("snr_sweep") or () if isinstance(s, Mapping)]
+    if sweep:
+        rows = [["clean" if s.get("snr_db") is None else fmt(s.get("snr_db"), 1),
+                 fmt(s.get("audio_accuracy")), fmt(s.get("vl_accuracy"))] for s in sweep]
+        parts += [_h3("SNR sweep"), _table(["SNR (dB)", "audio accuracy", "VL accuracy"], rows),
+                  _img(plots.snr_plot(sweep), "SNR sweep")]
+    for key, title in (("misaligned", "Misaligned audio"), ("irrelevant", "Irrelevant audio"),
+                       ("ood_sounds", "Unseen sounds")):
+        if isinstance(r.get(key), Mapping):
+            parts += [_h3(title), _kv_table(r[key])]
+    return "".join(parts)
+
+
+def _ablations(m: Mapping) -> str:
+    a = m["eval"]["ablations"]
+    rows = [r for r in a.get("rows") or () if isinstance(r, Mapping)]
+    numeric = list(dict.fromkeys(k for r in rows for k, v in r.items() if _is_num(v)))
+    table = _table(["name", "changes", *(c.replace("_", " ") for c in numeric)],
+                   [[r.get("name", DASH), fmt(r.get("changes")), *(fmt_key(c, r.get(c)) for c in numeric)]
+                    for r in rows])
+    return table + (_p(a["note"]) if a.get("note") else "")
+
+
+def _seeds(m: Mapping) -> str:
+    s = m["eval"]["seeds"]
+    d = _m(s.get("cohens_d"))
+    rows = []
+    for name, v in _maps(s.get("metrics")).items():
+        n = s.get("n", len(v.get("values") or ()))
+        values = ", ".join(fmt(x) for x in v.get("values") or ())
+        rows.append([name, f"{fmt_ci(v)} (n={fmt(n)})", values, fmt(d.get(name), 2)])
+    return _table(["metric", "mean [95% CI]", "values", "Cohen's d"], rows)
+
+
+def _stage_a(m: Mapping) -> str:
+    a = m["stage_a"]
+    history = [h for h in a.get("history") or () if isinstance(h, Mapping)]
+    return _kv_table(a) + _img(plots.stage_a_plot(history), "Stage A curves")
+
+
+# (key, title, where the data lives, renderer)
+_SECTIONS: list[tuple[str, str, tuple[str, ...], Callable[[Mapping], str]]] = [
+    ("stage_gates", "Stage gates", ("eval", "stage_gates"), _stage_gates),
+    ("verify", "Safety verification", ("verify",), _verify),
+    ("base", "Base models", ("base",), _base),
+    ("retention", "Retention", ("eval", "retention"), _retention),
+    ("audio_gains", "Audio gains", ("eval", "audio_gains"), _audio_gains),
+    ("efficiency", "Efficiency", ("eval", "efficiency"), _efficiency),
+    ("policy", "Stage B/C policy", ("policy",), _policy),
+    ("attribution", "Attribution", ("eval", "attribution"), _attribution),
+    ("robustness", "Robustness", ("eval", "robustness"), _robustness),
+    ("ablations", "Ablations", ("eval", "ablations"), _ablations),
+    ("seeds", "Seeds", ("eval", "seeds"), _seeds),
+    ("stage_a", "Stage A", ("stage_a",), _stage_a),
+]
+SECTION_TITLES = {key: title for key, title, _, _ in _SECTIONS}
+
+
+def report_sections(metrics: Mapping[str, Any]) -> dict[str, bool]:
+    """For each report section (keys of :data:`SECTION_TITLES`, in report order), whether the
+    metrics hold data for it (a non-empty dict or list at its place)."""
+    return {key: _present(_get(metrics, *where)) for key, _, where, _ in _SECTIONS}
+
+
+def _timing(metrics: Mapping) -> str:
+    t = metrics.get("timing")
+    if isinstance(t, Mapping):
+        return _p("Time: " + " · ".join(f"{k} {fmt(v, 1)} s" for k, v in t.items() if _is_num(v)))
+    return _p(f"Time: {fmt(t, 1)} s") if _is_num(t) else ""
+
+
+def _footer(metrics: Mapping) -> str:
+    text = json.dumps(metrics, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    return ("<details><summary>Full metrics (JSON)</summary>"
+            f'<pre id="metrics-json">{html.escape(text, quote=False)}</pre></details>')
+
+
+def render_report(metrics: Mapping[str, Any], title: str = "SAFE report") -> str:
+    """The report as one HTML string (see :func:`write_report`)."""
+    body = [f"<h1>{_esc(title)}</h1>", _timing(metrics)]
+    present = report_sections(metrics)
+    for key, heading, _, render in _SECTIONS:
+        content = render(metrics) if present[key] else _p("not run in this report", "missing")
+        body.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{content}</section>')
+    body.append(_footer(metrics))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str = "SAFE report") -> Path:
+    """Write the report for ``metrics`` to ``path`` and return the path.
+
+    Guarantees: the file is self-contained (plots embedded as base64 PNG, inline CSS, no script, no
+    external reference); every string from ``metrics`` is HTML-escaped; missing sections read "not
+    run in this report"; None / NaN show as "—"; the file is written to a temporary file in the same
+    folder and renamed over ``path``, so a reader never sees a half-written report.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_report(metrics, title)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

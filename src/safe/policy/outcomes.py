@@ -1,0 +1,147 @@
+"""From a trained SAFE model to an :class:`OutcomeTable`: both actions' outcomes and measured costs.
+
+For every example of a split, :func:`collect_outcomes` runs the cascade's first step (the base
+model's VL-only ``generate``, which also yields the state) and SAFE with the example's own clip (gate
+open), and scores both answers: exact match for short answers, token F1 for captions.
+:func:`measure_costs` times, per query in a batch on one CPU thread, every piece of the cascade for
+examples of each question family: the plain base, the base pass with state features, the audio preview,
+the policy forward, and the audio path (front end + encoder + projector + SAFE ``generate``). Costs
+then enter the table per family: answering without audio costs the base pass + preview + policy;
+with audio, that plus the audio path. Nothing is assumed free.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+import torch
+
+from safe.data.records import Example
+from safe.data.synth import CAPTION_FAMILIES
+from safe.evaluation.efficiency import time_calls
+from safe.evaluation.metrics import exact_match, token_f1
+from safe.models.builtin_vl import answer_questions
+from safe.policy.features import StateSpec, assemble_state, audio_preview
+from safe.policy.network import PolicyNetwork
+from safe.policy.runtime import base_pass
+from safe.policy.table import OutcomeTable
+from safe.training.data import PreparedSet
+
+MAX_NEW_TOKENS = 6
+
+
+def answer_score(prediction: str, example: Example) -> float:
+    """1/0 exact match for short answers, token F1 against the best reference for captions."""
+    if example.family in CAPTION_FAMILIES:
+        return max(token_f1(prediction, a) for a in example.answers)
+    return float(exact_match(prediction, example.answers))
+
+
+def state_spec(model) -> StateSpec:
+    return StateSpec(question_dim=model.hidden_size, image_dim=model.hidden_size)
+
+
+@torch.no_grad()
+def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batch_size: int = 200,
+                     progress: bool = False) -> dict[str, Any]:
+    """States, both answers and both scores for every row of ``data`` (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    spec = state_spec(model)
+    device = next(model.base_model.parameters()).device
+    states, base_answers, conf = [], [], []
+    for s in tqdm(range(0, len(data), batch_size), desc="base pass", disable=not progress, leave=False):
+        idx = list(range(s, min(s + batch_size, len(data))))
+        batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.enc, idx).items()}
+        bp = base_pass(model, {**batch, "pixel_values": data.pixels[idx].to(device)},
+                       max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        base_answers += fmt.decode(bp.sequences, batch["input_ids"].shape[1])
+        states.append(assemble_state(bp.question, bp.image, previews[idx], bp.confidence, spec))
+        conf.append(bp.confidence)
+    audio_answers = answer_questions(model, fmt, data.enc, data.pixels, batch_size=batch_size,
+                                     max_new_tokens=MAX_NEW_TOKENS, progress=progress,
+                                     extra=lambda idx: {"audio_embeddings": data.audio[idx],
+                                                        "audio_mask": torch.ones(len(idx), dtype=torch.bool)})
+    conf_t = torch.cat(conf)
+    return {
+        "states": torch.cat(states),
+        "correct_without": torch.tensor([answer_score(p, e) for p, e in zip(base_answers, data.examples)]),
+        "correct_with": torch.tensor([answer_score(p, e) for p, e in zip(audio_answers, data.examples)]),
+        "confidence": conf_t[:, 0], "entropy": conf_t[:, 1],
+        "base_answers": base_answers, "audio_answers": audio_answers,
+    }
+
+
+def _sample_by_family(examples: Sequence[Example], per_family: int) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        if len(rows.setdefault(e.family, [])) < per_family:
+            rows[e.family].append(i)
+    return rows
+
+
+@torch.no_grad()
+def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], frontend, batch_size: int = 16,
+                  repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Milliseconds per query, per family, of each piece of the cascade, timed on a batch of up to
+    ``batch_size`` examples of the family on one thread (median of ``repeats`` batch times divided by
+    the batch): ``base`` (the unwrapped base's ``generate``), ``base_pass`` (the same with the state
+    parts recorded), ``preview``, ``policy`` (state assembly + a Stage B network forward), ``audio``
+    (front end + encoder + projector + SAFE ``generate`` with audio), and the derived
+    ``without_audio = base_pass + preview + policy`` and ``with_audio = without_audio + audio``.
+
+    Batch size matters on small models: at batch 1 fixed per-call overheads dominate every piece."""
+    spec = state_spec(model)
+    device = next(model.base_model.parameters()).device
+    probe = PolicyNetwork(spec.dim).eval()
+    gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    out: dict[str, dict[str, float]] = {}
+    calls = model.audio_encoder_calls
+    for family, rows in _sample_by_family(data.examples, batch_size).items():
+        batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.enc, rows).items()}
+        batch["pixel_values"] = data.pixels[rows].to(device)
+        wav = [waveforms[i] for i in rows]
+        mask = torch.ones(len(rows), dtype=torch.bool, device=device)
+
+        def plain_base():
+            with model.hooks_detached() as base:
+                base.generate(**batch, **gen)
+
+        bp = base_pass(model, batch, **gen)
+        prev = audio_preview(wav)
+
+        def policy_forward():
+            probe.decide(assemble_state(bp.question, bp.image, prev, bp.confidence, spec))
+
+        def audio_path():
+            model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
+
+        med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows)
+               for name, fn in (("base", plain_base), ("base_pass", lambda: base_pass(model, batch, **gen)),
+                                ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
+                                ("audio", audio_path))}
+        med["without_audio"] = med["base_pass"] + med["preview"] + med["policy"]
+        med["with_audio"] = med["without_audio"] + med["audio"]
+        out[family] = med
+    model.audio_encoder_calls = calls  # timing runs are not queries
+    return out
+
+
+def build_table(outcomes: dict[str, Any], data: PreparedSet, costs: dict[str, dict[str, float]]) -> OutcomeTable:
+    """The :class:`OutcomeTable` of ``data`` from :func:`collect_outcomes` and :func:`measure_costs`."""
+    missing = sorted({e.family for e in data.examples} - set(costs))
+    if missing:
+        raise ValueError(f"no measured costs for families {missing}")
+    fam = [e.family for e in data.examples]
+    return OutcomeTable(
+        states=outcomes["states"], correct_without=outcomes["correct_without"],
+        correct_with=outcomes["correct_with"], needs_audio=data.needs_audio.clone(),
+        is_vl=~data.needs_audio, cost_without_ms=torch.tensor([costs[f]["without_audio"] for f in fam]),
+        cost_with_ms=torch.tensor([costs[f]["with_audio"] for f in fam]),
+        confidence=outcomes["confidence"], entropy=outcomes["entropy"])
+
+
+def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
+    from safe.data.audio_io import read_wav
+
+    return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]

@@ -1,0 +1,190 @@
+"""The policy at inference time: a cascade that answers without audio first and consults audio only
+for the rows the policy picks.
+
+For a batch, :func:`generate_with_policy`
+
+1. runs the base model's own greedy/sampled ``generate`` (SAFE's gates closed: bit-exact base),
+   recording the first token's logits and the image embedding on the way (:mod:`safe.policy.features`);
+2. builds the state of every row (question and image embeddings, the audio preview, confidence) and
+   asks the policy, one small MLP forward for the batch;
+3. for the rows that use audio only, runs the audio encoder, the projector and SAFE's ``generate``
+   with the gates open, and puts those answers in place of the base's.
+
+So a row the policy skips costs the base model plus the state and the policy, and its tokens are the
+base's own on the same batch; the encoder never sees it (``SAFEModel.audio_encoder_calls`` counts
+rows). A row that uses audio costs that plus the audio path: the price of asking the base's
+confidence first, measured and charged in every latency figure (:mod:`safe.policy.outcomes`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from safe.policy.features import (StateSpec, assemble_state, capture_image_embedding, confidence_features,
+                                  question_embedding)
+from safe.policy.network import GateMLP, PolicyNetwork
+
+POLICY_KINDS = ("ppo", "mlp")
+
+
+class AudioPolicy(nn.Module):
+    """A trained gate plus the layout of the state it reads: ``decide(states) -> bool (n,)``.
+
+    ``kind`` is ``"ppo"`` (the Stage B :class:`PolicyNetwork`, acting deterministically) or ``"mlp"``
+    (the Stage C :class:`GateMLP`, use audio where its probability is above 0.5). Saved and loaded
+    with the SAFE checkpoint (``SAFEModel.save_pretrained``), keys under ``policy.``.
+    """
+
+    def __init__(self, spec: StateSpec, kind: str = "ppo", hidden: int = 64, net: nn.Module | None = None) -> None:
+        super().__init__()
+        if kind not in POLICY_KINDS:
+            raise ValueError(f"policy kind must be one of {POLICY_KINDS}, got {kind!r}")
+        self.spec, self.kind, self.hidden = spec, kind, int(hidden)
+        if net is None:
+            net = PolicyNetwork(spec.dim, hidden) if kind == "ppo" else GateMLP(spec.dim, hidden)
+        expected = PolicyNetwork if kind == "ppo" else GateMLP
+        if not isinstance(net, expected) or net.state_dim != spec.dim:
+            raise ValueError(f"a {kind!r} policy needs a {expected.__name__} over {spec.dim} state features, "
+                             f"got {type(net).__name__} over {getattr(net, 'state_dim', '?')}")
+        self.net = net
+        self.requires_grad_(False)
+        self.eval()
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "hidden": self.hidden, "state": self.spec.to_dict()}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "AudioPolicy":
+        return cls(StateSpec.from_dict(cfg["state"]), cfg["kind"], cfg["hidden"])
+
+    @torch.no_grad()
+    def use_probability(self, states: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ppo":
+            return self.net.use_probability(states)
+        return torch.sigmoid(self.net(states))
+
+    @torch.no_grad()
+    def decide(self, states: torch.Tensor) -> torch.Tensor:
+        return self.net.decide(states)
+
+
+@dataclass
+class BasePass:
+    """The VL-only pass: ``sequences`` exactly as the base's ``generate`` returns them, and per row the
+    ``state`` parts it yields (question / image embeddings (n, hidden), confidence features (n, 3))."""
+
+    sequences: torch.Tensor
+    question: torch.Tensor
+    image: torch.Tensor
+    confidence: torch.Tensor
+
+
+@dataclass
+class PolicyGenerateOutput:
+    """What :func:`generate_with_policy` returns.
+
+    ``sequences``: (n, L) tokens, rows that skipped audio are the base's own output (right-padded
+    with the pad token if audio rows generated longer); ``used_audio``: (n,) bool, True where the
+    audio path ran; ``use_probability``: (n,) the policy's P(use audio); ``states``: (n, d) the
+    policy's inputs."""
+
+    sequences: torch.Tensor
+    used_audio: torch.Tensor
+    use_probability: torch.Tensor
+    states: torch.Tensor
+
+
+def _unsupported(kwargs: dict) -> None:
+    for key in ("num_beams", "num_return_sequences"):
+        if int(kwargs.get(key, 1) or 1) != 1:
+            raise ValueError(f"generate with a policy supports one sequence per row (greedy or sampling); "
+                             f"got {key}={kwargs[key]}. Pass audio_mask to choose rows yourself for beam search.")
+    if kwargs.get("input_ids") is None:
+        raise ValueError("generate with a policy needs input_ids (the question embedding is read from them)")
+
+
+@torch.no_grad()
+def base_pass(model, vl_inputs: dict[str, torch.Tensor], **generate_kwargs) -> BasePass:
+    """The base model's ``generate`` on ``vl_inputs`` with every SAFE gate closed, plus the state parts."""
+    bb = model.backbone
+    with model.audio_disabled(), capture_image_embedding(bb.image_projection) as seen:
+        out = model.base_model.generate(**vl_inputs, **generate_kwargs, output_logits=True,
+                                        return_dict_in_generate=True)
+    n = vl_inputs["input_ids"].shape[0]
+    image = seen.get("image")
+    if image is None:  # no image in this batch: the image part of the state is zeros
+        image = torch.zeros(n, bb.hidden_size)
+    question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
+                                  bb.image_token_id)
+    return BasePass(out.sequences, question.cpu(), image.cpu(), confidence_features(out.logits[0]).cpu())
+
+
+def _rows(kwargs: dict[str, Any], rows: torch.Tensor, n: int) -> dict[str, Any]:
+    return {k: (v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
+            for k, v in kwargs.items()}
+
+
+def _pad_id(base_model: nn.Module) -> int:
+    cfg = getattr(base_model, "generation_config", None)
+    for key in ("pad_token_id", "eos_token_id"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, (list, tuple)):
+            v = v[0] if v else None
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _merge(base: torch.Tensor, audio: torch.Tensor, rows: torch.Tensor, pad: int) -> torch.Tensor:
+    width = max(base.shape[1], audio.shape[1])
+    out = torch.full((base.shape[0], width), pad, dtype=base.dtype, device=base.device)
+    out[:, : base.shape[1]] = base
+    out[rows.to(base.device)] = torch.nn.functional.pad(audio, (0, width - audio.shape[1]), value=pad).to(base.device)
+    return out
+
+
+@torch.no_grad()
+def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: torch.Tensor | None = None,
+                         audio_embeddings: torch.Tensor | None = None, **kwargs) -> PolicyGenerateOutput:
+    """The cascade described in the module docstring, for a ``SAFEModel`` with ``model.policy`` set.
+
+    ``audio_preview``: (n, preview_dim) from :func:`safe.policy.features.audio_preview` of the same
+    clips; ``audio_features`` (encoder input) or ``audio_embeddings`` (cached encoder output): (n, ...)
+    for every row, of which only the chosen rows are used — or ``audio_features`` as a callable
+    ``rows (LongTensor) -> features of those rows``, so the front end runs for chosen rows only.
+    Other keyword arguments go to ``generate``.
+    """
+    policy: AudioPolicy = model.policy
+    if policy is None:
+        raise ValueError("this SAFE model has no policy attached (model.attach_policy(...))")
+    if (audio_features is None) == (audio_embeddings is None):
+        raise ValueError("generate with a policy needs audio_features or audio_embeddings (exactly one)")
+    _unsupported(kwargs)
+    audio = audio_features if audio_embeddings is None else audio_embeddings
+    n = kwargs["input_ids"].shape[0]
+    lazy = callable(audio) and not isinstance(audio, torch.Tensor)
+    if not lazy and audio.shape[0] != n:
+        raise ValueError(f"audio has {audio.shape[0]} rows but the batch has {n}")
+    if audio_preview is None or tuple(audio_preview.shape) != (n, policy.spec.preview_dim):
+        got = None if audio_preview is None else tuple(audio_preview.shape)
+        raise ValueError(f"audio_preview must have shape ({n}, {policy.spec.preview_dim}), got {got}")
+    vl_inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    gen_kwargs = {k: v for k, v in kwargs.items() if k not in vl_inputs}
+    bp = base_pass(model, vl_inputs, **gen_kwargs)
+    states = assemble_state(bp.question, bp.image, audio_preview.float().cpu(), bp.confidence, policy.spec)
+    use = policy.decide(states).cpu()
+    prob = policy.use_probability(states).cpu()
+    sequences = bp.sequences
+    if bool(use.any()):
+        rows = use.nonzero().squeeze(1)
+        sub = _rows(kwargs, rows, n)
+        picked = audio(rows) if lazy else audio[rows.to(audio.device)]
+        ones = torch.ones(rows.numel(), dtype=torch.bool, device=picked.device)
+        with model.audio_context(None if audio_embeddings is not None else picked, ones, rows.numel(),
+                                 audio_embeddings=picked if audio_embeddings is not None else None):
+            audio_out = model.base_model.generate(**sub)
+        sequences = _merge(sequences, audio_out, rows, _pad_id(model.base_model))
+    return PolicyGenerateOutput(sequences, use, prob, states)

@@ -1,0 +1,327 @@
+"""Stages B and C end to end on a trained SAFE model: outcome tables -> PPO over several alpha values
+-> baselines and the Pareto table -> distillation -> the deployed cascade, measured.
+
+The policy learns on a part of ``train`` plus ``val`` and is scored on ``test``; every threshold
+baseline is swept over its whole range on ``test`` (its best case), so "the learned policy is above
+the thresholds" is a statement against their full curve, not against one hand-picked threshold.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safe.data import synth
+from safe.evaluation.efficiency import latency_stats
+from safe.evaluation.stats import mean_ci
+from safe.policy import baselines as B
+from safe.policy.distill import distill
+from safe.policy.features import audio_preview
+from safe.policy.outcomes import (MAX_NEW_TOKENS, answer_score, build_table, collect_outcomes, measure_costs,
+                                  read_waveforms, state_spec)
+from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
+from safe.policy.runtime import AudioPolicy
+from safe.policy.table import OutcomeTable, evaluate_actions
+
+SWEEP_RATES = tuple(i / 20 for i in range(21))
+
+
+@dataclass
+class PolicyStageConfig:
+    """Stages B and C settings; validated on construction, errors name the field."""
+
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.6])
+    """Final latency weights of the PPO runs that make the Pareto table (proposal: alpha 0 -> 0.6)."""
+    alpha: float = 0.1
+    """The operating point deployed and reported as "the policy"; must be one of ``alphas``."""
+    steps: int = 200
+    """PPO updates per run (batch 256, alpha ramped over the first 20%)."""
+    gamma: float = 0.1
+    """Irrelevance penalty for consulting audio on a question that does not need it."""
+    tau: float = 0.003
+    """Retention tolerance of the Lagrangian floor (VL accuracy >= base - tau)."""
+    seeds: int = 3
+    """PPO seeds at the deployed alpha (mean and 95% CI reported)."""
+    train_rows: int = 2400
+    """Rows of the train split added to val for the policy's training table."""
+    cost_batch: int = 16
+    """Batch size at which the per-query costs are measured."""
+    distill_hidden: int = 32
+    """Hidden width of the Stage C gate."""
+    distill_epochs: int = 100
+    """Epochs of Stage C distillation."""
+    eval_split: str = "test"
+    """Split the policy is scored on."""
+    latency_batches: list[int] = field(default_factory=lambda: [1, 16, 64])
+    """Batch sizes at which the deployed cascade's per-query latency is measured end to end (batch 1
+    on the first 128 test rows, the others on the whole split)."""
+
+    def __post_init__(self) -> None:
+        self.alphas = [float(a) for a in self.alphas]
+        if not self.alphas or any(not math.isfinite(a) or a < 0 for a in self.alphas):
+            raise ValueError(f"alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
+        if float(self.alpha) not in self.alphas:
+            raise ValueError(f"alpha {self.alpha} must be one of alphas {self.alphas}")
+        for name in ("steps", "seeds", "train_rows", "cost_batch", "distill_hidden", "distill_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "train_rows" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def ppo(self, alpha: float, seed: int = 0, **changes: Any) -> PPOConfig:
+        return PPOConfig(steps=self.steps, alpha_final=alpha, gamma=self.gamma, tau=self.tau, seed=seed, **changes)
+
+
+@dataclass
+class PolicyData:
+    """One split ready for the policy: prepared tensors, waveforms, previews, outcomes and table."""
+
+    examples: list
+    prepared: Any
+    waveforms: list
+    outcomes: dict
+    table: OutcomeTable | None = None
+
+
+def prepare_policy_data(model, fmt, frontend, bench_dir, examples, cache, progress: bool = False) -> PolicyData:
+    from safe.training.data import prepare
+
+    prepared = prepare(examples, fmt, model, frontend, cache, progress=progress)
+    waveforms = read_waveforms(examples, frontend.sampling_rate)
+    outcomes = collect_outcomes(model, fmt, prepared, audio_preview(waveforms), progress=progress)
+    return PolicyData(list(examples), prepared, waveforms, outcomes)
+
+
+def _head(data: PolicyData, n: int) -> PolicyData:
+    return PolicyData(data.examples[:n], data.prepared.subset(range(min(n, len(data.examples)))),
+                      data.waveforms[:n], data.outcomes)
+
+
+def _concat(a: OutcomeTable, b: OutcomeTable) -> OutcomeTable:
+    return OutcomeTable(**{k: torch.cat([v, b.to_dict()[k]]) for k, v in a.to_dict().items()})
+
+
+def _point(name: str, kind: str, ev: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    keys = ("accuracy", "vl_accuracy", "audio_accuracy", "use_rate", "mean_latency_ms", "latency_ratio_to_base",
+            "false_positive_rate")
+    return {"name": name, "kind": kind, "alpha": None, "threshold": None, **{k: ev[k] for k in keys}, **extra}
+
+
+def pareto_points(test: OutcomeTable, ppo_points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every operating point on the accuracy / mean-latency plane, each flagged ``on_front``."""
+    pts = list(ppo_points)
+    for kind in ("confidence", "entropy", "random"):
+        for rate in SWEEP_RATES:
+            th = rate if kind == "random" else B.threshold_for_rate(test, kind, rate)
+            use = (B.random_at_rate(test, rate, 0) if kind == "random" else
+                   B.confidence_threshold(test, th) if kind == "confidence" else B.entropy_threshold(test, th))
+            pts.append(_point(f"{kind} rate {rate:.2f}", kind, evaluate_actions(test, use), threshold=th))
+    for kind, use in (("never", B.never(test)), ("always", B.always(test)), ("oracle", B.oracle(test))):
+        pts.append(_point(kind, kind, evaluate_actions(test, use)))
+    front = {id(p) for p in B.pareto_front([p for p in pts if p["kind"] != "oracle"])}
+    for p in pts:
+        p["on_front"] = id(p) in front
+    return pts
+
+
+def beats_thresholds(point: dict[str, Any], points: list[dict[str, Any]]) -> bool:
+    """True if ``point`` is strictly more accurate than every confidence / entropy threshold point
+    that is no slower than it."""
+    rivals = [p["accuracy"] for p in points if p["kind"] in ("confidence", "entropy")
+              and p["mean_latency_ms"] <= point["mean_latency_ms"]]
+    return not rivals or point["accuracy"] > max(rivals)
+
+
+@torch.no_grad()
+def measure_cascade(model, fmt, data: PolicyData, frontend, batch_size: int = 16) -> dict[str, Any]:
+    """Run the deployed cascade (``model.policy`` attached) over ``data`` in batches, next to the base
+    and always-audio SAFE on the same batches; per-query milliseconds = batch time / batch size."""
+    device = next(model.base_model.parameters()).device
+    prepared = data.prepared
+    gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    samples: dict[str, list[float]] = {"base": [], "always_audio": [], "policy": []}
+    answers, used = [], []
+    calls0 = model.audio_encoder_calls
+    enc_calls = 0
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for s in range(0, len(prepared), batch_size):
+            idx = list(range(s, min(s + batch_size, len(prepared))))
+            batch = {k: v.to(device) for k, v in fmt.prompt_batch(prepared.enc, idx).items()}
+            batch["pixel_values"] = prepared.pixels[idx].to(device)
+            wav = [data.waveforms[i] for i in idx]
+            t = time.perf_counter()
+            with model.hooks_detached() as base:
+                base.generate(**batch, **gen)
+            samples["base"].append((time.perf_counter() - t) * 1e3 / len(idx))
+            t = time.perf_counter()
+            model.generate(**batch, **gen, audio_features=frontend(wav).to(device),
+                           audio_mask=torch.ones(len(idx), dtype=torch.bool, device=device))
+            samples["always_audio"].append((time.perf_counter() - t) * 1e3 / len(idx))
+            before = model.audio_encoder_calls
+            t = time.perf_counter()
+            preview = audio_preview(wav)
+            out = _cascade(model, batch, gen, preview, wav, frontend, device)
+            samples["policy"].append((time.perf_counter() - t) * 1e3 / len(idx))
+            enc_calls += model.audio_encoder_calls - before
+            answers += fmt.decode(out.sequences, batch["input_ids"].shape[1])
+            used.append(out.used_audio)
+    finally:
+        torch.set_num_threads(torch_threads)
+        model.audio_encoder_calls = calls0
+    used_t = torch.cat(used)
+    scores = [answer_score(a, e) for a, e in zip(answers, prepared.examples)]
+    return {
+        "batch_size": batch_size,
+        "latency_ms": {k: latency_stats(v) for k, v in samples.items()},
+        "accuracy": sum(scores) / len(scores),
+        "use_rate": float(used_t.float().mean()),
+        "encoder_rows": enc_calls, "rows_using_audio": int(used_t.sum()),
+        "used_audio": used_t, "answers": answers, "scores": scores,
+    }
+
+
+def _cascade(model, batch, gen, preview, wav, frontend, device):
+    """The deployed path: the policy decides first, then the front end featurises only the clips of
+    the rows it picked (a skipped clip is never featurised nor encoded)."""
+    from safe.policy.runtime import generate_with_policy
+
+    def featurise(rows: torch.Tensor) -> torch.Tensor:
+        return frontend([wav[i] for i in rows.tolist()]).to(device)
+
+    return generate_with_policy(model, audio_preview=preview, audio_features=featurise, **batch, **gen)
+
+
+def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicyStageConfig, cache=None,
+                     out_dir: str | Path | None = None, progress: bool = False) -> tuple[dict[str, Any], dict]:
+    """Stages B and C (module docstring). Returns ``(metrics, artefacts)``; artefacts hold the tables,
+    the deployed :class:`AudioPolicy` and the per-row test outcomes for the evaluation."""
+    t0 = time.perf_counter()
+    bench_dir = Path(bench_dir)
+    train_ex = synth.load_split(bench_dir, "train")[: cfg.train_rows] + synth.load_split(bench_dir, "val")
+    test_ex = synth.load_split(bench_dir, cfg.eval_split)
+    train = prepare_policy_data(model, fmt, frontend, bench_dir, train_ex, cache, progress)
+    test = prepare_policy_data(model, fmt, frontend, bench_dir, test_ex, cache, progress)
+    costs = measure_costs(model, fmt, train.prepared, train.waveforms, frontend, batch_size=cfg.cost_batch)
+    train.table = build_table(train.outcomes, train.prepared, costs)
+    test.table = build_table(test.outcomes, test.prepared, costs)
+    t_tables = time.perf_counter() - t0
+
+    runs, ppo_points, policies = {}, [], {}
+    for alpha in cfg.alphas:
+        net, hist = train_ppo(train.table, cfg.ppo(alpha), progress=False)
+        ev = evaluate_policy(net, test.table)
+        policies[alpha] = net
+        runs[alpha] = {"test": ev, "history": hist}
+        ppo_points.append(_point(f"PPO alpha={alpha:g}", "ppo", ev, alpha=alpha))
+    points = pareto_points(test.table, ppo_points)
+    for p in ppo_points:
+        p["beats_thresholds"] = beats_thresholds(p, points)
+
+    seed_evals = [runs[cfg.alpha]["test"]] + [
+        evaluate_policy(train_ppo(train.table, cfg.ppo(cfg.alpha, seed=s))[0], test.table) for s in range(1, cfg.seeds)]
+    no_constraint = evaluate_policy(train_ppo(train.table, cfg.ppo(cfg.alpha, dual_lr=0.0))[0], test.table)
+    teacher = policies[cfg.alpha]
+    gate, dist = distill(teacher, train.table, hidden=cfg.distill_hidden, epochs=cfg.distill_epochs)
+    gate_use = gate.decide(test.table.states)
+    dist["test_agreement"] = float((gate_use == teacher.decide(test.table.states)).float().mean())
+    dist["test"] = evaluate_actions(test.table, gate_use)
+    t_train = time.perf_counter() - t0 - t_tables
+
+    spec = state_spec(model)
+    model.attach_policy(AudioPolicy(spec, "mlp", cfg.distill_hidden, net=gate))
+    cascade = measure_cascade(model, fmt, test, frontend, batch_size=cfg.cost_batch)
+    by_batch = {}
+    for bs in cfg.latency_batches:
+        sub = test if bs >= 16 else _head(test, 16 * bs * 8)
+        r = cascade if bs == cfg.cost_batch else measure_cascade(model, fmt, sub, frontend, batch_size=bs)
+        lat = r["latency_ms"]
+        by_batch[str(bs)] = {"rows": len(sub.examples),
+                             **{f"{k}_{stat}_ms": v[stat] for k, v in lat.items() for stat in ("mean", "median", "p95")},
+                             "policy_to_always": lat["policy"]["mean"] / lat["always_audio"]["mean"],
+                             "policy_to_base": lat["policy"]["mean"] / lat["base"]["mean"],
+                             "always_to_base": lat["always_audio"]["mean"] / lat["base"]["mean"]}
+    skipped_vl = [i for i, e in enumerate(test.examples) if not e.needs_audio and not bool(cascade["used_audio"][i])]
+    skip_all = measure_skip_all(model, fmt, test, frontend, skipped_vl[: cfg.cost_batch])
+
+    headline = runs[cfg.alpha]["test"]
+    always = evaluate_actions(test.table, B.always(test.table))
+    direct_always_ms = float(torch.tensor([costs[e.family]["audio"] for e in test.examples]).mean())
+    base_ms = float(torch.tensor([costs[e.family]["base"] for e in test.examples]).mean())
+    seeds = {k: mean_ci([e[k] for e in seed_evals])._asdict() | {"values": [e[k] for e in seed_evals]}
+             for k in ("accuracy", "use_rate", "mean_latency_ms", "vl_accuracy")} if cfg.seeds > 1 else {}
+    metrics = {
+        "config": asdict(cfg),
+        "rows": {"train": len(train.table), "test": len(test.table)},
+        "state_dim": spec.dim, "state": spec.to_dict(),
+        "costs_ms_per_query": costs,
+        "test": headline,
+        "alpha": cfg.alpha,
+        "always_audio_direct_ms": direct_always_ms, "base_ms": base_ms,
+        "policy_vs_always_direct_latency": headline["mean_latency_ms"] / direct_always_ms,
+        "baselines": {
+            "never": evaluate_actions(test.table, B.never(test.table)), "always": always,
+            "oracle": evaluate_actions(test.table, B.oracle(test.table)),
+            "random": evaluate_actions(test.table, B.random_at_rate(test.table, headline["use_rate"], 0)),
+            "confidence": evaluate_actions(test.table, B.confidence_threshold(
+                test.table, B.threshold_for_rate(test.table, "confidence", headline["use_rate"]))),
+            "entropy": evaluate_actions(test.table, B.entropy_threshold(
+                test.table, B.threshold_for_rate(test.table, "entropy", headline["use_rate"]))),
+            "distilled": dist["test"],
+            "no_constraint": no_constraint,
+        },
+        "pareto": points,
+        "runs": {f"{a:g}": {"test": r["test"], "collapse": r["test"]["collapse"]} for a, r in runs.items()},
+        "history": runs[cfg.alpha]["history"],
+        "collapse": headline["collapse"],
+        "seeds": seeds,
+        "distill": {k: v for k, v in dist.items() if k not in ("student", "teacher")},
+        "cascade": {k: v for k, v in cascade.items() if k not in ("used_audio", "answers", "scores")},
+        "latency_by_batch": by_batch,
+        "skip_all": skip_all,
+        "seconds": {"tables": round(t_tables, 1), "train": round(t_train, 1),
+                    "total": round(time.perf_counter() - t0, 1)},
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        train.table.save(out / "table_train.safetensors")
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(out / "ppo_policy.safetensors"),
+                  metadata={"alpha": str(cfg.alpha), "state_dim": str(spec.dim), "hidden": str(teacher.hidden)})
+        test.table.save(out / "table_test.safetensors")
+    return metrics, {"train": train, "test": test, "cascade": cascade, "policies": policies, "gate": gate}
+
+
+@torch.no_grad()
+def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int], repeats: int = 5) -> dict:
+    """A batch of the VL-only questions ``vl_rows`` that the policy skips: per-query ms of the cascade vs
+    the base alone on the same batch, and the encoder rows it ran (0 when everything is skipped)."""
+    from safe.evaluation.efficiency import time_calls
+
+    if not vl_rows:
+        return {"rows": 0}
+    device = next(model.base_model.parameters()).device
+    batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.prepared.enc, vl_rows).items()}
+    batch["pixel_values"] = data.prepared.pixels[vl_rows].to(device)
+    wav = [data.waveforms[i] for i in vl_rows]
+    gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    calls = model.audio_encoder_calls
+    out = _cascade(model, batch, gen, audio_preview(wav), wav, frontend, device)
+    encoder_rows = model.audio_encoder_calls - calls
+
+    def base():
+        with model.hooks_detached() as b:
+            b.generate(**batch, **gen)
+
+    t_base = sorted(time_calls(base, repeats=repeats, warmup=1))[repeats // 2] / len(vl_rows)
+    t_cascade = sorted(time_calls(lambda: _cascade(model, batch, gen, audio_preview(wav), wav, frontend, device),
+                                  repeats=repeats, warmup=1))[repeats // 2] / len(vl_rows)
+    model.audio_encoder_calls = calls
+    return {"rows": len(vl_rows), "rows_using_audio": int(out.used_audio.sum()), "encoder_rows": encoder_rows,
+            "base_ms": t_base, "cascade_ms": t_cascade, "ratio_to_base": t_cascade / t_base}

@@ -1,0 +1,117 @@
+"""The policy at inference: per-row decisions, skipped rows bit-exact to the base and never encoded."""
+import numpy as np
+import pytest
+import torch
+
+from safe import SAFEModel
+from safe.policy.features import PREVIEW_DIM, StateSpec, audio_preview, confidence_features
+from safe.policy.network import GateMLP
+from safe.policy.runtime import AudioPolicy, PolicyGenerateOutput
+from tests.models.helpers import build, inputs
+
+torch.set_num_threads(1)
+GEN = dict(max_new_tokens=4, do_sample=False)
+
+
+def _preview_gate(spec: StateSpec) -> AudioPolicy:
+    """A Stage C gate that uses audio exactly where preview feature 0 is positive."""
+    net = GateMLP(spec.dim, hidden=1)
+    with torch.no_grad():
+        net.net[0].weight.zero_()
+        net.net[0].bias.zero_()
+        net.net[0].weight[0, spec.question_dim + spec.image_dim] = 1.0
+        net.net[2].weight.fill_(1.0)
+        net.net[2].bias.zero_()
+    return AudioPolicy(spec, "mlp", hidden=1, net=net)
+
+
+def _setup(batch=4):
+    model, ref, enc = build()
+    model.set_gates(0.7)  # gates open: audio rows really differ from the base
+    spec = StateSpec(model.hidden_size, model.hidden_size)
+    model.attach_policy(_preview_gate(spec))
+    x, audio = inputs(model, enc, batch=batch)
+    return model, ref, x, audio, spec
+
+
+def _preview(use):
+    p = torch.zeros(len(use), PREVIEW_DIM)
+    p[:, 0] = torch.tensor([1.0 if u else -1.0 for u in use])
+    return p
+
+
+def test_policy_rows_skip_the_encoder_and_match_the_base():
+    model, ref, x, audio, _ = _setup()
+    use = [True, False, False, True]
+    model.audio_encoder_calls = 0
+    out = model.generate(**x, audio_features=audio, audio_preview=_preview(use), **GEN)
+    assert isinstance(out, PolicyGenerateOutput)
+    assert out.used_audio.tolist() == use
+    assert model.audio_encoder_calls == 2  # counted: only the two chosen rows reached the encoder
+    base_out = ref.generate(**x, **GEN)
+    for i in (1, 2):  # skipped rows: the base's own tokens on the same batch, bit-exact
+        assert torch.equal(out.sequences[i, : base_out.shape[1]], base_out[i])
+    rows = torch.tensor([0, 3])
+    sub = {k: v[rows] for k, v in x.items()}
+    with_audio = model.generate(**sub, audio_features=audio[rows], audio_mask=torch.ones(2, dtype=torch.bool), **GEN)
+    assert torch.equal(out.sequences[rows, : with_audio.shape[1]], with_audio)
+
+
+def test_skip_everything_costs_the_base_only():
+    model, ref, x, audio, _ = _setup()
+    model.audio_encoder_calls = 0
+    out = model.generate(**x, audio_features=audio, audio_preview=_preview([False] * 4), **GEN)
+    assert not out.used_audio.any()
+    assert model.audio_encoder_calls == 0
+    assert torch.equal(out.sequences, ref.generate(**x, **GEN))
+
+
+def test_explicit_mask_overrides_the_policy_and_audio_disabled_is_the_base():
+    model, ref, x, audio, _ = _setup()
+    mask = torch.tensor([False, True, False, False])
+    out = model.generate(**x, audio_features=audio, audio_mask=mask, **GEN)
+    assert isinstance(out, torch.Tensor)
+    with model.audio_disabled():
+        plain = model.generate(**x, audio_features=audio, **GEN)
+    assert torch.equal(plain, ref.generate(**x, **GEN))
+
+
+def test_policy_errors_name_the_problem():
+    model, _, x, audio, _ = _setup()
+    with pytest.raises(ValueError, match="audio_preview"):
+        model.generate(**x, audio_features=audio, **GEN)
+    with pytest.raises(ValueError, match="num_beams"):
+        model.generate(**x, audio_features=audio, audio_preview=_preview([True] * 4), num_beams=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="hidden size"):
+        model.attach_policy(_preview_gate(StateSpec(7, 7)))
+    with pytest.raises(TypeError):
+        model.attach_policy(GateMLP(4))
+
+
+def test_policy_is_saved_and_loaded_with_the_checkpoint(tmp_path):
+    model, _, x, audio, _ = _setup()
+    model.save_pretrained(tmp_path)
+    model.remove_hooks()
+    loaded = SAFEModel.from_pretrained(tmp_path, model.base_model, model.audio_encoder)
+    assert loaded.policy is not None and loaded.policy.kind == "mlp"
+    assert loaded.parameter_report()["policy"]["parameters"] == model.policy.net.num_parameters()
+    use = [False, True, True, False]
+    a = loaded.generate(**x, audio_features=audio, audio_preview=_preview(use), **GEN)
+    assert a.used_audio.tolist() == use
+
+
+def test_state_features_by_hand():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]]))
+    c = confidence_features(logits)
+    h = -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1))
+    assert torch.allclose(c[0], torch.tensor([0.7, h, 0.5]).float(), atol=1e-6)
+    assert torch.allclose(c[1], torch.tensor([1 / 3, np.log(3), 0.0]).float(), atol=1e-6)
+    clip = np.zeros(1600, dtype=np.float32)
+    clip[800:900] = np.sin(np.arange(100) * 0.5)  # a burst in the second half
+    p = audio_preview([clip, np.ones(32, dtype=np.float32)])
+    assert p.shape == (2, PREVIEW_DIM)
+    assert float(p[0, 0]) == pytest.approx(-5.0)  # silent first segment: log10 of the floor
+    assert float(p[0, 8]) > -1.0  # segment 8 (samples 800-899) holds the burst
+    assert float(p[1, -2]) == pytest.approx(np.log10(1 + 1e-5), abs=1e-7)  # float32 log
+    with pytest.raises(ValueError, match="waveforms\\[0\\]"):
+        audio_preview([np.zeros((2, 5))])

@@ -1,0 +1,67 @@
+"""Stages B and C end to end on the tiny built-in benchmark and models (seconds)."""
+import json
+
+import pytest
+import torch
+
+from safe.cli import main
+from safe.models.safe_model import SAFEConfig, SAFEModel
+from safe.policy.stage import PolicyStageConfig, run_policy_stage
+from safe.training.pipeline import load_frozen, load_trained
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_builtin, tmp_path_factory):
+    """An untrained SAFE checkpoint on the tiny built-in models, gates opened so audio changes answers."""
+    bench, base = tiny_builtin
+    vl, enc, _, _ = load_frozen(base)
+    torch.manual_seed(0)
+    model = SAFEModel(vl, enc, SAFEConfig(fusion_layers=[0, -1], num_audio_tokens=4, lora_rank=4))
+    model.set_gates(1.0)
+    path = tmp_path_factory.mktemp("ckpt") / "final"
+    model.save_pretrained(path)
+    model.remove_hooks()
+    return bench, base, path
+
+
+def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tmp_path):
+    bench, base, ckpt = tiny_ckpt
+    model, fmt, frontend = load_trained(base, ckpt)
+    cfg = PolicyStageConfig(alphas=[0.0, 0.3], alpha=0.0, steps=4, seeds=2, train_rows=40, cost_batch=8,
+                            distill_epochs=3, latency_batches=[1, 8])
+    m, art = run_policy_stage(model, fmt, frontend, bench, cfg, out_dir=tmp_path)
+    assert m["rows"]["test"] == 60 and m["rows"]["train"] == 80
+    for key in ("never", "always", "oracle", "random", "confidence", "entropy", "distilled", "no_constraint"):
+        assert 0.0 <= m["baselines"][key]["accuracy"] <= 1.0
+    assert m["baselines"]["never"]["use_rate"] == 0.0 and m["baselines"]["always"]["use_rate"] == 1.0
+    ppo = [p for p in m["pareto"] if p["kind"] == "ppo"]
+    assert [p["alpha"] for p in ppo] == [0.0, 0.3] and all("beats_thresholds" in p for p in ppo)
+    # the deployed cascade: the encoder ran for exactly the rows that used audio, and its accuracy is
+    # the table's prediction for the distilled gate (same answers, measured instead of looked up)
+    c = m["cascade"]
+    assert c["encoder_rows"] == c["rows_using_audio"]
+    assert c["accuracy"] == pytest.approx(m["baselines"]["distilled"]["accuracy"], abs=1e-6)
+    if m["skip_all"]["rows"]:
+        assert m["skip_all"]["encoder_rows"] == 0 and m["skip_all"]["rows_using_audio"] == 0
+    assert set(m["latency_by_batch"]) == {"1", "8"}
+    assert len(m["seeds"]["accuracy"]["values"]) == 2
+    assert (tmp_path / "table_test.safetensors").is_file() and (tmp_path / "ppo_policy.safetensors").is_file()
+    json.dumps(m)  # everything recorded is plain JSON
+
+
+def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
+    bench, base, ckpt = tiny_ckpt
+    args = ["--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base), "--checkpoint", str(ckpt),
+            "--alphas", "0,0.5", "--alpha", "0", "--steps", "3", "--seeds", "1", "--train-rows", "20",
+            "--epochs", "2"]
+    assert main(["policy", "train", *args]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto table" in out and "oracle" in out
+    saved = SAFEModel.from_pretrained(tmp_path / "checkpoints" / "policy", *load_frozen(base)[:2])
+    assert saved.policy is not None and saved.policy.kind == "mlp"
+    assert main(["policy", "distill", *args]) == 0
+    assert "agreement with PPO" in capsys.readouterr().out
+    assert main(["policy", "train", *args[:-2], "--alpha", "0.2"]) == 2  # not one of --alphas: a message
+    assert "alpha 0.2 must be one of" in capsys.readouterr().err
