@@ -273,9 +273,16 @@ def _efficiency(m: Mapping) -> str:
              fmt(ratio.get(mode), 2), fmt(flops.get(mode))] for mode in modes]
     parts.append(_table(["mode", "latency median (ms)", "p95 (ms)", "mean (ms)", "ratio to base",
                          "FLOPs / query"], rows))
+    by_batch = _maps(e.get("latency_by_batch"))
+    if by_batch:
+        cols = ("base_mean_ms", "always_audio_mean_ms", "policy_mean_ms", "policy_to_always", "policy_to_base")
+        parts += [_h3("Mean ms per query by batch size (deployed cascade, measured end to end)"),
+                  _table(["batch", "rows", *cols], [[b, fmt(r.get("rows")), *(fmt(r.get(c), 3) for c in cols)]
+                                                    for b, r in by_batch.items()])]
     for key, title in (("memory_bytes", "Memory"), ("state_cost_ms", "Cost of the policy state (ms)")):
         if isinstance(e.get(key), Mapping):
-            rows = [[k, fmt_key(key, v)] for k, v in e[key].items()]
+            # Entries named like a ratio ("..._fraction") are plain numbers, whatever the section's unit.
+            rows = [[k, fmt(v) if "fraction" in k else fmt_key(key, v)] for k, v in e[key].items()]
             parts += [_h3(title), _table(["part", "value"], rows)]
     return "".join(parts)
 
