@@ -108,9 +108,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def _distill_again(run, args: argparse.Namespace) -> int:
     from safetensors import safe_open
 
-    from safe.policy.distill import distill
     from safe.policy.network import PolicyNetwork
-    from safe.policy.table import OutcomeTable, evaluate_actions
+    from safe.policy.stage import distill_gate
+    from safe.policy.table import OutcomeTable
 
     folder = run.path / "policy"
     for name in ("table_train.safetensors", "table_test.safetensors", "ppo_policy.safetensors"):
@@ -123,10 +123,7 @@ def _distill_again(run, args: argparse.Namespace) -> int:
     teacher = PolicyNetwork(int(meta["state_dim"]), int(meta["hidden"]))
     teacher.load_state_dict(state)
     teacher.eval()
-    gate, rep = distill(teacher, train, hidden=args.hidden, epochs=args.epochs)
-    use = gate.decide(test.states)
-    rep["test_agreement"] = float((use == teacher.decide(test.states)).float().mean())
-    rep["test"] = evaluate_actions(test, use)
+    _, rep = distill_gate(teacher, train, test, args.hidden, args.epochs)
     ev = rep["test"]
     print(f"Stage C: {rep['student_params']:,}-parameter MLP distilled from the PPO policy (alpha {meta['alpha']}):")
     print(f"  agreement with PPO on test {rep['test_agreement']:.4f}; accuracy {ev['accuracy']:.4f}, use rate "

@@ -180,8 +180,7 @@ def _efficiency(model, fmt, data, previews, used, policy_metrics) -> dict:
     idx = list(range(min(16, len(data))))
     batch = {**fmt.prompt_batch(data.enc, idx), "pixel_values": data.pixels[idx]}
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-    # FLOPs of the encoder are counted from its input features, so run the always-audio path from
-    # features (not cached embeddings) to charge it; the policy path charges it for its chosen rows.
+    # From cached embeddings: the encoder's FLOPs are not counted (flops_note says so).
     emb = data.audio[idx]
     with model.hooks_detached() as base:
         f_base = count_flops(lambda: base.generate(**batch, **gen))

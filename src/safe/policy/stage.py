@@ -8,6 +8,7 @@ the thresholds" is a statement against their full curve, not against one hand-pi
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ class PolicyData:
     table: OutcomeTable | None = None
 
 
-def prepare_policy_data(model, fmt, frontend, bench_dir, examples, cache, progress: bool = False) -> PolicyData:
+def prepare_policy_data(model, fmt, frontend, examples, cache, progress: bool = False) -> PolicyData:
     from safe.training.data import prepare
 
     prepared = prepare(examples, fmt, model, frontend, cache, progress=progress)
@@ -95,9 +96,20 @@ def prepare_policy_data(model, fmt, frontend, bench_dir, examples, cache, progre
     return PolicyData(list(examples), prepared, waveforms, outcomes)
 
 
+def distill_gate(teacher, train: OutcomeTable, test: OutcomeTable, hidden: int, epochs: int):
+    """Stage C: distil ``teacher`` on ``train`` and score the gate on ``test``; returns ``(gate, report)``
+    with :func:`~safe.policy.distill.distill`'s report plus ``test_agreement`` (with the teacher) and
+    ``test`` (:func:`evaluate_actions` of the gate)."""
+    gate, report = distill(teacher, train, hidden=hidden, epochs=epochs)
+    use = gate.decide(test.states)
+    report["test_agreement"] = float((use == teacher.decide(test.states)).float().mean())
+    report["test"] = evaluate_actions(test, use)
+    return gate, report
+
+
 def _head(data: PolicyData, n: int) -> PolicyData:
     return PolicyData(data.examples[:n], data.prepared.subset(range(min(n, len(data.examples)))),
-                      data.waveforms[:n], data.outcomes)
+                      data.waveforms[:n], {})  # a latency sample: its outcomes are not needed
 
 
 def _concat(a: OutcomeTable, b: OutcomeTable) -> OutcomeTable:
@@ -204,8 +216,8 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
     bench_dir = Path(bench_dir)
     train_ex = synth.load_split(bench_dir, "train")[: cfg.train_rows] + synth.load_split(bench_dir, "val")
     test_ex = synth.load_split(bench_dir, cfg.eval_split)
-    train = prepare_policy_data(model, fmt, frontend, bench_dir, train_ex, cache, progress)
-    test = prepare_policy_data(model, fmt, frontend, bench_dir, test_ex, cache, progress)
+    train = prepare_policy_data(model, fmt, frontend, train_ex, cache, progress)
+    test = prepare_policy_data(model, fmt, frontend, test_ex, cache, progress)
     costs = measure_costs(model, fmt, train.prepared, train.waveforms, frontend, batch_size=cfg.cost_batch)
     train.table = build_table(train.outcomes, train.prepared, costs)
     test.table = build_table(test.outcomes, test.prepared, costs)
@@ -226,10 +238,7 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
         evaluate_policy(train_ppo(train.table, cfg.ppo(cfg.alpha, seed=s))[0], test.table) for s in range(1, cfg.seeds)]
     no_constraint = evaluate_policy(train_ppo(train.table, cfg.ppo(cfg.alpha, dual_lr=0.0))[0], test.table)
     teacher = policies[cfg.alpha]
-    gate, dist = distill(teacher, train.table, hidden=cfg.distill_hidden, epochs=cfg.distill_epochs)
-    gate_use = gate.decide(test.table.states)
-    dist["test_agreement"] = float((gate_use == teacher.decide(test.table.states)).float().mean())
-    dist["test"] = evaluate_actions(test.table, gate_use)
+    gate, dist = distill_gate(teacher, train.table, test.table, cfg.distill_hidden, cfg.distill_epochs)
     t_train = time.perf_counter() - t0 - t_tables
 
     spec = state_spec(model)
@@ -319,9 +328,10 @@ def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int],
         with model.hooks_detached() as b:
             b.generate(**batch, **gen)
 
-    t_base = sorted(time_calls(base, repeats=repeats, warmup=1))[repeats // 2] / len(vl_rows)
-    t_cascade = sorted(time_calls(lambda: _cascade(model, batch, gen, audio_preview(wav), wav, frontend, device),
-                                  repeats=repeats, warmup=1))[repeats // 2] / len(vl_rows)
+    t_base = statistics.median(time_calls(base, repeats=repeats, warmup=1)) / len(vl_rows)
+    t_cascade = statistics.median(time_calls(
+        lambda: _cascade(model, batch, gen, audio_preview(wav), wav, frontend, device),
+        repeats=repeats, warmup=1)) / len(vl_rows)
     model.audio_encoder_calls = calls
     return {"rows": len(vl_rows), "rows_using_audio": int(out.used_audio.sum()), "encoder_rows": encoder_rows,
             "base_ms": t_base, "cascade_ms": t_cascade, "ratio_to_base": t_cascade / t_base}
