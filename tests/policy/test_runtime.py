@@ -66,6 +66,32 @@ def test_skip_everything_costs_the_base_only():
     assert torch.equal(out.sequences, ref.generate(**x, **GEN))
 
 
+def test_rows_chosen_for_audio_stop_the_vl_only_pass_after_one_step():
+    from safe.policy.runtime import base_pass
+
+    model, ref, x, _, _ = _setup()
+    gen = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)  # no EOS: every row would take 6 steps
+    steps = []
+    handle = model.base_model.register_forward_hook(lambda *a: steps.append(1))
+    try:
+        full = base_pass(model, x, **gen)
+        n_full = len(steps)
+        steps.clear()
+        chosen = torch.tensor([True, False, True, False])
+        part = base_pass(model, x, decide=lambda q, i, c: chosen.clone(), **gen)
+        n_part = len(steps)
+        steps.clear()
+        base_pass(model, x, decide=lambda q, i, c: torch.ones(4, dtype=torch.bool), **gen)
+        n_none_left = len(steps)
+    finally:
+        handle.remove()
+    assert (n_full, n_part, n_none_left) == (6, 6, 1)  # the loop ends once no row is left, not before
+    assert part.use.tolist() == chosen.tolist()
+    assert torch.equal(part.sequences[~chosen], full.sequences[~chosen])  # other rows: unchanged tokens
+    assert torch.equal(part.confidence, full.confidence)
+    assert torch.equal(full.sequences, ref.generate(**x, **gen))
+
+
 def test_explicit_mask_overrides_the_policy_and_audio_disabled_is_the_base():
     model, ref, x, audio, _ = _setup()
     mask = torch.tensor([False, True, False, False])

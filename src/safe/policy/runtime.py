@@ -3,17 +3,21 @@ for the rows the policy picks.
 
 For a batch, :func:`generate_with_policy`
 
-1. runs the base model's own greedy/sampled ``generate`` (SAFE's gates closed: bit-exact base),
-   recording the first token's logits and the image embedding on the way (:mod:`safe.policy.features`);
-2. builds the state of every row (question and image embeddings, the audio preview, confidence) and
-   asks the policy, one small MLP forward for the batch;
+1. starts the base model's own greedy/sampled ``generate`` (SAFE's gates closed: bit-exact base); at
+   its first step a logits processor reads the first token's scores (the base's confidence), the image
+   embedding having been recorded during the prefill (:mod:`safe.policy.features`);
+2. there and then builds the state of every row (question and image embeddings, the audio preview,
+   confidence) and asks the policy, one small MLP forward for the batch; a stopping criterion ends the
+   VL-only generation of the rows that will use audio, so when every row left is finished (always at
+   batch 1) the base stops after one step instead of decoding an answer that is thrown away;
 3. for the rows that use audio only, runs the audio encoder, the projector and SAFE's ``generate``
    with the gates open, and puts those answers in place of the base's.
 
 So a row the policy skips costs the base model plus the state and the policy, and its tokens are the
-base's own on the same batch; the encoder never sees it (``SAFEModel.audio_encoder_calls`` counts
-rows). A row that uses audio costs that plus the audio path: the price of asking the base's
-confidence first, measured and charged in every latency figure (:mod:`safe.policy.outcomes`).
+base's own on the same batch (ending rows early changes no other row's tokens); the encoder never sees
+it (``SAFEModel.audio_encoder_calls`` counts rows). A row that uses audio costs the base's prefill and
+first step, then the audio path: the price of asking the base's confidence first, measured and charged
+in every latency figure (:mod:`safe.policy.outcomes`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from safe.policy.features import (StateSpec, assemble_state, capture_image_embedding, confidence_features,
                                   question_embedding)
@@ -74,12 +79,14 @@ class AudioPolicy(nn.Module):
 @dataclass
 class BasePass:
     """The VL-only pass: ``sequences`` exactly as the base's ``generate`` returns them, and per row the
-    ``state`` parts it yields (question / image embeddings (n, hidden), confidence features (n, 3))."""
+    ``state`` parts it yields (question / image embeddings (n, hidden), confidence features (n, 3));
+    ``use``: (n,) bool, the rows a ``decide`` callback chose for audio (None without one)."""
 
     sequences: torch.Tensor
     question: torch.Tensor
     image: torch.Tensor
     confidence: torch.Tensor
+    use: torch.Tensor | None = None
 
 
 @dataclass
@@ -106,20 +113,67 @@ def _unsupported(kwargs: dict) -> None:
         raise ValueError("generate with a policy needs input_ids (the question embedding is read from them)")
 
 
+class _FirstStep(LogitsProcessor):
+    """Records the scores of the first generated token and, given ``decide``, the rows that will use
+    audio; returns the scores unchanged so the base's tokens are its own."""
+
+    def __init__(self, decide=None) -> None:
+        self.decide, self.scores, self.use = decide, None, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.scores is None:
+            self.scores = scores.detach().clone()
+            if self.decide is not None:
+                self.use = self.decide(self.scores)
+        return scores
+
+
+class _EndChosenRows(StoppingCriteria):
+    """Marks the rows :class:`_FirstStep` chose for audio as finished: their VL-only answer is not needed."""
+
+    def __init__(self, first: _FirstStep) -> None:
+        self.first = first
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.first.use is None:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return self.first.use.to(input_ids.device)
+
+
+def _with(kwargs: dict[str, Any], key: str, extra, kind) -> Any:
+    given = kwargs.get(key)
+    return kind([*(given or []), extra])
+
+
 @torch.no_grad()
-def base_pass(model, vl_inputs: dict[str, torch.Tensor], **generate_kwargs) -> BasePass:
-    """The base model's ``generate`` on ``vl_inputs`` with every SAFE gate closed, plus the state parts."""
+def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate_kwargs) -> BasePass:
+    """The base model's ``generate`` on ``vl_inputs`` with every SAFE gate closed, plus the state parts.
+
+    ``decide``: optional ``(question, image, confidence) -> bool (n,)`` called at the first step; the
+    rows it marks stop generating there (their ``sequences`` rows are then not the base's answer) and
+    come back as ``BasePass.use``. Without it every row is the base's full answer."""
     bb = model.backbone
-    with model.audio_disabled(), capture_image_embedding(bb.image_projection) as seen:
-        out = model.base_model.generate(**vl_inputs, **generate_kwargs, output_logits=True,
-                                        return_dict_in_generate=True)
     n = vl_inputs["input_ids"].shape[0]
-    image = seen.get("image")
-    if image is None:  # no image in this batch: the image part of the state is zeros
-        image = torch.zeros(n, bb.hidden_size)
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
-                                  bb.image_token_id)
-    return BasePass(out.sequences, question.cpu(), image.cpu(), confidence_features(out.logits[0]).cpu())
+                                  bb.image_token_id).cpu()
+    with model.audio_disabled(), capture_image_embedding(bb.image_projection) as seen:
+
+        def image() -> torch.Tensor:
+            got = seen.get("image")  # no image in this batch: the image part of the state is zeros
+            return torch.zeros(n, bb.hidden_size) if got is None else got.cpu()
+
+        first = _FirstStep(None if decide is None else
+                           lambda scores: decide(question, image(), confidence_features(scores).cpu()))
+        kwargs = dict(generate_kwargs)
+        kwargs["logits_processor"] = _with(kwargs, "logits_processor", first, LogitsProcessorList)
+        if decide is not None:
+            kwargs["stopping_criteria"] = _with(kwargs, "stopping_criteria", _EndChosenRows(first),
+                                                StoppingCriteriaList)
+        sequences = model.base_model.generate(**vl_inputs, **kwargs)
+    if first.scores is None:
+        raise RuntimeError("the base model's generate produced no token (max_new_tokens must be >= 1)")
+    use = None if first.use is None else first.use.cpu()
+    return BasePass(sequences, question, image(), confidence_features(first.scores).cpu(), use)
 
 
 def _rows(kwargs: dict[str, Any], rows: torch.Tensor, n: int) -> dict[str, Any]:
@@ -173,9 +227,15 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
         raise ValueError(f"audio_preview must have shape ({n}, {policy.spec.preview_dim}), got {got}")
     vl_inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
     gen_kwargs = {k: v for k, v in kwargs.items() if k not in vl_inputs}
-    bp = base_pass(model, vl_inputs, **gen_kwargs)
-    states = assemble_state(bp.question, bp.image, audio_preview.float().cpu(), bp.confidence, policy.spec)
-    use = policy.decide(states).cpu()
+    preview = audio_preview.float().cpu()
+    decided: dict[str, torch.Tensor] = {}
+
+    def decide(question: torch.Tensor, image: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        decided["states"] = assemble_state(question, image, preview, confidence, policy.spec)
+        return policy.decide(decided["states"]).cpu()
+
+    bp = base_pass(model, vl_inputs, decide=decide, **gen_kwargs)
+    states, use = decided["states"], bp.use
     prob = policy.use_probability(states).cpu()
     sequences = bp.sequences
     if bool(use.any()):
