@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install clean test-fast
+.PHONY: test demo ablations install clean test-fast
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ DEMO_ARGS ?=
 
 demo: $(STAMP)
 	$(VENV)/bin/safe demo $(DEMO_ARGS)
+
+# The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes.
+ablations: $(STAMP)
+	$(VENV)/bin/safe ablate --run-dir runs/demo
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

@@ -288,6 +288,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run.record("timing", timing)
     from safe.cli_eval import cmd_report
 
+    if args.ablations:
+        print("\n== 7. Stage A ablations (safe ablate) ==")
+        from safe.cli_eval import cmd_ablate
+
+        code |= cmd_ablate(argparse.Namespace(run_dir=str(run.path), data=str(bench), base=str(base), config=args.config,
+                                              overrides=args.overrides, steps=400, seeds=1, only=None, split="test"))
+        timing["seconds"] = round(time.perf_counter() - t0, 1)
+        run.record("timing", timing)
     cmd_report(argparse.Namespace(run_dir=str(run.path)))  # again, so the report carries the final timing
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; metrics written to {run.metrics_file}")
     return code
@@ -300,6 +308,8 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                    help="override a Stage A config field (repeatable)")
     p.add_argument("--fresh", action="store_true", help="retrain Stage A even if the run directory has checkpoints")
     p.add_argument("--seeds", type=int, default=3, help="PPO seeds at the deployed operating point")
+    p.add_argument("--ablations", action="store_true",
+                   help="also run the Stage A ablation grid (safe ablate, 400 steps per entry; ~5 more minutes)")
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -332,6 +342,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "eval": (_lazy("safe.cli_eval", "cmd_eval"),
              "the evaluation protocol: retention, audio gains, efficiency, attribution, robustness, stage gates",
              _lazy_args("safe.cli_eval", "add_eval_args")),
+    "ablate": (_lazy("safe.cli_eval", "cmd_ablate"),
+               "Stage A ablations over a config grid (no retention loss, k in {4,8,12,16}, LoRA rank in {4,16})",
+               _lazy_args("safe.cli_eval", "add_ablate_args")),
     "report": (_lazy("safe.cli_eval", "cmd_report"), "write report.html from a run's metrics.json",
                _lazy_args("safe.cli_eval", "add_report_args")),
     "demo": (cmd_demo, "run the embedded pipeline end to end on CPU: data, base models, verify, Stages A, B, C",

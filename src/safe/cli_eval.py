@@ -1,4 +1,5 @@
-"""``safe eval`` (the evaluation protocol, written into metrics.json and report.html) and ``safe report``."""
+"""``safe eval`` (the evaluation protocol, written into metrics.json and report.html), ``safe report`` and
+``safe ablate`` (the Stage A ablation grid)."""
 from __future__ import annotations
 
 import argparse
@@ -76,4 +77,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(metrics, run.path / "report.html")
     missing = [k for k, v in report_sections(metrics).items() if not v]
     print(f"\nreport: {path.resolve()}" + (f" (sections not run: {', '.join(missing)})" if missing else ""))
+    return 0
+
+
+def add_ablate_args(p: argparse.ArgumentParser) -> None:
+    from safe.training.ablation import STAGE_A_GRID
+
+    p.add_argument("--run-dir", default="runs/demo", help="run directory: results under <run-dir>/ablations, "
+                   "the table in metrics.json (key 'ablations') and report.html")
+    p.add_argument("--data", default=None, help="benchmark folder (default $SAFE_CACHE/benchmark)")
+    p.add_argument("--base", default=None, help="built-in models folder (default $SAFE_CACHE/base)")
+    p.add_argument("--config", default="configs/stage_a_builtin.yaml", help="the Stage A recipe every entry starts from")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field for every entry (repeatable)")
+    p.add_argument("--steps", type=int, default=400,
+                   help="Stage A steps of every entry (the same for all, so entries compare; default 400)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per entry (mean and 95%% CI over seeds)")
+    p.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help=f"run only this entry (repeatable); entries: {', '.join(STAGE_A_GRID)}")
+    p.add_argument("--split", default="test", help="benchmark split the entries are scored on")
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from safe.cli import _cache_dir, _config_path
+    from safe.runs import RunDir
+    from safe.training.ablation import run_ablations
+
+    run = RunDir(args.run_dir)
+    bench = Path(args.data) if args.data else _cache_dir() / "benchmark"
+    base = Path(args.base) if args.base else _cache_dir() / "base"
+    for what, path in (("--data", bench / "benchmark.json"), ("--base", base / "manifest.json")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: {path.parent} has no {path.name}; run `make demo` (or safe data synth / "
+                                    "safe base build) first")
+    result = run_ablations(bench, base, _config_path(args.config), run.path / "ablations", overrides=args.overrides,
+                           steps=args.steps, seeds=args.seeds, names=args.only, eval_split=args.split)
+    run.record("ablations", result)
+    print(f"\nStage A ablations on {result['split']} ({result['steps']} steps each, {result['seeds']} seed(s), "
+          f"{result['seconds']:.0f} s)")
+    print(f"  {'entry':<20}{'audio acc':>10}{'VL acc open':>13}{'VL changed':>12}{'CIDEr-D':>9}{'trainable':>11}")
+    for r in result["rows"]:
+        print(f"  {r['name']:<20}{r['audio_accuracy']:>10.3f}{r['vl_accuracy_gate_open']:>13.3f}"
+              f"{r['vl_answers_changed_gate_open']:>12.1f}{r.get('caption_cider_d', float('nan')):>9.3f}"
+              f"{r['trainable_parameters']:>11,}")
+    if run.metrics().get("eval"):
+        return cmd_report(argparse.Namespace(run_dir=str(run.path)))
     return 0

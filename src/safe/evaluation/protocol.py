@@ -213,8 +213,8 @@ def _ablations(policy_metrics: dict | None) -> dict:
             {"name": "distilled 2-layer MLP gate (Stage C)", **_row(b["distilled"])},
             {"name": "heuristic: confidence threshold at the same use rate", **_row(b["confidence"])},
             {"name": "heuristic: entropy threshold at the same use rate", **_row(b["entropy"])}]
-    return {"rows": rows, "note": "Stage A ablations (no retention loss, k in {4, 8, 12, 16}, LoRA rank in {4, 8, 16}) "
-            "are not run by this command yet."}
+    return {"rows": rows, "note": "Stage A ablations (no retention loss, k in {4, 8, 12, 16}, LoRA rank in {4, 8, 16}): "
+            "not run for this report; `safe ablate --run-dir <run>` (make ablations) adds them here."}
 
 
 def _row(ev: dict) -> dict:

@@ -349,7 +349,28 @@ def _ablations(m: Mapping) -> str:
     table = _table(["name", "changes", *(c.replace("_", " ") for c in numeric)],
                    [[r.get("name", DASH), fmt(r.get("changes")), *(fmt_key(c, r.get(c)) for c in numeric)]
                     for r in rows])
+    grid = m.get("ablations")
+    if isinstance(grid, Mapping) and grid.get("rows"):
+        return table + _stage_a_grid(grid)
     return table + (_p(a["note"]) if a.get("note") else "")
+
+
+def _stage_a_grid(g: Mapping) -> str:
+    cols = [("audio_accuracy", "audio acc"), ("vl_accuracy_gate_open", "VL acc, gate open"),
+            ("vl_answers_changed_gate_open", "VL answers changed"), ("caption_cider_d", "caption CIDEr-D")]
+    rows = []
+    for r in g["rows"]:
+        if not isinstance(r, Mapping):
+            continue
+        cells = []
+        for key, _ in cols:
+            ci = r.get(f"{key}_ci")
+            cells.append(fmt(r.get(key)) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else ""))
+        rows.append([r.get("name", DASH), fmt(r.get("changes")), fmt(r.get("seeds")), *cells,
+                     fmt(r.get("trainable_parameters")), fmt(r.get("train_seconds"), 1)])
+    head = (f"Stage A grid (safe ablate): {fmt(g.get('steps'))} steps per entry, {fmt(g.get('seeds'))} seed(s), "
+            f"scored on {fmt(g.get('split'))}; mean [95% CI over seeds]")
+    return _h3(head) + _table(["entry", "changes", "seeds", *(c for _, c in cols), "trainable", "train s"], rows)
 
 
 def _seeds(m: Mapping) -> str:

@@ -1,0 +1,63 @@
+"""The Stage A ablation grid: entries differ in exactly their overrides, results resume, summaries are right."""
+import json
+
+import pytest
+
+from safe.evaluation.stats import mean_ci
+from safe.training.ablation import STAGE_A_GRID, run_ablations, select_grid, summarise
+from tests.training.test_stage_a import FAST
+
+STEPS = 6
+
+
+def test_grid_covers_the_issue_and_selection_checks_names():
+    assert {"reference", "no retention loss", "k=4", "k=8", "k=12", "k=16", "rank=4", "rank=16"} == set(STAGE_A_GRID)
+    assert list(select_grid(["rank=4", "k=4"])) == ["k=4", "rank=4"]  # grid order, not argument order
+    with pytest.raises(ValueError, match="unknown ablation \\['k=5'\\]; choose from"):
+        select_grid(["k=5"])
+
+
+def test_summary_mean_and_ci_over_seeds_by_hand():
+    runs = {"k=4/seed0": {"audio_accuracy": 0.5, "trainable_parameters": 10, "train_seconds": 1.0},
+            "k=4/seed1": {"audio_accuracy": 0.7, "trainable_parameters": 10, "train_seconds": 3.0},
+            "reference/seed0": {"audio_accuracy": 0.9, "trainable_parameters": 12, "train_seconds": 2.0}}
+    rows = summarise(runs, select_grid(["reference", "k=4"]))
+    assert [r["name"] for r in rows] == ["reference", "k=4"]
+    ref, k4 = rows
+    assert ref["seeds"] == 1 and ref["audio_accuracy"] == 0.9 and "audio_accuracy_ci" not in ref
+    ci = mean_ci([0.5, 0.7])
+    assert k4["audio_accuracy"] == pytest.approx(0.6) and k4["audio_accuracy_ci"] == [ci.low, ci.high]
+    assert k4["changes"] == "safe.num_audio_tokens=4" and k4["train_seconds"] == 2.0
+
+
+def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, monkeypatch):
+    bench, base = tiny_builtin
+    names = ["reference", "no retention loss", "rank=4"]
+    out = run_ablations(bench, base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
+    assert sorted(out["runs"]) == sorted(f"{n}/seed{s}" for n in names for s in (0, 1))
+    assert all(r["steps"] == STEPS for r in out["runs"].values())
+    rows = {r["name"]: r for r in out["rows"]}
+    assert rows["rank=4"]["trainable_parameters"] < rows["reference"]["trainable_parameters"]
+    assert rows["no retention loss"]["trainable_parameters"] == rows["reference"]["trainable_parameters"]
+    assert all(r["seeds"] == 2 and "audio_accuracy_ci" in r for r in rows.values())
+    assert all(r["answers_identical_gate_closed"] == 1.0 for r in rows.values())  # every entry keeps the bypass
+    assert (tmp_path / "rank_4" / "seed1" / "checkpoints" / "final").is_dir()
+    saved = json.loads((tmp_path / "ablations.json").read_text())
+    assert saved["runs"] == out["runs"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished entry was trained again")
+
+    monkeypatch.setattr("safe.training.stage_a.StageATrainer.fit", no_training)
+    again = run_ablations(bench, base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
+    assert again["runs"] == out["runs"]
+    with pytest.raises(ValueError, match="holds ablations of another recipe, step count"):
+        run_ablations(bench, base, None, tmp_path, overrides=FAST, steps=STEPS + 1, names=names, progress=False)
+
+
+@pytest.mark.parametrize("kw,match", [({"seeds": 0}, "--seeds must be a positive integer"),
+                                      ({"steps": 0}, "--steps must be a positive integer"),
+                                      ({"names": ["nope"]}, "unknown ablation")])
+def test_bad_arguments_name_the_flag(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_ablations(tmp_path, tmp_path, None, tmp_path / "out", **kw)
