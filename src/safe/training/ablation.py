@@ -11,6 +11,7 @@ benchmark are fingerprinted there and a mismatch raises instead of mixing runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -122,12 +123,12 @@ def run_ablations(bench_dir: str | Path, base_dir: str | Path, config: str | Pat
                 for split in ("train", "retention", eval_split)}
     finally:
         probe.remove_hooks()
-    for name, cfg0 in configs.items():
+    for name, recipe in configs.items():
         for seed in range(seeds):
             key = f"{name}/seed{seed}"
             if key in state["runs"]:
                 continue
-            cfg = load_stage_a_config(config, [*common, *grid[name], f"seed={seed}"])
+            cfg = dataclasses.replace(recipe, seed=seed)
             torch.manual_seed(cfg.seed)
             model = SAFEModel(vl, encoder, cfg.safe_config())
             try:
