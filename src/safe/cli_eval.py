@@ -62,6 +62,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{o['in_domain_audio_accuracy']:.3f} (base {o['base_audio_accuracy']:.3f}, {o['n']} questions)")
     sh = ev["attribution"]["shapley"]
     print(f"  Shapley (mean per question): image {sh['image_mean']:.3f}, audio {sh['audio_mean']:.3f}")
+    fl = ev["efficiency"]["flops_per_query"]
+    print(f"  FLOPs per query (audio encoder included): base {fl['base'] / 1e6:.1f} M, always-audio "
+          f"{fl['always_audio'] / 1e6:.1f} M, policy {fl['policy'] / 1e6:.1f} M")
     print_gates(ev["stage_gates"])
     return cmd_report(argparse.Namespace(run_dir=str(run.path)))
 
@@ -120,6 +123,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"  {r['name']:<20}{r['audio_accuracy']:>10.3f}{r['vl_accuracy_gate_open']:>13.3f}"
               f"{r['vl_answers_changed_gate_open']:>12.1f}{r.get('caption_cider_d', float('nan')):>9.3f}"
               f"{r['trainable_parameters']:>11,}")
+    policy = run.metrics().get("policy")
+    if policy:  # the Stage B half of the grid comes from this run's `safe policy train`
+        from safe.evaluation.protocol import stage_b_ablations
+
+        print(f"\nStage B ablations on {policy['config']['eval_split']} (from this run's safe policy train)")
+        print(f"  {'entry':<54}{'accuracy':>9}{'VL acc':>8}{'audio acc':>10}{'use rate':>9}")
+        for r in stage_b_ablations(policy)["rows"]:
+            print(f"  {r['name']:<54}{r['accuracy']:>9.4f}{r['vl_accuracy']:>8.3f}{r['audio_accuracy']:>10.3f}"
+                  f"{r['use_rate']:>9.3f}")
+    else:
+        print("\n(no Stage B in this run: `safe policy train` adds lambda = 0 and the heuristic gates to the grid)")
     if run.metrics().get("eval"):
         return cmd_report(argparse.Namespace(run_dir=str(run.path)))
     return 0

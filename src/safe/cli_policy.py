@@ -49,6 +49,13 @@ def print_policy(m: dict) -> None:
     gap_use = t["use_rate"] - t["oracle_use_rate"]
     print(f"  accuracy {100 * gap_acc:.2f} points below always-audio; use rate {100 * gap_use:.1f} points above the "
           f"oracle's ({t['oracle_use_rate']:.3f}); VL accuracy {t['vl_accuracy']:.4f} of base {t['base_vl_accuracy']:.4f}")
+    g = m.get("oracle_gap")
+    if g:
+        print(f"  of those {g['gap_points']:.1f} points: +{g['base_as_good_points']:.1f} audio questions the VL-only base "
+              f"already answered as well ({g['base_as_good']} rows; invisible without hearing the clip), "
+              f"+{g['audio_no_help_points']:.1f} where audio does not help either ({g['audio_no_help']}), "
+              f"+{g['vl_points']:.1f} VL questions ({g['vl']}), -{g['missed_points']:.1f} audio-helped rows skipped "
+              f"({g['missed']})")
     print(f"  irrelevant-audio false positives (VL rows using audio): {t['false_positive_rate']:.4f}")
     print(f"  table latency: policy {t['mean_latency_ms']:.3f} ms vs always-audio SAFE {m['always_audio_direct_ms']:.3f} ms "
           f"(ratio {m['policy_vs_always_direct_latency']:.3f}), base {m['base_ms']:.3f} ms; policy / base = "

@@ -43,12 +43,31 @@ def test_eval_fills_every_section_from_measurements(evaluated):
     assert ev["robustness"]["ood_sounds"]["n"] > 0
     f = ev["efficiency"]["flops_per_query"]
     assert f["always_audio"] > f["base"] > 0  # the adapters cost FLOPs; counted, not assumed
+    assert f["base"] <= f["policy"] <= f["always_audio"]
     assert ev["efficiency"]["memory_bytes"]["safe_parts"] > 0
     sh = ev["attribution"]["shapley"]
     assert not math.isnan(sh["image_mean"])
     gates = {g["gate"]: g for g in ev["stage_gates"]}
     assert gates["Stage 1: gate closed reproduces the base (answers identical)"]["passed"]
     json.dumps(ev)
+
+
+def test_flops_count_the_audio_encoder(evaluated, tiny_builtin):
+    from safe.evaluation.efficiency import count_flops
+    from safe.evaluation.protocol import FLOP_ROWS
+    from safe.data import synth
+    from safe.policy.outcomes import read_waveforms
+
+    model, _, ev = evaluated
+    bench, base = tiny_builtin
+    frontend = load_frozen(base)[3]
+    ex = synth.load_split(bench, "test")[:FLOP_ROWS]
+    feats = frontend(read_waveforms(ex, frontend.sampling_rate))
+    encoder_per_row = count_flops(lambda: model.audio_encoder.encode(feats)) / len(ex)
+    assert encoder_per_row > 0
+    f = ev["efficiency"]["flops_per_query"]
+    # always-audio = base + encoder on every row + projector and adapters (> 0)
+    assert f["always_audio"] - f["base"] > encoder_per_row
 
 
 def test_report_covers_every_section_and_embeds_plots(evaluated, tmp_path):

@@ -18,7 +18,7 @@ from safe.policy.baselines import (
     threshold_for_rate,
     threshold_sweep,
 )
-from safe.policy.table import OutcomeTable, evaluate_actions, make_synthetic_table
+from safe.policy.table import OutcomeTable, evaluate_actions, make_synthetic_table, oracle_gap
 
 torch.set_num_threads(1)
 
@@ -106,6 +106,26 @@ def test_evaluate_actions_by_hand():
     assert ev["base_vl_accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="use_audio"):
         evaluate_actions(t, [1, 0])
+
+
+def test_oracle_gap_by_hand():
+    rows = ROWS + [(0, 0, 1, 0, 100.0, 150.0, 0.5, 0.5)]  # an audio question audio does not fix
+    cols = list(zip(*rows))
+    t = OutcomeTable(states=torch.zeros(7, 1), correct_with=cols[0], correct_without=cols[1], needs_audio=cols[2],
+                     is_vl=cols[3], cost_without_ms=cols[4], cost_with_ms=cols[5], confidence=cols[6],
+                     entropy=cols[7])
+    use = torch.tensor([0, 1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    g = oracle_gap(t, use)
+    # oracle uses rows 0 and 5; the decisions add row 1 (base right), rows 2-3 (VL), row 6 (no help)
+    # and miss rows 0 and 5 (each worth 1 point of score)
+    assert (g["vl"], g["base_as_good"], g["audio_no_help"], g["missed"]) == (2, 1, 1, 2)
+    assert g["missed_score"] == pytest.approx(2.0)
+    assert g["gap_points"] == pytest.approx(100 * (4 - 2) / 7)
+    assert g["gap_points"] == pytest.approx(g["vl_points"] + g["base_as_good_points"] + g["audio_no_help_points"]
+                                            - g["missed_points"])
+    ev = evaluate_actions(t, use)
+    assert g["gap_points"] == pytest.approx(100 * (ev["use_rate"] - ev["oracle_use_rate"]))
+    assert oracle_gap(t, t.correct_with > t.correct_without)["gap_points"] == 0.0
 
 
 def test_evaluate_actions_without_vl_rows_gives_nan():

@@ -46,6 +46,8 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     if m["skip_all"]["rows"]:
         assert m["skip_all"]["encoder_rows"] == 0 and m["skip_all"]["rows_using_audio"] == 0
     assert set(m["latency_by_batch"]) == {"1", "8"}
+    g = m["oracle_gap"]  # the deployed alpha's decisions, split by kind of row
+    assert g["gap_points"] == pytest.approx(100 * (m["test"]["use_rate"] - m["test"]["oracle_use_rate"]))
     assert len(m["seeds"]["accuracy"]["values"]) == 2
     assert (tmp_path / "table_test.safetensors").is_file() and (tmp_path / "ppo_policy.safetensors").is_file()
     json.dumps(m)  # everything recorded is plain JSON
@@ -63,5 +65,10 @@ def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
     assert saved.policy is not None and saved.policy.kind == "mlp"
     assert main(["policy", "distill", *args]) == 0
     assert "agreement with PPO" in capsys.readouterr().out
+    # the demo's last step on the same run: evaluation, stage gates and the report
+    assert main(["eval", "--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs per query (audio encoder included)" in out and "Stage gates" in out
+    assert (tmp_path / "report.html").is_file()
     assert main(["policy", "train", *args[:-2], "--alpha", "0.2"]) == 2  # not one of --alphas: a message
     assert "alpha 0.2 must be one of" in capsys.readouterr().err

@@ -61,3 +61,27 @@ def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, mon
 def test_bad_arguments_name_the_flag(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         run_ablations(tmp_path, tmp_path, None, tmp_path / "out", **kw)
+
+
+def test_ablate_command_prints_both_halves_of_the_grid(tiny_builtin, tmp_path, monkeypatch, capsys):
+    """`safe ablate` is the one command for the whole grid: the Stage A entries it trains, then the
+    Stage B entries (lambda = 0, heuristic and distilled gates) read from the run's policy metrics."""
+    from safe.cli import main
+    from safe.runs import RunDir
+
+    bench, base = tiny_builtin
+    row = {"accuracy": 0.9, "vl_accuracy": 1.0, "audio_accuracy": 0.7, "use_rate": 0.3, "mean_latency_ms": 1.0}
+    grid = {"split": "test", "steps": 3, "seeds": 1, "seconds": 1.0,
+            "rows": [{"name": "no retention loss", "audio_accuracy": 0.5, "vl_accuracy_gate_open": 0.2,
+                      "vl_answers_changed_gate_open": 7.0, "caption_cider_d": 0.1, "trainable_parameters": 10}]}
+    monkeypatch.setattr("safe.training.ablation.run_ablations", lambda *a, **k: grid)
+    run = RunDir(tmp_path / "run")
+    run.record("policy", {"alpha": 0.1, "config": {"eval_split": "test"}, "test": row,
+                          "baselines": {k: {**row, "use_rate": 0.4} for k in
+                                        ("no_constraint", "distilled", "confidence", "entropy")}})
+    assert main(["ablate", "--run-dir", str(run.path), "--data", str(bench), "--base", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "no retention loss" in out and "Stage B ablations" in out
+    for name in ("learned gate (PPO, alpha=0.1)", "lambda = 0 in Stage B", "entropy threshold"):
+        assert name in out
+    assert RunDir(run.path).metrics()["ablations"] == grid

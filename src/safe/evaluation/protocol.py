@@ -132,10 +132,10 @@ def run_eval(model, fmt, frontend, bench_dir: str | Path, cache=None, policy_met
 
     robustness = _robustness(model, fmt, frontend, bench_dir, cache, data, ex, wav, scores, answers, used,
                              audio_rows, vl_rows)
-    efficiency = _efficiency(model, fmt, data, previews, used, policy_metrics)
+    efficiency = _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics)
     out = {"split": split, "examples": len(ex), "retention": retention, "audio_gains": gains,
            "efficiency": efficiency, "attribution": attribution, "robustness": robustness,
-           "ablations": _ablations(policy_metrics), "seeds": _seeds(policy_metrics)}
+           "ablations": stage_b_ablations(policy_metrics), "seeds": _seeds(policy_metrics)}
     out["stage_gates"] = stage_gates(out, stage_a, policy_metrics)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -176,21 +176,35 @@ def _robustness(model, fmt, frontend, bench_dir, cache, data, ex, wav, scores, a
     return out
 
 
-def _efficiency(model, fmt, data, previews, used, policy_metrics) -> dict:
-    idx = list(range(min(16, len(data))))
-    batch = {**fmt.prompt_batch(data.enc, idx), "pixel_values": data.pixels[idx]}
+FLOP_ROWS = 64
+"""Test rows (the first ones, in batches of 16) whose generate calls are FLOP-counted."""
+
+
+def _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics) -> dict:
+    # Audio enters as front-end features, so the encoder's FLOPs are counted: for every row with
+    # always-audio, only for the rows the policy picks in the cascade (a skipped clip is never
+    # encoded). The preview (numpy) and the front end are not torch operators and count 0.
+    device = next(model.base_model.parameters()).device
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-    # From cached embeddings: the encoder's FLOPs are not counted (flops_note says so).
-    emb = data.audio[idx]
-    with model.hooks_detached() as base:
-        f_base = count_flops(lambda: base.generate(**batch, **gen))
-    f_always = count_flops(lambda: model.generate(**batch, **gen, audio_embeddings=emb,
-                                                  audio_mask=torch.ones(len(idx), dtype=torch.bool)))
-    f_policy = count_flops(lambda: model.generate(**batch, **gen, audio_embeddings=emb, audio_preview=previews[idx]))
+    rows = list(range(min(FLOP_ROWS, len(data))))
+    totals = {"base": 0, "always_audio": 0, "policy": 0}
+    for s in range(0, len(rows), 16):
+        idx = rows[s:s + 16]
+        batch = {k: v.to(device) for k, v in {**fmt.prompt_batch(data.enc, idx), "pixel_values": data.pixels[idx]}.items()}
+        clips = [wav[i] for i in idx]
+        feats = frontend(clips).to(device)
+        with model.hooks_detached() as base:
+            totals["base"] += count_flops(lambda: base.generate(**batch, **gen))
+        totals["always_audio"] += count_flops(lambda: model.generate(
+            **batch, **gen, audio_features=feats, audio_mask=torch.ones(len(idx), dtype=torch.bool, device=device)))
+        totals["policy"] += count_flops(lambda: model.generate(
+            **batch, **gen, audio_features=lambda r: frontend([clips[i] for i in r.tolist()]).to(device),
+            audio_preview=previews[idx]))
     out = {"audio_use_rate": float(used.float().mean()),
-           "flops_per_query": {"base": f_base / len(idx), "always_audio": f_always / len(idx),
-                               "policy": f_policy / len(idx)},
-           "flops_note": "audio encoder excluded (cached embeddings); PyTorch FlopCounterMode, first 16 test rows",
+           "flops_per_query": {k: v / len(rows) for k, v in totals.items()},
+           "flops_note": (f"PyTorch FlopCounterMode over the first {len(rows)} test rows (batches of 16), audio "
+                          "encoder included (for the policy: only on the rows it picks); the audio preview and "
+                          "the front end are not torch operators and count 0"),
            "memory_bytes": safe_memory_report(model)}
     if policy_metrics:
         out["oracle_use_rate"] = policy_metrics["test"]["oracle_use_rate"]
@@ -204,7 +218,10 @@ def _efficiency(model, fmt, data, previews, used, policy_metrics) -> dict:
     return out
 
 
-def _ablations(policy_metrics: dict | None) -> dict:
+def stage_b_ablations(policy_metrics: dict | None) -> dict:
+    """The Stage B / C half of the ablation grid, read off ``safe policy train``'s metrics: the learned
+    gate, lambda = 0 (no retention constraint), the distilled gate and the two heuristic gates at the
+    learned gate's use rate. ``{}`` without policy metrics."""
     if not policy_metrics:
         return {}
     b = policy_metrics["baselines"]

@@ -298,6 +298,13 @@ def _policy(m: Mapping) -> str:
         extra = [k for r in rows.values() for k, v in r.items() if _is_num(v) and k not in _POLICY_COLS]
         columns = [*_POLICY_COLS, *dict.fromkeys(extra)]
         parts += [_h3("Policy vs baselines (test split)"), _grid(rows, columns, "policy")]
+    if isinstance(p.get("oracle_gap"), Mapping):
+        parts += [_h3("Audio use above the oracle's, by kind of row (PPO policy, test split)"),
+                  _p("vl: VL questions given audio; base_as_good: audio questions the VL-only base already "
+                     "answered as well (no state computed without hearing the clip can see these); audio_no_help: "
+                     "audio questions audio does not fix; missed: rows where audio helps that the policy skips. "
+                     "gap_points = vl + base_as_good + audio_no_help - missed, in points of the use rate."),
+                  _kv_table(p["oracle_gap"])]
     pareto = [q for q in p.get("pareto") or () if isinstance(q, Mapping)]
     if pareto:
         cols = ("kind", "alpha", "threshold", "accuracy", "mean_latency_ms", "use_rate", "on_front")

@@ -26,7 +26,7 @@ from safe.policy.outcomes import (MAX_NEW_TOKENS, answer_score, build_table, col
                                   read_waveforms, state_spec)
 from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
 from safe.policy.runtime import AudioPolicy
-from safe.policy.table import OutcomeTable, evaluate_actions
+from safe.policy.table import OutcomeTable, evaluate_actions, oracle_gap
 
 SWEEP_RATES = tuple(i / 20 for i in range(21))
 
@@ -269,6 +269,7 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
         "state_dim": spec.dim, "state": spec.to_dict(),
         "costs_ms_per_query": costs,
         "test": headline,
+        "oracle_gap": oracle_gap(test.table, teacher.decide(test.table.states)),
         "alpha": cfg.alpha,
         "always_audio_direct_ms": direct_always_ms, "base_ms": base_ms,
         "policy_vs_always_direct_latency": headline["mean_latency_ms"] / direct_always_ms,

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["OutcomeTable", "evaluate_actions", "make_synthetic_table", "TABLE_FIELDS"]
+__all__ = ["OutcomeTable", "evaluate_actions", "oracle_gap", "make_synthetic_table", "TABLE_FIELDS"]
 
 _SCORE_FIELDS = ("correct_without", "correct_with")
 _BOOL_FIELDS = ("needs_audio", "is_vl")
@@ -267,6 +267,42 @@ def evaluate_actions(table: OutcomeTable, use_audio: Any) -> dict[str, float]:
     out.update({f"oracle_{k}": v for k, v in _score(table, oracle_use).items()})
     out["base_accuracy"] = _mean(table.correct_without)
     out["base_vl_accuracy"] = _mean(table.correct_without[table.is_vl])
+    return out
+
+
+def oracle_gap(table: OutcomeTable, use_audio: Any) -> dict[str, Any]:
+    """Where the decisions ``use_audio`` spend audio that the oracle does not, and where they miss it.
+
+    The oracle uses audio exactly where ``correct_with > correct_without``. Rows the decisions use
+    but the oracle skips fall in three kinds, in this order:
+
+    * ``vl``: questions that do not need audio (``is_vl``);
+    * ``base_as_good``: audio questions where the VL-only answer already scores at least as high and
+      above 0 (the base guessed right; a state computed without hearing the clip cannot know it);
+    * ``audio_no_help``: audio questions where both answers score 0 (audio does not fix this row).
+
+    ``missed`` counts rows the oracle uses and the decisions skip (accuracy lost: ``missed_score``).
+    With ``n`` rows the counts add up exactly:
+    ``use_rate - oracle_use_rate = (vl + base_as_good + audio_no_help - missed) / n``; each count is
+    also given in percentage points of the use rate (``*_points``). Returns plain ints and floats.
+    """
+    use = _check_actions(table, use_audio)
+    n = len(table)
+    oracle_use = table.correct_with > table.correct_without
+    extra = use & ~oracle_use
+    kinds = {
+        "vl": extra & table.is_vl,
+        "base_as_good": extra & ~table.is_vl & (table.correct_without > 0),
+        "audio_no_help": extra & ~table.is_vl & (table.correct_without <= 0),
+    }
+    missed = ~use & oracle_use
+    out: dict[str, Any] = {k: int(v.sum()) for k, v in kinds.items()}
+    out["missed"] = int(missed.sum())
+    out["missed_score"] = float((table.correct_with - table.correct_without)[missed].double().sum())
+    for k in (*kinds, "missed"):
+        out[f"{k}_points"] = 100.0 * out[k] / n if n else math.nan
+    out["gap_points"] = 100.0 * (int(use.sum()) - int(oracle_use.sum())) / n if n else math.nan
+    out["rows"] = n
     return out
 
 
