@@ -309,7 +309,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="retrain Stage A even if the run directory has checkpoints")
     p.add_argument("--seeds", type=int, default=3, help="PPO seeds at the deployed operating point")
     p.add_argument("--ablations", action="store_true",
-                   help="also run the Stage A ablation grid (safe ablate, 400 steps per entry; ~5 more minutes)")
+                   help="also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 4 more minutes)")
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:

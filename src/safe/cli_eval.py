@@ -16,6 +16,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs/demo", help="run directory whose metrics.json becomes report.html")
+    p.add_argument("--export-plots", default=None, metavar="DIR",
+                   help="also write every plot of the report to DIR as PNG files (for papers and the README)")
 
 
 def print_gates(gates: list[dict]) -> None:
@@ -62,9 +64,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{o['in_domain_audio_accuracy']:.3f} (base {o['base_audio_accuracy']:.3f}, {o['n']} questions)")
     sh = ev["attribution"]["shapley"]
     print(f"  Shapley (mean per question): image {sh['image_mean']:.3f}, audio {sh['audio_mean']:.3f}")
-    fl = ev["efficiency"]["flops_per_query"]
-    print(f"  FLOPs per query (audio encoder included): base {fl['base'] / 1e6:.1f} M, always-audio "
-          f"{fl['always_audio'] / 1e6:.1f} M, policy {fl['policy'] / 1e6:.1f} M")
+    e = ev["efficiency"]
+    fl = e["flops_per_query"]
+    print(f"  FLOPs per query (audio encoder included; first {e['flops_rows']} rows, {e['flops_rows_using_audio']} "
+          f"using audio with the policy): base {fl['base']:.3g}, always-audio {fl['always_audio']:.3g}, "
+          f"policy {fl['policy']:.3g}")
     print_gates(ev["stage_gates"])
     return cmd_report(argparse.Namespace(run_dir=str(run.path)))
 
@@ -80,6 +84,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(metrics, run.path / "report.html")
     missing = [k for k, v in report_sections(metrics).items() if not v]
     print(f"\nreport: {path.resolve()}" + (f" (sections not run: {', '.join(missing)})" if missing else ""))
+    if getattr(args, "export_plots", None):
+        from safe.evaluation.report import export_plots
+
+        written = export_plots(path.read_text(encoding="utf-8"), args.export_plots)
+        print(f"{len(written)} plots written to {Path(args.export_plots).resolve()}: "
+              + ", ".join(p.name for p in written))
     return 0
 
 

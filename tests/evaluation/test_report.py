@@ -328,3 +328,15 @@ def test_input_metrics_not_mutated(metrics, tmp_path):
     before = copy.deepcopy(metrics)
     write_report(metrics, tmp_path / "r.html")
     assert metrics == before
+
+
+def test_export_plots_writes_each_embedded_png(report, tmp_path):
+    from safe.evaluation.report import export_plots
+
+    _, text = report
+    written = export_plots(text, tmp_path / "plots")
+    assert len(written) == len(_images(text)) >= 4
+    assert [p.read_bytes() for p in written] == _images(text)  # the same bytes, in page order
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    assert len({p.name for p in written}) == len(written)
+    assert tmp_path.joinpath("plots", "pareto_plot.png") in written

@@ -126,6 +126,14 @@ def test_oracle_gap_by_hand():
     ev = evaluate_actions(t, use)
     assert g["gap_points"] == pytest.approx(100 * (ev["use_rate"] - ev["oracle_use_rate"]))
     assert oracle_gap(t, t.correct_with > t.correct_without)["gap_points"] == 0.0
+    # captions score fractions: F1 0.3 without audio and 0.2 with it is a row the base does as well on;
+    # a row marked neither VL nor audio is counted with the audio rows
+    cap = OutcomeTable(states=torch.zeros(3, 1), correct_with=[0.2, 0.5, 1.0], correct_without=[0.3, 0.5, 1.0],
+                       needs_audio=[1, 1, 0], is_vl=[0, 0, 0], cost_without_ms=[1.0] * 3, cost_with_ms=[2.0] * 3,
+                       confidence=[0.5] * 3, entropy=[0.5] * 3)
+    g = oracle_gap(cap, [True, True, True])
+    assert (g["vl"], g["base_as_good"], g["audio_no_help"], g["missed"]) == (0, 3, 0, 0)
+    assert g["gap_points"] == pytest.approx(100.0)
 
 
 def test_evaluate_actions_without_vl_rows_gives_nan():

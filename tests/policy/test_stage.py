@@ -68,7 +68,7 @@ def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
     # the demo's last step on the same run: evaluation, stage gates and the report
     assert main(["eval", "--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base)]) == 0
     out = capsys.readouterr().out
-    assert "FLOPs per query (audio encoder included)" in out and "Stage gates" in out
+    assert "FLOPs per query (audio encoder included;" in out and "Stage gates" in out
     assert (tmp_path / "report.html").is_file()
     assert main(["policy", "train", *args[:-2], "--alpha", "0.2"]) == 2  # not one of --alphas: a message
     assert "alpha 0.2 must be one of" in capsys.readouterr().err

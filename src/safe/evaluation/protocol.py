@@ -177,34 +177,40 @@ def _robustness(model, fmt, frontend, bench_dir, cache, data, ex, wav, scores, a
 
 
 FLOP_ROWS = 64
-"""Test rows (the first ones, in batches of 16) whose generate calls are FLOP-counted."""
+"""Rows (the first ones of the evaluated split, in batches of 16) whose generate calls are FLOP-counted."""
 
 
 def _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics) -> dict:
-    # Audio enters as front-end features, so the encoder's FLOPs are counted: for every row with
-    # always-audio, only for the rows the policy picks in the cascade (a skipped clip is never
-    # encoded). The preview (numpy) and the front end are not torch operators and count 0.
+    # Audio enters as encoder input features, so the encoder's FLOPs are counted: on every row with
+    # always-audio, only on the rows the policy picks in the cascade (a skipped row is never encoded).
+    # The front end runs before the counter in both modes and the preview is numpy: neither is counted.
     device = next(model.base_model.parameters()).device
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     rows = list(range(min(FLOP_ROWS, len(data))))
     totals = {"base": 0, "always_audio": 0, "policy": 0}
+    picked = encoded = 0
+    calls_before = model.audio_encoder_calls
     for s in range(0, len(rows), 16):
         idx = rows[s:s + 16]
         batch = {k: v.to(device) for k, v in {**fmt.prompt_batch(data.enc, idx), "pixel_values": data.pixels[idx]}.items()}
-        clips = [wav[i] for i in idx]
-        feats = frontend(clips).to(device)
+        feats = frontend([wav[i] for i in idx]).to(device)
         with model.hooks_detached() as base:
             totals["base"] += count_flops(lambda: base.generate(**batch, **gen))
         totals["always_audio"] += count_flops(lambda: model.generate(
             **batch, **gen, audio_features=feats, audio_mask=torch.ones(len(idx), dtype=torch.bool, device=device)))
-        totals["policy"] += count_flops(lambda: model.generate(
-            **batch, **gen, audio_features=lambda r: frontend([clips[i] for i in r.tolist()]).to(device),
-            audio_preview=previews[idx]))
+        res: dict = {}
+        calls = model.audio_encoder_calls
+        totals["policy"] += count_flops(lambda: res.setdefault("r", model.generate(
+            **batch, **gen, audio_features=lambda r: feats[r.to(device)], audio_preview=previews[idx])))
+        encoded += model.audio_encoder_calls - calls
+        picked += int(res["r"].used_audio.sum())
+    model.audio_encoder_calls = calls_before  # measurement runs are not queries
     out = {"audio_use_rate": float(used.float().mean()),
            "flops_per_query": {k: v / len(rows) for k, v in totals.items()},
-           "flops_note": (f"PyTorch FlopCounterMode over the first {len(rows)} test rows (batches of 16), audio "
-                          "encoder included (for the policy: only on the rows it picks); the audio preview and "
-                          "the front end are not torch operators and count 0"),
+           "flops_rows": len(rows), "flops_rows_using_audio": picked, "flops_encoder_rows": encoded,
+           "flops_note": (f"PyTorch FlopCounterMode over the first {len(rows)} rows of the split (batches of 16), "
+                          "audio encoder included (for the policy only on the rows it picks: flops_encoder_rows); "
+                          "the front end and the audio preview are not counted"),
            "memory_bytes": safe_memory_report(model)}
     if policy_metrics:
         out["oracle_use_rate"] = policy_metrics["test"]["oracle_use_rate"]

@@ -14,6 +14,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -153,6 +154,22 @@ def _grid(groups: Mapping[str, Mapping], columns: Sequence[str] | None = None, f
     columns = [c for c in columns if any(c in g for g in groups.values())]
     rows = [[name] + [cell(c, g.get(c)) for c in columns] for name, g in groups.items()]
     return _table([first] + [c.replace("_", " ") for c in columns], rows)
+
+
+def export_plots(page: str, out_dir: str | Path) -> list[Path]:
+    """Write every plot embedded in a report's HTML ``page`` to ``out_dir`` as PNG, named after its alt text
+    (``Pareto plot`` -> ``pareto_plot.png``); returns the paths written, in page order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for data, alt in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">', page):
+        stem = re.sub(r"[^a-z0-9]+", "_", html.unescape(alt).lower()).strip("_") or "plot"
+        path, k = out / f"{stem}.png", 2
+        while path in written:  # two plots with the same alt text keep both
+            path, k = out / f"{stem}_{k}.png", k + 1
+        path.write_bytes(base64.b64decode(data))
+        written.append(path)
+    return written
 
 
 def _img(png: bytes | None, alt: str) -> str:
@@ -303,7 +320,8 @@ def _policy(m: Mapping) -> str:
                   _p("vl: VL questions given audio; base_as_good: audio questions the VL-only base already "
                      "answered as well (no state computed without hearing the clip can see these); audio_no_help: "
                      "audio questions audio does not fix; missed: rows where audio helps that the policy skips. "
-                     "gap_points = vl + base_as_good + audio_no_help - missed, in points of the use rate."),
+                     "Counts are rows; the *_points values are points of the use rate, and gap_points = "
+                     "vl_points + base_as_good_points + audio_no_help_points - missed_points."),
                   _kv_table(p["oracle_gap"])]
     pareto = [q for q in p.get("pareto") or () if isinstance(q, Mapping)]
     if pareto:

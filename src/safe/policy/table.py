@@ -274,17 +274,19 @@ def oracle_gap(table: OutcomeTable, use_audio: Any) -> dict[str, Any]:
     """Where the decisions ``use_audio`` spend audio that the oracle does not, and where they miss it.
 
     The oracle uses audio exactly where ``correct_with > correct_without``. Rows the decisions use
-    but the oracle skips fall in three kinds, in this order:
+    but the oracle skips fall in three kinds:
 
-    * ``vl``: questions that do not need audio (``is_vl``);
-    * ``base_as_good``: audio questions where the VL-only answer already scores at least as high and
-      above 0 (the base guessed right; a state computed without hearing the clip cannot know it);
-    * ``audio_no_help``: audio questions where both answers score 0 (audio does not fix this row).
+    * ``vl``: rows marked ``is_vl`` (questions that do not need audio);
+    * ``base_as_good``: other rows whose VL-only answer already scores at least as high as with audio,
+      and above 0 (a short answer the base guessed right; a caption whose F1 audio does not raise). A
+      state computed without hearing the clip cannot tell these from rows audio fixes;
+    * ``audio_no_help``: other rows that score 0 both ways (audio does not fix them).
 
-    ``missed`` counts rows the oracle uses and the decisions skip (accuracy lost: ``missed_score``).
-    With ``n`` rows the counts add up exactly:
-    ``use_rate - oracle_use_rate = (vl + base_as_good + audio_no_help - missed) / n``; each count is
-    also given in percentage points of the use rate (``*_points``). Returns plain ints and floats.
+    ``missed`` counts rows the oracle uses and the decisions skip; ``missed_score`` is the score they
+    would have gained, summed (rows of accuracy; divide by ``n`` for a rate). Each count is also given
+    in percentage points of the ``n`` rows (``*_points``), and these add up exactly:
+    ``gap_points = vl_points + base_as_good_points + audio_no_help_points - missed_points`` = 100 x
+    (use rate - oracle use rate). Returns plain ints and floats.
     """
     use = _check_actions(table, use_audio)
     n = len(table)
