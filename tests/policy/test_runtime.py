@@ -141,3 +141,21 @@ def test_state_features_by_hand():
     assert float(p[1, -2]) == pytest.approx(np.log10(1 + 1e-5), abs=1e-7)  # float32 log
     with pytest.raises(ValueError, match="waveforms\\[0\\]"):
         audio_preview([np.zeros((2, 5))])
+
+
+@pytest.mark.parametrize("kind", ["ppo", "mlp"])
+def test_decide_with_probability_is_decide_and_use_probability_in_one_forward(kind):
+    from safe.policy.network import PolicyNetwork
+
+    torch.manual_seed(0)
+    spec = StateSpec(8, 8)
+    net = PolicyNetwork(spec.dim, 16) if kind == "ppo" else GateMLP(spec.dim, 16)
+    with torch.no_grad():  # a spread of probabilities on both sides of 0.5
+        for p in net.parameters():
+            p.normal_(0.0, 0.5)
+    policy = AudioPolicy(spec, kind, 16, net=net)
+    states = torch.randn(200, spec.dim)
+    use, prob = policy.decide_with_probability(states)
+    assert torch.equal(use, policy.decide(states))
+    assert torch.equal(prob, policy.use_probability(states))
+    assert 0 < int(use.sum()) < 200

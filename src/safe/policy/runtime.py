@@ -30,7 +30,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from safe.policy.features import (StateSpec, assemble_state, capture_image_embedding, confidence_features,
                                   question_embedding)
-from safe.policy.network import GateMLP, PolicyNetwork
+from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
 
 POLICY_KINDS = ("ppo", "mlp")
 
@@ -74,6 +74,15 @@ class AudioPolicy(nn.Module):
     @torch.no_grad()
     def decide(self, states: torch.Tensor) -> torch.Tensor:
         return self.net.decide(states)
+
+    @torch.no_grad()
+    def decide_with_probability(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(decide(states), use_probability(states))`` from one forward of the network."""
+        if self.kind == "ppo":
+            logits, _ = self.net(states)
+            return logits[:, USE_AUDIO] > logits[:, SKIP_AUDIO], torch.softmax(logits, dim=-1)[:, USE_AUDIO]
+        prob = torch.sigmoid(self.net(states))
+        return prob > 0.5, prob
 
 
 @dataclass
@@ -232,11 +241,11 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
 
     def decide(question: torch.Tensor, image: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         decided["states"] = assemble_state(question, image, preview, confidence, policy.spec)
-        return policy.decide(decided["states"]).cpu()
+        use, decided["prob"] = policy.decide_with_probability(decided["states"])
+        return use.cpu()
 
     bp = base_pass(model, vl_inputs, decide=decide, **gen_kwargs)
-    states, use = decided["states"], bp.use
-    prob = policy.use_probability(states).cpu()
+    states, use, prob = decided["states"], bp.use, decided["prob"].cpu()
     sequences = bp.sequences
     if bool(use.any()):
         rows = use.nonzero().squeeze(1)
