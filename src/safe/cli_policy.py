@@ -21,6 +21,9 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-rows", type=int, default=2400, help="train-split rows added to val for the policy")
     p.add_argument("--hidden", type=int, default=32, help="Stage C gate width")
     p.add_argument("--epochs", type=int, default=100, help="Stage C epochs")
+    p.add_argument("--state", choices=["cascade", "early"], default="cascade",
+                   help="cascade: the proposal's state with the base's confidence (the base answers first); early: "
+                        "question, image and preview only, decided before the language model runs")
 
 
 def _alphas(text: str) -> list[float]:
@@ -33,7 +36,7 @@ def _alphas(text: str) -> list[float]:
 def print_policy(m: dict) -> None:
     t, b = m["test"], m["baselines"]
     print(f"\nStage B/C on the {m['config']['eval_split']} split ({m['rows']['test']} rows; policy trained on "
-          f"{m['rows']['train']} rows of train + val; state {m['state_dim']} features)")
+          f"{m['rows']['train']} rows of train + val; {m['config'].get('state', 'cascade')} state, {m['state_dim']} features)")
     print(f"  {'gate':<26}{'accuracy':>9}{'VL acc':>8}{'audio acc':>10}{'use rate':>9}{'ms/query':>9}{'VL FP':>7}")
     rows = [(f"PPO policy (alpha={m['alpha']:g})", t)] + [(k, b[k]) for k in
             ("distilled", "always", "never", "oracle", "random", "confidence", "entropy", "no_constraint")]
@@ -97,7 +100,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from safe.training.pipeline import load_trained
 
     cfg = PolicyStageConfig(alphas=_alphas(args.alphas), alpha=args.alpha, steps=args.steps, seeds=args.seeds,
-                            train_rows=args.train_rows, distill_hidden=args.hidden, distill_epochs=args.epochs)
+                            train_rows=args.train_rows, distill_hidden=args.hidden, distill_epochs=args.epochs,
+                            state=getattr(args, "state", "cascade"))
     bench = Path(args.data) if args.data else _cache_dir() / "benchmark"
     base = Path(args.base) if args.base else _cache_dir() / "base"
     ckpt = Path(args.checkpoint) if args.checkpoint else run.path / "checkpoints" / "final"

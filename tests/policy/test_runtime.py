@@ -159,3 +159,67 @@ def test_decide_with_probability_is_decide_and_use_probability_in_one_forward(ki
     assert torch.equal(use, policy.decide(states))
     assert torch.equal(prob, policy.use_probability(states))
     assert 0 < int(use.sum()) < 200
+
+
+# ------------------------------------------------------------------------------------------
+# the early state: decided before the language model runs, one generate per batch
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("base_kind", ["llava", "blip2-opt", "blip2-t5"])
+def test_early_image_embedding_equals_the_prefill_capture_without_the_language_model(base_kind):
+    from safe.policy.features import capture_image_embedding, image_embedding
+
+    model, _, enc = build(base_kind)
+    x, _ = inputs(model, enc)
+    bb = model.backbone
+    lm_calls = []
+    lm = bb.decoder_layers[0]  # the first layer of the language model
+    handle = lm.register_forward_hook(lambda *a: lm_calls.append(1))
+    try:
+        early = image_embedding(model.base_model, bb.image_projection, x)
+        assert lm_calls == []  # stopped after the projection: the language model never ran
+        with torch.no_grad(), capture_image_embedding(bb.image_projection) as seen:
+            model.base_model(**x)
+    finally:
+        handle.remove()
+    assert torch.equal(early, seen["image"].cpu())
+    with pytest.raises(ValueError, match="pixel_values"):
+        image_embedding(model.base_model, bb.image_projection, {k: v for k, v in x.items() if k != "pixel_values"})
+
+
+def _early_setup():
+    model, ref, enc = build()
+    model.set_gates(0.7)
+    spec = StateSpec(model.hidden_size, model.hidden_size, confidence_dim=0)
+    model.attach_policy(_preview_gate(spec))
+    x, audio = inputs(model, enc)
+    return model, ref, x, audio
+
+
+def test_early_state_runs_one_generate_encodes_chosen_rows_and_keeps_the_others_bit_exact():
+    model, ref, x, audio = _early_setup()
+    use = [True, False, False, True]
+    gen = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)  # no EOS: 5 steps per generate
+    steps = []
+    handle = model.base_model.register_forward_hook(lambda *a: steps.append(1))
+    try:
+        model.audio_encoder_calls = 0
+        out = model.generate(**x, audio_features=audio, audio_preview=_preview(use), **gen)
+    finally:
+        handle.remove()
+    assert out.used_audio.tolist() == use and out.states.shape[1] == model.policy.spec.dim
+    assert len(steps) == 5  # one generate for the whole batch (the image probe stops before the model returns)
+    assert model.audio_encoder_calls == 2
+    base_out = ref.generate(**x, **gen)
+    assert torch.equal(out.sequences[[1, 2]], base_out[[1, 2]])  # skipped rows: the base's own tokens
+    mask = torch.tensor(use)
+    assert torch.equal(out.sequences, model.generate(**x, audio_features=audio, audio_mask=mask, **gen))
+    lazy = model.generate(**x, audio_features=lambda r: audio[r], audio_preview=_preview(use), **gen)
+    assert torch.equal(lazy.sequences, out.sequences)
+    none = model.generate(**x, audio_features=audio, audio_preview=_preview([False] * 4), **gen)
+    assert torch.equal(none.sequences, base_out) and not none.used_audio.any()
+
+
+def test_state_spec_rejects_a_partial_confidence():
+    with pytest.raises(ValueError, match="confidence_dim must be 0"):
+        StateSpec(4, 4, confidence_dim=2)
+    assert StateSpec(4, 4, confidence_dim=0).early and StateSpec(4, 4, confidence_dim=0).dim == 8 + PREVIEW_DIM

@@ -53,6 +53,26 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     json.dumps(m)  # everything recorded is plain JSON
 
 
+def test_policy_stage_with_the_early_state(tiny_ckpt):
+    """The early state: no confidence in the state, costs without a base pass, the deployed gate decides
+    before the language model and still encodes exactly the rows it picks."""
+    bench, base, ckpt = tiny_ckpt
+    model, fmt, frontend = load_trained(base, ckpt)
+    cfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=4, seeds=1, train_rows=40, cost_batch=8,
+                            distill_epochs=3, latency_batches=[8], state="early")
+    m, _ = run_policy_stage(model, fmt, frontend, bench, cfg)
+    assert m["state"]["confidence_dim"] == 0 and m["state_dim"] == m["state"]["question_dim"] * 2 + 34
+    for costs in m["costs_ms_per_query"].values():
+        extra = costs["state"] + costs["preview"] + costs["policy"]
+        assert costs["without_audio"] == pytest.approx(costs["base"] + extra)
+        assert costs["with_audio"] == pytest.approx(costs["audio"] + extra)
+    c = m["cascade"]
+    assert c["encoder_rows"] == c["rows_using_audio"]
+    assert c["accuracy"] == pytest.approx(m["baselines"]["distilled"]["accuracy"], abs=1e-6)
+    with pytest.raises(ValueError, match="state must be one of"):
+        PolicyStageConfig(state="late")
+
+
 def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
     bench, base, ckpt = tiny_ckpt
     args = ["--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base), "--checkpoint", str(ckpt),

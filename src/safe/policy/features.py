@@ -17,6 +17,9 @@ says so), so the state costs almost nothing beyond the base model:
   its measured cost is recorded by :func:`safe.policy.outcomes.measure_costs` (measured by
   ``make demo``: about a tenth of a millisecond per one-second clip on one CPU thread, against about
   1.3 ms for the front end + encoder of the built-in model).
+
+The *early* state (``StateSpec(confidence_dim=0)``) leaves the confidence out, so it can be computed
+before the language model runs: :func:`image_embedding` runs the base only up to its image projection.
 """
 from __future__ import annotations
 
@@ -36,12 +39,25 @@ _LOG_FLOOR = 1e-5
 
 @dataclass(frozen=True)
 class StateSpec:
-    """Widths of the four parts of the state vector, in order: question, image, preview, confidence."""
+    """Widths of the four parts of the state vector, in order: question, image, preview, confidence.
+
+    ``confidence_dim = 0`` is the *early* state: question, image and preview only, all computable
+    before the language model runs, so the policy decides first and one ``generate`` serves the batch
+    (:mod:`safe.policy.runtime`); 3 (the default) is the proposal's state with the base's confidence."""
 
     question_dim: int
     image_dim: int
     preview_dim: int = PREVIEW_DIM
     confidence_dim: int = CONFIDENCE_DIM
+
+    def __post_init__(self) -> None:
+        if self.confidence_dim not in (0, CONFIDENCE_DIM):
+            raise ValueError(f"confidence_dim must be 0 (early state) or {CONFIDENCE_DIM}, got {self.confidence_dim}")
+
+    @property
+    def early(self) -> bool:
+        """True for the state without the base's confidence (decided before the base runs)."""
+        return self.confidence_dim == 0
 
     @property
     def dim(self) -> int:
@@ -126,6 +142,34 @@ def capture_image_embedding(projection: nn.Module) -> Iterator[dict[str, torch.T
         yield seen
     finally:
         handle.remove()
+
+
+class _ProjectionDone(Exception):
+    """Raised by :func:`image_embedding`'s hook to stop the base model right after the image projection."""
+
+
+@torch.no_grad()
+def image_embedding(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The image part of the state without running the language model: the base's forward is stopped
+    by a hook right after ``projection`` (vision tower + projector only), (n, hidden) float32 on the
+    CPU, the same value :func:`capture_image_embedding` records during a full prefill. Zeros (n, 0) are
+    never returned: a batch without ``pixel_values`` raises ``ValueError``."""
+    if vl_inputs.get("pixel_values") is None:
+        raise ValueError("the early state needs pixel_values (the image embedding is part of it)")
+    with capture_image_embedding(projection) as seen:
+        def stop(_module, _inputs, _output):
+            raise _ProjectionDone
+
+        handle = projection.register_forward_hook(stop)  # registered second: runs after the recording hook
+        try:
+            base_model(**vl_inputs)
+        except _ProjectionDone:
+            pass
+        finally:
+            handle.remove()
+    if "image" not in seen:
+        raise RuntimeError("the base model's forward never reached its image projection")
+    return seen["image"].cpu()
 
 
 def assemble_state(question: torch.Tensor, image: torch.Tensor, preview: torch.Tensor,

@@ -21,7 +21,7 @@ from safe.data.synth import CAPTION_FAMILIES
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.metrics import exact_match, token_f1
 from safe.models.builtin_vl import answer_questions
-from safe.policy.features import StateSpec, assemble_state, audio_preview
+from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state, audio_preview, image_embedding, question_embedding
 from safe.policy.network import PolicyNetwork
 from safe.policy.runtime import base_pass
 from safe.policy.table import OutcomeTable
@@ -37,17 +37,22 @@ def answer_score(prediction: str, example: Example) -> float:
     return float(exact_match(prediction, example.answers))
 
 
-def state_spec(model) -> StateSpec:
-    return StateSpec(question_dim=model.hidden_size, image_dim=model.hidden_size)
+def state_spec(model, early: bool = False) -> StateSpec:
+    """The state layout for ``model``: the proposal's (with the base's confidence) or, with ``early``,
+    the one decided before the base runs (see :class:`~safe.policy.features.StateSpec`)."""
+    return StateSpec(question_dim=model.hidden_size, image_dim=model.hidden_size,
+                     confidence_dim=0 if early else CONFIDENCE_DIM)
 
 
 @torch.no_grad()
 def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batch_size: int = 200,
-                     progress: bool = False) -> dict[str, Any]:
-    """States, both answers and both scores for every row of ``data`` (see the module docstring)."""
+                     progress: bool = False, early: bool = False) -> dict[str, Any]:
+    """States, both answers and both scores for every row of ``data`` (see the module docstring);
+    ``early``: states without the base's confidence (the confidence is still recorded for the
+    threshold baselines)."""
     from tqdm.auto import tqdm
 
-    spec = state_spec(model)
+    spec = state_spec(model, early)
     device = next(model.base_model.parameters()).device
     states, base_answers, conf = [], [], []
     for s in tqdm(range(0, len(data), batch_size), desc="base pass", disable=not progress, leave=False):
@@ -56,7 +61,8 @@ def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batc
         bp = base_pass(model, {**batch, "pixel_values": data.pixels[idx].to(device)},
                        max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         base_answers += fmt.decode(bp.sequences, batch["input_ids"].shape[1])
-        states.append(assemble_state(bp.question, bp.image, previews[idx], bp.confidence, spec))
+        conf_part = bp.confidence[:, : spec.confidence_dim]  # (n, 0) for the early state
+        states.append(assemble_state(bp.question, bp.image, previews[idx], conf_part, spec))
         conf.append(bp.confidence)
     audio_answers = answer_questions(model, fmt, data.enc, data.pixels, batch_size=batch_size,
                                      max_new_tokens=MAX_NEW_TOKENS, progress=progress,
@@ -82,21 +88,26 @@ def _sample_by_family(examples: Sequence[Example], per_family: int) -> dict[str,
 
 @torch.no_grad()
 def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], frontend, batch_size: int = 16,
-                  repeats: int = 5) -> dict[str, dict[str, float]]:
-    """Milliseconds per query, per family, of each piece of the cascade, timed on a batch of up to
-    ``batch_size`` examples of the family on one thread (median of ``repeats`` batch times divided by
-    the batch): ``base`` (the unwrapped base's ``generate``), ``base_pass`` (the same with the state
+                  repeats: int = 5, early: bool = False) -> dict[str, dict[str, float]]:
+    """Milliseconds per query, per family, of each piece of the deployed path, timed on a batch of up
+    to ``batch_size`` examples of the family on one thread (median of ``repeats`` batch times divided
+    by the batch): ``base`` (the unwrapped base's ``generate``), ``base_pass`` (the same with the state
     parts recorded), ``preview``, ``policy`` (state assembly + a Stage B network forward), ``audio``
-    (front end + encoder + projector + SAFE ``generate`` with audio), and the derived
-    ``without_audio = base_pass + preview + policy`` and ``with_audio = without_audio + audio``.
+    (front end + encoder + projector + SAFE ``generate`` with audio), and the derived costs of the
+    two actions. The cascade (default): ``without_audio = base_pass + preview + policy`` and
+    ``with_audio = without_audio + audio``. The ``early`` state adds ``state`` (question embedding +
+    the image probe of :func:`~safe.policy.features.image_embedding`) and, since it decides before
+    any generate, ``without_audio = base + state + preview + policy`` and
+    ``with_audio = audio + state + preview + policy``.
 
     Batch size matters on small models: at batch 1 fixed per-call overheads dominate every piece."""
-    spec = state_spec(model)
+    spec = state_spec(model, early)
     device = next(model.base_model.parameters()).device
     probe = PolicyNetwork(spec.dim).eval()
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     out: dict[str, dict[str, float]] = {}
     calls = model.audio_encoder_calls
+    bb = model.backbone
     for family, rows in _sample_by_family(data.examples, batch_size).items():
         batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.enc, rows).items()}
         batch["pixel_values"] = data.pixels[rows].to(device)
@@ -111,17 +122,27 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
         prev = audio_preview(wav)
 
         def policy_forward():
-            probe.decide(assemble_state(bp.question, bp.image, prev, bp.confidence, spec))
+            probe.decide(assemble_state(bp.question, bp.image, prev, bp.confidence[:, : spec.confidence_dim], spec))
 
         def audio_path():
             model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
 
-        med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows)
-               for name, fn in (("base", plain_base), ("base_pass", lambda: base_pass(model, batch, **gen)),
-                                ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
-                                ("audio", audio_path))}
-        med["without_audio"] = med["base_pass"] + med["preview"] + med["policy"]
-        med["with_audio"] = med["without_audio"] + med["audio"]
+        def early_state():
+            question_embedding(model.base_model, batch["input_ids"], batch.get("attention_mask"), bb.image_token_id)
+            image_embedding(model.base_model, bb.image_projection, batch)
+
+        pieces = [("base", plain_base), ("base_pass", lambda: base_pass(model, batch, **gen)),
+                  ("preview", lambda: audio_preview(wav)), ("policy", policy_forward), ("audio", audio_path)]
+        if early:
+            pieces.append(("state", early_state))
+        med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows) for name, fn in pieces}
+        if early:
+            overhead = med["state"] + med["preview"] + med["policy"]
+            med["without_audio"] = med["base"] + overhead
+            med["with_audio"] = med["audio"] + overhead
+        else:
+            med["without_audio"] = med["base_pass"] + med["preview"] + med["policy"]
+            med["with_audio"] = med["without_audio"] + med["audio"]
         out[family] = med
     model.audio_encoder_calls = calls  # timing runs are not queries
     return out

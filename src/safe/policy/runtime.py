@@ -18,6 +18,13 @@ base's own on the same batch (ending rows early changes no other row's tokens); 
 it (``SAFEModel.audio_encoder_calls`` counts rows). A row that uses audio costs the base's prefill and
 first step, then the audio path: the price of asking the base's confidence first, measured and charged
 in every latency figure (:mod:`safe.policy.outcomes`).
+
+With the *early* state (``StateSpec.confidence_dim == 0``: no base confidence) the policy decides
+before the language model runs: the question embedding is an embedding lookup and the image embedding
+a forward of the vision tower and projector only (:func:`safe.policy.features.image_embedding`); then
+one ``generate`` runs the whole batch with audio in the chosen rows (SAFE's per-row mask: the other
+rows are the base's own tokens on the same batch). A skipped row costs the base plus that probe; a
+row that uses audio costs always-audio plus the probe, with no base answer thrown away.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from safe.policy.features import (StateSpec, assemble_state, capture_image_embedding, confidence_features,
-                                  question_embedding)
+                                  image_embedding, question_embedding)
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
 
 POLICY_KINDS = ("ppo", "mlp")
@@ -237,6 +244,8 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     vl_inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
     gen_kwargs = {k: v for k, v in kwargs.items() if k not in vl_inputs}
     preview = audio_preview.float().cpu()
+    if policy.spec.early:
+        return _generate_early(model, policy, vl_inputs, kwargs, preview, audio, lazy, audio_embeddings is not None)
     decided: dict[str, torch.Tensor] = {}
 
     def decide(question: torch.Tensor, image: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
@@ -256,4 +265,33 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
                                  audio_embeddings=picked if audio_embeddings is not None else None):
             audio_out = model.base_model.generate(**sub)
         sequences = _merge(sequences, audio_out, rows, _pad_id(model.base_model))
+    return PolicyGenerateOutput(sequences, use, prob, states)
+
+
+def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, preview: torch.Tensor, audio,
+                    lazy: bool, embeddings: bool) -> PolicyGenerateOutput:
+    """The early state's path: decide from question, image and preview before the language model runs,
+    then one ``generate`` for the whole batch with audio in the chosen rows only (the others are the
+    base's own tokens on the same batch; the encoder sees only the chosen rows)."""
+    bb = model.backbone
+    n = vl_inputs["input_ids"].shape[0]
+    question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
+                                  bb.image_token_id).cpu()
+    image = image_embedding(model.base_model, bb.image_projection, vl_inputs)
+    states = assemble_state(question, image, preview, torch.zeros(n, 0), policy.spec)
+    use, prob = policy.decide_with_probability(states)
+    use, prob = use.cpu(), prob.cpu()
+    if not bool(use.any()):
+        with model.audio_disabled():
+            return PolicyGenerateOutput(model.base_model.generate(**kwargs), use, prob, states)
+    rows = use.nonzero().squeeze(1)
+    if lazy:  # featurise the chosen clips only; the other rows of the full-size input stay zeros, unread
+        picked = audio(rows)
+        full = picked.new_zeros((n, *picked.shape[1:]))
+        full[rows.to(full.device)] = picked
+    else:
+        full = audio
+    mask = use.to(full.device)
+    with model.audio_context(None if embeddings else full, mask, n, audio_embeddings=full if embeddings else None):
+        sequences = model.base_model.generate(**kwargs)
     return PolicyGenerateOutput(sequences, use, prob, states)

@@ -29,6 +29,7 @@ from safe.policy.runtime import AudioPolicy
 from safe.policy.table import OutcomeTable, evaluate_actions, oracle_gap
 
 SWEEP_RATES = tuple(i / 20 for i in range(21))
+STATES = ("cascade", "early")
 
 
 @dataclass
@@ -60,11 +61,17 @@ class PolicyStageConfig:
     latency_batches: list[int] = field(default_factory=lambda: [1, 16, 64])
     """Batch sizes at which the deployed cascade's per-query latency is measured end to end (batch 1
     on the first 128 test rows, the others on the whole split)."""
+    state: str = "cascade"
+    """``"cascade"``: the proposal's state with the base's confidence, so the base answers first and
+    the policy decides at its first step; ``"early"``: question, image and preview only, decided before
+    the language model runs, one ``generate`` per batch (see :mod:`safe.policy.runtime`)."""
 
     def __post_init__(self) -> None:
         self.alphas = [float(a) for a in self.alphas]
         if not self.alphas or any(not math.isfinite(a) or a < 0 for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
+        if self.state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
         if float(self.alpha) not in self.alphas:
             raise ValueError(f"alpha {self.alpha} must be one of alphas {self.alphas}")
         for name in ("steps", "seeds", "train_rows", "cost_batch", "distill_hidden", "distill_epochs"):
@@ -87,12 +94,13 @@ class PolicyData:
     table: OutcomeTable | None = None
 
 
-def prepare_policy_data(model, fmt, frontend, examples, cache, progress: bool = False) -> PolicyData:
+def prepare_policy_data(model, fmt, frontend, examples, cache, progress: bool = False,
+                        early: bool = False) -> PolicyData:
     from safe.training.data import prepare
 
     prepared = prepare(examples, fmt, model, frontend, cache, progress=progress)
     waveforms = read_waveforms(examples, frontend.sampling_rate)
-    outcomes = collect_outcomes(model, fmt, prepared, audio_preview(waveforms), progress=progress)
+    outcomes = collect_outcomes(model, fmt, prepared, audio_preview(waveforms), progress=progress, early=early)
     return PolicyData(list(examples), prepared, waveforms, outcomes)
 
 
@@ -216,9 +224,11 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
     bench_dir = Path(bench_dir)
     train_ex = synth.load_split(bench_dir, "train")[: cfg.train_rows] + synth.load_split(bench_dir, "val")
     test_ex = synth.load_split(bench_dir, cfg.eval_split)
-    train = prepare_policy_data(model, fmt, frontend, train_ex, cache, progress)
-    test = prepare_policy_data(model, fmt, frontend, test_ex, cache, progress)
-    costs = measure_costs(model, fmt, train.prepared, train.waveforms, frontend, batch_size=cfg.cost_batch)
+    early = cfg.state == "early"
+    train = prepare_policy_data(model, fmt, frontend, train_ex, cache, progress, early)
+    test = prepare_policy_data(model, fmt, frontend, test_ex, cache, progress, early)
+    costs = measure_costs(model, fmt, train.prepared, train.waveforms, frontend, batch_size=cfg.cost_batch,
+                          early=early)
     train.table = build_table(train.outcomes, train.prepared, costs)
     test.table = build_table(test.outcomes, test.prepared, costs)
     t_tables = time.perf_counter() - t0
@@ -241,7 +251,7 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
     gate, dist = distill_gate(teacher, train.table, test.table, cfg.distill_hidden, cfg.distill_epochs)
     t_train = time.perf_counter() - t0 - t_tables
 
-    spec = state_spec(model)
+    spec = state_spec(model, early)
     model.attach_policy(AudioPolicy(spec, "mlp", cfg.distill_hidden, net=gate))
     cascade = measure_cascade(model, fmt, test, frontend, batch_size=cfg.cost_batch)
     by_batch = {}
