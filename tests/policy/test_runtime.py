@@ -172,13 +172,14 @@ def test_early_image_embedding_equals_the_prefill_capture_without_the_language_m
     x, _ = inputs(model, enc)
     bb = model.backbone
     lm_calls = []
-    lm = bb.decoder_layers[0]  # the first layer of the language model
+    lm = getattr(model.base_model, "language_model", None) or model.base_model.model.language_model  # LLaVA: inner
     handle = lm.register_forward_hook(lambda *a: lm_calls.append(1))
     try:
         early = image_embedding(model.base_model, bb.image_projection, x)
         assert lm_calls == []  # stopped after the projection: the language model never ran
         with torch.no_grad(), capture_image_embedding(bb.image_projection) as seen:
             model.base_model(**x)
+        assert lm_calls  # the hooked module is the one a full forward runs
     finally:
         handle.remove()
     assert torch.equal(early, seen["image"].cpu())
@@ -211,6 +212,7 @@ def test_early_state_runs_one_generate_encodes_chosen_rows_and_keeps_the_others_
     assert model.audio_encoder_calls == 2
     base_out = ref.generate(**x, **gen)
     assert torch.equal(out.sequences[[1, 2]], base_out[[1, 2]])  # skipped rows: the base's own tokens
+    assert not torch.equal(out.sequences[[0, 3]], base_out[[0, 3]])  # the chosen rows really heard audio
     mask = torch.tensor(use)
     assert torch.equal(out.sequences, model.generate(**x, audio_features=audio, audio_mask=mask, **gen))
     lazy = model.generate(**x, audio_features=lambda r: audio[r], audio_preview=_preview(use), **gen)
@@ -223,3 +225,15 @@ def test_state_spec_rejects_a_partial_confidence():
     with pytest.raises(ValueError, match="confidence_dim must be 0"):
         StateSpec(4, 4, confidence_dim=2)
     assert StateSpec(4, 4, confidence_dim=0).early and StateSpec(4, 4, confidence_dim=0).dim == 8 + PREVIEW_DIM
+
+
+def test_early_policy_is_saved_and_loaded_with_the_checkpoint(tmp_path):
+    model, _, x, audio = _early_setup()
+    use = [False, True, True, False]
+    before = model.generate(**x, audio_features=audio, audio_preview=_preview(use), **GEN)
+    model.save_pretrained(tmp_path)
+    model.remove_hooks()
+    loaded = SAFEModel.from_pretrained(tmp_path, model.base_model, model.audio_encoder)
+    assert loaded.policy.spec.early and loaded.policy.spec == model.policy.spec
+    after = loaded.generate(**x, audio_features=audio, audio_preview=_preview(use), **GEN)
+    assert after.used_audio.tolist() == use and torch.equal(after.sequences, before.sequences)

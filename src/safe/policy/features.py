@@ -144,8 +144,10 @@ def capture_image_embedding(projection: nn.Module) -> Iterator[dict[str, torch.T
         handle.remove()
 
 
-class _ProjectionDone(Exception):
-    """Raised by :func:`image_embedding`'s hook to stop the base model right after the image projection."""
+class _ProjectionDone(BaseException):
+    """Raised by :func:`image_embedding`'s hook to stop the base model right after the image projection
+    (a ``BaseException``, so an ``except Exception`` inside a model cannot swallow it and let the
+    language model run)."""
 
 
 @torch.no_grad()

@@ -98,7 +98,10 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     ``with_audio = without_audio + audio``. The ``early`` state adds ``state`` (question embedding +
     the image probe of :func:`~safe.policy.features.image_embedding`) and, since it decides before
     any generate, ``without_audio = base + state + preview + policy`` and
-    ``with_audio = audio + state + preview + policy``.
+    ``with_audio = audio + state + preview + policy`` (and no ``base_pass``). These are per-row
+    prices: in a real early batch the skipped rows decode inside the one ``generate`` until the
+    longest audio answer ends, so the table overstates what a skip saves there; the end-to-end
+    latency of :func:`safe.policy.stage.measure_cascade` is the number to trust.
 
     Batch size matters on small models: at batch 1 fixed per-call overheads dominate every piece."""
     spec = state_spec(model, early)
@@ -131,10 +134,9 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
             question_embedding(model.base_model, batch["input_ids"], batch.get("attention_mask"), bb.image_token_id)
             image_embedding(model.base_model, bb.image_projection, batch)
 
-        pieces = [("base", plain_base), ("base_pass", lambda: base_pass(model, batch, **gen)),
-                  ("preview", lambda: audio_preview(wav)), ("policy", policy_forward), ("audio", audio_path)]
-        if early:
-            pieces.append(("state", early_state))
+        pieces = [("base", plain_base), ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
+                  ("audio", audio_path)]
+        pieces.append(("state", early_state) if early else ("base_pass", lambda: base_pass(model, batch, **gen)))
         med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows) for name, fn in pieces}
         if early:
             overhead = med["state"] + med["preview"] + med["policy"]

@@ -40,6 +40,7 @@ from safe.policy.features import (StateSpec, assemble_state, capture_image_embed
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
 
 POLICY_KINDS = ("ppo", "mlp")
+_VISION_KWARGS = ("vision_feature_layer", "vision_feature_select_strategy", "interpolate_pos_encoding")
 
 
 class AudioPolicy(nn.Module):
@@ -84,12 +85,16 @@ class AudioPolicy(nn.Module):
 
     @torch.no_grad()
     def decide_with_probability(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(decide(states), use_probability(states))`` from one forward of the network."""
+        """``(decide(states), use_probability(states))`` from one forward of the network, both on the CPU
+        (``states`` are moved to the policy's device first: a policy attached to a GPU model lives there)."""
+        states = states.to(next(self.net.parameters()).device)
         if self.kind == "ppo":
             logits, _ = self.net(states)
-            return logits[:, USE_AUDIO] > logits[:, SKIP_AUDIO], torch.softmax(logits, dim=-1)[:, USE_AUDIO]
-        prob = torch.sigmoid(self.net(states))
-        return prob > 0.5, prob
+            use, prob = logits[:, USE_AUDIO] > logits[:, SKIP_AUDIO], torch.softmax(logits, dim=-1)[:, USE_AUDIO]
+        else:
+            prob = torch.sigmoid(self.net(states))
+            use = prob > 0.5
+        return use.cpu(), prob.cpu()
 
 
 @dataclass
@@ -272,12 +277,16 @@ def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, p
                     lazy: bool, embeddings: bool) -> PolicyGenerateOutput:
     """The early state's path: decide from question, image and preview before the language model runs,
     then one ``generate`` for the whole batch with audio in the chosen rows only (the others are the
-    base's own tokens on the same batch; the encoder sees only the chosen rows)."""
+    base's own tokens on the same batch; the encoder sees only the chosen rows). Needs ``pixel_values``
+    (the image embedding is part of the early state)."""
     bb = model.backbone
     n = vl_inputs["input_ids"].shape[0]
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
                                   bb.image_token_id).cpu()
-    image = image_embedding(model.base_model, bb.image_projection, vl_inputs)
+    # options that change the vision side (LLaVA's feature layer, BLIP-2's position interpolation) reach
+    # the probe too, so its image embedding is the one the generate's prefill computes
+    probe_inputs = {**vl_inputs, **{k: v for k, v in kwargs.items() if k in _VISION_KWARGS}}
+    image = image_embedding(model.base_model, bb.image_projection, probe_inputs)
     states = assemble_state(question, image, preview, torch.zeros(n, 0), policy.spec)
     use, prob = policy.decide_with_probability(states)
     use, prob = use.cpu(), prob.cpu()
