@@ -192,7 +192,7 @@ def _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics)
     calls_before = model.audio_encoder_calls
     for s in range(0, len(rows), 16):
         idx = rows[s:s + 16]
-        batch = {k: v.to(device) for k, v in {**fmt.prompt_batch(data.enc, idx), "pixel_values": data.pixels[idx]}.items()}
+        batch = data.prompt_inputs(fmt, idx, device)
         feats = frontend([wav[i] for i in idx]).to(device)
         with model.hooks_detached() as base:
             totals["base"] += count_flops(lambda: base.generate(**batch, **gen))

@@ -21,9 +21,9 @@ from safe.data.synth import CAPTION_FAMILIES
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.metrics import exact_match, token_f1
 from safe.models.builtin_vl import answer_questions
-from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state, audio_preview, image_embedding, question_embedding
+from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state, audio_preview
 from safe.policy.network import PolicyNetwork
-from safe.policy.runtime import base_pass
+from safe.policy.runtime import base_pass, early_state_parts
 from safe.policy.table import OutcomeTable
 from safe.training.data import PreparedSet
 
@@ -57,9 +57,8 @@ def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batc
     states, base_answers, conf = [], [], []
     for s in tqdm(range(0, len(data), batch_size), desc="base pass", disable=not progress, leave=False):
         idx = list(range(s, min(s + batch_size, len(data))))
-        batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.enc, idx).items()}
-        bp = base_pass(model, {**batch, "pixel_values": data.pixels[idx].to(device)},
-                       max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        batch = data.prompt_inputs(fmt, idx, device)
+        bp = base_pass(model, batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         base_answers += fmt.decode(bp.sequences, batch["input_ids"].shape[1])
         conf_part = bp.confidence[:, : spec.confidence_dim]  # (n, 0) for the early state
         states.append(assemble_state(bp.question, bp.image, previews[idx], conf_part, spec))
@@ -110,10 +109,8 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     out: dict[str, dict[str, float]] = {}
     calls = model.audio_encoder_calls
-    bb = model.backbone
     for family, rows in _sample_by_family(data.examples, batch_size).items():
-        batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.enc, rows).items()}
-        batch["pixel_values"] = data.pixels[rows].to(device)
+        batch = data.prompt_inputs(fmt, rows, device)
         wav = [waveforms[i] for i in rows]
         mask = torch.ones(len(rows), dtype=torch.bool, device=device)
 
@@ -130,13 +127,12 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
         def audio_path():
             model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
 
-        def early_state():
-            question_embedding(model.base_model, batch["input_ids"], batch.get("attention_mask"), bb.image_token_id)
-            image_embedding(model.base_model, bb.image_projection, batch)
-
         pieces = [("base", plain_base), ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
                   ("audio", audio_path)]
-        pieces.append(("state", early_state) if early else ("base_pass", lambda: base_pass(model, batch, **gen)))
+        if early:
+            pieces.append(("state", lambda: early_state_parts(model, batch)))
+        else:
+            pieces.append(("base_pass", lambda: base_pass(model, batch, **gen)))
         med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows) for name, fn in pieces}
         if early:
             overhead = med["state"] + med["preview"] + med["policy"]

@@ -256,10 +256,10 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     def decide(question: torch.Tensor, image: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         decided["states"] = assemble_state(question, image, preview, confidence, policy.spec)
         use, decided["prob"] = policy.decide_with_probability(decided["states"])
-        return use.cpu()
+        return use
 
     bp = base_pass(model, vl_inputs, decide=decide, **gen_kwargs)
-    states, use, prob = decided["states"], bp.use, decided["prob"].cpu()
+    states, use, prob = decided["states"], bp.use, decided["prob"]
     sequences = bp.sequences
     if bool(use.any()):
         rows = use.nonzero().squeeze(1)
@@ -273,23 +273,27 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     return PolicyGenerateOutput(sequences, use, prob, states)
 
 
+def early_state_parts(model, vl_inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The question and image embeddings of the early state, (n, hidden) each on the CPU, computed without
+    running the language model (an embedding lookup and :func:`safe.policy.features.image_embedding`)."""
+    bb = model.backbone
+    question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
+                                  bb.image_token_id).cpu()
+    return question, image_embedding(model.base_model, bb.image_projection, vl_inputs)
+
+
 def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, preview: torch.Tensor, audio,
                     lazy: bool, embeddings: bool) -> PolicyGenerateOutput:
     """The early state's path: decide from question, image and preview before the language model runs,
     then one ``generate`` for the whole batch with audio in the chosen rows only (the others are the
     base's own tokens on the same batch; the encoder sees only the chosen rows). Needs ``pixel_values``
     (the image embedding is part of the early state)."""
-    bb = model.backbone
     n = vl_inputs["input_ids"].shape[0]
-    question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
-                                  bb.image_token_id).cpu()
     # options that change the vision side (LLaVA's feature layer, BLIP-2's position interpolation) reach
     # the probe too, so its image embedding is the one the generate's prefill computes
-    probe_inputs = {**vl_inputs, **{k: v for k, v in kwargs.items() if k in _VISION_KWARGS}}
-    image = image_embedding(model.base_model, bb.image_projection, probe_inputs)
+    question, image = early_state_parts(model, {**vl_inputs, **{k: v for k, v in kwargs.items() if k in _VISION_KWARGS}})
     states = assemble_state(question, image, preview, torch.zeros(n, 0), policy.spec)
     use, prob = policy.decide_with_probability(states)
-    use, prob = use.cpu(), prob.cpu()
     if not bool(use.any()):
         with model.audio_disabled():
             return PolicyGenerateOutput(model.base_model.generate(**kwargs), use, prob, states)

@@ -120,10 +120,6 @@ def _head(data: PolicyData, n: int) -> PolicyData:
                       data.waveforms[:n], {})  # a latency sample: its outcomes are not needed
 
 
-def _concat(a: OutcomeTable, b: OutcomeTable) -> OutcomeTable:
-    return OutcomeTable(**{k: torch.cat([v, b.to_dict()[k]]) for k, v in a.to_dict().items()})
-
-
 def _point(name: str, kind: str, ev: dict[str, Any], **extra: Any) -> dict[str, Any]:
     keys = ("accuracy", "vl_accuracy", "audio_accuracy", "use_rate", "mean_latency_ms", "latency_ratio_to_base",
             "false_positive_rate")
@@ -171,8 +167,7 @@ def measure_cascade(model, fmt, data: PolicyData, frontend, batch_size: int = 16
     try:
         for s in range(0, len(prepared), batch_size):
             idx = list(range(s, min(s + batch_size, len(prepared))))
-            batch = {k: v.to(device) for k, v in fmt.prompt_batch(prepared.enc, idx).items()}
-            batch["pixel_values"] = prepared.pixels[idx].to(device)
+            batch = prepared.prompt_inputs(fmt, idx, device)
             wav = [data.waveforms[i] for i in idx]
             t = time.perf_counter()
             with model.hooks_detached() as base:
@@ -327,8 +322,7 @@ def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int],
     if not vl_rows:
         return {"rows": 0}
     device = next(model.base_model.parameters()).device
-    batch = {k: v.to(device) for k, v in fmt.prompt_batch(data.prepared.enc, vl_rows).items()}
-    batch["pixel_values"] = data.prepared.pixels[vl_rows].to(device)
+    batch = data.prepared.prompt_inputs(fmt, vl_rows, device)
     wav = [data.waveforms[i] for i in vl_rows]
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     calls = model.audio_encoder_calls

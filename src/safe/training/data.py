@@ -29,6 +29,13 @@ class PreparedSet:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def prompt_inputs(self, fmt, index: Sequence[int], device=None) -> dict[str, torch.Tensor]:
+        """The VL inputs of rows ``index`` for ``generate``: ``fmt``'s prompt batch plus ``pixel_values``,
+        on ``device`` (left where they are when None)."""
+        index = list(index)
+        batch = {**fmt.prompt_batch(self.enc, index), "pixel_values": self.pixels[index]}
+        return batch if device is None else {k: v.to(device) for k, v in batch.items()}
+
     def subset(self, index: Sequence[int]) -> "PreparedSet":
         index = list(index)
         return PreparedSet([self.examples[i] for i in index],
