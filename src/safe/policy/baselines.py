@@ -103,8 +103,7 @@ def oracle(table: OutcomeTable) -> torch.Tensor:
     any gate can reach on this table (``mean(max(correct_with, correct_without))``), at the lowest use
     rate that reaches it.
     """
-    t = _check_table(table)
-    return t.correct_with > t.correct_without
+    return _check_table(table).oracle_use()
 
 
 def threshold_for_rate(table: OutcomeTable, kind: str, rate: float) -> float:

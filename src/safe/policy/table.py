@@ -159,6 +159,11 @@ class OutcomeTable:
         """``d``, the width of :attr:`states`."""
         return int(self.states.shape[1])
 
+    def oracle_use(self) -> torch.Tensor:
+        """The oracle's decisions, bool (n,): audio exactly where it raises the score
+        (``correct_with > correct_without``); see :func:`safe.policy.baselines.oracle`."""
+        return self.correct_with > self.correct_without
+
     def subset(self, idx: Any) -> "OutcomeTable":
         """The rows ``idx`` (int indices, a bool mask of length n, or a slice) as a new table.
 
@@ -263,7 +268,7 @@ def evaluate_actions(table: OutcomeTable, use_audio: Any) -> dict[str, float]:
     """
     use = _check_actions(table, use_audio)
     out = _score(table, use)
-    oracle_use = table.correct_with > table.correct_without
+    oracle_use = table.oracle_use()
     out.update({f"oracle_{k}": v for k, v in _score(table, oracle_use).items()})
     out["base_accuracy"] = _mean(table.correct_without)
     out["base_vl_accuracy"] = _mean(table.correct_without[table.is_vl])
@@ -290,7 +295,7 @@ def oracle_gap(table: OutcomeTable, use_audio: Any) -> dict[str, Any]:
     """
     use = _check_actions(table, use_audio)
     n = len(table)
-    oracle_use = table.correct_with > table.correct_without
+    oracle_use = table.oracle_use()
     extra = use & ~oracle_use
     kinds = {
         "vl": extra & table.is_vl,
