@@ -94,6 +94,12 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
 
 
+def _data_and_base(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--data`` and ``--base``, each defaulting to its folder under the cache ($SAFE_CACHE)."""
+    return (Path(args.data) if args.data else _cache_dir() / "benchmark",
+            Path(args.base) if args.base else _cache_dir() / "base")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["synth"], help="synth: generate the built-in audio-visual benchmark")
     p.add_argument("--out", default=None, help="output folder (default $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)")

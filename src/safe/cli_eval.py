@@ -27,7 +27,7 @@ def print_gates(gates: list[dict]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from safe.cli import _cache_dir
+    from safe.cli import _data_and_base
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.evaluation.protocol import run_eval
     from safe.runs import RunDir
@@ -35,8 +35,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from safe.training.pipeline import load_trained
 
     run = RunDir(args.run_dir)
-    bench = Path(args.data) if args.data else _cache_dir() / "benchmark"
-    base = Path(args.base) if args.base else _cache_dir() / "base"
+    bench, base = _data_and_base(args)
     ckpt = Path(args.checkpoint) if args.checkpoint else run.path / "checkpoints" / "policy"
     model, fmt, frontend = load_trained(base, ckpt)
     if model.policy is None:
@@ -112,13 +111,12 @@ def add_ablate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from safe.cli import _cache_dir, _config_path
+    from safe.cli import _config_path, _data_and_base
     from safe.runs import RunDir
     from safe.training.ablation import run_ablations
 
     run = RunDir(args.run_dir)
-    bench = Path(args.data) if args.data else _cache_dir() / "benchmark"
-    base = Path(args.base) if args.base else _cache_dir() / "base"
+    bench, base = _data_and_base(args)
     for what, path in (("--data", bench / "benchmark.json"), ("--base", base / "manifest.json")):
         if not path.is_file():
             raise FileNotFoundError(f"{what}: {path.parent} has no {path.name}; run `make demo` (or safe data synth / "
@@ -133,7 +131,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"  {r['name']:<20}{r['audio_accuracy']:>10.3f}{r['vl_accuracy_gate_open']:>13.3f}"
               f"{r['vl_answers_changed_gate_open']:>12.1f}{r.get('caption_cider_d', float('nan')):>9.3f}"
               f"{r['trainable_parameters']:>11,}")
-    policy = run.metrics().get("policy")
+    recorded = run.metrics()
+    policy = recorded.get("policy")
     if policy:  # the Stage B half of the grid comes from this run's `safe policy train`
         from safe.evaluation.protocol import stage_b_ablations
 
@@ -144,6 +143,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                   f"{r['use_rate']:>9.3f}")
     else:
         print("\n(no Stage B in this run: `safe policy train` adds lambda = 0 and the heuristic gates to the grid)")
-    if run.metrics().get("eval"):
+    if recorded.get("eval"):
         return cmd_report(argparse.Namespace(run_dir=str(run.path)))
     return 0

@@ -88,7 +88,7 @@ def print_policy(m: dict) -> None:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from safe.cli import _cache_dir
+    from safe.cli import _data_and_base
     from safe.runs import RunDir
 
     run = RunDir(args.run_dir)
@@ -102,8 +102,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     cfg = PolicyStageConfig(alphas=_alphas(args.alphas), alpha=args.alpha, steps=args.steps, seeds=args.seeds,
                             train_rows=args.train_rows, distill_hidden=args.hidden, distill_epochs=args.epochs,
                             state=getattr(args, "state", "cascade"))
-    bench = Path(args.data) if args.data else _cache_dir() / "benchmark"
-    base = Path(args.base) if args.base else _cache_dir() / "base"
+    bench, base = _data_and_base(args)
     ckpt = Path(args.checkpoint) if args.checkpoint else run.path / "checkpoints" / "final"
     model, fmt, frontend = load_trained(base, ckpt)
     cache = AudioEmbeddingCache(bench / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
