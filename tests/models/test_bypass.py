@@ -53,6 +53,21 @@ def test_closed_rows_bit_exact(base_kind, audio_kind, dtype, mode, overflow):
         assert not torch.isfinite(model(**x, audio_features=audio, audio_mask=MIXED).logits[MIXED]).all()
 
 
+@pytest.mark.parametrize("mode", ["forward", "greedy", "beams"])
+@pytest.mark.parametrize("base_kind", BASES)
+def test_closed_rows_bit_exact_with_dense_block(base_kind, mode):
+    model, ref, enc = build(base_kind, "whisper", ffn_rank=6)
+    x, audio = inputs(model, enc)
+    model.set_gates(0.5)
+    got = run(model, mode, x, audio_features=audio, audio_mask=MIXED)
+    expected = run(ref, mode, x)
+    assert torch.equal(rows(got, MIXED, mode)[~MIXED], rows(expected, MIXED, mode)[~MIXED])
+    if mode == "forward":
+        assert (got[MIXED] - expected[MIXED]).abs().max() > 1e-4
+    model.set_gates(0.0)
+    assert torch.equal(run(model, mode, x, audio_features=audio), expected)
+
+
 @pytest.mark.parametrize("audio_kind", ENCODERS)
 @pytest.mark.parametrize("base_kind", BASES)
 def test_open_gate_changes_audio_rows(base_kind, audio_kind):

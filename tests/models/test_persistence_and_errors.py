@@ -66,6 +66,12 @@ def test_bad_config_and_inputs():
         SAFEConfig(num_audio_tokens=0)
     with pytest.raises(ValueError, match="projector_mode"):
         SAFEConfig(projector_mode="attention")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="ffn_rank must be an integer >= 0"):
+            SAFEConfig(ffn_rank=bad)
+    # a config saved before the dense block existed has no ffn_rank: it loads as "no dense block"
+    old = {k: v for k, v in SAFEConfig(ffn_rank=8).to_dict().items() if k != "ffn_rank"}
+    assert SAFEConfig.from_dict(old).ffn_rank == 0
     with pytest.raises(ValueError, match="out of range.*3 decoder layers"):
         SAFEModel(P.tiny_base("llava"), P.tiny_audio_encoder("whisper"), SAFEConfig(fusion_layers=[5]))
     model, _, enc = build()

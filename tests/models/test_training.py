@@ -37,9 +37,10 @@ def test_training_touches_only_safe_parameters(base_kind, audio_kind):
     assert not model.base_model.training and not model.audio_encoder.training
 
 
-def test_four_step_identity():
+@pytest.mark.parametrize("ffn_rank", [0, 6], ids=["xattn", "xattn+dense"])
+def test_four_step_identity(ffn_rank):
     """init equals base; training changes audio rows; disabled equals base; re-enabled returns."""
-    model, ref, enc = build()
+    model, ref, enc = build(ffn_rank=ffn_rank)
     x, audio = inputs(model, enc)
     with torch.no_grad():
         base_out = ref(**x).logits
@@ -71,12 +72,17 @@ def test_parameter_report_counts():
         assert part in table
 
 
-def test_adapter_state_dict_keys():
-    model, _, _ = build(fusion_layers=[1])
+@pytest.mark.parametrize("ffn_rank", [0, 6], ids=["xattn", "xattn+dense"])
+def test_adapter_state_dict_keys(ffn_rank):
+    model, _, _ = build(fusion_layers=[1], ffn_rank=ffn_rank)
     keys = set(model.safe_state_dict())
     expected = {"projector.norm.weight", "projector.norm.bias", "projector.fc1.weight", "projector.fc1.bias",
                 "projector.fc2.weight", "projector.fc2.bias"}
     for part in ("norm.weight", "norm.bias", "q_down.weight", "q_up.weight", "k_proj.weight", "k_proj.bias",
                  "v_proj.weight", "v_proj.bias", "o_proj.weight", "o_proj.bias", "null_key", "gate.value"):
         expected.add(f"adapters.1.{part}")
+    if ffn_rank:  # the dense block; without it the keys are those of checkpoints saved before it existed
+        expected |= {f"adapters.1.{part}" for part in ("ffn_norm.weight", "ffn_norm.bias", "ffn_down.weight",
+                                                         "ffn_down.bias", "ffn_up.weight")}
+        assert model.safe_state_dict()["adapters.1.ffn_down.weight"].shape == (6, model.hidden_size)
     assert keys == expected

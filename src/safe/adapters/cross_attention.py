@@ -1,4 +1,5 @@
-"""Gated low-rank cross-attention from LLM hidden states to audio tokens."""
+"""Gated low-rank cross-attention from LLM hidden states to audio tokens, with an optional low-rank
+dense block (Flamingo's gated xattn-dense, in low rank)."""
 from __future__ import annotations
 
 import torch
@@ -9,25 +10,32 @@ from safe.adapters.gate import TanhGate
 
 
 class GatedCrossAttention(nn.Module):
-    """``delta = tanh(g) * W_o . attn(q = LN(h) A B, k = W_k a, v = W_v a)``.
+    """``delta = tanh(g) * (x + dense(h + x))`` with ``x = W_o . attn(q = LN(h) A B, k = W_k a, v = W_v a)``.
 
     The query is a LoRA-style low-rank map of the hidden state (rank ``rank``); keys and values are
     projections of the audio tokens; an optional learned *null key* with a zero value lets a head
-    attend to "nothing" when the audio is irrelevant. The module returns only the gated delta; the
-    caller adds it to the rows that use audio.
+    attend to "nothing" when the audio is irrelevant. With ``ffn_rank > 0`` a low-rank dense block
+    ``dense(z) = U gelu(D LN(z))`` reads the fused state ``h + x``: attention alone returns a convex
+    mix of the same audio values at every position, so it cannot say "low" at one step and "organ" at
+    the next unless the frozen LM already tracks what it has said; the dense block can, because it
+    mixes the current token with the audio. Both parts sit under the one gate, so ``g = 0`` still
+    makes the adapter exactly nothing. The module returns only the gated delta; the caller adds it to
+    the rows that use audio.
 
     Shapes: ``hidden`` (n, T, hidden_size), ``audio_tokens`` (n, k, hidden_size) -> (n, T, hidden_size),
     in the dtype of ``hidden`` (the adapter itself may run in a wider dtype than a bf16 base).
     """
 
     def __init__(self, hidden_size: int, *, rank: int = 8, num_heads: int = 4, attn_dim: int | None = None,
-                 null_key: bool = True, gate_init: float = 0.0) -> None:
+                 null_key: bool = True, gate_init: float = 0.0, ffn_rank: int = 0) -> None:
         super().__init__()
         attn_dim = attn_dim or min(hidden_size, 256)
         if attn_dim % num_heads:
             raise ValueError(f"attn_dim={attn_dim} must be divisible by num_heads={num_heads}")
         if rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {rank}")
+        if isinstance(ffn_rank, bool) or not isinstance(ffn_rank, int) or ffn_rank < 0:
+            raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {ffn_rank!r}")
         self.num_heads, self.head_dim = num_heads, attn_dim // num_heads
         self.norm = nn.LayerNorm(hidden_size)
         self.q_down = nn.Linear(hidden_size, rank, bias=False)
@@ -36,6 +44,11 @@ class GatedCrossAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, attn_dim)
         self.o_proj = nn.Linear(attn_dim, hidden_size)
         self.null_key = nn.Parameter(torch.randn(num_heads, self.head_dim) * 0.02) if null_key else None
+        if ffn_rank:
+            self.ffn_norm = nn.LayerNorm(hidden_size)
+            self.ffn_down = nn.Linear(hidden_size, ffn_rank)
+            self.ffn_up = nn.Linear(ffn_rank, hidden_size, bias=False)
+        self.ffn_rank = ffn_rank
         self.gate = TanhGate(gate_init)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,4 +68,7 @@ class GatedCrossAttention(nn.Module):
             v = torch.cat([v.new_zeros(n, self.num_heads, 1, self.head_dim), v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
-        return self.gate(self.o_proj(out)).to(hidden.dtype)
+        x = self.o_proj(out)
+        if self.ffn_rank:
+            x = x + self.ffn_up(F.gelu(self.ffn_down(self.ffn_norm(h + x))))
+        return self.gate(x).to(hidden.dtype)

@@ -43,6 +43,9 @@ class SAFEConfig:
     """``sequence`` (pool the encoder sequence to k tokens) or ``pooled`` (one clip embedding -> k)."""
     projector_hidden: int | None = None
     """Projector MLP width; default the LLM hidden size."""
+    ffn_rank: int = 0
+    """Width of each adapter's low-rank dense block after its cross-attention (0: none, the layout of
+    checkpoints saved before the field existed)."""
     gate_init: float = 0.0
     """Initial gate value g (tanh(g) scales the adapter). 0 makes a fresh model exactly the base."""
 
@@ -55,6 +58,8 @@ class SAFEConfig:
         for name in ("num_audio_tokens", "lora_rank", "num_heads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if isinstance(self.ffn_rank, bool) or not isinstance(self.ffn_rank, int) or self.ffn_rank < 0:
+            raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {self.ffn_rank!r}")
         if self.projector_mode not in PROJECTOR_MODES:
             raise ValueError(f"projector_mode must be one of {PROJECTOR_MODES}, got {self.projector_mode!r}")
 
@@ -130,7 +135,7 @@ class SAFEModel(nn.Module):
                                         mode=c.projector_mode, hidden_dim=c.projector_hidden).to(device)
         self.adapters = nn.ModuleDict({
             str(i): GatedCrossAttention(self.hidden_size, rank=c.lora_rank, num_heads=c.num_heads, attn_dim=c.attn_dim,
-                                        null_key=c.null_key, gate_init=c.gate_init)
+                                        null_key=c.null_key, gate_init=c.gate_init, ffn_rank=c.ffn_rank)
             for i in self.fusion_layers}).to(device)
         self.policy: nn.Module | None = None
         self._injector = AdapterInjector(backbone.decoder_layers, {i: self.adapters[str(i)] for i in self.fusion_layers})

@@ -34,6 +34,7 @@ STAGE_A_GRID: dict[str, list[str]] = {
     "k=16": ["safe.num_audio_tokens=16"],
     "rank=4": ["safe.lora_rank=4"],
     "rank=16": ["safe.lora_rank=16"],
+    "no dense block": ["safe.ffn_rank=0"],
 }
 """Entry name -> overrides of the recipe. ``reference`` is the recipe itself (k and rank as it sets them)."""
 
