@@ -28,7 +28,7 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(VENV)/bin/safe demo $(DEMO_ARGS)
 
-# The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 4 minutes on 2 cores.
+# The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
 ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
 
