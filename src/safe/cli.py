@@ -282,7 +282,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     code |= cmd_policy(argparse.Namespace(action="train", run_dir=str(run.path), data=str(bench), base=str(base),
                                           checkpoint=None, alphas="0,0.1,0.3,0.6", alpha=0.1, steps=200,
-                                          seeds=args.seeds, train_rows=2400, hidden=32, epochs=100))
+                                          seeds=args.seeds, train_rows=2400, hidden=32, epochs=100,
+                                          state=args.state))
     timing["policy_done_seconds"] = round(time.perf_counter() - t0, 1)
     print("\n== 6. Evaluation protocol and report ==")
     from safe.cli_eval import cmd_eval
@@ -314,6 +315,9 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                    help="override a Stage A config field (repeatable)")
     p.add_argument("--fresh", action="store_true", help="retrain Stage A even if the run directory has checkpoints")
     p.add_argument("--seeds", type=int, default=3, help="PPO seeds at the deployed operating point")
+    from safe.cli_policy import add_state_arg
+
+    add_state_arg(p)
     p.add_argument("--ablations", action="store_true",
                    help="also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 4 more minutes)")
 

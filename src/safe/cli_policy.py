@@ -21,9 +21,15 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-rows", type=int, default=2400, help="train-split rows added to val for the policy")
     p.add_argument("--hidden", type=int, default=32, help="Stage C gate width")
     p.add_argument("--epochs", type=int, default=100, help="Stage C epochs")
-    p.add_argument("--state", choices=["cascade", "early"], default="cascade",
-                   help="cascade: the proposal's state with the base's confidence (the base answers first); early: "
-                        "question, image and preview only, decided before the language model runs")
+    add_state_arg(p)
+
+
+def add_state_arg(p: argparse.ArgumentParser) -> None:
+    from safe.policy.features import STATE_KINDS
+
+    p.add_argument("--state", choices=list(STATE_KINDS), default=STATE_KINDS[0],
+                   help="early (default): question, image and preview only, decided before the language model "
+                        "runs; cascade: the proposal's state with the base's confidence (the base answers first)")
 
 
 def _alphas(text: str) -> list[float]:
@@ -101,7 +107,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     cfg = PolicyStageConfig(alphas=_alphas(args.alphas), alpha=args.alpha, steps=args.steps, seeds=args.seeds,
                             train_rows=args.train_rows, distill_hidden=args.hidden, distill_epochs=args.epochs,
-                            state=getattr(args, "state", "cascade"))
+                            state=args.state)
     bench, base = _data_and_base(args)
     ckpt = Path(args.checkpoint) if args.checkpoint else run.path / "checkpoints" / "final"
     model, fmt, frontend = load_trained(base, ckpt)

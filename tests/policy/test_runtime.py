@@ -237,3 +237,23 @@ def test_early_policy_is_saved_and_loaded_with_the_checkpoint(tmp_path):
     assert loaded.policy.spec.early and loaded.policy.spec == model.policy.spec
     after = loaded.generate(**x, audio_features=audio, audio_preview=_preview(use), **GEN)
     assert after.used_audio.tolist() == use and torch.equal(after.sequences, before.sequences)
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_batch_without_images_gets_a_zero_image_part_and_skipped_rows_stay_the_base(early):
+    model, ref, x, audio = _early_setup()
+    if not early:
+        model.attach_policy(_preview_gate(StateSpec(model.hidden_size, model.hidden_size)))
+    n_image = int((x["input_ids"][1] == model.backbone.image_token_id).sum())
+    keep = x["input_ids"] != model.backbone.image_token_id
+    text = {"input_ids": x["input_ids"][keep].view(4, -1), "attention_mask": x["attention_mask"][keep].view(4, -1)}
+    assert n_image > 0 and text["input_ids"].shape[1] == x["input_ids"].shape[1] - n_image
+    use = [False, True, False, True]
+    model.audio_encoder_calls = 0
+    out = model.generate(**text, audio_features=audio, audio_preview=_preview(use), **GEN)
+    assert out.used_audio.tolist() == use and model.audio_encoder_calls == 2
+    h = model.hidden_size
+    assert torch.equal(out.states[:, h: 2 * h], torch.zeros(4, h))
+    base_out = ref.generate(**text, **GEN)
+    for i in (0, 2):
+        assert torch.equal(out.sequences[i, : base_out.shape[1]], base_out[i])

@@ -30,8 +30,9 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     bench, base, ckpt = tiny_ckpt
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0, 0.3], alpha=0.0, steps=4, seeds=2, train_rows=40, cost_batch=8,
-                            distill_epochs=3, latency_batches=[1, 8])
+                            distill_epochs=3, latency_batches=[1, 8], state="cascade")
     m, art = run_policy_stage(model, fmt, frontend, bench, cfg, out_dir=tmp_path)
+    assert m["state"]["confidence_dim"] == 3  # the proposal's state: the base's confidence included
     assert m["rows"]["test"] == 60 and m["rows"]["train"] == 80
     for key in ("never", "always", "oracle", "random", "confidence", "entropy", "distilled", "no_constraint"):
         assert 0.0 <= m["baselines"][key]["accuracy"] <= 1.0
@@ -83,6 +84,7 @@ def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
     assert "Pareto table" in out and "oracle" in out
     saved = SAFEModel.from_pretrained(tmp_path / "checkpoints" / "policy", *load_frozen(base)[:2])
     assert saved.policy is not None and saved.policy.kind == "mlp"
+    assert saved.policy.spec.early and "early state" in out  # the default state, and the printout says so
     assert main(["policy", "distill", *args]) == 0
     assert "agreement with PPO" in capsys.readouterr().out
     # the demo's last step on the same run: evaluation, stage gates and the report

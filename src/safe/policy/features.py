@@ -18,8 +18,10 @@ says so), so the state costs almost nothing beyond the base model:
   ``make demo``: about a tenth of a millisecond per one-second clip on one CPU thread, against about
   1.3 ms for the front end + encoder of the built-in model).
 
-The *early* state (``StateSpec(confidence_dim=0)``) leaves the confidence out, so it can be computed
-before the language model runs: :func:`image_embedding` runs the base only up to its image projection.
+The *early* state (``StateSpec(confidence_dim=0)``, the default of ``safe policy train``) leaves the
+confidence out, so it can be computed before the language model runs: :func:`image_embedding` runs
+the base only up to its image projection (measured, and charged in every latency figure). A batch
+without images gets a zero image part in both layouts.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+STATE_KINDS = ("early", "cascade")
+"""The two state layouts a policy can be trained on, the default first (``safe policy train --state``):
+without the base's confidence (``confidence_dim = 0``) or with it (the proposal's)."""
 PREVIEW_SEGMENTS = 16
 PREVIEW_DIM = 2 * PREVIEW_SEGMENTS + 2
 CONFIDENCE_DIM = 3
@@ -157,7 +162,7 @@ def image_embedding(base_model: nn.Module, projection: nn.Module, vl_inputs: dic
     CPU, the same value :func:`capture_image_embedding` records during a full prefill. Zeros (n, 0) are
     never returned: a batch without ``pixel_values`` raises ``ValueError``."""
     if vl_inputs.get("pixel_values") is None:
-        raise ValueError("the early state needs pixel_values (the image embedding is part of it)")
+        raise ValueError("image_embedding needs pixel_values (a batch without images has no image embedding)")
     with capture_image_embedding(projection) as seen:
         def stop(_module, _inputs, _output):
             raise _ProjectionDone

@@ -7,7 +7,8 @@ open), and scores both answers: exact match for short answers, token F1 for capt
 examples of each question family: the plain base, the base pass with state features, the audio preview,
 the policy forward, and the audio path (front end + encoder + projector + SAFE ``generate``). Costs
 then enter the table per family: answering without audio costs the base pass + preview + policy;
-with audio, that plus the audio path. Nothing is assumed free.
+with audio, that plus the audio path (the early state's prices differ: see :func:`measure_costs`).
+Nothing is assumed free.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     by the batch): ``base`` (the unwrapped base's ``generate``), ``base_pass`` (the same with the state
     parts recorded), ``preview``, ``policy`` (state assembly + a Stage B network forward), ``audio``
     (front end + encoder + projector + SAFE ``generate`` with audio), and the derived costs of the
-    two actions. The cascade (default): ``without_audio = base_pass + preview + policy`` and
+    two actions. The cascade: ``without_audio = base_pass + preview + policy`` and
     ``with_audio = without_audio + audio``. The ``early`` state adds ``state`` (question embedding +
     the image probe of :func:`~safe.policy.features.image_embedding`) and, since it decides before
     any generate, ``without_audio = base + state + preview + policy`` and

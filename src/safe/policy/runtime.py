@@ -1,7 +1,10 @@
-"""The policy at inference time: a cascade that answers without audio first and consults audio only
-for the rows the policy picks.
+"""The policy at inference time: the policy picks the rows of a batch that consult audio; only those
+rows reach the audio encoder and the adapters. Two paths, one per state layout
+(:data:`safe.policy.features.STATE_KINDS`): the *cascade* (the proposal's state, with the base's
+confidence, so the base answers first) and the *early* path (no confidence, decided before the language
+model runs), which ``safe policy train`` deploys by default.
 
-For a batch, :func:`generate_with_policy`
+With the cascade state, for a batch, :func:`generate_with_policy`
 
 1. starts the base model's own greedy/sampled ``generate`` (SAFE's gates closed: bit-exact base); at
    its first step a logits processor reads the first token's scores (the base's confidence), the image
@@ -275,10 +278,13 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
 
 def early_state_parts(model, vl_inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The question and image embeddings of the early state, (n, hidden) each on the CPU, computed without
-    running the language model (an embedding lookup and :func:`safe.policy.features.image_embedding`)."""
+    running the language model (an embedding lookup and :func:`safe.policy.features.image_embedding`).
+    A batch without ``pixel_values`` gets a zero image part, as the cascade's :func:`base_pass` does."""
     bb = model.backbone
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
                                   bb.image_token_id).cpu()
+    if vl_inputs.get("pixel_values") is None:
+        return question, torch.zeros(question.shape[0], bb.hidden_size)
     return question, image_embedding(model.base_model, bb.image_projection, vl_inputs)
 
 
@@ -286,8 +292,7 @@ def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, p
                     lazy: bool, embeddings: bool) -> PolicyGenerateOutput:
     """The early state's path: decide from question, image and preview before the language model runs,
     then one ``generate`` for the whole batch with audio in the chosen rows only (the others are the
-    base's own tokens on the same batch; the encoder sees only the chosen rows). Needs ``pixel_values``
-    (the image embedding is part of the early state)."""
+    base's own tokens on the same batch; the encoder sees only the chosen rows)."""
     n = vl_inputs["input_ids"].shape[0]
     # options that change the vision side (LLaVA's feature layer, BLIP-2's position interpolation) reach
     # the probe too, so its image embedding is the one the generate's prefill computes
