@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["train", "distill"],
-                   help="train: outcome tables, PPO over alphas, baselines, distillation, deployed cascade; "
+                   help="train: outcome tables, PPO over alphas, baselines, distillation, deployed gate; "
                         "distill: Stage C again from the tables and PPO policy a train run saved")
     p.add_argument("--run-dir", default="runs/demo", help="run directory (Stage A checkpoint under checkpoints/final)")
     p.add_argument("--data", default=None, help="benchmark folder (default $SAFE_CACHE/benchmark)")
@@ -69,7 +69,9 @@ def print_policy(m: dict) -> None:
     print(f"  table latency: policy {t['mean_latency_ms']:.3f} ms vs always-audio SAFE {m['always_audio_direct_ms']:.3f} ms "
           f"(ratio {m['policy_vs_always_direct_latency']:.3f}), base {m['base_ms']:.3f} ms; policy / base = "
           f"{t['mean_latency_ms'] / m['base_ms']:.3f}")
-    print("  deployed cascade (distilled gate attached), measured end to end, ms per query, mean (median / p95):")
+    state = m["config"].get("state", "cascade")
+    print(f"  deployed gate (the distilled one, attached to the model; {state} path), measured end to end, "
+          "ms per query, mean (median / p95):")
     for bs, r in m["latency_by_batch"].items():
         cells = "  ".join(f"{name} {r[k + '_mean_ms']:.3f} ({r[k + '_median_ms']:.3f} / {r[k + '_p95_ms']:.3f})"
                           for name, k in (("base", "base"), ("always-audio", "always_audio"), ("policy", "policy")))
@@ -77,7 +79,7 @@ def print_policy(m: dict) -> None:
         print(f"              mean ratios: policy/always {r['policy_to_always']:.3f}, policy/base "
               f"{r['policy_to_base']:.3f}, always/base {r['always_to_base']:.3f}")
     c, s = m["cascade"], m["skip_all"]
-    print(f"  cascade accuracy {c['accuracy']:.4f}, use rate {c['use_rate']:.3f}; encoder rows {c['encoder_rows']} "
+    print(f"  deployed accuracy {c['accuracy']:.4f}, use rate {c['use_rate']:.3f}; encoder rows {c['encoder_rows']} "
           f"= rows using audio {c['rows_using_audio']}")
     if s.get("rows"):
         print(f"  all-skipped batch of {s['rows']} VL questions: {s['encoder_rows']} encoder rows, {s['cascade_ms']:.3f} ms "

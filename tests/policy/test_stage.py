@@ -39,7 +39,7 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     assert m["baselines"]["never"]["use_rate"] == 0.0 and m["baselines"]["always"]["use_rate"] == 1.0
     ppo = [p for p in m["pareto"] if p["kind"] == "ppo"]
     assert [p["alpha"] for p in ppo] == [0.0, 0.3] and all("beats_thresholds" in p for p in ppo)
-    # the deployed cascade: the encoder ran for exactly the rows that used audio, and its accuracy is
+    # the deployed gate: the encoder ran for exactly the rows that used audio, and its accuracy is
     # the table's prediction for the distilled gate (same answers, measured instead of looked up)
     c = m["cascade"]
     assert c["encoder_rows"] == c["rows_using_audio"]

@@ -101,7 +101,7 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     ``with_audio = audio + state + preview + policy`` (and no ``base_pass``). These are per-row
     prices: in a real early batch the skipped rows decode inside the one ``generate`` until the
     longest audio answer ends, so the table overstates what a skip saves there; the end-to-end
-    latency of :func:`safe.policy.stage.measure_cascade` is the number to trust.
+    latency of :func:`safe.policy.stage.measure_deployed` is the number to trust.
 
     Batch size matters on small models: at batch 1 fixed per-call overheads dominate every piece."""
     spec = state_spec(model, early)

@@ -1,5 +1,5 @@
 """Stages B and C end to end on a trained SAFE model: outcome tables -> PPO over several alpha values
--> baselines and the Pareto table -> distillation -> the deployed cascade, measured.
+-> baselines and the Pareto table -> distillation -> the deployed gate, measured.
 
 The policy learns on a part of ``train`` plus ``val`` and is scored on ``test``; every threshold
 baseline is swept over its whole range on ``test`` (its best case), so "the learned policy is above
@@ -58,7 +58,7 @@ class PolicyStageConfig:
     eval_split: str = "test"
     """Split the policy is scored on."""
     latency_batches: list[int] = field(default_factory=lambda: [1, 16, 64])
-    """Batch sizes at which the deployed cascade's per-query latency is measured end to end (batch 1
+    """Batch sizes at which the deployed gate's per-query latency is measured end to end (batch 1
     on the first 128 test rows, the others on the whole split)."""
     state: str = STATE_KINDS[0]
     """``"early"``: question, image and preview only, decided before the language model runs, one
@@ -154,9 +154,10 @@ def beats_thresholds(point: dict[str, Any], points: list[dict[str, Any]]) -> boo
 
 
 @torch.no_grad()
-def measure_cascade(model, fmt, data: PolicyData, frontend, batch_size: int = 16) -> dict[str, Any]:
-    """Run the deployed cascade (``model.policy`` attached) over ``data`` in batches, next to the base
-    and always-audio SAFE on the same batches; per-query milliseconds = batch time / batch size."""
+def measure_deployed(model, fmt, data: PolicyData, frontend, batch_size: int = 16) -> dict[str, Any]:
+    """Run the deployed gate (``model.policy`` attached; the cascade or the early path, by its state)
+    over ``data`` in batches, next to the base and always-audio SAFE on the same batches; per-query
+    milliseconds = batch time / batch size."""
     device = next(model.base_model.parameters()).device
     prepared = data.prepared
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
@@ -182,7 +183,7 @@ def measure_cascade(model, fmt, data: PolicyData, frontend, batch_size: int = 16
             before = model.audio_encoder_calls
             t = time.perf_counter()
             preview = audio_preview(wav)
-            out = _cascade(model, batch, gen, preview, wav, frontend, device)
+            out = _deployed(model, batch, gen, preview, wav, frontend, device)
             samples["policy"].append((time.perf_counter() - t) * 1e3 / len(idx))
             enc_calls += model.audio_encoder_calls - before
             answers += fmt.decode(out.sequences, batch["input_ids"].shape[1])
@@ -202,7 +203,7 @@ def measure_cascade(model, fmt, data: PolicyData, frontend, batch_size: int = 16
     }
 
 
-def _cascade(model, batch, gen, preview, wav, frontend, device):
+def _deployed(model, batch, gen, preview, wav, frontend, device):
     """The deployed path: the policy decides first, then the front end featurises only the clips of
     the rows it picked (a skipped clip is never featurised nor encoded)."""
     from safe.policy.runtime import generate_with_policy
@@ -250,18 +251,18 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
 
     spec = state_spec(model, early)
     model.attach_policy(AudioPolicy(spec, "mlp", cfg.distill_hidden, net=gate))
-    cascade = measure_cascade(model, fmt, test, frontend, batch_size=cfg.cost_batch)
+    deployed = measure_deployed(model, fmt, test, frontend, batch_size=cfg.cost_batch)
     by_batch = {}
     for bs in cfg.latency_batches:
         sub = test if bs >= 16 else _head(test, 16 * bs * 8)
-        r = cascade if bs == cfg.cost_batch else measure_cascade(model, fmt, sub, frontend, batch_size=bs)
+        r = deployed if bs == cfg.cost_batch else measure_deployed(model, fmt, sub, frontend, batch_size=bs)
         lat = r["latency_ms"]
         by_batch[str(bs)] = {"rows": len(sub.examples),
                              **{f"{k}_{stat}_ms": v[stat] for k, v in lat.items() for stat in ("mean", "median", "p95")},
                              "policy_to_always": lat["policy"]["mean"] / lat["always_audio"]["mean"],
                              "policy_to_base": lat["policy"]["mean"] / lat["base"]["mean"],
                              "always_to_base": lat["always_audio"]["mean"] / lat["base"]["mean"]}
-    skipped_vl = [i for i, e in enumerate(test.examples) if not e.needs_audio and not bool(cascade["used_audio"][i])]
+    skipped_vl = [i for i, e in enumerate(test.examples) if not e.needs_audio and not bool(deployed["used_audio"][i])]
     skip_all = measure_skip_all(model, fmt, test, frontend, skipped_vl[: cfg.cost_batch])
 
     headline = runs[cfg.alpha]["test"]
@@ -297,7 +298,9 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
         "collapse": headline["collapse"],
         "seeds": seeds,
         "distill": {k: v for k, v in dist.items() if k not in ("student", "teacher")},
-        "cascade": {k: v for k, v in cascade.items() if k not in ("used_audio", "answers", "scores")},
+        # "cascade": the deployed gate's end-to-end run, either state (the key predates the early path;
+        # kept so reports of older runs still read)
+        "cascade": {k: v for k, v in deployed.items() if k not in ("used_audio", "answers", "scores")},
         "latency_by_batch": by_batch,
         "skip_all": skip_all,
         "seconds": {"tables": round(t_tables, 1), "train": round(t_train, 1),
@@ -312,12 +315,12 @@ def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicySta
         save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(out / "ppo_policy.safetensors"),
                   metadata={"alpha": str(cfg.alpha), "state_dim": str(spec.dim), "hidden": str(teacher.hidden)})
         test.table.save(out / "table_test.safetensors")
-    return metrics, {"train": train, "test": test, "cascade": cascade, "policies": policies, "gate": gate}
+    return metrics, {"train": train, "test": test, "deployed": deployed, "policies": policies, "gate": gate}
 
 
 @torch.no_grad()
 def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int], repeats: int = 5) -> dict:
-    """A batch of the VL-only questions ``vl_rows`` that the policy skips: per-query ms of the cascade vs
+    """A batch of the VL-only questions ``vl_rows`` that the policy skips: per-query ms of the deployed gate vs
     the base alone on the same batch, and the encoder rows it ran (0 when everything is skipped)."""
     from safe.evaluation.efficiency import time_calls
 
@@ -328,7 +331,7 @@ def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int],
     wav = [data.waveforms[i] for i in vl_rows]
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     calls = model.audio_encoder_calls
-    out = _cascade(model, batch, gen, audio_preview(wav), wav, frontend, device)
+    out = _deployed(model, batch, gen, audio_preview(wav), wav, frontend, device)
     encoder_rows = model.audio_encoder_calls - calls
 
     def base():
@@ -337,7 +340,7 @@ def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int],
 
     t_base = statistics.median(time_calls(base, repeats=repeats, warmup=1)) / len(vl_rows)
     t_cascade = statistics.median(time_calls(
-        lambda: _cascade(model, batch, gen, audio_preview(wav), wav, frontend, device),
+        lambda: _deployed(model, batch, gen, audio_preview(wav), wav, frontend, device),
         repeats=repeats, warmup=1)) / len(vl_rows)
     model.audio_encoder_calls = calls
     return {"rows": len(vl_rows), "rows_using_audio": int(out.used_audio.sum()), "encoder_rows": encoder_rows,
