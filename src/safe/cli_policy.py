@@ -28,8 +28,9 @@ def add_state_arg(p: argparse.ArgumentParser) -> None:
     from safe.policy.features import STATE_KINDS
 
     p.add_argument("--state", choices=list(STATE_KINDS), default=STATE_KINDS[0],
-                   help="early (default): question, image and preview only, decided before the language model "
-                        "runs; cascade: the proposal's state with the base's confidence (the base answers first)")
+                   help="state the policy is trained on (train; distill reads it from the saved policy). early "
+                        "(default): question, image and preview only, decided before the language model runs; "
+                        "cascade: the proposal's state with the base's confidence (the base answers first)")
 
 
 def _alphas(text: str) -> list[float]:

@@ -340,3 +340,15 @@ def test_export_plots_writes_each_embedded_png(report, tmp_path):
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
     assert len({p.name for p in written}) == len(written)
     assert tmp_path.joinpath("plots", "pareto_plot.png") in written
+
+
+@pytest.mark.parametrize("state", ["early", "cascade", None])
+def test_latency_by_batch_names_the_deployed_state(metrics, tmp_path, state):
+    metrics["eval"]["efficiency"]["latency_by_batch"] = {"16": {
+        "rows": 64, "base_mean_ms": 0.7, "always_audio_mean_ms": 1.9, "policy_mean_ms": 1.8,
+        "policy_to_always": 0.95, "policy_to_base": 2.6}}
+    if state is not None:
+        metrics["policy"]["config"] = {"state": state}
+    text = write_report(metrics, tmp_path / "report.html").read_text(encoding="utf-8")
+    # a run recorded before the state existed was a cascade run
+    assert f"deployed gate, {state or 'cascade'} state, measured end to end" in text

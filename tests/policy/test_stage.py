@@ -70,6 +70,8 @@ def test_policy_stage_with_the_early_state(tiny_ckpt):
     c = m["cascade"]
     assert c["encoder_rows"] == c["rows_using_audio"]
     assert c["accuracy"] == pytest.approx(m["baselines"]["distilled"]["accuracy"], abs=1e-6)
+    if m["skip_all"]["rows"]:
+        assert m["skip_all"]["encoder_rows"] == 0 and m["skip_all"]["rows_using_audio"] == 0
     with pytest.raises(ValueError, match="state must be one of"):
         PolicyStageConfig(state="late")
 
@@ -94,3 +96,25 @@ def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
     assert (tmp_path / "report.html").is_file()
     assert main(["policy", "train", *args[:-2], "--alpha", "0.2"]) == 2  # not one of --alphas: a message
     assert "alpha 0.2 must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, state", [([], "early"), (["--state", "cascade"], "cascade")])
+def test_demo_hands_its_state_to_the_policy_stage(monkeypatch, tmp_path, flags, state):
+    """`safe demo --state` reaches `safe policy train` (every stage stubbed: only the wiring is tested)."""
+    import safe.cli as cli
+    import safe.cli_eval as cli_eval
+    import safe.cli_policy as cli_policy
+
+    seen = {}
+    monkeypatch.setenv("SAFE_CACHE", str(tmp_path / "cache"))
+    for module, name in ((cli, "cmd_data"), (cli, "cmd_base"), (cli, "cmd_verify"), (cli, "cmd_train"),
+                         (cli_eval, "cmd_eval"), (cli_eval, "cmd_report")):
+        monkeypatch.setattr(module, name, lambda args: 0)
+
+    def policy(args):
+        seen["policy"] = args
+        return 0
+
+    monkeypatch.setattr(cli_policy, "cmd_policy", policy)
+    assert main(["demo", "--run-dir", str(tmp_path / "run"), *flags]) == 0
+    assert seen["policy"].action == "train" and seen["policy"].state == state

@@ -182,7 +182,7 @@ FLOP_ROWS = 64
 
 def _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics) -> dict:
     # Audio enters as encoder input features, so the encoder's FLOPs are counted: on every row with
-    # always-audio, only on the rows the policy picks in the cascade (a skipped row is never encoded).
+    # always-audio, only on the rows the deployed policy picks (a skipped row is never encoded).
     # The front end runs before the counter in both modes and the preview is numpy: neither is counted.
     device = next(model.base_model.parameters()).device
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)

@@ -293,7 +293,8 @@ def _efficiency(m: Mapping) -> str:
     by_batch = _maps(e.get("latency_by_batch"))
     if by_batch:
         cols = ("base_mean_ms", "always_audio_mean_ms", "policy_mean_ms", "policy_to_always", "policy_to_base")
-        parts += [_h3("Mean ms per query by batch size (deployed gate, measured end to end)"),
+        state = _m(_m(m.get("policy")).get("config")).get("state", "cascade")  # runs before --state: cascade
+        parts += [_h3(f"Mean ms per query by batch size (deployed gate, {state} state, measured end to end)"),
                   _table(["batch", "rows", *cols], [[b, fmt(r.get("rows")), *(fmt(r.get(c), 3) for c in cols)]
                                                     for b, r in by_batch.items()])]
     for key, title in (("memory_bytes", "Memory"), ("state_cost_ms", "Cost of the policy state (ms)")):

@@ -1,13 +1,13 @@
 """From a trained SAFE model to an :class:`OutcomeTable`: both actions' outcomes and measured costs.
 
-For every example of a split, :func:`collect_outcomes` runs the cascade's first step (the base
-model's VL-only ``generate``, which also yields the state) and SAFE with the example's own clip (gate
-open), and scores both answers: exact match for short answers, token F1 for captions.
-:func:`measure_costs` times, per query in a batch on one CPU thread, every piece of the cascade for
-examples of each question family: the plain base, the base pass with state features, the audio preview,
+For every example of a split, :func:`collect_outcomes` runs the base model's VL-only ``generate``
+(which also yields the state; the early state keeps only its confidence-free parts) and SAFE with the
+example's own clip (gate open), and scores both answers: exact match for short answers, token F1 for
+captions. :func:`measure_costs` times, per query in a batch on one CPU thread, every piece of the
+deployed path for examples of each question family: the plain base, the base pass with state features, the audio preview,
 the policy forward, and the audio path (front end + encoder + projector + SAFE ``generate``). Costs
-then enter the table per family: answering without audio costs the base pass + preview + policy;
-with audio, that plus the audio path (the early state's prices differ: see :func:`measure_costs`).
+then enter the table per family: in the cascade, answering without audio costs the base pass + preview
++ policy, with audio that plus the audio path (the early state's prices: see :func:`measure_costs`).
 Nothing is assumed free.
 """
 from __future__ import annotations

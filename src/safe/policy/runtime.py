@@ -227,7 +227,8 @@ def _merge(base: torch.Tensor, audio: torch.Tensor, rows: torch.Tensor, pad: int
 @torch.no_grad()
 def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: torch.Tensor | None = None,
                          audio_embeddings: torch.Tensor | None = None, **kwargs) -> PolicyGenerateOutput:
-    """The cascade described in the module docstring, for a ``SAFEModel`` with ``model.policy`` set.
+    """The cascade or the early path of the module docstring (by ``model.policy.spec.early``), for a
+    ``SAFEModel`` with ``model.policy`` set.
 
     ``audio_preview``: (n, preview_dim) from :func:`safe.policy.features.audio_preview` of the same
     clips; ``audio_features`` (encoder input) or ``audio_embeddings`` (cached encoder output): (n, ...)
