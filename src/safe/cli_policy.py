@@ -42,8 +42,9 @@ def _alphas(text: str) -> list[float]:
 
 def print_policy(m: dict) -> None:
     t, b = m["test"], m["baselines"]
+    state = m["config"].get("state", "cascade")  # runs recorded before --state existed were cascade runs
     print(f"\nStage B/C on the {m['config']['eval_split']} split ({m['rows']['test']} rows; policy trained on "
-          f"{m['rows']['train']} rows of train + val; {m['config'].get('state', 'cascade')} state, {m['state_dim']} features)")
+          f"{m['rows']['train']} rows of train + val; {state} state, {m['state_dim']} features)")
     print(f"  {'gate':<26}{'accuracy':>9}{'VL acc':>8}{'audio acc':>10}{'use rate':>9}{'ms/query':>9}{'VL FP':>7}")
     rows = [(f"PPO policy (alpha={m['alpha']:g})", t)] + [(k, b[k]) for k in
             ("distilled", "always", "never", "oracle", "random", "confidence", "entropy", "no_constraint")]
@@ -70,7 +71,6 @@ def print_policy(m: dict) -> None:
     print(f"  table latency: policy {t['mean_latency_ms']:.3f} ms vs always-audio SAFE {m['always_audio_direct_ms']:.3f} ms "
           f"(ratio {m['policy_vs_always_direct_latency']:.3f}), base {m['base_ms']:.3f} ms; policy / base = "
           f"{t['mean_latency_ms'] / m['base_ms']:.3f}")
-    state = m["config"].get("state", "cascade")
     print(f"  deployed gate (the distilled one, attached to the model; {state} path), measured end to end, "
           "ms per query, mean (median / p95):")
     for bs, r in m["latency_by_batch"].items():
