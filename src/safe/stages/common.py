@@ -1,0 +1,82 @@
+"""What several stages share: the options naming a run, its data and its base models, and how those
+resolve to objects (the built-in benchmark and base models as defaults under ``$SAFE_CACHE``)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class StageError(ValueError):
+    """A stage cannot start with the options given; the message names the option and the value."""
+
+
+def cache_dir() -> Path:
+    """``$SAFE_CACHE`` (default ``.cache/safe``): the built-in benchmark and base models live here."""
+    return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
+
+
+def config_path(path: str) -> str:
+    """A recipe path as given, else relative to the source checkout (``safe`` run outside the repo root)."""
+    if Path(path).exists():
+        return path
+    repo = Path(__file__).resolve().parents[3] / path
+    return str(repo) if repo.exists() else path
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise StageError(f"--device {device!r} is not a torch device ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise StageError(f"--device {device!r}: this torch build or machine has no CUDA device")
+
+
+@dataclass
+class RunOptions:
+    """The run directory a stage reads and writes."""
+
+    run_dir: str = "runs/demo"
+    """Run directory: checkpoints/, logs/, metrics.json and report.html."""
+
+
+@dataclass
+class DataOptions(RunOptions):
+    """A run plus its data and frozen base models."""
+
+    data: str | None = None
+    """Built-in benchmark folder (default $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)."""
+    base: str | None = None
+    """Built-in base models folder from `safe base build` (default $SAFE_CACHE/base), or a local LLaVA / BLIP-2
+    checkpoint directory (then --audio names the audio encoder)."""
+    audio: str | None = None
+    """Local CLAP / Whisper checkpoint directory (required when --base is a checkpoint; default: the built-in
+    folder's own encoder)."""
+
+
+def data_source(data: str | None, *, tiny: bool = False, create: bool = False):
+    """The :class:`~safe.data.source.DataSource` of ``--data``. A folder given is used as it is (it must be a
+    complete benchmark); the default location is generated when ``create`` and missing."""
+    from safe.bench.files import BuiltinSource, generate_benchmark, load_benchmark_info
+    from safe.bench.questions import SynthConfig
+
+    if data is not None:
+        load_benchmark_info(data)  # raises BenchmarkMissingError naming what is wrong
+        return BuiltinSource(Path(data))
+    path = cache_dir() / ("benchmark-tiny" if tiny else "benchmark")
+    if create:
+        generate_benchmark(path, SynthConfig.tiny() if tiny else SynthConfig(), progress=True)
+    else:
+        load_benchmark_info(path)
+    return BuiltinSource(path)
+
+
+def base_path(base: str | None, *, tiny: bool = False) -> Path:
+    """``--base`` as a path; the built-in default folder when not given."""
+    return Path(base) if base else cache_dir() / ("base-tiny" if tiny else "base")

@@ -1,0 +1,102 @@
+"""``safe demo``: the embedded pipeline end to end on a CPU — benchmark, built-in base models, Stage 1
+verification, Stage A, Stages B/C, the evaluation protocol and the report (and, on request, the Stage A
+ablation grid) — by calling each stage function in turn."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from safe.policy.features import STATE_KINDS
+from safe.policy.stage import PolicyStageConfig
+from safe.runs import RunDir, StageResult
+from safe.stages.common import RunOptions
+
+
+@dataclass
+class DemoConfig(RunOptions):
+    """Options of ``safe demo``."""
+
+    config: str = "configs/stage_a_builtin.yaml"
+    """Stage A recipe."""
+    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
+    """Override a Stage A recipe field (repeatable)."""
+    fresh: bool = False
+    """Retrain Stage A even if the run directory has checkpoints."""
+    seeds: int = PolicyStageConfig.seeds
+    """PPO seeds at the deployed operating point."""
+    state: Literal[STATE_KINDS] = PolicyStageConfig.state  # type: ignore[valid-type]
+    """State the policy is trained on: early (question, image and preview; decided before the language model
+    runs) or cascade (the proposal's state with the base's confidence; the base answers first)."""
+    ablations: bool = False
+    """Also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 5 more minutes)."""
+
+
+@dataclass
+class DemoResult(StageResult):
+    """Whether every stage's own check passed, and where the report is (``metrics.json`` key ``timing``
+    holds the times)."""
+
+    KEY = "timing"
+    passed: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.passed
+
+    def summary(self) -> str:
+        return (f"demo finished in {self.metrics['seconds']:.0f} s; metrics and report under "
+                f"{self.metrics['run_dir']}")
+
+
+def demo(cfg: DemoConfig, echo=print) -> DemoResult:
+    """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
+    own check failed (verification, frozen weights)."""
+    from safe.stages.ablate import AblateConfig, ablate
+    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
+    from safe.stages.common import base_path, cache_dir
+    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+    from safe.stages.policy import PolicyTrainConfig, train_policy
+    from safe.stages.stage_a import TrainConfig, train
+    from safe.stages.verify import VerifyConfig, VerifyResult, verify
+
+    run = RunDir(cfg.run_dir)
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    ok = True
+
+    def step(result: StageResult, mark: str | None = None) -> StageResult:
+        nonlocal ok
+        ok &= result.ok
+        echo(result.summary())
+        if mark:
+            timing[mark] = round(time.perf_counter() - t0, 1)
+        return result
+
+    echo("== 1. built-in benchmark ==")
+    bench = step(synth(SynthStageConfig(out=str(cache_dir() / "benchmark"))))
+    echo("\n== 2. built-in frozen base models ==")
+    base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)),
+                                                   run_dir=cfg.run_dir)))
+    echo("\n== 3. Stage 1 safety verification: built-in models and every tiny preset pair ==")
+    run.record(VerifyResult())  # this run's verification only
+    own = VerifyConfig(base=str(base.path / "vl"), audio=str(base.path / "audio_encoder"), run_dir=cfg.run_dir)
+    step(verify(own))
+    step(verify(VerifyConfig(all_presets=True, run_dir=cfg.run_dir)), "verify_done_seconds")
+    echo(f"\n== 4. Stage A: projector + gated adapters ({cfg.config}) ==")
+    paths = dict(run_dir=cfg.run_dir, data=str(bench.path), base=str(base.path))
+    step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
+         "stage_a_done_seconds")
+    echo("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
+    policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
+    step(train_policy(PolicyTrainConfig(**paths, policy=policy)), "policy_done_seconds")
+    echo("\n== 6. Evaluation protocol and report ==")
+    run.record(DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1), "run_dir": cfg.run_dir}))
+    step(evaluate(EvalConfig(**paths)))
+    if cfg.ablations:
+        echo("\n== 7. Stage A ablations (safe ablate) ==")
+        step(ablate(AblateConfig(**paths, config=cfg.config, overrides=list(cfg.overrides))))
+    result = DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1), "run_dir": cfg.run_dir}, ok)
+    run.record(result)
+    echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing
+    return result

@@ -1,0 +1,140 @@
+"""``safe eval`` (the evaluation protocol, proposal section 9, into metrics.json and report.html) and
+``safe report`` (report.html, plots and the generated docs tables from a run's metrics.json)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from safe.runs import RunDir, StageResult
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path, data_source
+
+
+@dataclass
+class EvalConfig(DataOptions):
+    """Options of ``safe eval``."""
+
+    checkpoint: str | None = None
+    """SAFE + policy checkpoint (default <run-dir>/checkpoints/policy)."""
+    split: str = "test"
+    """Benchmark split to evaluate on."""
+
+
+@dataclass
+class EvalResult(StageResult):
+    """The protocol's figures (``metrics.json`` key ``eval``), stage gates included."""
+
+    KEY = "eval"
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g["passed"] for g in self.metrics.get("stage_gates", []))
+
+    def summary(self) -> str:
+        ev = self.metrics
+        r, g, rob = ev["retention"], ev["audio_gains"], ev["robustness"]
+        lines = [f"evaluation on {ev['split']} ({ev['examples']} examples, {ev['seconds']:.0f} s)",
+                 "  VL accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in r["vl_accuracy"].items()),
+                 "  audio accuracy [95% CI]: " + ", ".join(
+                     f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in g["audio_accuracy"].items()),
+                 "  SNR sweep (audio accuracy): " + ", ".join(
+                     f"{'clean' if p['snr_db'] is None else str(int(p['snr_db'])) + ' dB'} {p['audio_accuracy']:.3f}"
+                     for p in rob["snr_sweep"]),
+                 f"  misaligned clips: audio accuracy {rob['misaligned']['audio_accuracy']:.3f} (aligned "
+                 f"{rob['misaligned']['aligned_audio_accuracy']:.3f}); irrelevant audio on VL questions: policy false "
+                 f"positives {rob['irrelevant']['false_positive_rate']:.4f}, answers changed with the gate forced open "
+                 f"{rob['irrelevant']['answers_changed']} of {rob['irrelevant']['n']}"]
+        if "ood_sounds" in rob:
+            o = rob["ood_sounds"]
+            lines.append(f"  held-out sound kinds: audio accuracy {o['audio_accuracy']:.3f} vs in-domain "
+                         f"{o['in_domain_audio_accuracy']:.3f} (base {o['base_audio_accuracy']:.3f}, {o['n']} questions)")
+        sh = ev["attribution"]["shapley"]
+        lines.append(f"  Shapley (mean per question): image {sh['image_mean']:.3f}, audio {sh['audio_mean']:.3f}")
+        e = ev["efficiency"]
+        fl = e["flops_per_query"]
+        lines.append(f"  FLOPs per query (audio encoder included; first {e['flops_rows']} rows, "
+                     f"{e['flops_rows_using_audio']} using audio with the policy): base {fl['base']:.3g}, "
+                     f"always-audio {fl['always_audio']:.3g}, policy {fl['policy']:.3g}")
+        lines.append("\nStage gates (proposal section 14), measured:")
+        lines += [f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<60} target {g['target']:<34} measured "
+                  f"{g['measured']}" for g in ev["stage_gates"]]
+        return "\n".join(lines)
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """The evaluation protocol on the SAFE + policy checkpoint of ``cfg.run_dir``, reading the run's Stage A
+    and Stage B results; then writes report.html."""
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.evaluation.protocol import run_eval
+    from safe.stages.loading import load_trained
+    from safe.stages.policy import PolicyResult
+    from safe.stages.stage_a import StageAResult
+    from safe.training.data import encoder_fingerprint
+
+    run = RunDir(cfg.run_dir)
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"
+    if not (ckpt / "safe_config.json").is_file():
+        raise StageError(f"--checkpoint {ckpt} is not a SAFE checkpoint: run `safe policy train --run-dir "
+                         f"{cfg.run_dir}` first or pass --checkpoint")
+    data = data_source(cfg.data)
+    model, fmt, frontend = load_trained(base_path(cfg.base), ckpt, cfg.audio)
+    if model.policy is None:
+        raise StageError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    policy, stage_a = run.read(PolicyResult), run.read(StageAResult)
+    ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=policy.metrics if policy else None,
+                  stage_a=stage_a.metrics if stage_a else None, split=cfg.split)
+    result = EvalResult(ev)
+    run.record(result)
+    report(ReportConfig(run_dir=cfg.run_dir))
+    return result
+
+
+@dataclass
+class ReportConfig(RunOptions):
+    """Options of ``safe report``."""
+
+    export_plots: str | None = None
+    """Also write every plot of the report to this folder as PNG files (for papers and the README)."""
+    docs: str | None = None
+    """Also write the generated results tables (results.md) into this folder."""
+    readme: str | None = None
+    """With --docs: also replace the results block of this README (between its results markers)."""
+
+
+@dataclass
+class ReportResult(StageResult):
+    """Where the report (and any exported plots / docs) went."""
+
+    KEY = "report"
+
+    def summary(self) -> str:
+        m = self.metrics
+        lines = [f"report: {m['path']}" + (f" (sections not run: {', '.join(m['missing'])})" if m["missing"] else "")]
+        if m.get("plots"):
+            lines.append(f"{len(m['plots'])} plots written: " + ", ".join(m["plots"]))
+        if m.get("docs"):
+            lines.append("docs written: " + ", ".join(m["docs"]))
+        return "\n".join(lines)
+
+
+def report(cfg: ReportConfig) -> ReportResult:
+    """report.html from the run's metrics.json (every section that ran), plus plots / docs on request."""
+    from safe.evaluation.report import report_sections, write_report
+
+    run = RunDir(cfg.run_dir)
+    metrics = run.metrics()
+    if not metrics:
+        raise StageError(f"{run.metrics_file} is missing or empty: run the pipeline (make demo) first")
+    path = write_report(metrics, run.path / "report.html")
+    out = {"path": str(path.resolve()), "missing": [k for k, v in report_sections(metrics).items() if not v]}
+    if cfg.export_plots:
+        from safe.evaluation.report import export_plots
+
+        out["plots"] = [str(p) for p in export_plots(metrics, cfg.export_plots)]
+    if cfg.docs:
+        from safe.evaluation.docs import write_docs
+
+        out["docs"] = [str(p) for p in write_docs(metrics, cfg.docs, readme=cfg.readme)]
+    elif cfg.readme:
+        raise StageError("--readme needs --docs (the README's table links to the generated results page)")
+    return ReportResult(out)

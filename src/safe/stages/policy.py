@@ -1,0 +1,123 @@
+"""``safe policy train`` (Stages B and C on a Stage A checkpoint) and ``safe policy distill`` (Stage C
+again, from the outcome tables and the PPO policy a train run saved)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safe.policy.stage import PolicyStageConfig
+from safe.runs import RunDir, StageResult
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path, data_source
+
+
+@dataclass
+class PolicyTrainConfig(DataOptions):
+    """Options of ``safe policy train``: where the Stage A checkpoint is, and the Stages B/C settings."""
+
+    checkpoint: str | None = None
+    """Stage A SAFE checkpoint (default <run-dir>/checkpoints/final)."""
+    policy: PolicyStageConfig = field(default_factory=PolicyStageConfig)
+    """Stages B and C settings (flags --alphas, --alpha, --steps, ...)."""
+
+
+@dataclass
+class DistillConfig(RunOptions):
+    """Options of ``safe policy distill``; the state kind is read from the saved PPO policy."""
+
+    distill_hidden: int = PolicyStageConfig.distill_hidden
+    """Hidden width of the Stage C gate."""
+    distill_epochs: int = PolicyStageConfig.distill_epochs
+    """Epochs of Stage C distillation."""
+
+
+@dataclass
+class PolicyResult(StageResult):
+    """Stages B/C figures (``metrics.json`` key ``policy``) and the SAFE + policy checkpoint."""
+
+    KEY = "policy"
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.metrics["checkpoint"])
+
+    @property
+    def state(self) -> str:
+        return self.metrics["config"].get("state", "cascade")  # runs recorded before --state were cascade runs
+
+    @property
+    def deployed(self) -> dict:
+        """The deployed gate's end-to-end run (older runs stored it under ``cascade``)."""
+        return self.metrics.get("deployed", self.metrics.get("cascade", {}))
+
+    def summary(self) -> str:
+        from safe.stages.policy_summary import policy_summary
+
+        return policy_summary(self)
+
+
+def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
+    """Stages B and C on the Stage A checkpoint of ``cfg.run_dir``; saves the SAFE + policy checkpoint under
+    ``checkpoints/policy`` and the tables under ``policy/``."""
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.policy.stage import run_policy_stage
+    from safe.stages.loading import load_trained
+    from safe.training.data import encoder_fingerprint
+
+    run = RunDir(cfg.run_dir)
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"
+    if not (ckpt / "safe_config.json").is_file():
+        raise StageError(f"--checkpoint {ckpt} is not a SAFE checkpoint (no safe_config.json); run `safe train "
+                         f"--run-dir {cfg.run_dir}` first or pass --checkpoint")
+    data = data_source(cfg.data)
+    model, fmt, frontend = load_trained(base_path(cfg.base), ckpt, cfg.audio)
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    metrics, _ = run_policy_stage(model, fmt, frontend, data, cfg.policy, cache, out_dir=run.path / "policy",
+                                  progress=True)
+    out = model.save_pretrained(run.checkpoints / "policy")
+    result = PolicyResult({**metrics, "checkpoint": str(out)})
+    run.record(result)
+    return result
+
+
+def distill_again(cfg: DistillConfig) -> PolicyResult:
+    """Stage C again from ``<run>/policy``'s saved tables and PPO policy; adds ``distill_again`` to the
+    recorded policy figures."""
+    from safetensors import safe_open
+
+    from safe.policy.network import PolicyNetwork
+    from safe.policy.stage import distill_gate
+    from safe.policy.table import OutcomeTable
+
+    run = RunDir(cfg.run_dir)
+    folder = run.path / "policy"
+    for name in ("table_train.safetensors", "table_test.safetensors", "ppo_policy.safetensors"):
+        if not (folder / name).is_file():
+            raise StageError(f"{folder / name} is missing: run `safe policy train --run-dir {run.path}` first")
+    train = OutcomeTable.load(folder / "table_train.safetensors")
+    test = OutcomeTable.load(folder / "table_test.safetensors")
+    with safe_open(str(folder / "ppo_policy.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    teacher = PolicyNetwork(int(meta["state_dim"]), int(meta["hidden"]))
+    teacher.load_state_dict(state)
+    teacher.eval()
+    _, rep = distill_gate(teacher, train, test, cfg.distill_hidden, cfg.distill_epochs)
+    recorded = run.read(PolicyResult) or PolicyResult()
+    again = {k: v for k, v in rep.items() if k not in ("student", "teacher")}
+    result = PolicyResult({**recorded.metrics, "distill_again": {**again, "alpha": meta["alpha"]}})
+    run.record(result)
+    return result
+
+
+def distill_summary(result: PolicyResult) -> str:
+    rep = result.metrics["distill_again"]
+    ev = rep["test"]
+    return (f"Stage C: {rep['student_params']:,}-parameter MLP distilled from the PPO policy (alpha {rep['alpha']}):\n"
+            f"  agreement with PPO on test {rep['test_agreement']:.4f}; accuracy {ev['accuracy']:.4f}, use rate "
+            f"{ev['use_rate']:.3f}, {ev['mean_latency_ms']:.3f} ms per query (table costs); "
+            f"{1e6 * rep['student_s_per_row']:.2f} us per row for the gate itself")
+
+
+def distill_ok(result: PolicyResult) -> bool:
+    return not math.isnan(result.metrics["distill_again"]["test"]["accuracy"])

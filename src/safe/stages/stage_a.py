@@ -1,0 +1,93 @@
+"""``safe train``: Stage A (projector + gated adapters) from a YAML recipe, into a run directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safe.runs import RunDir, StageResult
+from safe.stages.common import DataOptions, DType, base_path, config_path, data_source
+
+
+@dataclass
+class TrainConfig(DataOptions):
+    """Options of ``safe train``."""
+
+    config: str = "configs/stage_a_builtin.yaml"
+    """YAML recipe (keys under stage_a:), resolved against the checkout when not found as given."""
+    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
+    """Override a recipe field, e.g. --set steps=200 --set safe.lora_rank=4 (repeatable)."""
+    dtype: DType = "float32"
+    """Dtype of the frozen parts."""
+    template: str | None = None
+    """Prompt template with {question} and <image> (checkpoints; default per architecture)."""
+    fresh: bool = False
+    """Ignore checkpoints in the run directory (default: resume)."""
+    tiny: bool = False
+    """Tiny benchmark and models (for tests)."""
+
+
+@dataclass
+class StageAResult(StageResult):
+    """Stage A's figures (``metrics.json`` key ``stage_a``) and where its SAFE weights are."""
+
+    KEY = "stage_a"
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.metrics["checkpoint"])
+
+    @property
+    def ok(self) -> bool:
+        """The frozen base and encoder are byte-identical after training."""
+        return bool(self.metrics.get("frozen_byte_identical"))
+
+    def summary(self) -> str:
+        m = self.metrics
+        lines = ["Stage A summary (test split; gate open = each row with its own clip, VL rows with unrelated audio)"]
+        rows = [
+            ("VL accuracy, base", m["vl_accuracy_base"]),
+            ("VL accuracy, SAFE gate closed", m["vl_accuracy_gate_closed"]),
+            ("VL accuracy, SAFE gate open", m["vl_accuracy_gate_open"]),
+            ("VL retention ratio (gate open / base)", m["vl_retention_ratio_gate_open"]),
+            ("answers identical to base, gate closed", m["answers_identical_gate_closed"]),
+            ("audio-dependent accuracy, base", m["audio_accuracy_base"]),
+            ("audio-dependent accuracy, SAFE", m["audio_accuracy"]),
+        ]
+        if "caption_cider_d" in m:
+            rows += [("caption CIDEr-D, base", m["caption_cider_d_base"]),
+                     ("caption CIDEr-D, SAFE", m["caption_cider_d"]),
+                     ("caption BLEU-2, base", m["caption_bleu2_base"]), ("caption BLEU-2, SAFE", m["caption_bleu2"])]
+        lines += [f"  {name:<42}{v:>8.3f}" for name, v in rows]
+        lines.append(f"  {'VL answers changed with gate open':<42}{m['vl_answers_changed_gate_open']:>8d} of "
+                     f"{m['vl_examples']}")
+        lines.append(f"  {'base + encoder byte-identical (sha256)':<42}{'yes' if m['frozen_byte_identical'] else 'NO':>8}")
+        lines.append("  per family (base -> SAFE gate open):")
+        lines += [f"    {fam:<18}{v['base']:>7.3f} -> {v['open']:.3f}" for fam, v in m["per_family"].items()]
+        lines.append(f"  Stage A took {m['seconds']:.0f} s ({m['train_seconds']:.0f} s training, {m['steps']} steps)")
+        lines.append(f"SAFE weights: {m['checkpoint']}")
+        return "\n".join(lines)
+
+
+def train(cfg: TrainConfig) -> StageAResult:
+    """Stage A: train into ``cfg.run_dir`` (resuming a killed run unless ``fresh``), evaluate on the test
+    split, record ``stage_a``. With no ``--base`` the built-in models are built first when missing."""
+    from safe.models.loading import parse_dtype
+    from safe.stages.builtin import BaseBuildConfig, build_base
+    from safe.stages.loading import run_stage_a
+    from safe.training.config import load_stage_a_config
+
+    overrides = list(cfg.overrides)
+    if cfg.tiny and not any(o.startswith("safe.fusion_layers") for o in overrides):
+        overrides.append("safe.fusion_layers=[0, -1]")  # the tiny built-in LM has 2 decoder layers
+    recipe = load_stage_a_config(config_path(cfg.config), overrides)
+    dtype = parse_dtype(cfg.dtype)
+    data = data_source(cfg.data, tiny=cfg.tiny, create=cfg.data is None)
+    base = base_path(cfg.base, tiny=cfg.tiny)
+    if cfg.base is None and not (base / "manifest.json").is_file():
+        build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
+    run = RunDir(cfg.run_dir)
+    metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
+                          fresh=cfg.fresh)
+    result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
+    run.record(result)
+    return result

@@ -1,0 +1,90 @@
+"""``safe verify``: Stage 1 safety verification (bit-exact bypass, frozen weights, parameter table) of one
+base x encoder pair, or of every tiny preset pair."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from safe.runs import RunDir, StageResult
+from safe.stages.common import DType, StageError, check_device
+
+
+@dataclass
+class VerifyConfig:
+    """Options of ``safe verify``."""
+
+    base: str = "llava"
+    """Tiny preset (llava, blip2-opt, blip2-t5) or a local LLaVA / BLIP-2 checkpoint directory."""
+    audio: str = "whisper"
+    """Tiny preset (whisper, clap) or a local CLAP / Whisper checkpoint directory."""
+    all_presets: bool = False
+    """Verify every tiny base x encoder preset pair."""
+    dtype: DType = "float32"
+    """Dtype of the frozen parts."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda:0."""
+    fusion_layers: list[int] = field(default_factory=lambda: [0, -1])
+    """Decoder layers to fuse after (negative counts from the end)."""
+    batch: int = 4
+    """Verification batch size (>= 2; half the rows use audio)."""
+    run_dir: str | None = None
+    """Also record the results under this run directory (merged with earlier verify calls of the run)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 2:
+            raise StageError(f"--batch must be an integer >= 2 (a mix of audio and no-audio rows), got {self.batch!r}")
+        if not self.fusion_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.fusion_layers):
+            raise StageError(f"--fusion-layers must be a non-empty list of integers, got {self.fusion_layers!r}")
+
+
+@dataclass
+class VerifyResult(StageResult):
+    """Every pair's checks (``metrics.json`` key ``verify``: ``passed`` and ``models``)."""
+
+    KEY = "verify"
+    tables: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.metrics.get("passed"))
+
+    def summary(self) -> str:
+        n = len(self.metrics.get("models", {}))
+        return "\n".join([*self.tables, f"verification {'PASSED' if self.ok else 'FAILED'} for {n} model pair(s)"])
+
+
+def verify(cfg: VerifyConfig) -> VerifyResult:
+    """Run :func:`safe.evaluation.safety.verify_model` on each pair; with ``run_dir``, merge the pairs into
+    that run's ``verify`` record (a demo verifies its built-in pair and the presets in two calls)."""
+    import torch
+
+    from safe.bench import presets
+    from safe.evaluation.safety import verify_model
+    from safe.models.loading import parse_dtype
+    from safe.models.safe_model import SAFEConfig, SAFEModel
+
+    dtype = parse_dtype(cfg.dtype)
+    check_device(cfg.device)
+    pairs = ([(b, a) for b in presets.BASE_PRESETS for a in presets.AUDIO_PRESETS] if cfg.all_presets
+             else [(cfg.base, cfg.audio)])
+    models, tables = {}, []
+    for base_spec, audio_spec in pairs:
+        t0 = time.perf_counter()
+        base = presets.load_base_or_preset(base_spec, dtype, cfg.device)
+        encoder = presets.load_audio_encoder_or_preset(audio_spec, dtype, cfg.device)
+        model = SAFEModel(base, encoder, SAFEConfig(fusion_layers=list(cfg.fusion_layers)))
+        vl = {k: v.to(cfg.device) for k, v in presets.random_vl_inputs(base, cfg.batch, dtype=dtype).items()}
+        audio = presets.random_audio(model.audio_encoder.model, cfg.batch, dtype=dtype).to(cfg.device)
+        mask = (torch.arange(cfg.batch) % 2 == 0).to(cfg.device)
+        result = verify_model(model, vl, audio, mask)
+        name = f"{base_spec} x {audio_spec}"
+        tables.append(f"== safe verify: {name} ({cfg.dtype}, {cfg.device}) ==\n{result.table()}\n\n"
+                      f"{result.parameter_report.table()}\n")
+        models[name] = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
+    out = VerifyResult({"passed": all(m["passed"] for m in models.values()), "models": models}, tables)
+    if cfg.run_dir:
+        run = RunDir(cfg.run_dir)
+        earlier = run.read(VerifyResult)
+        merged = {**(earlier.metrics.get("models", {}) if earlier else {}), **models}
+        run.record(VerifyResult({"passed": all(m["passed"] for m in merged.values()), "models": merged}))
+    return out
