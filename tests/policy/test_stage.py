@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
+from safe.bench.files import BuiltinSource
 from safe.cli import main
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.training.pipeline import load_frozen, load_trained
+from safe.stages.loading import load_frozen, load_trained
 
 torch.set_num_threads(1)
 
@@ -31,7 +32,7 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0, 0.3], alpha=0.0, steps=4, seeds=2, train_rows=40, cost_batch=8,
                             distill_epochs=3, latency_batches=[1, 8], state="cascade")
-    m, art = run_policy_stage(model, fmt, frontend, bench, cfg, out_dir=tmp_path)
+    m, art = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg, out_dir=tmp_path)
     assert m["state"]["confidence_dim"] == 3  # the proposal's state: the base's confidence included
     assert m["rows"]["test"] == 60 and m["rows"]["train"] == 80
     for key in ("never", "always", "oracle", "random", "confidence", "entropy", "distilled", "no_constraint"):
@@ -61,7 +62,7 @@ def test_policy_stage_with_the_early_state(tiny_ckpt):
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=4, seeds=1, train_rows=40, cost_batch=8,
                             distill_epochs=3, latency_batches=[8], state="early")
-    m, _ = run_policy_stage(model, fmt, frontend, bench, cfg)
+    m, _ = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg)
     assert m["state"]["confidence_dim"] == 0 and m["state_dim"] == m["state"]["question_dim"] * 2 + 34
     for costs in m["costs_ms_per_query"].values():
         extra = costs["state"] + costs["preview"] + costs["policy"]
@@ -80,14 +81,14 @@ def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
     bench, base, ckpt = tiny_ckpt
     args = ["--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base), "--checkpoint", str(ckpt),
             "--alphas", "0,0.5", "--alpha", "0", "--steps", "3", "--seeds", "1", "--train-rows", "20",
-            "--epochs", "2"]
+            "--distill-epochs", "2"]
     assert main(["policy", "train", *args]) == 0
     out = capsys.readouterr().out
     assert "Pareto table" in out and "oracle" in out
     saved = SAFEModel.from_pretrained(tmp_path / "checkpoints" / "policy", *load_frozen(base)[:2])
     assert saved.policy is not None and saved.policy.kind == "mlp"
     assert saved.policy.spec.early and "early state" in out  # the default state, and the printout says so
-    assert main(["policy", "distill", *args]) == 0
+    assert main(["policy", "distill", "--run-dir", str(tmp_path), "--distill-epochs", "2"]) == 0
     assert "agreement with PPO" in capsys.readouterr().out
     # the demo's last step on the same run: evaluation, stage gates and the report
     assert main(["eval", "--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base)]) == 0
@@ -100,21 +101,25 @@ def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, state", [([], "early"), (["--state", "cascade"], "cascade")])
 def test_demo_hands_its_state_to_the_policy_stage(monkeypatch, tmp_path, flags, state):
-    """`safe demo --state` reaches `safe policy train` (every stage stubbed: only the wiring is tested)."""
-    import safe.cli as cli
-    import safe.cli_eval as cli_eval
-    import safe.cli_policy as cli_policy
+    """`safe demo --state` reaches the policy stage (every stage stubbed: only the wiring is tested)."""
+    from pathlib import Path
+
+    from safe.runs import StageResult
 
     seen = {}
     monkeypatch.setenv("SAFE_CACHE", str(tmp_path / "cache"))
-    for module, name in ((cli, "cmd_data"), (cli, "cmd_base"), (cli, "cmd_verify"), (cli, "cmd_train"),
-                         (cli_eval, "cmd_eval"), (cli_eval, "cmd_report")):
-        monkeypatch.setattr(module, name, lambda args: 0)
 
-    def policy(args):
-        seen["policy"] = args
-        return 0
+    class Done(StageResult):
+        path = Path(tmp_path)
 
-    monkeypatch.setattr(cli_policy, "cmd_policy", policy)
+    for target in ("builtin.synth", "builtin.build_base", "verify.verify", "stage_a.train", "evaluate.evaluate",
+                   "evaluate.report"):
+        monkeypatch.setattr(f"safe.stages.{target}", lambda cfg: Done())
+
+    def policy(cfg):
+        seen["policy"] = cfg
+        return Done()
+
+    monkeypatch.setattr("safe.stages.policy.train_policy", policy)
     assert main(["demo", "--run-dir", str(tmp_path / "run"), *flags]) == 0
-    assert seen["policy"].action == "train" and seen["policy"].state == state
+    assert seen["policy"].policy.state == state

@@ -3,9 +3,20 @@ no dense block) trained and scored on the run's data, seeds with 95% CIs, resuma
 the grid (lambda = 0, heuristic gates) comes from the run's own ``safe policy train``."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
+import torch
+
+from safe.data.source import DataSource
+from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
+from safe.training.ablation import METRICS, _atomic_write, _slug, select_grid, summarise
+from safe.training.config import load_stage_a_config
 from safe.stages.common import DataOptions, StageError, base_path, config_path, data_source
 
 
@@ -59,7 +70,6 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     ``ablations``, and refresh report.html when the run has been evaluated."""
     from safe.evaluation.protocol import stage_b_ablations
     from safe.stages.evaluate import EvalResult, ReportConfig, report
-    from safe.stages.loading import run_ablations
     from safe.stages.policy import PolicyResult
 
     base = base_path(cfg.base)
@@ -75,3 +85,68 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     if run.read(EvalResult):
         report(ReportConfig(run_dir=cfg.run_dir))
     return result
+
+
+def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
+                  overrides: Sequence[str] = (), steps: int | None = None, seeds: int = 1,
+                  names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True) -> dict:
+    """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
+    steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
+    ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``."""
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.data.prepared import encoder_fingerprint, prepare
+    from safe.models.safe_model import SAFEModel
+    from safe.training.evaluate import evaluate_stage_a
+    from safe.stages.loading import load_frozen
+    from safe.training.stage_a import StageATrainer
+
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
+    grid = select_grid(names)
+    common = [*overrides, *([f"steps={steps}"] if steps is not None else [])]
+    configs = {name: load_stage_a_config(config, [*common, *extra]) for name, extra in grid.items()}  # fail early
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "ablations.json"
+    vl, encoder, fmt, frontend = load_frozen(base_dir)
+    fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": data.fingerprint(),
+                   "base_vl": state_hash(vl), "split": eval_split}
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {"fingerprint": fingerprint, "runs": {}}
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{state_file} holds ablations of another recipe, step count, benchmark or base "
+                         f"({state.get('fingerprint')}); use another --out or delete it")
+    t0 = time.perf_counter()
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(encoder, frontend))
+    probe = SAFEModel(vl, encoder, configs[next(iter(configs))].safe_config())  # prepare() reads the model's formats
+    try:
+        sets = {split: prepare(data.split(split), fmt, probe, frontend, cache, progress=progress)
+                for split in ("train", "retention", eval_split)}
+    finally:
+        probe.remove_hooks()
+    for name, recipe in configs.items():
+        for seed in range(seeds):
+            key = f"{name}/seed{seed}"
+            if key in state["runs"]:
+                continue
+            cfg = dataclasses.replace(recipe, seed=seed)
+            torch.manual_seed(cfg.seed)
+            model = SAFEModel(vl, encoder, cfg.safe_config())
+            try:
+                if progress:
+                    print(f"  ablation {key}: {', '.join(grid[name]) or 'the recipe'} ({cfg.steps} steps)")
+                trainer = StageATrainer(model, fmt, sets["train"], sets["retention"], cfg, out / _slug(name) / f"seed{seed}",
+                                        progress=progress, fingerprint={"ablation": key, **fingerprint})
+                fit = trainer.fit(resume=True)
+                result = evaluate_stage_a(model, fmt, sets[eval_split])
+                trainable = sum(p.numel() for p in model.trainable_parameters())
+            finally:
+                model.remove_hooks()
+            state["runs"][key] = {**{m: result[m] for m in METRICS if m in result}, "trainable_parameters": trainable,
+                                  "train_seconds": fit["seconds"], "steps": fit["steps"]}
+            _atomic_write(state_file, state)
+    rows = summarise(state["runs"], grid)
+    return {"steps": next(iter(configs.values())).steps, "seeds": seeds, "split": eval_split,
+            "runs": {k: v for k, v in state["runs"].items() if k.split("/")[0] in grid}, "rows": rows,
+            "seconds": round(time.perf_counter() - t0, 1)}

@@ -68,7 +68,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from safe.stages.loading import load_trained
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
-    from safe.training.data import encoder_fingerprint
+    from safe.data.prepared import encoder_fingerprint
 
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"

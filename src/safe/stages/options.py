@@ -64,8 +64,11 @@ def _comma_list(item_type: type, flag: str):
             return [item_type(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{flag} takes comma-separated {item_type.__name__} values, got {text!r}") from None
+                f"{flag} takes comma-separated values, each {_KIND[item_type]}, got {text!r}") from None
     return parse
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string"}
 
 
 def _scalar(tp: type, flag: str, optional: bool):
@@ -75,7 +78,7 @@ def _scalar(tp: type, flag: str, optional: bool):
         try:
             return tp(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a {tp.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{flag} takes {_KIND[tp]}, got {text!r}") from None
     return parse
 
 
@@ -132,7 +135,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: st
             else:
                 parser.add_argument(flag, type=_comma_list(item, flag), metavar="A,B,...", **kw)
         elif tp in (str, int, float):
-            parser.add_argument(flag, type=_scalar(tp, flag, optional), metavar=f.metadata.get("metavar", f.name.upper()), **kw)
+            metavar = f.metadata.get("metavar", f.name.upper())
+            parser.add_argument(flag, type=_scalar(tp, flag, optional), metavar=metavar, **kw)
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {tp!r}")
 

@@ -62,7 +62,7 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.policy.stage import run_policy_stage
     from safe.stages.loading import load_trained
-    from safe.training.data import encoder_fingerprint
+    from safe.data.prepared import encoder_fingerprint
 
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"

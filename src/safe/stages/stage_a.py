@@ -1,9 +1,16 @@
 """``safe train``: Stage A (projector + gated adapters) from a YAML recipe, into a run directory."""
 from __future__ import annotations
 
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from safe.data.source import DataSource
+from safe.training.config import StageAConfig
+from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
 from safe.stages.common import DataOptions, DType, base_path, config_path, data_source
 
@@ -73,7 +80,6 @@ def train(cfg: TrainConfig) -> StageAResult:
     split, record ``stage_a``. With no ``--base`` the built-in models are built first when missing."""
     from safe.models.loading import parse_dtype
     from safe.stages.builtin import BaseBuildConfig, build_base
-    from safe.stages.loading import run_stage_a
     from safe.training.config import load_stage_a_config
 
     overrides = list(cfg.overrides)
@@ -91,3 +97,59 @@ def train(cfg: TrainConfig) -> StageAResult:
     result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
     run.record(result)
     return result
+
+
+def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_dir: str | Path, *,
+                audio: str | Path | None = None, dtype=torch.float32, template: str | None = None,
+                fresh: bool = False, stop_after: int | None = None, eval_split: str = "test",
+                max_train: int | None = None, max_eval: int | None = None, progress: bool = True) -> dict:
+    """Train Stage A on ``data``'s ``train`` and ``retention`` splits into ``run_dir`` (resuming a killed
+    run unless ``fresh``) and evaluate on its ``eval_split``. ``base_dir``/``audio``: see
+    :func:`load_safe`. Returns the ``stage_a`` metrics."""
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.data.prepared import encoder_fingerprint, prepare
+    from safe.training.evaluate import evaluate_stage_a
+    from safe.stages.loading import load_safe
+    from safe.training.stage_a import StageATrainer
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template)
+    hashes = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
+    if fresh:  # only once the models loaded: a typo in --base must not wipe a good run
+        for sub in ("checkpoints", "logs/stage_a"):
+            if (run_dir / sub).exists():
+                shutil.rmtree(run_dir / sub)
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    train = data.split("train")[:max_train]
+    retention = data.split("retention")
+    test = data.split(eval_split)[:max_eval]
+    train_set = prepare(train, fmt, model, frontend, cache, progress=progress)
+    retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
+    test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
+    prep_seconds = time.perf_counter() - t0
+    fingerprint = {**hashes, "benchmark": data.fingerprint(),
+                   "max_train": max_train}
+    trainer = StageATrainer(model, fmt, train_set, retention_set, cfg, run_dir, progress=progress,
+                            fingerprint=fingerprint)
+    fit = trainer.fit(resume=True, stop_after=stop_after)
+    if fit.get("interrupted"):
+        return fit
+    t1 = time.perf_counter()
+    result = evaluate_stage_a(model, fmt, test_set, progress=progress)
+    after = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
+    return {
+        **result,
+        "eval_split": eval_split,
+        "frozen_hashes_before": hashes, "frozen_hashes_after": after,
+        "frozen_byte_identical": hashes == after,
+        "train_seconds": fit["seconds"], "prepare_seconds": round(prep_seconds, 2),
+        "eval_seconds": round(time.perf_counter() - t1, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "steps": fit["steps"], "lambda_retention_final": fit["lambda_retention"],
+        "base_retention_accuracy": fit["base_retention_accuracy"],
+        "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
+        "history": fit["history"], "config": cfg.to_dict(),
+        "parameters": dict(model.parameter_report()),
+        "checkpoint": str(run_dir / "checkpoints" / "final"),
+    }

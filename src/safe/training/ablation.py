@@ -2,28 +2,22 @@
 recipe plus a few ``key=value`` overrides, trained for the same number of steps and seeds and scored
 on the same split, so the rows of the table differ in exactly what their name says.
 
-The frozen models are loaded and the benchmark prepared once; each entry then wraps the same frozen
+The grid and its summary live here; :func:`safe.stages.ablate.run_ablations` trains it. The frozen models are loaded and the benchmark prepared once; each entry then wraps the same frozen
 base in a fresh :class:`~safe.models.safe_model.SAFEModel` (hooks removed afterwards), trains it with
 :class:`~safe.training.stage_a.StageATrainer` into ``<out>/<entry>/seed<k>`` and evaluates it with
-:func:`~safe.evaluation.stage_a.evaluate_stage_a`. Each finished (entry, seed) is written to
+:func:`~safe.training.evaluate.evaluate_stage_a`. Each finished (entry, seed) is written to
 ``<out>/ablations.json`` at once, so a killed grid resumes where it stopped; the recipe, steps and
 benchmark are fingerprinted there and a mismatch raises instead of mixing runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
-from safe.data import synth
 from safe.evaluation.stats import mean_ci
-from safe.models.integrity import state_hash
-from safe.training.config import load_stage_a_config
 
 STAGE_A_GRID: dict[str, list[str]] = {
     "reference": [],
@@ -40,7 +34,7 @@ STAGE_A_GRID: dict[str, list[str]] = {
 
 METRICS = ("audio_accuracy", "vl_accuracy_gate_open", "vl_retention_ratio_gate_open", "vl_answers_changed_gate_open",
            "caption_cider_d", "answers_identical_gate_closed")
-"""What each run records from :func:`~safe.evaluation.stage_a.evaluate_stage_a` (test split)."""
+"""What each run records from :func:`~safe.training.evaluate.evaluate_stage_a` (test split)."""
 
 
 def _slug(name: str) -> str:
@@ -84,68 +78,3 @@ def summarise(runs: dict[str, dict[str, Any]], grid: dict[str, list[str]]) -> li
         row["train_seconds"] = float(sum(r["train_seconds"] for r in done) / len(done))
         rows.append(row)
     return rows
-
-
-def run_ablations(bench_dir: str | Path, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
-                  overrides: Sequence[str] = (), steps: int | None = None, seeds: int = 1,
-                  names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True) -> dict:
-    """Train and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
-    steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
-    ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``."""
-    from safe.data.embedding_cache import AudioEmbeddingCache
-    from safe.evaluation.stage_a import evaluate_stage_a
-    from safe.models.safe_model import SAFEModel
-    from safe.training.data import encoder_fingerprint, prepare
-    from safe.training.pipeline import load_frozen
-    from safe.training.stage_a import StageATrainer
-
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
-    grid = select_grid(names)
-    common = [*overrides, *([f"steps={steps}"] if steps is not None else [])]
-    configs = {name: load_stage_a_config(config, [*common, *extra]) for name, extra in grid.items()}  # fail early
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_file = out / "ablations.json"
-    vl, encoder, fmt, frontend = load_frozen(base_dir)
-    fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": synth.benchmark_fingerprint(bench_dir),
-                   "base_vl": state_hash(vl), "split": eval_split}
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {"fingerprint": fingerprint, "runs": {}}
-    if state.get("fingerprint") != fingerprint:
-        raise ValueError(f"{state_file} holds ablations of another recipe, step count, benchmark or base "
-                         f"({state.get('fingerprint')}); use another --out or delete it")
-    t0 = time.perf_counter()
-    cache = AudioEmbeddingCache(Path(bench_dir) / ".embedding_cache", encoder_fingerprint(encoder, frontend))
-    probe = SAFEModel(vl, encoder, configs[next(iter(configs))].safe_config())  # prepare() reads the model's formats
-    try:
-        sets = {split: prepare(synth.load_split(bench_dir, split), fmt, probe, frontend, cache, progress=progress)
-                for split in ("train", "retention", eval_split)}
-    finally:
-        probe.remove_hooks()
-    for name, recipe in configs.items():
-        for seed in range(seeds):
-            key = f"{name}/seed{seed}"
-            if key in state["runs"]:
-                continue
-            cfg = dataclasses.replace(recipe, seed=seed)
-            torch.manual_seed(cfg.seed)
-            model = SAFEModel(vl, encoder, cfg.safe_config())
-            try:
-                if progress:
-                    print(f"  ablation {key}: {', '.join(grid[name]) or 'the recipe'} ({cfg.steps} steps)")
-                trainer = StageATrainer(model, fmt, sets["train"], sets["retention"], cfg, out / _slug(name) / f"seed{seed}",
-                                        progress=progress, fingerprint={"ablation": key, **fingerprint})
-                fit = trainer.fit(resume=True)
-                result = evaluate_stage_a(model, fmt, sets[eval_split])
-                trainable = sum(p.numel() for p in model.trainable_parameters())
-            finally:
-                model.remove_hooks()
-            state["runs"][key] = {**{m: result[m] for m in METRICS if m in result}, "trainable_parameters": trainable,
-                                  "train_seconds": fit["seconds"], "steps": fit["steps"]}
-            _atomic_write(state_file, state)
-    rows = summarise(state["runs"], grid)
-    return {"steps": next(iter(configs.values())).steps, "seeds": seeds, "split": eval_split,
-            "runs": {k: v for k, v in state["runs"].items() if k.split("/")[0] in grid}, "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 1)}
