@@ -19,8 +19,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_builtin(tmp_path_factory):
     """Tiny benchmark + tiny built-in models, built once per test session (a few seconds)."""
-    from safe.data import synth
-    from safe.models.builtin import BuiltinConfig, build_builtin_models
+    from safe import bench as synth
+    from safe.bench.build import BuiltinConfig, build_builtin_models
 
     root = tmp_path_factory.mktemp("builtin")
     bench = synth.generate_benchmark(root / "bench", synth.SynthConfig.tiny(), progress=False)

@@ -31,8 +31,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import torch
 
     from safe.evaluation.safety import verify_model
-    from safe.models import presets
-    from safe.models.loading import load_audio_encoder, load_base, parse_dtype
+    from safe.bench import presets
+    from safe.models.loading import parse_dtype
     from safe.models.safe_model import SAFEConfig, SAFEModel
     from safe.runs import RunDir
 
@@ -49,8 +49,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results, ok = {}, True
     for base_spec, audio_spec in pairs:
         t0 = time.perf_counter()
-        base = load_base(base_spec, dtype, args.device)
-        encoder = load_audio_encoder(audio_spec, dtype, args.device)
+        base = presets.load_base_or_preset(base_spec, dtype, args.device)
+        encoder = presets.load_audio_encoder_or_preset(audio_spec, dtype, args.device)
         model = SAFEModel(base, encoder, SAFEConfig(fusion_layers=layers))
         vl = {k: v.to(args.device) for k, v in presets.random_vl_inputs(base, args.batch, dtype=dtype).items()}
         audio = presets.random_audio(model.audio_encoder.model, args.batch, dtype=dtype).to(args.device)
@@ -111,14 +111,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _synth_config(args: argparse.Namespace):
-    from safe.data.synth import SynthConfig
+    from safe.bench import SynthConfig
 
     extra = {k: v for k, v in (("snr_db", args.snr_db), ("vl_share", args.vl_share)) if v is not None}
     return SynthConfig.tiny(seed=args.seed, **extra) if args.tiny else SynthConfig(seed=args.seed, **extra)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from safe.data import synth
+    from safe import bench as synth
 
     out = Path(args.out) if args.out else _cache_dir() / "benchmark"
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def _add_base_args(p: argparse.ArgumentParser) -> None:
 def _ensure_benchmark(path: Path | None, tiny: bool) -> Path:
     """A benchmark given with --data is used as it is (it must be complete); the default location is
     generated when missing (and reused, byte-identical, when present)."""
-    from safe.data import synth
+    from safe import bench as synth
 
     if path is not None:
         synth.load_benchmark_info(path)  # raises BenchmarkMissingError naming what is wrong
@@ -171,7 +171,7 @@ def _print_base(manifest: dict) -> None:
 def cmd_base(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from safe.models.builtin import BuiltinConfig, build_builtin_models
+    from safe.bench.build import BuiltinConfig, build_builtin_models
     from safe.runs import RunDir
 
     bench = _ensure_benchmark(Path(args.data) if args.data else None, args.tiny)
@@ -229,6 +229,7 @@ def _print_stage_a(m: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from safe.models.loading import parse_dtype
+    from safe.bench.files import BuiltinSource
     from safe.runs import RunDir
     from safe.training.config import load_stage_a_config
     from safe.training.pipeline import run_stage_a
@@ -244,7 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cmd_base(argparse.Namespace(action="build", data=str(bench), out=str(base), tiny=args.tiny, seed=0,
                                     force=False, run_dir=None))
     run = RunDir(args.run_dir)
-    metrics = run_stage_a(bench, base, cfg, run.path, audio=getattr(args, "audio", None), dtype=dtype,
+    metrics = run_stage_a(BuiltinSource(bench), base, cfg, run.path, audio=getattr(args, "audio", None), dtype=dtype,
                           template=getattr(args, "template", None), fresh=args.fresh)
     run.record("stage_a", {k: v for k, v in metrics.items() if k != "samples"})
     _print_stage_a(metrics)

@@ -27,11 +27,12 @@ def print_gates(gates: list[dict]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from safe.bench.files import BuiltinSource
     from safe.cli import _data_and_base
     from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.data.prepared import encoder_fingerprint
     from safe.evaluation.protocol import run_eval
     from safe.runs import RunDir
-    from safe.training.data import encoder_fingerprint
     from safe.training.pipeline import load_trained
 
     run = RunDir(args.run_dir)
@@ -40,9 +41,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, fmt, frontend = load_trained(base, ckpt)
     if model.policy is None:
         raise ValueError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")
-    cache = AudioEmbeddingCache(bench / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
+    data = BuiltinSource(bench)
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
     metrics = run.metrics()
-    ev = run_eval(model, fmt, frontend, bench, cache, policy_metrics=metrics.get("policy"),
+    ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=metrics.get("policy"),
                   stage_a=metrics.get("stage_a"), split=args.split)
     run.record("eval", ev)
     r, g = ev["retention"], ev["audio_gains"]
@@ -111,6 +113,7 @@ def add_ablate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from safe.bench.files import BuiltinSource
     from safe.cli import _config_path, _data_and_base
     from safe.runs import RunDir
     from safe.training.ablation import run_ablations
@@ -121,7 +124,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{what}: {path.parent} has no {path.name}; run `make demo` (or safe data synth / "
                                     "safe base build) first")
-    result = run_ablations(bench, base, _config_path(args.config), run.path / "ablations", overrides=args.overrides,
+    result = run_ablations(BuiltinSource(bench), base, _config_path(args.config), run.path / "ablations", overrides=args.overrides,
                            steps=args.steps, seeds=args.seeds, names=args.only, eval_split=args.split)
     run.record("ablations", result)
     print(f"\nStage A ablations on {result['split']} ({result['steps']} steps each, {result['seeds']} seed(s), "

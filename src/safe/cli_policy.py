@@ -103,9 +103,10 @@ def cmd_policy(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     if args.action == "distill":
         return _distill_again(run, args)
+    from safe.bench.files import BuiltinSource
     from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.data.prepared import encoder_fingerprint
     from safe.policy.stage import PolicyStageConfig, run_policy_stage
-    from safe.training.data import encoder_fingerprint
     from safe.training.pipeline import load_trained
 
     cfg = PolicyStageConfig(alphas=_alphas(args.alphas), alpha=args.alpha, steps=args.steps, seeds=args.seeds,
@@ -114,8 +115,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
     bench, base = _data_and_base(args)
     ckpt = Path(args.checkpoint) if args.checkpoint else run.path / "checkpoints" / "final"
     model, fmt, frontend = load_trained(base, ckpt)
-    cache = AudioEmbeddingCache(bench / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
-    metrics, _ = run_policy_stage(model, fmt, frontend, bench, cfg, cache, out_dir=run.path / "policy", progress=True)
+    data = BuiltinSource(bench)
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    metrics, _ = run_policy_stage(model, fmt, frontend, data, cfg, cache, out_dir=run.path / "policy", progress=True)
     out = model.save_pretrained(run.path / "checkpoints" / "policy")
     metrics["checkpoint"] = str(out)
     run.record("policy", metrics)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from safe.cli import main
-from safe.models.builtin import BuiltinConfig, build_builtin_models, read_manifest
+from safe.bench.build import BuiltinConfig, build_builtin_models, read_manifest
 
 
 def test_build_is_cached_and_reused(tiny_builtin):
@@ -44,8 +44,8 @@ def test_cli_data_and_base_commands(tmp_path, capsys):
 def test_builtin_vl_model_reaches_the_accuracy_floor_and_cannot_hear(tmp_path):
     """The default VL build (the real recipe; ~2.5 min on 2 cores) answers VL-only test questions at
     >= 95% and does no better than a deaf guesser on audio questions."""
-    from safe.data import synth
-    from safe.models.builtin_audio import AudioEncoderBuildConfig
+    from safe import bench as synth
+    from safe.bench.audio_model import AudioEncoderBuildConfig
 
     torch.set_num_threads(2)
     bench = synth.generate_benchmark(tmp_path / "bench", synth.SynthConfig(), progress=False)

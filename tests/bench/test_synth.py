@@ -12,28 +12,12 @@ from PIL import Image
 
 from safe.data.audio_io import read_wav
 from safe.data.records import Example
-from safe.data.synth import (
-    AUDIO_FAMILIES,
-    AUDIO_VISUAL_FAMILIES,
-    NUMBER_WORDS,
-    PITCHED_KINDS,
-    QUESTION_FAMILIES,
-    SHAPE_SOUNDS,
-    SOUND_KINDS,
-    VL_FAMILIES,
-    BenchmarkMissingError,
-    SynthConfig,
-    _split_plan,
-    add_noise,
-    describe_clip,
-    generate_benchmark,
-    load_benchmark_info,
-    load_split,
-    majority_baseline,
-    make_example,
-    object_guess_baseline,
-    synthesize_clip,
-)
+from safe.bench.audio import NUMBER_WORDS, PITCHED_KINDS, SHAPE_SOUNDS, SOUND_KINDS, describe_clip, synthesize_clip
+from safe.bench.baselines import majority_baseline, object_guess_baseline
+from safe.bench.files import BenchmarkMissingError, generate_benchmark, load_benchmark_info, load_split
+from safe.bench.questions import (AUDIO_FAMILIES, AUDIO_VISUAL_FAMILIES, QUESTION_FAMILIES, VL_FAMILIES,
+                                  SynthConfig, make_example, split_plan)
+from safe.evaluation.robustness import add_noise
 
 SR = 16000
 
@@ -75,7 +59,7 @@ def test_different_seed_differs(bench, tmp_path):
 def test_example_does_not_depend_on_generation_order():
     # Each example is a pure function of (config, split, index): building one alone gives the same bytes.
     cfg = SynthConfig.tiny()
-    plan = _split_plan(cfg, "train")
+    plan = split_plan(cfg, "train")
     ex_a, img_a, wav_a = make_example(cfg, "train", 17, plan)
     ex_b, img_b, wav_b = make_example(cfg, "train", 17)
     assert ex_a == ex_b and img_a.tobytes() == img_b.tobytes() and np.array_equal(wav_a, wav_b)
@@ -122,10 +106,10 @@ def test_no_ood_split_without_held_out_sounds():
 def test_vl_share_respected(vl_share):
     cfg = SynthConfig(vl_share=vl_share)
     for split in ("train", "val", "test", "ood_test"):
-        plan = _split_plan(cfg, split)
+        plan = split_plan(cfg, split)
         n_vl = sum(not QUESTION_FAMILIES[fam] for fam, _ in plan)
         assert abs(n_vl - vl_share * len(plan)) <= 1
-    assert all(not QUESTION_FAMILIES[fam] for fam, _ in _split_plan(cfg, "retention"))
+    assert all(not QUESTION_FAMILIES[fam] for fam, _ in split_plan(cfg, "retention"))
 
 
 def test_families_and_needs_audio_labels(splits):
@@ -143,7 +127,7 @@ def test_families_and_needs_audio_labels(splits):
 
 def test_audio_families_balanced_among_themselves_and_within():
     cfg = SynthConfig()  # default sizes: the plan is cheap, no files are written
-    plan = _split_plan(cfg, "train")
+    plan = split_plan(cfg, "train")
     fam_counts = Counter(fam for fam, _ in plan if QUESTION_FAMILIES[fam])
     assert max(fam_counts.values()) - min(fam_counts.values()) <= 1
     for family in AUDIO_FAMILIES:

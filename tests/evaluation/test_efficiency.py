@@ -17,7 +17,7 @@ from safe.evaluation.efficiency import (
     safe_memory_report,
     time_calls,
 )
-from safe.models import presets
+from safe.bench import presets
 
 
 # ------------------------------------------------------------------------------------ latency

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from safe.bench.files import BuiltinSource
 from safe.evaluation.protocol import run_eval
 from safe.evaluation.report import report_sections, write_report
 from safe.models.safe_model import SAFEConfig, SAFEModel
@@ -23,8 +24,8 @@ def evaluated(tiny_builtin):
     model.set_gates(1.0)
     cfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=3, seeds=2, train_rows=40, cost_batch=8,
                             distill_epochs=2, latency_batches=[1, 8])
-    policy, _ = run_policy_stage(model, fmt, frontend, bench, cfg)
-    ev = run_eval(model, fmt, frontend, bench, policy_metrics=policy, stage_a={"frozen_byte_identical": True})
+    policy, _ = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg)
+    ev = run_eval(model, fmt, frontend, BuiltinSource(bench), policy_metrics=policy, stage_a={"frozen_byte_identical": True})
     yield model, policy, ev
     model.remove_hooks()
 
@@ -55,11 +56,12 @@ def test_eval_fills_every_section_from_measurements(evaluated):
 def test_flops_count_the_audio_encoder_exactly(evaluated, tiny_builtin):
     """Always-audio FLOPs = the same calls fed cached encoder outputs + the encoder's own FLOPs; the
     policy's count encodes exactly the rows it picked."""
-    from safe.data import synth
+    from safe import bench as synth
     from safe.evaluation.efficiency import count_flops
     from safe.evaluation.protocol import FLOP_ROWS
-    from safe.policy.outcomes import MAX_NEW_TOKENS, read_waveforms
-    from safe.training.data import prepare
+    from safe.data.prepared import read_waveforms
+    from safe.models.generation import MAX_NEW_TOKENS
+    from safe.data.prepared import prepare
 
     model, _, ev = evaluated
     bench, base = tiny_builtin

@@ -3,7 +3,7 @@ import copy
 import torch
 
 from safe import SAFEConfig, SAFEModel
-from safe.models import presets as P
+from safe.bench import presets as P
 
 MIXED = torch.tensor([True, False, True, False])
 

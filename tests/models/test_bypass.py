@@ -129,7 +129,7 @@ def test_context_cleared_when_base_raises():
 
 
 def test_wrapping_keeps_base_state_dict_keys():
-    from safe.models import presets as P
+    from safe.bench import presets as P
 
     base = P.tiny_base("llava")
     keys = list(base.state_dict())

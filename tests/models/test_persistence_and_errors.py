@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from safe import SAFEConfig, SAFEModel
-from safe.models import presets as P
+from safe.bench import presets as P
 from safe.models.safe_model import CONFIG_NAME, WEIGHTS_NAME
 from tests.models.helpers import MIXED, build, inputs
 

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from safe.bench.files import BuiltinSource
 from safe.cli import main
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
@@ -31,7 +32,7 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0, 0.3], alpha=0.0, steps=4, seeds=2, train_rows=40, cost_batch=8,
                             distill_epochs=3, latency_batches=[1, 8], state="cascade")
-    m, art = run_policy_stage(model, fmt, frontend, bench, cfg, out_dir=tmp_path)
+    m, art = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg, out_dir=tmp_path)
     assert m["state"]["confidence_dim"] == 3  # the proposal's state: the base's confidence included
     assert m["rows"]["test"] == 60 and m["rows"]["train"] == 80
     for key in ("never", "always", "oracle", "random", "confidence", "entropy", "distilled", "no_constraint"):
@@ -61,7 +62,7 @@ def test_policy_stage_with_the_early_state(tiny_ckpt):
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=4, seeds=1, train_rows=40, cost_batch=8,
                             distill_epochs=3, latency_batches=[8], state="early")
-    m, _ = run_policy_stage(model, fmt, frontend, bench, cfg)
+    m, _ = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg)
     assert m["state"]["confidence_dim"] == 0 and m["state_dim"] == m["state"]["question_dim"] * 2 + 34
     for costs in m["costs_ms_per_query"].values():
         extra = costs["state"] + costs["preview"] + costs["policy"]

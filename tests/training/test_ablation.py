@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from safe.bench.files import BuiltinSource
 from safe.evaluation.stats import mean_ci
 from safe.training.ablation import STAGE_A_GRID, run_ablations, select_grid, summarise
 from tests.training.test_stage_a import FAST
@@ -34,7 +35,7 @@ def test_summary_mean_and_ci_over_seeds_by_hand():
 def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, monkeypatch):
     bench, base = tiny_builtin
     names = ["reference", "no retention loss", "rank=4"]
-    out = run_ablations(bench, base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
+    out = run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
     assert sorted(out["runs"]) == sorted(f"{n}/seed{s}" for n in names for s in (0, 1))
     assert all(r["steps"] == STEPS for r in out["runs"].values())
     rows = {r["name"]: r for r in out["rows"]}
@@ -50,10 +51,10 @@ def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, mon
         raise AssertionError("a finished entry was trained again")
 
     monkeypatch.setattr("safe.training.stage_a.StageATrainer.fit", no_training)
-    again = run_ablations(bench, base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
+    again = run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
     assert again["runs"] == out["runs"]
     with pytest.raises(ValueError, match="holds ablations of another recipe, step count"):
-        run_ablations(bench, base, None, tmp_path, overrides=FAST, steps=STEPS + 1, names=names, progress=False)
+        run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS + 1, names=names, progress=False)
 
 
 @pytest.mark.parametrize("kw,match", [({"seeds": 0}, "--seeds must be a positive integer"),
@@ -61,7 +62,7 @@ def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, mon
                                       ({"names": ["nope"]}, "unknown ablation")])
 def test_bad_arguments_name_the_flag(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
-        run_ablations(tmp_path, tmp_path, None, tmp_path / "out", **kw)
+        run_ablations(BuiltinSource(tmp_path), tmp_path, None, tmp_path / "out", **kw)
 
 
 def test_ablate_command_prints_both_halves_of_the_grid(tiny_builtin, tmp_path, monkeypatch, capsys):

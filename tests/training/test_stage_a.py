@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from safe.bench.files import BuiltinSource
 from safetensors.torch import load_file
 
 from safe.training.config import load_stage_a_config
@@ -21,11 +22,11 @@ def _weights(run_dir):
 def test_resumed_run_is_bit_identical_to_uninterrupted(tiny_builtin, tmp_path):
     bench, base = tiny_builtin
     cfg = load_stage_a_config(None, FAST)
-    straight = run_stage_a(bench, base, cfg, tmp_path / "a", progress=False, max_eval=8)
-    killed = run_stage_a(bench, base, cfg, tmp_path / "b", progress=False, stop_after=8)  # dies after step 8
+    straight = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path / "a", progress=False, max_eval=8)
+    killed = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path / "b", progress=False, stop_after=8)  # dies after step 8
     assert killed == {"interrupted": True, "step": 8}
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step_000005"
-    resumed = run_stage_a(bench, base, cfg, tmp_path / "b", progress=False, max_eval=8)  # rerun the command
+    resumed = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path / "b", progress=False, max_eval=8)  # rerun the command
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert straight["history"] == resumed["history"]
@@ -34,7 +35,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tiny_builtin, tmp_path):
 
 def test_training_moves_only_safe_weights_and_starts_silent(tiny_builtin, tmp_path):
     bench, base = tiny_builtin
-    m = run_stage_a(bench, base, load_stage_a_config(None, FAST), tmp_path, progress=False, max_eval=8)
+    m = run_stage_a(BuiltinSource(bench), base, load_stage_a_config(None, FAST), tmp_path, progress=False, max_eval=8)
     first = m["history"][0]
     # At the zero-gate start the adapted model is the base: the retention KL is exactly zero.
     assert first["loss_retention"] == 0.0 and first["loss_audio"] > 0
@@ -50,10 +51,10 @@ def test_training_moves_only_safe_weights_and_starts_silent(tiny_builtin, tmp_pa
 
 def test_resume_refuses_a_different_config(tiny_builtin, tmp_path):
     bench, base = tiny_builtin
-    run_stage_a(bench, base, load_stage_a_config(None, FAST), tmp_path, progress=False, stop_after=5)
+    run_stage_a(BuiltinSource(bench), base, load_stage_a_config(None, FAST), tmp_path, progress=False, stop_after=5)
     other = load_stage_a_config(None, [*FAST, "lr_adapters=0.01"])
     with pytest.raises(ResumeMismatch, match="lr_adapters"):
-        run_stage_a(bench, base, other, tmp_path, progress=False)
+        run_stage_a(BuiltinSource(bench), base, other, tmp_path, progress=False)
 
 
 def test_safe_train_command_writes_metrics(tiny_builtin, tmp_path, capsys):
@@ -76,9 +77,9 @@ def test_safe_train_command_writes_metrics(tiny_builtin, tmp_path, capsys):
 def test_resume_refuses_a_checkpoint_trained_on_other_data(tiny_builtin, tmp_path):
     bench, base = tiny_builtin
     cfg = load_stage_a_config(None, FAST)
-    run_stage_a(bench, base, cfg, tmp_path, progress=False, stop_after=5)
+    run_stage_a(BuiltinSource(bench), base, cfg, tmp_path, progress=False, stop_after=5)
     with pytest.raises(ResumeMismatch, match="max_train"):
-        run_stage_a(bench, base, cfg, tmp_path, progress=False, max_train=30)
+        run_stage_a(BuiltinSource(bench), base, cfg, tmp_path, progress=False, max_train=30)
     # --fresh starts over instead (and clears the old TensorBoard logs)
-    m = run_stage_a(bench, base, cfg, tmp_path, progress=False, max_train=30, fresh=True, max_eval=4)
+    m = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path, progress=False, max_train=30, fresh=True, max_eval=4)
     assert m["steps"] == 12

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from safe.data import synth
+from safe import bench as synth
+from safe.bench import presets as P
+from safe.bench.files import BuiltinSource
 from safe.data.vl_batches import build_tokenizer, words_of
-from safe.models import presets as P
 from safe.training.config import load_stage_a_config
 from safe.training.pipeline import run_stage_a
 
@@ -49,7 +50,7 @@ def test_stage_a_runs_on_checkpoint_directories(tiny_builtin, tmp_path, base_kin
     bench, _ = tiny_builtin
     base = _save_base(base_kind, bench, tmp_path / "base")
     audio = _save_audio(audio_kind, tmp_path / "audio")
-    m = run_stage_a(bench, base, load_stage_a_config(None, FAST), tmp_path / "run", audio=audio,
+    m = run_stage_a(BuiltinSource(bench), base, load_stage_a_config(None, FAST), tmp_path / "run", audio=audio,
                     progress=False, max_eval=10)
     assert m["frozen_byte_identical"] and m["answers_identical_gate_closed"] == 1.0
     assert m["history"][0]["loss_retention"] == 0.0  # zero gate: adapted == base
@@ -61,4 +62,4 @@ def test_checkpoint_base_needs_an_audio_checkpoint(tiny_builtin, tmp_path):
     bench, _ = tiny_builtin
     base = _save_base("llava", bench, tmp_path / "base")
     with pytest.raises(ValueError, match="--audio must name a local CLAP / Whisper checkpoint"):
-        run_stage_a(bench, base, load_stage_a_config(None, FAST), tmp_path / "run", progress=False)
+        run_stage_a(BuiltinSource(bench), base, load_stage_a_config(None, FAST), tmp_path / "run", progress=False)

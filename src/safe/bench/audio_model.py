@@ -4,7 +4,7 @@ SAFE's embedded default needs a *pretrained* audio encoder that installs offline
 2-core CPU in a couple of minutes. This module makes one: a real
 :class:`transformers.models.whisper.modeling_whisper.WhisperEncoder` (so SAFE runs it through exactly
 the code path of a real Whisper checkpoint), randomly initialised and trained to tag the built-in
-benchmark's sounds (:func:`safe.data.synth.synthesize_clip`) from their log-mel features
+benchmark's sounds (:func:`safe.bench.audio.synthesize_clip`) from their log-mel features
 (:func:`safe.data.audio_features.log_mel`). The tagging head is thrown away afterwards; what is saved
 is the encoder alone, whose last hidden states ``(n, 50, 64)`` are what SAFE's projector reads.
 
@@ -34,8 +34,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from safe.bench.audio import MAX_BEEPS, PITCHED_KINDS, PITCHES, SOUND_KINDS, synthesize_clip
 from safe.data.audio_features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
-from safe.data.synth import MAX_BEEPS, PITCHED_KINDS, PITCHES, SOUND_KINDS, add_noise, synthesize_clip
+from safe.evaluation.robustness import add_noise
 
 logger = logging.getLogger(__name__)
 

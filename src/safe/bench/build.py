@@ -17,15 +17,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from safe.data import synth
-from safe.models.builtin_vl import VLBuildConfig, accuracy_by_family, answer_questions, build_vl_model, load_vl_model
+from safe.bench import baselines, files, questions, scenes
+from safe.bench.vl_model import VLBuildConfig, build_vl_model
+from safe.data.vl_batches import load_vl_model
+from safe.models.generation import accuracy_by_family, answer_questions
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
 def _audio_config_cls():
-    from safe.models.builtin_audio import AudioEncoderBuildConfig
+    from safe.bench.audio_model import AudioEncoderBuildConfig
 
     return AudioEncoderBuildConfig
 
@@ -72,13 +74,13 @@ def evaluate_base(vl_dir: str | Path, examples, progress: bool = False) -> dict[
 def deaf_check(accuracy: dict[str, float], examples) -> dict[str, dict]:
     """Is the base no better than a guesser that cannot hear? Audio-only families: at most 5 points
     above the majority answer; audio-visual: at most the accuracy of naming a random object's colour."""
-    majority = synth.majority_baseline(examples)
-    objects = synth.object_guess_baseline(examples)
+    majority = baselines.majority_baseline(examples)
+    objects = baselines.object_guess_baseline(examples)
     out = {}
-    for fam in synth.AUDIO_ONLY_FAMILIES:
+    for fam in questions.AUDIO_ONLY_FAMILIES:
         if fam in accuracy:
             out[fam] = {"accuracy": accuracy[fam], "bound": majority[fam] + 0.05, "rule": "majority + 5 points"}
-    for fam in synth.AUDIO_VISUAL_FAMILIES:
+    for fam in questions.AUDIO_VISUAL_FAMILIES:
         if fam in accuracy:
             out[fam] = {"accuracy": accuracy[fam], "bound": max(objects.get(fam, 0.0), majority[fam]),
                         "rule": "random object of the image"}
@@ -91,31 +93,31 @@ def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: Bui
                          force: bool = False, progress: bool = True) -> dict:
     """Build the built-in VL model and audio encoder from the benchmark in ``bench_dir`` into ``out_dir``
     (or reuse a complete build with the same config and benchmark). Returns the manifest."""
-    from safe.models.builtin_audio import build_audio_encoder
+    from safe.bench.audio_model import build_audio_encoder
 
     config = config or BuiltinConfig()
     bench_dir, out_dir = Path(bench_dir), Path(out_dir)
-    info = synth.load_benchmark_info(bench_dir)
-    fingerprint = synth.benchmark_fingerprint(bench_dir)
+    info = files.load_benchmark_info(bench_dir)
+    fingerprint = files.benchmark_fingerprint(bench_dir)
     old = read_manifest(out_dir)
     if (not force and old and old.get("config_hash") == config.digest() and old.get("benchmark") == fingerprint
             and (out_dir / "vl" / "config.json").is_file() and (out_dir / "audio_encoder" / "config.json").is_file()):
         return {**old, "reused": True}
     t0 = time.perf_counter()
     bench_cfg = info["config"]
-    splits = {s: synth.load_split(bench_dir, s) for s in info["counts"]}
+    splits = {s: files.load_split(bench_dir, s) for s in info["counts"]}
     train_vl = [e for e in splits["train"] if not e.needs_audio]
     every = [e for s in splits.values() for e in s]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-building-"))
     try:
         vl_metrics = build_vl_model(tmp / "vl", train_vl, every, config.vl, grid=bench_cfg["grid"],
-                                    image_size=bench_cfg["image_size"], shapes=synth.SHAPES,
-                                    colours=synth.COLOUR_NAMES, progress=progress)
+                                    image_size=bench_cfg["image_size"], shapes=scenes.SHAPES,
+                                    colours=scenes.COLOUR_NAMES, progress=progress)
         audio_metrics = build_audio_encoder(tmp / "audio_encoder", config.audio, progress=progress)
         test = splits["test"]
         accuracy = evaluate_base(tmp / "vl", test, progress=progress)
-        vl_families = [f for f in synth.VL_FAMILIES if f in accuracy]
+        vl_families = [f for f in questions.VL_FAMILIES if f in accuracy]
         vl_acc = sum(accuracy[f] * sum(e.family == f for e in test) for f in vl_families) / max(
             1, sum(e.family in vl_families for e in test))
         manifest = {

@@ -5,8 +5,13 @@ checkpoint does (same classes, same layer layout), only smaller.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from safe.models.backbones import image_token_layout
+from safe.models.loading import load_audio_encoder, load_base
 
 IMAGE_TOKEN = 99          # id of the image placeholder token in the tiny vocabularies
 VOCAB = 100
@@ -95,17 +100,6 @@ def random_audio(encoder: nn.Module, batch: int, seed: int = 0, dtype=torch.floa
     return torch.randn((batch, *audio_input_shape(encoder)), generator=g).to(dtype)
 
 
-def image_token_layout(base: nn.Module) -> tuple[int, int]:
-    """(image placeholder token id, number of placeholders per image) of a LLaVA or BLIP-2 config."""
-    cfg = base.config
-    token = getattr(cfg, "image_token_id", None)
-    token = getattr(cfg, "image_token_index", None) if token is None else token
-    count = getattr(cfg, "num_query_tokens", None) or getattr(cfg, "image_seq_length", None)
-    if token is None or count is None:
-        raise ValueError(f"{type(base).__name__} config lacks the image token id or count")
-    return int(token), int(count)
-
-
 def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int = 0, dtype=torch.float32,
                      left_pad: bool = True) -> dict[str, torch.Tensor]:
     """A batch of prompts ``[image tokens][text]`` with random pixel values, for any supported base.
@@ -128,3 +122,23 @@ def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int =
     if getattr(base.config.text_config, "is_encoder_decoder", False):
         out["decoder_input_ids"] = torch.randint(0, vocab, (batch, 3), generator=g)
     return out
+
+
+def load_base_or_preset(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """``spec``: a tiny preset (``llava``, ``blip2-opt``, ``blip2-t5``) or a local checkpoint path
+    (:func:`safe.models.loading.load_base`)."""
+    if spec in BASE_PRESETS:
+        return tiny_base(spec).to(device=device, dtype=dtype)
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"base model {spec!r} is neither a preset {BASE_PRESETS} nor an existing path")
+    return load_base(spec, dtype, device)
+
+
+def load_audio_encoder_or_preset(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """``spec``: a tiny preset (``whisper``, ``clap``) or a local CLAP / Whisper checkpoint path
+    (:func:`safe.models.loading.load_audio_encoder`)."""
+    if spec in AUDIO_PRESETS:
+        return tiny_audio_encoder(spec).to(device=device, dtype=dtype)
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"audio encoder {spec!r} is neither a preset {AUDIO_PRESETS} nor an existing path")
+    return load_audio_encoder(spec, dtype, device)

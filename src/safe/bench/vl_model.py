@@ -1,5 +1,6 @@
 """The built-in frozen VL model: a small ``LlavaForConditionalGeneration`` trained on the benchmark's
-VL-only questions, saved with ``save_pretrained`` so it loads like any local LLaVA checkpoint.
+VL-only questions, saved with ``save_pretrained`` so it loads like any local LLaVA checkpoint
+(:func:`safe.data.vl_batches.load_vl_model`).
 
 Three things make a ~1M-parameter LLaVA learn colour / shape / count / position (DESIGN.md): objects on
 a grid aligned with the 16 px patches, the question before the image tokens, and an auxiliary
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from safe.data.records import Example
-from safe.data.vl_batches import Encoded, PromptFormat, build_tokenizer, image_processor, load_pixels, words_of
+from safe.data.vl_batches import PromptFormat, build_tokenizer, image_processor, load_pixels, words_of
 
 logger = logging.getLogger(__name__)
 
@@ -99,40 +100,6 @@ def _patch_targets(examples: Sequence[Example], grid: int, shapes: Sequence[str]
     return shape_t, colour_t
 
 
-@torch.no_grad()
-def answer_questions(model: nn.Module, fmt: PromptFormat, enc: Encoded, pixels: torch.Tensor,
-                     batch_size: int = 200, max_new_tokens: int = 6, progress: bool = False,
-                     extra=None, index: Sequence[int] | None = None) -> list[str]:
-    """Greedy answers of a LLaVA (or a SAFE model over one) to pre-encoded prompts.
-
-    ``extra(idx) -> dict`` adds per-batch ``generate`` arguments (e.g. SAFE's audio); ``index``
-    restricts answering to those examples (default all)."""
-    from tqdm.auto import tqdm
-
-    out: list[str] = []
-    index = list(range(len(enc.prompts))) if index is None else list(index)
-    starts = range(0, len(index), batch_size)
-    for s in tqdm(starts, desc="answering", disable=not progress, leave=False):
-        idx = index[s:s + batch_size]
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in fmt.prompt_batch(enc, idx).items()}
-        more = {k: v.to(device) for k, v in (extra(idx) if extra is not None else {}).items()}
-        gen = model.generate(**batch, pixel_values=pixels[idx].to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, **more)
-        out.extend(fmt.decode(gen, batch["input_ids"].shape[1]))
-    return out
-
-
-def accuracy_by_family(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, float]:
-    """Exact-match accuracy per question family plus ``"all"``."""
-    per: dict[str, list[bool]] = {}
-    for ex, p in zip(examples, predictions):
-        per.setdefault(ex.family, []).append(p.strip().lower() in {a.lower() for a in ex.answers})
-    out = {f: sum(v) / len(v) for f, v in sorted(per.items())}
-    out["all"] = sum(sum(v) for v in per.values()) / max(1, sum(len(v) for v in per.values()))
-    return out
-
-
 def build_vl_model(out_dir: str | Path, train: Sequence[Example], vocab_examples: Sequence[Example],
                    cfg: VLBuildConfig, *, grid: int, image_size: int, shapes: Sequence[str], colours: Sequence[str],
                    progress: bool = True) -> dict:
@@ -187,15 +154,3 @@ def build_vl_model(out_dir: str | Path, train: Sequence[Example], vocab_examples
     return {"steps": cfg.steps, "final_answer_loss": round(out.loss.item(), 5), "train_examples": len(train),
             "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - t0, 2),
             "config": asdict(cfg)}
-
-
-def load_vl_model(path: str | Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer, PromptFormat) of a built-in VL checkpoint directory, loaded like any local
-    LLaVA checkpoint (``safe.models.loading.load_base``)."""
-    from transformers import AutoTokenizer
-
-    from safe.models.loading import load_base
-
-    model = load_base(str(path), dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    return model, tokenizer, PromptFormat(tokenizer, model.config.image_seq_length)

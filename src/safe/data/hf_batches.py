@@ -32,8 +32,7 @@ class ProcessorFormat:
     def __init__(self, checkpoint: str | Path, base_model, template: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        from safe.models.backbones import resolve_backbone
-        from safe.models.presets import image_token_layout
+        from safe.models.backbones import image_token_layout, resolve_backbone
 
         self.arch = resolve_backbone(base_model).name
         self.template = template or DEFAULT_TEMPLATES[self.arch]

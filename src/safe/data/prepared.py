@@ -1,6 +1,7 @@
-"""Stage A inputs prepared once: tokenised prompts/answers, pixel tensors and cached frozen-encoder
-outputs, so a training step does no I/O and runs the audio encoder never (each clip is encoded once,
-keyed by content hash and encoder fingerprint)."""
+"""Model inputs prepared once: tokenised prompts/answers, pixel tensors and cached frozen-encoder
+outputs, so a training step or an evaluation pass does no I/O and runs the audio encoder never (each
+clip is encoded once, keyed by content hash and encoder fingerprint). Used by Stage A, the policy
+stage and evaluation."""
 from __future__ import annotations
 
 import hashlib
@@ -96,3 +97,10 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     return PreparedSet(examples, fmt.encode(examples), fmt.pixels([e.image for e in examples]),
                        encode_clips(model, [e.audio for e in examples], frontend, cache, progress=progress),
                        torch.tensor([e.needs_audio for e in examples], dtype=torch.bool))
+
+
+def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
+    """The mono waveform of each example's clip, resampled to ``sampling_rate``."""
+    from safe.data.audio_io import read_wav
+
+    return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]

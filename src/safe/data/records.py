@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The family name that marks a free-text caption row (see :attr:`Example.is_caption`).
+CAPTION_FAMILY = "caption"
+
 
 @dataclass(frozen=True)
 class Example:
@@ -13,6 +16,11 @@ class Example:
     training target; ``image`` and ``audio`` are absolute paths to existing files or ``None``
     (readers check existence before building the record); ``needs_audio`` is True exactly when the
     question cannot be answered from the image and text alone.
+
+    Captions: a row is a free-text caption (scored with caption metrics, CIDEr-D / token F1, instead
+    of exact match) exactly when its ``family`` is :data:`CAPTION_FAMILY` (``"caption"``); every
+    reader that yields captions (AudioCaps, Clotho, the built-in benchmark's caption family) names
+    the family so. :attr:`is_caption` reads this rule, so no caller needs a list of caption families.
 
     Fields:
         id: unique within its dataset split, stable across runs.
@@ -47,6 +55,11 @@ class Example:
     def answer(self) -> str:
         """The canonical answer (training target)."""
         return self.answers[0]
+
+    @property
+    def is_caption(self) -> bool:
+        """True for a free-text caption row (``family == CAPTION_FAMILY``; see the class docstring)."""
+        return self.family == CAPTION_FAMILY
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -11,6 +11,7 @@ and ``generate`` agree on positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -129,3 +130,17 @@ class PromptFormat:
                 row = row[: row.index(self.eos)]
             out.append(self.tok.decode(row, skip_special_tokens=True).strip())
         return out
+
+
+def load_vl_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, :class:`PromptFormat`) of a word-level VL checkpoint directory (the
+    ``vl/`` folder of ``safe base build``): a saved ``LlavaForConditionalGeneration`` with this
+    module's word-level tokenizer, loaded like any local LLaVA checkpoint
+    (:func:`safe.models.loading.load_base`)."""
+    from transformers import AutoTokenizer
+
+    from safe.models.loading import load_base
+
+    model = load_base(str(path), dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return model, tokenizer, PromptFormat(tokenizer, model.config.image_seq_length)

@@ -13,15 +13,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from safe.data import synth
+from safe.data.prepared import prepare, read_waveforms
+from safe.data.preview import audio_preview
+from safe.data.source import DataSource
 from safe.evaluation.attribution import lomo_drop, shapley_two_player, summarize_shapley
 from safe.evaluation.efficiency import count_flops, safe_memory_report
 from safe.evaluation.metrics import cider_d_scores
+from safe.evaluation.robustness import add_noise
+from safe.evaluation.scoring import answer_score
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
-from safe.models.builtin_vl import answer_questions
-from safe.policy.features import audio_preview
-from safe.policy.outcomes import MAX_NEW_TOKENS, answer_score, read_waveforms
-from safe.training.data import encode_clips, prepare
+from safe.models.generation import MAX_NEW_TOKENS, answer_questions
 
 SNR_LEVELS_DB = (20.0, 10.0, 0.0, -10.0)
 
@@ -60,9 +61,10 @@ def _acc(scores: Sequence[float], rows: Sequence[int]) -> float:
 
 def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, list[str]]) -> tuple[dict, dict]:
     vl = [i for i, e in enumerate(ex) if not e.needs_audio]
-    qa = [i for i, e in enumerate(ex) if e.needs_audio and e.family not in synth.CAPTION_FAMILIES]
-    cap = [i for i, e in enumerate(ex) if e.family in synth.CAPTION_FAMILIES]
+    qa = [i for i, e in enumerate(ex) if e.needs_audio and not e.is_caption]
+    cap = [i for i, e in enumerate(ex) if e.is_caption]
     families = sorted({e.family for e in ex})
+    vl_families = {e.family for e in ex if not e.needs_audio}
     right = {k: [v[i] == 1.0 for i in vl] for k, v in scores.items()}
     retention = {
         "vl_accuracy": {k: _acc(v, vl) for k, v in scores.items() if k in ("base", "gate_closed", "gate_open", "policy")},
@@ -71,7 +73,7 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
                                for k in ("gate_closed", "gate_open", "policy")}, "n": len(vl)},
         "per_family": {f: {k: _acc(scores[k], [i for i in vl if ex[i].family == f])
                            for k in ("base", "gate_closed", "gate_open", "policy")}
-                       for f in families if f in synth.VL_FAMILIES},
+                       for f in families if f in vl_families},
     }
     qa_d = cohens_d([scores["gate_open"][i] for i in qa], [scores["base"][i] for i in qa], paired=True) if qa else None
     gains = {
@@ -80,7 +82,7 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
         "audio_cohens_d_safe_vs_base": qa_d,
         "per_family": {f: {k: _acc(scores[src], [i for i in qa + cap if ex[i].family == f]) for k, src in
                            (("base", "base"), ("safe", "gate_open"), ("policy", "policy"))}
-                       for f in families if f not in synth.VL_FAMILIES},
+                       for f in families if f not in vl_families},
     }
     if cap:
         refs = [list(ex[i].answers) for i in cap]
@@ -91,32 +93,33 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
 
 def _noisy_embeddings(model, frontend, waveforms, snr_db: float, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
-    feats = frontend([synth.add_noise(np.asarray(w, dtype=np.float32), snr_db, rng) for w in waveforms])
+    feats = frontend([add_noise(np.asarray(w, dtype=np.float32), snr_db, rng) for w in waveforms])
     with torch.no_grad():
         return model.audio_encoder.encode(feats).float().cpu()
 
 
 @torch.no_grad()
-def run_eval(model, fmt, frontend, bench_dir: str | Path, cache=None, policy_metrics: dict | None = None,
+def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics: dict | None = None,
              stage_a: dict | None = None, split: str = "test", progress: bool = False) -> dict[str, Any]:
-    """Every section of the evaluation (module docstring) on ``split``; ``model`` has a policy attached."""
+    """Every section of the evaluation (module docstring) on ``data``'s ``split`` (and its ``ood_test``
+    split, when it has one, for the held-out-sounds test); ``model`` has a policy attached."""
     if model.policy is None:
         raise ValueError("run_eval needs a SAFE model with its policy attached (safe policy train writes one)")
     t0 = time.perf_counter()
-    ex = synth.load_split(bench_dir, split)
-    data = prepare(ex, fmt, model, frontend, cache, progress=progress)
+    ex = data.split(split)
+    prepared = prepare(ex, fmt, model, frontend, cache, progress=progress)
     wav = read_waveforms(ex, frontend.sampling_rate)
     previews = audio_preview(wav)
     answers: dict[str, list[str]] = {}
     with model.hooks_detached() as base:
-        answers["base"] = _answers(base, fmt, data)
+        answers["base"] = _answers(base, fmt, prepared)
     with model.audio_disabled():
-        answers["gate_closed"] = _answers(model, fmt, data)
-    answers["gate_open"] = _answers(model, fmt, data, audio=data.audio)
-    answers["policy"], used = _policy_answers(model, fmt, data, previews)
-    blank = torch.zeros_like(data.pixels)  # the normalised mean image: no visual information
-    answers["no_image_no_audio"] = _answers(model, fmt, data, pixels=blank)
-    answers["audio_only"] = _answers(model, fmt, data, pixels=blank, audio=data.audio)
+        answers["gate_closed"] = _answers(model, fmt, prepared)
+    answers["gate_open"] = _answers(model, fmt, prepared, audio=prepared.audio)
+    answers["policy"], used = _policy_answers(model, fmt, prepared, previews)
+    blank = torch.zeros_like(prepared.pixels)  # the normalised mean image: no visual information
+    answers["no_image_no_audio"] = _answers(model, fmt, prepared, pixels=blank)
+    answers["audio_only"] = _answers(model, fmt, prepared, pixels=blank, audio=prepared.audio)
     scores = {k: [answer_score(a, e) for a, e in zip(v, ex)] for k, v in answers.items()}
     retention, gains = retention_and_gains(ex, scores, answers)
     families = [e.family for e in ex]
@@ -125,14 +128,14 @@ def run_eval(model, fmt, frontend, bench_dir: str | Path, cache=None, policy_met
 
     phi_img, phi_aud = shapley_two_player(scores["no_image_no_audio"], scores["base"], scores["audio_only"],
                                           scores["gate_open"])
-    short = [i for i, e in enumerate(ex) if e.family not in synth.CAPTION_FAMILIES]  # 0/1 scores only
+    short = [i for i, e in enumerate(ex) if not e.is_caption]  # 0/1 scores only
     attribution = {"lomo": lomo_drop([scores["gate_open"][i] for i in short], [scores["gate_closed"][i] for i in short],
                                      [families[i] for i in short]),
                    "shapley": summarize_shapley(phi_img, phi_aud, families)}
 
-    robustness = _robustness(model, fmt, frontend, bench_dir, cache, data, ex, wav, scores, answers, used,
+    robustness = _robustness(model, fmt, frontend, data, cache, prepared, ex, wav, scores, answers, used,
                              audio_rows, vl_rows)
-    efficiency = _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics)
+    efficiency = _efficiency(model, fmt, prepared, previews, wav, frontend, used, policy_metrics)
     out = {"split": split, "examples": len(ex), "retention": retention, "audio_gains": gains,
            "efficiency": efficiency, "attribution": attribution, "robustness": robustness,
            "ablations": stage_b_ablations(policy_metrics), "seeds": _seeds(policy_metrics)}
@@ -141,8 +144,8 @@ def run_eval(model, fmt, frontend, bench_dir: str | Path, cache=None, policy_met
     return out
 
 
-def _robustness(model, fmt, frontend, bench_dir, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows):
-    qa = [i for i in audio_rows if ex[i].family not in synth.CAPTION_FAMILIES]
+def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows):
+    qa = [i for i in audio_rows if not ex[i].is_caption]
     sub = data.subset(qa)
     sweep = [{"snr_db": None, "audio_accuracy": _acc(scores["gate_open"], qa)}]
     for level in SNR_LEVELS_DB:
@@ -163,9 +166,8 @@ def _robustness(model, fmt, frontend, bench_dir, cache, data, ex, wav, scores, a
                        "answers_changed_own_clip": sum(answers["gate_open"][i] != answers["base"][i] for i in vl_rows),
                        "n": len(vl_rows)},
     }
-    if "ood_test" in synth.load_benchmark_info(bench_dir)["counts"]:
-        ood_ex = [e for e in synth.load_split(bench_dir, "ood_test") if e.needs_audio
-                  and e.family not in synth.CAPTION_FAMILIES]
+    if source.has_split("ood_test"):
+        ood_ex = [e for e in source.split("ood_test") if e.needs_audio and not e.is_caption]
         ood = prepare(ood_ex, fmt, model, frontend, cache)
         with model.audio_disabled():
             base_ood = _answers(model, fmt, ood)

@@ -81,3 +81,14 @@ def resolve_backbone(model: nn.Module) -> Backbone:
                             entry.image_projection(model), _image_token_id(model))
     detail = f" with a {_text_model_type(model)!r} language model" if cls == "Blip2ForConditionalGeneration" else ""
     raise ValueError(f"unsupported base model {cls}{detail}; SAFE supports: {'; '.join(SUPPORTED_BACKBONES)}")
+
+
+def image_token_layout(base: nn.Module) -> tuple[int, int]:
+    """(image placeholder token id, number of placeholders per image) of a LLaVA or BLIP-2 config."""
+    cfg = base.config
+    token = getattr(cfg, "image_token_id", None)
+    token = getattr(cfg, "image_token_index", None) if token is None else token
+    count = getattr(cfg, "num_query_tokens", None) or getattr(cfg, "image_seq_length", None)
+    if token is None or count is None:
+        raise ValueError(f"{type(base).__name__} config lacks the image token id or count")
+    return int(token), int(count)

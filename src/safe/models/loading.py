@@ -1,6 +1,8 @@
-"""Load a base VL model or an audio encoder from a preset name or a local checkpoint directory.
+"""Load a base VL model or an audio encoder from a local checkpoint directory.
 
-Nothing here downloads: local paths are opened with ``local_files_only=True``.
+Nothing here downloads: local paths are opened with ``local_files_only=True``. Names of the tiny
+random-weight presets (``llava``, ``whisper``, ...) are not checkpoints: callers that accept them
+resolve them first (``safe.bench.presets.load_base_or_preset``).
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from safe.models import presets
 from safe.models.audio_encoders import SUPPORTED_AUDIO_ENCODERS
 from safe.models.backbones import SUPPORTED_BACKBONES
 
@@ -36,13 +37,12 @@ def _architecture(path: Path, what: str) -> str:
     return archs[0]
 
 
-def _load(spec: str, what: str, preset_names, build_preset, supported: tuple[str, ...], supported_text: str,
+def _load(spec: str | Path, what: str, supported: tuple[str, ...], supported_text: str,
           dtype: torch.dtype, device: str) -> nn.Module:
-    if spec in preset_names:
-        return build_preset(spec).to(device=device, dtype=dtype)
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"{what} {spec!r} is neither a preset {preset_names} nor an existing path")
+        raise FileNotFoundError(f"{what} {str(spec)!r} is not an existing checkpoint directory "
+                                f"(supported architectures: {supported_text})")
     arch = _architecture(path, what)
     if arch not in supported:
         raise ValueError(f"{path}: architecture {arch} is not supported; SAFE supports: {supported_text}")
@@ -55,13 +55,11 @@ def _load(spec: str, what: str, preset_names, build_preset, supported: tuple[str
     return cls.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
 
 
-def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """``spec``: a tiny preset (``llava``, ``blip2-opt``, ``blip2-t5``) or a local checkpoint path."""
-    return _load(spec, "base model", presets.BASE_PRESETS, presets.tiny_base, _BASE_CLASSES,
-                 "; ".join(SUPPORTED_BACKBONES), dtype, device)
+def load_base(spec: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """A frozen-to-be base VL model from a local LLaVA / BLIP-2 checkpoint directory ``spec``."""
+    return _load(spec, "base model", _BASE_CLASSES, "; ".join(SUPPORTED_BACKBONES), dtype, device)
 
 
-def load_audio_encoder(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """``spec``: a tiny preset (``whisper``, ``clap``) or a local CLAP / Whisper checkpoint path."""
-    return _load(spec, "audio encoder", presets.AUDIO_PRESETS, presets.tiny_audio_encoder, SUPPORTED_AUDIO_ENCODERS,
-                 ", ".join(SUPPORTED_AUDIO_ENCODERS), dtype, device)
+def load_audio_encoder(spec: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """An audio encoder from a local CLAP / Whisper checkpoint directory ``spec``."""
+    return _load(spec, "audio encoder", SUPPORTED_AUDIO_ENCODERS, ", ".join(SUPPORTED_AUDIO_ENCODERS), dtype, device)

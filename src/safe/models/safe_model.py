@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import tempfile
@@ -163,11 +164,13 @@ class SAFEModel(nn.Module):
 
     def attach_policy(self, policy: nn.Module | None) -> None:
         """Attach a trained :class:`safe.policy.runtime.AudioPolicy` (None detaches). It is frozen, counted
-        in :meth:`parameter_report` and saved with :meth:`save_pretrained`."""
-        from safe.policy.runtime import AudioPolicy
+        in :meth:`parameter_report` and saved with :meth:`save_pretrained`.
 
+        Checked by what it offers (``spec``, ``config()``, ``generate_with(model, **kwargs)``), not by
+        class, so this package does not import ``safe.policy`` (the policy package builds on this one)."""
         if policy is not None:
-            if not isinstance(policy, AudioPolicy):
+            if not (isinstance(policy, nn.Module) and hasattr(policy, "spec") and callable(getattr(policy, "config", None))
+                    and callable(getattr(policy, "generate_with", None))):
                 raise TypeError(f"policy must be a safe.policy.runtime.AudioPolicy, got {type(policy).__name__}")
             want = {"question_dim": self.hidden_size, "image_dim": self.hidden_size}
             have = {"question_dim": policy.spec.question_dim, "image_dim": policy.spec.image_dim}
@@ -293,12 +296,10 @@ class SAFEModel(nn.Module):
         returned; ``audio_preview`` (n, preview_dim) is then required."""
         if self.policy is not None and audio_mask is None and not self._audio_off and (
                 audio_features is not None or audio_embeddings is not None):
-            from safe.policy.runtime import generate_with_policy
-
             if args:
                 raise ValueError("generate with a policy takes its inputs as keyword arguments (input_ids=...)")
-            return generate_with_policy(self, audio_preview=audio_preview, audio_features=audio_features,
-                                        audio_embeddings=audio_embeddings, **kwargs)
+            return self.policy.generate_with(self, audio_preview=audio_preview, audio_features=audio_features,
+                                             audio_embeddings=audio_embeddings, **kwargs)
         with self.audio_context(audio_features, audio_mask, self._batch_size(kwargs),
                                 audio_embeddings=audio_embeddings):
             return self.base_model.generate(*args, **kwargs)
@@ -355,9 +356,7 @@ class SAFEModel(nn.Module):
         model = cls(base_model, encoder, SAFEConfig.from_dict(meta["config"]))
         try:
             if meta.get("has_policy"):
-                from safe.policy.runtime import AudioPolicy
-
-                model.attach_policy(AudioPolicy.from_config(meta["policy"]))
+                model.attach_policy(_policy_class().from_config(meta["policy"]))
             state = load_file(str(w_file))
             own = model.safe_state_dict()
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -371,3 +370,14 @@ class SAFEModel(nn.Module):
             model.remove_hooks()
             raise
         return model
+
+
+POLICY_CLASS = "safe.policy.runtime:AudioPolicy"
+"""The class a checkpoint's saved policy is rebuilt with (``from_config``). Named, not imported: the
+policy package imports this one, so importing it back here would close a cycle; it is imported only
+when a checkpoint that holds a policy is loaded."""
+
+
+def _policy_class():
+    module, _, name = POLICY_CLASS.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -17,25 +17,15 @@ from typing import Any, Sequence
 
 import torch
 
+from safe.data.prepared import PreparedSet
 from safe.data.records import Example
-from safe.data.synth import CAPTION_FAMILIES
 from safe.evaluation.efficiency import time_calls
-from safe.evaluation.metrics import exact_match, token_f1
-from safe.models.builtin_vl import answer_questions
+from safe.evaluation.scoring import answer_score
+from safe.models.generation import MAX_NEW_TOKENS, answer_questions
 from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state, audio_preview
 from safe.policy.network import PolicyNetwork
 from safe.policy.runtime import base_pass, early_state_parts
 from safe.policy.table import OutcomeTable
-from safe.training.data import PreparedSet
-
-MAX_NEW_TOKENS = 6
-
-
-def answer_score(prediction: str, example: Example) -> float:
-    """1/0 exact match for short answers, token F1 against the best reference for captions."""
-    if example.family in CAPTION_FAMILIES:
-        return max(token_f1(prediction, a) for a in example.answers)
-    return float(exact_match(prediction, example.answers))
 
 
 def state_spec(model, early: bool = False) -> StateSpec:
@@ -159,9 +149,3 @@ def build_table(outcomes: dict[str, Any], data: PreparedSet, costs: dict[str, di
         is_vl=~data.needs_audio, cost_without_ms=torch.tensor([costs[f]["without_audio"] for f in fam]),
         cost_with_ms=torch.tensor([costs[f]["with_audio"] for f in fam]),
         confidence=outcomes["confidence"], entropy=outcomes["entropy"])
-
-
-def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
-    from safe.data.audio_io import read_wav
-
-    return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]

@@ -76,6 +76,12 @@ class AudioPolicy(nn.Module):
     def from_config(cls, cfg: dict[str, Any]) -> "AudioPolicy":
         return cls(StateSpec.from_dict(cfg["state"]), cfg["kind"], cfg["hidden"])
 
+    def generate_with(self, model, **kwargs) -> "PolicyGenerateOutput":
+        """``model.generate`` with this policy (attached to ``model``) choosing the audio rows: the hook
+        ``SAFEModel.generate`` calls, so the model package needs no import of this one
+        (:func:`generate_with_policy`)."""
+        return generate_with_policy(model, **kwargs)
+
     @torch.no_grad()
     def use_probability(self, states: torch.Tensor) -> torch.Tensor:
         if self.kind == "ppo":

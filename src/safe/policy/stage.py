@@ -16,14 +16,16 @@ from typing import Any
 
 import torch
 
-from safe.data import synth
+from safe.data.prepared import read_waveforms
+from safe.data.source import DataSource
 from safe.evaluation.efficiency import latency_stats
+from safe.evaluation.scoring import answer_score
 from safe.evaluation.stats import mean_ci
+from safe.models.generation import MAX_NEW_TOKENS
 from safe.policy import baselines as B
 from safe.policy.distill import distill
 from safe.policy.features import STATE_KINDS, audio_preview
-from safe.policy.outcomes import (MAX_NEW_TOKENS, answer_score, build_table, collect_outcomes, measure_costs,
-                                  read_waveforms, state_spec)
+from safe.policy.outcomes import build_table, collect_outcomes, measure_costs, state_spec
 from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
 from safe.policy.runtime import AudioPolicy
 from safe.policy.table import OutcomeTable, evaluate_actions, oracle_gap
@@ -98,7 +100,7 @@ class PolicyData:
 
 def prepare_policy_data(model, fmt, frontend, examples, cache, progress: bool = False,
                         early: bool = False) -> PolicyData:
-    from safe.training.data import prepare
+    from safe.data.prepared import prepare
 
     prepared = prepare(examples, fmt, model, frontend, cache, progress=progress)
     waveforms = read_waveforms(examples, frontend.sampling_rate)
@@ -214,14 +216,14 @@ def _deployed(model, batch, gen, preview, wav, frontend, device):
     return generate_with_policy(model, audio_preview=preview, audio_features=featurise, **batch, **gen)
 
 
-def run_policy_stage(model, fmt, frontend, bench_dir: str | Path, cfg: PolicyStageConfig, cache=None,
+def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageConfig, cache=None,
                      out_dir: str | Path | None = None, progress: bool = False) -> tuple[dict[str, Any], dict]:
     """Stages B and C (module docstring). Returns ``(metrics, artefacts)``; artefacts hold the tables,
-    the deployed :class:`AudioPolicy` and the per-row test outcomes for the evaluation."""
+    the deployed :class:`AudioPolicy` and the per-row test outcomes for the evaluation. The policy
+    learns on ``data``'s ``train`` (first ``cfg.train_rows``) plus ``val`` splits."""
     t0 = time.perf_counter()
-    bench_dir = Path(bench_dir)
-    train_ex = synth.load_split(bench_dir, "train")[: cfg.train_rows] + synth.load_split(bench_dir, "val")
-    test_ex = synth.load_split(bench_dir, cfg.eval_split)
+    train_ex = data.split("train")[: cfg.train_rows] + data.split("val")
+    test_ex = data.split(cfg.eval_split)
     early = cfg.state == "early"
     train = prepare_policy_data(model, fmt, frontend, train_ex, cache, progress, early)
     test = prepare_policy_data(model, fmt, frontend, test_ex, cache, progress, early)

@@ -5,7 +5,7 @@ on the same split, so the rows of the table differ in exactly what their name sa
 The frozen models are loaded and the benchmark prepared once; each entry then wraps the same frozen
 base in a fresh :class:`~safe.models.safe_model.SAFEModel` (hooks removed afterwards), trains it with
 :class:`~safe.training.stage_a.StageATrainer` into ``<out>/<entry>/seed<k>`` and evaluates it with
-:func:`~safe.evaluation.stage_a.evaluate_stage_a`. Each finished (entry, seed) is written to
+:func:`~safe.training.evaluate.evaluate_stage_a`. Each finished (entry, seed) is written to
 ``<out>/ablations.json`` at once, so a killed grid resumes where it stopped; the recipe, steps and
 benchmark are fingerprinted there and a mismatch raises instead of mixing runs.
 """
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from safe.data import synth
+from safe.data.source import DataSource
 from safe.evaluation.stats import mean_ci
 from safe.models.integrity import state_hash
 from safe.training.config import load_stage_a_config
@@ -40,7 +40,7 @@ STAGE_A_GRID: dict[str, list[str]] = {
 
 METRICS = ("audio_accuracy", "vl_accuracy_gate_open", "vl_retention_ratio_gate_open", "vl_answers_changed_gate_open",
            "caption_cider_d", "answers_identical_gate_closed")
-"""What each run records from :func:`~safe.evaluation.stage_a.evaluate_stage_a` (test split)."""
+"""What each run records from :func:`~safe.training.evaluate.evaluate_stage_a` (test split)."""
 
 
 def _slug(name: str) -> str:
@@ -86,16 +86,16 @@ def summarise(runs: dict[str, dict[str, Any]], grid: dict[str, list[str]]) -> li
     return rows
 
 
-def run_ablations(bench_dir: str | Path, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
+def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
                   overrides: Sequence[str] = (), steps: int | None = None, seeds: int = 1,
                   names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True) -> dict:
-    """Train and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
+    """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
     steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
     ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``."""
     from safe.data.embedding_cache import AudioEmbeddingCache
-    from safe.evaluation.stage_a import evaluate_stage_a
+    from safe.data.prepared import encoder_fingerprint, prepare
     from safe.models.safe_model import SAFEModel
-    from safe.training.data import encoder_fingerprint, prepare
+    from safe.training.evaluate import evaluate_stage_a
     from safe.training.pipeline import load_frozen
     from safe.training.stage_a import StageATrainer
 
@@ -110,17 +110,17 @@ def run_ablations(bench_dir: str | Path, base_dir: str | Path, config: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "ablations.json"
     vl, encoder, fmt, frontend = load_frozen(base_dir)
-    fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": synth.benchmark_fingerprint(bench_dir),
+    fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": data.fingerprint(),
                    "base_vl": state_hash(vl), "split": eval_split}
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"fingerprint": fingerprint, "runs": {}}
     if state.get("fingerprint") != fingerprint:
         raise ValueError(f"{state_file} holds ablations of another recipe, step count, benchmark or base "
                          f"({state.get('fingerprint')}); use another --out or delete it")
     t0 = time.perf_counter()
-    cache = AudioEmbeddingCache(Path(bench_dir) / ".embedding_cache", encoder_fingerprint(encoder, frontend))
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(encoder, frontend))
     probe = SAFEModel(vl, encoder, configs[next(iter(configs))].safe_config())  # prepare() reads the model's formats
     try:
-        sets = {split: prepare(synth.load_split(bench_dir, split), fmt, probe, frontend, cache, progress=progress)
+        sets = {split: prepare(data.split(split), fmt, probe, frontend, cache, progress=progress)
                 for split in ("train", "retention", eval_split)}
     finally:
         probe.remove_hooks()

@@ -1,19 +1,18 @@
 """What Stage A promised, measured on a held-out split: retention (gate closed and open), audio gains,
-captions, and that the frozen parts were not touched."""
+captions, and that the frozen parts were not touched. Stage A's own evaluation (called by the Stage A
+run and the ablations); the cross-stage evaluation protocol is :mod:`safe.evaluation.protocol`."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
+from safe.data.prepared import PreparedSet
 from safe.data.vl_batches import PromptFormat
 from safe.evaluation.metrics import bleu, cider_d, exact_match
 from safe.evaluation.stats import mcnemar
-from safe.models.builtin_vl import answer_questions
+from safe.models.generation import answer_questions
 from safe.models.safe_model import SAFEModel
-from safe.training.data import PreparedSet
-
-CAPTION_FAMILIES = ("caption",)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -39,8 +38,8 @@ def evaluate_stage_a(model: SAFEModel, fmt: PromptFormat, data: PreparedSet, pro
     right = {name: [exact_match(p, e.answers) == 1.0 for p, e in zip(preds, ex)]
              for name, preds in (("base", base_preds), ("closed", closed_preds), ("open", open_preds))}
     vl = [i for i, e in enumerate(ex) if not e.needs_audio]
-    audio_qa = [i for i, e in enumerate(ex) if e.needs_audio and e.family not in CAPTION_FAMILIES]
-    captions = [i for i, e in enumerate(ex) if e.family in CAPTION_FAMILIES]
+    audio_qa = [i for i, e in enumerate(ex) if e.needs_audio and not e.is_caption]
+    captions = [i for i, e in enumerate(ex) if e.is_caption]
 
     def acc(name: str, rows: list[int]) -> float:
         return _mean([float(right[name][i]) for i in rows])

@@ -1,4 +1,4 @@
-"""Stage A end to end on the built-in benchmark and models: prepare -> train -> evaluate -> record."""
+"""Stage A end to end on a :class:`~safe.data.source.DataSource`: prepare -> train -> evaluate -> record."""
 from __future__ import annotations
 
 import shutil
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from safe.data import synth
-from safe.models.builtin_vl import load_vl_model
+from safe.data.source import DataSource
+from safe.data.vl_batches import load_vl_model
 from safe.models.integrity import state_hash
 from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
@@ -30,7 +30,7 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
     extractor."""
     from safe.data.hf_batches import FeatureFrontEnd, ProcessorFormat
     from safe.models.loading import load_audio_encoder, load_base
-    from safe.training.data import BuiltinFrontEnd
+    from safe.data.prepared import BuiltinFrontEnd
 
     if is_builtin_dir(base):
         base = Path(base)
@@ -67,15 +67,16 @@ def load_trained(base: str | Path, checkpoint: str | Path, audio: str | Path | N
     return SAFEModel.from_pretrained(checkpoint, vl, encoder).eval(), fmt, frontend
 
 
-def run_stage_a(bench_dir: str | Path, base_dir: str | Path, cfg: StageAConfig, run_dir: str | Path, *,
+def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_dir: str | Path, *,
                 audio: str | Path | None = None, dtype=torch.float32, template: str | None = None,
                 fresh: bool = False, stop_after: int | None = None, eval_split: str = "test",
                 max_train: int | None = None, max_eval: int | None = None, progress: bool = True) -> dict:
-    """Train Stage A into ``run_dir`` (resuming a killed run unless ``fresh``) and evaluate on
-    ``eval_split``. ``base_dir``/``audio``: see :func:`load_safe`. Returns the ``stage_a`` metrics."""
+    """Train Stage A on ``data``'s ``train`` and ``retention`` splits into ``run_dir`` (resuming a killed
+    run unless ``fresh``) and evaluate on its ``eval_split``. ``base_dir``/``audio``: see
+    :func:`load_safe`. Returns the ``stage_a`` metrics."""
     from safe.data.embedding_cache import AudioEmbeddingCache
-    from safe.evaluation.stage_a import evaluate_stage_a
-    from safe.training.data import encoder_fingerprint, prepare
+    from safe.data.prepared import encoder_fingerprint, prepare
+    from safe.training.evaluate import evaluate_stage_a
     from safe.training.stage_a import StageATrainer
 
     run_dir = Path(run_dir)
@@ -86,15 +87,15 @@ def run_stage_a(bench_dir: str | Path, base_dir: str | Path, cfg: StageAConfig, 
         for sub in ("checkpoints", "logs/stage_a"):
             if (run_dir / sub).exists():
                 shutil.rmtree(run_dir / sub)
-    cache = AudioEmbeddingCache(Path(bench_dir) / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
-    train = synth.load_split(bench_dir, "train")[:max_train]
-    retention = synth.load_split(bench_dir, "retention")
-    test = synth.load_split(bench_dir, eval_split)[:max_eval]
+    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    train = data.split("train")[:max_train]
+    retention = data.split("retention")
+    test = data.split(eval_split)[:max_eval]
     train_set = prepare(train, fmt, model, frontend, cache, progress=progress)
     retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
     test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
     prep_seconds = time.perf_counter() - t0
-    fingerprint = {**hashes, "benchmark": synth.benchmark_fingerprint(bench_dir),
+    fingerprint = {**hashes, "benchmark": data.fingerprint(),
                    "max_train": max_train}
     trainer = StageATrainer(model, fmt, train_set, retention_set, cfg, run_dir, progress=progress,
                             fingerprint=fingerprint)

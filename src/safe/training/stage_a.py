@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from safe.data.vl_batches import PromptFormat
-from safe.models.builtin_vl import accuracy_by_family, answer_questions
+from safe.models.generation import accuracy_by_family, answer_questions
 from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
-from safe.training.data import PreparedSet
+from safe.data.prepared import PreparedSet
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
