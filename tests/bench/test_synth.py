@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safe.data.audio_io import read_wav
-from safe.data.records import Example
 from safe.bench.audio import NUMBER_WORDS, PITCHED_KINDS, SHAPE_SOUNDS, SOUND_KINDS, describe_clip, synthesize_clip
 from safe.bench.baselines import majority_baseline, object_guess_baseline
 from safe.bench.files import BenchmarkMissingError, generate_benchmark, load_benchmark_info, load_split
 from safe.bench.questions import (AUDIO_FAMILIES, AUDIO_VISUAL_FAMILIES, QUESTION_FAMILIES, VL_FAMILIES,
                                   SynthConfig, make_example, split_plan)
+from safe.data.audio_io import read_wav
+from safe.data.records import Example
 from safe.evaluation.robustness import add_noise
 
 SR = 16000

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from safe import SAFEConfig, SAFEModel
+from safe.bench import presets
 from safe.evaluation.efficiency import (
     count_flops,
     latency_stats,
@@ -17,7 +18,6 @@ from safe.evaluation.efficiency import (
     safe_memory_report,
     time_calls,
 )
-from safe.bench import presets
 
 
 # ------------------------------------------------------------------------------------ latency

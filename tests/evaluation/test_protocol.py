@@ -24,8 +24,9 @@ def evaluated(tiny_builtin):
     model.set_gates(1.0)
     cfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=3, seeds=2, train_rows=40, cost_batch=8,
                             distill_epochs=2, latency_batches=[1, 8])
-    policy, _ = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg)
-    ev = run_eval(model, fmt, frontend, BuiltinSource(bench), policy_metrics=policy, stage_a={"frozen_byte_identical": True})
+    data = BuiltinSource(bench)
+    policy, _ = run_policy_stage(model, fmt, frontend, data, cfg)
+    ev = run_eval(model, fmt, frontend, data, policy_metrics=policy, stage_a={"frozen_byte_identical": True})
     yield model, policy, ev
     model.remove_hooks()
 

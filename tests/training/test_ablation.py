@@ -36,7 +36,8 @@ def test_summary_mean_and_ci_over_seeds_by_hand():
 def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, monkeypatch):
     bench, base = tiny_builtin
     names = ["reference", "no retention loss", "rank=4"]
-    out = run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
+    out = run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names,
+                        progress=False)
     assert sorted(out["runs"]) == sorted(f"{n}/seed{s}" for n in names for s in (0, 1))
     assert all(r["steps"] == STEPS for r in out["runs"].values())
     rows = {r["name"]: r for r in out["rows"]}
@@ -52,10 +53,12 @@ def test_grid_trains_each_entry_per_seed_and_resumes(tiny_builtin, tmp_path, mon
         raise AssertionError("a finished entry was trained again")
 
     monkeypatch.setattr("safe.training.stage_a.StageATrainer.fit", no_training)
-    again = run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names, progress=False)
+    again = run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS, seeds=2, names=names,
+                        progress=False)
     assert again["runs"] == out["runs"]
     with pytest.raises(ValueError, match="holds ablations of another recipe, step count"):
-        run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS + 1, names=names, progress=False)
+        run_ablations(BuiltinSource(bench), base, None, tmp_path, overrides=FAST, steps=STEPS + 1, names=names,
+                      progress=False)
 
 
 @pytest.mark.parametrize("kw,match", [({"seeds": 0}, "--seeds must be a positive integer"),

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
-from safe.bench.files import BuiltinSource
 from safetensors.torch import load_file
 
+from safe.bench.files import BuiltinSource
 from safe.training.config import load_stage_a_config
 from safe.stages.stage_a import run_stage_a
 from safe.training.stage_a import ResumeMismatch
@@ -22,11 +22,12 @@ def _weights(run_dir):
 def test_resumed_run_is_bit_identical_to_uninterrupted(tiny_builtin, tmp_path):
     bench, base = tiny_builtin
     cfg = load_stage_a_config(None, FAST)
-    straight = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path / "a", progress=False, max_eval=8)
-    killed = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path / "b", progress=False, stop_after=8)  # dies after step 8
+    data = BuiltinSource(bench)
+    straight = run_stage_a(data, base, cfg, tmp_path / "a", progress=False, max_eval=8)
+    killed = run_stage_a(data, base, cfg, tmp_path / "b", progress=False, stop_after=8)  # dies after step 8
     assert killed == {"interrupted": True, "step": 8}
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step_000005"
-    resumed = run_stage_a(BuiltinSource(bench), base, cfg, tmp_path / "b", progress=False, max_eval=8)  # rerun the command
+    resumed = run_stage_a(data, base, cfg, tmp_path / "b", progress=False, max_eval=8)  # rerun the command
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert straight["history"] == resumed["history"]

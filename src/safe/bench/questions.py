@@ -19,9 +19,10 @@ on a CPU in minutes:
 
 Answers are short lowercase strings and are balanced inside every family, so a model that ignores
 the audio can do no better than the majority answer on the audio-only families and no better than
-picking one of the objects at random on the audio-visual one (:func:`~safe.bench.baselines.majority_baseline`,
-:func:`~safe.bench.baselines.object_guess_baseline`). In the sounding-object family the sounding object and the others are
-drawn from the same distribution, so nothing in the picture points at it.
+picking one of the objects at random on the audio-visual one
+(:func:`~safe.bench.baselines.majority_baseline`, :func:`~safe.bench.baselines.object_guess_baseline`).
+In the sounding-object family the sounding object and the others are drawn from the same
+distribution, so nothing in the picture points at it.
 
 Clips come from :mod:`safe.bench.audio`, pictures from :mod:`safe.bench.scenes`, the files on disk
 from :mod:`safe.bench.files` and the deaf baselines from :mod:`safe.bench.baselines`.

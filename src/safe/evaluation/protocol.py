@@ -7,7 +7,6 @@ the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

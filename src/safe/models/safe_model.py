@@ -169,8 +169,8 @@ class SAFEModel(nn.Module):
         Checked by what it offers (``spec``, ``config()``, ``generate_with(model, **kwargs)``), not by
         class, so this package does not import ``safe.policy`` (the policy package builds on this one)."""
         if policy is not None:
-            if not (isinstance(policy, nn.Module) and hasattr(policy, "spec") and callable(getattr(policy, "config", None))
-                    and callable(getattr(policy, "generate_with", None))):
+            offers = [hasattr(policy, "spec")] + [callable(getattr(policy, m, None)) for m in ("config", "generate_with")]
+            if not (isinstance(policy, nn.Module) and all(offers)):
                 raise TypeError(f"policy must be a safe.policy.runtime.AudioPolicy, got {type(policy).__name__}")
             want = {"question_dim": self.hidden_size, "image_dim": self.hidden_size}
             have = {"question_dim": policy.spec.question_dim, "image_dim": policy.spec.image_dim}

@@ -1,0 +1,55 @@
+"""The command table: every command's flags come from its config dataclass, each flag is documented, and a
+command that fails on its arguments prints one line, exits 2 and leaves nothing behind."""
+import pytest
+
+from safe.cli import COMMANDS, Command, build_parser, main
+from safe.stages.options import field_docs
+
+
+def _commands():
+    for name, entry in COMMANDS.items():
+        if isinstance(entry, Command):
+            yield name, entry
+        else:
+            yield from ((f"{name} {action}", c) for action, c in entry.items())
+
+
+@pytest.mark.parametrize("name, command", list(_commands()), ids=[n for n, _ in _commands()])
+def test_every_flag_is_documented(name, command):
+    parser = build_parser(name, command)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and action.help.strip(), f"safe {name} {action.option_strings[0]} has no help"
+    config = command.load(command.config)
+    assert config.__doc__ and field_docs(config)
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+    assert main([]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nope"], "unknown command 'nope'"),
+    (["policy"], "needs one of: train, distill"),
+    (["policy", "fly"], "needs one of: train, distill"),
+    (["verify", "--batch", "1"], "--batch must be an integer >= 2"),
+    (["policy", "train", "--steps", "many"], "--steps takes an integer, got 'many'"),
+    (["policy", "train", "--state", "late"], "invalid choice: 'late'"),
+    (["train", "--set", "steps=0"], "steps: expected a positive integer, got 0"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["policy", "train"], ["eval"], ["policy", "distill"], ["report"]])
+def test_a_failed_command_leaves_no_run_directory(command, tmp_path, capsys):
+    run = tmp_path / "nonexistent" / "run"
+    assert main([*command, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"safe {' '.join(command)}: error:")
+    assert not run.exists() and not run.parent.exists()
