@@ -165,3 +165,15 @@ def test_layers_point_one_way():
     graph = _package_graph()
     upward = [(src, dst) for src, dsts in graph.items() for dst in dsts if order.index(dst) > order.index(src)]
     assert not upward, f"imports against the layer order {order}: {upward}"
+
+
+def test_only_the_cli_and_stages_sit_on_top():
+    """Nothing in the library or the built-in benchmark imports the stages or the command line: those are
+    the top layer (stages may import the library and ``safe.bench``; ``safe.cli`` imports stages)."""
+    modules = [p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] != "stages"
+               and not (len(p.relative_to(SRC).parts) == 1 and p.name == "cli.py")]
+    bad = [f"{p.relative_to(SRC.parent)}:{line} imports {m}" for p in modules for line, m in _imports(p)
+           if _package(m) in ("stages", "cli")]
+    assert not bad, "\n".join(bad)
+    cli_imports = [m for _, m in _imports(SRC / "cli.py")]
+    assert all(_package(m) in (None, "stages") for m in cli_imports), cli_imports
