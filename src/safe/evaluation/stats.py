@@ -8,7 +8,7 @@
 * Mean +- Student-t confidence interval over seeds ("5 random seeds, report mean +- 95% CI"),
   kept inside the range of a bounded quantity (a proportion's in [0, 1]), and a formatter for tables.
 
-The tests themselves come from kept libraries: McNemar from statsmodels
+The statistical tests and intervals come from kept libraries: McNemar from statsmodels
 (``statsmodels.stats.contingency_tables.mcnemar``), the bootstrap from ``scipy.stats.bootstrap``,
 the t interval from ``scipy.stats.t.interval``. This module adds what they leave to the caller:
 input checks (``ValueError`` naming the offending argument), the choice between exact and

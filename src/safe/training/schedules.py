@@ -1,7 +1,8 @@
 """Stage A schedules: the learning-rate multiplier, the audio curriculum and the retention multiplier.
 
 * :func:`cosine_with_warmup` / :func:`make_lr_lambda`: linear warm-up then cosine decay to 0
-  (seed proposal, section 7.2: "cosine decay"), as a multiplier for ``LambdaLR``.
+  (seed proposal, section 7.2: "cosine decay"), as a multiplier for ``LambdaLR``, computed by
+  transformers' cosine schedule (one warm-up step ahead of it, see :func:`cosine_with_warmup`).
 * :func:`audio_exposure`: the curriculum, the fraction of the audio-dependent pool (ordered easy ->
   hard) that the sampler may draw from at a step (fed to
   :meth:`safe.data.mixture.BalancedMixtureSampler.set_exposure`).
