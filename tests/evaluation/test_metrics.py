@@ -155,8 +155,12 @@ def test_bleu_papineni_clipping_example():
 def test_bleu_brevity_penalty():
     # all n-grams match, c = 3, r = 6: BP = exp(1 - 6/3)
     assert bleu(["the cat sat"], [["the cat sat on the mat"]], n=2) == pytest.approx(math.exp(-1))
-    # no 4-gram in a 3-word prediction: unsmoothed BLEU-4 is 0
-    assert bleu(["the cat sat"], [["the cat sat on the mat"]], n=4) == 0.0
+    # no 4-gram in a 3-word prediction: the toolkit's p_4 = 1e-15 / 1e-9 (its smoothing terms),
+    # so BLEU-4 is small but not 0 (it was 0 before the toolkit computed it)
+    assert bleu(["the cat sat"], [["the cat sat on the mat"]], n=4) == pytest.approx(
+        math.exp(-1) * 1e-6 ** 0.25, rel=1e-6)
+    # a prediction of the exact reference length has no brevity penalty (c == r)
+    assert bleu(["the cat sat"], [["the cat sat"]], n=2) == pytest.approx(1.0)
 
 
 def test_bleu_closest_reference_length_ties_to_shorter():
@@ -287,6 +291,20 @@ def test_cider_d_matches_coco_toolkit():
     assert cider_d_scores(PREDS, REFS) == pytest.approx(COCO_CIDER_PER, rel=1e-12)
 
 
+def test_cider_d_other_orders_by_hand():
+    # n = 2 on the partial-match example above: (3/4 + 2/3) / 2 * 10
+    scores = cider_d_scores(["red green blue black", OTHER[0]], [["red green blue white"], OTHER[1]], n=2)
+    assert scores[0] == pytest.approx(10 * (3 / 4 + 2 / 3) / 2)
+    assert bleu(PREDS, REFS, n=5) < bleu(PREDS, REFS, n=4)  # orders past the toolkit's 4 work
+
+
+def test_empty_captions():
+    # empty predictions score 0; references with no words at all (the toolkit fails there) too
+    assert cider_d_scores(["", "a dog barks"], [["a dog barks"], ["rain"]])[0] == 0.0
+    assert cider_d_scores(["a dog", "rain"], [["!"], ["..."]]) == [0.0, 0.0]
+    assert bleu(["", ""], [["a dog barks"], ["rain"]]) == 0.0
+
+
 def test_cider_d_validation():
     with pytest.raises(ValueError, match="1 and 2"):
         cider_d(["a"], [["a"], ["b"]])
@@ -294,3 +312,51 @@ def test_cider_d_validation():
         cider_d(["a"], [["a"]], sigma=0)
     with pytest.raises(TypeError):
         cider_d(["a"], [[3]])
+
+
+# ------------------------------------------------------------- the toolkit's own entry points
+def _toolkit(preds, refs):
+    """The COCO caption toolkit's Cider and Bleu classes, as its COCOEvalCap calls them (image id ->
+    list of tokenised captions), with caption_tokens in place of its PTB tokenizer."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    res = {i: [" ".join(caption_tokens(p))] for i, p in enumerate(preds)}
+    gts = {i: [" ".join(caption_tokens(r)) for r in rs] for i, rs in enumerate(refs)}
+    cider, per = Cider().compute_score(gts, res)
+    bleus, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return cider, list(per), bleus
+
+
+def _random_corpus(seed, size):
+    import random
+
+    rnd = random.Random(seed)
+    words = "a the dog cat barks meows loudly softly in on street roof rain falls bell rings twice".split()
+
+    def caption():
+        return " ".join(rnd.choice(words) for _ in range(rnd.choice([1, 2, 3, 5, 8, 12])))
+
+    preds = [caption() for _ in range(size)]
+    refs = [[caption() for _ in range(rnd.randint(1, 4))] for _ in range(size)]
+    for i in range(0, size, 5):  # some near-copies, so that high orders match too
+        preds[i] = refs[i][0] + " loudly"
+    return preds, refs
+
+
+@pytest.mark.parametrize("corpus", ["fixed", 0, 1, 2])
+def test_caption_metrics_equal_the_toolkit_classes(corpus):
+    preds, refs = (PREDS, REFS) if corpus == "fixed" else _random_corpus(corpus, 40)
+    cider, per, bleus = _toolkit(preds, refs)
+    assert cider_d(preds, refs) == pytest.approx(cider, rel=1e-12)
+    assert cider_d_scores(preds, refs) == pytest.approx(per, rel=1e-12, abs=1e-15)
+    assert [bleu(preds, refs, n=k) for k in range(1, 5)] == pytest.approx(bleus, rel=1e-12)
+
+
+def test_cider_d_scale_is_the_toolkits():
+    # The toolkit's x10 convention (a perfect match of a 4+-word caption with rare n-grams is 10),
+    # the scale of published CIDEr-D numbers (and of the demo's 8.70).
+    preds = ["red green blue white", "five six seven eight"]
+    refs = [["red green blue white"], ["one two three four"]]
+    assert _toolkit(preds, refs)[1] == pytest.approx([10.0, 0.0])
+    assert cider_d_scores(preds, refs) == pytest.approx([10.0, 0.0])

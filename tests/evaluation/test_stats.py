@@ -10,6 +10,7 @@ from scipy import stats as st
 
 from safe.evaluation.stats import (
     BootstrapCI,
+    PROPORTION,
     MeanCI,
     _paired_diff_ci,
     bootstrap_ci,
@@ -348,3 +349,57 @@ class TestFormat:
         v = [1, 2, 3, 4, 5]
         assert format_mean_ci(v, 2) == f"3.00 ± {mean_ci(v).half_width:.2f}"
         assert format_mean_ci([0.5]) == "0.500 (n=1)"
+
+
+# ---------------------------------------------------------------------- bounded mean CI (seeds)
+class TestBoundedMeanCI:
+    def test_near_one_stays_inside_unit_interval(self):
+        # The demo printed a 3-seed interval of an accuracy reaching 1.0048; bounded, it cannot.
+        plain = mean_ci([0.999, 1.0, 1.0])
+        assert plain.high > 1.0  # the t interval leaves [0, 1] ...
+        r = mean_ci([0.999, 1.0, 1.0], bounds=(0, 1))
+        assert 0.0 <= r.low <= r.mean <= r.high <= 1.0  # ... the bounded one does not
+        assert r.high == 1.0 and r.low == pytest.approx(plain.low, rel=1e-15)
+        assert r.mean == plain.mean and r.half_width == plain.half_width
+        lo, hi = st.t.interval(0.95, 2, loc=np.mean([0.999, 1, 1]), scale=st.sem([0.999, 1, 1]))
+        assert (r.low, r.high) == pytest.approx((lo, 1.0), rel=1e-12)
+
+    def test_near_zero_and_unchanged_inside(self):
+        r = mean_ci([0.0, 0.002, 0.0], bounds=(0, 1))
+        assert r.low == 0.0 and 0.0 < r.high < 1.0
+        inside = [0.91, 0.93, 0.92]
+        assert mean_ci(inside, bounds=(0, 1)) == mean_ci(inside)
+        # one-sided bounds
+        assert mean_ci([0.0, 5.0, 0.1], bounds=(0, None)).low == 0.0
+        assert mean_ci([1.0, 1.99, 2.0], bounds=(None, 2.0)).high == 2.0
+
+    def test_clipping_keeps_the_coverage_of_the_t_interval(self):
+        # Per-seed accuracies near the ceiling: the clipped interval covers the true mean exactly
+        # as often as the unclipped one (nominal 95% for normal noise), and never leaves [0, 1].
+        rng = np.random.default_rng(0)
+        true = 0.995
+        hits_t = hits_b = 0
+        for _ in range(2000):
+            v = np.clip(true + rng.normal(scale=0.002, size=3), 0, 1)
+            t, b = mean_ci(v), mean_ci(v, bounds=(0, 1))
+            assert 0.0 <= b.low and b.high <= 1.0
+            hits_t += t.low <= true <= t.high
+            hits_b += b.low <= true <= b.high
+        assert hits_b == hits_t and 0.9 <= hits_b / 2000 <= 0.98
+
+    @pytest.mark.parametrize("bounds, match", [
+        ((1, 0), "low < high"), ((0,), "pair"), (0.5, "pair"), ((0, 1, 2), "pair"), (("a", 1), "pair"),
+    ])
+    def test_bad_bounds(self, bounds, match):
+        with pytest.raises(ValueError, match=match):
+            mean_ci([0.2, 0.3], bounds=bounds)
+
+    def test_values_outside_bounds_are_refused(self):
+        with pytest.raises(ValueError, match=r"values must lie within bounds.*1\.2"):
+            mean_ci([0.5, 1.2], bounds=(0, 1))
+
+    def test_format_shows_clipped_interval_as_range(self):
+        r = mean_ci([0.999, 1.0, 1.0], bounds=PROPORTION)
+        assert format_mean_ci(r, 4) == f"0.9997 [{r.low:.4f}, 1.0000]"
+        assert format_mean_ci(mean_ci([0.91, 0.93, 0.92], bounds=PROPORTION), 3) == (
+            f"0.920 ± {mean_ci([0.91, 0.93, 0.92]).half_width:.3f}")

@@ -28,8 +28,9 @@ def test_summary_mean_and_ci_over_seeds_by_hand():
     assert [r["name"] for r in rows] == ["reference", "k=4"]
     ref, k4 = rows
     assert ref["seeds"] == 1 and ref["audio_accuracy"] == 0.9 and "audio_accuracy_ci" not in ref
-    ci = mean_ci([0.5, 0.7])
+    ci = mean_ci([0.5, 0.7], bounds=(0, 1))  # an accuracy: the interval is kept inside [0, 1]
     assert k4["audio_accuracy"] == pytest.approx(0.6) and k4["audio_accuracy_ci"] == [ci.low, ci.high]
+    assert ci.low == 0.0 and ci.high == 1.0 and mean_ci([0.5, 0.7]).low < 0.0  # two seeds: t(1) is wide
     assert k4["changes"] == "safe.num_audio_tokens=4" and k4["train_seconds"] == 2.0
 
 

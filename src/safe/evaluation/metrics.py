@@ -5,18 +5,21 @@ Short-answer QA:
     :func:`vqa_accuracy` (the VQAv2 annotator-consensus accuracy), :func:`token_f1`.
 Captions (AudioCaps / Clotho style, short generated captions against several references):
     :func:`bleu` (corpus BLEU-n with brevity penalty) and :func:`cider_d` (CIDEr-D), with
-    :func:`cider_d_scores` giving the per-caption scores that a bootstrap CI needs.
+    :func:`cider_d_scores` giving the per-caption scores that a bootstrap CI needs. Both are
+    computed by the COCO caption toolkit (``pycocoevalcap``), so the numbers compare with
+    published ones; only its Java PTB tokenizer is replaced, by :func:`caption_tokens`.
 
-Everything is pure Python (plus ``math``); inputs are plain ``str`` / lists of ``str`` and every
-metric returns a ``float``. Where an answer set is expected, a bare ``str`` is taken as a single
-answer / reference.
+Inputs are plain ``str`` / lists of ``str`` and every metric returns a ``float``. Where an answer
+set is expected, a bare ``str`` is taken as a single answer / reference.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+
+from pycocoevalcap.bleu import bleu_scorer as _coco_bleu
+from pycocoevalcap.cider import cider_scorer as _coco_cider
 
 __all__ = [
     "normalize_answer",
@@ -248,26 +251,29 @@ def per_example(
 # ----------------------------------------------------------------------------------------------
 # caption metrics
 # ----------------------------------------------------------------------------------------------
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+def _toolkit_text(caption: str) -> str:
+    """A caption as the toolkit expects it after its tokenizer: tokens joined by single spaces."""
+    return " ".join(caption_tokens(caption))
 
 
 def bleu(preds: Sequence[str], refs_list: Sequence[str | Sequence[str]], n: int = 4) -> float:
-    """Corpus BLEU-n (Papineni et al. 2002) with uniform weights and the brevity penalty.
+    """Corpus BLEU-n (Papineni et al. 2002) of the COCO caption toolkit (``pycocoevalcap``'s
+    ``BleuScorer``, the scorer behind its ``Bleu``), uniform weights and the brevity penalty.
 
     Over the whole corpus, for each order k = 1..n: ``p_k = sum clipped-count / sum count`` where
     a predicted k-gram's count is clipped to its largest count in any one reference of that
     example. With ``c`` the total predicted length and ``r`` the sum over examples of the
-    reference length closest to the prediction's length (ties -> the shorter reference, as in the
-    COCO caption toolkit)::
+    reference length closest to the prediction's length (ties -> the shorter reference)::
 
-        BP = 1 if c > r else exp(1 - r / c)
+        BP = 1 if c >= r else exp(1 - r / c)
         BLEU = BP * exp(mean_k log p_k)
 
-    Implementation choices: tokens from :func:`caption_tokens`; no smoothing, so BLEU is 0.0 when
-    any order has no matching k-gram, or when the predictions contain no k-gram of some order
-    (all predictions shorter than k) -- the COCO toolkit returns a tiny positive number there
-    instead; an all-empty prediction corpus scores 0.0.
+    As the toolkit computes it: each ``p_k`` is ``(matched + 1e-15) / (total + 1e-9)``, so an order
+    with no match (or no k-gram at all, e.g. 3-word captions for BLEU-4) gives a small positive
+    score rather than 0 (``the cat sat`` against ``the cat sat on the mat`` scores BLEU-4 =
+    ``exp(-1) * 1e-6 ** (1/4)`` = 0.0116); an all-empty prediction corpus scores 0.0. Tokens come
+    from :func:`caption_tokens` (in place of the toolkit's Java PTB tokenizer). The toolkit's
+    ``Bleu`` class stops at n = 4; the scorer is fed n-grams up to ``n`` here, so any order works.
 
     Args:
         preds: one generated caption per example.
@@ -281,30 +287,14 @@ def bleu(preds: Sequence[str], refs_list: Sequence[str | Sequence[str]], n: int 
         raise ValueError(f"n must be >= 1, got {n!r}")
     n = int(n)
     preds, refs = _check_corpus(preds, refs_list)
-    matched = [0] * n
-    total = [0] * n
-    c = 0
-    r = 0
+    scorer = _coco_bleu.BleuScorer(n=n)
     for pred, rs in zip(preds, refs):
-        pt = caption_tokens(pred)
-        rts = [caption_tokens(x) for x in rs]
-        c += len(pt)
-        # closest reference length; on a tie the shorter one
-        r += min((abs(len(t) - len(pt)), len(t)) for t in rts)[1]
-        for k in range(1, n + 1):
-            pc = _ngrams(pt, k)
-            if not pc:
-                continue
-            max_ref: Counter = Counter()
-            for t in rts:
-                max_ref |= _ngrams(t, k)  # elementwise max over references
-            matched[k - 1] += sum(min(cnt, max_ref[g]) for g, cnt in pc.items())
-            total[k - 1] += sum(pc.values())
-    if c == 0 or any(t == 0 for t in total) or any(m == 0 for m in matched):
-        return 0.0
-    log_p = sum(math.log(m / t) for m, t in zip(matched, total)) / n
-    bp = 1.0 if c > r else math.exp(1.0 - r / c)
-    return bp * math.exp(log_p)
+        # what BleuScorer.cook_append does, with the order passed on (it cooks 4-grams only)
+        cooked_refs = _coco_bleu.cook_refs([_toolkit_text(r) for r in rs], n=n)
+        scorer.crefs.append(cooked_refs)
+        scorer.ctest.append(_coco_bleu.cook_test(_toolkit_text(pred), cooked_refs, n=n))
+    scores, _ = scorer.compute_score(option="closest", verbose=0)
+    return float(scores[n - 1])
 
 
 def cider_d_scores(
@@ -314,26 +304,28 @@ def cider_d_scores(
     n: int = 4,
     sigma: float = 6.0,
 ) -> list[float]:
-    """Per-caption CIDEr-D (Vedantam et al. 2015, section 3 and the CIDEr-D variant of the COCO
-    caption toolkit).
+    """Per-caption CIDEr-D (Vedantam et al. 2015) of the COCO caption toolkit (``pycocoevalcap``'s
+    ``CiderScorer``, the scorer behind its ``Cider``, which is the CIDEr-D variant).
 
     For each order k = 1..n, a caption becomes a vector ``g_k`` over its k-grams with weight
     ``tf(g) * log(N / max(1, df(g)))``: ``tf`` the raw count in the caption, ``N`` the number of
     examples (images / clips), ``df(g)`` the number of examples whose *references* contain g (the
-    idf is computed over the reference corpus; a k-gram in no reference gets the largest weight
-    ``log N``). For a prediction ``c`` and a reference ``s``::
+    idf is computed over the reference corpus of this call; a k-gram in no reference gets the
+    largest weight ``log N``). For a prediction ``c`` and a reference ``s``::
 
         sim_k(c, s) = sum_g min(g_k(c)[g], g_k(s)[g]) * g_k(s)[g] / (|g_k(c)| |g_k(s)|)
                       * exp(-(l_c - l_s)**2 / (2 sigma**2))
         CIDEr-D(c, S) = 10 / n * sum_k mean_{s in S} sim_k(c, s)
 
     The ``min`` clips repeated k-grams (the "-D" that stops gaming by repetition), the gaussian
-    penalises length differences (``sigma = 6``), and the factor 10 gives the usual scale (a
+    penalises length differences (``sigma = 6``), and the factor 10 is the toolkit's scale (a
     perfect match of a caption of at least n words whose k-grams are rare scores 10). An order
     with no k-grams on either side contributes 0 (so a 2-word exact match with n = 4 scores 5).
+    The toolkit measures the lengths ``l`` in bigrams (words - 1), which gives the same
+    differences as word counts for non-empty captions; with ``n = 1`` it counts no bigrams, so
+    there is no length penalty.
 
-    Implementation choices: tokens from :func:`caption_tokens`; lengths ``l`` are word counts (the
-    toolkit counts bigrams, which is the same difference for captions of 2 words or more).
+    Tokens come from :func:`caption_tokens` (in place of the toolkit's Java PTB tokenizer).
     Because the idf depends on the whole corpus, a corpus of a single example gives
     ``log(1 / 1) = 0`` weights and scores 0 -- score a test set in one call.
 
@@ -346,46 +338,15 @@ def cider_d_scores(
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
     n = int(n)
     preds, refs = _check_corpus(preds, refs_list)
-
-    def grams(tokens: list[str]) -> list[Counter]:
-        return [_ngrams(tokens, k) for k in range(1, n + 1)]
-
-    ref_grams = [[grams(caption_tokens(x)) for x in rs] for rs in refs]
-    ref_lens = [[len(caption_tokens(x)) for x in rs] for rs in refs]
-
-    # document frequency: in how many examples' reference sets each n-gram occurs (at least once)
-    df: Counter = Counter()
-    for per_example_refs in ref_grams:
-        seen = set()
-        for rg in per_example_refs:
-            for counter in rg:
-                seen.update(counter)
-        df.update(seen)
-    log_n = math.log(float(len(preds)))
-
-    def vec(gs: list[Counter]) -> tuple[list[dict], list[float]]:
-        vs, norms = [], []
-        for counter in gs:
-            v = {g: tf * (log_n - math.log(max(1.0, df[g]))) for g, tf in counter.items()}
-            vs.append(v)
-            norms.append(math.sqrt(sum(w * w for w in v.values())))
-        return vs, norms
-
-    scores = []
-    for pred, rgs, rls in zip(preds, ref_grams, ref_lens):
-        ptoks = caption_tokens(pred)
-        pv, pn = vec(grams(ptoks))
-        total = 0.0
-        for rg, rl in zip(rgs, rls):
-            rv, rn = vec(rg)
-            penalty = math.exp(-((len(ptoks) - rl) ** 2) / (2.0 * sigma**2))
-            for k in range(n):
-                if pn[k] == 0.0 or rn[k] == 0.0:
-                    continue
-                dot = sum(min(w, rv[k].get(g, 0.0)) * rv[k].get(g, 0.0) for g, w in pv[k].items())
-                total += dot / (pn[k] * rn[k]) * penalty
-        scores.append(10.0 * total / (n * len(rgs)))
-    return scores
+    scorer = _coco_cider.CiderScorer(n=n, sigma=float(sigma))
+    for pred, rs in zip(preds, refs):
+        # what CiderScorer.cook_append does, with the order passed on (it cooks 4-grams only)
+        scorer.crefs.append(_coco_cider.cook_refs([_toolkit_text(r) for r in rs], n=n))
+        scorer.ctest.append(_coco_cider.cook_test(_toolkit_text(pred), n=n))
+    if not any(ref for cooked in scorer.crefs for ref in cooked):
+        return [0.0] * len(preds)  # no reference has a word: nothing to match (the toolkit fails)
+    _, scores = scorer.compute_score()
+    return [float(x) for x in scores]
 
 
 def cider_d(
@@ -395,6 +356,7 @@ def cider_d(
     n: int = 4,
     sigma: float = 6.0,
 ) -> float:
-    """Corpus CIDEr-D: the mean of :func:`cider_d_scores` (see there for the definition)."""
+    """Corpus CIDEr-D: the mean of :func:`cider_d_scores` (see there for the definition), as the
+    toolkit's ``Cider.compute_score`` reports it."""
     s = cider_d_scores(preds, refs_list, n=n, sigma=sigma)
     return sum(s) / len(s)

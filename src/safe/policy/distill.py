@@ -11,32 +11,17 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from numbers import Integral, Real
 from typing import Any
 
 import torch
 
 from safe.policy.network import GateMLP, PolicyNetwork
 from safe.policy.table import OutcomeTable, evaluate_actions
+from safe.validation import int_arg, real_arg
 
 __all__ = ["distill", "teacher_decisions", "time_per_row"]
 
 Teacher = PolicyNetwork | Callable[[torch.Tensor], torch.Tensor]
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _real_arg(name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
-        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {value!r}")
-    return v
 
 
 def teacher_decisions(teacher: Teacher, states: torch.Tensor) -> torch.Tensor:
@@ -68,7 +53,7 @@ def time_per_row(fn: Callable[[torch.Tensor], Any], states: torch.Tensor, repeat
     duration (restored afterwards), so numbers from machines with different core counts compare.
     One untimed warm-up call first.
     """
-    repeats = _int_arg("repeats", repeats, 1)
+    repeats = int_arg("repeats", repeats, 1)
     n = states.shape[0]
     if n == 0:
         raise ValueError("states must have at least one row")
@@ -111,12 +96,12 @@ def distill(policy: Teacher, table: OutcomeTable, hidden: int = 32, epochs: int 
     """
     if not isinstance(table, OutcomeTable):
         raise TypeError(f"table must be an OutcomeTable, got {type(table).__name__}")
-    epochs = _int_arg("epochs", epochs, 1)
-    batch_size = _int_arg("batch_size", batch_size, 1)
-    seed = _int_arg("seed", seed, 0)
-    lr = _real_arg("lr", lr, 0.0, math.inf, True, True)
-    holdout = _real_arg("holdout", holdout, 0.0, 1.0, True, True)
-    weight_decay = _real_arg("weight_decay", weight_decay, 0.0, math.inf, False, True)
+    epochs = int_arg("epochs", epochs, 1)
+    batch_size = int_arg("batch_size", batch_size, 1)
+    seed = int_arg("seed", seed, 0)
+    lr = real_arg("lr", lr, 0.0, lo_open=True)
+    holdout = real_arg("holdout", holdout, 0.0, 1.0, lo_open=True, hi_open=True)
+    weight_decay = real_arg("weight_decay", weight_decay, 0.0)
     n = len(table)
     if n < 2:
         raise ValueError(f"table must have at least 2 rows (train + held-out), got {n}")

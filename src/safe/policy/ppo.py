@@ -30,7 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ import torch
 from safe.policy.network import PolicyNetwork
 from safe.policy.table import OutcomeTable, evaluate_actions
 from safe.training.schedules import DualAscent
+from safe.validation import int_arg, real_arg
 
 __all__ = [
     "latency_scale",
@@ -54,24 +55,6 @@ __all__ = [
 ]
 
 LATENCY_NORMS = ("mean_extra", "base")
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _real_arg(name: str, value: Any, lo: float | None = None, hi: float | None = None,
-              lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value!r}")
-    return v
 
 
 def _vector(name: str, value: Any, n: int | None = None) -> torch.Tensor:
@@ -126,9 +109,9 @@ def reward(correct: Any, use_audio: Any, cost_ms: Any, base_cost_ms: Any, alpha:
     cost = _vector("cost_ms", cost_ms, n).double()
     base = _vector("base_cost_ms", base_cost_ms, n).double()
     needs = _vector("needs_audio", needs_audio, n).bool()
-    alpha = _real_arg("alpha", alpha, 0.0)
-    gamma = _real_arg("gamma", gamma, 0.0)
-    scale = _real_arg("latency_scale", latency_scale, 0.0, lo_open=True)
+    alpha = real_arg("alpha", alpha, 0.0)
+    gamma = real_arg("gamma", gamma, 0.0)
+    scale = real_arg("latency_scale", latency_scale, 0.0, lo_open=True)
     latency_cost = (cost - base).clamp_min(0.0) / scale
     irrelevant = (u & ~needs).double()
     return (c.double() - alpha * latency_cost - gamma * irrelevant).float()
@@ -146,7 +129,7 @@ def retention_penalty(correct: Any, is_vl: Any, lam: float) -> torch.Tensor:
     """
     c = _vector("correct", correct)
     vl = _vector("is_vl", is_vl, c.shape[0]).bool()
-    lam = _real_arg("lam", lam, 0.0)
+    lam = real_arg("lam", lam, 0.0)
     return (lam * vl.double() * (1.0 - c.double())).float()
 
 
@@ -161,10 +144,10 @@ def alpha_schedule(step: int, total: int, final: float = 0.6, ramp_fraction: flo
     where audio helps before it learns that audio costs); ``ramp_fraction = 0`` gives ``final``
     from the first update. Steps past ``total`` give ``final``.
     """
-    step = _int_arg("step", step, 0)
-    total = _int_arg("total", total, 1)
-    final = _real_arg("final", final, 0.0)
-    ramp_fraction = _real_arg("ramp_fraction", ramp_fraction, 0.0, 1.0)
+    step = int_arg("step", step, 0)
+    total = int_arg("total", total, 1)
+    final = real_arg("final", final, 0.0)
+    ramp_fraction = real_arg("ramp_fraction", ramp_fraction, 0.0, 1.0)
     ramp = ramp_fraction * total
     if ramp <= 0 or step >= ramp:
         return final
@@ -223,9 +206,9 @@ def ppo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.T
     values = _vector("values", values, m)
     returns = _vector("returns", returns, m).detach()
     entropy = _vector("entropy", entropy, m)
-    clip = _real_arg("clip", clip, 0.0, lo_open=True)
-    vf_coef = _real_arg("vf_coef", vf_coef, 0.0)
-    ent_coef = _real_arg("ent_coef", ent_coef, 0.0)
+    clip = real_arg("clip", clip, 0.0, lo_open=True)
+    vf_coef = real_arg("vf_coef", vf_coef, 0.0)
+    ent_coef = real_arg("ent_coef", ent_coef, 0.0)
 
     logratio = new_logp - old_logp
     ratio = logratio.exp()
@@ -255,18 +238,18 @@ def detect_collapse(use_rate: float | Sequence[float], low: float = 0.02, high: 
     reports, it does not fail; the caller decides (seed proposal 10.1 lists collapse as the first
     Stage B risk).
     """
-    low = _real_arg("low", low, 0.0, 1.0)
-    high = _real_arg("high", high, 0.0, 1.0)
+    low = real_arg("low", low, 0.0, 1.0)
+    high = real_arg("high", high, 0.0, 1.0)
     if not low < high:
         raise ValueError(f"low must be < high, got low={low}, high={high}")
-    window = _int_arg("window", window, 1)
+    window = int_arg("window", window, 1)
     if isinstance(use_rate, Real) and not isinstance(use_rate, bool):
-        rate = _real_arg("use_rate", use_rate, 0.0, 1.0)
+        rate = real_arg("use_rate", use_rate, 0.0, 1.0)
     else:
         rates = list(use_rate)
         if not rates:
             raise ValueError("use_rate must be a number or a non-empty sequence, got an empty sequence")
-        tail = [_real_arg(f"use_rate[{i}]", r, 0.0, 1.0) for i, r in enumerate(rates[-window:])]
+        tail = [real_arg(f"use_rate[{i}]", r, 0.0, 1.0) for i, r in enumerate(rates[-window:])]
         rate = sum(tail) / len(tail)
     if rate <= low:
         return "never"
@@ -336,22 +319,22 @@ class PPOConfig:
     def __post_init__(self) -> None:
         for name, minimum in (("steps", 1), ("batch_size", 1), ("epochs", 1), ("minibatch_size", 1),
                               ("hidden", 1), ("seed", 0), ("collapse_window", 1)):
-            setattr(self, name, _int_arg(name, getattr(self, name), minimum))
+            setattr(self, name, int_arg(name, getattr(self, name), minimum))
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size must be <= batch_size={self.batch_size}, got {self.minibatch_size}")
         for name in ("lr", "clip"):
-            setattr(self, name, _real_arg(name, getattr(self, name), 0.0, lo_open=True))
+            setattr(self, name, real_arg(name, getattr(self, name), 0.0, lo_open=True))
         for name in ("ent_coef", "vf_coef", "alpha_final", "gamma", "tau", "dual_lr", "lambda_init"):
-            setattr(self, name, _real_arg(name, getattr(self, name), 0.0))
-        self.max_grad_norm = _real_arg("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
+            setattr(self, name, real_arg(name, getattr(self, name), 0.0))
+        self.max_grad_norm = real_arg("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
         if self.target_kl is not None:
-            self.target_kl = _real_arg("target_kl", self.target_kl, 0.0, lo_open=True)
-        self.alpha_ramp = _real_arg("alpha_ramp", self.alpha_ramp, 0.0, 1.0)
-        self.lambda_max = _real_arg("lambda_max", self.lambda_max, self.lambda_init)
+            self.target_kl = real_arg("target_kl", self.target_kl, 0.0, lo_open=True)
+        self.alpha_ramp = real_arg("alpha_ramp", self.alpha_ramp, 0.0, 1.0)
+        self.lambda_max = real_arg("lambda_max", self.lambda_max, self.lambda_init)
         if self.latency_norm not in LATENCY_NORMS:
             raise ValueError(f"latency_norm must be one of {LATENCY_NORMS}, got {self.latency_norm!r}")
-        self.collapse_low = _real_arg("collapse_low", self.collapse_low, 0.0, 1.0)
-        self.collapse_high = _real_arg("collapse_high", self.collapse_high, 0.0, 1.0)
+        self.collapse_low = real_arg("collapse_low", self.collapse_low, 0.0, 1.0)
+        self.collapse_high = real_arg("collapse_high", self.collapse_high, 0.0, 1.0)
         if not self.collapse_low < self.collapse_high:
             raise ValueError(f"collapse_low must be < collapse_high, got {self.collapse_low} and {self.collapse_high}")
 

@@ -20,7 +20,7 @@ from safe.data.prepared import read_waveforms
 from safe.data.source import DataSource
 from safe.evaluation.efficiency import latency_stats
 from safe.evaluation.scoring import answer_score
-from safe.evaluation.stats import mean_ci
+from safe.evaluation.stats import PROPORTION, mean_ci
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.policy import baselines as B
 from safe.policy.distill import distill
@@ -271,7 +271,9 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
     always = evaluate_actions(test.table, B.always(test.table))
     direct_always_ms = float(torch.tensor([costs[e.family]["audio"] for e in test.examples]).mean())
     base_ms = float(torch.tensor([costs[e.family]["base"] for e in test.examples]).mean())
-    seeds = {k: mean_ci([e[k] for e in seed_evals])._asdict() | {"values": [e[k] for e in seed_evals]}
+    # accuracies and the use rate are fractions: their intervals over seeds stay inside [0, 1]
+    seeds = {k: mean_ci([e[k] for e in seed_evals], bounds=None if k == "mean_latency_ms" else PROPORTION)._asdict()
+             | {"values": [e[k] for e in seed_evals]}
              for k in ("accuracy", "use_rate", "mean_latency_ms", "vl_accuracy")} if cfg.seeds > 1 else {}
     metrics = {
         "config": asdict(cfg),

@@ -16,8 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-
-from safe.evaluation.stats import mean_ci
+from safe.evaluation.stats import PROPORTION, mean_ci
 
 STAGE_A_GRID: dict[str, list[str]] = {
     "reference": [],
@@ -35,6 +34,8 @@ STAGE_A_GRID: dict[str, list[str]] = {
 METRICS = ("audio_accuracy", "vl_accuracy_gate_open", "vl_retention_ratio_gate_open", "vl_answers_changed_gate_open",
            "caption_cider_d", "answers_identical_gate_closed")
 """What each run records from :func:`~safe.training.evaluate.evaluate_stage_a` (test split)."""
+FRACTIONS = frozenset({"audio_accuracy", "vl_accuracy_gate_open", "answers_identical_gate_closed"})
+"""The metrics that are fractions: their intervals over seeds are kept inside [0, 1]."""
 
 
 def _slug(name: str) -> str:
@@ -59,7 +60,8 @@ def select_grid(names: Sequence[str] | None) -> dict[str, list[str]]:
 
 def summarise(runs: dict[str, dict[str, Any]], grid: dict[str, list[str]]) -> list[dict[str, Any]]:
     """One row per entry: the overrides, seeds, and per metric the mean with a 95% t interval over
-    seeds (``ci_low``/``ci_high`` NaN for one seed), plus trainable parameters and seconds."""
+    seeds (clipped to [0, 1] for :data:`FRACTIONS`; ``ci_low``/``ci_high`` NaN for one seed), plus trainable
+    parameters and seconds."""
     rows = []
     for name, overrides in grid.items():
         done = [r for key, r in sorted(runs.items()) if key.split("/")[0] == name]
@@ -72,7 +74,7 @@ def summarise(runs: dict[str, dict[str, Any]], grid: dict[str, list[str]]) -> li
                 continue
             row[m] = float(sum(values) / len(values))
             if len(values) > 1:
-                ci = mean_ci(values)
+                ci = mean_ci(values, bounds=PROPORTION if m in FRACTIONS else None)
                 row[f"{m}_ci"] = [ci.low, ci.high]
         row["trainable_parameters"] = done[0]["trainable_parameters"]
         row["train_seconds"] = float(sum(r["train_seconds"] for r in done) / len(done))

@@ -1,7 +1,8 @@
 """Stage A schedules: the learning-rate multiplier, the audio curriculum and the retention multiplier.
 
 * :func:`cosine_with_warmup` / :func:`make_lr_lambda`: linear warm-up then cosine decay to 0
-  (seed proposal, section 7.2: "cosine decay"), as a multiplier for ``LambdaLR``.
+  (seed proposal, section 7.2: "cosine decay"), as a multiplier for ``LambdaLR``, computed by
+  transformers' cosine schedule (one warm-up step ahead of it, see :func:`cosine_with_warmup`).
 * :func:`audio_exposure`: the curriculum, the fraction of the audio-dependent pool (ordered easy ->
   hard) that the sampler may draw from at a step (fed to
   :meth:`safe.data.mixture.BalancedMixtureSampler.set_exposure`).
@@ -13,39 +14,37 @@ only :class:`DualAscent` has state, with ``state_dict`` / ``load_state_dict``.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from numbers import Integral, Real
 from typing import Any
 
+from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
+
+from safe.validation import int_arg, real_arg
+
 __all__ = ["cosine_with_warmup", "make_lr_lambda", "audio_exposure", "DualAscent"]
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _real_arg(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be in [{lo if lo is not None else '-inf'}, "
-                         f"{hi if hi is not None else 'inf'}], got {value!r}")
-    return v
 
 
 # --------------------------------------------------------------------------------------------
 # learning rate
 # --------------------------------------------------------------------------------------------
 def _check_lr_args(total: Any, warmup: Any) -> tuple[int, int]:
-    total = _int_arg("total", total, 1)
-    warmup = _int_arg("warmup", warmup, 0)
+    total = int_arg("total", total, 1)
+    warmup = int_arg("warmup", warmup, 0)
     if warmup >= total:
         raise ValueError(f"warmup must be smaller than total={total}, got {warmup}")
     return total, warmup
+
+
+def _library_step(step: int, total: int, warmup: int) -> int:
+    """The step at which transformers' multiplier equals this module's at ``step``.
+
+    transformers' linear warm-up gives ``step / warmup`` (0 at the first step, which would waste
+    it); this schedule gives ``(step + 1) / warmup``, so warm-up steps are shifted by one. The last
+    warm-up step then lands on ``warmup``, where transformers' cosine starts at exactly 1.0, the
+    same value. Past ``total`` transformers' cosine rises again (it is periodic); this schedule
+    stays at 0, so the step is held at ``total``.
+    """
+    return step + 1 if step < warmup else min(step, total)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -57,14 +56,17 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
       1 at the end of warm-up, 0 at ``step == total``;
     * ``step > total``: 0.
 
+    Computed by transformers' ``get_cosine_schedule_with_warmup`` multiplier
+    (``_get_cosine_schedule_with_warmup_lr_lambda``, half a cosine period) at a shifted step (see
+    :func:`_library_step`): bit-identical to the formulas above at every step (tested), so Stage A
+    trains exactly as before the library was used.
+
     ``warmup = 0`` means no warm-up. Requires ``total >= 1`` and ``0 <= warmup < total``.
     """
     total, warmup = _check_lr_args(total, warmup)
-    step = _int_arg("step", step, 0)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    step = int_arg("step", step, 0)
+    return float(_get_cosine_schedule_with_warmup_lr_lambda(
+        _library_step(step, total, warmup), num_warmup_steps=warmup, num_training_steps=total, num_cycles=0.5))
 
 
 def make_lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -76,6 +78,8 @@ def make_lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     """
     total, warmup = _check_lr_args(total, warmup)
 
+    # A plain function, not a functools.partial: LambdaLR.state_dict stores callable objects'
+    # __dict__ but skips functions, so checkpoints keep the layout they had.
     def lr_lambda(step: int) -> float:
         return cosine_with_warmup(step, total, warmup)
 
@@ -95,13 +99,13 @@ def audio_exposure(step: int, total: int, start: float = 0.25, end: float = 1.0,
     Requires ``0 <= start <= end <= 1``, ``0 <= ramp_fraction <= 1``, ``total >= 1``, ``step >= 0``
     (steps past ``total`` are allowed and give ``end``).
     """
-    step = _int_arg("step", step, 0)
-    total = _int_arg("total", total, 1)
-    start = _real_arg("start", start, 0.0, 1.0)
-    end = _real_arg("end", end, 0.0, 1.0)
+    step = int_arg("step", step, 0)
+    total = int_arg("total", total, 1)
+    start = real_arg("start", start, 0.0, 1.0)
+    end = real_arg("end", end, 0.0, 1.0)
     if end < start:
         raise ValueError(f"end must be >= start={start}, got {end!r}")
-    ramp_fraction = _real_arg("ramp_fraction", ramp_fraction, 0.0, 1.0)
+    ramp_fraction = real_arg("ramp_fraction", ramp_fraction, 0.0, 1.0)
     ramp_steps = ramp_fraction * total
     if ramp_steps <= 0 or step >= ramp_steps:
         return end
@@ -127,11 +131,11 @@ class DualAscent:
 
     def __init__(self, initial: float, lr: float, floor: float, min_value: float | None = None,
                  max_value: float = 100.0) -> None:
-        self.initial = _real_arg("initial", initial, 0.0)
-        self.lr = _real_arg("lr", lr, 0.0)
-        self.floor = _real_arg("floor", floor)
-        self.min_value = self.initial if min_value is None else _real_arg("min_value", min_value, 0.0)
-        self.max_value = _real_arg("max_value", max_value)
+        self.initial = real_arg("initial", initial, 0.0)
+        self.lr = real_arg("lr", lr, 0.0)
+        self.floor = real_arg("floor", floor)
+        self.min_value = self.initial if min_value is None else real_arg("min_value", min_value, 0.0)
+        self.max_value = real_arg("max_value", max_value)
         if not self.min_value <= self.initial <= self.max_value:
             raise ValueError(f"need min_value <= initial <= max_value, got min_value={self.min_value}, "
                              f"initial={self.initial}, max_value={self.max_value}")
@@ -145,7 +149,7 @@ class DualAscent:
 
     def update(self, measured: float) -> float:
         """One dual step from a measured accuracy (same units as ``floor``); returns the new value."""
-        m = _real_arg("measured", measured)
+        m = real_arg("measured", measured)
         self._value = min(self.max_value, max(self.min_value, self._value + self.lr * (self.floor - m)))
         self.num_updates += 1
         return self._value
@@ -160,8 +164,8 @@ class DualAscent:
         if missing:
             raise ValueError(f"state is missing keys {missing}")
         restored = DualAscent(state["initial"], state["lr"], state["floor"], state["min_value"], state["max_value"])
-        value = _real_arg("state['value']", state["value"], restored.min_value, restored.max_value)
+        value = real_arg("state['value']", state["value"], restored.min_value, restored.max_value)
         self.initial, self.lr, self.floor = restored.initial, restored.lr, restored.floor
         self.min_value, self.max_value = restored.min_value, restored.max_value
         self._value = value
-        self.num_updates = _int_arg("state['num_updates']", state["num_updates"], 0)
+        self.num_updates = int_arg("state['num_updates']", state["num_updates"], 0)
