@@ -73,20 +73,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from safe.evaluation.report import report_sections, write_report
+    from safe.evaluation.report import render_plots, report_sections, write_report
     from safe.runs import RunDir
 
     run = RunDir(args.run_dir)
     metrics = run.metrics()
     if not metrics:
         raise FileNotFoundError(f"{run.metrics_file} is missing or empty: run the pipeline (make demo) first")
-    path = write_report(metrics, run.path / "report.html")
+    figures = render_plots(metrics)  # drawn once: embedded in the report, and the same bytes exported
+    path = write_report(metrics, run.path / "report.html", figures=figures)
     missing = [k for k, v in report_sections(metrics).items() if not v]
     print(f"\nreport: {path.resolve()}" + (f" (sections not run: {', '.join(missing)})" if missing else ""))
     if getattr(args, "export_plots", None):
         from safe.evaluation.report import export_plots
 
-        written = export_plots(path.read_text(encoding="utf-8"), args.export_plots)
+        written = export_plots(metrics, args.export_plots, figures=figures)
         print(f"{len(written)} plots written to {Path(args.export_plots).resolve()}: "
               + ", ".join(p.name for p in written))
     return 0

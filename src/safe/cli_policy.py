@@ -79,7 +79,7 @@ def print_policy(m: dict) -> None:
         print(f"    batch {bs:>3} ({r['rows']} rows): {cells}")
         print(f"              mean ratios: policy/always {r['policy_to_always']:.3f}, policy/base "
               f"{r['policy_to_base']:.3f}, always/base {r['always_to_base']:.3f}")
-    c, s = m["cascade"], m["skip_all"]
+    c, s = m.get("deployed") or m["cascade"], m["skip_all"]  # runs before the key was renamed: "cascade"
     print(f"  deployed accuracy {c['accuracy']:.4f}, use rate {c['use_rate']:.3f}; encoder rows {c['encoder_rows']} "
           f"= rows using audio {c['rows_using_audio']}")
     if s.get("rows"):

@@ -330,16 +330,39 @@ def test_input_metrics_not_mutated(metrics, tmp_path):
     assert metrics == before
 
 
-def test_export_plots_writes_each_embedded_png(report, tmp_path):
-    from safe.evaluation.report import export_plots
+def test_export_plots_writes_the_embedded_bytes(metrics, report, tmp_path):
+    from safe.evaluation.report import export_plots, render_plots
 
     _, text = report
-    written = export_plots(text, tmp_path / "plots")
-    assert len(written) == len(_images(text)) >= 4
-    assert [p.read_bytes() for p in written] == _images(text)  # the same bytes, in page order
-    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
-    assert len({p.name for p in written}) == len(written)
+    figures = render_plots(metrics)
+    assert list(figures) == ["retention_per_family", "pareto_plot", "ppo_curves", "attribution", "snr_sweep",
+                             "stage_a_curves"]  # report order; every plot has data in the full fixture
+    assert list(figures.values()) == _images(text)  # the report embeds exactly these bytes, in this order
+    written = export_plots(metrics, tmp_path / "plots")  # drawn again from the metrics: the same bytes
+    assert [p.name for p in written] == [f"{n}.png" for n in figures]
+    assert [p.read_bytes() for p in written] == list(figures.values())
     assert tmp_path.joinpath("plots", "pareto_plot.png") in written
+
+
+def test_plots_drawn_once_are_embedded_and_exported_as_given(metrics, tmp_path):
+    from safe.evaluation.report import export_plots, render_plots
+
+    figures = render_plots(metrics)
+    fake = {"pareto_plot": PNG_SIGNATURE + b"drawn once", "snr_sweep": figures["snr_sweep"]}
+    text = write_report(metrics, tmp_path / "r.html", figures=fake).read_text()
+    assert _images(text) == list(fake.values())  # nothing re-drawn: exactly the given bytes
+    assert 'alt="Pareto plot"' in text and 'alt="SNR sweep"' in text
+    written = export_plots(metrics, tmp_path / "out", figures=fake)
+    assert [(p.name, p.read_bytes()) for p in written] == [(f"{k}.png", v) for k, v in fake.items()]
+
+
+def test_render_plots_leaves_out_plots_without_data(metrics):
+    from safe.evaluation.report import render_plots
+
+    assert render_plots({}) == {}
+    assert list(render_plots({"stage_a": metrics["stage_a"]})) == ["stage_a_curves"]
+    odd = {"policy": {"pareto": {"x": 1}, "history": "none"}, "eval": {"attribution": {"shapley": 0.5}}}
+    assert render_plots(odd) == {}
 
 
 @pytest.mark.parametrize("state", ["early", "cascade", None])
