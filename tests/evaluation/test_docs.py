@@ -57,7 +57,7 @@ def test_results_page_holds_every_figure_of_the_long_table(metrics):
     rows = dict(r for r in _table_rows(text) if len(r) == 2)
     assert rows["Built-in audio encoder, exact tag sets on held-out clips"] == "0.997"
     assert rows["Built-in VL model on audio questions (deaf-guesser check)"] == "passes"
-    assert rows["Stage 1 verification"] == "all PASS (2 model pairs)"
+    assert rows["Stage 1 verification"] == "all PASS (2 model pairs, 4 checks)"
     assert rows["Stage A: audio captions exact match / CIDEr-D / BLEU-2"].startswith("0.988 / 8.70 / 0.997")
     assert rows["Stage B: PPO policy accuracy / always-audio / oracle"] == \
         "0.995 / 1.000 / 1.000 (alpha 0.10, early state)"
@@ -84,6 +84,8 @@ def test_results_page_holds_every_figure_of_the_long_table(metrics):
                   "Deployed gate, measured end to end", "Evaluation: retention", "Evaluation: stage gates",
                   "Ablations: Stage A", "Ablations: Stages B and C", "Time per stage"):
         assert f"\n## {title}\n" in text, title
+    metrics["ablations"]["rows"][1]["changes"] = {"lambda_retention": 0, "retention_every": 0}  # a dict reads alike
+    assert results_page(metrics) == text
     grid = {r[0]: r for r in _table_rows(text) if r[0] in ("reference", "no retention loss")}
     assert grid["no retention loss"][1:6] == ["lambda_retention=0, retention_every=0", "0.429", "0.149", "664", "0.278"]
     assert grid["reference"][1] == "the recipe" and grid["reference"][6] == "266,756"

@@ -211,7 +211,7 @@ def test_report_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, safe.evaluation.report, safe.evaluation.plots; "
+    code = ("import sys, safe.evaluation.report, safe.evaluation.plots, safe.evaluation.docs; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -169,7 +169,12 @@ def _verify(m: Mapping) -> str:
     v = _at(m, "verify")
     models = v.get("models") if isinstance(v.get("models"), Mapping) else {}
     ok = v.get("passed", all(isinstance(x, Mapping) and x.get("passed") for x in models.values()))
-    return f"{'all PASS' if ok else 'FAIL'} ({len(models)} model pairs)" if models else ("PASS" if ok else "FAIL")
+    if not models:
+        return "PASS" if ok else "FAIL"
+    checks = sum(len(x["checks"]) for x in models.values() if isinstance(x, Mapping) and
+                 isinstance(x.get("checks"), (list, Mapping)))
+    pairs = f"{len(models)} model pair{'s' if len(models) != 1 else ''}"
+    return f"{'all PASS' if ok else 'FAIL'} ({pairs}, {checks} checks)"
 
 
 def _captions(m: Mapping) -> str:
@@ -375,7 +380,11 @@ def _stage_a_grid(m: Mapping) -> str:
         ci = r.get(f"{key}_ci")
         return fmt(r.get(key)) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "")
 
-    changes = lambda c: ", ".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, Mapping) and c else "the recipe"  # noqa: E731
+    def changes(c: Any) -> str:  # safe ablate records a string ("the recipe", "lambda_retention=0, ...")
+        if isinstance(c, Mapping):
+            return ", ".join(f"{k}={v}" for k, v in c.items()) or "the recipe"
+        return str(c) if c else "the recipe"
+
     head = (f"Stage A grid (`safe ablate`): {fmt(g.get('steps'))} steps per entry, {fmt(g.get('seeds'))} seed(s), "
             f"scored on the {fmt(g.get('split'))} split; mean [95% CI over seeds] where there are several.\n\n")
     return head + _table(["entry", "changes", *(h for _, h in cols), "trainable", "train s"],
