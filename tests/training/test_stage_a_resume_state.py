@@ -54,3 +54,21 @@ def test_a_pickled_payload_in_the_state_is_refused_and_never_runs(tiny_builtin, 
     # --fresh starts over without touching the refused file's content
     m = run_stage_a(bench, base, cfg, tmp_path / "run", progress=False, fresh=True, max_eval=4)
     assert m["steps"] == 6 and not marker.exists()
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    from safe.training.stage_a import _rng_state, _set_rng_state
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    torch.save({"rng": _rng_state()}, tmp_path / "s.pt")
+    expected = (torch.rand(4), np.random.standard_normal(3), [random.random() for _ in range(3)])
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)  # move every generator elsewhere
+    _set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    assert torch.equal(torch.rand(4), expected[0])
+    assert np.array_equal(np.random.standard_normal(3), expected[1])
+    assert [random.random() for _ in range(3)] == expected[2]
