@@ -7,14 +7,17 @@ TORCH_PIN := torch==2.13.0
 # Extra pip arguments for the torch step only (e.g. a CPU wheel index where the default index serves CUDA).
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
+# The exact versions the suite passed with (`make lock` writes it); both install steps keep to them, so a
+# fresh clone installs what was tested. pyproject.toml keeps its ranges for library users.
+LOCK   := constraints.txt
 
-.PHONY: test demo ablations install clean test-fast
+.PHONY: test demo ablations install clean test-fast lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH_PIN) -c $(LOCK)
+	$(PY) -m pip install -q -e '.[test]' -c $(LOCK)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +34,21 @@ demo: $(STAMP)
 # The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
 ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
+
+# Rewrite constraints.txt from the packages installed in $(VENV) (after the suite passed there; to move a
+# package, `$(PY) -m pip install -U NAME` first). Drops the editable safe-av itself and anything installed
+# from a URL or path, and local version labels (torch==2.13.0+cpu -> torch==2.13.0, which matches either
+# build). Written to a temporary file first: a failed freeze leaves the old lock in place.
+lock:
+	@test -x $(PY) || { echo "make lock: no $(VENV); run make install (or point VENV= at the tested venv)" >&2; exit 2; }
+	{ echo "# Exact versions the suite passed with; written by make lock from the tested venv; make installs with pip -c $(LOCK)."; \
+	  $(PY) -m pip freeze --exclude-editable --disable-pip-version-check \
+	    | grep -v -i -e '^safe-av==' -e '^safe_av==' -e ' @ ' -e '^-e ' -e '^#' \
+	    | sed -e 's/^\([^=]*==[^+]*\)+.*$$/\1/'; } > $(LOCK).tmp
+	@grep -q '^torch==' $(LOCK).tmp || { echo "make lock: $(VENV) has no torch; lock not written" >&2; rm -f $(LOCK).tmp; exit 2; }
+	mv $(LOCK).tmp $(LOCK)
+	@# the venv is exactly what the lock now says: no reinstall on the next make test
+	@if [ -f $(STAMP) ]; then touch $(STAMP); fi
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

@@ -42,7 +42,8 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     assert [p["alpha"] for p in ppo] == [0.0, 0.3] and all("beats_thresholds" in p for p in ppo)
     # the deployed gate: the encoder ran for exactly the rows that used audio, and its accuracy is
     # the table's prediction for the distilled gate (same answers, measured instead of looked up)
-    c = m["cascade"]
+    c = m["deployed"]
+    assert "cascade" not in m  # the old name of this key; only readers of old runs still know it
     assert c["encoder_rows"] == c["rows_using_audio"]
     assert c["accuracy"] == pytest.approx(m["baselines"]["distilled"]["accuracy"], abs=1e-6)
     if m["skip_all"]["rows"]:
@@ -68,7 +69,7 @@ def test_policy_stage_with_the_early_state(tiny_ckpt):
         extra = costs["state"] + costs["preview"] + costs["policy"]
         assert costs["without_audio"] == pytest.approx(costs["base"] + extra)
         assert costs["with_audio"] == pytest.approx(costs["audio"] + extra)
-    c = m["cascade"]
+    c = m["deployed"]
     assert c["encoder_rows"] == c["rows_using_audio"]
     assert c["accuracy"] == pytest.approx(m["baselines"]["distilled"]["accuracy"], abs=1e-6)
     if m["skip_all"]["rows"]:

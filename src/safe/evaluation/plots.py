@@ -1,16 +1,19 @@
-"""Plots for the SAFE report, one function per plot.
+"""Plots for the SAFE report, one function per plot, and :func:`render_plots` that draws them all.
 
-Every function takes plain Python data (dicts, lists, floats) and returns the plot as PNG bytes, or
-``None`` when the data holds nothing to draw (the report then skips the plot). Values that are
+Every plot function takes plain Python data (dicts, lists, floats) and returns the plot as PNG bytes,
+or ``None`` when the data holds nothing to draw (the report then skips the plot). Values that are
 ``None``, NaN or not numbers are left out of a plot, never drawn as zero. Only matplotlib's object
 API is used (``matplotlib.figure.Figure``), so no pyplot state, no GUI backend and no torch.
+:func:`render_plots` draws every plot a run's ``metrics.json`` has data for, once, as named PNG bytes:
+the report embeds those bytes and :func:`export_plots` writes the same bytes to files.
 """
 from __future__ import annotations
 
 import io
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 FIGSIZE = (6.0, 3.5)
@@ -221,3 +224,57 @@ def stage_a_keys(history: Sequence[Mapping[str, Any]] | None, limit: int = 4) ->
 def stage_a_plot(history: Sequence[Mapping[str, Any]] | None) -> bytes | None:
     """Stage A training curves for the series chosen by :func:`stage_a_keys` against the step."""
     return _curves(history, stage_a_keys(history), ("step", "update", "epoch"), "Stage A training")
+
+
+# ------------------------------------------------------------------------------ from metrics.json
+def _at(metrics: Any, *keys: str) -> Any:
+    """``metrics[k1][k2]...`` or ``None`` when any level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(metrics, Mapping):
+            return None
+        metrics = metrics.get(key)
+    return metrics
+
+
+def _rows(value: Any) -> list[Mapping]:
+    """The mapping entries of a list (anything else reads as no rows)."""
+    return [r for r in value if isinstance(r, Mapping)] if isinstance(value, (list, tuple)) else []
+
+
+# name (the exported file's stem) -> (alt text in the report, plot drawn from the metrics), in report order
+PLOTS: dict[str, tuple[str, Callable[[Mapping], bytes | None]]] = {
+    "retention_per_family": ("retention per family",
+                             lambda m: retention_plot(_dict_rows(_at(m, "eval", "retention", "per_family")))),
+    "pareto_plot": ("Pareto plot", lambda m: pareto_plot(_rows(_at(m, "policy", "pareto")))),
+    "ppo_curves": ("PPO curves", lambda m: ppo_curves_plot(_rows(_at(m, "policy", "history")))),
+    "attribution": ("attribution", lambda m: attribution_plot(
+        _dict_rows(_at(m, "eval", "attribution", "lomo")), _at(m, "eval", "attribution", "shapley", "by_family"))),
+    "snr_sweep": ("SNR sweep", lambda m: snr_plot(_rows(_at(m, "eval", "robustness", "snr_sweep")))),
+    "stage_a_curves": ("Stage A curves", lambda m: stage_a_plot(_rows(_at(m, "stage_a", "history")))),
+}
+
+
+def render_plots(metrics: Mapping[str, Any]) -> dict[str, bytes]:
+    """Every plot ``metrics`` (a run's ``metrics.json``) holds data for, as ``{name: PNG bytes}`` in report
+    order (names are the keys of :data:`PLOTS`); a plot without data is left out, never drawn empty."""
+    figures = {}
+    for name, (_, draw) in PLOTS.items():
+        png = draw(metrics)
+        if png:
+            figures[name] = png
+    return figures
+
+
+def export_plots(metrics: Mapping[str, Any], out_dir: str | Path, *,
+                 figures: Mapping[str, bytes] | None = None) -> list[Path]:
+    """Write each plot of ``metrics`` to ``out_dir/<name>.png`` (``pareto_plot.png``, ...) and return the paths
+    in report order. ``figures`` (from :func:`render_plots`, e.g. the ones a report just embedded) is
+    written as it is instead of drawing the plots again: the files hold the report's bytes."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, png in (render_plots(metrics) if figures is None else figures).items():
+        path = out / f"{name}.png"
+        path.write_bytes(png)
+        written.append(path)
+    return written

@@ -3,8 +3,9 @@
 The report answers three questions for a reviewer: is the base model untouched, does audio help
 where it should, and is audio skipped where it does not help. Every section is rendered only from
 values present in the metrics; a missing section says "not run in this report" and no number is
-ever invented. Plots are PNGs embedded as ``data:`` URIs, styles are inline, there is no script
-and no external reference, and every string from the metrics is HTML-escaped.
+ever invented. Plots are drawn once by :func:`safe.evaluation.plots.render_plots` and embedded as
+``data:`` URIs (``--export-plots`` writes the same bytes to files), styles are inline, there is no
+script and no external reference, and every string from the metrics is HTML-escaped.
 """
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import json
 import math
 import numbers
 import os
-import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safe.evaluation import plots
+from safe.evaluation.plots import PLOTS, export_plots, render_plots
+
+__all__ = ["SECTION_TITLES", "export_plots", "fmt", "fmt_ci", "fmt_key", "render_plots", "render_report",
+           "report_sections", "write_report"]
+Figures = Mapping[str, bytes]  # plot name -> PNG bytes, as render_plots returns them
 
 DASH = "—"
 _MODES = ("base", "gate_closed", "gate_open", "policy")
@@ -156,27 +160,13 @@ def _grid(groups: Mapping[str, Mapping], columns: Sequence[str] | None = None, f
     return _table([first] + [c.replace("_", " ") for c in columns], rows)
 
 
-def export_plots(page: str, out_dir: str | Path) -> list[Path]:
-    """Write every plot embedded in a report's HTML ``page`` to ``out_dir`` as PNG, named after its alt text
-    (``Pareto plot`` -> ``pareto_plot.png``); returns the paths written, in page order."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for data, alt in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">', page):
-        stem = re.sub(r"[^a-z0-9]+", "_", html.unescape(alt).lower()).strip("_") or "plot"
-        path, k = out / f"{stem}.png", 2
-        while path in written:  # two plots with the same alt text keep both
-            path, k = out / f"{stem}_{k}.png", k + 1
-        path.write_bytes(base64.b64decode(data))
-        written.append(path)
-    return written
-
-
-def _img(png: bytes | None, alt: str) -> str:
+def _img(figs: Figures, name: str) -> str:
+    """The plot ``name`` of ``figs`` embedded as a PNG ``data:`` URI (nothing when it was not drawn)."""
+    png = figs.get(name)
     if not png:
         return ""
     data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+    return f'<img src="data:image/png;base64,{data}" alt="{_esc(PLOTS[name][0])}">'
 
 
 def _p(text: Any, cls: str = "") -> str:
@@ -245,7 +235,7 @@ def _base(m: Mapping) -> str:
     return "".join(parts)
 
 
-def _retention(m: Mapping) -> str:
+def _retention(m: Mapping, figs: Figures) -> str:
     r = m["eval"]["retention"]
     acc, mc, changed = _m(r.get("vl_accuracy")), _maps(r.get("mcnemar")), _m(r.get("answers_changed"))
     n = changed.get("n")
@@ -261,7 +251,7 @@ def _retention(m: Mapping) -> str:
     fam = _maps(r.get("per_family"))
     if fam:
         parts += [_h3("Per family"), _grid(fam, list(_MODES), "family"),
-                  _img(plots.retention_plot(fam), "retention per family")]
+                  _img(figs, "retention_per_family")]
     if isinstance(r.get("effect_size"), Mapping):
         parts += [_h3("Effect size"), _kv_table(r["effect_size"])]
     return "".join(parts)
@@ -305,7 +295,7 @@ def _efficiency(m: Mapping) -> str:
     return "".join(parts)
 
 
-def _policy(m: Mapping) -> str:
+def _policy(m: Mapping, figs: Figures) -> str:
     p = m["policy"]
     parts = []
     if p.get("collapse"):
@@ -327,19 +317,19 @@ def _policy(m: Mapping) -> str:
     pareto = [q for q in p.get("pareto") or () if isinstance(q, Mapping)]
     if pareto:
         cols = ("kind", "alpha", "threshold", "accuracy", "mean_latency_ms", "use_rate", "on_front")
-        parts += [_h3("Accuracy / latency trade-off"), _img(plots.pareto_plot(pareto), "Pareto plot"),
+        parts += [_h3("Accuracy / latency trade-off"), _img(figs, "pareto_plot"),
                   _table(["name", *(c.replace("_", " ") for c in cols)],
                          [[q.get("name", DASH), *(fmt_key(c, q.get(c)) for c in cols)] for q in pareto])]
     history = [h for h in p.get("history") or () if isinstance(h, Mapping)]
     if history:
         parts += [_h3(f"PPO training ({len(history)} updates; last row below)"),
-                  _img(plots.ppo_curves_plot(history), "PPO curves"), _kv_table(history[-1])]
+                  _img(figs, "ppo_curves"), _kv_table(history[-1])]
     if isinstance(p.get("distill"), Mapping):
         parts += [_h3("Distilled gate (Stage C)"), _kv_table(p["distill"])]
     return "".join(parts)
 
 
-def _attribution(m: Mapping) -> str:
+def _attribution(m: Mapping, figs: Figures) -> str:
     a = m["eval"]["attribution"]
     lomo, shap = _maps(a.get("lomo")), _m(a.get("shapley"))
     parts = []
@@ -348,11 +338,11 @@ def _attribution(m: Mapping) -> str:
     if shap:
         parts += [_h3("Shapley values per modality"), _kv_table(shap),
                   _grid(shap.get("by_family") or {}, ["image", "audio"], "family")]
-    parts.append(_img(plots.attribution_plot(lomo, _get(shap, "by_family")), "attribution"))
+    parts.append(_img(figs, "attribution"))
     return "".join(parts)
 
 
-def _robustness(m: Mapping) -> str:
+def _robustness(m: Mapping, figs: Figures) -> str:
     r = m["eval"]["robustness"]
     parts = []
     sweep = [s for s in r.get("snr_sweep") or () if isinstance(s, Mapping)]
@@ -360,7 +350,7 @@ def _robustness(m: Mapping) -> str:
         rows = [["clean" if s.get("snr_db") is None else fmt(s.get("snr_db"), 1),
                  fmt(s.get("audio_accuracy")), fmt(s.get("vl_accuracy"))] for s in sweep]
         parts += [_h3("SNR sweep"), _table(["SNR (dB)", "audio accuracy", "VL accuracy"], rows),
-                  _img(plots.snr_plot(sweep), "SNR sweep")]
+                  _img(figs, "snr_sweep")]
     for key, title in (("misaligned", "Misaligned audio"), ("irrelevant", "Irrelevant audio"),
                        ("ood_sounds", "Unseen sounds")):
         if isinstance(r.get(key), Mapping):
@@ -410,25 +400,29 @@ def _seeds(m: Mapping) -> str:
     return _table(["metric", "mean [95% CI]", "values", "Cohen's d"], rows)
 
 
-def _stage_a(m: Mapping) -> str:
+def _stage_a(m: Mapping, figs: Figures) -> str:
     a = m["stage_a"]
-    history = [h for h in a.get("history") or () if isinstance(h, Mapping)]
-    return _kv_table(a) + _img(plots.stage_a_plot(history), "Stage A curves")
+    return _kv_table(a) + _img(figs, "stage_a_curves")
 
 
-# (key, title, where the data lives, renderer)
-_SECTIONS: list[tuple[str, str, tuple[str, ...], Callable[[Mapping], str]]] = [
-    ("stage_gates", "Stage gates", ("eval", "stage_gates"), _stage_gates),
-    ("verify", "Safety verification", ("verify",), _verify),
-    ("base", "Base models", ("base",), _base),
+def _plain(render: Callable[[Mapping], str]) -> Callable[[Mapping, Figures], str]:
+    """A section renderer without plots, called as the ones with plots are."""
+    return lambda m, figs: render(m)
+
+
+# (key, title, where the data lives, renderer(metrics, figures))
+_SECTIONS: list[tuple[str, str, tuple[str, ...], Callable[[Mapping, Figures], str]]] = [
+    ("stage_gates", "Stage gates", ("eval", "stage_gates"), _plain(_stage_gates)),
+    ("verify", "Safety verification", ("verify",), _plain(_verify)),
+    ("base", "Base models", ("base",), _plain(_base)),
     ("retention", "Retention", ("eval", "retention"), _retention),
-    ("audio_gains", "Audio gains", ("eval", "audio_gains"), _audio_gains),
-    ("efficiency", "Efficiency", ("eval", "efficiency"), _efficiency),
+    ("audio_gains", "Audio gains", ("eval", "audio_gains"), _plain(_audio_gains)),
+    ("efficiency", "Efficiency", ("eval", "efficiency"), _plain(_efficiency)),
     ("policy", "Stage B/C policy", ("policy",), _policy),
     ("attribution", "Attribution", ("eval", "attribution"), _attribution),
     ("robustness", "Robustness", ("eval", "robustness"), _robustness),
-    ("ablations", "Ablations", ("eval", "ablations"), _ablations),
-    ("seeds", "Seeds", ("eval", "seeds"), _seeds),
+    ("ablations", "Ablations", ("eval", "ablations"), _plain(_ablations)),
+    ("seeds", "Seeds", ("eval", "seeds"), _plain(_seeds)),
     ("stage_a", "Stage A", ("stage_a",), _stage_a),
 ]
 SECTION_TITLES = {key: title for key, title, _, _ in _SECTIONS}
@@ -453,20 +447,25 @@ def _footer(metrics: Mapping) -> str:
             f'<pre id="metrics-json">{html.escape(text, quote=False)}</pre></details>')
 
 
-def render_report(metrics: Mapping[str, Any], title: str = "SAFE report") -> str:
-    """The report as one HTML string (see :func:`write_report`)."""
+def render_report(metrics: Mapping[str, Any], title: str = "SAFE report", *,
+                  figures: Figures | None = None) -> str:
+    """The report as one HTML string (see :func:`write_report`); ``figures`` as :func:`render_plots`
+    returns them (drawn here when not given)."""
+    figs = render_plots(metrics) if figures is None else figures
     body = [f"<h1>{_esc(title)}</h1>", _timing(metrics)]
     present = report_sections(metrics)
     for key, heading, _, render in _SECTIONS:
-        content = render(metrics) if present[key] else _p("not run in this report", "missing")
+        content = render(metrics, figs) if present[key] else _p("not run in this report", "missing")
         body.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{content}</section>')
     body.append(_footer(metrics))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str = "SAFE report") -> Path:
-    """Write the report for ``metrics`` to ``path`` and return the path.
+def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str = "SAFE report", *,
+                 figures: Figures | None = None) -> Path:
+    """Write the report for ``metrics`` to ``path`` and return the path. ``figures``: the plots as
+    :func:`render_plots` returns them, to embed bytes already drawn (e.g. also passed to :func:`export_plots`).
 
     Guarantees: the file is self-contained (plots embedded as base64 PNG, inline CSS, no script, no
     external reference); every string from ``metrics`` is HTML-escaped; missing sections read "not
@@ -475,7 +474,7 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(metrics, title)
+    text = render_report(metrics, title, figures=figures)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

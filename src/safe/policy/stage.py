@@ -302,9 +302,9 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
         "collapse": headline["collapse"],
         "seeds": seeds,
         "distill": {k: v for k, v in dist.items() if k not in ("student", "teacher")},
-        # "cascade": the deployed gate's end-to-end run, either state (the key predates the early path;
-        # kept so reports of older runs still read)
-        "cascade": {k: v for k, v in deployed.items() if k not in ("used_audio", "answers", "scores")},
+        # The deployed gate's end-to-end run, either state. Runs written before this key hold the same
+        # result under "cascade" (named before the early path existed); readers fall back to it.
+        "deployed": {k: v for k, v in deployed.items() if k not in ("used_audio", "answers", "scores")},
         "latency_by_batch": by_batch,
         "skip_all": skip_all,
         "seconds": {"tables": round(t_tables, 1), "train": round(t_train, 1),

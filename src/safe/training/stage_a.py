@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -33,6 +34,49 @@ LATEST = "latest"
 
 class ResumeMismatch(ValueError):
     """The run directory holds a checkpoint from a different configuration."""
+
+
+class UnsafeCheckpoint(ResumeMismatch):
+    """A resume state file holds more than tensors and plain containers (a pickled object).
+
+    Guarantees: such a file is never unpickled (``torch.load(..., weights_only=True)`` stops at the
+    first global it does not allow), so a crafted checkpoint cannot run code on resume.
+    """
+
+
+def _rng_state() -> dict:
+    """The three generators' states as tensors and plain values only (a weights_only load accepts them)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate()}
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate(rng["python"])
+
+
+def load_resume_state(file: Path) -> dict:
+    """The trainer state saved by :meth:`StageATrainer._checkpoint`, loaded without unpickling.
+
+    Raises :class:`UnsafeCheckpoint` naming ``file`` when it holds anything but tensors and plain
+    containers (a pickled payload, or a state written by a SAFE before this check, which kept numpy arrays).
+    """
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as e:  # what torch raises for a global outside the weights-only allowlist
+        # torch's message also suggests weights_only=False; keep only its line naming the refused global.
+        lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "global" in ln]
+        what = f" ({lines[0]})" if lines else ""
+        raise UnsafeCheckpoint(
+            f"{file} holds objects other than tensors and plain containers{what}; it is not loaded, since "
+            f"unpickling it could run code. Start a fresh run directory or pass --fresh "
+            f"(make demo DEMO_ARGS=--fresh)") from e
 
 
 def param_groups(model: SAFEModel, cfg: StageAConfig) -> list[dict]:
@@ -182,7 +226,7 @@ class StageATrainer:
             "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
             "dual": self.dual.state_dict(), "fisher": self.fisher.state_dict(), "history": self.history,
             "base_retention_accuracy": self.base_retention_accuracy,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": _rng_state(),  # tensors and plain values only: the resume loads with weights_only=True
         }, tmp / STATE_FILE)
         if final.exists():
             shutil.rmtree(final)
@@ -207,7 +251,7 @@ class StageATrainer:
     def resume(self, path: Path) -> None:
         from safetensors.torch import load_file
 
-        state = torch.load(path / STATE_FILE, weights_only=False)
+        state = load_resume_state(path / STATE_FILE)
         if state["config"] != self.cfg.to_dict():
             diff = sorted(k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k))
             raise ResumeMismatch(f"{path} was written with a different config (fields {diff}); "
@@ -234,9 +278,7 @@ class StageATrainer:
         self.history = state["history"]
         self.base_retention_accuracy = state["base_retention_accuracy"]
         self.step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        _set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = True, stop_after: int | None = None) -> dict:
