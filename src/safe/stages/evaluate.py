@@ -119,18 +119,19 @@ class ReportResult(StageResult):
 
 def report(cfg: ReportConfig) -> ReportResult:
     """report.html from the run's metrics.json (every section that ran), plus plots / docs on request."""
-    from safe.evaluation.report import report_sections, write_report
+    from safe.evaluation.report import render_plots, report_sections, write_report
 
     run = RunDir(cfg.run_dir)
     metrics = run.metrics()
     if not metrics:
         raise StageError(f"{run.metrics_file} is missing or empty: run the pipeline (make demo) first")
-    path = write_report(metrics, run.path / "report.html")
+    figures = render_plots(metrics)  # drawn once: embedded in the report, and the same bytes exported
+    path = write_report(metrics, run.path / "report.html", figures=figures)
     out = {"path": str(path.resolve()), "missing": [k for k, v in report_sections(metrics).items() if not v]}
     if cfg.export_plots:
         from safe.evaluation.report import export_plots
 
-        out["plots"] = [str(p) for p in export_plots(metrics, cfg.export_plots)]
+        out["plots"] = [str(p) for p in export_plots(metrics, cfg.export_plots, figures=figures)]
     if cfg.docs:
         from safe.evaluation.docs import write_docs
 
