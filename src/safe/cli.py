@@ -322,6 +322,49 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                    help="also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 4 more minutes)")
 
 
+def _add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default=None, help="run directory (checkpoints/policy, else checkpoints/final)")
+    p.add_argument("--checkpoint", default=None, help="a SAFE checkpoint directory instead of --run-dir")
+    p.add_argument("--base", default=None, help="frozen base (default: the one recorded with the checkpoint)")
+    p.add_argument("--audio-model", default=None, help="audio encoder checkpoint (default: the recorded one)")
+    p.add_argument("--image", default=None, help="image file for one question")
+    p.add_argument("--question", default=None, help="the question (one request)")
+    p.add_argument("--audio", default=None, help="audio file (WAV / FLAC / OGG / MP3) for the question")
+    p.add_argument("--use-audio", choices=["true", "false"], default=None,
+                   help="force the audio path on or off (default: the policy decides, or audio is used when given)")
+    p.add_argument("--input", default=None,
+                   help="JSON lines, one {question, image, audio, use_audio, id} object a line (relative paths "
+                        "from the file's folder); prints one JSON object a line, in order")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per generate call with --input")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``safe predict``: one JSON object per question on stdout; any error is one line on stderr, exit 2."""
+    import json
+
+    try:
+        from safe.stages.predict import predict, read_requests
+
+        source = args.checkpoint or args.run_dir
+        if source is None:
+            raise ValueError("give --run-dir DIR (or --checkpoint DIR)")
+        if (args.input is None) == (args.question is None):
+            raise ValueError("give either --question (with --image / --audio) or --input FILE.jsonl")
+        if args.input is not None:
+            requests = read_requests(args.input)
+        else:
+            use = None if args.use_audio is None else args.use_audio == "true"
+            requests = [{"question": args.question, "image": args.image, "audio": args.audio, "use_audio": use,
+                         "_where": "--question"}]
+        results = predict(source, requests, args.base, args.audio_model, args.batch_size)
+    except (ValueError, OSError, TypeError) as err:
+        print(f"safe predict: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -357,6 +400,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
                _lazy_args("safe.cli_eval", "add_ablate_args")),
     "report": (_lazy("safe.cli_eval", "cmd_report"), "write report.html from a run's metrics.json",
                _lazy_args("safe.cli_eval", "add_report_args")),
+    "predict": (cmd_predict, "answer questions about images and audio with a trained run (one JSON object each)",
+                _add_predict_args),
     "demo": (cmd_demo, "run the embedded pipeline end to end on CPU: data, base models, verify, Stages A, B, C",
              _add_demo_args),
 }

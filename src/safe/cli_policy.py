@@ -117,6 +117,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
     cache = AudioEmbeddingCache(bench / ".embedding_cache", encoder_fingerprint(model.audio_encoder, frontend))
     metrics, _ = run_policy_stage(model, fmt, frontend, bench, cfg, cache, out_dir=run.path / "policy", progress=True)
     out = model.save_pretrained(run.path / "checkpoints" / "policy")
+    from safe.processing.processor import SAFEProcessor  # beside the weights: `safe predict` needs nothing else
+
+    SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base).save_pretrained(out)
     metrics["checkpoint"] = str(out)
     run.record("policy", metrics)
     print_policy(metrics)

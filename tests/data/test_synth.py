@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safe.data.audio_io import read_wav
+from safe.processing.audio import read_wav
 from safe.data.records import Example
 from safe.data.synth import (
     AUDIO_FAMILIES,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from safe.data.audio_features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
+from safe.processing.features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
 from safe.data.synth import MAX_BEEPS, PITCHED_KINDS, PITCHES, SOUND_KINDS, synthesize_clip
 from safe.models.audio_encoders import AudioEncoder
 from safe.models.builtin_audio import (

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from safe.data import synth
-from safe.data.vl_batches import build_tokenizer, words_of
+from safe.processing.prompts import build_tokenizer, words_of
 from safe.models import presets as P
 from safe.training.config import load_stage_a_config
 from safe.training.pipeline import run_stage_a

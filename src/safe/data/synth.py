@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from safe.data.audio_io import write_wav
+from safe.processing.audio import write_wav
 from safe.data.records import Example
 
 logger = logging.getLogger(__name__)

@@ -61,7 +61,7 @@ def read_manifest(out_dir: str | Path) -> dict | None:
 
 def evaluate_base(vl_dir: str | Path, examples, progress: bool = False) -> dict[str, float]:
     """Exact-match accuracy per family of the built-in VL model answering with ``generate``."""
-    from safe.data.vl_batches import load_pixels
+    from safe.processing.prompts import load_pixels
 
     model, _, fmt = load_vl_model(vl_dir)
     preds = answer_questions(model, fmt, fmt.encode(examples), load_pixels([e.image for e in examples]),

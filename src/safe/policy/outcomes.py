@@ -162,6 +162,6 @@ def build_table(outcomes: dict[str, Any], data: PreparedSet, costs: dict[str, di
 
 
 def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
-    from safe.data.audio_io import read_wav
+    from safe.processing.audio import read_wav
 
     return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from safe.data.records import Example
-from safe.data.vl_batches import Encoded
+from safe.processing.prompts import Encoded
 
 
 @dataclass
@@ -43,22 +43,6 @@ class PreparedSet:
                            self.pixels[index], self.audio[index], self.needs_audio[index])
 
 
-class BuiltinFrontEnd:
-    """Waveforms -> log-mel features of the built-in Whisper-architecture encoder (16 kHz, 1 s)."""
-
-    sampling_rate = 16000
-
-    def __call__(self, waveforms) -> torch.Tensor:
-        from safe.data.audio_features import log_mel
-
-        return log_mel(list(waveforms))
-
-    def config(self) -> dict:
-        from safe.data.audio_features import FEATURE_CONFIG
-
-        return FEATURE_CONFIG
-
-
 def encoder_fingerprint(audio_encoder, frontend) -> str:
     """Identifies the frozen encoder and its feature settings (the embedding cache's namespace)."""
     from safe.models.integrity import state_hash
@@ -72,7 +56,7 @@ def encode_clips(model, paths: Sequence[str], frontend, cache=None, batch_size: 
     """Frozen-encoder outputs (n, T, D) of WAV files, through the content-hash cache when given."""
     from tqdm.auto import tqdm
 
-    from safe.data.audio_io import read_wav
+    from safe.processing.audio import read_wav
 
     def compute(positions: list[int]) -> torch.Tensor:
         chunks = []

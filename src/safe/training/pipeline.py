@@ -28,9 +28,9 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
     ``audio`` is given), or a local LLaVA / BLIP-2 checkpoint directory with its tokenizer and image
     processor, in which case ``audio`` must name a local CLAP / Whisper checkpoint with its feature
     extractor."""
-    from safe.data.hf_batches import FeatureFrontEnd, ProcessorFormat
     from safe.models.loading import load_audio_encoder, load_base
-    from safe.training.data import BuiltinFrontEnd
+    from safe.processing.features import BuiltinFrontEnd, FeatureFrontEnd
+    from safe.processing.hf_prompts import ProcessorFormat
 
     if is_builtin_dir(base):
         base = Path(base)
@@ -101,6 +101,10 @@ def run_stage_a(bench_dir: str | Path, base_dir: str | Path, cfg: StageAConfig, 
     fit = trainer.fit(resume=True, stop_after=stop_after)
     if fit.get("interrupted"):
         return fit
+    from safe.processing.processor import SAFEProcessor  # the checkpoint is complete for inference
+
+    SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_dir, audio=audio).save_pretrained(
+        run_dir / "checkpoints" / "final")
     t1 = time.perf_counter()
     result = evaluate_stage_a(model, fmt, test_set, progress=progress)
     after = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}

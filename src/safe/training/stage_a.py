@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from safe.data.vl_batches import PromptFormat
+from safe.processing.prompts import PromptFormat
 from safe.models.builtin_vl import accuracy_by_family, answer_questions
 from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
