@@ -343,7 +343,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     try:
+        from transformers.utils import logging as hf_logging
+
         from safe.stages.predict import predict, read_requests
+
+        hf_logging.disable_progress_bar()  # stderr carries errors only (one line each)
+        hf_logging.set_verbosity_error()
 
         source = args.checkpoint or args.run_dir
         if source is None:
