@@ -40,5 +40,5 @@ def trained_run(tiny_builtin, tmp_path_factory):
     cfg = load_stage_a_config(None, ["steps=12", "warmup_steps=1", "batch_size=16", "retention_every=6",
                                      "retention_examples=8", "checkpoint_every=12", "lr_gates=0.2",
                                      "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"])
-    run_stage_a(bench, base, cfg, run, progress=False, max_eval=8)
+    run_stage_a(bench, base, cfg, run, progress=False, max_eval=8, max_train=96)
     return bench, base, run

@@ -336,18 +336,26 @@ def _add_predict_args(p: argparse.ArgumentParser) -> None:
                    help="JSON lines, one {question, image, audio, use_audio, id} object a line (relative paths "
                         "from the file's folder); prints one JSON object a line, in order")
     p.add_argument("--batch-size", type=int, default=16, help="questions per generate call with --input")
+    p.add_argument("--long-audio", choices=["truncate", "error"], default="truncate",
+                   help="clips longer than the audio encoder's window: use the first window (a warning) or refuse")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``safe predict``: one JSON object per question on stdout; any error is one line on stderr, exit 2."""
     import json
+    import logging
 
+    # the length rule's warnings (a clip cut to the encoder's window) go to stderr, one line each
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("safe predict: warning: %(message)s"))
+    log = logging.getLogger("safe.processing")
+    log.addHandler(handler)
     try:
         from transformers.utils import logging as hf_logging
 
         from safe.stages.predict import predict, read_requests
 
-        hf_logging.disable_progress_bar()  # stderr carries errors only (one line each)
+        hf_logging.disable_progress_bar()  # keep stderr to errors and warnings
         hf_logging.set_verbosity_error()
 
         source = args.checkpoint or args.run_dir
@@ -361,10 +369,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             use = None if args.use_audio is None else args.use_audio == "true"
             requests = [{"question": args.question, "image": args.image, "audio": args.audio, "use_audio": use,
                          "_where": "--question"}]
-        results = predict(source, requests, args.base, args.audio_model, args.batch_size)
+        results = predict(source, requests, args.base, args.audio_model, args.batch_size, args.long_audio)
     except (ValueError, OSError, TypeError) as err:
         print(f"safe predict: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    finally:
+        log.removeHandler(handler)
     for r in results:
         print(json.dumps(r))
     return 0

@@ -122,7 +122,6 @@ def test_safe_predict_bad_inputs_exit_2_naming_the_file(run, tmp_path, capsys):
     write_wav(tmp_path / "header.wav", np.zeros(0), 16000)
     (tmp_path / "text.wav").write_text("not audio\n" * 10)
     sf.write(str(tmp_path / "nan.wav"), np.full(800, np.nan, np.float32), 16000, subtype="FLOAT")
-    raw = (tmp_path / "text.wav").read_bytes()
     write_wav(tmp_path / "ok.wav", np.zeros(1600), 16000)
     (tmp_path / "cut.wav").write_bytes((tmp_path / "ok.wav").read_bytes()[:44 + 301])
     cases = {"missing.wav": "not found", "header.wav": "no samples", "text.wav": "cannot read audio",
@@ -132,6 +131,13 @@ def test_safe_predict_bad_inputs_exit_2_naming_the_file(run, tmp_path, capsys):
                                   "--audio", tmp_path / name)
         assert code == 2 and out == "" and name in err and why in err, (name, err)
         assert err.count("\n") == 1 and err.startswith("safe predict: error:")
+    write_wav(tmp_path / "long.wav", np.zeros(3 * 16000), 16000)  # 3 s; the built-in encoder reads 1 s
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio",
+                              tmp_path / "long.wav", "--long-audio", "error")
+    assert code == 2 and out == "" and "long.wav" in err and "3.0 s" in err
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio",
+                              tmp_path / "long.wav")
+    assert code == 0 and json.loads(out)["used_audio"] and "long.wav" in err and "first 1 s" in err
     code, _, err = _predict(capsys, "--run-dir", run_dir, "--image", tmp_path / "none.png", "--question", q)
     assert code == 2 and "none.png" in err
     bad = tmp_path / "bad.jsonl"
@@ -143,4 +149,3 @@ def test_safe_predict_bad_inputs_exit_2_naming_the_file(run, tmp_path, capsys):
     assert code == 2 and "bad.jsonl:1" in err
     code, _, err = _predict(capsys, "--run-dir", tmp_path / "nowhere", "--question", q)
     assert code == 2 and "nowhere" in err and not (tmp_path / "nowhere").exists()
-    assert len(raw) > 0

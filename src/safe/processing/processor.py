@@ -135,6 +135,8 @@ class SAFEProcessor:
             rows = [i for i, w in enumerate(with_image) if not w]
             raise ValueError(f"images: rows {rows} have no image while the others have one; a batch must have an "
                              "image on every row or on none (send such rows in a separate batch)")
+        if not any(with_image) and self.kind == "checkpoint" and self.prompt_format.arch.startswith("blip2"):
+            raise ValueError("images: a BLIP-2 model needs an image on every row (its generate takes pixel_values)")
         enc = self.prompt_format.encode([_Row(t) for t in texts])
         if not any(with_image):  # a text-only prompt: no image placeholders, no pixel values
             enc.prompts = [[t for t in p if t != self.image_token_id] for p in enc.prompts]

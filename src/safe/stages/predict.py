@@ -120,14 +120,16 @@ class Pipeline:
 
 def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike | None = None,
              audio: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-             max_new_tokens: int = MAX_NEW_TOKENS) -> Pipeline:
+             max_new_tokens: int = MAX_NEW_TOKENS, **processor_options: Any) -> Pipeline:
     """A :class:`Pipeline` from a run directory or a SAFE checkpoint directory (module docstring).
     ``base`` / ``audio``: the frozen base (built-in models folder or a LLaVA / BLIP-2 checkpoint) and
-    the audio encoder checkpoint, when the processor saved with the checkpoint does not name them."""
+    the audio encoder checkpoint, when the processor saved with the checkpoint does not name them.
+    ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule."""
     from safe.training.pipeline import load_trained
 
     ckpt = find_checkpoint(run_dir_or_checkpoint)
-    processor = SAFEProcessor.from_pretrained(ckpt) if (ckpt / PROCESSOR_FILE).is_file() else None
+    processor = (SAFEProcessor.from_pretrained(ckpt, **processor_options) if (ckpt / PROCESSOR_FILE).is_file()
+                 else None)
     if processor is not None:
         base = base or processor.sources.get("base")
         audio = audio or processor.sources.get("audio")
@@ -135,7 +137,8 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
         base = Path(os.environ.get("SAFE_CACHE", ".cache/safe")) / "base"
     model, fmt, frontend = load_trained(base, ckpt, audio, dtype=dtype)
     if processor is None:
-        processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base, audio=audio)
+        processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base, audio=audio,
+                                                  **processor_options)
     return Pipeline(model.to(device), processor, max_new_tokens)
 
 
@@ -172,16 +175,18 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str | os.PathLike | None = None,
-            audio: str | os.PathLike | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
+            audio: str | os.PathLike | None = None, batch_size: int = 16,
+            long_audio: str = "truncate") -> list[dict[str, Any]]:
     """Answer ``requests`` (dicts with ``question``, optional ``image`` / ``audio`` paths, ``use_audio``,
     ``id``, ``_where`` for error messages) with the run or checkpoint ``source``, ``batch_size`` rows per
     ``generate`` (rows sharing a ``use_audio`` choice and having an image or not batch together). Every
-    input is read and checked before anything runs; errors name the request (``_where``) and the file."""
+    input is read and checked before anything runs; errors name the request (``_where``) and the file.
+    ``long_audio``: clips longer than the encoder's window are cut (``truncate``, logged) or refused."""
     from safe.processing.prompts import open_image
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    p = pipeline(source, base, audio)
+    p = pipeline(source, base, audio, long_audio=long_audio)
     prepared = []
     for i, r in enumerate(requests):
         where = r.get("_where", f"request {i}")
