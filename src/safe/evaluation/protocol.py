@@ -19,8 +19,8 @@ from safe.evaluation.efficiency import count_flops, safe_memory_report
 from safe.evaluation.metrics import cider_d_scores
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
 from safe.models.builtin_vl import answer_questions
-from safe.policy.features import audio_preview
 from safe.policy.outcomes import MAX_NEW_TOKENS, answer_score, read_waveforms
+from safe.processing.features import audio_preview
 from safe.training.data import encode_clips, prepare
 
 SNR_LEVELS_DB = (20.0, 10.0, 0.0, -10.0)

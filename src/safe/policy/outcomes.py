@@ -22,10 +22,11 @@ from safe.data.synth import CAPTION_FAMILIES
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.metrics import exact_match, token_f1
 from safe.models.builtin_vl import answer_questions
-from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state, audio_preview
+from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state
 from safe.policy.network import PolicyNetwork
 from safe.policy.runtime import base_pass, early_state_parts
 from safe.policy.table import OutcomeTable
+from safe.processing.features import audio_preview
 from safe.training.data import PreparedSet
 
 MAX_NEW_TOKENS = 6

@@ -21,12 +21,13 @@ from safe.evaluation.efficiency import latency_stats
 from safe.evaluation.stats import mean_ci
 from safe.policy import baselines as B
 from safe.policy.distill import distill
-from safe.policy.features import STATE_KINDS, audio_preview
+from safe.policy.features import STATE_KINDS
 from safe.policy.outcomes import (MAX_NEW_TOKENS, answer_score, build_table, collect_outcomes, measure_costs,
                                   read_waveforms, state_spec)
 from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
 from safe.policy.runtime import AudioPolicy
 from safe.policy.table import OutcomeTable, evaluate_actions, oracle_gap
+from safe.processing.features import audio_preview
 
 SWEEP_RATES = tuple(i / 20 for i in range(21))
 
