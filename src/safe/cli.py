@@ -350,13 +350,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("safe predict: warning: %(message)s"))
     log = logging.getLogger("safe.processing")
     log.addHandler(handler)
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # keep stderr to errors and warnings
+    hf_logging.set_verbosity_error()
     try:
-        from transformers.utils import logging as hf_logging
-
         from safe.stages.predict import predict, read_requests
-
-        hf_logging.disable_progress_bar()  # keep stderr to errors and warnings
-        hf_logging.set_verbosity_error()
 
         source = args.checkpoint or args.run_dir
         if source is None:
@@ -375,6 +375,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     finally:
         log.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     for r in results:
         print(json.dumps(r))
     return 0

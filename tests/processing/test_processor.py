@@ -51,6 +51,9 @@ def test_builtin_processor_matches_training_inputs_and_round_trips(trained_run, 
     assert not inputs["audio_features"][2:].any()
     assert inputs["audio_mask"].tolist() == [True, True, False, False]
     assert torch.equal(inputs["audio_preview"][:2], audio_preview(wav))
+    _equal(SAFEProcessor.from_pretrained(run)(  # a run directory finds its checkpoint's processor
+        text=[e.question for e in rows], images=[e.image for e in rows], audio=[rows[0].audio, rows[1].audio, None, None]),
+        inputs)
     proc.save_pretrained(tmp_path / "copy")
     _equal(SAFEProcessor.from_pretrained(tmp_path / "copy")(
         text=[e.question for e in rows], images=[e.image for e in rows], audio=[rows[0].audio, rows[1].audio, None, None]),

@@ -194,11 +194,15 @@ class SAFEProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "SAFEProcessor":
-        """Load what :meth:`save_pretrained` wrote (no download). ``overrides``: ``max_seconds`` /
+        """Load what :meth:`save_pretrained` wrote (no download); ``path`` may also be a run directory
+        (its ``checkpoints/policy``, else ``checkpoints/final``). ``overrides``: ``max_seconds`` /
         ``long_audio`` instead of the saved ones."""
         from transformers import AutoImageProcessor, AutoTokenizer
 
         path = Path(path)
+        if not (path / PROCESSOR_FILE).is_file():
+            path = next((path / "checkpoints" / s for s in ("policy", "final")
+                         if (path / "checkpoints" / s / PROCESSOR_FILE).is_file()), path)
         f = path / PROCESSOR_FILE
         if not f.is_file():
             raise FileNotFoundError(f"{path} holds no SAFE processor ({PROCESSOR_FILE} is missing)")
