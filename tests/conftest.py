@@ -26,3 +26,20 @@ def tiny_builtin(tmp_path_factory):
     bench = synth.generate_benchmark(root / "bench", synth.SynthConfig.tiny(), progress=False)
     build_builtin_models(bench, root / "base", BuiltinConfig.tiny(), progress=False)
     return bench, root / "base"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_builtin, tmp_path_factory):
+    """A short Stage A run (a few steps) on the tiny built-in models, in a run directory with
+    checkpoints/final (SAFE weights + the processor), built once per session."""
+    from safe.bench.files import BuiltinSource
+    from safe.stages.stage_a import run_stage_a
+    from safe.training.config import load_stage_a_config
+
+    bench, base = tiny_builtin
+    run = tmp_path_factory.mktemp("trained") / "run"
+    cfg = load_stage_a_config(None, ["steps=12", "warmup_steps=1", "batch_size=16", "retention_every=6",
+                                     "retention_examples=8", "checkpoint_every=12", "lr_gates=0.2",
+                                     "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"])
+    run_stage_a(BuiltinSource(bench), base, cfg, run, progress=False, max_eval=8, max_train=96)
+    return bench, base, run

@@ -5,7 +5,7 @@ model is bit-exact to the base.
 """
 __version__ = "0.1.0"
 
-__all__ = ["SAFEConfig", "SAFEModel", "__version__"]
+__all__ = ["SAFEConfig", "SAFEModel", "SAFEProcessor", "pipeline", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import safe` stays cheap for the CLI's --help
@@ -13,4 +13,12 @@ def __getattr__(name):  # lazy: `import safe` stays cheap for the CLI's --help
         from safe.models.safe_model import SAFEConfig, SAFEModel
 
         return {"SAFEConfig": SAFEConfig, "SAFEModel": SAFEModel}[name]
+    if name == "SAFEProcessor":
+        from safe.processing.processor import SAFEProcessor
+
+        return SAFEProcessor
+    if name == "pipeline":
+        from safe.stages.predict import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'safe' has no attribute {name!r}")

@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                       "Stage A ablations over a config grid (no retention loss, k, LoRA rank, dense block)"),
     "report": Command(S + "evaluate:report", S + "evaluate:ReportConfig",
                       "write report.html (and plots / docs tables) from a run's metrics.json"),
+    "predict": Command(S + "predict:predict_command", S + "predict:PredictConfig",
+                       "answer questions about images and audio with a trained run (one JSON object each)"),
     "demo": Command(S + "demo:demo", S + "demo:DemoConfig",
                     "run the embedded pipeline end to end on CPU: data, base models, verify, Stages A, B, C, eval"),
 }
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(command.load(command.config), values)
         result = command.load(command.function)(config)
     except (ValueError, OSError) as err:  # bad options, missing files, broken checkpoints: one line, no traceback
-        print(f"safe {name}: error: {err}", file=sys.stderr)
+        print(f"safe {name}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     summary, ok = PRINTERS.get(name, (None, None))
     print(command.load(summary)(result) if summary else result.summary())

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from safe.bench.audio import MAX_BEEPS, PITCHED_KINDS, PITCHES, SOUND_KINDS, synthesize_clip
+from safe.models.audio_encoders import AudioEncoder
+from safe.processing.features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
 from safe.bench.audio_model import (
     AUDIO_TAGS,
     BUILD_INFO_FILE,
@@ -17,8 +19,6 @@ from safe.bench.audio_model import (
     make_clip_bank,
     tag_vector,
 )
-from safe.data.audio_features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
-from safe.models.audio_encoders import AudioEncoder
 from safe.models.loading import load_audio_encoder
 
 SR = FEATURE_CONFIG["sampling_rate"]

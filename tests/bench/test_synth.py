@@ -15,7 +15,7 @@ from safe.bench.baselines import majority_baseline, object_guess_baseline
 from safe.bench.files import BenchmarkMissingError, generate_benchmark, load_benchmark_info, load_split
 from safe.bench.questions import (AUDIO_FAMILIES, AUDIO_VISUAL_FAMILIES, QUESTION_FAMILIES, VL_FAMILIES,
                                   SynthConfig, make_example, split_plan)
-from safe.data.audio_io import read_wav
+from safe.processing.audio import read_wav
 from safe.data.records import Example
 from safe.evaluation.robustness import add_noise
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safe.data.audio_io import write_wav
+from safe.processing.audio import write_wav
 from safe.data.readers import (
     READERS,
     DatasetFormatError,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from safe import SAFEModel
-from safe.policy.features import PREVIEW_DIM, StateSpec, audio_preview, confidence_features
+from safe.policy.features import PREVIEW_DIM, StateSpec, confidence_features
+from safe.processing.features import audio_preview
 from safe.policy.network import GateMLP
 from safe.policy.runtime import AudioPolicy, PolicyGenerateOutput
 from tests.models.helpers import build, inputs

@@ -9,7 +9,7 @@ import torch
 from safe import bench as synth
 from safe.bench import presets as P
 from safe.bench.files import BuiltinSource
-from safe.data.vl_batches import build_tokenizer, words_of
+from safe.processing.prompts import build_tokenizer, words_of
 from safe.training.config import load_stage_a_config
 from safe.stages.stage_a import run_stage_a
 

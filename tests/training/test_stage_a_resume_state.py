@@ -4,8 +4,9 @@ import os
 import pytest
 import torch
 
+from safe.bench.files import BuiltinSource
 from safe.training.config import load_stage_a_config
-from safe.training.pipeline import run_stage_a
+from safe.stages.stage_a import run_stage_a
 from safe.training.stage_a import STATE_FILE, ResumeMismatch, UnsafeCheckpoint, load_resume_state
 
 FAST = ["steps=6", "warmup_steps=1", "batch_size=8", "retention_every=3", "retention_examples=8",
@@ -24,6 +25,7 @@ class _Payload:
 
 def _killed_run(tiny_builtin, run_dir):
     bench, base = tiny_builtin
+    bench = BuiltinSource(bench)
     cfg = load_stage_a_config(None, FAST)
     assert run_stage_a(bench, base, cfg, run_dir, progress=False, stop_after=4) == {"interrupted": True, "step": 4}
     return bench, base, cfg, run_dir / "checkpoints" / "step_000003" / STATE_FILE

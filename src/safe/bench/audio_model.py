@@ -5,7 +5,7 @@ SAFE's embedded default needs a *pretrained* audio encoder that installs offline
 :class:`transformers.models.whisper.modeling_whisper.WhisperEncoder` (so SAFE runs it through exactly
 the code path of a real Whisper checkpoint), randomly initialised and trained to tag the built-in
 benchmark's sounds (:func:`safe.bench.audio.synthesize_clip`) from their log-mel features
-(:func:`safe.data.audio_features.log_mel`). The tagging head is thrown away afterwards; what is saved
+(:func:`safe.processing.features.log_mel`). The tagging head is thrown away afterwards; what is saved
 is the encoder alone, whose last hidden states ``(n, 50, 64)`` are what SAFE's projector reads.
 
 The encoder stands in for a general pretrained encoder such as CLAP, which has heard every kind of
@@ -35,8 +35,8 @@ from torch import nn
 from tqdm import tqdm
 
 from safe.bench.audio import MAX_BEEPS, PITCHED_KINDS, PITCHES, SOUND_KINDS, synthesize_clip
-from safe.data.audio_features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
 from safe.evaluation.robustness import add_noise
+from safe.processing.features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def build_audio_encoder(out_dir: str | Path, config: AudioEncoderBuildConfig | N
 
     Steps: generate the training and evaluation clip banks (deterministic in ``config.seed``; on all
     :data:`SOUND_KINDS`, see the module docstring), featurise them with
-    :func:`~safe.data.audio_features.log_mel`, train a randomly initialised ``WhisperEncoder`` plus a
+    :func:`~safe.processing.features.log_mel`, train a randomly initialised ``WhisperEncoder`` plus a
     linear head on its mean-pooled last hidden state with BCE-with-logits over :data:`AUDIO_TAGS`
     (AdamW, linear warm-up then cosine decay, gradient norm clipped at 1), then discard the head.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from safe.bench import baselines, files, questions, scenes
 from safe.bench.vl_model import VLBuildConfig, build_vl_model
-from safe.data.vl_batches import load_vl_model
+from safe.processing.prompts import load_vl_model
 from safe.models.generation import accuracy_by_family, answer_questions
 
 MANIFEST = "manifest.json"
@@ -63,7 +63,7 @@ def read_manifest(out_dir: str | Path) -> dict | None:
 
 def evaluate_base(vl_dir: str | Path, examples, progress: bool = False) -> dict[str, float]:
     """Exact-match accuracy per family of the built-in VL model answering with ``generate``."""
-    from safe.data.vl_batches import load_pixels
+    from safe.processing.prompts import load_pixels
 
     model, _, fmt = load_vl_model(vl_dir)
     preds = answer_questions(model, fmt, fmt.encode(examples), load_pixels([e.image for e in examples]),

@@ -23,7 +23,7 @@ from safe.bench.audio import PITCH_RANGES_HZ, PITCHED_KINDS, SHAPE_SOUNDS, SOUND
 from safe.bench.questions import (QUESTION_FAMILIES, QUESTION_TEMPLATES, TASK, SynthConfig, make_example,
                                   split_plan)
 from safe.bench.scenes import COLOURS, SHAPES
-from safe.data.audio_io import write_wav
+from safe.processing.audio import write_wav
 from safe.data.records import Example
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The built-in frozen VL model: a small ``LlavaForConditionalGeneration`` trained on the benchmark's
 VL-only questions, saved with ``save_pretrained`` so it loads like any local LLaVA checkpoint
-(:func:`safe.data.vl_batches.load_vl_model`).
+(:func:`safe.processing.prompts.load_vl_model`).
 
 Three things make a ~1M-parameter LLaVA learn colour / shape / count / position (DESIGN.md): objects on
 a grid aligned with the 16 px patches, the question before the image tokens, and an auxiliary
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from safe.data.records import Example
-from safe.data.vl_batches import PromptFormat, build_tokenizer, image_processor, load_pixels, words_of
+from safe.processing.prompts import Encoded, PromptFormat, build_tokenizer, image_processor, load_pixels, words_of
 
 logger = logging.getLogger(__name__)
 

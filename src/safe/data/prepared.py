@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from safe.data.records import Example
-from safe.data.vl_batches import Encoded
+from safe.processing.prompts import Encoded
 
 
 @dataclass
@@ -44,22 +44,6 @@ class PreparedSet:
                            self.pixels[index], self.audio[index], self.needs_audio[index])
 
 
-class BuiltinFrontEnd:
-    """Waveforms -> log-mel features of the built-in Whisper-architecture encoder (16 kHz, 1 s)."""
-
-    sampling_rate = 16000
-
-    def __call__(self, waveforms) -> torch.Tensor:
-        from safe.data.audio_features import log_mel
-
-        return log_mel(list(waveforms))
-
-    def config(self) -> dict:
-        from safe.data.audio_features import FEATURE_CONFIG
-
-        return FEATURE_CONFIG
-
-
 def encoder_fingerprint(audio_encoder, frontend) -> str:
     """Identifies the frozen encoder and its feature settings (the embedding cache's namespace)."""
     from safe.models.integrity import state_hash
@@ -73,7 +57,7 @@ def encode_clips(model, paths: Sequence[str], frontend, cache=None, batch_size: 
     """Frozen-encoder outputs (n, T, D) of WAV files, through the content-hash cache when given."""
     from tqdm.auto import tqdm
 
-    from safe.data.audio_io import read_wav
+    from safe.processing.audio import read_wav
 
     def compute(positions: list[int]) -> torch.Tensor:
         chunks = []
@@ -101,6 +85,6 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
 
 def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
     """The mono waveform of each example's clip, resampled to ``sampling_rate``."""
-    from safe.data.audio_io import read_wav
+    from safe.processing.audio import read_wav
 
     return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]

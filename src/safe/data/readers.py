@@ -9,7 +9,7 @@ raises :class:`DatasetFormatError`, whose message names the file and the row (in
 media directory that does not exist) still raise.
 
 Media checks: images must exist and pass ``PIL.Image.open(...).verify()``; audio must exist and be
-readable by :func:`safe.data.audio_io.read_wav` with at least one sample. ``verify_media=False``
+readable by :func:`safe.processing.audio.read_wav` with at least one sample. ``verify_media=False``
 keeps only the existence checks (much faster on full-size datasets). Results are cached per path,
 so clips shared by many questions are opened once.
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 
 from PIL import Image
 
-from safe.data.audio_io import read_wav
+from safe.processing.audio import read_wav
 from safe.data.records import Example
 
 __all__ = [

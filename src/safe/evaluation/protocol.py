@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from safe.data.prepared import prepare, read_waveforms
-from safe.data.preview import audio_preview
 from safe.data.source import DataSource
 from safe.evaluation.attribution import lomo_drop, shapley_two_player, summarize_shapley
 from safe.evaluation.efficiency import count_flops, safe_memory_report
@@ -22,6 +21,7 @@ from safe.evaluation.robustness import add_noise
 from safe.evaluation.scoring import answer_score
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
+from safe.processing.features import audio_preview
 
 SNR_LEVELS_DB = (20.0, 10.0, 0.0, -10.0)
 

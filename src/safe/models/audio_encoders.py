@@ -8,6 +8,20 @@ SUPPORTED_AUDIO_ENCODERS = ("ClapModel", "ClapAudioModel", "ClapAudioModelWithPr
                             "WhisperModel", "WhisperForConditionalGeneration", "WhisperEncoder")
 
 
+def as_feature_tensor(x, name: str = "audio_features") -> torch.Tensor:
+    """Encoder input features as a tensor: a tensor as it is, a numpy array (or anything numpy reads as
+    numbers) converted; anything else is a ``TypeError`` naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        return x
+    import numpy as np
+
+    arr = np.asarray(x) if not isinstance(x, (str, bytes)) else np.asarray(None)
+    if arr.dtype.kind not in "iuf" or arr.ndim == 0:
+        raise TypeError(f"{name} must be a tensor or numeric array of the encoder's input features "
+                        f"(batch first), got {type(x).__name__}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32 if arr.dtype.kind == "f" else None))
+
+
 class AudioEncoder(nn.Module):
     """A frozen audio encoder. Guarantees: parameters never require grad and ``encode`` runs under
     ``torch.no_grad``; output is batch-first ``(batch, tokens, output_dim)``.
@@ -45,7 +59,7 @@ class AudioEncoder(nn.Module):
         """``input_features``: the encoder's own input (CLAP (n, 1, frames, mels) or (n, frames, mels);
         Whisper (n, mels, frames)) -> (n, tokens, output_dim)."""
         param = next(self.model.parameters())
-        x = input_features.to(device=param.device, dtype=param.dtype)
+        x = as_feature_tensor(input_features, "input_features").to(device=param.device, dtype=param.dtype)
         if self.kind == "clap":
             if x.dim() == 3:
                 x = x.unsqueeze(1)

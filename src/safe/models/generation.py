@@ -2,7 +2,7 @@
 
 Used by Stage A (retention), the policy stage (outcomes) and evaluation alike. The prompt format is
 duck-typed: anything with ``prompt_batch(enc, index) -> dict`` and ``decode(sequences, prompt_len)``
-(``safe.data.vl_batches.PromptFormat``, ``safe.data.hf_batches.ProcessorFormat``).
+(``safe.processing.prompts.PromptFormat``, ``safe.processing.hf_prompts.ProcessorFormat``).
 """
 from __future__ import annotations
 

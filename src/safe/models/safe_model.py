@@ -15,7 +15,7 @@ from torch import nn
 
 from safe.adapters.cross_attention import GatedCrossAttention
 from safe.adapters.injection import AdapterInjector, AudioContext
-from safe.models.audio_encoders import AudioEncoder
+from safe.models.audio_encoders import AudioEncoder, as_feature_tensor
 from safe.models.backbones import Backbone, resolve_backbone
 from safe.models.projector import PROJECTOR_MODES, AudioProjector
 
@@ -243,6 +243,7 @@ class SAFEModel(nn.Module):
 
     def encode_audio(self, audio_features: torch.Tensor) -> torch.Tensor:
         """Frozen encoder then projector: (n, ...) encoder input -> (n, k, hidden) audio tokens."""
+        audio_features = as_feature_tensor(audio_features)
         self.audio_encoder_calls += audio_features.shape[0]
         return self.projector(self.audio_encoder.encode(audio_features))
 
@@ -255,6 +256,10 @@ class SAFEModel(nn.Module):
         encoder's outputs computed beforehand (e.g. from a cache) instead of ``audio_features``."""
         if audio_features is not None and audio_embeddings is not None:
             raise ValueError("pass audio_features or audio_embeddings, not both")
+        if audio_features is not None:  # numpy features (e.g. from a feature extractor) work as tensors do
+            audio_features = as_feature_tensor(audio_features)
+        if audio_embeddings is not None:
+            audio_embeddings = as_feature_tensor(audio_embeddings, "audio_embeddings")
         audio = audio_features if audio_embeddings is None else audio_embeddings
         mask = self._resolve_mask(audio, audio_mask, batch_size)
         if self._audio_off or mask is None or not bool(mask.any()):
@@ -294,6 +299,8 @@ class SAFEModel(nn.Module):
         With a policy attached, audio given and ``audio_mask`` None, the policy picks the rows instead
         and a :class:`safe.policy.runtime.PolicyGenerateOutput` (``sequences``, ``used_audio``, ...) is
         returned; ``audio_preview`` (n, preview_dim) is then required."""
+        if audio_features is not None and not callable(audio_features):
+            audio_features = as_feature_tensor(audio_features)
         if self.policy is not None and audio_mask is None and not self._audio_off and (
                 audio_features is not None or audio_embeddings is not None):
             if args:

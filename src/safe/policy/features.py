@@ -18,8 +18,8 @@ The parts:
   zeros for a batch without images;
 * confidence: from the logits of the first generated token (max probability, entropy in nats,
   top-1 minus top-2 probability) — read off the base's pass (cascade only);
-* audio preview: log-RMS energy and zero-crossing rate in :data:`PREVIEW_SEGMENTS` equal segments of
-  the raw waveform, plus overall log-RMS and log-peak. It never runs the audio front end or encoder;
+* audio preview (:func:`safe.processing.features.audio_preview`): log-RMS energy and zero-crossing
+  rate in ``PREVIEW_SEGMENTS`` equal segments of the raw waveform, plus overall log-RMS and log-peak. It never runs the audio front end or encoder;
   its measured cost is recorded by :func:`safe.policy.outcomes.measure_costs` (``make demo``, batches
   of 16 on one CPU thread: about 0.05 ms per one-second clip, against 1.3 to 2.0 ms per query for the
   built-in audio path — front end, encoder, projector and SAFE's ``generate`` — and about 0.1 ms for
@@ -34,8 +34,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-# The preview is a property of the waveform alone, so it lives with the data (evaluation uses it too).
-from safe.data.preview import PREVIEW_DIM, PREVIEW_SEGMENTS, audio_preview  # noqa: F401  (re-exported)
+# The preview lives in safe.processing (the processor computes it); its width is part of the state.
+from safe.processing.features import PREVIEW_DIM
 
 STATE_KINDS = ("early", "cascade")
 """The two state layouts a policy can be trained on, the default first (``safe policy train --state``):

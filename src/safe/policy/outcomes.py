@@ -22,10 +22,11 @@ from safe.data.records import Example
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.scoring import answer_score
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
-from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state, audio_preview
+from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state
 from safe.policy.network import PolicyNetwork
 from safe.policy.runtime import base_pass, early_state_parts
 from safe.policy.table import OutcomeTable
+from safe.processing.features import audio_preview
 
 
 def state_spec(model, early: bool = False) -> StateSpec:

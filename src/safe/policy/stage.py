@@ -24,11 +24,12 @@ from safe.evaluation.stats import PROPORTION, mean_ci
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.policy import baselines as B
 from safe.policy.distill import distill
-from safe.policy.features import STATE_KINDS, audio_preview
+from safe.policy.features import STATE_KINDS
 from safe.policy.outcomes import build_table, collect_outcomes, measure_costs, state_spec
 from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
 from safe.policy.runtime import AudioPolicy
 from safe.policy.table import OutcomeTable, evaluate_actions, oracle_gap
+from safe.processing.features import audio_preview
 
 SWEEP_RATES = tuple(i / 20 for i in range(21))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from safe.data.vl_batches import load_vl_model
+from safe.processing.prompts import load_vl_model
 from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
 
@@ -25,7 +25,8 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
     ``audio`` is given), or a local LLaVA / BLIP-2 checkpoint directory with its tokenizer and image
     processor, in which case ``audio`` must name a local CLAP / Whisper checkpoint with its feature
     extractor."""
-    from safe.data.hf_batches import FeatureFrontEnd, ProcessorFormat
+    from safe.processing.features import FeatureFrontEnd
+    from safe.processing.hf_prompts import ProcessorFormat
     from safe.models.loading import load_audio_encoder, load_base
     from safe.data.prepared import BuiltinFrontEnd
 

@@ -75,6 +75,10 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     metrics, _ = run_policy_stage(model, fmt, frontend, data, cfg.policy, cache, out_dir=run.path / "policy",
                                   progress=True)
     out = model.save_pretrained(run.checkpoints / "policy")
+    from safe.processing.processor import SAFEProcessor  # beside the weights: `safe predict` needs nothing else
+
+    SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_path(cfg.base),
+                                  audio=cfg.audio).save_pretrained(out)
     result = PolicyResult({**metrics, "checkpoint": str(out)})
     run.record(result)
     return result

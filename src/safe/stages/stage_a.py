@@ -135,6 +135,10 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     fit = trainer.fit(resume=True, stop_after=stop_after)
     if fit.get("interrupted"):
         return fit
+    from safe.processing.processor import SAFEProcessor  # beside the weights: the checkpoint is complete for inference
+
+    SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_dir, audio=audio).save_pretrained(
+        run_dir / "checkpoints" / "final")
     t1 = time.perf_counter()
     result = evaluate_stage_a(model, fmt, test_set, progress=progress)
     after = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}

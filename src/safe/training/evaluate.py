@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from safe.data.prepared import PreparedSet
-from safe.data.vl_batches import PromptFormat
+from safe.processing.prompts import PromptFormat
 from safe.evaluation.metrics import bleu, cider_d, exact_match
 from safe.evaluation.stats import mcnemar
 from safe.models.generation import answer_questions

@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from safe.data.vl_batches import PromptFormat
 from safe.models.generation import accuracy_by_family, answer_questions
+from safe.processing.prompts import PromptFormat
 from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
 from safe.data.prepared import PreparedSet

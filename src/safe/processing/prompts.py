@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from safe.data.records import Example
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>")
 # CLIP's normalisation constants; the saved CLIPImageProcessor uses the same ones.
@@ -60,9 +59,30 @@ def image_processor(image_size: int):
                               crop_size={"height": image_size, "width": image_size})
 
 
-def load_pixels(paths: Sequence[str]) -> torch.Tensor:
-    """Images -> (n, 3, H, W) float32, normalised exactly as :func:`image_processor` does."""
-    arr = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in paths]) / 255.0
+def open_image(image, name: str = "image", size: int | None = None) -> Image.Image:
+    """A path, PIL image or (H, W[, 3]) uint8 array -> an RGB PIL image, resized (bilinear) to
+    ``size`` x ``size`` when given and different. Errors (``ValueError``) name the input."""
+    try:
+        if isinstance(image, Image.Image):
+            im = image
+        elif isinstance(image, np.ndarray):
+            im = Image.fromarray(image)
+        else:
+            with Image.open(image) as f:
+                im = f.convert("RGB")
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(f"{name}: cannot read the image {image if isinstance(image, (str, Path)) else ''}: "
+                         f"{err}") from err
+    im = im.convert("RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return im
+
+
+def load_pixels(paths: Sequence) -> torch.Tensor:
+    """Images (paths, PIL images or uint8 arrays) -> (n, 3, H, W) float32, normalised exactly as
+    :func:`image_processor` does."""
+    arr = np.stack([np.asarray(open_image(p, f"image[{i}]"), dtype=np.float32) for i, p in enumerate(paths)]) / 255.0
     arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
     return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())
 
@@ -89,7 +109,8 @@ class PromptFormat:
         """Images -> pixel values as the saved image processor makes them."""
         return load_pixels(paths)
 
-    def encode(self, examples: Sequence[Example]) -> Encoded:
+    def encode(self, examples: Sequence) -> Encoded:
+        """``examples``: objects with ``question`` and ``answer`` strings (e.g. ``safe.data.records.Example``)."""
         q = self.tok([e.question for e in examples], add_special_tokens=False)["input_ids"]
         a = self.tok([e.answer for e in examples], add_special_tokens=False)["input_ids"]
         prompts = [[self.bos, *qi, *([self.image] * self.n_image), self.sep] for qi in q]

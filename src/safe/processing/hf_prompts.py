@@ -1,5 +1,5 @@
 """Batches for any supported checkpoint (LLaVA, BLIP-2 with OPT or T5), from its own tokenizer and
-image processor, with the same interface as the built-in :class:`~safe.data.vl_batches.PromptFormat`.
+image processor, with the same interface as the built-in :class:`~safe.processing.prompts.PromptFormat`.
 
 Prompts are ``template`` with the question filled in; ``<image>`` in the template becomes the model's
 image placeholder token repeated as many times as the model expects (``image_seq_length`` for LLaVA,
@@ -11,13 +11,11 @@ image placeholder token repeated as many times as the model expects (``image_seq
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from PIL import Image
 
-from safe.data.records import Example
-from safe.data.vl_batches import Encoded
+from safe.processing.prompts import Encoded, open_image
 
 DEFAULT_TEMPLATES = {
     "llava": "USER: <image>\n{question} ASSISTANT:",
@@ -26,33 +24,58 @@ DEFAULT_TEMPLATES = {
 }
 
 
+def model_layout(base_model) -> dict[str, Any]:
+    """What a prompt format needs to know of a LLaVA / BLIP-2 model, as plain JSON values: the
+    architecture, the image placeholder id and count, and the text model's special tokens."""
+    from safe.models.backbones import resolve_backbone
+
+    cfg = base_model.config
+    image = getattr(cfg, "image_token_id", None)
+    image = getattr(cfg, "image_token_index", None) if image is None else image
+    n_image = getattr(cfg, "num_query_tokens", None) or getattr(cfg, "image_seq_length", None)
+    if image is None or n_image is None:
+        raise ValueError(f"{type(base_model).__name__} config lacks the image token id or count")
+    text_cfg = cfg.text_config
+    return {"arch": resolve_backbone(base_model).name, "image_token_id": int(image), "num_image_tokens": int(n_image),
+            "encoder_decoder": bool(getattr(text_cfg, "is_encoder_decoder", False)),
+            "eos_token_id": text_cfg.eos_token_id, "pad_token_id": text_cfg.pad_token_id,
+            "decoder_start_token_id": getattr(text_cfg, "decoder_start_token_id", None)}
+
+
 class ProcessorFormat:
-    """Prompt / training batches for a local LLaVA or BLIP-2 checkpoint directory."""
+    """Prompt / training batches for a local LLaVA or BLIP-2 checkpoint directory, through its own
+    tokenizer and image processor. Built from the directory and the loaded model, or with
+    :meth:`from_parts` from a tokenizer, an image processor and a saved :func:`model_layout`."""
 
-    def __init__(self, checkpoint: str | Path, base_model, template: str | None = None) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer
+    def __init__(self, checkpoint: str | Path | None, base_model=None, template: str | None = None, *,
+                 tokenizer=None, image_processor=None, layout: dict[str, Any] | None = None) -> None:
+        if tokenizer is None or image_processor is None:
+            from transformers import AutoImageProcessor, AutoTokenizer
 
-        from safe.models.backbones import image_token_layout, resolve_backbone
-
-        self.arch = resolve_backbone(base_model).name
+            tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+            image_processor = AutoImageProcessor.from_pretrained(str(checkpoint), local_files_only=True)
+        self.layout = dict(layout) if layout is not None else model_layout(base_model)
+        self.arch = self.layout["arch"]
         self.template = template or DEFAULT_TEMPLATES[self.arch]
         if "{question}" not in self.template or "<image>" not in self.template:
             raise ValueError(f"prompt template must contain '{{question}}' and '<image>', got {self.template!r}")
-        self.tok = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
-        self.images = AutoImageProcessor.from_pretrained(str(checkpoint), local_files_only=True)
-        self.image, self.n_image = image_token_layout(base_model)
-        text_cfg = base_model.config.text_config
-        self.encoder_decoder = bool(getattr(text_cfg, "is_encoder_decoder", False))
-        self.eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else text_cfg.eos_token_id
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else text_cfg.pad_token_id
+        self.tok, self.images = tokenizer, image_processor
+        self.image, self.n_image = int(self.layout["image_token_id"]), int(self.layout["num_image_tokens"])
+        self.encoder_decoder = bool(self.layout["encoder_decoder"])
+        self.eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.layout["eos_token_id"]
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.layout["pad_token_id"]
         self.pad = pad if pad is not None else self.eos
-        self.start = getattr(text_cfg, "decoder_start_token_id", None)
+        self.start = self.layout["decoder_start_token_id"]
         self.bos = self.tok.bos_token_id if getattr(self.tok, "add_bos_token", True) else None
+
+    @classmethod
+    def from_parts(cls, tokenizer, image_processor, layout: dict[str, Any], template: str | None = None):
+        return cls(None, None, template, tokenizer=tokenizer, image_processor=image_processor, layout=layout)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def encode(self, examples: Sequence[Example]) -> Encoded:
+    def encode(self, examples: Sequence) -> Encoded:
         prompts, answers = [], []
         for e in examples:
             before, after = self.template.format(question=e.question).split("<image>", 1)
@@ -62,8 +85,9 @@ class ProcessorFormat:
             answers.append(self._ids(" " + e.answer) + [self.eos])
         return Encoded(prompts, answers)
 
-    def pixels(self, paths: Sequence[str]) -> torch.Tensor:
-        images = [Image.open(p).convert("RGB") for p in paths]
+    def pixels(self, paths: Sequence) -> torch.Tensor:
+        """Images (paths, PIL images or uint8 arrays) -> pixel values from the checkpoint's image processor."""
+        images = [open_image(p, f"image[{i}]") for i, p in enumerate(paths)]
         return self.images(images=images, return_tensors="pt")["pixel_values"]
 
     def _pad(self, seqs: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,20 +130,3 @@ class ProcessorFormat:
                 row = row[: row.index(self.eos)]
             out.append(self.tok.decode(row, skip_special_tokens=True).strip())
         return out
-
-
-class FeatureFrontEnd:
-    """Waveforms -> the audio encoder's ``input_features`` with the checkpoint's own feature extractor."""
-
-    def __init__(self, checkpoint: str | Path) -> None:
-        from transformers import AutoFeatureExtractor
-
-        self.extractor = AutoFeatureExtractor.from_pretrained(str(checkpoint), local_files_only=True)
-        self.sampling_rate = int(self.extractor.sampling_rate)
-
-    def config(self) -> dict:
-        """The extractor's settings (part of the embedding cache's namespace)."""
-        return self.extractor.to_dict()
-
-    def __call__(self, waveforms) -> torch.Tensor:
-        return self.extractor(list(waveforms), sampling_rate=self.sampling_rate, return_tensors="pt")["input_features"]
