@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # fresh clone installs what was tested. pyproject.toml keeps its ranges for library users.
 LOCK   := constraints.txt
 
-.PHONY: test demo ablations install clean test-fast lock
+.PHONY: test demo ablations docs install clean test-fast lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: $(STAMP)
 # The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
 ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
+
+# The README's results table and docs/results.md, generated from the demo's metrics.json.
+docs: $(STAMP)
+	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md
 
 # Rewrite constraints.txt from the packages installed in $(VENV) (after the suite passed there; to move a
 # package, `$(PY) -m pip install -U NAME` first). Drops the editable safe-av itself and anything installed

@@ -39,14 +39,14 @@ class DemoResult(StageResult):
 
     KEY = "timing"
     passed: bool = True
+    run_dir: str = ""
 
     @property
     def ok(self) -> bool:
         return self.passed
 
     def summary(self) -> str:
-        return (f"demo finished in {self.metrics['seconds']:.0f} s; metrics and report under "
-                f"{self.metrics['run_dir']}")
+        return f"demo finished in {self.metrics['seconds']:.0f} s; metrics and report under {self.run_dir}"
 
 
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
@@ -91,12 +91,12 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
     step(train_policy(PolicyTrainConfig(**paths, policy=policy)), "policy_done_seconds")
     echo("\n== 6. Evaluation protocol and report ==")
-    run.record(DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1), "run_dir": cfg.run_dir}))
+    run.record(DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1)}))
     step(evaluate(EvalConfig(**paths)))
     if cfg.ablations:
         echo("\n== 7. Stage A ablations (safe ablate) ==")
         step(ablate(AblateConfig(**paths, config=cfg.config, overrides=list(cfg.overrides))))
-    result = DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1), "run_dir": cfg.run_dir}, ok)
+    result = DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1)}, ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing
     return result

@@ -25,10 +25,9 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
     ``audio`` is given), or a local LLaVA / BLIP-2 checkpoint directory with its tokenizer and image
     processor, in which case ``audio`` must name a local CLAP / Whisper checkpoint with its feature
     extractor."""
-    from safe.processing.features import FeatureFrontEnd
-    from safe.processing.hf_prompts import ProcessorFormat
     from safe.models.loading import load_audio_encoder, load_base
-    from safe.data.prepared import BuiltinFrontEnd
+    from safe.processing.features import BuiltinFrontEnd, FeatureFrontEnd
+    from safe.processing.hf_prompts import ProcessorFormat
 
     if is_builtin_dir(base):
         base = Path(base)

@@ -1,0 +1,64 @@
+"""Readers for public datasets in their published file formats, from local paths only.
+
+Every reader returns a :class:`ReadResult` of :class:`~safe.data.records.Example` records and never
+downloads anything. Bad input is never turned into a silently wrong record: a missing annotation
+file, a malformed row (missing key, bad JSON, wrong type) or a missing/unreadable image or WAV
+raises :class:`DatasetFormatError`, whose message names the file and the row (index and id). With
+``skip_bad=True`` bad rows are skipped instead and reported in ``ReadResult.skipped`` /
+``ReadResult.problems``; file-level problems (the annotation file itself missing or unparsable, a
+media directory that does not exist) still raise.
+
+Media checks: images must exist and pass ``PIL.Image.open(...).verify()``; audio must exist and be
+readable by :func:`safe.processing.audio.read_wav` with at least one sample. ``verify_media=False``
+keeps only the existence checks (much faster on full-size datasets). Results are cached per path,
+so clips shared by many questions are opened once.
+
+All paths in the records are absolute (not symlink-resolved).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from safe.data.readers._common import MAX_PROBLEMS, DatasetFormatError, ReadResult
+from safe.data.readers.audio import read_audiocaps, read_clotho, read_vggsound
+from safe.data.readers.audio_visual import read_avqa, read_music_avqa
+from safe.data.readers.vl import read_gqa, read_vqav2
+
+__all__ = [
+    "DatasetFormatError",
+    "MAX_PROBLEMS",
+    "ReadResult",
+    "READERS",
+    "read_dataset",
+    "read_vqav2",
+    "read_gqa",
+    "read_music_avqa",
+    "read_avqa",
+    "read_audiocaps",
+    "read_clotho",
+    "read_vggsound",
+]
+
+# --------------------------------------------------------------------------- registry
+
+READERS: dict[str, Callable[..., ReadResult]] = {
+    "vqav2": read_vqav2,
+    "gqa": read_gqa,
+    "music_avqa": read_music_avqa,
+    "avqa": read_avqa,
+    "audiocaps": read_audiocaps,
+    "clotho": read_clotho,
+    "vggsound": read_vggsound,
+}
+
+
+def read_dataset(name: str, **kwargs: Any) -> ReadResult:
+    """Read a public dataset by registry name (see :data:`READERS`) with that reader's arguments.
+
+    Names are case-insensitive and ``-`` equals ``_`` (``"MUSIC-AVQA"`` -> ``"music_avqa"``).
+    An unknown name raises ``ValueError`` listing the supported names.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in READERS:
+        raise ValueError(f"unknown dataset {name!r}; supported: {', '.join(sorted(READERS))}")
+    return READERS[key](**kwargs)
