@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -63,7 +63,7 @@ class PolicyStageConfig:
     latency_batches: list[int] = field(default_factory=lambda: [1, 16, 64])
     """Batch sizes at which the deployed gate's per-query latency is measured end to end (batch 1
     on the first 128 test rows, the others on the whole split)."""
-    state: str = STATE_KINDS[0]
+    state: Literal[STATE_KINDS] = STATE_KINDS[0]  # type: ignore[valid-type]
     """``"early"``: question, image and preview only, decided before the language model runs, one
     ``generate`` per batch; ``"cascade"``: the proposal's state with the base's confidence, so the base
     answers first and the policy decides at its first step (see :mod:`safe.policy.runtime`). Early is

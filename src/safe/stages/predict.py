@@ -54,6 +54,10 @@ class _AvailableRows(nn.Module):
         use, prob = self.inner.decide_with_probability(states)
         return use & self.has_audio, prob
 
+    def generate_with(self, model, **kwargs):
+        """The inner policy's generate path, with this wrapper attached as ``model.policy`` deciding."""
+        return self.inner.generate_with(model, **kwargs)
+
 
 @contextlib.contextmanager
 def _only_rows_with_audio(model, has_audio: torch.Tensor) -> Iterator[None]:
