@@ -65,7 +65,7 @@ PRESETS = {
         safe=dict(fusion_layers=[0, 1, 2, 3], num_audio_tokens=10, lora_rank=8, num_heads=4, ffn_rank=32),
         clip_samples=16000, policy_hidden=32, cpu_only=True),
     "proxy": dict(
-        vision=dict(hidden_size=160, intermediate_size=640, num_hidden_layers=3, num_attention_heads=4,
+        vision=dict(hidden_size=160, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
                     image_size=112, patch_size=16),
         text=dict(hidden_size=448, intermediate_size=1120, num_hidden_layers=8, num_attention_heads=7,
                   num_key_value_heads=7, vocab_size=1024),
@@ -271,6 +271,25 @@ def describe(model, spec, n_image) -> dict:
             "safe_config": model.config.to_dict(), "memory_bytes": safe_memory_report(model)}
 
 
+def flops_per_row(model, spec, n_image, image_token, device, dtype) -> dict:
+    """FLOPs (PyTorch's counter) of one query's pieces at batch 1: the LM prefill, the vision tower +
+    projector, and the audio encoder on one clip; their ratio is what the audio path's share of the
+    latency follows once per-call overheads stop dominating."""
+    from safe.evaluation.efficiency import count_flops
+
+    vl, feats, _ = make_inputs(model, spec, n_image, image_token, 1, device, dtype)
+    emb = torch.zeros(1, vl["input_ids"].shape[1], model.hidden_size, device=device, dtype=dtype)
+    inner = model.base_model.model
+    with model.hooks_detached():
+        lm = count_flops(lambda: inner.language_model(inputs_embeds=emb))
+    vision = count_flops(lambda: inner.get_image_features(pixel_values=vl["pixel_values"],
+                                                          vision_feature_layer=spec["feature_layer"],
+                                                          vision_feature_select_strategy="default"))
+    enc = count_flops(lambda: model.audio_encoder.encode(feats))
+    return {"lm_prefill": lm, "vision_and_projector": vision, "audio_encoder": enc,
+            "prefill_to_audio_encoder": (lm + vision) / enc}
+
+
 def run(args) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchmarkError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is "
@@ -284,6 +303,7 @@ def run(args) -> dict:
     model, spec, n_image, image_token = build(args.preset, args.device, dtype)
     build_s = time.perf_counter() - t0
     rss_built = _rss_now()
+    flops = flops_per_row(model, spec, n_image, image_token, args.device, dtype)
     cells = []
     for new_tokens in args.new_tokens:
         gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
@@ -295,7 +315,7 @@ def run(args) -> dict:
             print(_cell_line(cells[-1]), flush=True)
     return {"preset": args.preset, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
             "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "use_rate": args.use_rate,
-            "shape": describe(model, spec, n_image), "build_seconds": round(build_s, 1),
+            "shape": {**describe(model, spec, n_image), "flops_per_row": flops}, "build_seconds": round(build_s, 1),
             "seconds": round(time.perf_counter() - t0, 1), "memory": _memory(args.device, rss_built),
             "machine": {"platform": platform.platform(), "cpu_count": _cpus(), "load_average": _load(),
                         "torch": torch.__version__,
@@ -347,6 +367,8 @@ def markdown(res: dict) -> str:
              f"Shape: LM {pc['language_model']:,} parameters, vision tower {pc['vision_tower']:,}, audio encoder "
              f"{pc['audio_encoder']:,} (LM / audio encoder {pc['lm_to_audio_encoder']:.0f}x, LM / vision "
              f"{pc['lm_to_vision_tower']:.1f}x); {sh['image_tokens']} image + {sh['text_tokens']} text tokens; "
+             f"FLOPs of a batch-1 prefill (LM + vision) / one clip through the audio encoder "
+             f"{sh['flops_per_row']['prefill_to_audio_encoder']:.0f}x; "
              f"SAFE parts {mem['safe_parts']:,} bytes ({100 * mem['safe_parts_fraction']:.3f}% of the frozen "
              f"models), audio encoder {mem['audio_encoder']:,} bytes.", "",
              "| batch | new tokens | base ms (p95) | closed / base | always / base | policy / base (use rate) "
