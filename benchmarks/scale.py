@@ -65,7 +65,7 @@ PRESETS = {
         safe=dict(fusion_layers=[0, 1, 2, 3], num_audio_tokens=10, lora_rank=8, num_heads=4, ffn_rank=32),
         clip_samples=16000, policy_hidden=32, cpu_only=True),
     "proxy": dict(
-        vision=dict(hidden_size=160, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+        vision=dict(hidden_size=160, intermediate_size=448, num_hidden_layers=3, num_attention_heads=4,
                     image_size=112, patch_size=16),
         text=dict(hidden_size=448, intermediate_size=1120, num_hidden_layers=8, num_attention_heads=7,
                   num_key_value_heads=7, vocab_size=1024),

@@ -3,8 +3,9 @@ the base model's confidence from its VL-only pass. Two layouts (:data:`STATE_KIN
 
 * *early* (``StateSpec(confidence_dim=0)``, the default of ``safe policy train``): no confidence, so
   the state is computed before the language model runs — the question embedding is a lookup and
-  :func:`image_embedding` runs the base only up to its image projection (a probe whose measured cost
-  is charged in every latency figure);
+  :func:`probe_image` runs the base only up to its image projection, recording the image path's
+  calls so the ``generate`` that follows reuses them (:meth:`ImageProbe.reused`): the vision tower
+  runs once per batch, as in the base alone;
 * *cascade* (the proposal's): all four parts, read off the one VL-only ``generate`` the base runs
   first (:mod:`safe.policy.runtime`), so beyond the preview the state costs nothing extra.
 
@@ -14,7 +15,7 @@ The parts:
   placeholders and padding left out) — one embedding lookup;
 * image embedding: the mean over image tokens of the base's image projection output (LLaVA's
   multi-modal projector, BLIP-2's language projection): captured by a forward hook during the
-  base's own prefill in the cascade, computed by the :func:`image_embedding` probe in the early state;
+  base's own prefill in the cascade, computed by the :func:`probe_image` probe in the early state;
   zeros for a batch without images;
 * confidence: from the logits of the first generated token (max probability, entropy in nats,
   top-1 minus top-2 probability) — read off the base's pass (cascade only);

@@ -122,7 +122,8 @@ class PolicyGenerateOutput:
     """What :func:`generate_with_policy` returns.
 
     ``sequences``: (n, L) tokens, rows that skipped audio are the base's own output (right-padded
-    with the pad token if audio rows generated longer); ``used_audio``: (n,) bool, True where the
+    with the pad token if audio rows generated longer; on the early path with ``num_return_sequences``
+    r > 1, (n * r, L), each row's sequences consecutive, as ``generate`` returns them); ``used_audio``: (n,) bool, True where the
     audio path ran; ``use_probability``: (n,) the policy's P(use audio); ``states``: (n, d) the
     policy's inputs."""
 
