@@ -192,9 +192,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _bound(forward, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-    """The call's arguments by name (defaults filled in), so positional and keyword calls compare."""
+    """The call's arguments by name (defaults filled in), so positional and keyword calls compare.
+    ``forward``: a callable or its ``inspect.Signature``."""
     try:
-        bound = inspect.signature(forward).bind(*args, **kwargs)
+        sig = forward if isinstance(forward, inspect.Signature) else inspect.signature(forward)
+        bound = sig.bind(*args, **kwargs)
     except (TypeError, ValueError):
         return None
     bound.apply_defaults()
@@ -229,9 +231,9 @@ class ImageProbe:
             original = module.forward
             pending = [(inputs, output)]
 
-            def forward(*args, _original=original, _pending=pending, **kwargs):
+            def forward(*args, _original=original, _sig=inspect.signature(original), _pending=pending, **kwargs):
                 if _pending:
-                    bound = _bound(_original, args, kwargs)
+                    bound = _bound(_sig, args, kwargs)
                     if bound is not None and _same(bound, _pending[0][0]):
                         _, out = _pending.pop()
                         self.replays += 1
