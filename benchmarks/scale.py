@@ -217,7 +217,7 @@ def path_calls(model, vl, feats, wavs, gen, rate: float) -> dict:
     return calls, (k / n if n > 1 else rate)
 
 
-def measure_cell(model, vl, feats, wavs, gen, rate, repeats, warmup, device) -> dict:
+def measure_cell(model, vl, feats, wavs, gen, rate, repeats, warmup, device, clock=time.perf_counter) -> dict:
     calls, actual_rate = path_calls(model, vl, feats, wavs, gen, rate)
     names = list(calls)
     samples = {k: [] for k in names}
@@ -231,10 +231,10 @@ def measure_cell(model, vl, feats, wavs, gen, rate, repeats, warmup, device) -> 
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             _sync(device)
-            t = time.perf_counter()
+            t = clock()
             calls[name]()
             _sync(device)
-            samples[name].append((time.perf_counter() - t) * 1e3)
+            samples[name].append((clock() - t) * 1e3)
             if device == "cuda":
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
     stats = {k: {"median_ms": statistics.median(v), "p95_ms": float(np.percentile(v, 95)), "n": len(v)}
@@ -310,11 +310,12 @@ def run(args) -> dict:
         for batch in args.batches:
             vl, feats, wavs = make_inputs(model, spec, n_image, image_token, batch, args.device, dtype)
             with torch.no_grad():
-                cell = measure_cell(model, vl, feats, wavs, gen, args.use_rate, args.repeats, args.warmup, args.device)
+                cell = measure_cell(model, vl, feats, wavs, gen, args.use_rate, args.repeats, args.warmup, args.device,
+                                    time.thread_time if args.clock == "thread" else time.perf_counter)
             cells.append({"batch": batch, "new_tokens": new_tokens, **cell})
             print(_cell_line(cells[-1]), flush=True)
     return {"preset": args.preset, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
-            "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "use_rate": args.use_rate,
+            "threads": args.threads, "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "use_rate": args.use_rate,
             "shape": {**describe(model, spec, n_image), "flops_per_row": flops}, "build_seconds": round(build_s, 1),
             "seconds": round(time.perf_counter() - t0, 1), "memory": _memory(args.device, rss_built),
             "machine": {"platform": platform.platform(), "cpu_count": _cpus(), "load_average": _load(),
@@ -360,7 +361,8 @@ def markdown(res: dict) -> str:
     sh = res["shape"]
     pc = sh["parameters"]
     mem = sh["memory_bytes"]
-    lines = [f"### `{res['preset']}` on {res['device']} ({res['dtype']}, {res['threads']} thread(s))", "",
+    clock = "CPU time of the one torch thread (time.thread_time)" if res.get("clock") == "thread" else "wall clock"
+    lines = [f"### `{res['preset']}` on {res['device']} ({res['dtype']}, {res['threads']} thread(s), {clock})", "",
              f"Command: `{res['command']}`  ", f"Load average at the end (1, 5, 15 min): "
              f"{', '.join(f'{x:.2f}' for x in res['machine']['load_average'])}; {res['repeats']} timed repeats "
              f"after {res['warmup']} warm-up per cell, paths interleaved in rotating order.", "",
@@ -409,6 +411,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per path and cell first")
     p.add_argument("--use-rate", type=float, default=0.34, help="the policy's audio-use rate (the demo's: 0.34)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable medians on a shared CPU)")
+    p.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                   help="wall: time.perf_counter (latency); thread: time.thread_time, the CPU time of this "
+                        "thread (one torch thread: all of the work), immune to other processes on a loaded CPU")
     p.add_argument("--out", help="add the run to this JSON file (replacing the same preset and device) and "
                                  "write its markdown tables next to it (.md)")
     args = p.parse_args(argv)
@@ -421,6 +426,8 @@ def parse_args(argv=None):
         p.error("--batches and --new-tokens need positive integers")
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         p.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    if args.clock == "thread" and (args.device != "cpu" or args.threads != 1):
+        p.error("--clock thread measures one CPU thread: it needs --device cpu --threads 1")
     if not 0.0 <= args.use_rate <= 1.0 or math.isnan(args.use_rate):
         p.error(f"--use-rate must be in [0, 1], got {args.use_rate}")
     return args
