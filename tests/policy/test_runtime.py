@@ -260,3 +260,76 @@ def test_a_batch_without_images_gets_a_zero_image_part_and_skipped_rows_stay_the
     for i in (0, 2):
         assert torch.equal(out.sequences[i, : base_out.shape[1]], base_out[i])
     assert not torch.equal(out.sequences[[1, 3], : base_out.shape[1]], base_out[[1, 3]])  # audio was heard
+
+
+# ------------------------------------------------------------------------------------------
+# the early path's prefill reuses the probe's image features: the vision tower runs once per batch
+# ------------------------------------------------------------------------------------------
+def _vision_embeddings(base):
+    """The patch embedding of the base's vision tower: it runs exactly when the tower really computes
+    (a replayed tower call returns the record without entering its submodules)."""
+    tower = base.model.vision_tower if hasattr(base, "model") and hasattr(base.model, "vision_tower") else base.vision_model
+    return tower.embeddings
+
+
+def _early_on(base_kind, batch=4):
+    model, ref, enc = build(base_kind)
+    model.set_gates(0.7)
+    model.attach_policy(_preview_gate(StateSpec(model.hidden_size, model.hidden_size, confidence_dim=0)))
+    x, audio = inputs(model, enc, batch=batch)
+    return model, ref, {k: v for k, v in x.items() if k != "decoder_input_ids"}, audio
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beams"])
+@pytest.mark.parametrize("base_kind", ["llava", "blip2-opt", "blip2-t5"])
+def test_early_path_runs_the_vision_tower_once_and_skipped_rows_stay_bit_exact(base_kind, mode):
+    from safe.policy.features import capture_image_embedding
+
+    model, ref, x, audio = _early_on(base_kind)
+    gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    if mode == "beams":
+        gen["num_beams"] = 3
+    base_out = ref.generate(**x, **gen)
+    with torch.no_grad(), capture_image_embedding(model.backbone.image_projection) as seen:
+        model.base_model(**inputs(model, model.audio_encoder.model)[0])  # the image part a full prefill yields
+    h = model.hidden_size
+    runs = []
+    handle = _vision_embeddings(model.base_model).register_forward_hook(lambda *a: runs.append(1))
+    try:
+        for use in ([False] * 4, [True, False, False, True]):
+            runs.clear()
+            model.audio_encoder_calls = 0
+            out = model.generate(**x, audio_features=audio, audio_preview=_preview(use), **gen)
+            assert len(runs) == 1, f"vision tower ran {len(runs)} times for one early-path generate"
+            assert out.used_audio.tolist() == use and model.audio_encoder_calls == sum(use)
+            skipped = torch.tensor([not u for u in use])
+            assert torch.equal(out.sequences[skipped], base_out[skipped])  # the base's own tokens, bit-exact
+            assert torch.equal(out.states[:, h: 2 * h], seen["image"].cpu())  # the state is unchanged
+    finally:
+        handle.remove()
+    runs_base = []
+    handle = _vision_embeddings(ref).register_forward_hook(lambda *a: runs_base.append(1))
+    try:
+        ref.generate(**x, **gen)
+    finally:
+        handle.remove()
+    assert runs_base == [1]  # the base alone runs its tower once too: the early path adds no tower run
+
+
+@pytest.mark.parametrize("base_kind", ["llava", "blip2-opt"])
+def test_a_probe_replays_only_the_call_it_recorded(base_kind):
+    from safe.policy.runtime import early_probe
+
+    model, ref, x, _ = _early_on(base_kind)
+    gen = dict(max_new_tokens=3, do_sample=False)
+    _, probe = early_probe(model, x)
+    other = {**x, "pixel_values": x["pixel_values"].flip(0)}  # another batch of images: must not be served
+    with model.audio_disabled(), probe.reused():
+        got = model.base_model.generate(**other, **gen)
+    assert probe.replays == 0 and torch.equal(got, ref.generate(**other, **gen))
+    _, probe = early_probe(model, x)
+    with model.audio_disabled(), probe.reused():
+        first = model.base_model.generate(**x, **gen)
+        second = model.base_model.generate(**x, **gen)  # a record serves one call: this one computes
+    assert probe.replays >= 2 and torch.equal(first, second) and torch.equal(first, ref.generate(**x, **gen))
+    assert not any("forward" in m.__dict__ for m in model.base_model.modules())  # every patch removed

@@ -7,6 +7,7 @@ the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -99,9 +100,11 @@ def _noisy_embeddings(model, frontend, waveforms, snr_db: float, seed: int) -> t
 
 @torch.no_grad()
 def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics: dict | None = None,
-             stage_a: dict | None = None, split: str = "test", progress: bool = False) -> dict[str, Any]:
+             stage_a: dict | None = None, split: str = "test", progress: bool = False,
+             scale_results=None) -> dict[str, Any]:
     """Every section of the evaluation (module docstring) on ``data``'s ``split`` (and its ``ood_test``
-    split, when it has one, for the held-out-sounds test); ``model`` has a policy attached."""
+    split, when it has one, for the held-out-sounds test); ``model`` has a policy attached.
+    ``scale_results``: see :func:`stage_gates` (the latency gate's shape)."""
     if model.policy is None:
         raise ValueError("run_eval needs a SAFE model with its policy attached (safe policy train writes one)")
     t0 = time.perf_counter()
@@ -138,7 +141,7 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
     out = {"split": split, "examples": len(ex), "retention": retention, "audio_gains": gains,
            "efficiency": efficiency, "attribution": attribution, "robustness": robustness,
            "ablations": stage_b_ablations(policy_metrics), "seeds": _seeds(policy_metrics)}
-    out["stage_gates"] = stage_gates(out, stage_a, policy_metrics)
+    out["stage_gates"] = stage_gates(out, stage_a, policy_metrics, scale_results)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -254,8 +257,10 @@ def _seeds(policy_metrics: dict | None) -> dict:
                         for k, v in s.items()}}
 
 
-def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None) -> list[dict]:
-    """The proposal's section 14 gates that this benchmark can measure, each with its number."""
+def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, scale_results=None) -> list[dict]:
+    """The proposal's section 14 gates that this benchmark can measure, each with its number.
+    ``scale_results``: ``benchmarks/scale.py`` results (a path or the loaded dict; else the path under
+    ``policy_metrics["scale_results"]``, if any) for the latency gate (:func:`latency_gate`)."""
     r, g, e = ev["retention"], ev["audio_gains"], ev["efficiency"]
     vl = r["vl_accuracy"]
     drop_open = vl["base"] - vl["gate_open"]
@@ -275,9 +280,9 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None) -> 
         {"gate": "Stage 3: audio skipping", "target": ">= 40% of queries skip audio",
          "measured": f"{100 * skip:.1f}%", "passed": skip >= 0.40},
     ]
-    if e.get("overhead_ms") is not None:
-        gates.append({"gate": "Stage 3: latency overhead per query (batch 1)", "target": "< 50 ms",
-                      "measured": f"{e['overhead_ms']:.2f} ms", "passed": e["overhead_ms"] < 50.0})
+    latency = latency_gate(e, scale_results if scale_results is not None else (policy_metrics or {}).get("scale_results"))
+    if latency is not None:
+        gates.append(latency)
     if stage_a is not None and "frozen_byte_identical" in stage_a:
         gates.append({"gate": "Frozen base and encoder byte-identical after training", "target": "sha256 equal",
                       "measured": "equal" if stage_a["frozen_byte_identical"] else "changed",
@@ -286,3 +291,60 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None) -> 
         gates.append({"gate": "Stage B: no policy collapse", "target": "use rate strictly between 2% and 98%",
                       "measured": policy_metrics.get("collapse") or "none", "passed": policy_metrics.get("collapse") is None})
     return gates
+
+
+LATENCY_TARGET_MS = 50.0
+"""The proposal's added latency per query (section 14): < 50 ms for a 7B VL model."""
+_SHAPE_PREFERENCE = (("llava7b", "cuda"), ("proxy", "cuda"), ("proxy", "cpu"), ("builtin", "cuda"), ("builtin", "cpu"))
+
+
+class ScaleResultsError(ValueError):
+    """A ``benchmarks/scale.py`` results file that is missing or not in its format (named in the message)."""
+
+
+def load_scale_results(source) -> list[dict]:
+    """The runs of a ``benchmarks/scale.py`` results file (a path, or the loaded JSON: one run or
+    ``{"runs": [...]}``), each with ``preset``, ``device``, ``shape`` and ``cells``."""
+    import json
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ScaleResultsError(f"scale results file {path} does not exist (benchmarks/scale.py --out writes it)")
+        source = json.loads(path.read_text())
+    runs = source.get("runs", [source]) if isinstance(source, dict) else None
+    if not runs or not all(isinstance(r, dict) and {"preset", "device", "shape", "cells"} <= set(r) for r in runs):
+        raise ScaleResultsError("scale results must be benchmarks/scale.py output: a run with preset, device, "
+                                "shape and cells, or {'runs': [...]} of them")
+    return runs
+
+
+def latency_gate(efficiency: dict, scale_results=None) -> dict | None:
+    """The latency stage gate, naming the shape its number was measured on.
+
+    With ``scale_results`` (see :func:`load_scale_results`): the largest shape there (the 7B on a GPU,
+    else the CPU proxy, else the built-in shape), the policy at its use rate minus the base at batch 1,
+    the worse of the answer lengths measured. Without: the built-in model's own Stage B figure, labelled
+    "built-in model shape" (its overheads say little about a 7B deployment). None when neither exists."""
+    if scale_results is not None:
+        runs = load_scale_results(scale_results)
+        run = min(runs, key=lambda r: _SHAPE_PREFERENCE.index((r["preset"], r["device"]))
+                  if (r["preset"], r["device"]) in _SHAPE_PREFERENCE else len(_SHAPE_PREFERENCE))
+        cells = [c for c in run["cells"] if c["batch"] == 1] or [c for c in run["cells"] if c["batch"] == min(
+            x["batch"] for x in run["cells"])]
+        worst = max(cells, key=lambda c: c["paths"]["policy"]["added_ms"])
+        added = worst["paths"]["policy"]["added_ms"]
+        lm = run["shape"]["parameters"]["language_model"]
+        shape = (f"{run['preset']} shape (LM {lm / 1e6:,.1f}M parameters, {run['dtype']} on {run['device']}), "
+                 f"batch {worst['batch']}, {worst['new_tokens']} new tokens, policy at use rate {worst['use_rate']:.2f}, "
+                 f"always-audio {worst['paths']['always']['added_ms']:+.2f} ms; benchmarks/scale.py")
+        return {"gate": "Stage 3: latency overhead per query (batch 1)", "target": f"< {LATENCY_TARGET_MS:g} ms",
+                "measured": f"{added:.2f} ms on the {shape}", "passed": added < LATENCY_TARGET_MS,
+                "shape": run["preset"], "device": run["device"]}
+    if efficiency.get("overhead_ms") is None:
+        return None
+    added = efficiency["overhead_ms"]
+    return {"gate": "Stage 3: latency overhead per query (batch 1)", "target": f"< {LATENCY_TARGET_MS:g} ms",
+            "measured": f"{added:.2f} ms on the built-in model shape (not a 7B deployment figure; "
+                        f"benchmarks/scale.py measures the proxy / 7B shapes)",
+            "passed": added < LATENCY_TARGET_MS, "shape": "builtin"}

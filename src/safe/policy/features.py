@@ -3,8 +3,9 @@ the base model's confidence from its VL-only pass. Two layouts (:data:`STATE_KIN
 
 * *early* (``StateSpec(confidence_dim=0)``, the default of ``safe policy train``): no confidence, so
   the state is computed before the language model runs — the question embedding is a lookup and
-  :func:`image_embedding` runs the base only up to its image projection (a probe whose measured cost
-  is charged in every latency figure);
+  :func:`probe_image` runs the base only up to its image projection, recording the image path's
+  calls so the ``generate`` that follows reuses them (:meth:`ImageProbe.reused`): the vision tower
+  runs once per batch, as in the base alone;
 * *cascade* (the proposal's): all four parts, read off the one VL-only ``generate`` the base runs
   first (:mod:`safe.policy.runtime`), so beyond the preview the state costs nothing extra.
 
@@ -14,7 +15,7 @@ The parts:
   placeholders and padding left out) — one embedding lookup;
 * image embedding: the mean over image tokens of the base's image projection output (LLaVA's
   multi-modal projector, BLIP-2's language projection): captured by a forward hook during the
-  base's own prefill in the cascade, computed by the :func:`image_embedding` probe in the early state;
+  base's own prefill in the cascade, computed by the :func:`probe_image` probe in the early state;
   zeros for a batch without images;
 * confidence: from the logits of the first generated token (max probability, entropy in nats,
   top-1 minus top-2 probability) — read off the base's pass (cascade only);
@@ -28,6 +29,8 @@ The parts:
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -118,33 +121,143 @@ def capture_image_embedding(projection: nn.Module) -> Iterator[dict[str, torch.T
 
 
 class _ProjectionDone(BaseException):
-    """Raised by :func:`image_embedding`'s hook to stop the base model right after the image projection
+    """Raised by :func:`probe_image`'s hook to stop the base model right after the image projection
     (a ``BaseException``, so an ``except Exception`` inside a model cannot swallow it and let the
     language model run)."""
 
 
+_IMAGE_PATH = ("vision_tower", "vision_model", "qformer")
+"""Submodules (of the model or of LLaVA's inner ``model``) that compute image features before the
+projection: LLaVA's vision tower, BLIP-2's vision model and Q-Former."""
+
+
+def _image_path(base_model: nn.Module, projection: nn.Module) -> list[nn.Module]:
+    found: list[nn.Module] = []
+    for owner in (base_model, base_model._modules.get("model")):
+        for name in _IMAGE_PATH:
+            m = None if owner is None else owner._modules.get(name)
+            if m is not None and all(m is not f for f in found):
+                found.append(m)
+    return [*found, projection]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal call arguments: tensors by identity or exact values (dtype, shape and device included)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and (a is b or (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+                                and torch.equal(a, b))))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # an argument without a usable ==: treat as different (no replay, still correct)
+        return False
+
+
+def _bound(forward, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """The call's arguments by name (defaults filled in), so positional and keyword calls compare.
+    ``forward``: a callable or its ``inspect.Signature``."""
+    try:
+        sig = forward if isinstance(forward, inspect.Signature) else inspect.signature(forward)
+        bound = sig.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+class ImageProbe:
+    """The image part of the early state plus what computing it cost, kept for the prefill.
+
+    ``embedding``: (n, hidden) float32 on the CPU, the mean over image tokens of the projection output
+    (the value :func:`capture_image_embedding` records during a full prefill). ``records``: for every
+    module of the base's image path (vision tower / vision model, Q-Former, projection) the arguments
+    of its one call and its output. Inside :meth:`reused`, the first call of each of these modules whose
+    arguments are *exactly* the recorded ones (tensors by identity or ``torch.equal``, other arguments
+    by ``==``) returns the recorded output instead of running again; any other call runs the module
+    as usual. So the base's outputs are bit-exact either way (a deterministic module given the same
+    inputs computes the same tensor), and the image tower runs once per early-path batch when the
+    prefill's call matches (``replays`` counts the calls served from the record)."""
+
+    def __init__(self, embedding: torch.Tensor, records: list[tuple[nn.Module, dict[str, Any], Any]]) -> None:
+        self.embedding, self.records, self.replays = embedding, records, 0
+
+    @contextlib.contextmanager
+    def reused(self) -> Iterator["ImageProbe"]:
+        """While open, the recorded image-path calls are answered from the record, once each. A probe
+        serves one block: the records are released on exit (and each one as soon as it is replayed),
+        so the image tower's activations are not held past the prefill."""
+        patched = []
+        for module, inputs, output in self.records:
+            if "forward" in module.__dict__:  # someone else patched it: leave it alone (no reuse there)
+                continue
+            original = module.forward
+            pending = [(inputs, output)]
+
+            def forward(*args, _original=original, _sig=inspect.signature(original), _pending=pending, **kwargs):
+                if _pending:
+                    bound = _bound(_sig, args, kwargs)
+                    if bound is not None and _same(bound, _pending[0][0]):
+                        _, out = _pending.pop()
+                        self.replays += 1
+                        # a shallow copy: callers may set fields of a ModelOutput (LLaVA sets pooler_output)
+                        return copy.copy(out)
+                return _original(*args, **kwargs)
+
+            module.forward = forward
+            patched.append(module)
+        self.records = []
+        try:
+            yield self
+        finally:
+            for module in patched:
+                del module.forward  # back to the class's forward
+
+
 @torch.no_grad()
-def image_embedding(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def probe_image(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[str, Any]) -> ImageProbe:
     """The image part of the state without running the language model: the base's forward is stopped
-    by a hook right after ``projection`` (vision tower + projector only), (n, hidden) float32 on the
-    CPU, the same value :func:`capture_image_embedding` records during a full prefill. Zeros (n, 0) are
-    never returned: a batch without ``pixel_values`` raises ``ValueError``."""
+    by a hook right after ``projection`` (vision tower + projector only). Every image-path module's
+    call is recorded so the ``generate`` that follows can reuse it (:meth:`ImageProbe.reused`) instead
+    of running the vision tower a second time. A batch without ``pixel_values`` raises ``ValueError``."""
     if vl_inputs.get("pixel_values") is None:
         raise ValueError("image_embedding needs pixel_values (a batch without images has no image embedding)")
+    records: list[tuple[nn.Module, dict[str, Any], Any]] = []
+    handles = []
+
+    def record(module, args, kwargs, output):
+        if all(m is not module for m, _, _ in records):
+            bound = _bound(module.forward, args, kwargs)
+            if bound is not None:
+                records.append((module, bound, output))
+
     with capture_image_embedding(projection) as seen:
         def stop(_module, _inputs, _output):
             raise _ProjectionDone
 
-        handle = projection.register_forward_hook(stop)  # registered second: runs after the recording hook
         try:
+            for m in _image_path(base_model, projection):
+                handles.append(m.register_forward_hook(record, with_kwargs=True))
+            handles.append(projection.register_forward_hook(stop))  # last: runs after the recording hooks
             base_model(**vl_inputs)
         except _ProjectionDone:
             pass
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
     if "image" not in seen:
         raise RuntimeError("the base model's forward never reached its image projection")
-    return seen["image"].cpu()
+    return ImageProbe(seen["image"].cpu(), records)
+
+
+def image_embedding(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The image part of the state, (n, hidden) float32 on the CPU: :func:`probe_image`'s embedding
+    (without keeping its records). Zeros (n, 0) are never returned: a batch without ``pixel_values``
+    raises ``ValueError``."""
+    return probe_image(base_model, projection, vl_inputs).embedding
 
 
 def assemble_state(question: torch.Tensor, image: torch.Tensor, preview: torch.Tensor,

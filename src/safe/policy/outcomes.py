@@ -24,7 +24,7 @@ from safe.evaluation.scoring import answer_score
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
 from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state
 from safe.policy.network import PolicyNetwork
-from safe.policy.runtime import base_pass, early_state_parts
+from safe.policy.runtime import base_pass, early_probe, early_state_parts, reusing
 from safe.policy.table import OutcomeTable
 from safe.processing.features import audio_preview
 
@@ -87,9 +87,11 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     (front end + encoder + projector + SAFE ``generate`` with audio), and the derived costs of the
     two actions. The cascade: ``without_audio = base_pass + preview + policy`` and
     ``with_audio = without_audio + audio``. The ``early`` state adds ``state`` (question embedding +
-    the image probe of :func:`~safe.policy.features.image_embedding`) and, since it decides before
-    any generate, ``without_audio = base + state + preview + policy`` and
-    ``with_audio = audio + state + preview + policy`` (and no ``base_pass``). These are per-row
+    the image probe of :func:`~safe.policy.features.probe_image`, for reference), ``early_skip`` and
+    ``early_audio`` (the probe then one ``generate`` whose prefill reuses the probe's image features,
+    without / with audio: what the deployed early path runs) and, since it decides before any
+    generate, ``without_audio = early_skip + preview + policy`` and
+    ``with_audio = early_audio + preview + policy`` (and no ``base_pass``). These are per-row
     prices: in a real early batch the skipped rows decode inside the one ``generate`` until the
     longest audio answer ends, so the table overstates what a skip saves there; the end-to-end
     latency of :func:`safe.policy.stage.measure_deployed` is the number to trust.
@@ -122,14 +124,24 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
         pieces = [("base", plain_base), ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
                   ("audio", audio_path)]
         if early:
-            pieces.append(("state", lambda: early_state_parts(model, batch)))
+            def early_run(with_audio: bool) -> None:  # the deployed early sequence: probe, then one generate
+                _, probe = early_probe(model, batch)  # whose prefill reuses the probe's image features
+                with reusing(probe):
+                    if with_audio:
+                        model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
+                    else:
+                        with model.audio_disabled():
+                            model.base_model.generate(**batch, **gen)
+
+            pieces += [("state", lambda: early_state_parts(model, batch)),
+                       ("early_skip", lambda: early_run(False)), ("early_audio", lambda: early_run(True))]
         else:
             pieces.append(("base_pass", lambda: base_pass(model, batch, **gen)))
         med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows) for name, fn in pieces}
         if early:
-            overhead = med["state"] + med["preview"] + med["policy"]
-            med["without_audio"] = med["base"] + overhead
-            med["with_audio"] = med["audio"] + overhead
+            overhead = med["preview"] + med["policy"]
+            med["without_audio"] = med["early_skip"] + overhead
+            med["with_audio"] = med["early_audio"] + overhead
         else:
             med["without_audio"] = med["base_pass"] + med["preview"] + med["policy"]
             med["with_audio"] = med["without_audio"] + med["audio"]

@@ -24,13 +24,17 @@ in every latency figure (:mod:`safe.policy.outcomes`).
 
 With the *early* state (``StateSpec.confidence_dim == 0``: no base confidence) the policy decides
 before the language model runs: the question embedding is an embedding lookup and the image embedding
-a forward of the vision tower and projector only (:func:`safe.policy.features.image_embedding`); then
+a forward of the vision tower and projector only (:func:`safe.policy.features.probe_image`); then
 one ``generate`` runs the whole batch with audio in the chosen rows (SAFE's per-row mask: the other
-rows are the base's own tokens on the same batch). A skipped row costs the base plus that probe; a
-row that uses audio costs always-audio plus the probe, with no base answer thrown away.
+rows are the base's own tokens on the same batch), its prefill reusing the probe's image features
+instead of running the vision tower again (:meth:`safe.policy.features.ImageProbe.reused`). A skipped
+row costs the base plus the question lookup, the preview and the policy; a row that uses audio costs
+always-audio plus the same. The early path also serves beam search and ``num_return_sequences``
+(``sequences`` then has a row per returned sequence, as ``generate`` returns them).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +42,8 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from safe.policy.features import (StateSpec, assemble_state, capture_image_embedding, confidence_features,
-                                  image_embedding, question_embedding)
+from safe.policy.features import (ImageProbe, StateSpec, assemble_state, capture_image_embedding,
+                                  confidence_features, probe_image, question_embedding)
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
 
 POLICY_KINDS = ("ppo", "mlp")
@@ -124,7 +128,8 @@ class PolicyGenerateOutput:
     """What :func:`generate_with_policy` returns.
 
     ``sequences``: (n, L) tokens, rows that skipped audio are the base's own output (right-padded
-    with the pad token if audio rows generated longer); ``used_audio``: (n,) bool, True where the
+    with the pad token if audio rows generated longer; on the early path with ``num_return_sequences``
+    r > 1, (n * r, L), each row's sequences consecutive, as ``generate`` returns them); ``used_audio``: (n,) bool, True where the
     audio path ran; ``use_probability``: (n,) the policy's P(use audio); ``states``: (n, d) the
     policy's inputs."""
 
@@ -134,11 +139,13 @@ class PolicyGenerateOutput:
     states: torch.Tensor
 
 
-def _unsupported(kwargs: dict) -> None:
-    for key in ("num_beams", "num_return_sequences"):
-        if int(kwargs.get(key, 1) or 1) != 1:
-            raise ValueError(f"generate with a policy supports one sequence per row (greedy or sampling); "
-                             f"got {key}={kwargs[key]}. Pass audio_mask to choose rows yourself for beam search.")
+def _unsupported(kwargs: dict, early: bool) -> None:
+    if not early:  # the cascade reads the base's own greedy/sampled pass: one sequence per row
+        for key in ("num_beams", "num_return_sequences"):
+            if int(kwargs.get(key, 1) or 1) != 1:
+                raise ValueError(f"generate with a cascade policy supports one sequence per row (greedy or "
+                                 f"sampling); got {key}={kwargs[key]}. An early-state policy, or audio_mask to "
+                                 f"choose rows yourself, works with beam search.")
     if kwargs.get("input_ids") is None:
         raise ValueError("generate with a policy needs input_ids (the question embedding is read from them)")
 
@@ -247,7 +254,7 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
         raise ValueError("this SAFE model has no policy attached (model.attach_policy(...))")
     if (audio_features is None) == (audio_embeddings is None):
         raise ValueError("generate with a policy needs audio_features or audio_embeddings (exactly one)")
-    _unsupported(kwargs)
+    _unsupported(kwargs, policy.spec.early)
     audio = audio_features if audio_embeddings is None else audio_embeddings
     n = kwargs["input_ids"].shape[0]
     lazy = callable(audio) and not isinstance(audio, torch.Tensor)
@@ -283,31 +290,52 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     return PolicyGenerateOutput(sequences, use, prob, states)
 
 
-def early_state_parts(model, vl_inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The question and image embeddings of the early state, (n, hidden) each on the CPU, computed without
-    running the language model (an embedding lookup and :func:`safe.policy.features.image_embedding`).
-    A batch without ``pixel_values`` gets a zero image part, as the cascade's :func:`base_pass` does."""
+def early_probe(model, vl_inputs: dict[str, Any]) -> tuple[torch.Tensor, ImageProbe | None]:
+    """The question embedding (n, hidden) and the :class:`~safe.policy.features.ImageProbe` of the early
+    state, computed without running the language model; the probe is None for a batch without
+    ``pixel_values`` (the image part is then zeros, as in the cascade's :func:`base_pass`). In
+    transformers 5.24 both LLaVA's and BLIP-2's ``generate`` encode the images once per input row, before
+    expanding for beams / returned sequences, so the probe's record serves beam search too (a base that
+    encodes the expanded batch would just run its image tower again: correct, no saving)."""
     bb = model.backbone
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
                                   bb.image_token_id).cpu()
     if vl_inputs.get("pixel_values") is None:
-        return question, torch.zeros(question.shape[0], bb.hidden_size)
-    return question, image_embedding(model.base_model, bb.image_projection, vl_inputs)
+        return question, None
+    return question, probe_image(model.base_model, bb.image_projection, vl_inputs)
+
+
+def early_state_parts(model, vl_inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The question and image embeddings of the early state, (n, hidden) each on the CPU, computed without
+    running the language model (an embedding lookup and :func:`safe.policy.features.image_embedding`).
+    A batch without ``pixel_values`` gets a zero image part, as the cascade's :func:`base_pass` does."""
+    question, probe = early_probe(model, vl_inputs)
+    image = torch.zeros(question.shape[0], model.backbone.hidden_size) if probe is None else probe.embedding
+    return question, image
+
+
+def reusing(probe: ImageProbe | None):
+    """``probe.reused()``, or a no-op block for a batch without images."""
+    return contextlib.nullcontext() if probe is None else probe.reused()
 
 
 def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, preview: torch.Tensor, audio,
                     lazy: bool, embeddings: bool) -> PolicyGenerateOutput:
     """The early state's path: decide from question, image and preview before the language model runs,
     then one ``generate`` for the whole batch with audio in the chosen rows only (the others are the
-    base's own tokens on the same batch; the encoder sees only the chosen rows)."""
+    base's own tokens on the same batch; the encoder sees only the chosen rows). That ``generate``'s
+    prefill reuses the probe's image features (:meth:`~safe.policy.features.ImageProbe.reused`), so
+    the vision tower and projector run once per batch, as in the base alone."""
     n = vl_inputs["input_ids"].shape[0]
     # options that change the vision side (LLaVA's feature layer, BLIP-2's position interpolation) reach
-    # the probe too, so its image embedding is the one the generate's prefill computes
-    question, image = early_state_parts(model, {**vl_inputs, **{k: v for k, v in kwargs.items() if k in _VISION_KWARGS}})
+    # the probe too, so its image features are the ones the generate's prefill computes (and reuses)
+    vision = {k: v for k, v in kwargs.items() if k in _VISION_KWARGS}
+    question, probe = early_probe(model, {**vl_inputs, **vision})
+    image = torch.zeros(n, model.backbone.hidden_size) if probe is None else probe.embedding
     states = assemble_state(question, image, preview, torch.zeros(n, 0), policy.spec)
     use, prob = policy.decide_with_probability(states)
     if not bool(use.any()):
-        with model.audio_disabled():
+        with model.audio_disabled(), reusing(probe):
             return PolicyGenerateOutput(model.base_model.generate(**kwargs), use, prob, states)
     rows = use.nonzero().squeeze(1)
     if lazy:  # featurise the chosen clips only; the other rows of the full-size input stay zeros, unread
@@ -317,6 +345,7 @@ def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, p
     else:
         full = audio
     mask = use.to(full.device)
-    with model.audio_context(None if embeddings else full, mask, n, audio_embeddings=full if embeddings else None):
+    with model.audio_context(None if embeddings else full, mask, n, audio_embeddings=full if embeddings else None), \
+            reusing(probe):
         sequences = model.base_model.generate(**kwargs)
     return PolicyGenerateOutput(sequences, use, prob, states)

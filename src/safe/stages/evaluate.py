@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, base_path, data_source
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path, config_path, data_source
 
 
 @dataclass
@@ -17,6 +17,9 @@ class EvalConfig(DataOptions):
     """SAFE + policy checkpoint (default <run-dir>/checkpoints/policy)."""
     split: str = "test"
     """Benchmark split to evaluate on."""
+    scale_results: str | None = "docs/scale_results.json"
+    """benchmarks/scale.py results the latency gate reads (the largest shape measured there; resolved against
+    the checkout); none: the gate uses the run's own model, and says so."""
 
 
 @dataclass
@@ -81,8 +84,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         raise StageError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")
     cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
     policy, stage_a = run.read(PolicyResult), run.read(StageAResult)
+    scale = config_path(cfg.scale_results) if cfg.scale_results else None
     ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=policy.metrics if policy else None,
-                  stage_a=stage_a.metrics if stage_a else None, split=cfg.split)
+                  stage_a=stage_a.metrics if stage_a else None, split=cfg.split,
+                  scale_results=scale if scale and Path(scale).is_file() else None)
     result = EvalResult(ev)
     run.record(result)
     report(ReportConfig(run_dir=cfg.run_dir))
