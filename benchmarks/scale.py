@@ -185,7 +185,7 @@ def _sync(device: str) -> None:
 
 def path_calls(model, vl, feats, wavs, gen, rate: float) -> dict:
     """Zero-argument callables, one per path (see the module docstring), on one batch."""
-    from safe.policy.features import audio_preview
+    from safe.processing.features import audio_preview
 
     n = vl["input_ids"].shape[0]
     ones = torch.ones(n, dtype=torch.bool, device=feats.device)

@@ -47,6 +47,9 @@ def test_eval_fills_every_section_from_measurements(evaluated):
     assert f["always_audio"] > f["base"] > 0  # the adapters cost FLOPs; counted, not assumed
     assert f["base"] <= f["policy"]
     assert ev["efficiency"]["memory_bytes"]["safe_parts"] > 0
+    shape = ev["efficiency"]["shape"]  # what the efficiency figures were measured on (issue 20)
+    assert shape["base_parameters"] > shape["vision_parameters"] > 0 and shape["device"] == "cpu"
+    assert shape["text"].startswith("this run's model: VL base ")
     sh = ev["attribution"]["shapley"]
     assert not math.isnan(sh["image_mean"])
     gates = {g["gate"]: g for g in ev["stage_gates"]}

@@ -268,3 +268,21 @@ def test_latency_by_batch_names_the_deployed_state(metrics, tmp_path, state):
     text = write_report(metrics, tmp_path / "report.html").read_text(encoding="utf-8")
     # a run recorded before the state existed was a cascade run
     assert f"deployed gate, {state or 'cascade'} state, measured end to end" in text
+
+
+def test_efficiency_section_names_the_shape_behind_its_numbers():
+    """Issue 20: every efficiency number says which model shape it was measured on, and the latency gate's
+    own text (which may come from benchmarks/scale.py) is quoted there."""
+    from safe.evaluation.report import render_report
+    from tests.evaluation.fake_metrics import demo_metrics
+
+    metrics = demo_metrics()
+    shape = "this run's model: VL base 0.81M parameters (vision side 0.10M), audio encoder 0.09M"
+    metrics["eval"]["efficiency"]["shape"] = {"text": shape, "device": "cpu"}
+    metrics["eval"]["stage_gates"] = [{"gate": "Stage 3: latency overhead per query (batch 1)", "target": "< 50 ms",
+                                       "measured": "11.76 ms on the proxy shape (LM 19.4M parameters)", "passed": True}]
+    import html
+
+    html_text = html.unescape(render_report(metrics, figures={}))
+    assert f"Every figure below was measured on {shape}." in html_text
+    assert "The latency stage gate reads 11.76 ms on the proxy shape" in html_text

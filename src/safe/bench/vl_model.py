@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from safe.data.records import Example
-from safe.processing.prompts import Encoded, PromptFormat, build_tokenizer, image_processor, load_pixels, words_of
+from safe.processing.prompts import PromptFormat, build_tokenizer, image_processor, load_pixels, words_of
 
 logger = logging.getLogger(__name__)
 

@@ -215,7 +215,7 @@ def _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics)
            "flops_note": (f"PyTorch FlopCounterMode over the first {len(rows)} rows of the split (batches of 16), "
                           "audio encoder included (for the policy only on the rows it picks: flops_encoder_rows); "
                           "the front end and the audio preview are not counted"),
-           "memory_bytes": safe_memory_report(model)}
+           "memory_bytes": safe_memory_report(model), "shape": model_shape(model)}
     if policy_metrics:
         out["oracle_use_rate"] = policy_metrics["test"]["oracle_use_rate"]
         out["latency_by_batch"] = policy_metrics.get("latency_by_batch")
@@ -226,6 +226,24 @@ def _efficiency(model, fmt, data, previews, wav, frontend, used, policy_metrics)
             out["overhead_ms"] = lat["policy_mean_ms"] - lat["base_mean_ms"]
             out["latency_ratio_to_base"] = {"always_audio": lat["always_to_base"], "policy": lat["policy_to_base"]}
     return out
+
+
+def model_shape(model) -> dict[str, Any]:
+    """What the efficiency figures of a run were measured on: parameter counts of the frozen language model
+    side, vision side and audio encoder, the SAFE parts, the dtype and the device, and a one-line text."""
+    base = model.base_model
+    device = next(base.parameters()).device
+    dtype = next(base.parameters()).dtype
+    vision = sum(p.numel() for n, p in base.named_parameters() if "vision" in n or "qformer" in n)
+    total = sum(p.numel() for p in base.parameters())
+    audio = sum(p.numel() for p in model.audio_encoder.parameters())
+    safe_parts = sum(p.numel() for p in model.trainable_parameters())
+    text = (f"this run's model: VL base {total / 1e6:,.2f}M parameters (vision side {vision / 1e6:,.2f}M), audio "
+            f"encoder {audio / 1e6:,.2f}M, SAFE parts {safe_parts / 1e6:,.2f}M; {str(dtype).removeprefix('torch.')} "
+            f"on {device.type}, {torch.get_num_threads()} thread(s)")
+    return {"base_parameters": total, "vision_parameters": vision, "audio_encoder_parameters": audio,
+            "safe_parameters": safe_parts, "dtype": str(dtype).removeprefix("torch."), "device": device.type,
+            "text": text}
 
 
 def stage_b_ablations(policy_metrics: dict | None) -> dict:

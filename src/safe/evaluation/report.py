@@ -272,7 +272,13 @@ def _audio_gains(m: Mapping) -> str:
 
 def _efficiency(m: Mapping) -> str:
     e = m["eval"]["efficiency"]
-    parts = [_kv_table(e)]
+    shape = _m(e.get("shape")).get("text")
+    gates = _m(m["eval"]).get("stage_gates")
+    gate = next((g for g in (gates if isinstance(gates, list) else []) if isinstance(g, Mapping)
+                 and "latency" in str(g.get("gate", "")) and "measured" in g), None)
+    parts = [_p("Every figure below was measured on " + (shape or "the run's own model") + "."
+                + (f" The latency stage gate reads {gate['measured']}." if gate else ""))]
+    parts.append(_kv_table({k: v for k, v in e.items() if k != "shape"}))
     lat, ratio = _maps(e.get("latency_ms")), _m(e.get("latency_ratio_to_base"))
     flops = _m(e.get("flops_per_query"))
     modes = list(dict.fromkeys([*lat, *ratio, *flops]))

@@ -10,7 +10,6 @@ the base's minus tau. Runs on Hugging Face Accelerate; checkpoints resume bit-ex
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
