@@ -159,3 +159,33 @@ def test_every_form_of_a_clip_gives_the_same_answer(trained_run, examples, tmp_p
             assert all(g["used_audio"] for g in got)
     # the audio path is really taken: the features differ from "no audio" for these rows
     assert [w["used_audio"] for w in want] == [True] * len(rows) and not any(b["used_audio"] for b in base)
+
+
+LLAVA_CHAT = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
+              "{% if c['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}"
+              "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+OTHER_CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{% for c in m['content'] %}"
+              "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|end|>{% endfor %}"
+              "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.mark.parametrize("chat, template", [
+    (LLAVA_CHAT, "USER: <image>\n{question} ASSISTANT:"),                   # LLaVA-1.5's own layout
+    (OTHER_CHAT, "<|user|><image>{question}<|end|><|assistant|>"),          # BOS text dropped: the format adds its id
+    (None, "USER: <image>\n{question} ASSISTANT:"),                         # no chat template: the default
+])
+def test_prompts_follow_the_checkpoints_chat_template(chat, template):
+    """A checkpoint with a chat template gets its prompts from it (issue 15); an explicit template wins."""
+    from safe.processing.hf_prompts import ProcessorFormat
+    from safe.processing.prompts import build_tokenizer, words_of
+
+    tok = build_tokenizer(words_of(["what colour is the square", "user assistant end"]))
+    tok.chat_template = chat
+    layout = {"arch": "llava", "image_token_id": tok.convert_tokens_to_ids("<image>"), "num_image_tokens": 3,
+              "encoder_decoder": False, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+              "decoder_start_token_id": None}
+    fmt = ProcessorFormat.from_parts(tok, object(), layout)  # the image processor is not used here
+    assert fmt.template == template
+    ids = fmt.encode([type("Row", (), {"question": "what colour", "answer": "red"})()]).prompts[0]
+    assert ids.count(layout["image_token_id"]) == 3 and ids.count(tok.bos_token_id) <= 1  # never a second BOS
+    assert ProcessorFormat.from_parts(tok, object(), layout, template="Q: {question} <image>").template == "Q: {question} <image>"

@@ -1,7 +1,9 @@
 """Batches for any supported checkpoint (LLaVA, BLIP-2 with OPT or T5), from its own tokenizer and
 image processor, with the same interface as the built-in :class:`~safe.processing.prompts.PromptFormat`.
 
-Prompts are ``template`` with the question filled in; ``<image>`` in the template becomes the model's
+Prompts are a template with the question filled in: the one given (``--template``), else the checkpoint's
+own chat template rendered for one user turn (:func:`chat_prompt_template`), else a per-architecture
+default (:data:`DEFAULT_TEMPLATES`). ``<image>`` in the template becomes the model's
 image placeholder token repeated as many times as the model expects (``image_seq_length`` for LLaVA,
 ``num_query_tokens`` for BLIP-2). Decoder-only models get ``prompt + answer + eos`` left-padded with
 ``position_ids`` as ``generate`` computes them; T5 gets the prompt in the encoder and
@@ -42,6 +44,33 @@ def model_layout(base_model) -> dict[str, Any]:
             "decoder_start_token_id": getattr(text_cfg, "decoder_start_token_id", None)}
 
 
+_QUESTION = "\u2063SAFE_QUESTION\u2063"  # a marker no chat template writes itself
+
+
+def chat_prompt_template(tokenizer, image_token_id: int) -> str | None:
+    """The checkpoint's own chat template, rendered for one user turn holding an image and a question, as a
+    prompt template (``<image>`` and ``{question}`` placeholders); None when the tokenizer has no chat
+    template or the rendered prompt shows no image placeholder. A leading BOS text is dropped (the format
+    adds the BOS id itself), so a chat template and its hand-written equivalent give the same ids."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _QUESTION}]}]
+    try:
+        text = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates written for plain-string content (any error of the template's own code)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "<image>\n" + _QUESTION}], tokenize=False,
+                                             add_generation_prompt=True)
+    image_text = tokenizer.convert_ids_to_tokens(image_token_id)
+    if "<image>" not in text and isinstance(image_text, str) and image_text in text:
+        text = text.replace(image_text, "<image>", 1)
+    if "<image>" not in text or _QUESTION not in text:
+        return None
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        text = text[len(bos):]
+    return text.replace("{", "{{").replace("}", "}}").replace(_QUESTION, "{question}")
+
+
 class ProcessorFormat:
     """Prompt / training batches for a local LLaVA or BLIP-2 checkpoint directory, through its own
     tokenizer and image processor. Built from the directory and the loaded model, or with
@@ -56,7 +85,8 @@ class ProcessorFormat:
             image_processor = AutoImageProcessor.from_pretrained(str(checkpoint), local_files_only=True)
         self.layout = dict(layout) if layout is not None else model_layout(base_model)
         self.arch = self.layout["arch"]
-        self.template = template or DEFAULT_TEMPLATES[self.arch]
+        self.template = (template or chat_prompt_template(tokenizer, int(self.layout["image_token_id"]))
+                         or DEFAULT_TEMPLATES[self.arch])
         if "{question}" not in self.template or "<image>" not in self.template:
             raise ValueError(f"prompt template must contain '{{question}}' and '<image>', got {self.template!r}")
         self.tok, self.images = tokenizer, image_processor
