@@ -95,8 +95,14 @@ def test_mixed_batches_and_bad_rows(trained_run, examples):
     assert text_only["audio_mask"].tolist() == [True, False]
     none = proc(text=q, images=[audio_ex[0].image, vl_ex[0].image])
     assert none["audio_mask"].tolist() == [False, False] and "audio_features" not in none
-    with pytest.raises(ValueError, match=r"rows \[1\] have no image"):
-        proc(text=q, images=[audio_ex[0].image, None])
+    mixed = proc(text=q, images=[audio_ex[0].image, None])  # row 1 gets the black stand-in image
+    from PIL import Image
+
+    from safe.processing.processor import STAND_IN_RGB
+
+    blank = Image.new("RGB", Image.open(audio_ex[0].image).size, STAND_IN_RGB)
+    assert torch.equal(mixed["pixel_values"], proc(text=q, images=[audio_ex[0].image, blank])["pixel_values"])
+    assert (mixed["input_ids"] == proc.image_token_id).any(1).tolist() == [True, True]
     with pytest.raises(AudioInputError, match=r"audio\[1\].*sampling_rate"):
         proc(text=q, audio=[audio_ex[0].audio, np.zeros(100, np.float32)])
     with pytest.raises(AudioInputError, match=r"audio\[0\]: all samples are NaN"):

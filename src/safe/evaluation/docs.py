@@ -448,7 +448,7 @@ def _safe_state(m: Mapping) -> str:
 
 
 # ---------------------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder and rename it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -487,9 +487,9 @@ def write_docs(metrics: Mapping[str, Any], docs_dir: str | os.PathLike, readme: 
             raise DocsError(f"{readme}: no such README file")
         new_readme = replace_block(readme.read_text(encoding="utf-8"), readme_table(metrics), str(readme))
     results = Path(docs_dir) / RESULTS_FILE
-    _write_atomic(results, results_page(metrics, command=command))
+    write_atomic(results, results_page(metrics, command=command))
     written = [results]
     if new_readme is not None:
-        _write_atomic(readme, new_readme)
+        write_atomic(readme, new_readme)
         written.append(readme)
     return written

@@ -15,7 +15,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -478,15 +477,8 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
     run in this report"; None / NaN show as "—"; the file is written to a temporary file in the same
     folder and renamed over ``path``, so a reader never sees a half-written report.
     """
+    from safe.evaluation.docs import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(metrics, title, figures=figures)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, render_report(metrics, title, figures=figures))
     return path

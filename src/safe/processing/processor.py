@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from safe.processing.audio import LONG_AUDIO_RULES, load_audio
 from safe.processing.features import PREVIEW_DIM, BuiltinFrontEnd, FeatureFrontEnd, audio_preview
@@ -34,6 +35,8 @@ from safe.processing.prompts import PromptFormat, image_processor, open_image
 PROCESSOR_FILE = "safe_processor.json"
 AUDIO_SUBDIR = "audio_feature_extractor"
 FORMAT_VERSION = 1
+STAND_IN_RGB = (0, 0, 0)
+"""The colour of the stand-in image a row without an image gets in a batch whose other rows have one."""
 _DEFAULT = object()
 
 
@@ -112,8 +115,9 @@ class SAFEProcessor:
         """Inputs for ``SAFEModel.forward`` / ``generate``.
 
         ``text``: a question or a list of them (one row each). ``images``: one per row (a path, PIL
-        image or uint8 array), a list with ``None`` for rows without an image, or None; a batch must
-        have an image on every row or on none. ``audio``: one per row (path, bytes, file-like, array
+        image or uint8 array), a list with ``None`` for rows without an image, or None. A row without an
+        image in a batch where other rows have one gets a stand-in: a black image of the first image's size
+        (:data:`STAND_IN_RGB`); a batch without any image gets text-only prompts. ``audio``: one per row (path, bytes, file-like, array
         or tensor), ``None`` for rows without audio; ``sampling_rate``: the rate of array inputs (one
         for all rows or one per row). Returns ``input_ids``, ``attention_mask``, ``pixel_values`` (with
         images), ``audio_mask`` (bool (n,), True where a row has audio) and, when any row has audio,
@@ -132,9 +136,11 @@ class SAFEProcessor:
             raise ValueError(f"sampling_rate: {len(rates)} rates given for {n} questions")
         with_image = [im is not None for im in imgs]
         if any(with_image) and not all(with_image):
-            rows = [i for i, w in enumerate(with_image) if not w]
-            raise ValueError(f"images: rows {rows} have no image while the others have one; a batch must have an "
-                             "image on every row or on none (send such rows in a separate batch)")
+            # Stand-in rule: one image per row keeps the batch rectangular for every backbone and the policy's
+            # image state; the base model sees the same stand-in, so closed rows stay bit-exact on the batch.
+            first = self._image(imgs[with_image.index(True)], with_image.index(True))
+            imgs = [im if im is not None else Image.new("RGB", first.size, STAND_IN_RGB) for im in imgs]
+            with_image = [True] * n
         if not any(with_image) and self.kind == "checkpoint" and self.prompt_format.arch.startswith("blip2"):
             raise ValueError("images: a BLIP-2 model needs an image on every row (its generate takes pixel_values)")
         enc = self.prompt_format.encode([_Row(t) for t in texts])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, base_path, config_path, data_source
+from safe.stages.common import DataOptions, RunOptions, StageError, config_path
 
 
 @dataclass
@@ -66,23 +66,18 @@ class EvalResult(StageResult):
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """The evaluation protocol on the SAFE + policy checkpoint of ``cfg.run_dir``, reading the run's Stage A
     and Stage B results; then writes report.html."""
-    from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.evaluation.protocol import run_eval
-    from safe.stages.loading import load_trained
+    from safe.stages.loading import open_checkpoint
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
-    from safe.data.prepared import encoder_fingerprint
 
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"
-    if not (ckpt / "safe_config.json").is_file():
-        raise StageError(f"--checkpoint {ckpt} is not a SAFE checkpoint: run `safe policy train --run-dir "
-                         f"{cfg.run_dir}` first or pass --checkpoint")
-    data = data_source(cfg.data)
-    model, fmt, frontend = load_trained(base_path(cfg.base), ckpt, cfg.audio)
+    data, model, fmt, frontend, cache = open_checkpoint(
+        ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio,
+        missing=f"run `safe policy train --run-dir {cfg.run_dir}` first or pass --checkpoint")
     if model.policy is None:
         raise StageError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")
-    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
     policy, stage_a = run.read(PolicyResult), run.read(StageAResult)
     scale = config_path(cfg.scale_results) if cfg.scale_results else None
     ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=policy.metrics if policy else None,

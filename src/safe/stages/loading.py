@@ -62,3 +62,21 @@ def load_trained(base: str | Path, checkpoint: str | Path, audio: str | Path | N
                                 "train Stage A first (safe train) or pass --checkpoint")
     vl, encoder, fmt, frontend = load_frozen(base, audio, dtype=dtype, template=template)
     return SAFEModel.from_pretrained(checkpoint, vl, encoder).eval(), fmt, frontend
+
+
+def open_checkpoint(checkpoint: Path, *, data: str | None, base: str | None, audio: str | None, missing: str):
+    """What ``safe policy train`` and ``safe eval`` start from: ``(data source, SAFE model, prompt format,
+    audio front end, embedding cache)`` for the SAFE checkpoint folder ``checkpoint``. A folder without
+    ``safe_config.json`` raises :class:`~safe.stages.common.StageError` ending in ``missing`` (what to run
+    first), before anything is loaded or created."""
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.data.prepared import encoder_fingerprint
+    from safe.stages.common import StageError, base_path, data_source
+
+    if not (checkpoint / "safe_config.json").is_file():
+        raise StageError(f"--checkpoint {checkpoint} is not a SAFE checkpoint (no safe_config.json): {missing}")
+    source = data_source(data)
+    model, fmt, frontend = load_trained(base_path(base), checkpoint, audio)
+    cache = AudioEmbeddingCache(source.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    return source, model, fmt, frontend, cache
+

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, base_path, data_source
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path
 
 
 @dataclass
@@ -59,19 +59,14 @@ class PolicyResult(StageResult):
 def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     """Stages B and C on the Stage A checkpoint of ``cfg.run_dir``; saves the SAFE + policy checkpoint under
     ``checkpoints/policy`` and the tables under ``policy/``."""
-    from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.policy.stage import run_policy_stage
-    from safe.stages.loading import load_trained
-    from safe.data.prepared import encoder_fingerprint
+    from safe.stages.loading import open_checkpoint
 
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"
-    if not (ckpt / "safe_config.json").is_file():
-        raise StageError(f"--checkpoint {ckpt} is not a SAFE checkpoint (no safe_config.json); run `safe train "
-                         f"--run-dir {cfg.run_dir}` first or pass --checkpoint")
-    data = data_source(cfg.data)
-    model, fmt, frontend = load_trained(base_path(cfg.base), ckpt, cfg.audio)
-    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+    data, model, fmt, frontend, cache = open_checkpoint(
+        ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio,
+        missing=f"run `safe train --run-dir {cfg.run_dir}` first or pass --checkpoint")
     metrics, _ = run_policy_stage(model, fmt, frontend, data, cfg.policy, cache, out_dir=run.path / "policy",
                                   progress=True)
     out = model.save_pretrained(run.checkpoints / "policy")
