@@ -29,16 +29,11 @@ DEFAULT_TEMPLATES = {
 def model_layout(base_model) -> dict[str, Any]:
     """What a prompt format needs to know of a LLaVA / BLIP-2 model, as plain JSON values: the
     architecture, the image placeholder id and count, and the text model's special tokens."""
-    from safe.models.backbones import resolve_backbone
+    from safe.models.backbones import image_token_layout, resolve_backbone
 
-    cfg = base_model.config
-    image = getattr(cfg, "image_token_id", None)
-    image = getattr(cfg, "image_token_index", None) if image is None else image
-    n_image = getattr(cfg, "num_query_tokens", None) or getattr(cfg, "image_seq_length", None)
-    if image is None or n_image is None:
-        raise ValueError(f"{type(base_model).__name__} config lacks the image token id or count")
-    text_cfg = cfg.text_config
-    return {"arch": resolve_backbone(base_model).name, "image_token_id": int(image), "num_image_tokens": int(n_image),
+    image, n_image = image_token_layout(base_model)
+    text_cfg = base_model.config.text_config
+    return {"arch": resolve_backbone(base_model).name, "image_token_id": image, "num_image_tokens": n_image,
             "encoder_decoder": bool(getattr(text_cfg, "is_encoder_decoder", False)),
             "eos_token_id": text_cfg.eos_token_id, "pad_token_id": text_cfg.pad_token_id,
             "decoder_start_token_id": getattr(text_cfg, "decoder_start_token_id", None)}
