@@ -193,7 +193,7 @@ def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate
     n = vl_inputs["input_ids"].shape[0]
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
                                   bb.image_token_id).cpu()
-    with model.audio_disabled(), capture_image_embedding(bb.image_projection) as seen:
+    with model.audio_disabled(), capture_image_embedding(bb) as seen:
 
         def image() -> torch.Tensor:
             got = seen.get("image")  # no image in this batch: the image part of the state is zeros
@@ -302,7 +302,7 @@ def early_probe(model, vl_inputs: dict[str, Any]) -> tuple[torch.Tensor, ImagePr
                                   bb.image_token_id).cpu()
     if vl_inputs.get("pixel_values") is None:
         return question, None
-    return question, probe_image(model.base_model, bb.image_projection, vl_inputs)
+    return question, probe_image(model.base_model, bb, vl_inputs)
 
 
 def early_state_parts(model, vl_inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
