@@ -107,6 +107,9 @@ _REGISTRY += (
 SUPPORTED_BACKBONES = ("LlavaForConditionalGeneration (any decoder LM)",
                        "Blip2ForConditionalGeneration (OPT or T5 language model)",
                        *(e.class_name for e in _REGISTRY[3:]))
+FIXED_IMAGE_TOKEN_FAMILIES = ("llava", "blip2-opt", "blip2-t5")
+"""Registry names whose image-token count is a config constant (prompts: :mod:`safe.processing.hf_prompts`);
+the others get theirs per image from their processor (:mod:`safe.processing.vlm_prompts`)."""
 BASE_CLASSES = tuple(dict.fromkeys(e.class_name for e in _REGISTRY))
 """Class names :func:`safe.models.loading.load_base` opens (a checkpoint's ``architectures[0]``)."""
 

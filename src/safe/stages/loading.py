@@ -27,7 +27,9 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
     extractor."""
     from safe.models.loading import load_audio_encoder, load_base
     from safe.processing.features import BuiltinFrontEnd, FeatureFrontEnd
+    from safe.models.backbones import FIXED_IMAGE_TOKEN_FAMILIES, resolve_backbone
     from safe.processing.hf_prompts import ProcessorFormat
+    from safe.processing.vlm_prompts import VLMProcessorFormat
 
     if is_builtin_dir(base):
         base = Path(base)
@@ -41,7 +43,10 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
     if audio is None:
         raise ValueError(f"--audio must name a local CLAP / Whisper checkpoint when --base is a checkpoint ({base})")
     vl, encoder = load_base(str(base), dtype), load_audio_encoder(str(audio), dtype)
-    return vl, encoder, ProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
+    if resolve_backbone(vl).name in FIXED_IMAGE_TOKEN_FAMILIES:
+        return vl, encoder, ProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
+    # the families whose image-token count depends on the image: the checkpoint's own processor builds prompts
+    return vl, encoder, VLMProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
 
 
 def load_safe(base: str | Path, cfg: StageAConfig, audio: str | Path | None = None, *, dtype=torch.float32,

@@ -1,0 +1,153 @@
+"""Batches for the VLM families whose image-token count depends on the image (LLaVA-NeXT / OneVision,
+Qwen2/2.5/3-VL, Idefics3 / SmolVLM, Gemma 3, PaliGemma, Mllama, InternVL, Mistral3), through the
+checkpoint's own processor (``AutoProcessor``) and chat template.
+
+The processor does what only it knows: it resizes / tiles each image, expands the image placeholder to
+as many tokens as that image needs (so images of different sizes mix in one batch), and returns the
+family's extra inputs (``image_sizes``, ``image_grid_thw`` and ``mm_token_type_ids`` for Qwen's
+multimodal rotary positions, ``pixel_attention_mask``, ``token_type_ids``, Mllama's
+``cross_attention_mask`` / aspect-ratio ids, ...). Generation then runs with the model's own position
+handling (Qwen's ``rope_deltas`` are computed by its ``generate`` from those inputs).
+
+The prompt is the checkpoint's chat template rendered for one user turn holding an image and the
+question, or a ``--template`` with ``<image>`` (replaced by the image text the chat template writes, e.g.
+Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``) and ``{question}``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+_QUESTION = "\u2063SAFE_QUESTION\u2063"  # a marker no chat template writes itself
+
+
+def vlm_layout(base_model) -> dict[str, Any]:
+    """What the format needs of the model, as plain JSON values (saved with the processor)."""
+    from safe.models.backbones import resolve_backbone
+
+    text_cfg = base_model.config.text_config
+    return {"arch": resolve_backbone(base_model).name, "image_token_id": resolve_backbone(base_model).image_token_id,
+            "encoder_decoder": False, "eos_token_id": text_cfg.eos_token_id, "pad_token_id": text_cfg.pad_token_id}
+
+
+def _render(processor, content: list[dict]) -> str:
+    turn = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+
+
+def _image_text(processor) -> str:
+    """The text the chat template writes for one image: the difference between a turn with and without it."""
+    with_image = _render(processor, [{"type": "image"}, {"type": "text", "text": _QUESTION}])
+    without = _render(processor, [{"type": "text", "text": _QUESTION}])
+    p = 0
+    while p < min(len(with_image), len(without)) and with_image[p] == without[p]:
+        p += 1
+    s = 0
+    while s < min(len(with_image), len(without)) - p and with_image[-1 - s] == without[-1 - s]:
+        s += 1
+    return with_image[p:len(with_image) - s]
+
+
+class VLMProcessorFormat:
+    """Prompt / training batches for a checkpoint of the per-image-token-count families, built by the
+    checkpoint's own processor. Guarantees: the image-token count of every row is the processor's (never
+    a constant); rows are left-padded; a batch without images gets text-only prompts (no placeholder);
+    a format saved (:meth:`save_pretrained`) and loaded again gives identical batches."""
+
+    def __init__(self, checkpoint: str | Path | None, base_model=None, template: str | None = None, *,
+                 processor=None, layout: dict[str, Any] | None = None) -> None:
+        if processor is None:
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
+        self.processor, self.tok = processor, processor.tokenizer
+        self.layout = dict(layout) if layout is not None else vlm_layout(base_model)
+        self.arch, self.image = self.layout["arch"], int(self.layout["image_token_id"])
+        self.encoder_decoder = False
+        self.eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.layout["eos_token_id"]
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.layout["pad_token_id"]
+        self.pad = pad if pad is not None else self.eos
+        has_chat = bool(getattr(processor, "chat_template", None))
+        self.image_text = _image_text(processor) if has_chat else str(getattr(processor, "image_token", "<image>"))
+        if template is None:
+            if has_chat:
+                rendered = _render(processor, [{"type": "image"}, {"type": "text", "text": _QUESTION}])
+                bos = getattr(self.tok, "bos_token", None)
+                if bos and rendered.startswith(bos):  # the processor's tokenizer adds BOS itself
+                    rendered = rendered[len(bos):]
+                template = (rendered.replace("{", "{{").replace("}", "}}").replace(self.image_text, "<image>", 1)
+                            .replace(_QUESTION, "{question}"))
+            else:
+                template = "USER: <image>\n{question} ASSISTANT:"
+        if "{question}" not in template or "<image>" not in template:
+            raise ValueError(f"prompt template must contain '{{question}}' and '<image>', got {template!r}")
+        self.template = template
+
+    @classmethod
+    def from_parts(cls, processor, layout: dict[str, Any], template: str | None = None) -> "VLMProcessorFormat":
+        return cls(None, None, template, processor=processor, layout=layout)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.processor.save_pretrained(str(path))
+
+    def prompt(self, question: str, with_image: bool = True) -> str:
+        text = self.template.format(question=question)
+        return text.replace("<image>", self.image_text if with_image else "", 1)
+
+    def batch(self, questions: Sequence[str], images: Sequence | None,
+              answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The model inputs for ``questions`` (one image per row, PIL images, or None for a text-only
+        batch). With ``answers``: ``prompt + answer + eos`` and ``labels`` (-100 except the answer and
+        eos), every per-token extra extended over the answer as the processor marks text."""
+        texts = [self.prompt(q, images is not None) for q in questions]
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if images is not None:
+            kwargs["images"] = [[im] for im in images]
+        self.tok.padding_side = "left"
+        out = {k: v for k, v in self.processor(**kwargs).items() if isinstance(v, torch.Tensor) and k != "labels"}
+        if answers is None:
+            return out
+        return self._with_answers(out, [self.tok(" " + a, add_special_tokens=False)["input_ids"] + [self.eos]
+                                        for a in answers])
+
+    def _with_answers(self, out: dict[str, torch.Tensor], answers: list[list[int]]) -> dict[str, torch.Tensor]:
+        ids, mask = out["input_ids"], out["attention_mask"]
+        n, width = ids.shape[0], ids.shape[1] + max(len(a) for a in answers)
+        per_token = [k for k, v in out.items() if k not in ("input_ids", "attention_mask") and v.dim() >= 2
+                     and v.shape[:2] == ids.shape]
+        new = {"input_ids": torch.full((n, width), self.pad, dtype=ids.dtype),
+               "attention_mask": torch.zeros((n, width), dtype=mask.dtype),
+               "labels": torch.full((n, width), -100, dtype=torch.long)}
+        for k in per_token:
+            new[k] = out[k].new_zeros((n, width, *out[k].shape[2:]))
+        for r, ans in enumerate(answers):
+            keep = mask[r].bool()
+            seq = torch.cat([ids[r][keep], torch.tensor(ans, dtype=ids.dtype)])
+            start = width - seq.numel()
+            new["input_ids"][r, start:], new["attention_mask"][r, start:] = seq, 1
+            new["labels"][r, width - len(ans):] = torch.tensor(ans)
+            for k in per_token:
+                prompt_part = out[k][r][keep]
+                # answer tokens are text: they carry what the last prompt token carries (0 for token types,
+                # Mllama's "sees the image" cross-attention row); PaliGemma marks its suffix with type 1
+                tail = (torch.ones_like(prompt_part[-1:]) if self.arch == "paligemma" and k == "token_type_ids"
+                        else prompt_part[-1:]).expand(len(ans), *prompt_part.shape[1:])
+                new[k][r, start:] = torch.cat([prompt_part, tail])
+        new.update({k: v for k, v in out.items() if k not in new})
+        if not self.arch.startswith("qwen"):  # Qwen computes its M-RoPE positions from the mask itself
+            new["position_ids"] = (new["attention_mask"].cumsum(1) - 1).clamp(min=0)
+        return new
+
+    def decode(self, generated: torch.Tensor, prompt_len: int) -> list[str]:
+        out = []
+        for row in generated[:, prompt_len:].tolist():
+            if self.eos in row:
+                row = row[: row.index(self.eos)]
+            out.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        return out
+
+
+__all__ = ["VLMProcessorFormat", "vlm_layout"]
