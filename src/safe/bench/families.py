@@ -150,7 +150,11 @@ def tiny_family(kind: str, seed: int = 0, attn_implementation: str | None = None
         raise ValueError(f"unknown family {kind!r}; choose from {FAMILIES}")
     if attn_implementation is not None:
         cfg._attn_implementation = attn_implementation
-    return cls(cfg).eval()
+    model = cls(cfg).eval()
+    if kind == "gemma3":  # its projector weight is initialised to zeros: every image would embed to 0
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.05)
+    return model
 
 
 def tiny_processor(kind: str):

@@ -17,7 +17,7 @@ IMAGE_TOKEN = 99          # id of the image placeholder token in the tiny vocabu
 VOCAB = 100
 NUM_IMAGE_TOKENS = 4      # 32 px images, 16 px patches
 BASE_PRESETS = ("llava", "blip2-opt", "blip2-t5")
-AUDIO_PRESETS = ("whisper", "clap")
+AUDIO_PRESETS = ("whisper", "clap", "ast", "wav2vec2", "hubert", "wavlm", "qwen2-audio")
 
 
 def _quiet_transformers() -> None:
@@ -81,6 +81,23 @@ def tiny_audio_encoder(kind: str, seed: int = 0) -> nn.Module:
                                  num_heads=[2, 2], patch_embeds_hidden_size=16, enable_fusion=False,
                                  projection_dim=24, patch_stride=(4, 4), patch_size=4)
         return tf.ClapAudioModelWithProjection(cfg).eval()
+    if kind == "ast":
+        cfg = tf.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           num_mel_bins=16, max_length=32, patch_size=8, frequency_stride=8, time_stride=8)
+        return tf.ASTModel(cfg).eval()
+    if kind in ("wav2vec2", "hubert", "wavlm"):
+        common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                      num_conv_pos_embedding_groups=2, vocab_size=8)
+        conf, cls = {"wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model), "hubert": (tf.HubertConfig, tf.HubertModel),
+                     "wavlm": (tf.WavLMConfig, tf.WavLMModel)}[kind]
+        return cls(conf(**common)).eval()
+    if kind == "qwen2-audio":
+        from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+        cfg = tf.Qwen2AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                         num_mel_bins=16, max_source_positions=50)
+        return Qwen2AudioEncoder(cfg).eval()
     raise ValueError(f"unknown audio preset {kind!r}; choose from {AUDIO_PRESETS}")
 
 
@@ -89,9 +106,32 @@ def audio_input_shape(encoder: nn.Module) -> tuple[int, ...]:
     (Whisper: mels x frames; CLAP: 1 x frames x mels, frames filling HTSAT's square spectrogram)."""
     cfg = encoder.config
     cfg = getattr(cfg, "audio_config", cfg)  # ClapModel keeps the audio tower's config inside
+    if cfg.model_type == "audio-spectrogram-transformer":
+        return (cfg.max_length, cfg.num_mel_bins)
+    if cfg.model_type in ("wav2vec2", "hubert", "wavlm"):
+        return (WAVEFORM_SAMPLES,)
     if hasattr(cfg, "max_source_positions"):
         return (cfg.num_mel_bins, 2 * cfg.max_source_positions)
     return (1, cfg.spec_size * max(1, cfg.spec_size // cfg.num_mel_bins), cfg.num_mel_bins)
+
+
+WAVEFORM_SAMPLES = 3200
+"""Samples per clip (0.2 s at 16 kHz) of the tiny raw-waveform encoders' random input."""
+
+
+def tiny_feature_extractor(kind: str):
+    """The feature extractor matching :func:`tiny_audio_encoder` ``kind`` (its own class, small settings)."""
+    import transformers as tf
+
+    if kind in ("whisper", "qwen2-audio"):
+        return tf.WhisperFeatureExtractor(feature_size=16, chunk_length=1, hop_length=160)
+    if kind == "clap":
+        return tf.ClapFeatureExtractor(feature_size=16, max_length_s=1, hop_length=250, truncation="rand_trunc")
+    if kind == "ast":
+        return tf.ASTFeatureExtractor(num_mel_bins=16, max_length=32)
+    if kind in ("wav2vec2", "hubert", "wavlm"):
+        return tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True)
+    raise ValueError(f"unknown audio preset {kind!r}; choose from {AUDIO_PRESETS}")
 
 
 def random_audio(encoder: nn.Module, batch: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
