@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from safe.models.backbones import image_token_layout
+from safe.bench.families import FAMILIES, family_inputs, tiny_family
+from safe.models.backbones import image_token_layout, resolve_backbone
 from safe.models.loading import load_audio_encoder, load_base
 
 IMAGE_TOKEN = 99          # id of the image placeholder token in the tiny vocabularies
 VOCAB = 100
 NUM_IMAGE_TOKENS = 4      # 32 px images, 16 px patches
-BASE_PRESETS = ("llava", "blip2-opt", "blip2-t5")
+BASE_PRESETS = ("llava", "blip2-opt", "blip2-t5", *FAMILIES)
+"""Tiny base presets: LLaVA and BLIP-2 (here) and every other supported family (:mod:`safe.bench.families`)."""
 AUDIO_PRESETS = ("whisper", "clap", "ast", "wav2vec2", "hubert", "wavlm", "qwen2-audio")
 
 
@@ -27,7 +29,10 @@ def _quiet_transformers() -> None:
 
 
 def tiny_base(kind: str, seed: int = 0) -> nn.Module:
-    """A randomly initialised tiny ``LlavaForConditionalGeneration`` or ``Blip2ForConditionalGeneration``."""
+    """A randomly initialised tiny ``LlavaForConditionalGeneration`` or ``Blip2ForConditionalGeneration``, or of
+    another family (:func:`safe.bench.families.tiny_family`)."""
+    if kind in FAMILIES:
+        return tiny_family(kind, seed)
     _quiet_transformers()
     import transformers as tf
 
@@ -140,10 +145,33 @@ def random_audio(encoder: nn.Module, batch: int, seed: int = 0, dtype=torch.floa
     return torch.randn((batch, *audio_input_shape(encoder)), generator=g).to(dtype)
 
 
+IMAGE_SIZES = ((32, 32), (48, 64), (64, 32))
+"""(height, width) of the random images of the per-image-token-count families, cycled over the rows, so
+a batch mixes image-token counts (tiling, dynamic resolution)."""
+
+
 def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int = 0, dtype=torch.float32,
-                     left_pad: bool = True) -> dict[str, torch.Tensor]:
+                     left_pad: bool = True, prompt_format=None) -> dict[str, torch.Tensor]:
     """A batch of prompts ``[image tokens][text]`` with random pixel values, for any supported base.
-    The first row is left-padded by two tokens when ``left_pad`` so padding paths are exercised."""
+    The first row is left-padded by two tokens when ``left_pad`` so padding paths are exercised.
+    The per-image-token-count families get random images of :data:`IMAGE_SIZES` through their processor:
+    ``prompt_format`` (a :class:`safe.processing.vlm_prompts.VLMProcessorFormat` of a checkpoint), else the
+    tiny preset's (:func:`safe.bench.families.family_inputs`)."""
+    name = resolve_backbone(base).name
+    if name in FAMILIES:
+        import numpy as np
+        from PIL import Image
+
+        from safe.bench.families import WORDS
+
+        rng = np.random.default_rng(seed)
+        images = [Image.fromarray(rng.integers(0, 256, (*IMAGE_SIZES[i % len(IMAGE_SIZES)], 3), dtype=np.uint8))
+                  for i in range(batch)]
+        words = [w for w in WORDS if w.isalpha()]
+        questions = [" ".join(rng.choice(words, size=text_len - i % 3)) + " ?" for i in range(batch)]
+        x = (prompt_format.batch(questions, images) if prompt_format is not None
+             else family_inputs(name, base, questions, images))
+        return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in x.items()}
     g = torch.Generator().manual_seed(seed)
     image_token, n_image = image_token_layout(base)
     vocab = base.config.text_config.vocab_size
@@ -164,18 +192,22 @@ def random_vl_inputs(base: nn.Module, batch: int, text_len: int = 6, seed: int =
     return out
 
 
-def load_base_or_preset(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """``spec``: a tiny preset (``llava``, ``blip2-opt``, ``blip2-t5``) or a local checkpoint path
-    (:func:`safe.models.loading.load_base`)."""
+def load_base_or_preset(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        **load_options) -> nn.Module:
+    """``spec``: a tiny preset (:data:`BASE_PRESETS`) or a local checkpoint path
+    (:func:`safe.models.loading.load_base`; ``load_options``: its ``attn_implementation`` / ``device_map``,
+    for a preset only ``attn_implementation``)."""
+    if spec in FAMILIES:
+        return tiny_family(spec, attn_implementation=load_options.get("attn_implementation")).to(device=device, dtype=dtype)
     if spec in BASE_PRESETS:
         return tiny_base(spec).to(device=device, dtype=dtype)
     if not Path(spec).exists():
         raise FileNotFoundError(f"base model {spec!r} is neither a preset {BASE_PRESETS} nor an existing path")
-    return load_base(spec, dtype, device)
+    return load_base(spec, dtype, device, **load_options)
 
 
 def load_audio_encoder_or_preset(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """``spec``: a tiny preset (``whisper``, ``clap``) or a local CLAP / Whisper checkpoint path
+    """``spec``: a tiny preset (:data:`AUDIO_PRESETS`) or a local audio encoder checkpoint path
     (:func:`safe.models.loading.load_audio_encoder`)."""
     if spec in AUDIO_PRESETS:
         return tiny_audio_encoder(spec).to(device=device, dtype=dtype)
