@@ -40,6 +40,7 @@ class PreparedSet:
     def subset(self, index: Sequence[int]) -> "PreparedSet":
         index = list(index)
         return PreparedSet([self.examples[i] for i in index],
+                           self.enc.subset(index) if hasattr(self.enc, "subset") else  # per-example extras too
                            Encoded([self.enc.prompts[i] for i in index], [self.enc.answers[i] for i in index]),
                            self.pixels[index], self.audio[index], self.needs_audio[index])
 

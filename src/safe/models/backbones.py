@@ -107,6 +107,11 @@ _REGISTRY += (
 SUPPORTED_BACKBONES = ("LlavaForConditionalGeneration (any decoder LM)",
                        "Blip2ForConditionalGeneration (OPT or T5 language model)",
                        *(e.class_name for e in _REGISTRY[3:]))
+VL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "image_grid_thw", "mm_token_type_ids",
+                 "pixel_attention_mask", "token_type_ids", "aspect_ratio_ids", "aspect_ratio_mask",
+                 "cross_attention_mask")
+"""The model inputs a processor of a supported family returns (the rest of a ``generate`` call's keywords
+are generation settings): what the policy runtime and the pipeline pass on as the VL inputs."""
 FIXED_IMAGE_TOKEN_FAMILIES = ("llava", "blip2-opt", "blip2-t5")
 """Registry names whose image-token count is a config constant (prompts: :mod:`safe.processing.hf_prompts`);
 the others get theirs per image from their processor (:mod:`safe.processing.vlm_prompts`)."""

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from safe.models.backbones import VL_INPUT_KEYS
 from safe.policy.features import (ImageProbe, StateSpec, assemble_state, capture_image_embedding,
                                   confidence_features, probe_image, question_embedding)
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
@@ -263,7 +264,7 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     if audio_preview is None or tuple(audio_preview.shape) != (n, policy.spec.preview_dim):
         got = None if audio_preview is None else tuple(audio_preview.shape)
         raise ValueError(f"audio_preview must have shape ({n}, {policy.spec.preview_dim}), got {got}")
-    vl_inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    vl_inputs = {k: v for k, v in kwargs.items() if k in VL_INPUT_KEYS}
     gen_kwargs = {k: v for k, v in kwargs.items() if k not in vl_inputs}
     preview = audio_preview.float().cpu()
     if policy.spec.early:

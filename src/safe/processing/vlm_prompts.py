@@ -16,12 +16,30 @@ Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``) and ``{question}``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from safe.processing.prompts import Encoded
+
 _QUESTION = "\u2063SAFE_QUESTION\u2063"  # a marker no chat template writes itself
+ROW_PACKED = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl")
+"""Families whose ``pixel_values`` pack every image of a batch into one sequence (no row per image)."""
+
+
+@dataclass
+class VisionEncoded(Encoded):
+    """:class:`~safe.processing.prompts.Encoded` plus, per example, the extras its processor returned with
+    its prompt (``image_sizes``, ``token_type_ids``, Mllama's masks ...; batch dimension 1)."""
+
+    extras: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def subset(self, index: Sequence[int]) -> "VisionEncoded":
+        index = list(index)
+        return VisionEncoded([self.prompts[i] for i in index], [self.answers[i] for i in index],
+                             [self.extras[i] for i in index])
 
 
 def vlm_layout(base_model) -> dict[str, Any]:
@@ -141,6 +159,79 @@ class VLMProcessorFormat:
             new["position_ids"] = (new["attention_mask"].cumsum(1) - 1).clamp(min=0)
         return new
 
+    # -- the prepared-data interface of the other formats (encode / pixels / prompt_batch / train_batch) --
+    def encode(self, examples: Sequence) -> "VisionEncoded":
+        """Each example's prompt ids as its processor makes them with its own image (``example.image``, a
+        path or PIL image; None: text only), answer ids, and the per-row / per-token extras of that call."""
+        from safe.processing.prompts import open_image
+
+        prompts, answers, extras = [], [], []
+        for i, e in enumerate(examples):
+            image = getattr(e, "image", None)
+            out = self.batch([e.question], None if image is None else [open_image(image, f"examples[{i}].image")])
+            prompts.append(out.pop("input_ids")[0].tolist())
+            out.pop("attention_mask")
+            out.pop("pixel_values", None)  # pixels() makes these for the whole set
+            extras.append(out)
+            answers.append(self.tok(" " + e.answer, add_special_tokens=False)["input_ids"] + [self.eos])
+        return VisionEncoded(prompts, answers, extras)
+
+    def pixels(self, paths: Sequence) -> torch.Tensor:
+        """Pixel values, one row per image (padded to the set's most tiles / crops, which the models drop
+        again from ``image_sizes`` / their padding masks). Families that pack the image patches of a batch
+        into one sequence (Qwen-VL, InternVL) have no row-aligned pixels: ``ValueError``; they run through
+        :meth:`batch` (``safe predict``, ``safe verify``)."""
+        from safe.processing.prompts import open_image
+
+        if self.arch in ROW_PACKED:
+            raise ValueError(f"{self.arch}: its processor packs the image patches of a batch into one sequence, "
+                             "so prepared (row-indexed) training / evaluation sets are not supported for it yet; "
+                             "use safe predict / safe verify, or a row-aligned family")
+        images = [[open_image(p, f"image[{i}]")] for i, p in enumerate(paths)]
+        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def _collate(self, enc: "VisionEncoded", index: Sequence[int], seqs: list[list[int]],
+                 answers: list[list[int]] | None) -> dict[str, torch.Tensor]:
+        width = max(len(x) for x in seqs)
+        n = len(index)
+        ids = torch.full((n, width), self.pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        out: dict[str, torch.Tensor] = {}
+        for r, (i, seq) in enumerate(zip(index, seqs)):
+            start = width - len(seq)
+            ids[r, start:], mask[r, start:] = torch.tensor(seq), 1
+            n_prompt = len(enc.prompts[i])
+            for k, v in enc.extras[i].items():
+                v = v[0]
+                if v.shape[:1] == (n_prompt,):  # per token: left-padded; answer tokens carry the last value
+                    extra = len(seq) - n_prompt
+                    tail = (torch.ones_like(v[-1:]) if self.arch == "paligemma" and k == "token_type_ids"
+                            else v[-1:]).expand(extra, *v.shape[1:])
+                    v = torch.cat([v, tail])
+                    if k not in out:
+                        out[k] = v.new_zeros((n, width, *v.shape[1:]))
+                    out[k][r, start:] = v
+                else:  # per row (image_sizes, aspect ratios)
+                    out.setdefault(k, v.new_zeros((n, *v.shape)))[r] = v
+        batch = {"input_ids": ids, "attention_mask": mask, **out}
+        if answers is not None:
+            labels = torch.full_like(ids, -100)
+            for r, ans in enumerate(answers):
+                labels[r, width - len(ans):] = torch.tensor(ans)
+            batch["labels"] = labels
+            if not self.arch.startswith("qwen"):
+                batch["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
+        return batch
+
+    def prompt_batch(self, enc: "VisionEncoded", index: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = list(index)
+        return self._collate(enc, index, [enc.prompts[i] for i in index], None)
+
+    def train_batch(self, enc: "VisionEncoded", index: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = list(index)
+        return self._collate(enc, index, [enc.prompts[i] + enc.answers[i] for i in index],
+                             [enc.answers[i] for i in index])
+
     def decode(self, generated: torch.Tensor, prompt_len: int) -> list[str]:
         out = []
         for row in generated[:, prompt_len:].tolist():
@@ -150,4 +241,4 @@ class VLMProcessorFormat:
         return out
 
 
-__all__ = ["VLMProcessorFormat", "vlm_layout"]
+__all__ = ["ROW_PACKED", "VLMProcessorFormat", "VisionEncoded", "vlm_layout"]
