@@ -9,11 +9,12 @@ from safe.cli import main
 from safe.stages.verify import VerifyConfig, verify
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_verify_a_llava_next_checkpoint_directory(attn, tmp_path):
+@pytest.mark.parametrize("attn, device_map", [("eager", None), ("sdpa", "auto")])
+def test_verify_a_llava_next_checkpoint_directory(attn, device_map, tmp_path):
     tiny_family("llava-next").save_pretrained(tmp_path / "base")
     tiny_processor("llava-next").save_pretrained(tmp_path / "base")
-    result = verify(VerifyConfig(base=str(tmp_path / "base"), audio="wav2vec2", attn_implementation=attn))
+    result = verify(VerifyConfig(base=str(tmp_path / "base"), audio="wav2vec2", attn_implementation=attn,
+                                 device_map=device_map))  # "auto" on a CPU-only machine: accelerate places it
     assert result.ok, result.summary()
     (name,) = result.metrics["models"]
     assert name.endswith("x wav2vec2") and result.metrics["models"][name]["passed"]
