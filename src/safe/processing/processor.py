@@ -145,8 +145,9 @@ class SAFEProcessor:
             imgs = [im if im is not None else Image.new("RGB", first.size, STAND_IN_RGB) for im in imgs]
             with_image = [True] * n
         if not any(with_image) and self.kind != "builtin" and self.prompt_format.arch.startswith(("blip2", "paligemma")):
-            raise ValueError(f"images: a {self.prompt_format.arch} model needs an image on every row "
-                             "(its processor / generate take pixel_values)")
+            name = "BLIP-2" if self.prompt_format.arch.startswith("blip2") else "PaliGemma"
+            raise ValueError(f"images: a {name} model needs an image on every row (its processor / generate take "
+                             "pixel_values)")
         if self.kind == "vlm":  # the checkpoint's processor expands each image's placeholders itself
             out: dict[str, Any] = self.prompt_format.batch(
                 texts, [self._image(im, i) for i, im in enumerate(imgs)] if any(with_image) else None)
