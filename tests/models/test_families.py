@@ -123,3 +123,40 @@ def test_closed_rows_bit_exact_under_each_attention_implementation(attn):
     for mode in ("forward", "greedy"):
         got, expected = _run(model, mode, x, audio_features=audio, audio_mask=MIXED), _run(ref, mode, x)
         assert torch.equal(_rows(got, mode)[~MIXED], _rows(expected, mode)[~MIXED])
+
+
+TILING = ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "smolvlm", "mistral3")
+
+
+@pytest.mark.parametrize("kind", [p for p in PARAMS if p.values[0] in TILING])
+def test_images_of_different_sizes_get_different_token_counts_in_one_batch(kind):
+    model, _, x, _ = _built(kind, torch.float32)
+    counts = (x["input_ids"] == model.backbone.image_token_id).sum(1).tolist()
+    assert counts[0] == counts[3] and len(set(counts)) > 1, counts  # rows 0 and 3 share a size; 1 and 2 differ
+
+
+@pytest.mark.parametrize("bias", [-10.0, 10.0], ids=["skip", "use"])
+@pytest.mark.parametrize("kind", PARAMS)
+def test_early_policy_generate_passes_the_family_inputs(kind, bias):
+    """The policy's early path (probe the image, decide, one generate) with every input the processor made
+    (image_sizes, image_grid_thw + mm_token_type_ids, masks ...): skipped rows are the base's own tokens,
+    chosen rows are those of generate with audio on them."""
+    from safe.policy.features import StateSpec
+    from safe.policy.network import GateMLP
+    from safe.policy.runtime import AudioPolicy
+
+    model, ref, x, audio = _built(kind, torch.float32)
+    h = model.hidden_size
+    gate = GateMLP(StateSpec(h, h, confidence_dim=0).dim, 4)
+    with torch.no_grad():
+        gate.net[2].bias.fill_(bias)
+    model.attach_policy(AudioPolicy(StateSpec(h, h, confidence_dim=0), "mlp", 4, net=gate))
+    try:
+        kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=True)  # as _run's greedy
+        out = model.generate(**x, **kw, audio_features=audio, audio_preview=torch.zeros(4, 34))
+        assert out.used_audio.tolist() == [bias > 0] * 4
+        want = (_run(model, "greedy", x, audio_features=audio, audio_mask=torch.ones(4, dtype=torch.bool))
+                if bias > 0 else _run(ref, "greedy", x))
+        assert torch.equal(out.sequences, want)
+    finally:
+        model.attach_policy(None)

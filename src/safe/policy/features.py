@@ -276,8 +276,8 @@ def probe_image(base_model: nn.Module, projection, vl_inputs: dict[str, Any]) ->
     def record(module, args, kwargs, output):
         if all(m is not module for m, _, _ in records):
             bound = _bound(module.forward, args, kwargs)
-            if bound is not None:
-                records.append((module, bound, output))
+            if bound is not None:  # a shallow copy: the caller may set fields of the output afterwards
+                records.append((module, bound, copy.copy(output)))  # (Qwen-VL's get_image_features does)
 
     seen: dict[str, Any] = {}
 
