@@ -14,6 +14,16 @@ from safe.models.audio_encoders import SUPPORTED_AUDIO_ENCODERS, AudioEncoder
 from safe.models.loading import load_audio_encoder
 from safe.processing.features import FeatureFrontEnd
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 NEW = ["ast", "wav2vec2", "hubert", "wavlm", "qwen2-audio"]
 MIXED = torch.tensor([True, False, True, False])
 

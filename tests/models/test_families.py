@@ -17,6 +17,16 @@ from safe import SAFEConfig, SAFEModel
 from safe.bench import presets as P
 from safe.bench.families import FAMILIES, family_inputs, tiny_family, tiny_processor
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 REPRESENTATIVE = ("llava-next", "qwen2-vl")
 PARAMS = [pytest.param(k, marks=() if k in REPRESENTATIVE else pytest.mark.slow) for k in FAMILIES]
 MIXED = torch.tensor([True, False, True, False])

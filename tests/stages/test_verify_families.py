@@ -2,11 +2,21 @@
 come from that processor), under an explicit attention implementation; every family x encoder preset
 pair under -m slow."""
 import pytest
+import torch
 
 from safe.bench import presets as P
 from safe.bench.families import tiny_family, tiny_processor
 from safe.cli import main
 from safe.stages.verify import VerifyConfig, verify
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("attn, device_map", [("eager", None), ("sdpa", "auto")])
