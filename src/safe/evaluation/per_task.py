@@ -30,9 +30,9 @@ GAIN_SYSTEMS = (("base", "base"), ("safe", "gate_open"), ("policy", "policy"))
 
 
 def paired_graded_test(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000) -> dict[str, Any]:
-    """Wilcoxon signed-rank test of graded paired scores ``a`` vs ``b`` (two-sided, ties at zero
-    difference dropped: scipy's ``zero_method="wilcox"``; differences rounded to 12 decimals), and the paired percentile bootstrap CI of
-    ``mean(a) - mean(b)``. No differing pair gives statistic 0 and p 1.
+    """Wilcoxon signed-rank test of graded paired scores ``a`` vs ``b`` (two-sided, zero differences
+    dropped: scipy's ``zero_method="wilcox"``; differences rounded to 12 decimals), and the paired
+    percentile bootstrap CI of ``mean(a) - mean(b)``. No differing pair gives statistic 0 and p 1.
 
     Returns ``{"test": "wilcoxon", "statistic", "pvalue", "n", "n_differing", "mean_a", "mean_b",
     "diff", "ci_low", "ci_high"}``."""
