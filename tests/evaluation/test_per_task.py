@@ -129,3 +129,19 @@ def test_meteor_with_java():
                               [["a dog barks loudly", "dog barking"], ["rain falls on a roof"]])
     assert 0.2 < score < 0.5  # the toolkit gives 0.329 for these two
     assert caps.meteor_score(["a dog barks loudly"], [["a dog barks loudly"]]) > 0.9
+
+
+def test_retention_and_gains_take_a_mixed_split():
+    """The evaluation's two sections on the mixture: overall keys as before, the per-benchmark ones added;
+    a split without VL-only rows has no McNemar to run."""
+    from safe.evaluation.protocol import retention_and_gains
+
+    retention, gains = retention_and_gains(EX, SCORES, ANSWERS)
+    assert retention["answers_changed"]["n"] == 9 and set(retention["mcnemar"]) == {"gate_closed", "gate_open",
+                                                                                      "policy"}
+    assert retention["per_task"] == retention_per_task(EX, SCORES, ANSWERS)
+    assert list(gains["per_task"]) == ["avqa"] and list(gains["captions_per_task"]) == ["audiocaps", "clotho"]
+    audio_only = [i for i, e in enumerate(EX) if e.needs_audio]
+    sub = lambda d: {k: [v[i] for i in audio_only] for k, v in d.items()}  # noqa: E731
+    retention, gains = retention_and_gains([EX[i] for i in audio_only], sub(SCORES), sub(ANSWERS))
+    assert retention["mcnemar"] == {} and retention["per_task"] == {} and gains["per_task"]["avqa"]["n"] == 4

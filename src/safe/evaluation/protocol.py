@@ -21,7 +21,7 @@ from safe.evaluation.efficiency import count_flops, safe_memory_report
 from safe.evaluation.metrics import cider_d_scores
 from safe.evaluation.per_task import gains_per_task, retention_per_task
 from safe.evaluation.robustness import add_noise
-from safe.evaluation.scoring import answer_score
+from safe.evaluation.scoring import BINARY_METRICS, answer_score, task_metric
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
 from safe.processing.features import audio_preview
@@ -74,7 +74,8 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
     right = {k: [v[i] == 1.0 for i in vl] for k, v in scores.items()}
     retention = {
         "vl_accuracy": {k: _acc(v, vl) for k, v in scores.items() if k in ("base", "gate_closed", "gate_open", "policy")},
-        "mcnemar": {k: mcnemar(right[k], right["base"]).to_dict() for k in ("gate_closed", "gate_open", "policy")},
+        "mcnemar": {k: mcnemar(right[k], right["base"]).to_dict() for k in ("gate_closed", "gate_open", "policy")}
+        if vl else {},  # a split without VL-only rows (e.g. captions only) has nothing to test
         "answers_changed": {**{k: sum(answers[k][i] != answers["base"][i] for i in vl)
                                for k in ("gate_closed", "gate_open", "policy")}, "n": len(vl)},
         "per_family": {f: {k: _acc(scores[k], [i for i in vl if ex[i].family == f])
@@ -139,9 +140,10 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
 
     phi_img, phi_aud = shapley_two_player(scores["no_image_no_audio"], scores["base"], scores["audio_only"],
                                           scores["gate_open"])
-    short = [i for i, e in enumerate(ex) if not e.is_caption]  # 0/1 scores only
+    # LOMO takes 0/1 scores only: captions (token F1) and graded answers (VQAv2 accuracy) are left out.
+    short = [i for i, e in enumerate(ex) if task_metric(e) in BINARY_METRICS]
     attribution = {"lomo": lomo_drop([scores["gate_open"][i] for i in short], [scores["gate_closed"][i] for i in short],
-                                     [families[i] for i in short]),
+                                     [families[i] for i in short]) if short else {},
                    "shapley": summarize_shapley(phi_img, phi_aud, families)}
 
     robustness = _robustness(model, fmt, frontend, data, cache, prepared, ex, wav, scores, answers, used,
