@@ -53,24 +53,30 @@ def rouge_l_scores(preds: Sequence[str], refs_list: Sequence[Sequence[str]]) -> 
     return [float(scorer.calc_score([_text(p)], [_text(r) for r in refs])) for p, refs in zip(preds, refs_list)]
 
 
-def meteor_score(preds: Sequence[str], refs_list: Sequence[Sequence[str]]) -> float:
-    """Corpus METEOR 1.5 of the toolkit (its ``Meteor``: a Java process). Raises ``RuntimeError`` naming
-    the reason when Java is not on the PATH or the process fails."""
+def meteor_score(preds: Sequence[str], refs_list: Sequence[Sequence[str]],
+                 systems: dict[str, Sequence[str]] | None = None) -> float | dict[str, float]:
+    """Corpus METEOR 1.5 of the toolkit (its ``Meteor``: one Java process, started once per call).
+
+    With ``systems`` (name -> predictions, each aligned with ``refs_list``) every system is scored by
+    the same process and a ``{name: score}`` dict is returned; ``preds`` is then ignored (pass ``()``).
+    Raises ``RuntimeError`` naming the reason when Java is not on the PATH or the process fails."""
     if shutil.which("java") is None:
         raise RuntimeError("no java on the PATH (the toolkit's METEOR is a Java program)")
     from pycocoevalcap.meteor.meteor import Meteor
 
     gts = {str(i): [_text(r) for r in refs] for i, refs in enumerate(refs_list)}
-    res = {str(i): [_text(p)] for i, p in enumerate(preds)}
+    runs = systems if systems is not None else {"": preds}
+    out = {}
     try:
         scorer = Meteor()
         try:
-            score, _ = scorer.compute_score(gts, res)
+            for name, ps in runs.items():
+                out[name] = float(scorer.compute_score(gts, {str(i): [_text(p)] for i, p in enumerate(ps)})[0])
         finally:
             del scorer  # its __del__ ends the Java process
     except (OSError, ValueError) as err:
         raise RuntimeError(f"the toolkit's METEOR failed: {err}") from err
-    return float(score)
+    return out if systems is not None else out[""]
 
 
 def caption_corpus_metrics(examples: Sequence[Example], rows: Sequence[int], predictions: dict[str, Sequence[str]],
@@ -94,21 +100,18 @@ def caption_corpus_metrics(examples: Sequence[Example], rows: Sequence[int], pre
                            "unavailable": {"spice": SPICE_UNAVAILABLE, "spider": SPIDER_UNAVAILABLE}}
     if not groups:
         return out
-    meteor_reason = None if meteor else "not requested (the toolkit's METEOR runs in Java; pass meteor=True)"
-    for name, answers in predictions.items():
-        preds = [answers[idx[0]] for idx, _ in groups]
+    systems = {name: [answers[idx[0]] for idx, _ in groups] for name, answers in predictions.items()}
+    for name, preds in systems.items():
         b = bleu_scores(preds, refs, 4)
         rouge = rouge_l_scores(preds, refs)
-        row = {"cider_d": ci(cider_d_scores(preds, refs)), **{f"bleu_{k + 1}": b[k] for k in range(4)},
-               "rouge_l": sum(rouge) / len(rouge), "meteor": None}
-        if meteor_reason is None:
-            try:
-                row["meteor"] = meteor_score(preds, refs)
-            except RuntimeError as err:
-                meteor_reason = f"not computed: {err}"
-        out["systems"][name] = row
-    if meteor_reason is not None:
-        for row in out["systems"].values():
-            row["meteor"] = None
-        out["unavailable"]["meteor"] = meteor_reason
+        out["systems"][name] = {"cider_d": ci(cider_d_scores(preds, refs)), **{f"bleu_{k + 1}": b[k] for k in range(4)},
+                                "rouge_l": sum(rouge) / len(rouge), "meteor": None}
+    if not meteor:
+        out["unavailable"]["meteor"] = "not requested (the toolkit's METEOR runs in Java; pass meteor=True)"
+        return out
+    try:
+        for name, score in meteor_score((), refs, systems).items():
+            out["systems"][name]["meteor"] = score
+    except RuntimeError as err:
+        out["unavailable"]["meteor"] = f"not computed: {err}"
     return out
