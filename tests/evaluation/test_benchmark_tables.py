@@ -55,3 +55,19 @@ def test_results_page_has_the_per_benchmark_sections():
     assert "## Evaluation: audio gains per benchmark" in page and "## Evaluation: captions per benchmark" in page
     assert page.index("## Evaluation: retention\n") < page.index("## Evaluation: retention per") < page.index(
         "## Evaluation: stage gates")
+
+
+def test_safe_eval_prints_one_line_per_benchmark():
+    from safe.stages.evaluate import _per_benchmark
+
+    ev = per_benchmark_metrics()["eval"]
+    lines = _per_benchmark(ev["retention"], ev["audio_gains"])
+    assert lines == [
+        "  retention on gqa (gqa_exact_match, 300 rows): base 0.6100, gate_closed 0.6100, gate_open 0.6033, "
+        "policy 0.6100; mcnemar p (gate open) 0.625",
+        "  retention on vqav2 (vqa_accuracy, 400 rows): base 0.7100, gate_closed 0.7100, gate_open 0.7000, "
+        "policy 0.7090; wilcoxon p (gate open) 0.625",
+        "  gains on avqa (exact_match, 4 rows): base 0.250, safe 0.750, policy 0.750; SAFE - base +0.500 "
+        "[+0.000, +1.000]",
+        "  captions on audiocaps (2 clips): CIDEr-D base 0.050, safe 0.600; BLEU-4 base 0.050, safe 0.138"]
+    assert _per_benchmark(full_metrics()["eval"]["retention"], full_metrics()["eval"]["audio_gains"]) == []
