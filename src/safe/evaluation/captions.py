@@ -2,8 +2,8 @@
 audio-captioning literature reports them, all from the COCO caption toolkit (``pycocoevalcap``).
 
 Computed: CIDEr-D (with a bootstrap CI over clips), BLEU-1..4, ROUGE-L, and METEOR when asked for
-(``meteor=True``; the toolkit runs it in Java, ~15 s to start, so it is off by default and reported
-unavailable without a ``java`` on the PATH). Not computed, with the reason in the result: SPICE (the
+(``meteor=True``, ``safe eval --meteor``; the toolkit runs it in Java, ~15 s to start, so it is off by
+default, and reported unavailable without a ``java`` on the PATH). Not computed, with the reason in the result: SPICE (the
 toolkit's SPICE needs Java *and* the Stanford CoreNLP models it downloads on first use, which an
 offline machine cannot fetch) and therefore SPIDEr (the mean of CIDEr-D and SPICE).
 
@@ -107,7 +107,7 @@ def caption_corpus_metrics(examples: Sequence[Example], rows: Sequence[int], pre
         out["systems"][name] = {"cider_d": ci(cider_d_scores(preds, refs)), **{f"bleu_{k + 1}": b[k] for k in range(4)},
                                 "rouge_l": sum(rouge) / len(rouge), "meteor": None}
     if not meteor:
-        out["unavailable"]["meteor"] = "not requested (the toolkit's METEOR runs in Java; pass meteor=True)"
+        out["unavailable"]["meteor"] = "not requested (the toolkit's METEOR runs in Java: safe eval --meteor)"
         return out
     try:
         for name, score in meteor_score((), refs, systems).items():
