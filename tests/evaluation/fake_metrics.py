@@ -70,8 +70,8 @@ def full_metrics() -> dict:
                 {"gate": "latency ratio (policy)", "target": "≤ 1.6", "measured": 1.57, "passed": True}],
             "retention": {
                 "vl_accuracy": {"base": 1.0, "gate_closed": 1.0, "gate_open": 0.995, "policy": 1.0},
-                "mcnemar": {"gate_open": {"b": 2, "c": 0, "statistic": 2.0, "p_value": 0.5, "exact": True},
-                            "policy": {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0, "exact": True}},
+                "mcnemar": {"gate_open": {"b": 2, "c": 0, "statistic": 2.0, "pvalue": 0.5, "exact": True},
+                            "policy": {"b": 0, "c": 0, "statistic": 0.0, "pvalue": 1.0, "exact": True}},
                 "answers_changed": {"gate_closed": 0, "gate_open": 2, "policy": 0, "n": 400},
                 "per_family": fam_ret, "effect_size": {"cohens_dz_gate_open": -0.07}},
             "audio_gains": {

@@ -358,7 +358,7 @@ def _retention_table(m: Mapping) -> str:
     return _table(["mode", "VL accuracy", "answers changed", "McNemar p"],
                   [[k.replace("_", " "), _f(acc.get(k)),
                     f"{fmt(changed[k])} of {fmt(changed.get('n'))}" if k in changed else DASH,
-                    _f((mc.get(k) or {}).get("p_value"))] for k in ("base", "gate_closed", "gate_open", "policy")
+                    _f((mc.get(k) or {}).get("pvalue"))] for k in ("base", "gate_closed", "gate_open", "policy")
                    if k in acc])
 
 

@@ -243,7 +243,7 @@ def _retention(m: Mapping, figs: Figures) -> str:
         t = mc.get(mode, {})
         rows.append([mode.replace("_", " "), fmt(acc.get(mode)),
                      f"{fmt(changed.get(mode))} / {fmt(n)}" if mode in changed else DASH,
-                     fmt(t.get("b")), fmt(t.get("c")), fmt(t.get("statistic")), fmt(t.get("p_value")),
+                     fmt(t.get("b")), fmt(t.get("c")), fmt(t.get("statistic")), fmt(t.get("pvalue")),
                      fmt(t.get("exact"))])
     parts = [_table(["mode", "VL accuracy", "answers changed", "McNemar b", "c", "statistic", "p",
                      "exact"], rows)]
