@@ -1,6 +1,6 @@
 """Bring your own data, end to end: fixture datasets in every published layout mixed in one spec YAML, a tiny
 LLaVA and a tiny Whisper saved to disk as checkpoint directories, then `safe data check`, `safe train`, `safe
-policy train` and `safe eval` with --data / --base / --audio, each writing into one run directory."""
+policy train`, `safe eval` and `safe ablate` with --data / --base / --audio, each writing into one run directory."""
 import json
 
 import pytest
@@ -69,7 +69,7 @@ def test_train_policy_eval_end_to_end(setup, capsys):
 
     assert main(["policy", "train", *_args(setup), "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
                  "--seeds", "1", "--train-rows", "8", "--cost-batch", "8", "--distill-epochs", "2",
-                 "--latency-batches", "1,12"]) == 0, capsys.readouterr().err
+                 "--latency-batches", "12"]) == 0, capsys.readouterr().err
     policy = json.loads((run / "metrics.json").read_text())["policy"]
     assert policy["rows"] == {"train": 8 + 8, "test": 12}  # train[:train_rows] + val; the test split
 
@@ -79,3 +79,7 @@ def test_train_policy_eval_end_to_end(setup, capsys):
     assert ev["examples"] == 12 and ev["data"]["fingerprint"] == a["data"]["fingerprint"]
     report = (run / "report.html").read_text()
     assert "<html" in report.lower() and "Stage A" in report
+
+    assert main(["ablate", *_args(setup), *sets, "--steps", "2", "--only", "reference"]) == 0, capsys.readouterr().err
+    abl = json.loads((run / "metrics.json").read_text())["ablations"]
+    assert [r["name"] for r in abl["rows"]] == ["reference"] and abl["steps"] == 2
