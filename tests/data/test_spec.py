@@ -248,3 +248,36 @@ def test_data_check_bad_spec_is_one_line_exit_2(roots, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("safe data check: error:") and "'tset'" in err
     assert json.loads(json.dumps(err))  # plain text, no traceback
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/data.md"])
+def test_the_documented_spec_is_valid(roots, doc, tmp_path):
+    text = (Path(__file__).resolve().parents[2] / doc).read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    for name in ("audiocaps", "vqav2", "avqa", "gqa"):
+        block = block.replace(f"/data/{name},", f"{roots[name]},")
+    block = block.replace("/data/music-avqa,", f"{roots['music_avqa']},")
+    src = SpecSource(load_spec(yaml.safe_load(block), base_dir=tmp_path))
+    assert src.audio_share == 0.4 and src.available_splits() == ["train", "val", "test", "retention"]
+    assert {e.task for e in src.split("test")} == {"music_avqa", "gqa"}
+
+
+def test_verified_media_are_decoded_once_until_they_change(tmp_path, monkeypatch):
+    from safe.data.readers import _common
+    from tests.data.spec_fixtures import wav, write_audiocaps
+
+    root = write_audiocaps(tmp_path / "ac", "train", n=3)
+    spec = load_spec({"train": [{"reader": "audiocaps", "root": str(root), "split": "train"}]}, base_dir=tmp_path)
+    decoded = []
+    real = _common._Media._check_audio
+    monkeypatch.setattr(_common._Media, "_check_audio", lambda self, p: (self.verify and decoded.append(p.name)) or real(self, p))
+    SpecSource(spec).split("train")
+    assert sorted(decoded) == ["yttrain0_30.wav", "yttrain1_30.wav", "yttrain2_30.wav"]
+    decoded.clear()
+    SpecSource(spec).split("train")
+    assert decoded == []  # remembered in cache_dir
+    (root / "audio" / "yttrain1_30.wav").write_bytes(b"junk now")  # changed: checked again, and skipped
+    rows = SpecSource(spec).split("train")
+    assert decoded == ["yttrain1_30.wav"] and [e.id for e in rows] == ["audiocaps/1000", "audiocaps/1002"]
+    wav(root / "audio" / "yttrain1_30.wav")
+    assert len(SpecSource(spec).split("train")) == 3

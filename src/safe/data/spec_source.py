@@ -4,7 +4,8 @@ Reading a split: each source in the order listed; a dataset reader reads its ann
 existence checks only, keeps the first ``limit`` rows whose media open (``verify_media``: the image
 passes ``PIL`` verification, the clip decodes to at least one sample); a bad row or medium is a
 counted skip (``skip_bad: true``, the default) or a :class:`~safe.data.readers.DatasetFormatError`
-naming the file and row. Ids become ``<task>/<id>`` (AVQA and MUSIC-AVQA both number their questions
+naming the file and row. Media that passed are remembered by path, size and mtime in ``cache_dir``
+(:class:`VerifiedMedia`), so later runs decode only new or changed files. Ids become ``<task>/<id>`` (AVQA and MUSIC-AVQA both number their questions
 from 0); the same id twice in one split is an error. A split of one source keeps its order; a split
 of several is interleaved in a random order drawn from ``(seed, split name)``, so any prefix (the
 policy's ``train_rows``, ``max_train``) is a mixture. A split that ends up empty is an error.
@@ -68,6 +69,50 @@ class EntryReport:
         return {"source": self.where, "reader": self.label, "rows": self.rows, "skipped": self.skipped,
                 "problems": self.problems[:5], "media_failures": self.media_failures,
                 "media_problems": self.media_problems[:5]}
+
+
+class VerifiedMedia:
+    """Media files that passed verification, keyed by path, size and mtime, in ``<cache_dir>/verified_media.sqlite``:
+    later reads of the spec (every stage, every process) decode each unchanged file once, not once per run.
+    Only successes are stored, so a file that failed is checked again next time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "verified_media.sqlite"
+        self._db = None
+        self._new: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _stamp(path: str) -> str | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def _conn(self):
+        if self._db is None:
+            import sqlite3
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=60)
+            self._db.execute("CREATE TABLE IF NOT EXISTS ok (path TEXT PRIMARY KEY, stamp TEXT NOT NULL)")
+        return self._db
+
+    def known(self, path: str) -> bool:
+        stamp = self._stamp(path)
+        row = self._conn().execute("SELECT stamp FROM ok WHERE path = ?", (path,)).fetchone()
+        return stamp is not None and row is not None and row[0] == stamp
+
+    def add(self, path: str) -> None:
+        stamp = self._stamp(path)
+        if stamp is not None:
+            self._new.append((path, stamp))
+
+    def commit(self) -> None:
+        if self._new:
+            with self._conn() as db:
+                db.executemany("INSERT OR REPLACE INTO ok (path, stamp) VALUES (?, ?)", self._new)
+            self._new = []
 
 
 def _digest(text: str) -> int:
@@ -181,6 +226,7 @@ class SpecSource:
         result = layout.read(**entry.paths, **entry.options, skip_bad=skip, verify_media=False)
         report.skipped, report.problems = result.skipped, list(result.problems)
         media = _Media(verify)
+        checked = VerifiedMedia(self.cache_dir) if verify else None
         report.media_problems = [p for p in report.problems if _MEDIA.search(p)]  # the reader's existence checks
         report.media_failures = len(report.media_problems)
         kept: list[Example] = []
@@ -188,10 +234,11 @@ class SpecSource:
             if entry.limit is not None and len(kept) >= entry.limit:
                 break
             try:
-                if e.image is not None:
-                    media.image(Path(e.image))
-                if e.audio is not None:
-                    media.audio(Path(e.audio))
+                for path, check in ((e.image, media.image), (e.audio, media.audio)):
+                    if path is not None and not (checked is not None and checked.known(path)):
+                        check(Path(path))
+                        if checked is not None:
+                            checked.add(path)
             except _RowError as err:
                 msg = f"{entry.where} {entry.label()}: row id {e.id!r}: {err}"
                 if not skip:
@@ -203,6 +250,8 @@ class SpecSource:
                     report.media_problems.append(msg)
                 continue
             kept.append(e)
+        if checked is not None:
+            checked.commit()
         report.rows = len(kept)
         return kept, report
 
@@ -318,4 +367,4 @@ class SpecSource:
                            for k, v in reps.items()}}
 
 
-__all__ = ["EntryReport", "SpecSource", "audio_pool", "pair_rows", "write_stand_in"]
+__all__ = ["EntryReport", "SpecSource", "VerifiedMedia", "audio_pool", "pair_rows", "write_stand_in"]
