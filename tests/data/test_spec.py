@@ -281,3 +281,13 @@ def test_verified_media_are_decoded_once_until_they_change(tmp_path, monkeypatch
     assert decoded == ["yttrain1_30.wav"] and [e.id for e in rows] == ["audiocaps/1000", "audiocaps/1002"]
     wav(root / "audio" / "yttrain1_30.wav")
     assert len(SpecSource(spec).split("train")) == 3
+
+
+def test_train_on_a_spec_without_checkpoints_says_what_to_pass(roots, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAFE_CACHE", str(tmp_path / "empty_cache"))
+    path = _spec(roots, tmp_path)
+    assert main(["train", "--data", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "with a data spec pass --base and --audio" in err and not (tmp_path / "run").exists()
+    assert main(["train", "--data", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "nope.yaml: no such file" in capsys.readouterr().err

@@ -304,7 +304,8 @@ class SpecSource:
                 pool = audio_pool(raw)
                 if not pool and any(e.audio is None for e in raw) and name != "train" and "train" in self.spec.splits:
                     pool = audio_pool(self._read("train"))
-                self._paired[name] = pair_rows(raw, pool, seed=self.spec.seed, split=name, stand_in=self._stand_in())
+                stand_in = self._stand_in() if any(e.image is None for e in raw) else ""  # written only when needed
+                self._paired[name] = pair_rows(raw, pool, seed=self.spec.seed, split=name, stand_in=stand_in)
             elif name == "retention" and "train" in self.spec.splits:
                 vl = [e for e in self.split("train") if not e.needs_audio]
                 if not vl:

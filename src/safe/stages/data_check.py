@@ -23,6 +23,10 @@ class DataCheckConfig:
     strict: bool = False
     """Exit 1 when any row was skipped or any medium could not be opened."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.reasons, bool) or not isinstance(self.reasons, int) or self.reasons < 0:
+            raise ValueError(f"--reasons must be an integer >= 0, got {self.reasons!r}")
+
 
 @dataclass
 class DataCheckResult(StageResult):
