@@ -291,3 +291,10 @@ def test_train_on_a_spec_without_checkpoints_says_what_to_pass(roots, tmp_path, 
     assert "with a data spec pass --base and --audio" in err and not (tmp_path / "run").exists()
     assert main(["train", "--data", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
     assert "nope.yaml: no such file" in capsys.readouterr().err
+
+
+def test_builtin_source_fields_are_checked_when_loaded(tmp_path):
+    with pytest.raises(SpecError, match=r"^spec: unknown field 'sede'; known fields: reader, root, split"):
+        load_spec({"reader": "builtin", "root": str(tmp_path), "sede": 1})
+    with pytest.raises(SpecError, match=r"train\[0\]: unknown field 'rooot'"):
+        load_spec({"train": [{"reader": "builtin", "rooot": str(tmp_path)}]})

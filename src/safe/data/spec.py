@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -194,6 +194,25 @@ def _default_builtin_root() -> Path:
     return Path(os.environ.get("SAFE_CACHE", ".cache/safe")).absolute() / "benchmark"
 
 
+def _check_factory_options(where: str, reader: str, options: dict[str, Any]) -> None:
+    """A registry reader's extra fields must be keyword arguments of its factory (a typo is caught here,
+    not when the split is first read)."""
+    import inspect
+
+    from safe.data.source import READERS, _resolve
+
+    if not options:
+        return
+    params = inspect.signature(_resolve(reader, READERS[reader])).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n in params if n != "root"]
+    extra = [k for k in options if k not in takes]
+    if extra:
+        raise SpecError(f"{where}: unknown field {extra[0]!r}; known fields: "
+                        f"{', '.join([*ENTRY_FIELDS, *takes])}")
+
+
 def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str, bool],
            implicit: bool = False) -> SourceEntry:
     if not isinstance(raw, Mapping):
@@ -209,6 +228,8 @@ def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str
     known = [*ENTRY_FIELDS, *(list(layout.paths) + list(layout.options) if layout else [])]
     if layout is not None:
         _unknown(where, raw, known)
+    else:
+        _check_factory_options(where, reader, {k: v for k, v in raw.items() if k not in ENTRY_FIELDS})
     if "root" in raw:
         root = _path(base, _text(f"{where}.root", raw["root"]))
     elif layout is None and reader == "builtin":
@@ -295,8 +316,8 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
         if "split" in body:
             raise SpecError("split: the top-level form takes every split of the source under its own name; "
                             f"list the source under train / val / test to pick one (got split: {body['split']!r})")
-        for s in SPLITS:
-            splits[s] = (_entry(s, body, s, base, defaults, implicit=True),)
+        entry = _entry("spec", body, SPLITS[0], base, defaults, implicit=True)
+        splits = {s: (replace(entry, where=s, split=s),) for s in SPLITS}
     else:
         for s in SPLITS:
             if s not in raw:
