@@ -99,8 +99,6 @@ def train(cfg: TrainConfig) -> StageAResult:
     run = RunDir(cfg.run_dir)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
                           fresh=cfg.fresh)
-    if hasattr(data, "summary"):  # a data spec: what each split held (rows, skips, tasks)
-        metrics["data"] = data.summary()
     result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
     run.record(result)
     return result
@@ -163,4 +161,5 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "history": fit["history"], "config": cfg.to_dict(),
         "parameters": dict(model.parameter_report()),
         "checkpoint": str(run_dir / "checkpoints" / "final"),
+        **({"data": data.summary()} if hasattr(data, "summary") else {}),  # a data spec: rows, skips, tasks per split
     }
