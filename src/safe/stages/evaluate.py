@@ -83,9 +83,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=policy.metrics if policy else None,
                   stage_a=stage_a.metrics if stage_a else None, split=cfg.split,
                   scale_results=scale if scale and Path(scale).is_file() else None)
-    if hasattr(data, "summary"):  # a data spec: what each split held (rows, skips, tasks)
-        ev["data"] = data.summary()
     result = EvalResult(ev)
+    if hasattr(data, "summary"):  # a data spec: what each split held (rows, skips, tasks)
+        result.metrics["data"] = data.summary()
     run.record(result)
     report(ReportConfig(run_dir=cfg.run_dir))
     return result
