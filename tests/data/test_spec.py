@@ -203,6 +203,7 @@ def test_builtin_reader_is_one_more_source(tmp_path):
     bench = synth.generate_benchmark(tmp_path / "bench", synth.SynthConfig.tiny(), progress=False)
     src = SpecSource(load_spec({"reader": "builtin", "root": str(bench)}, base_dir=tmp_path))
     ref = BuiltinSource(bench)
+    assert src.cache_dir == ref.cache_dir  # the same embedding cache as --data <folder>
     assert src.available_splits() == ["train", "val", "test", "retention", "ood_test"]
     assert not SpecSource(load_spec({"test": [{"reader": "builtin", "root": str(bench)}]})).has_split("ood_test")
     for split in ("train", "retention"):
@@ -298,3 +299,13 @@ def test_builtin_source_fields_are_checked_when_loaded(tmp_path):
         load_spec({"reader": "builtin", "root": str(tmp_path), "sede": 1})
     with pytest.raises(SpecError, match=r"train\[0\]: unknown field 'rooot'"):
         load_spec({"train": [{"reader": "builtin", "rooot": str(tmp_path)}]})
+
+
+def test_data_check_takes_a_builtin_benchmark_folder(tmp_path, capsys):
+    from safe import bench as synth
+
+    bench = synth.generate_benchmark(tmp_path / "bench", synth.SynthConfig.tiny(), progress=False)
+    assert main(["data", "check", str(bench)]) == 0
+    out = capsys.readouterr().out
+    n = len(synth.load_split(bench, "train"))
+    assert f"train: {n} rows" in out and "tasks: synth" in out and "ood_test:" in out

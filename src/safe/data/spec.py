@@ -14,7 +14,8 @@ Example (paths relative to the spec file's folder, or absolute)::
     seed: 0              # pairing and interleaving
     skip_bad: true       # bad rows / unreadable media: counted skips (false: the first one is an error)
     verify_media: true   # open every image and decode every clip once while reading
-    cache_dir: .safe_cache              # embedding cache and stand-in image (default: beside the spec)
+    cache_dir: .safe_cache              # embedding cache and stand-in image (default: beside the spec;
+                                        # the top-level form: its source's own, e.g. the benchmark's)
     pairing: {stand_in_image: black}    # or an image file: the picture of rows that have none
 
 Splits: ``train``, ``val``, ``test`` (each a list of sources), and optionally ``retention`` and
@@ -344,7 +345,15 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
         stand_in = _path(base, str(stand_in))
         if not Path(stand_in).is_file():
             raise SpecError(f"pairing.stand_in_image: {stand_in} is not a file (give an image file or 'black')")
-    cache = _path(base, _text("cache_dir", raw["cache_dir"])) if "cache_dir" in raw else base / ".safe_cache"
+    if "cache_dir" in raw:
+        cache = _path(base, _text("cache_dir", raw["cache_dir"]))
+    elif shorthand:  # the source's own cache: the same embeddings as --data <folder>
+        from safe.data.source import open_source
+
+        entry = splits[SPLITS[0]][0]
+        cache = Path(open_source(entry.reader, entry.root, **entry.options).cache_dir)
+    else:
+        cache = base / ".safe_cache"
     return DataSpec(splits, cache, seed, None if audio_share is None else float(audio_share), stand_in, path)
 
 

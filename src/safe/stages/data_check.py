@@ -15,7 +15,7 @@ class DataCheckConfig:
     """Options of ``safe data check``."""
 
     spec: str = field(metadata={"positional": True})
-    """The data spec YAML file to check (see docs/data.md)."""
+    """The data spec YAML file to check (see docs/data.md), or a built-in benchmark folder."""
     verify_media: bool = True
     """Open every image and decode every clip (--no-verify-media: existence checks only, faster)."""
     reasons: int = 3
@@ -75,10 +75,14 @@ def check_data(cfg: DataCheckConfig) -> DataCheckResult:
     from safe.data.spec import load_spec
     from safe.data.spec_source import SpecSource
 
-    spec = load_spec(cfg.spec)
+    from pathlib import Path
+
+    folder = Path(cfg.spec)
+    # A built-in benchmark folder (what --data also takes) is checked as the spec {reader: builtin, root: folder}.
+    spec = load_spec({"reader": "builtin", "root": str(folder.absolute())}) if folder.is_dir() else load_spec(cfg.spec)
     source = SpecSource(spec, skip_bad=True, verify_media=cfg.verify_media)
     splits = source.reports()
     skip_bad = all(e.skip_bad for entries in spec.splits.values() for e in entries)
-    metrics = {"spec": str(spec.path), "seed": spec.seed, "audio_share": spec.audio_share, "skip_bad": skip_bad,
+    metrics = {"spec": str(spec.path or folder), "seed": spec.seed, "audio_share": spec.audio_share, "skip_bad": skip_bad,
                "fingerprint": source.fingerprint(), "splits": splits}
     return DataCheckResult(metrics, reasons=cfg.reasons, strict=cfg.strict)
