@@ -104,6 +104,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                   scale_results=scale if scale and Path(scale).is_file() else None,
                   caption_meteor=cfg.meteor)
     result = EvalResult(ev)
+    if hasattr(data, "summary"):  # a data spec: what each split held (rows, skips, tasks)
+        result.metrics["data"] = data.summary()
     run.record(result)
     report(ReportConfig(run_dir=cfg.run_dir))
     return result

@@ -12,7 +12,7 @@ from safe.data.source import DataSource
 from safe.training.config import StageAConfig
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, DType, base_path, config_path, data_source
+from safe.stages.common import DataOptions, DType, StageError, base_path, config_path, data_source
 
 
 @dataclass
@@ -88,8 +88,13 @@ def train(cfg: TrainConfig) -> StageAResult:
     recipe = load_stage_a_config(config_path(cfg.config), overrides)
     dtype = parse_dtype(cfg.dtype)
     data = data_source(cfg.data, tiny=cfg.tiny, create=cfg.data is None)
+    if getattr(data, "audio_share", None) is not None:  # the spec's share; --set audio_share=... still wins
+        recipe = load_stage_a_config(config_path(cfg.config), [f"audio_share={data.audio_share}", *overrides])
     base = base_path(cfg.base, tiny=cfg.tiny)
     if cfg.base is None and not (base / "manifest.json").is_file():
+        if not hasattr(data, "root"):
+            raise StageError(f"--base: no built-in models at {base}; with a data spec pass --base and --audio "
+                             "(local LLaVA / BLIP-2 and Whisper / CLAP checkpoints)")
         build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
     run = RunDir(cfg.run_dir)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
@@ -156,4 +161,5 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "history": fit["history"], "config": cfg.to_dict(),
         "parameters": dict(model.parameter_report()),
         "checkpoint": str(run_dir / "checkpoints" / "final"),
+        **({"data": data.summary()} if hasattr(data, "summary") else {}),  # a data spec: rows, skips, tasks per split
     }
