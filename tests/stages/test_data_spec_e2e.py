@@ -77,8 +77,14 @@ def test_train_policy_eval_end_to_end(setup, capsys):
     assert code in (0, 1), capsys.readouterr().err  # 1: a stage gate failed (tiny untrained models), still reported
     ev = json.loads((run / "metrics.json").read_text())["eval"]
     assert ev["examples"] == 12 and ev["data"]["fingerprint"] == a["data"]["fingerprint"]
+    # Retention per VL benchmark, gains per audio benchmark, caption metrics per caption benchmark.
+    # MUSIC-AVQA has visual-only question types: those rows are VL rows of its benchmark
+    assert set(ev["retention"]["per_task"]) == {"gqa", "music_avqa"} and ev["retention"]["per_task"]["gqa"]["n"] == 4
+    assert set(ev["audio_gains"]["per_task"]) == {"music_avqa", "vggsound"}
+    assert set(ev["audio_gains"]["captions_per_task"]) == {"clotho"}
     report = (run / "report.html").read_text()
     assert "<html" in report.lower() and "Stage A" in report
+    assert all(task in report for task in ("gqa", "music_avqa", "vggsound", "clotho"))
 
     assert main(["ablate", *_args(setup), *sets, "--steps", "2", "--only", "reference"]) == 0, capsys.readouterr().err
     abl = json.loads((run / "metrics.json").read_text())["ablations"]
