@@ -207,7 +207,9 @@ def measure(args) -> dict:
                     "s_per_step": round(train_s / args.steps, 4), "fetch_share": round(fetch["s"] / train_s, 3),
                     "peak_rss_mib": mib(_status("VmHWM")),
                     "row_store_memory_mib": {"pixels": mib(train.pixels.held_bytes), "audio": mib(train.audio.held_bytes)}}
-    out["peak_rss_mib"] = mib(max(out[k]["peak_rss_mib"] for k in ("read", "prepare", "train")))
+    out["peak_rss_mib"] = max(out[k]["peak_rss_mib"] for k in ("read", "prepare", "train"))
+    # What the in-memory PreparedSet held for the same rows (every pixel and embedding row stacked).
+    out["in_memory_prepared_set_mib"] = mib(len(rows) * sum(out["prepare"]["row_bytes"].values()))
     shutil.rmtree(cache_root, ignore_errors=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     return out
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=4, help="threads hashing and decoding clips")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--in-memory", action="store_true", help="also stack every row as the old PreparedSet did")
     p.add_argument("--out", default=None, help="JSON file to add the runs to (keyed by N)")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: the per-N child process
