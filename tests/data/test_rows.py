@@ -127,3 +127,33 @@ def test_fill_cache_resumes_after_a_kill_and_encodes_each_clip_once(tmp_path, cl
     assert torch.equal(rows[list(range(11))], want) and len(set(want[:, 0, 0].tolist())) == 10
     assert torch.equal(rows[10], rows[3]) and rows.loads == 13 and rows.held_bytes == 0  # budget 0: no reuse
     assert not cache._memory  # streaming writes and reads keep nothing in the cache's memory
+
+
+def test_protocol_views_equal_the_tensor_expressions_they_replace(images):
+    """evaluation.protocol's blank images, misaligned and irrelevant clips, on row stores (see there)."""
+    stacked, rows = load_pixels(images), ImageRows(images, load_pixels)
+    every = list(range(len(images)))
+    assert torch.equal(rows.map(torch.zeros_like)[every], torch.zeros_like(stacked))
+    qa = [0, 2, 5]
+    shifted = rows.take(qa).take([(j - 1) % len(qa) for j in range(len(qa))])
+    assert torch.equal(shifted[[0, 1, 2]], torch.roll(stacked[qa], 1, dims=0))
+    audio_rows, vl_rows = [1, 4], [0, 2, 3, 5]
+    relevant = rows.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
+    old = stacked[torch.tensor(audio_rows)][torch.arange(len(vl_rows)) % len(audio_rows)]
+    assert torch.equal(relevant[list(range(len(vl_rows)))], old)
+
+
+def test_token_rows_are_the_lists_they_pack():
+    from safe.data.rows import TokenRows
+
+    rows = [[1, 5, 5, 5, 2], [], [7], [32000] * 576 + [3, 4], [0, 0, 1, 0]]
+    packed = TokenRows(rows[:2])
+    packed.extend(rows[2:])
+    assert len(packed) == 5 and [packed[i] for i in range(5)] == rows and list(packed) == rows
+    assert packed[-1] == rows[-1] and packed[1:3] == rows[1:3] and packed.take([3, 0])[1] == rows[0]
+    assert packed[3] + packed[0] == rows[3] + rows[0]  # lists: `+` concatenates, as train_batch needs
+    with pytest.raises(IndexError):
+        packed[5]
+    # A LLaVA-style prompt (576 image tokens, ~20 text tokens) costs ~200 bytes, not ~4.8 KB of pointers.
+    llava = TokenRows([[1, *range(100, 110), *[32000] * 576, *range(200, 210), 2] for _ in range(1000)])
+    assert llava.nbytes / len(llava) < 250

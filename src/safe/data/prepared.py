@@ -16,8 +16,11 @@ from typing import Sequence
 import torch
 
 from safe.data.records import Example
-from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, RowStore, TensorRows
+from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, RowStore, TensorRows, TokenRows
 from safe.processing.prompts import Encoded
+
+#: Rows tokenised / hashed per call (bounds the transient memory of those steps).
+CHUNK = 4096
 
 
 @dataclass
@@ -48,13 +51,15 @@ class PreparedSet:
     def subset(self, index: Sequence[int]) -> "PreparedSet":
         """Rows ``index`` (lazy: the row stores are re-indexed, nothing is decoded)."""
         index = list(index)
-        return PreparedSet([self.examples[i] for i in index],
-                           Encoded([self.enc.prompts[i] for i in index], [self.enc.answers[i] for i in index]),
+        return PreparedSet([self.examples[i] for i in index], Encoded(_take(self.enc.prompts, index),
+                                                                      _take(self.enc.answers, index)),
                            _take(self.pixels, index), _take(self.audio, index), self.needs_audio[index])
 
 
 def _take(rows, index: list[int]):
-    return rows.take(index) if isinstance(rows, RowStore) else rows[index]
+    if isinstance(rows, (RowStore, TokenRows)):
+        return rows.take(index)
+    return rows[index] if isinstance(rows, torch.Tensor) else [rows[i] for i in index]
 
 
 def encoder_fingerprint(audio_encoder, frontend) -> str:
@@ -115,9 +120,10 @@ def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 2
 
     workers = workers or default_workers()
     paths = list(paths)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        keys = list(tqdm(pool.map(cache.key_for_file, paths, chunksize=64), total=len(paths),
-                         desc="hashing clips", disable=not progress, leave=False))
+    keys: list[str] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # a chunk at a time: one future per path, not per set
+        for s in tqdm(range(0, len(paths), CHUNK), desc="hashing clips", disable=not progress, leave=False):
+            keys += pool.map(cache.key_for_file, paths[s:s + CHUNK])
     missing, seen = [], set()
     for pos, key in enumerate(keys):
         if key in seen:
@@ -151,12 +157,17 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     else:
         audio = CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress, workers=workers),
                            cache_bytes)
-    return PreparedSet(examples, fmt.encode(examples), ImageRows([e.image for e in examples], fmt.pixels, cache_bytes),
+    return PreparedSet(examples, _encode(fmt, examples), ImageRows([e.image for e in examples], fmt.pixels, cache_bytes),
                        audio, torch.tensor([e.needs_audio for e in examples], dtype=torch.bool))
 
 
-def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
-    """The mono waveform of each example's clip, resampled to ``sampling_rate``."""
-    from safe.processing.audio import read_wav
-
-    return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]
+def _encode(fmt, examples: list[Example]) -> Encoded:
+    """``fmt.encode`` a chunk at a time into packed :class:`~safe.data.rows.TokenRows` (the same ids):
+    a fast tokenizer's batch output keeps per-row offsets and tokens besides the ids, several KB a
+    row, and Python lists of ids cost 8 bytes a token (a LLaVA prompt holds 576 image tokens)."""
+    prompts, answers = TokenRows(), TokenRows()
+    for s in range(0, len(examples), CHUNK):
+        enc = fmt.encode(examples[s:s + CHUNK])
+        prompts.extend(enc.prompts)
+        answers.extend(enc.answers)
+    return Encoded(prompts, answers)

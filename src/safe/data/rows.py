@@ -18,7 +18,8 @@ in-memory tensor it replaces give identical batches.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -207,4 +208,71 @@ class CachedRows(RowStore):
         return rows
 
 
-__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "RowStore", "TensorRows"]
+class TokenRows(Sequence):
+    """Token-id rows (prompts or answers) packed into flat int32 arrays: ``rows[i]`` is row ``i`` as a
+    list of ints, like the list of lists it replaces. Runs of one id (a prompt's hundreds of image
+    placeholder tokens) are stored once with their length, so a row costs about 8 bytes per text
+    token plus 8 per row, not a Python list of 8-byte pointers per token."""
+
+    def __init__(self, rows: Sequence[Sequence[int]] = ()) -> None:
+        self._vals: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+        self._offsets: np.ndarray | None = None
+        self.extend(rows)
+
+    def extend(self, rows: Sequence[Sequence[int]]) -> None:
+        """Append ``rows`` (a chunk at a time keeps the transient lists small)."""
+        vals, counts, lengths = [], [], []
+        for row in rows:
+            a = np.asarray(row, dtype=np.int64)
+            if a.size:
+                starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+                vals.append(a[starts])
+                counts.append(np.diff(np.r_[starts, a.size]))
+            lengths.append(len(starts) if a.size else 0)
+        if not lengths:
+            return
+        if vals and (np.concatenate(vals).min() < np.iinfo(np.int32).min or np.concatenate(vals).max() > np.iinfo(np.int32).max):
+            raise ValueError("token ids must fit in int32")
+        self._vals.append(np.concatenate(vals).astype(np.int32) if vals else np.zeros(0, np.int32))
+        self._counts.append(np.concatenate(counts).astype(np.int32) if counts else np.zeros(0, np.int32))
+        self._lengths.append(np.asarray(lengths, dtype=np.int64))
+        self._offsets = None  # packed on the next read (one concatenation, not one per chunk)
+
+    def _pack(self) -> None:
+        if self._offsets is None:
+            self._vals = [np.concatenate(self._vals) if self._vals else np.zeros(0, np.int32)]
+            self._counts = [np.concatenate(self._counts) if self._counts else np.zeros(0, np.int32)]
+            self._lengths = [np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)]
+            self._offsets = np.r_[0, np.cumsum(self._lengths[0])]
+
+    def __len__(self) -> int:
+        return sum(int(x.size) for x in self._lengths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} is out of range for {n} rows")
+        i %= n
+        self._pack()
+        a, b = self._offsets[i], self._offsets[i + 1]
+        return np.repeat(self._vals[0][a:b], self._counts[0][a:b]).tolist()
+
+    def take(self, index: Sequence[int]) -> "TokenRows":
+        """The rows ``index`` as a new packed store."""
+        index, out = list(index), TokenRows()
+        for s in range(0, len(index), 4096):
+            out.extend([self[i] for i in index[s:s + 4096]])
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the packed arrays."""
+        self._pack()
+        return sum(int(x.nbytes) for x in (*self._vals, *self._counts, *self._lengths, self._offsets))
+
+
+__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "RowStore", "TensorRows", "TokenRows"]
