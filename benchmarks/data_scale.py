@@ -14,7 +14,7 @@ process per N (so the peak RSS is that N's alone):
 3. **prepare**: :func:`safe.data.prepared.prepare` (tokenise; hash and encode every clip once with the
    built-in tiny audio encoder into a fresh on-disk embedding cache), clips/s;
 4. **train**: ``--steps`` Stage A steps (batch ``--batch``) streaming rows through the row stores,
-   s/step and the share of it spent fetching rows.
+   s/step and the share of it spent fetching rows (batch tensors, image decoding, embedding reads).
 
 Peak RSS is read from ``/proc/self/status`` (``VmHWM``), reset before each phase (``clear_refs``), so
 each phase's figure is its own; ``rss_after_model`` is the process with torch and the models loaded.
@@ -193,13 +193,22 @@ def measure(args) -> dict:
     fetch = {"s": 0.0}
     inputs = trainer._inputs
 
-    def timed(data, idx):  # the row fetch (tokens -> tensors, pixels, needs_audio) of each step
+    def timed(data, idx):  # the row fetch of each step: tokens -> tensors, pixels decoded, needs_audio
         t = time.perf_counter()
         try:
             return inputs(data, idx)
         finally:
             fetch["s"] += time.perf_counter() - t
     trainer._inputs = timed
+    load_audio = train.audio._load
+
+    def timed_audio(positions):  # embeddings read from the on-disk cache (LRU misses)
+        t = time.perf_counter()
+        try:
+            return load_audio(positions)
+        finally:
+            fetch["s"] += time.perf_counter() - t
+    train.audio._load = timed_audio
     t0 = time.perf_counter()
     trainer.fit(resume=False)
     train_s = time.perf_counter() - t0

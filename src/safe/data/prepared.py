@@ -171,3 +171,10 @@ def _encode(fmt, examples: list[Example]) -> Encoded:
         prompts.extend(enc.prompts)
         answers.extend(enc.answers)
     return Encoded(prompts, answers)
+
+
+def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:
+    """The mono waveform of each example's clip, resampled to ``sampling_rate``."""
+    from safe.processing.audio import read_wav
+
+    return [read_wav(e.audio, target_rate=sampling_rate)[0] for e in examples]
