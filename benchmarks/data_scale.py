@@ -167,6 +167,7 @@ def measure(args) -> dict:
     rows = list(caps.examples) + [dataclasses.replace(e, audio=rng.choice(pool)) for e in vqa.examples]
     del caps, vqa
     rng.shuffle(rows)
+    out["read"]["rss_after_mib"] = mib(_status("VmRSS"))  # the records kept (and what the allocator kept)
 
     cache_root = Path(tempfile.mkdtemp(prefix="safe-embcache-", dir=args.cache_dir))
     cache = AudioEmbeddingCache(cache_root, encoder_fingerprint(model.audio_encoder, frontend))
@@ -177,7 +178,13 @@ def measure(args) -> dict:
     out["prepare"] = {"clips_encoded": cache.misses, "seconds": round(prep_s, 1),
                       "clips_per_s": round(cache.misses / prep_s, 1), "rows_per_s": round(len(rows) / prep_s, 1),
                       "workers": args.workers, "peak_rss_mib": mib(_status("VmHWM")),
-                      "row_bytes": {"pixels": int(train.pixels[0].numel() * 4), "audio": int(train.audio[0].numel() * 4)}}
+                      "rss_after_mib": mib(_status("VmRSS")),
+                      "row_bytes": {"pixels": int(train.pixels[0].numel() * 4), "audio": int(train.audio[0].numel() * 4)},
+                      # what the prepared set keeps per row besides the examples: packed token ids,
+                      # a 32-byte cache key, an image path pointer, needs_audio
+                      "metadata_bytes_per_row": round((train.enc.prompts.nbytes + train.enc.answers.nbytes
+                                                       + train.audio.keys.nbytes + 8 * len(train.pixels.paths)
+                                                       + len(train)) / len(train), 1)}
     if args.in_memory:  # what the old PreparedSet held: every row stacked
         reset_peak()
         stacked = (train.pixels.tensor(), train.audio.tensor())
