@@ -129,7 +129,7 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
         answers["gate_closed"] = _answers(model, fmt, prepared)
     answers["gate_open"] = _answers(model, fmt, prepared, audio=prepared.audio)
     answers["policy"], used = _policy_answers(model, fmt, prepared, previews)
-    blank = torch.zeros_like(prepared.pixels)  # the normalised mean image: no visual information
+    blank = prepared.pixels.map(torch.zeros_like)  # the normalised mean image: no visual information
     answers["no_image_no_audio"] = _answers(model, fmt, prepared, pixels=blank)
     answers["audio_only"] = _answers(model, fmt, prepared, pixels=blank, audio=prepared.audio)
     scores = {k: [answer_score(a, e) for a, e in zip(v, ex)] for k, v in answers.items()}
@@ -165,10 +165,10 @@ def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answ
         emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
         preds = _answers(model, fmt, sub, audio=emb)
         sweep.append({"snr_db": level, "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
-    shifted = torch.roll(sub.audio, 1, dims=0)  # each question gets another audio question's clip
+    shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
     mis = _answers(model, fmt, sub, audio=shifted)
     mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
-    relevant = data.audio[torch.tensor(audio_rows)][torch.arange(len(vl_rows)) % len(audio_rows)]
+    relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
     vl = data.subset(vl_rows)
     irr = _answers(model, fmt, vl, audio=relevant)
     out = {
