@@ -120,7 +120,7 @@ _request = st.fixed_dictionaries(
               "stream": st.booleans(), "seed": st.integers() | st.none()})
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=st.one_of(_request, _json))
 def test_random_requests_never_get_a_500(client, body):

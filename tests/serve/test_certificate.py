@@ -50,7 +50,7 @@ def test_serve_refuses_other_weights_and_failed_certificates(certified, tmp_path
     save_file(state, str(weights), metadata={"format": "pt"})
     code, err = _serve(capsys, "--run-dir", other, "--certificate", cert_file, "--port", 1)
     assert code == 2 and "not the verified ones" in err and "safe:" in err and "base:" not in err
-    assert err.count("\n") == 1
+    assert err.count("\n") == 1, err
     failed = tmp_path / "failed.json"
     failed.write_text(json.dumps({**json.loads(cert_file.read_text()), "passed": False}))
     with pytest.raises(CertificateError, match="did not pass"):

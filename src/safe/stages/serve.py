@@ -87,12 +87,26 @@ class ServeResult(StageResult):
 
 
 def serve(cfg: ServeConfig) -> ServeResult:
-    """Load the run, check the certificate, then serve until interrupted (Ctrl-C)."""
-    import uvicorn
+    """Load the run, check the certificate, then serve until interrupted (Ctrl-C). transformers' progress
+    bars and info logs are silenced while loading, so a refused start is one error line."""
+    try:
+        import uvicorn
 
-    from safe.serve.app import create_app, load_engine
+        from safe.serve.app import create_app, load_engine
+    except ImportError as err:
+        raise StageError(f"safe serve needs fastapi, uvicorn and prometheus-client ({err}): "
+                         "pip install 'safe-av[serve]'") from None
+    from transformers.utils import logging as hf_logging
 
-    engine = load_engine(cfg)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        engine = load_engine(cfg)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     app = create_app(cfg, engine)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
     return ServeResult({"batches": engine.batches})
