@@ -54,19 +54,20 @@ def request_bodies(data: str, model: str = "safe", limit: int | None = None) -> 
 
 
 @contextmanager
-def running_server(run_dir: str, max_batch: int, max_wait_ms: float, mode: str = "subprocess", extra=()):
+def running_server(run_dir: str, max_batch: int, max_wait_ms: float, mode: str = "subprocess", cache_clips: int = 0):
     """A ``safe serve`` on a free loopback port for the block; yields its base URL."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     args = ["--run-dir", str(run_dir), "--port", str(port), "--max-batch", str(max_batch),
-            "--max-wait-ms", str(max_wait_ms), "--log-level", "warning", *extra]
+            "--max-wait-ms", str(max_wait_ms), "--cache-clips", str(cache_clips), "--log-level", "warning"]
     if mode == "thread":
         import uvicorn
 
         from safe.serve.app import create_app, load_engine
         from safe.stages.serve import ServeConfig
 
-        cfg = ServeConfig(run_dir=str(run_dir), port=port, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        cfg = ServeConfig(run_dir=str(run_dir), port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                          cache_clips=cache_clips)
         server = uvicorn.Server(uvicorn.Config(create_app(cfg, load_engine(cfg)), host="127.0.0.1", port=port,
                                                log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -110,6 +111,7 @@ async def _clients(url: str, bodies: list[dict], concurrency: int, time_limit: f
     """``concurrency`` clients sharing ``bodies`` (each sent once), stopping at ``time_limit`` seconds."""
     todo = list(enumerate(bodies))
     latencies, errors, used, sizes, statuses = [], 0, [], [], {}
+    parts: dict[str, list[float]] = {"state": [], "encoder": [], "generate": []}
     t0 = time.perf_counter()
     stopped = False
 
@@ -135,42 +137,68 @@ async def _clients(url: str, bodies: list[dict], concurrency: int, time_limit: f
             s = r.json()["safe"]
             used.append(s["used_audio"])
             sizes.append(s["batch"]["size"])
+            for k in parts:
+                parts[k].append(s["timing_ms"][k])
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) > 1 else latencies * 19
-    return {"requests": len(latencies), "errors": errors, "statuses": statuses, "seconds": round(wall, 3),
-            "p50_ms": round(statistics.median(latencies) * 1000, 1), "p95_ms": round(q[18] * 1000, 1),
-            "throughput_rps": round(len(latencies) / wall, 2),
+    return {"latencies": latencies, "errors": errors, "statuses": statuses, "wall": time.perf_counter() - t0,
+            "used": used, "sizes": sizes, "parts": parts, "stopped": stopped}
+
+
+def summarise(raws: list[dict]) -> dict:
+    """The figures of one cell from its rounds: latencies pooled, throughput = requests / summed wall time."""
+    lat = [x for r in raws for x in r["latencies"]]
+    used = [x for r in raws for x in r["used"]]
+    sizes = [x for r in raws for x in r["sizes"]]
+    wall = sum(r["wall"] for r in raws)
+    statuses: dict = {}
+    for r in raws:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    q = statistics.quantiles(lat, n=20, method="inclusive") if len(lat) > 1 else lat * 19
+    parts = {k: [x for r in raws for x in r["parts"][k]] for k in raws[0]["parts"]}
+    return {"requests": len(lat), "errors": sum(r["errors"] for r in raws), "statuses": statuses,
+            "seconds": round(wall, 3), "p50_ms": round(statistics.median(lat) * 1000, 1),
+            "p95_ms": round(q[18] * 1000, 1), "throughput_rps": round(len(lat) / wall, 2),
             "audio_used": round(sum(used) / max(1, len(used)), 3),
-            "mean_batch": round(sum(sizes) / max(1, len(sizes)), 2), "hit_time_limit": stopped}
+            "mean_batch": round(sum(sizes) / max(1, len(sizes)), 2), "hit_time_limit": any(r["stopped"] for r in raws),
+            **{f"batch_{k}_ms": round(statistics.fmean(v), 2) if v else None for k, v in parts.items()}}
 
 
 def run(run_dir: str, data: str, requests: int = 96, concurrency=(1, 8, 32), time_limit: float = 120.0,
         server: str = "subprocess", max_wait_ms: float = 5.0, batching=("on", "off"),
-        modes=("policy", "always-audio"), echo=print) -> list[dict]:
-    """Every cell of batching x mode x concurrency; one dict per cell."""
+        modes=("policy", "always-audio"), cache_clips: int = 0, rounds: int = 4, echo=print) -> list[dict]:
+    """Every cell of batching x concurrency x mode; one dict per cell, its ``requests`` sent in ``rounds``
+    rounds alternating with the other modes'. ``cache_clips`` 0 (default): every
+    audio row runs the encoder, as fresh clips do (the split's clips repeat across a cell's requests)."""
     pool = request_bodies(data)
     if not pool:
         raise ValueError(f"{data}: the test split is empty")
     rows = []
     for batch in batching:
-        with running_server(run_dir, 32 if batch == "on" else 1, max_wait_ms, server) as url:
+        with running_server(run_dir, 32 if batch == "on" else 1, max_wait_ms, server, cache_clips) as url:
             warm = pool[0][0]
             for _ in range(3):  # first calls pay one-off costs (allocations, lazy imports)
                 httpx.post(url + "/v1/chat/completions", json=warm, timeout=120).raise_for_status()
-            for mode in modes:
-                for c in concurrency:
-                    bodies = []
-                    for i in range(requests):
-                        body = dict(pool[i % len(pool)][0])
-                        if mode == "always-audio":
-                            body["safe"] = {"use_audio": True}
-                        bodies.append(body)
-                    res = asyncio.run(_clients(url, bodies, c, time_limit))
-                    row = {"batching": batch, "mode": mode, "concurrency": c, **res}
+            for c in concurrency:
+                # the modes alternate in rounds, so drift in the machine's load hits both alike
+                raws: dict[str, list[dict]] = {m: [] for m in modes}
+                per_round = [requests // rounds + (1 if k < requests % rounds else 0) for k in range(rounds)]
+                start = 0
+                for n in per_round:
+                    for mode in modes:
+                        bodies = []
+                        for i in range(start, start + n):
+                            body = dict(pool[i % len(pool)][0])
+                            if mode == "always-audio":
+                                body["safe"] = {"use_audio": True}
+                            bodies.append(body)
+                        raws[mode].append(asyncio.run(_clients(url, bodies, c, time_limit / rounds)))
+                    start += n
+                for mode in modes:
+                    row = {"batching": batch, "mode": mode, "concurrency": c, **summarise(raws[mode])}
                     rows.append(row)
                     echo(json.dumps(row))
     return rows
@@ -194,10 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per cell at most")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="batching window with batching on")
     ap.add_argument("--server", choices=("subprocess", "thread"), default="subprocess")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds per cell, alternating the modes")
+    ap.add_argument("--cache-clips", type=int, default=0,
+                    help="the server's clip cache (default 0: every audio row runs the encoder, as fresh clips do)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     a = ap.parse_args(argv)
     rows = run(a.run_dir, a.data, a.requests, tuple(int(c) for c in a.concurrency.split(",")), a.time_limit,
-               a.server, a.max_wait_ms)
+               a.server, a.max_wait_ms, cache_clips=a.cache_clips, rounds=a.rounds)
     print(table(rows))
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")

@@ -21,7 +21,7 @@ def test_small_load_test_has_zero_errors(load_test, policy_run, trained_run):
     run, _ = policy_run
     bench = trained_run[0]
     rows = load_test.run(str(run), str(bench), requests=12, concurrency=(1, 6), time_limit=60, server="thread",
-                         max_wait_ms=20, echo=lambda _: None)
+                         rounds=2, max_wait_ms=20, echo=lambda _: None)
     assert len(rows) == 8 and all(r["errors"] == 0 and r["requests"] == 12 for r in rows), rows
     on = [r for r in rows if r["batching"] == "on" and r["concurrency"] == 6]
     off = [r for r in rows if r["batching"] == "off"]

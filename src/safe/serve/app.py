@@ -146,6 +146,10 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
             eng.metrics.errors.labels(err.code).inc()
             count("chat", err.status)
             return _error(err)
+        except ValueError as err:  # the model's own input checks, on this request alone (the batcher retried it)
+            eng.metrics.errors.labels("unprocessable").inc()
+            count("chat", 400)
+            return _error(RequestError(f"the model cannot take this request: {err}", code="unprocessable"))
         except Exception as err:  # noqa: BLE001 - a server bug: logged, answered 500, the server keeps serving
             log.exception("chat completion failed")
             eng.metrics.errors.labels("server_error").inc()

@@ -116,7 +116,7 @@ def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
     import torch
 
     from safe.bench import presets
-    from safe.evaluation.safety import verify_model
+    from safe.evaluation.safety import Check, verify_model
     from safe.serve.certificate import fingerprints
     from safe.stages.predict import find_checkpoint, pipeline
 
@@ -129,14 +129,11 @@ def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
     audio = presets.random_audio(model.audio_encoder.model, cfg.batch, dtype=dtype).to(cfg.device)
     mask = (torch.arange(cfg.batch) % 2 == 0).to(cfg.device)
     result = verify_model(model, vl, audio, mask)
+    result.checks.append(Check("verification leaves every served weight byte-identical", fingerprints(model) == before,
+                               "sha256 of base, encoder and SAFE parts before and after"))
     entry = result.to_dict()
-    same = fingerprints(model) == before
-    entry["checks"].append({"name": "verification leaves every served weight byte-identical", "passed": same,
-                            "detail": "sha256 of base, encoder and SAFE parts before and after"})
-    entry["passed"] = bool(entry["passed"] and same)
     name = f"run {cfg.run_dir}"
-    tables.append(f"== safe verify: {name} ({ckpt}, {cfg.dtype}, {cfg.device}) ==\n{result.table()}\n"
-                  f"verification leaves every served weight byte-identical  {'PASS' if same else 'FAIL'}\n")
+    tables.append(f"== safe verify: {name} ({ckpt}, {cfg.dtype}, {cfg.device}) ==\n{result.table()}\n")
     models[name] = {**entry, "seconds": round(time.perf_counter() - t0, 3)}
     source = {"run_dir": str(cfg.run_dir), "checkpoint": str(ckpt), "processor_sources": p.processor.sources,
               "dtype": cfg.dtype, "device": cfg.device}
