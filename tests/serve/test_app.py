@@ -150,3 +150,21 @@ def test_openai_client_with_an_audio_part(client, policy_run):
     assert isinstance(r.choices[0].message.content, str) and r.model_extra["safe"]["used_audio"] is True
     with pytest.raises(openai.BadRequestError, match="stop"):
         oa.chat.completions.create(model="safe", stop=["x"], messages=[{"role": "user", "content": "hi"}])
+
+
+def test_local_image_paths_only_with_allow_local_media(policy_run):
+    run, rows = policy_run
+    e = rows[3]
+    cfg = ServeConfig(run_dir=str(run), allow_local_media=True, max_wait_ms=0)
+
+    def body(url):
+        return {"messages": [{"role": "user", "content": [{"type": "text", "text": e.question},
+                                                          {"type": "image_url", "image_url": {"url": url}}]}]}
+
+    with TestClient(create_app(cfg)) as local:
+        by_data = local.post("/v1/chat/completions", json=request(e, audio=False)).json()
+        for url in (str(e.image), "file://" + str(e.image)):
+            got = local.post("/v1/chat/completions", json=body(url))
+            assert got.status_code == 200 and got.json()["choices"] == by_data["choices"]
+        missing = local.post("/v1/chat/completions", json=body(str(e.image) + ".gone"))
+        assert missing.status_code == 400 and ".gone" in missing.json()["error"]["message"]

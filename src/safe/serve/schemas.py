@@ -34,26 +34,36 @@ class _Shape(BaseModel):
 
 
 class TextPart(_Shape):
+    """``{"type": "text", "text": ...}``: part of the question (text parts are joined with spaces)."""
+
     type: Literal["text"]
     text: StrictStr
 
 
 class ImageURL(_Shape):
+    """``{"url": ..., "detail": ...}``; ``detail`` is accepted and has no effect (one image size per model)."""
+
     url: StrictStr
     detail: Literal["auto", "low", "high"] | None = None
 
 
 class ImagePart(_Shape):
+    """``{"type": "image_url", "image_url": {...}}``: the image, a ``data:`` URL (:mod:`safe.serve.media`)."""
+
     type: Literal["image_url"]
     image_url: ImageURL
 
 
 class InputAudio(_Shape):
+    """``{"data": <base64 file bytes>, "format": "wav" | "flac" | "ogg" | "mp3"}``."""
+
     data: StrictStr
     format: StrictStr
 
 
 class AudioPart(_Shape):
+    """``{"type": "input_audio", "input_audio": {...}}``: the clip."""
+
     type: Literal["input_audio"]
     input_audio: InputAudio
 
@@ -62,12 +72,16 @@ Part = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="typ
 
 
 class Message(_Shape):
+    """One chat message; :func:`safe.serve.media.to_row` accepts exactly one, with role ``user``."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[Part] | None = None
     name: StrictStr | None = None
 
 
 class SafeOptions(_Shape):
+    """SAFE's own request field ``"safe"``."""
+
     use_audio: StrictBool | None = None
     """True: use the clip (the request must carry one); False: never; absent: the policy decides."""
 
