@@ -54,6 +54,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                       "write report.html (and plots / docs tables) from a run's metrics.json"),
     "predict": Command(S + "predict:predict_command", S + "predict:PredictConfig",
                        "answer questions about images and audio with a trained run (one JSON object each)"),
+    "serve": Command(S + "serve:serve", S + "serve:ServeConfig",
+                     "OpenAI-compatible chat endpoint over a trained run: per-request audio, dynamic batching"),
     "demo": Command(S + "demo:demo", S + "demo:DemoConfig",
                     "run the embedded pipeline end to end on CPU: data, base models, verify, Stages A, B, C, eval"),
 }
