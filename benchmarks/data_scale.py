@@ -173,7 +173,8 @@ def measure(args) -> dict:
     cache = AudioEmbeddingCache(cache_root, encoder_fingerprint(model.audio_encoder, frontend))
     reset_peak()
     t0 = time.perf_counter()
-    train = prepare(rows, fmt, model, frontend, cache, progress=True, workers=args.workers)
+    # keep_all_bytes=0: always stream (the small-set shortcut would hold the 10K set's images in memory)
+    train = prepare(rows, fmt, model, frontend, cache, progress=True, keep_all_bytes=0, workers=args.workers)
     prep_s = time.perf_counter() - t0
     out["prepare"] = {"clips_encoded": cache.misses, "seconds": round(prep_s, 1),
                       "clips_per_s": round(cache.misses / prep_s, 1), "rows_per_s": round(len(rows) / prep_s, 1),

@@ -157,3 +157,17 @@ def test_token_rows_are_the_lists_they_pack():
     # A LLaVA-style prompt (576 image tokens, ~20 text tokens) costs ~200 bytes, not ~4.8 KB of pointers.
     llava = TokenRows([[1, *range(100, 110), *[32000] * 576, *range(200, 210), 2] for _ in range(1000)])
     assert llava.nbytes / len(llava) < 250
+
+
+def test_prepare_keeps_a_small_set_whole_and_streams_a_large_one(images):
+    """A set whose rows fit in keep_all_bytes decodes each image once over many batches; with
+    keep_all_bytes=0 the same set streams within cache_bytes (rows decoded again after eviction)."""
+    from safe.data.prepared import _keep_small
+
+    row_bytes = load_pixels(images[:1])[0].numel() * 4
+    kept = _keep_small(ImageRows(images, load_pixels, cache_bytes=row_bytes), row_bytes, keep_all_bytes=6 * row_bytes)
+    streamed = _keep_small(ImageRows(images, load_pixels, cache_bytes=row_bytes), row_bytes, keep_all_bytes=0)
+    for _ in range(3):
+        assert torch.equal(kept[list(range(6))], streamed[list(range(6))])
+    assert kept.loads == 6 and kept.held_bytes == 6 * row_bytes
+    assert streamed.loads > 6 and streamed.held_bytes <= row_bytes
