@@ -70,8 +70,8 @@ def full_metrics() -> dict:
                 {"gate": "latency ratio (policy)", "target": "≤ 1.6", "measured": 1.57, "passed": True}],
             "retention": {
                 "vl_accuracy": {"base": 1.0, "gate_closed": 1.0, "gate_open": 0.995, "policy": 1.0},
-                "mcnemar": {"gate_open": {"b": 2, "c": 0, "statistic": 2.0, "p_value": 0.5, "exact": True},
-                            "policy": {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0, "exact": True}},
+                "mcnemar": {"gate_open": {"b": 2, "c": 0, "statistic": 2.0, "pvalue": 0.5, "exact": True},
+                            "policy": {"b": 0, "c": 0, "statistic": 0.0, "pvalue": 1.0, "exact": True}},
                 "answers_changed": {"gate_closed": 0, "gate_open": 2, "policy": 0, "n": 400},
                 "per_family": fam_ret, "effect_size": {"cohens_dz_gate_open": -0.07}},
             "audio_gains": {
@@ -171,4 +171,34 @@ def demo_metrics() -> dict:
         {"name": "no retention loss", "changes": "lambda_retention=0, retention_every=0", "seeds": 1,
          "audio_accuracy": 0.429, "vl_accuracy_gate_open": 0.149, "vl_answers_changed_gate_open": 664,
          "caption_cider_d": 0.278, "trainable_parameters": 266756, "train_seconds": 24.0}]}
+    return m
+
+
+def per_benchmark_metrics() -> dict:
+    """:func:`full_metrics` with the per-benchmark sections of a mixed-data run (VQAv2 + GQA retention,
+    AVQA gains, AudioCaps captions), shaped as ``safe.evaluation.per_task`` writes them."""
+    m = full_metrics()
+    wilcoxon = {"test": "wilcoxon", "statistic": 2.5, "pvalue": 0.625, "n": 400, "n_differing": 4, "mean_a": 0.7,
+                "mean_b": 0.71, "diff": -0.01, "ci_low": -0.02, "ci_high": 0.0}
+    mc = {"test": "mcnemar", "b": 3, "c": 1, "n": 300, "statistic": 1.0, "pvalue": 0.625, "method": "exact"}
+    m["eval"]["retention"]["per_task"] = {
+        "gqa": {"metric": "gqa_exact_match", "n": 300, "test": "mcnemar",
+                "accuracy": {"base": 0.61, "gate_closed": 0.61, "gate_open": 0.6033, "policy": 0.61},
+                "answers_changed": {"gate_closed": 0, "gate_open": 5, "policy": 0},
+                "paired_tests": {"gate_closed": {**mc, "b": 0, "c": 0, "pvalue": 1.0}, "gate_open": mc,
+                                 "policy": {**mc, "b": 0, "c": 0, "pvalue": 1.0}}},
+        "vqav2": {"metric": "vqa_accuracy", "n": 400, "test": "wilcoxon",
+                  "accuracy": {"base": 0.71, "gate_closed": 0.71, "gate_open": 0.70, "policy": 0.709},
+                  "answers_changed": {"gate_closed": 0, "gate_open": 4, "policy": 1},
+                  "paired_tests": {"gate_closed": {**wilcoxon, "pvalue": 1.0}, "gate_open": wilcoxon,
+                                   "policy": {**wilcoxon, "pvalue": 0.9}}}}
+    m["eval"]["audio_gains"]["per_task"] = {
+        "avqa": {"metric": "exact_match", "n": 4, "accuracy": {"base": _ci(0.25, 0.25), "safe": _ci(0.75, 0.25),
+                                                             "policy": _ci(0.75, 0.25)},
+                 "safe_minus_base": {"mean": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 4}}}
+    m["eval"]["audio_gains"]["captions_per_task"] = {
+        "audiocaps": {"clips": 2, "rows": 10, "systems": {
+            k: {"cider_d": _ci(c, 0.1), "bleu_1": b, "bleu_2": b / 2, "bleu_3": b / 3, "bleu_4": b / 4,
+                "rouge_l": b / 1.5, "meteor": None} for k, c, b in (("base", 0.05, 0.2), ("safe", 0.6, 0.55))},
+            "unavailable": {"spice": "not computed: no CoreNLP offline", "meteor": "not requested (Java)"}}}
     return m

@@ -150,3 +150,12 @@ def test_write_docs_without_a_readme(metrics, tmp_path):
     assert write_docs(metrics, tmp_path / "d") == [tmp_path / "d" / "results.md"]
     with pytest.raises(DocsError, match="missing.md"):
         write_docs(metrics, tmp_path / "d", tmp_path / "missing.md")
+
+
+def test_retention_table_shows_the_mcnemar_p_value_the_evaluation_writes(metrics):
+    """The evaluation writes McNemarResult.to_dict() (key ``pvalue``); the table must show it, not a dash."""
+    from safe.evaluation.stats import mcnemar
+
+    assert "pvalue" in mcnemar([1, 0, 1], [1, 1, 1]).to_dict()
+    row = next(line for line in results_page(metrics).splitlines() if line.startswith("| gate open |"))
+    assert row.rstrip(" |").endswith("0.500"), row

@@ -57,6 +57,22 @@ def test_eval_fills_every_section_from_measurements(evaluated):
     json.dumps(ev)
 
 
+def test_builtin_benchmark_is_one_row_of_the_per_benchmark_tables(evaluated):
+    """The built-in benchmark is one task ("synth"): its per-benchmark rows repeat the overall figures."""
+    _, _, ev = evaluated
+    r, g = ev["retention"], ev["audio_gains"]
+    assert list(r["per_task"]) == ["synth"] and list(g["per_task"]) == ["synth"]
+    t = r["per_task"]["synth"]
+    assert t["n"] == r["answers_changed"]["n"] and t["metric"] == "exact_match" and t["test"] == "mcnemar"
+    assert t["accuracy"] == r["vl_accuracy"]
+    assert {k: v["b"] for k, v in t["paired_tests"].items()} == {k: v["b"] for k, v in r["mcnemar"].items()}
+    assert {k: t["answers_changed"][k] for k in ("gate_closed", "gate_open", "policy")} == \
+        {k: r["answers_changed"][k] for k in ("gate_closed", "gate_open", "policy")}
+    assert g["per_task"]["synth"]["accuracy"] == g["audio_accuracy"]
+    caps = g["captions_per_task"]["synth"]
+    assert caps["rows"] == g["caption_cider_d"]["safe"]["n"] and set(caps["systems"]) == {"base", "safe", "policy"}
+
+
 def test_flops_count_the_audio_encoder_exactly(evaluated, tiny_builtin):
     """Always-audio FLOPs = the same calls fed cached encoder outputs + the encoder's own FLOPs; the
     policy's count encodes exactly the rows it picked."""

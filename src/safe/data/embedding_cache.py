@@ -18,7 +18,9 @@ writing the same entry at once (data-parallel ranks) never leave a truncated fil
 writers of one key write identical bytes, and the last ``os.replace`` wins.
 
 Entries are read from disk lazily, on the first ``get`` of their key, and kept in memory (all of
-them, or the ``max_memory_items`` most recently used).
+them, or the ``max_memory_items`` most recently used). :meth:`~AudioEmbeddingCache.load` and
+``put(..., remember=False)`` bypass the memory side: what streams over a large set (row stores,
+:func:`safe.data.prepared.fill_cache`) never accumulates in memory.
 """
 from __future__ import annotations
 
@@ -166,8 +168,24 @@ class AudioEmbeddingCache:
         return isinstance(key, str) and bool(_KEY_RE.match(key)) and (
             key in self._memory or self._path(key).is_file())
 
-    def put(self, key: str, tensor: Tensor) -> None:
-        """Store ``tensor`` (a detached contiguous CPU copy) under ``key``, in memory and on disk (atomically)."""
+    def load(self, key: str) -> Tensor | None:
+        """The stored tensor for ``key`` (memory if there, else read from disk without keeping it), or
+        None; counts nothing. For streaming reads whose memory must not grow with the number of keys."""
+        key = self._check_key(key)
+        t = self._memory.get(key)
+        if t is not None:
+            return t
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            return load_file(str(path))[_TENSOR_NAME]
+        except Exception as e:  # noqa: BLE001 - re-raised with the path, which safetensors omits
+            raise RuntimeError(f"cache file {str(path)!r} is unreadable ({e}); delete it to recompute") from e
+
+    def put(self, key: str, tensor: Tensor, remember: bool = True) -> None:
+        """Store ``tensor`` (a detached contiguous CPU copy) under ``key`` on disk (atomically) and, when
+        ``remember``, in memory."""
         self._check_key(key)
         if not isinstance(tensor, Tensor):
             raise ValueError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
@@ -184,7 +202,8 @@ class AudioEmbeddingCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        self._remember(key, t)
+        if remember:
+            self._remember(key, t)
 
     def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], Tensor]) -> Tensor:
         """Stacked tensors for ``keys``, in order, computing only the missing ones.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from safe.evaluation.benchmark_tables import BENCH_SECTIONS, render
 from safe.evaluation.report import DASH, fmt, fmt_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -357,7 +358,7 @@ def _retention_table(m: Mapping) -> str:
     return _table(["mode", "VL accuracy", "answers changed", "McNemar p"],
                   [[k.replace("_", " "), _f(acc.get(k)),
                     f"{fmt(changed[k])} of {fmt(changed.get('n'))}" if k in changed else DASH,
-                    _f((mc.get(k) or {}).get("p_value"))] for k in ("base", "gate_closed", "gate_open", "policy")
+                    _f((mc.get(k) or {}).get("pvalue"))] for k in ("base", "gate_closed", "gate_open", "policy")
                    if k in acc])
 
 
@@ -432,6 +433,9 @@ def results_page(metrics: Mapping[str, Any], *, command: str | None = None) -> s
         _section("Deployed gate, measured end to end", _latency_table, m, f"Mean milliseconds per query by batch size "
                  f"({_safe_state(m)} state).\n\n"),
         _section("Evaluation: retention", _retention_table, m),
+        *(_section(f"Evaluation: {title}", lambda m, f=f, k=k: render(f(_at(m, "eval", k)), _table,
+                                                                     lambda n: f"\n{n}\n"), m)
+          for title, f, k in BENCH_SECTIONS),
         _section("Evaluation: stage gates", _gates_table, m),
         _section("Ablations: Stage A", _stage_a_grid, m),
         _section("Ablations: Stages B and C", _stage_b_ablations, m),

@@ -4,7 +4,8 @@ Short-answer QA:
     :func:`normalize_answer` (VQA-style answer normalisation), :func:`exact_match`,
     :func:`vqa_accuracy` (the VQAv2 annotator-consensus accuracy), :func:`token_f1`.
 Captions (AudioCaps / Clotho style, short generated captions against several references):
-    :func:`bleu` (corpus BLEU-n with brevity penalty) and :func:`cider_d` (CIDEr-D), with
+    :func:`bleu` (corpus BLEU-n with brevity penalty; :func:`bleu_scores` for every order at once)
+    and :func:`cider_d` (CIDEr-D), with
     :func:`cider_d_scores` giving the per-caption scores that a bootstrap CI needs. Both are
     computed by the COCO caption toolkit (``pycocoevalcap``), so the numbers compare with
     published ones; only its Java PTB tokenizer is replaced, by :func:`caption_tokens`.
@@ -29,6 +30,7 @@ __all__ = [
     "token_f1",
     "per_example",
     "bleu",
+    "bleu_scores",
     "cider_d",
     "cider_d_scores",
 ]
@@ -178,7 +180,9 @@ def exact_match(pred: str, answers: str | Sequence[str]) -> float:
 
 def vqa_accuracy(pred: str, answers: str | Sequence[str]) -> float:
     """VQAv2 accuracy of one prediction against the human answers (Antol et al. 2015; Goyal et
-    al. 2017; official ``vqaEval.py``).
+    al. 2017; official ``vqaEval.py``), with this module's lenient normalisation on both sides.
+    The scores of the evaluation use the official script's normalisation instead:
+    :func:`safe.evaluation.vqa_metric.vqa_accuracy_official`.
 
     ``Acc = min(#annotators who gave pred / 3, 1)``, averaged over the 10 subsets of 9 of the 10
     annotators (leave one out). If ``m`` of the ``n`` normalised answers equal the normalised
@@ -283,6 +287,12 @@ def bleu(preds: Sequence[str], refs_list: Sequence[str | Sequence[str]], n: int 
     Returns:
         BLEU in [0, 1].
     """
+    return bleu_scores(preds, refs_list, n)[-1]
+
+
+def bleu_scores(preds: Sequence[str], refs_list: Sequence[str | Sequence[str]], n: int = 4) -> list[float]:
+    """Corpus BLEU-1 .. BLEU-n in one pass (``[BLEU-1, ..., BLEU-n]``), each as :func:`bleu` defines it:
+    the toolkit computes every order up to ``n`` together, with one brevity penalty."""
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n!r}")
     n = int(n)
@@ -294,7 +304,7 @@ def bleu(preds: Sequence[str], refs_list: Sequence[str | Sequence[str]], n: int 
         scorer.crefs.append(cooked_refs)
         scorer.ctest.append(_coco_bleu.cook_test(_toolkit_text(pred), cooked_refs, n=n))
     scores, _ = scorer.compute_score(option="closest", verbose=0)
-    return float(scores[n - 1])
+    return [float(x) for x in scores]
 
 
 def cider_d_scores(

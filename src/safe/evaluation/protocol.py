@@ -1,8 +1,9 @@
 """The proposal's section 9 on the built-in benchmark, for a SAFE model with its policy attached:
-retention (base / gate closed / gate open / policy, McNemar), audio gains with bootstrap CIs,
-efficiency (FLOPs, memory, measured latency from Stage B), attribution (muted-audio LOMO, exact
-two-player Shapley), robustness (SNR sweep, misaligned clips, irrelevant audio, held-out sounds) and
-the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
+retention (base / gate closed / gate open / policy, McNemar), audio gains with bootstrap CIs, both
+also per benchmark (the records' ``task``, each scored with its benchmark's metric; corpus caption
+metrics per caption benchmark), efficiency (FLOPs, memory, measured latency from Stage B), attribution
+(muted-audio LOMO, exact two-player Shapley), robustness (SNR sweep, misaligned clips, irrelevant
+audio, held-out sounds) and the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from safe.data.source import DataSource
 from safe.evaluation.attribution import lomo_drop, shapley_two_player, summarize_shapley
 from safe.evaluation.efficiency import count_flops, safe_memory_report
 from safe.evaluation.metrics import cider_d_scores
+from safe.evaluation.per_task import gains_per_task, retention_per_task
 from safe.evaluation.robustness import add_noise
-from safe.evaluation.scoring import answer_score
+from safe.evaluation.scoring import BINARY_METRICS, answer_score, task_metric
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
 from safe.processing.features import audio_preview
@@ -59,7 +61,11 @@ def _acc(scores: Sequence[float], rows: Sequence[int]) -> float:
     return float(np.mean([scores[i] for i in rows])) if len(rows) else float("nan")
 
 
-def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, list[str]]) -> tuple[dict, dict]:
+def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, list[str]], *,
+                        meteor: bool = False) -> tuple[dict, dict]:
+    """The retention and audio-gains sections: overall (VL-only rows; audio question rows; caption rows),
+    per family, and per benchmark (``per_task``, ``captions_per_task``: :mod:`safe.evaluation.per_task`;
+    ``meteor`` adds the Java METEOR to the caption metrics)."""
     vl = [i for i, e in enumerate(ex) if not e.needs_audio]
     qa = [i for i, e in enumerate(ex) if e.needs_audio and not e.is_caption]
     cap = [i for i, e in enumerate(ex) if e.is_caption]
@@ -68,7 +74,8 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
     right = {k: [v[i] == 1.0 for i in vl] for k, v in scores.items()}
     retention = {
         "vl_accuracy": {k: _acc(v, vl) for k, v in scores.items() if k in ("base", "gate_closed", "gate_open", "policy")},
-        "mcnemar": {k: mcnemar(right[k], right["base"]).to_dict() for k in ("gate_closed", "gate_open", "policy")},
+        "mcnemar": {k: mcnemar(right[k], right["base"]).to_dict() for k in ("gate_closed", "gate_open", "policy")}
+        if vl else {},  # a split without VL-only rows (e.g. captions only) has nothing to test
         "answers_changed": {**{k: sum(answers[k][i] != answers["base"][i] for i in vl)
                                for k in ("gate_closed", "gate_open", "policy")}, "n": len(vl)},
         "per_family": {f: {k: _acc(scores[k], [i for i in vl if ex[i].family == f])
@@ -88,6 +95,8 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
         refs = [list(ex[i].answers) for i in cap]
         gains["caption_cider_d"] = {k: _ci(cider_d_scores([answers[src][i] for i in cap], refs)) for k, src in
                                     (("base", "base"), ("safe", "gate_open"), ("policy", "policy"))}
+    retention["per_task"] = retention_per_task(ex, scores, answers)
+    gains["per_task"], gains["captions_per_task"] = gains_per_task(ex, scores, answers, _ci, meteor=meteor)
     return retention, gains
 
 
@@ -101,10 +110,11 @@ def _noisy_embeddings(model, frontend, waveforms, snr_db: float, seed: int) -> t
 @torch.no_grad()
 def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics: dict | None = None,
              stage_a: dict | None = None, split: str = "test", progress: bool = False,
-             scale_results=None) -> dict[str, Any]:
+             scale_results=None, caption_meteor: bool = False) -> dict[str, Any]:
     """Every section of the evaluation (module docstring) on ``data``'s ``split`` (and its ``ood_test``
     split, when it has one, for the held-out-sounds test); ``model`` has a policy attached.
-    ``scale_results``: see :func:`stage_gates` (the latency gate's shape)."""
+    ``scale_results``: see :func:`stage_gates` (the latency gate's shape). ``caption_meteor``: add
+    METEOR (a Java process of the caption toolkit) to the per-benchmark caption metrics."""
     if model.policy is None:
         raise ValueError("run_eval needs a SAFE model with its policy attached (safe policy train writes one)")
     t0 = time.perf_counter()
@@ -119,20 +129,21 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
         answers["gate_closed"] = _answers(model, fmt, prepared)
     answers["gate_open"] = _answers(model, fmt, prepared, audio=prepared.audio)
     answers["policy"], used = _policy_answers(model, fmt, prepared, previews)
-    blank = torch.zeros_like(prepared.pixels)  # the normalised mean image: no visual information
+    blank = prepared.pixels.map(torch.zeros_like)  # the normalised mean image: no visual information
     answers["no_image_no_audio"] = _answers(model, fmt, prepared, pixels=blank)
     answers["audio_only"] = _answers(model, fmt, prepared, pixels=blank, audio=prepared.audio)
     scores = {k: [answer_score(a, e) for a, e in zip(v, ex)] for k, v in answers.items()}
-    retention, gains = retention_and_gains(ex, scores, answers)
+    retention, gains = retention_and_gains(ex, scores, answers, meteor=caption_meteor)
     families = [e.family for e in ex]
     audio_rows = [i for i, e in enumerate(ex) if e.needs_audio]
     vl_rows = [i for i, e in enumerate(ex) if not e.needs_audio]
 
     phi_img, phi_aud = shapley_two_player(scores["no_image_no_audio"], scores["base"], scores["audio_only"],
                                           scores["gate_open"])
-    short = [i for i, e in enumerate(ex) if not e.is_caption]  # 0/1 scores only
+    # LOMO takes 0/1 scores only: captions (token F1) and graded answers (VQAv2 accuracy) are left out.
+    short = [i for i, e in enumerate(ex) if task_metric(e) in BINARY_METRICS]
     attribution = {"lomo": lomo_drop([scores["gate_open"][i] for i in short], [scores["gate_closed"][i] for i in short],
-                                     [families[i] for i in short]),
+                                     [families[i] for i in short]) if short else {},
                    "shapley": summarize_shapley(phi_img, phi_aud, families)}
 
     robustness = _robustness(model, fmt, frontend, data, cache, prepared, ex, wav, scores, answers, used,
@@ -154,10 +165,10 @@ def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answ
         emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
         preds = _answers(model, fmt, sub, audio=emb)
         sweep.append({"snr_db": level, "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
-    shifted = torch.roll(sub.audio, 1, dims=0)  # each question gets another audio question's clip
+    shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
     mis = _answers(model, fmt, sub, audio=shifted)
     mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
-    relevant = data.audio[torch.tensor(audio_rows)][torch.arange(len(vl_rows)) % len(audio_rows)]
+    relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
     vl = data.subset(vl_rows)
     irr = _answers(model, fmt, vl, audio=relevant)
     out = {

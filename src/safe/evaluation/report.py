@@ -243,7 +243,7 @@ def _retention(m: Mapping, figs: Figures) -> str:
         t = mc.get(mode, {})
         rows.append([mode.replace("_", " "), fmt(acc.get(mode)),
                      f"{fmt(changed.get(mode))} / {fmt(n)}" if mode in changed else DASH,
-                     fmt(t.get("b")), fmt(t.get("c")), fmt(t.get("statistic")), fmt(t.get("p_value")),
+                     fmt(t.get("b")), fmt(t.get("c")), fmt(t.get("statistic")), fmt(t.get("pvalue")),
                      fmt(t.get("exact"))])
     parts = [_table(["mode", "VL accuracy", "answers changed", "McNemar b", "c", "statistic", "p",
                      "exact"], rows)]
@@ -253,7 +253,15 @@ def _retention(m: Mapping, figs: Figures) -> str:
                   _img(figs, "retention_per_family")]
     if isinstance(r.get("effect_size"), Mapping):
         parts += [_h3("Effect size"), _kv_table(r["effect_size"])]
-    return "".join(parts)
+    return "".join(parts) + _bench(r, "retention per benchmark")
+
+
+def _bench(section: Mapping, *titles: str) -> str:
+    """The per-benchmark tables of ``section`` named ``titles`` (:mod:`safe.evaluation.benchmark_tables`)."""
+    from safe.evaluation.benchmark_tables import BENCH_SECTIONS, render  # it imports this module
+
+    return "".join(render(f(section), lambda h, r, t=t: _h3(t.capitalize()) + _table(h, r), _p)
+                   for t, f, _ in BENCH_SECTIONS if t in titles)
 
 
 def _audio_gains(m: Mapping) -> str:
@@ -266,7 +274,7 @@ def _audio_gains(m: Mapping) -> str:
     fam = _maps(g.get("per_family"))
     if fam:
         parts += [_h3("Audio accuracy per family"), _grid(fam, None, "family")]
-    return "".join(parts)
+    return "".join(parts) + _bench(g, "audio gains per benchmark", "captions per benchmark")
 
 
 def _efficiency(m: Mapping) -> str:

@@ -188,7 +188,34 @@ class VLMProcessorFormat:
                              "so prepared (row-indexed) training / evaluation sets are not supported for it yet; "
                              "use safe predict / safe verify, or a row-aligned family")
         images = [[open_image(p, f"image[{i}]")] for i, p in enumerate(paths)]
-        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pv = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        target = self._row_shape()
+        if target is None or tuple(pv.shape[1:]) == target:
+            return pv
+        # one row shape for every call (row stores stack rows decoded in different calls): zero padding,
+        # which the models drop again (image_sizes / their padding masks / all-zero crops)
+        out = pv.new_zeros((pv.shape[0], *target))
+        out[(slice(None), *(slice(0, d) for d in pv.shape[1:]))] = pv
+        return out
+
+    def _row_shape(self) -> tuple[int, ...] | None:
+        """The largest per-image pixel shape the image processor makes (tiles / crops / size), found by
+        processing a blank image at each largest size it allows; None where every image has one shape."""
+        if hasattr(self, "_target"):
+            return self._target
+        from PIL import Image
+
+        ip = self.processor.image_processor
+        sizes: list = []
+        if self.arch in ("llava-next", "llava-onevision"):
+            sizes = [tuple(s) for s in (getattr(ip, "image_grid_pinpoints", None) or [])]
+        elif self.arch in ("idefics3", "smolvlm", "mistral3"):
+            edge = (getattr(ip, "size", None) or {}).get("longest_edge")
+            sizes = [(edge, edge)] if edge else []
+        shapes = [tuple(ip(images=[[Image.new("RGB", (w, h))]], return_tensors="pt")["pixel_values"].shape[1:])
+                  for h, w in sizes]
+        self._target = tuple(max(d) for d in zip(*shapes)) if shapes else None
+        return self._target
 
     def _collate(self, enc: "VisionEncoded", index: Sequence[int], seqs: list[list[int]],
                  answers: list[list[int]] | None) -> dict[str, torch.Tensor]:

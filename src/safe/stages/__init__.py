@@ -13,6 +13,7 @@ safe eval            :func:`safe.stages.evaluate.evaluate`         EvalConfig ->
 safe report          :func:`safe.stages.evaluate.report`           ReportConfig -> ReportResult
 safe ablate          :func:`safe.stages.ablate.ablate`             AblateConfig -> AblationResult
 safe predict         :func:`safe.stages.predict.predict_command`   PredictConfig -> PredictResult
+safe serve           :func:`safe.stages.serve.serve`               ServeConfig -> ServeResult
 safe demo            :func:`safe.stages.demo.demo`                 DemoConfig -> DemoResult
 ===================  ============================================  ======================================
 

@@ -76,9 +76,12 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     if not (base / "manifest.json").is_file() and cfg.audio is None:
         raise StageError(f"--base: {base} has no manifest.json; run `make demo` (or safe base build) first")
     data = data_source(cfg.data)
+    share = getattr(data, "audio_share", None)  # a data spec's audio_share; --set audio_share=... still wins
+    overrides = [*([f"audio_share={share}"] if share is not None else []), *cfg.overrides]
     run = RunDir(cfg.run_dir)
-    grid = run_ablations(data, base, config_path(cfg.config), run.path / "ablations", overrides=cfg.overrides,
-                         steps=cfg.steps, seeds=cfg.seeds, names=cfg.only or None, eval_split=cfg.split)
+    grid = run_ablations(data, base, config_path(cfg.config), run.path / "ablations", overrides=overrides,
+                         steps=cfg.steps, seeds=cfg.seeds, names=cfg.only or None, eval_split=cfg.split,
+                         audio=cfg.audio)
     policy = run.read(PolicyResult)
     result = AblationResult(grid, stage_b_ablations(policy.metrics)["rows"] if policy else [])
     run.record(result)
@@ -89,10 +92,12 @@ def ablate(cfg: AblateConfig) -> AblationResult:
 
 def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
                   overrides: Sequence[str] = (), steps: int | None = None, seeds: int = 1,
-                  names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True) -> dict:
+                  names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True,
+                  audio: str | Path | None = None) -> dict:
     """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
     steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
-    ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``."""
+    ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``. ``base_dir`` /
+    ``audio``: see :func:`~safe.stages.loading.load_frozen`."""
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.models.safe_model import SAFEModel
@@ -110,7 +115,7 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "ablations.json"
-    vl, encoder, fmt, frontend = load_frozen(base_dir)
+    vl, encoder, fmt, frontend = load_frozen(base_dir, audio)
     fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": data.fingerprint(),
                    "base_vl": state_hash(vl), "split": eval_split}
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"fingerprint": fingerprint, "runs": {}}

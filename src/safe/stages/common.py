@@ -51,7 +51,9 @@ class DataOptions(RunOptions):
     """A run plus its data and frozen base models."""
 
     data: str | None = None
-    """Built-in benchmark folder (default $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)."""
+    """Data spec YAML file naming each split's datasets (readers vqav2, gqa, avqa, music_avqa, audiocaps, clotho,
+    vggsound, builtin; see docs/data.md and `safe data check`), or a built-in benchmark folder (default
+    $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)."""
     base: str | None = None
     """Built-in base models folder from `safe base build` (default $SAFE_CACHE/base), or a local LLaVA / BLIP-2
     checkpoint directory (then --audio names the audio encoder)."""
@@ -61,11 +63,16 @@ class DataOptions(RunOptions):
 
 
 def data_source(data: str | None, *, tiny: bool = False, create: bool = False):
-    """The :class:`~safe.data.source.DataSource` of ``--data``. A folder given is used as it is (it must be a
-    complete benchmark); the default location is generated when ``create`` and missing."""
+    """The :class:`~safe.data.source.DataSource` of ``--data``: a data spec file (``.yaml`` / ``.yml``, or any
+    file) is a :class:`~safe.data.spec_source.SpecSource`; a folder given is used as it is (it must be a
+    complete built-in benchmark); the default location is generated when ``create`` and missing."""
     from safe.bench.files import BuiltinSource, generate_benchmark, load_benchmark_info
     from safe.bench.questions import SynthConfig
 
+    if data is not None and (is_spec(data) or Path(data).is_file()):
+        from safe.data.spec_source import SpecSource
+
+        return SpecSource(data)  # SpecError (a ValueError) names the field and value
     if data is not None:
         load_benchmark_info(data)  # raises BenchmarkMissingError naming what is wrong
         return BuiltinSource(Path(data))
@@ -75,6 +82,13 @@ def data_source(data: str | None, *, tiny: bool = False, create: bool = False):
     else:
         load_benchmark_info(path)
     return BuiltinSource(path)
+
+
+def is_spec(data: str | None) -> bool:
+    """Whether ``--data`` names a data spec file rather than a built-in benchmark folder."""
+    from safe.data.spec import is_spec_file
+
+    return data is not None and is_spec_file(data)
 
 
 def base_path(base: str | None, *, tiny: bool = False) -> Path:

@@ -20,6 +20,9 @@ class EvalConfig(DataOptions):
     scale_results: str | None = "docs/scale_results.json"
     """benchmarks/scale.py results the latency gate reads (the largest shape measured there; resolved against
     the checkout); none: the gate uses the run's own model, and says so."""
+    meteor: bool = False
+    """Add METEOR to the caption metrics per benchmark (the caption toolkit's Java program: needs java on the
+    PATH, ~15 s to start)."""
 
 
 @dataclass
@@ -39,6 +42,7 @@ class EvalResult(StageResult):
                  "  VL accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in r["vl_accuracy"].items()),
                  "  audio accuracy [95% CI]: " + ", ".join(
                      f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in g["audio_accuracy"].items()),
+                 *_per_benchmark(r, g),
                  "  SNR sweep (audio accuracy): " + ", ".join(
                      f"{'clean' if p['snr_db'] is None else str(int(p['snr_db'])) + ' dB'} {p['audio_accuracy']:.3f}"
                      for p in rob["snr_sweep"]),
@@ -63,6 +67,21 @@ class EvalResult(StageResult):
         return "\n".join(lines)
 
 
+def _per_benchmark(r: dict, g: dict) -> list[str]:
+    """One line per benchmark of the per-benchmark sections (none in runs from before them)."""
+    lines = [f"  retention on {t} ({v['metric']}, {v['n']} rows): " + ", ".join(
+        f"{k} {a:.4f}" for k, a in v["accuracy"].items()) + f"; {v['test']} p (gate open) "
+        f"{v['paired_tests'].get('gate_open', {}).get('pvalue', float('nan')):.3f}"
+        for t, v in r.get("per_task", {}).items()]
+    lines += [f"  gains on {t} ({v['metric']}, {v['n']} rows): " + ", ".join(
+        f"{k} {a['mean']:.3f}" for k, a in v["accuracy"].items()) + "; SAFE - base {mean:+.3f} [{ci_low:+.3f}, "
+        "{ci_high:+.3f}]".format(**v["safe_minus_base"]) for t, v in g.get("per_task", {}).items()]
+    lines += [f"  captions on {t} ({v['clips']} clips): CIDEr-D " + ", ".join(
+        f"{k} {s['cider_d']['mean']:.3f}" for k, s in v["systems"].items()) + "; BLEU-4 " + ", ".join(
+        f"{k} {s['bleu_4']:.3f}" for k, s in v["systems"].items()) for t, v in g.get("captions_per_task", {}).items()]
+    return lines
+
+
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """The evaluation protocol on the SAFE + policy checkpoint of ``cfg.run_dir``, reading the run's Stage A
     and Stage B results; then writes report.html."""
@@ -82,8 +101,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     scale = config_path(cfg.scale_results) if cfg.scale_results else None
     ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=policy.metrics if policy else None,
                   stage_a=stage_a.metrics if stage_a else None, split=cfg.split,
-                  scale_results=scale if scale and Path(scale).is_file() else None)
+                  scale_results=scale if scale and Path(scale).is_file() else None,
+                  caption_meteor=cfg.meteor)
     result = EvalResult(ev)
+    if hasattr(data, "summary"):  # a data spec: what each split held (rows, skips, tasks)
+        result.metrics["data"] = data.summary()
     run.record(result)
     report(ReportConfig(run_dir=cfg.run_dir))
     return result

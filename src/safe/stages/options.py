@@ -13,7 +13,8 @@ docstrings, read here from the source with :mod:`ast`, as jsonargparse and litgp
 Flags: ``run_dir`` -> ``--run-dir``; ``bool`` -> ``--x`` / ``--no-x``; ``list[str]`` -> a repeatable
 flag; ``list[int]`` / ``list[float]`` -> one comma-separated value; ``Literal[...]`` -> choices; a
 nested dataclass field contributes its own fields' flags. ``field(metadata={"flag": "--set"})`` renames
-a flag; ``metadata={"cli": False}`` keeps a field off the command line. Flags not given are not passed,
+a flag; ``metadata={"cli": False}`` keeps a field off the command line; ``metadata={"positional": True}`` makes
+a ``str`` field a positional argument (required when the field has no default). Flags not given are not passed,
 so the dataclass's own default and its ``__post_init__`` validation apply.
 """
 from __future__ import annotations
@@ -116,6 +117,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: st
         dest = dest_prefix + f.name
         if dataclasses.is_dataclass(tp):
             add_config_flags(parser, tp, dest + ".", seen)
+            continue
+        if f.metadata.get("positional"):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            parser.add_argument(dest, metavar=f.metadata.get("metavar", f.name.upper()), help=docs.get(f.name, ""),
+                                **({} if required else {"nargs": "?", "default": argparse.SUPPRESS}))
             continue
         flag = flag_name(f)
         if flag in seen:

@@ -74,7 +74,8 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
 
     SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_path(cfg.base),
                                   audio=cfg.audio).save_pretrained(out)
-    result = PolicyResult({**metrics, "checkpoint": str(out)})
+    result = PolicyResult({**metrics, "checkpoint": str(out),
+                           **({"data": data.summary()} if hasattr(data, "summary") else {})})
     run.record(result)
     return result
 

@@ -12,7 +12,7 @@ from safe.data.source import DataSource
 from safe.training.config import StageAConfig
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, DType, base_path, config_path, data_source
+from safe.stages.common import DataOptions, DType, StageError, base_path, config_path, data_source
 
 
 @dataclass
@@ -88,15 +88,25 @@ def train(cfg: TrainConfig) -> StageAResult:
     recipe = load_stage_a_config(config_path(cfg.config), overrides)
     dtype = parse_dtype(cfg.dtype)
     data = data_source(cfg.data, tiny=cfg.tiny, create=cfg.data is None)
+    if getattr(data, "audio_share", None) is not None:  # the spec's share; --set audio_share=... still wins
+        recipe = load_stage_a_config(config_path(cfg.config), [f"audio_share={data.audio_share}", *overrides])
     base = base_path(cfg.base, tiny=cfg.tiny)
     if cfg.base is None and not (base / "manifest.json").is_file():
+        if not hasattr(data, "root"):
+            raise StageError(f"--base: no built-in models at {base}; with a data spec pass --base and --audio "
+                             "(local LLaVA / BLIP-2 and Whisper / CLAP checkpoints)")
         build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
     run = RunDir(cfg.run_dir)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
                           fresh=cfg.fresh)
-    result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
-    run.record(result)
-    return result
+    if metrics.get("main_process", True):
+        result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
+        run.record(result)
+    from accelerate import PartialState
+
+    # Several processes: the others wait for the main one's record and print it.
+    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+    return result if metrics.get("main_process", True) else run.read(StageAResult)
 
 
 def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_dir: str | Path, *,
@@ -106,6 +116,8 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     """Train Stage A on ``data``'s ``train`` and ``retention`` splits into ``run_dir`` (resuming a killed
     run unless ``fresh``) and evaluate on its ``eval_split``. ``base_dir``/``audio``: see
     :func:`load_safe`. Returns the ``stage_a`` metrics."""
+    from accelerate import PartialState
+
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.training.evaluate import evaluate_stage_a
@@ -116,7 +128,10 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     t0 = time.perf_counter()
     model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template)
     hashes = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
-    if fresh:  # only once the models loaded: a typo in --base must not wipe a good run
+    # cpu= as the trainer's Accelerator (accelerate needs it to join several CPU processes). Under
+    # `accelerate launch`, the main process cleans the run and fills the cache; the others follow.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if fresh and state.is_main_process:  # only once the models loaded: a typo in --base must not wipe a good run
         for sub in ("checkpoints", "logs/stage_a"):
             if (run_dir / sub).exists():
                 shutil.rmtree(run_dir / sub)
@@ -124,9 +139,10 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     train = data.split("train")[:max_train]
     retention = data.split("retention")
     test = data.split(eval_split)[:max_eval]
-    train_set = prepare(train, fmt, model, frontend, cache, progress=progress)
-    retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
-    test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
+    with state.main_process_first():
+        train_set = prepare(train, fmt, model, frontend, cache, progress=progress)
+        retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
+        test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
     prep_seconds = time.perf_counter() - t0
     fingerprint = {**hashes, "benchmark": data.fingerprint(),
                    "max_train": max_train}
@@ -135,6 +151,8 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     fit = trainer.fit(resume=True, stop_after=stop_after)
     if fit.get("interrupted"):
         return fit
+    if not state.is_main_process:  # the main process evaluates and writes; the others are done
+        return {"steps": fit["steps"], "main_process": False}
     from safe.processing.processor import SAFEProcessor  # beside the weights: the checkpoint is complete for inference
 
     SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_dir, audio=audio).save_pretrained(
@@ -156,4 +174,5 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "history": fit["history"], "config": cfg.to_dict(),
         "parameters": dict(model.parameter_report()),
         "checkpoint": str(run_dir / "checkpoints" / "final"),
+        **({"data": data.summary()} if hasattr(data, "summary") else {}),  # a data spec: rows, skips, tasks per split
     }

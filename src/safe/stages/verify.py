@@ -1,5 +1,6 @@
 """``safe verify``: Stage 1 safety verification (bit-exact bypass, frozen weights, parameter table) of one
-base x encoder pair, or of every tiny preset pair."""
+base x encoder pair, or of every tiny preset pair; with ``--certificate``, of a trained run's own model,
+written as a deployment certificate that ``safe serve --certificate`` checks (:mod:`safe.serve.certificate`)."""
 from __future__ import annotations
 
 import time
@@ -36,8 +37,14 @@ class VerifyConfig:
     """Verification batch size (>= 2; half the rows use audio)."""
     run_dir: str | None = None
     """Also record the results under this run directory (merged with earlier verify calls of the run)."""
+    certificate: str | None = None
+    """Verify the trained model of --run-dir (its base, encoder and SAFE weights, instead of --base x --audio) and
+    write a deployment certificate (JSON: the checks, SHA-256 of each part's weights, library versions) to this
+    file, for safe serve --certificate."""
 
     def __post_init__(self) -> None:
+        if self.certificate is not None and not self.run_dir:
+            raise StageError("--certificate needs --run-dir: the trained run whose model is verified and certified")
         if self.attn_implementation not in (None, "sdpa", "eager"):
             raise StageError(f"--attn-implementation must be sdpa or eager, got {self.attn_implementation!r}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 2:
@@ -52,6 +59,7 @@ class VerifyResult(StageResult):
 
     KEY = "verify"
     tables: list[str] = field(default_factory=list)
+    certificate: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,7 +67,11 @@ class VerifyResult(StageResult):
 
     def summary(self) -> str:
         n = len(self.metrics.get("models", {}))
-        return "\n".join([*self.tables, f"verification {'PASSED' if self.ok else 'FAILED'} for {n} model pair(s)"])
+        lines = [*self.tables, f"verification {'PASSED' if self.ok else 'FAILED'} for {n} model pair(s)"]
+        if self.certificate:
+            lines.append(f"deployment certificate written to {self.certificate}" if self.ok
+                         else f"no certificate written to {self.certificate}: the verification failed")
+        return "\n".join(lines)
 
 
 def verify(cfg: VerifyConfig) -> VerifyResult:
@@ -72,7 +84,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
 
     dtype = parse_dtype(cfg.dtype)
     check_device(cfg.device)
-    bases = list(presets.BASE_PRESETS) if cfg.all_presets else [cfg.base]
+    bases = list(presets.BASE_PRESETS) if cfg.all_presets else [] if cfg.certificate else [cfg.base]
     encoders = list(presets.AUDIO_PRESETS) if cfg.all_presets else [cfg.audio]
     load = {k: v for k, v in (("attn_implementation", cfg.attn_implementation), ("device_map", cfg.device_map))
             if v is not None}
@@ -85,13 +97,53 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
             models.update(_verify_base(cfg, base_spec, encoders, dtype, load, tables))
     finally:
         torch.set_num_threads(threads)
-    out = VerifyResult({"passed": all(m["passed"] for m in models.values()), "models": models}, tables)
+    certified = _verify_run(cfg, dtype, models, tables) if cfg.certificate else None
+    out = VerifyResult({"passed": all(m["passed"] for m in models.values()), "models": models}, tables,
+                       cfg.certificate)
+    if certified is not None and out.ok:
+        from safe.serve.certificate import write_certificate
+
+        model, source = certified
+        checks = [{"model": name, **c} for name, m in models.items() for c in m["checks"]]
+        write_certificate(cfg.certificate, model, checks, passed=True, source=source)
     if cfg.run_dir:
         run = RunDir(cfg.run_dir)
         earlier = run.read(VerifyResult)
         merged = {**(earlier.metrics.get("models", {}) if earlier else {}), **models}
         run.record(VerifyResult({"passed": all(m["passed"] for m in merged.values()), "models": merged}))
     return out
+
+
+def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
+    """Verify the trained model of ``cfg.run_dir`` (as ``safe serve`` loads it) on random inputs, adding its
+    entry to ``models`` / ``tables``; returns ``(model, source)`` for the certificate."""
+    import torch
+
+    from safe.bench import presets
+    from safe.evaluation.safety import Check, verify_model
+    from safe.serve.certificate import fingerprints
+    from safe.stages.predict import find_checkpoint, pipeline
+
+    t0 = time.perf_counter()
+    ckpt = find_checkpoint(cfg.run_dir)
+    p = pipeline(ckpt, dtype=dtype, device=cfg.device)
+    model = p.model.eval()
+    before = fingerprints(model)
+    fmt = p.processor.prompt_format if p.processor.kind == "vlm" else None  # a family's own processor
+    vl = {k: v.to(cfg.device) for k, v in presets.random_vl_inputs(model.base_model, cfg.batch, dtype=dtype,
+                                                                   prompt_format=fmt).items()}
+    audio = presets.random_audio(model.audio_encoder.model, cfg.batch, dtype=dtype).to(cfg.device)
+    mask = (torch.arange(cfg.batch) % 2 == 0).to(cfg.device)
+    result = verify_model(model, vl, audio, mask)
+    result.checks.append(Check("verification leaves every served weight byte-identical", fingerprints(model) == before,
+                               "sha256 of base, encoder and SAFE parts before and after"))
+    entry = result.to_dict()
+    name = f"run {cfg.run_dir}"
+    tables.append(f"== safe verify: {name} ({ckpt}, {cfg.dtype}, {cfg.device}) ==\n{result.table()}\n")
+    models[name] = {**entry, "seconds": round(time.perf_counter() - t0, 3)}
+    source = {"run_dir": str(cfg.run_dir), "checkpoint": str(ckpt), "processor_sources": p.processor.sources,
+              "dtype": cfg.dtype, "device": cfg.device}
+    return model, source
 
 
 def _checkpoint_format(base_spec: str, base):

@@ -156,7 +156,15 @@ class StageATrainer:
         batch["pixel_values"] = data.pixels[idx].to(dev)
         return batch, labels, data.needs_audio[idx].to(dev)
 
-    def _losses(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+    def _answer_tokens(self, rows: Sequence[int], audio: bool) -> int:
+        """Answer tokens (the positions both losses average over) of the audio or VL rows among ``rows``."""
+        needs, answers = self.train_set.needs_audio, self.train_set.enc.answers
+        return sum(len(answers[i]) for i in rows if bool(needs[i]) == audio)
+
+    def _losses(self, idx: Sequence[int], whole: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """The losses of rows ``idx``. ``whole``: the rows of this micro-batch over all processes; each
+        process then scales its token means by (its tokens / all tokens) * processes, so the gradient
+        the processes average is the single-process mean over ``whole`` (and so are the logged values)."""
         from safe.training.losses import answer_cross_entropy, retention_kl
 
         batch, labels, needs = self._inputs(self.train_set, idx)
@@ -165,11 +173,18 @@ class StageATrainer:
             logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row
         vl = ~needs
         zero = logits.new_zeros(())
-        out = {"audio": answer_cross_entropy(logits[needs], labels[needs]) if needs.any() else zero}
+
+        def share(audio: bool) -> float:
+            if whole is None:
+                return 1.0
+            total = self._answer_tokens(whole, audio)
+            return self._answer_tokens(idx, audio) / total * self.accelerator.num_processes if total else 0.0
+
+        out = {"audio": answer_cross_entropy(logits[needs], labels[needs]) * share(True) if needs.any() else zero}
         if vl.any():
             with torch.no_grad(), self.accelerator.autocast():
                 base = self._unwrapped.base_model(**{k: v[vl] for k, v in batch.items()}).logits
-            out["retention"] = retention_kl(logits[vl], base, labels[vl])
+            out["retention"] = retention_kl(logits[vl], base, labels[vl]) * share(False)
         else:
             out["retention"] = zero
         out["fisher"] = self.fisher.penalty(self.named_trainable) if self.cfg.lambda_fisher > 0 else zero
@@ -306,12 +321,17 @@ class StageATrainer:
                 c = cfg.curriculum
                 exposure = audio_exposure(self.step, cfg.steps, c.start, c.end, c.ramp_fraction)
                 self.sampler.set_exposure(exposure)
-                idx = self.sampler.next_batch()[acc.process_index::acc.num_processes]
+                full = self.sampler.next_batch()  # the same global batch on every process (same seed)
+                world = acc.num_processes
+                shards = [full[r::world] for r in range(world)]  # each process fetches only its own rows
                 logs: dict[str, float] = {}
                 for m in range(cfg.grad_accum):
-                    part = idx[m * micro // acc.num_processes:(m + 1) * micro // acc.num_processes] or idx
-                    losses = self._losses(part)
+                    parts = [sh[m * micro // world:(m + 1) * micro // world] or sh for sh in shards]
+                    whole = [i for p in parts for i in p] if world > 1 else None
+                    losses = self._losses(parts[acc.process_index], whole)
                     acc.backward(losses["total"] / cfg.grad_accum)
+                    if world > 1:  # log the global mean: each process holds its scaled share of it
+                        losses = {k: acc.reduce(v.detach().clone(), "mean") for k, v in losses.items()}
                     for k, v in losses.items():
                         logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 grad_norm = acc.clip_grad_norm_(self._unwrapped.trainable_parameters(), cfg.grad_clip)

@@ -1,0 +1,278 @@
+"""Row stores: a tensor-valued column of a prepared set, fetched by row index without holding the
+whole column in memory.
+
+``store[idx]`` answers like indexing a stacked ``(n, *row_shape)`` tensor would: a list, tuple,
+range, slice, 1-D integer or bool tensor / array gives ``(len(idx), *row_shape)``, an int gives one row.
+What is kept per row is metadata only (a path, a 32-byte key); the rows themselves are decoded or
+read on demand, and at most ``cache_bytes`` of them are kept in a least-recently-used memory cache,
+so memory does not grow with the number of rows. Every store returns the same values for a row
+whatever the batch it is fetched in (decoding and reading are per row), so a lazy set and the
+in-memory tensor it replaces give identical batches.
+
+* :class:`TensorRows`: an in-memory tensor (small sets, tests, derived values).
+* :class:`ImageRows`: image files decoded by the prompt format's own ``pixels`` on demand.
+* :class:`CachedRows`: frozen-encoder outputs read from an
+  :class:`~safe.data.embedding_cache.AudioEmbeddingCache` on disk.
+* ``store.take(index)`` / ``store.map(fn)``: lazy re-indexed and transformed views.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+#: Default budget of decoded rows kept in memory per store (least recently used dropped first).
+DEFAULT_CACHE_BYTES = 64 << 20
+
+
+def _positions(index: Any, n: int) -> tuple[list[int], bool]:
+    """``index`` -> (row positions, whether a single row was asked for); negative ints count from the end."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} is out of range for {n} rows")
+        return [i % n], True
+    if isinstance(index, slice):
+        return list(range(n))[index], False
+    if isinstance(index, torch.Tensor):
+        index = index.detach().cpu().numpy()
+    arr = np.asarray(list(index) if isinstance(index, range) else index)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise IndexError(f"a boolean row mask must have shape ({n},), got {arr.shape}")
+        return np.flatnonzero(arr).tolist(), False
+    if arr.size == 0:
+        return [], False
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise IndexError(f"rows must be an int, a slice or a 1-D sequence of ints, got {arr.dtype} shape {arr.shape}")
+    if arr.min() < -n or arr.max() >= n:
+        raise IndexError(f"row index out of range for {n} rows (min {arr.min()}, max {arr.max()})")
+    return (arr % n).tolist(), False
+
+
+class RowStore:
+    """A column of ``len(store)`` equally shaped tensor rows, fetched by index (module docstring).
+
+    Guarantees: ``store[idx]`` equals ``torch.stack([store[i] for i in idx])``; a store never keeps
+    more than ``cache_bytes`` of decoded rows (plus the batch being returned)."""
+
+    def __init__(self, n: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+        self._n, self.cache_bytes = int(n), cache_bytes
+        self._lru: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._held = 0
+        self.loads = 0  # rows decoded / read so far (cache misses), for tests and benchmarks
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _load(self, positions: list[int]) -> list[torch.Tensor]:
+        """The rows at ``positions`` (decoded / read now), one tensor each."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        pos, single = _positions(index, self._n)
+        found = {p: self._lru[p] for p in pos if p in self._lru}
+        for p in found:
+            self._lru.move_to_end(p)
+        todo = list(dict.fromkeys(p for p in pos if p not in found))
+        if todo:
+            self.loads += len(todo)
+            for p, row in zip(todo, self._load(todo)):
+                found[p] = row
+                self._remember(p, row)
+        if single:
+            return found[pos[0]]
+        if not pos:
+            return torch.empty((0, *self.row_shape), dtype=self.dtype)
+        return torch.stack([found[p] for p in pos])
+
+    def _remember(self, p: int, row: torch.Tensor) -> None:
+        size = row.numel() * row.element_size()
+        if size > self.cache_bytes:
+            return
+        self._lru[p] = row
+        self._held += size
+        while self._held > self.cache_bytes:
+            _, old = self._lru.popitem(last=False)
+            self._held -= old.numel() * old.element_size()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of decoded rows kept in memory now (at most ``cache_bytes``)."""
+        return self._held
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self[0].shape) if self._n else ()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self[0].dtype if self._n else torch.float32
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(len(store), *row_shape)``, like the stacked tensor's (reads row 0)."""
+        return (self._n, *self.row_shape)
+
+    def take(self, index: Any) -> "RowStore":
+        """A lazy store whose row ``j`` is this store's row ``index[j]``."""
+        return _View(self, _positions(index, self._n)[0])
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "RowStore":
+        """A lazy store returning ``fn(batch)`` for each fetched batch (``fn`` must act row by row)."""
+        return _Mapped(self, fn)
+
+    def tensor(self) -> torch.Tensor:
+        """Every row stacked into one tensor (small sets only: this is what the store avoids)."""
+        return self[list(range(self._n))]
+
+
+class TensorRows(RowStore):
+    """Rows of an in-memory tensor (indexing it directly; no copy is cached)."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        if not isinstance(data, torch.Tensor) or data.dim() < 1:
+            raise ValueError(f"data must be a tensor with a row dimension, got {type(data).__name__}")
+        super().__init__(len(data), 0)
+        self.data = data
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        pos, single = _positions(index, self._n)
+        return self.data[pos[0]] if single else self.data[pos]
+
+    def tensor(self) -> torch.Tensor:
+        return self.data
+
+
+class _View(RowStore):
+    def __init__(self, base: RowStore, positions: list[int]) -> None:
+        super().__init__(len(positions), 0)
+        self.base, self.positions = base, positions
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        pos, single = _positions(index, self._n)
+        return self.base[self.positions[pos[0]]] if single else self.base[[self.positions[p] for p in pos]]
+
+
+class _Mapped(RowStore):
+    def __init__(self, base: RowStore, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__(len(base), 0)
+        self.base, self.fn = base, fn
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        pos, single = _positions(index, self._n)
+        out = self.fn(self.base[pos])
+        return out[0] if single else out
+
+
+class ImageRows(RowStore):
+    """Pixel values of image files, decoded on demand by ``pixels(paths) -> (k, ...) tensor`` (the
+    prompt format's own image processing, row by row). Keeps one path per row."""
+
+    def __init__(self, paths: Sequence[Any], pixels: Callable[[list], torch.Tensor],
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        super().__init__(len(paths), cache_bytes)
+        self.paths, self._pixels = list(paths), pixels
+
+    def _load(self, positions: list[int]) -> list[torch.Tensor]:
+        return list(self._pixels([self.paths[p] for p in positions]).unbind(0))
+
+
+class CachedRows(RowStore):
+    """Frozen-encoder outputs read from an on-disk embedding cache, one entry per row.
+
+    ``keys``: the cache key of each row's clip; kept as 32 raw bytes per row. A key missing from the
+    cache raises ``KeyError`` naming it (fill the cache first: :func:`safe.data.prepared.fill_cache`)."""
+
+    def __init__(self, cache, keys: Sequence[str], cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        super().__init__(len(keys), cache_bytes)
+        self.cache = cache
+        self.keys = np.array([bytes.fromhex(k) for k in keys], dtype="S32")
+
+    def key(self, p: int) -> str:
+        # numpy strips trailing NUL bytes from "S" items: pad back to 32 before hex.
+        return self.keys[p].ljust(32, b"\0").hex()
+
+    def _load(self, positions: list[int]) -> list[torch.Tensor]:
+        rows = []
+        for p in positions:
+            t = self.cache.load(self.key(p))
+            if t is None:
+                raise KeyError(f"row {p}: embedding {self.key(p)} is not in the cache at {self.cache.directory}")
+            rows.append(t)
+        return rows
+
+
+class TokenRows(Sequence):
+    """Token-id rows (prompts or answers) packed into flat int32 arrays: ``rows[i]`` is row ``i`` as a
+    list of ints, like the list of lists it replaces. Runs of one id (a prompt's hundreds of image
+    placeholder tokens) are stored once with their length, so a row costs about 8 bytes per text
+    token plus 8 per row, not a Python list of 8-byte pointers per token."""
+
+    def __init__(self, rows: Sequence[Sequence[int]] = ()) -> None:
+        self._vals: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+        self._offsets: np.ndarray | None = None
+        self.extend(rows)
+
+    def extend(self, rows: Sequence[Sequence[int]]) -> None:
+        """Append ``rows`` (a chunk at a time keeps the transient lists small)."""
+        vals, counts, lengths = [], [], []
+        for row in rows:
+            a = np.asarray(row, dtype=np.int64)
+            if a.size:
+                starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+                vals.append(a[starts])
+                counts.append(np.diff(np.r_[starts, a.size]))
+            lengths.append(len(starts) if a.size else 0)
+        if not lengths:
+            return
+        if vals and (np.concatenate(vals).min() < np.iinfo(np.int32).min or np.concatenate(vals).max() > np.iinfo(np.int32).max):
+            raise ValueError("token ids must fit in int32")
+        self._vals.append(np.concatenate(vals).astype(np.int32) if vals else np.zeros(0, np.int32))
+        self._counts.append(np.concatenate(counts).astype(np.int32) if counts else np.zeros(0, np.int32))
+        self._lengths.append(np.asarray(lengths, dtype=np.int64))
+        self._offsets = None  # packed on the next read (one concatenation, not one per chunk)
+
+    def _pack(self) -> None:
+        if self._offsets is None:
+            self._vals = [np.concatenate(self._vals) if self._vals else np.zeros(0, np.int32)]
+            self._counts = [np.concatenate(self._counts) if self._counts else np.zeros(0, np.int32)]
+            self._lengths = [np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)]
+            self._offsets = np.r_[0, np.cumsum(self._lengths[0])]
+
+    def __len__(self) -> int:
+        return sum(int(x.size) for x in self._lengths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} is out of range for {n} rows")
+        i %= n
+        self._pack()
+        a, b = self._offsets[i], self._offsets[i + 1]
+        return np.repeat(self._vals[0][a:b], self._counts[0][a:b]).tolist()
+
+    def take(self, index: Sequence[int]) -> "TokenRows":
+        """The rows ``index`` as a new packed store."""
+        index, out = list(index), TokenRows()
+        for s in range(0, len(index), 4096):
+            out.extend([self[i] for i in index[s:s + 4096]])
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the packed arrays."""
+        self._pack()
+        return sum(int(x.nbytes) for x in (*self._vals, *self._counts, *self._lengths, self._offsets))
+
+
+__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "RowStore", "TensorRows", "TokenRows"]

@@ -1,0 +1,185 @@
+"""The FastAPI app: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /metrics``.
+
+Guarantees: the model, processor and policy are loaded once (at start-up, in the lifespan, or given
+ready by :func:`safe.stages.serve.serve`); every request the server refuses gets a 4xx whose JSON body
+is OpenAI's error object naming the problem (malformed JSON, a wrong shape, bad base64, undecodable
+audio or image, a clip over the limit, too many parts, an oversized body: 413, an unsupported
+parameter, an unknown model: 404), and the server keeps serving; a 500 means a bug in the server, and
+its batch-mates are retried alone so they still get answers (:class:`~safe.serve.batcher.DynamicBatcher`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from safe.serve.batcher import BatchInfo, DynamicBatcher
+from safe.serve.clip_cache import ClipCache
+from safe.serve.engine import Engine, RowResult
+from safe.serve.media import Limits, to_row
+from safe.serve.metrics import CONTENT_TYPE, Metrics
+from safe.serve.schemas import RequestError, parse_request
+
+log = logging.getLogger("safe.serve")
+
+
+def load_engine(cfg) -> Engine:
+    """The run of ``cfg`` (:class:`safe.stages.serve.ServeConfig`) loaded once, checked against
+    ``cfg.certificate`` when given (:class:`~safe.serve.certificate.CertificateError` on other weights)."""
+    from safe.models.loading import parse_dtype
+    from safe.stages.predict import pipeline
+
+    pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio_model, dtype=parse_dtype(cfg.dtype), device=cfg.device,
+                    max_new_tokens=cfg.default_max_tokens)
+    pipe.model.eval()
+    if cfg.certificate:
+        from safe.serve.certificate import check_certificate
+
+        cert = check_certificate(cfg.certificate, pipe.model)
+        for lib, (then, now) in cert["library_changes"].items():
+            log.warning("certificate %s was written with %s %s; this server runs %s", cfg.certificate, lib, then, now)
+    return Engine(pipe, ClipCache(cfg.cache_clips), Metrics())
+
+
+def limits_for(cfg, engine: Engine) -> Limits:
+    window = engine.processor.front_end.window_seconds
+    most = cfg.max_audio_seconds if cfg.max_audio_seconds is not None else (window or 30.0)
+    return Limits(max_tokens=cfg.max_tokens, max_n=cfg.max_n, max_audio_seconds=float(most),
+                  window_seconds=window, allow_local_media=cfg.allow_local_media,
+                  default_max_tokens=cfg.default_max_tokens)
+
+
+def _error(err: RequestError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (by its Content-Length, or while reading it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {int(declared)} bytes is over this server's limit of {limit} bytes "
+                           "(--max-body-mb)", status=413, code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body is over this server's limit of {limit} bytes (--max-body-mb)",
+                               status=413, code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _response(name: str, result: RowResult, info: BatchInfo, total: float) -> dict[str, Any]:
+    choices = [{"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": f, "logprobs": None}
+               for i, (a, f) in enumerate(zip(result.answers, result.finish))]
+    completion = sum(result.completion_tokens)
+    timing = {"queue": round(info.queue_seconds * 1000, 3), **result.timing_ms, "total": round(total * 1000, 3)}
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": name, "choices": choices,
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": result.prompt_tokens + completion},
+            "safe": {"used_audio": result.used_audio, "audio_probability": result.audio_probability,
+                     "decided_by": result.decided_by, "policy": result.batch.get("policy"),
+                     "policy_state": result.batch.get("policy_state"),
+                     "encoder": {"ran": result.used_audio and result.cache_hit is False,
+                                 "cache_hit": result.cache_hit},
+                     "batch": {"id": info.id, "size": info.size, "row": info.row},
+                     "timing_ms": timing}}
+
+
+def create_app(cfg, engine: Engine | None = None) -> FastAPI:
+    """The app for ``cfg`` (:class:`safe.stages.serve.ServeConfig`); ``engine``: an already loaded
+    :class:`Engine` (else :func:`load_engine` runs in the lifespan, before the first request)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        eng = engine if engine is not None else await run_in_threadpool(load_engine, cfg)
+        if eng.metrics is None:
+            eng.metrics = Metrics()
+        batcher = DynamicBatcher(eng.run, cfg.max_batch, cfg.max_wait_ms)
+        await batcher.start()
+        app.state.engine, app.state.batcher, app.state.limits = eng, batcher, limits_for(cfg, eng)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="SAFE", summary="OpenAI-compatible chat completions with per-request audio decisions",
+                  lifespan=lifespan)
+    limit = int(cfg.max_body_mb * 1024 * 1024)
+
+    def count(endpoint: str, status: int) -> None:
+        app.state.engine.metrics.requests.labels(endpoint, str(status)).inc()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        err = RequestError(f"{request.method} {request.url.path}: {exc.detail}", status=exc.status_code,
+                           code="not_found" if exc.status_code == 404 else "http_error")
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        t0 = time.perf_counter()
+        eng: Engine = request.app.state.engine
+        try:
+            body = await _read_body(request, limit)
+            try:
+                data = json.loads(body)
+            except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+                raise RequestError(f"malformed JSON body ({type(err).__name__}: {err})"[:300], code="invalid_json") from None
+            req = parse_request(data)
+            if req.model is not None and req.model != cfg.model_name:
+                raise RequestError(f"model {req.model!r} is not served here; this server serves {cfg.model_name!r} "
+                                   "(GET /v1/models)", status=404, param="model", code="model_not_found")
+            row = await run_in_threadpool(to_row, req, eng.processor.sampling_rate, request.app.state.limits)
+            eng.check(row)
+            result, info = await request.app.state.batcher.submit(row, row.key)
+        except RequestError as err:
+            eng.metrics.errors.labels(err.code).inc()
+            count("chat", err.status)
+            return _error(err)
+        except ValueError as err:  # the model's own input checks, on this request alone (the batcher retried it)
+            eng.metrics.errors.labels("unprocessable").inc()
+            count("chat", 400)
+            return _error(RequestError(f"the model cannot take this request: {err}", code="unprocessable"))
+        except Exception as err:  # noqa: BLE001 - a server bug: logged, answered 500, the server keeps serving
+            log.exception("chat completion failed")
+            eng.metrics.errors.labels("server_error").inc()
+            count("chat", 500)
+            return _error(RequestError(f"internal error ({type(err).__name__}); the server keeps serving",
+                                       status=500, code="server_error"))
+        total = time.perf_counter() - t0
+        eng.metrics.latency.observe(total)
+        eng.metrics.queue.observe(info.queue_seconds)
+        count("chat", 200)
+        return JSONResponse(_response(cfg.model_name, result, info, total))
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        count("models", 200)
+        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "safe"}]}
+
+    @app.get("/health")
+    async def health(request: Request):
+        eng: Engine = request.app.state.engine
+        count("health", 200)
+        return {"status": "ok", "model": cfg.model_name, "policy": eng.policy_kind, "policy_state": eng.policy_state,
+                "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "batches": eng.batches,
+                "certificate": cfg.certificate}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        return Response(request.app.state.engine.metrics.text(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+__all__ = ["create_app", "limits_for", "load_engine"]

@@ -1,0 +1,181 @@
+"""A validated :class:`~safe.serve.schemas.ChatRequest` -> one model row (:class:`Row`): the question,
+a decoded image, a decoded clip at the encoder's rate, and the generation settings; or a
+:class:`~safe.serve.schemas.RequestError` naming the part that is wrong.
+
+Images come as ``data:`` URLs (base64); a local path or ``file://`` URL only when the server runs with
+``--allow-local-media``; remote URLs are never fetched. Audio comes as ``input_audio`` parts (base64
+bytes of a WAV / FLAC / OGG / MP3 file), decoded by :func:`safe.processing.audio.load_audio` (any PCM
+width, stereo downmixed, resampled with soxr). A clip over the server's limit is refused; a clip within
+the limit but over the encoder's window is cut to the window (the processor's rule).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from safe.processing.audio import AudioInputError, load_audio
+from safe.serve.schemas import AudioPart, ChatRequest, ImagePart, RequestError, TextPart
+
+AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry (the server's flags)."""
+
+    max_tokens: int = 64
+    max_n: int = 4
+    max_images: int = 1
+    max_clips: int = 1
+    max_audio_seconds: float = 1.0
+    window_seconds: float | None = 1.0
+    allow_local_media: bool = False
+    default_max_tokens: int = 6
+
+
+@dataclass
+class Row:
+    """One request, ready for a batch. ``key``: requests sharing it can share one ``generate``."""
+
+    question: str
+    image: Image.Image | None
+    wave: np.ndarray | None
+    clip_key: str | None
+    use_audio: bool | None
+    max_tokens: int
+    temperature: float
+    top_p: float | None
+    n: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.max_tokens, self.temperature, self.top_p, self.n)
+
+
+def _b64(data: str, where: str) -> bytes:
+    try:
+        out = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(f"{where}: not valid base64 ({err})", param=where, code="invalid_base64") from None
+    if not out:
+        raise RequestError(f"{where}: empty data", param=where, code="invalid_base64")
+    return out
+
+
+def decode_image(url: str, where: str, allow_local: bool) -> Image.Image:
+    """A ``data:`` URL (or, with ``allow_local``, a local path / ``file://`` URL) -> an RGB image."""
+    m = _DATA_URL.match(url)
+    if m:
+        if not m.group("b64"):
+            raise RequestError(f"{where}: a data: URL must be base64 (data:image/png;base64,...)", param=where,
+                               code="invalid_image")
+        source: Any = io.BytesIO(_b64(url[m.end():], where))
+    elif re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I) and not url.lower().startswith("file://"):
+        raise RequestError(f"{where}: remote image URLs are not fetched; send the image as a data: URL",
+                           param=where, code="invalid_image")
+    elif not allow_local:
+        raise RequestError(f"{where}: {url[:60]!r} is not a data: URL; local files are read only when the server "
+                           "runs with --allow-local-media", param=where, code="local_media_disabled")
+    else:
+        path = Path(url[7:] if url.lower().startswith("file://") else url)
+        if not path.is_file():
+            raise RequestError(f"{where}: no such file {str(path)!r}", param=where, code="invalid_image")
+        source = path
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
+        raise RequestError(f"{where}: cannot decode the image ({type(err).__name__}: {err})", param=where,
+                           code="invalid_image") from None
+
+
+def decode_audio(part: AudioPart, where: str, rate: int, limits: Limits) -> np.ndarray:
+    """An ``input_audio`` part -> mono float32 at ``rate``, cut to the encoder's window; refused over
+    ``limits.max_audio_seconds``."""
+    fmt = part.input_audio.format.lower()
+    if fmt not in AUDIO_FORMATS:
+        raise RequestError(f"{where}.format: {part.input_audio.format!r} is not supported; use one of {AUDIO_FORMATS}",
+                           param=f"{where}.format", code="invalid_audio")
+    raw = _b64(part.input_audio.data, f"{where}.data")
+    try:
+        wave = load_audio(raw, None, rate, f"{where} ({fmt})", max_seconds=None)
+    except AudioInputError as err:
+        raise RequestError(str(err), param=f"{where}.data", code="invalid_audio") from None
+    seconds = wave.shape[0] / rate
+    if seconds > limits.max_audio_seconds:
+        raise RequestError(f"{where}: {seconds:.2f} s of audio is longer than this server's limit of "
+                           f"{limits.max_audio_seconds:g} s (--max-audio-seconds)", param=where, code="audio_too_long")
+    if limits.window_seconds is not None:  # the processor's truncate rule: the encoder reads its window only
+        wave = wave[: int(math.ceil(limits.window_seconds * rate))]
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def clip_key(wave: np.ndarray) -> str:
+    """SHA-256 of the decoded clip (shape + float32 samples at the encoder's rate): the same sound sent
+    as WAV or FLAC, or by two clients, shares one key."""
+    h = hashlib.sha256(repr(tuple(wave.shape)).encode())
+    h.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def to_row(req: ChatRequest, rate: int, limits: Limits) -> Row:
+    """Check ``req`` against SAFE's prompt (one user turn) and ``limits``, and decode its media."""
+    roles = [m.role for m in req.messages]
+    if roles.count("user") != 1 or roles[-1] != "user" or len(roles) != 1:
+        raise RequestError(f"messages: SAFE's prompt is one user turn; send exactly one message with role 'user' "
+                           f"(got roles {roles})", param="messages", code="unsupported_messages")
+    content = req.messages[0].content
+    where = "messages[0].content"
+    if content is None or (isinstance(content, str) and not content.strip()):
+        raise RequestError(f"{where}: the user message has no text", param=where, code="missing_text")
+    texts, images, clips = [], [], []
+    parts = [TextPart(type="text", text=content)] if isinstance(content, str) else content
+    for i, part in enumerate(parts):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif isinstance(part, ImagePart):
+            images.append((i, part))
+        else:
+            clips.append((i, part))
+    question = " ".join(t.strip() for t in texts if t.strip())
+    if not question:
+        raise RequestError(f"{where}: no text part with the question", param=where, code="missing_text")
+    for what, got, most in (("image", images, limits.max_images), ("audio clip", clips, limits.max_clips)):
+        if len(got) > most:
+            raise RequestError(f"{where}: {len(got)} {what}s in one request; this model takes at most {most}",
+                               param=where, code="too_many_parts")
+    image = (decode_image(images[0][1].image_url.url, f"{where}[{images[0][0]}].image_url.url",
+                          limits.allow_local_media) if images else None)
+    wave = decode_audio(clips[0][1], f"{where}[{clips[0][0]}].input_audio", rate, limits) if clips else None
+    use = req.safe.use_audio if req.safe is not None else None
+    if use is True and wave is None:
+        raise RequestError("safe.use_audio is true but the request has no input_audio part", param="safe.use_audio",
+                           code="missing_audio")
+    max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_tokens:
+        raise RequestError(f"max_tokens: {max_tokens} is over this server's limit of {limits.max_tokens}",
+                           param="max_tokens", code="invalid_field")
+    if req.n > limits.max_n:
+        raise RequestError(f"n: {req.n} is over this server's limit of {limits.max_n}", param="n", code="invalid_field")
+    temperature = float(req.temperature or 0.0)
+    if req.top_p is not None and temperature == 0.0 and req.top_p != 1:
+        raise RequestError("top_p needs sampling (temperature > 0); greedy decoding ignores it", param="top_p",
+                           code="invalid_field")
+    top_p = float(req.top_p) if req.top_p is not None and temperature > 0 else None
+    return Row(question, image, wave, None if wave is None else clip_key(wave), use, int(max_tokens), temperature,
+               top_p, int(req.n))
+
+
+__all__ = ["AUDIO_FORMATS", "Limits", "Row", "clip_key", "decode_audio", "decode_image", "to_row"]

@@ -1,0 +1,112 @@
+"""``safe serve``: the OpenAI-compatible endpoint (:mod:`safe.serve`) over a trained run, on uvicorn.
+
+The model, processor and policy are loaded (and, with ``--certificate``, checked against the verified
+weights) before the server binds its port, so a bad run directory or certificate is one error line and
+exit code 2, never a half-started server.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from safe.runs import StageResult
+from safe.stages.common import DType, StageError
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``safe serve``."""
+
+    run_dir: str | None = None
+    """Run directory to serve (its checkpoints/policy, else checkpoints/final), or a SAFE checkpoint directory."""
+    host: str = "127.0.0.1"
+    """Address to bind (127.0.0.1: this machine only)."""
+    port: int = 8000
+    """TCP port."""
+    model_name: str = "safe"
+    """Model id clients send as "model" (GET /v1/models lists it)."""
+    max_batch: int = 8
+    """Requests per batch (one policy pass and one generate); 1 turns dynamic batching off."""
+    max_wait_ms: float = 5.0
+    """How long the first request of a batch waits for others to join."""
+    cache_clips: int = 1024
+    """Clip embeddings kept in memory (LRU by clip content); 0 turns the cache off."""
+    max_body_mb: float = 16.0
+    """Largest request body accepted (MiB); bigger ones get 413."""
+    max_audio_seconds: float | None = None
+    """Longest clip accepted, in seconds (default: the audio encoder's window; a longer clip gets 400)."""
+    max_tokens: int = 64
+    """Largest max_tokens a request may ask for."""
+    default_max_tokens: int = 6
+    """Tokens generated when a request gives no max_tokens (the built-in answers fit in six)."""
+    max_n: int = 4
+    """Largest n (choices per request)."""
+    allow_local_media: bool = False
+    """Accept image_url parts naming a local file (path or file://); off: data: URLs only."""
+    certificate: str | None = None
+    """Deployment certificate from safe verify --certificate: refuse to start unless the loaded weights match it."""
+    base: str | None = None
+    """Frozen base (default: the one recorded with the checkpoint's processor)."""
+    audio_model: str | None = None
+    """Audio encoder checkpoint (default: the one recorded with the checkpoint's processor)."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda:0."""
+    dtype: DType = "float32"
+    """Dtype of the frozen parts."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """uvicorn's log level."""
+
+    def __post_init__(self) -> None:
+        if self.run_dir is None:
+            raise StageError("give --run-dir DIR (a trained run or a SAFE checkpoint directory)")
+        for name in ("max_batch", "max_tokens", "default_max_tokens", "max_n"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise StageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if self.default_max_tokens > self.max_tokens:
+            raise StageError(f"--default-max-tokens {self.default_max_tokens} is over --max-tokens {self.max_tokens}")
+        if isinstance(self.cache_clips, bool) or not isinstance(self.cache_clips, int) or self.cache_clips < 0:
+            raise StageError(f"--cache-clips must be an integer >= 0, got {self.cache_clips!r}")
+        if not self.max_wait_ms >= 0:
+            raise StageError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms!r}")
+        if not self.max_body_mb > 0:
+            raise StageError(f"--max-body-mb must be > 0, got {self.max_body_mb!r}")
+        if self.max_audio_seconds is not None and not self.max_audio_seconds > 0:
+            raise StageError(f"--max-audio-seconds must be > 0, got {self.max_audio_seconds!r}")
+        if not 0 < self.port < 65536:
+            raise StageError(f"--port must be in 1..65535, got {self.port}")
+
+
+@dataclass
+class ServeResult(StageResult):
+    """How many requests the server answered before it stopped (nothing is recorded in the run)."""
+
+    def summary(self) -> str:
+        m = self.metrics
+        return f"safe serve stopped after {m.get('batches', 0)} batches"
+
+
+def serve(cfg: ServeConfig) -> ServeResult:
+    """Load the run, check the certificate, then serve until interrupted (Ctrl-C). transformers' progress
+    bars and info logs are silenced while loading, so a refused start is one error line."""
+    try:
+        import uvicorn
+
+        from safe.serve.app import create_app, load_engine
+    except ImportError as err:
+        raise StageError(f"safe serve needs fastapi, uvicorn and prometheus-client ({err}): "
+                         "pip install 'safe-av[serve]'") from None
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        engine = load_engine(cfg)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    app = create_app(cfg, engine)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    return ServeResult({"batches": engine.batches})
