@@ -196,7 +196,7 @@ def tiny_processor(kind: str):
         if kind == "smolvlm":
             try:
                 return tf.SmolVLMProcessor(image_processor(kind), tok, None, image_seq_len=4, chat_template=chat)
-            except (ImportError, AttributeError, TypeError):  # num2words / torchvision missing: Idefics3's
+            except (ImportError, AttributeError):  # num2words / torchvision missing: Idefics3's
                 # processor writes the same image prompt layout (rows x cols of crops + a global image)
                 return tf.Idefics3Processor(image_processor(kind), tok, image_seq_len=4, chat_template=chat)
         if kind == "internvl":
@@ -205,7 +205,7 @@ def tiny_processor(kind: str):
             return tf.InternVLProcessor(image_processor(kind), tok, None, image_seq_length=4, chat_template=chat)
         if kind == "mistral3":
             return tf.PixtralProcessor(image_processor(kind), tok, patch_size=8, spatial_merge_size=2, chat_template=chat)
-    except (ImportError, AttributeError, TypeError):  # the class needs torchvision / num2words here
+    except (ImportError, AttributeError):  # the class needs torchvision / num2words here
         return None
     raise ValueError(f"unknown family {kind!r}; choose from {FAMILIES}")
 
