@@ -89,3 +89,18 @@ def test_template_needs_its_placeholders(tmp_path):
         VLMProcessorFormat(tmp_path, model, template="Q: {question}")
     fmt = VLMProcessorFormat(tmp_path, model, template="<image> Q: {question} A:")
     assert fmt.prompt("what colour ?") == "<image> Q: what colour ? A:"
+
+
+def test_a_processor_needing_a_missing_package_is_named(tmp_path):
+    import json
+
+    from safe.bench.families import image_processor, tiny_tokenizer
+
+    if tiny_processor("qwen2-vl") is not None:
+        pytest.skip("torchvision is installed: the Qwen2-VL processor builds")
+    tiny_family("qwen2-vl").save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    image_processor("qwen2-vl").save_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    with pytest.raises(ImportError, match="need torchvision"):
+        VLMProcessorFormat(tmp_path, tiny_family("qwen2-vl"))

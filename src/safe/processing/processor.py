@@ -233,10 +233,9 @@ class SAFEProcessor:
         if d.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{f}: format_version {d.get('format_version')!r}, expected {FORMAT_VERSION}")
         if d["kind"] == "vlm":
-            from transformers import AutoProcessor
+            from safe.processing.vlm_prompts import load_processor
 
-            processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-            fmt = VLMProcessorFormat.from_parts(processor, d["layout"], d["template"])
+            fmt = VLMProcessorFormat.from_parts(load_processor(path), d["layout"], d["template"])
         elif d["kind"] == "builtin":
             fmt = PromptFormat(AutoTokenizer.from_pretrained(str(path), local_files_only=True), int(d["num_image_tokens"]))
         else:

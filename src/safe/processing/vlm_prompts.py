@@ -42,6 +42,20 @@ class VisionEncoded(Encoded):
                              [self.extras[i] for i in index])
 
 
+def load_processor(checkpoint: str | Path):
+    """The checkpoint's own ``AutoProcessor`` (no download). A processor class that needs a package this
+    environment lacks raises ``ImportError`` naming the package, instead of transformers' error deep inside
+    its video-processor lookup."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"{checkpoint}: the checkpoint's processor could not be built ({err}). The processors of "
+                          "Qwen2/2.5/3-VL, LLaVA-OneVision, InternVL and Mistral 3 need torchvision (the build matching "
+                          "your torch), SmolVLM's needs num2words") from err
+
+
 def vlm_layout(base_model) -> dict[str, Any]:
     """What the format needs of the model, as plain JSON values (saved with the processor)."""
     from safe.models.backbones import resolve_backbone
@@ -78,9 +92,7 @@ class VLMProcessorFormat:
     def __init__(self, checkpoint: str | Path | None, base_model=None, template: str | None = None, *,
                  processor=None, layout: dict[str, Any] | None = None) -> None:
         if processor is None:
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
+            processor = load_processor(checkpoint)
         self.processor, self.tok = processor, processor.tokenizer
         self.layout = dict(layout) if layout is not None else vlm_layout(base_model)
         self.arch, self.image = self.layout["arch"], int(self.layout["image_token_id"])
@@ -268,4 +280,4 @@ class VLMProcessorFormat:
         return out
 
 
-__all__ = ["ROW_PACKED", "VLMProcessorFormat", "VisionEncoded", "vlm_layout"]
+__all__ = ["ROW_PACKED", "VLMProcessorFormat", "VisionEncoded", "load_processor", "vlm_layout"]
