@@ -22,7 +22,7 @@ def test_presets_resolve_names_then_fall_back_to_checkpoints(tmp_path):
     base.save_pretrained(tmp_path / "b")
     again = P.load_base_or_preset(str(tmp_path / "b"))
     assert all((a == b).all() for a, b in zip(base.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(FileNotFoundError, match=r"neither a preset \('llava', 'blip2-opt', 'blip2-t5'\)"):
+    with pytest.raises(FileNotFoundError, match=r"neither a preset \('llava', 'blip2-opt', 'blip2-t5', 'llava-next'"):
         P.load_base_or_preset("nowhere")
-    with pytest.raises(FileNotFoundError, match=r"neither a preset \('whisper', 'clap'\)"):
+    with pytest.raises(FileNotFoundError, match=r"neither a preset \('whisper', 'clap', 'ast'"):
         P.load_audio_encoder_or_preset("nowhere")

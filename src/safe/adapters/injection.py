@@ -83,6 +83,8 @@ class AdapterInjector:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
             tokens, rows = ctx.for_batch(hidden.shape[0])
+            if tokens.device != hidden.device:  # a layer on another device (device_map="auto")
+                tokens, rows = tokens.to(hidden.device), rows.to(hidden.device)
             opened = hidden.index_select(0, rows)
             fused = opened + adapter(opened, tokens)
             new_hidden = hidden.index_copy(0, rows, fused)

@@ -51,8 +51,7 @@ class PreparedSet:
     def subset(self, index: Sequence[int]) -> "PreparedSet":
         """Rows ``index`` (lazy: the row stores are re-indexed, nothing is decoded)."""
         index = list(index)
-        return PreparedSet([self.examples[i] for i in index], Encoded(_take(self.enc.prompts, index),
-                                                                      _take(self.enc.answers, index)),
+        return PreparedSet([self.examples[i] for i in index], _take_encoded(self.enc, index),
                            _take(self.pixels, index), _take(self.audio, index), self.needs_audio[index])
 
 
@@ -60,6 +59,14 @@ def _take(rows, index: list[int]):
     if isinstance(rows, (RowStore, TokenRows)):
         return rows.take(index)
     return rows[index] if isinstance(rows, torch.Tensor) else [rows[i] for i in index]
+
+
+def _take_encoded(enc: Encoded, index: list[int]) -> Encoded:
+    """Rows ``index`` of ``enc``, keeping a format's per-example extras (``VisionEncoded.extras``) too."""
+    extras = getattr(enc, "extras", None)
+    if extras:
+        return type(enc)(_take(enc.prompts, index), _take(enc.answers, index), [extras[i] for i in index])
+    return Encoded(_take(enc.prompts, index), _take(enc.answers, index))
 
 
 def encoder_fingerprint(audio_encoder, frontend) -> str:
@@ -185,12 +192,15 @@ def _encode(fmt, examples: list[Example]) -> Encoded:
     """``fmt.encode`` a chunk at a time into packed :class:`~safe.data.rows.TokenRows` (the same ids):
     a fast tokenizer's batch output keeps per-row offsets and tokens besides the ids, several KB a
     row, and Python lists of ids cost 8 bytes a token (a LLaVA prompt holds 576 image tokens)."""
-    prompts, answers = TokenRows(), TokenRows()
+    prompts, answers, extras, kind = TokenRows(), TokenRows(), [], Encoded
     for s in range(0, len(examples), CHUNK):
         enc = fmt.encode(examples[s:s + CHUNK])
         prompts.extend(enc.prompts)
         answers.extend(enc.answers)
-    return Encoded(prompts, answers)
+        if getattr(enc, "extras", None):  # a processor format's per-example inputs (image_sizes, masks ...)
+            extras.extend(enc.extras)
+            kind = type(enc)
+    return kind(prompts, answers, extras) if extras else Encoded(prompts, answers)
 
 
 def read_waveforms(examples: Sequence[Example], sampling_rate: int) -> list:

@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 SUPPORTED_AUDIO_ENCODERS = ("ClapModel", "ClapAudioModel", "ClapAudioModelWithProjection",
-                            "WhisperModel", "WhisperForConditionalGeneration", "WhisperEncoder")
+                            "WhisperModel", "WhisperForConditionalGeneration", "WhisperEncoder",
+                            "ASTModel", "ASTForAudioClassification",
+                            "Wav2Vec2Model", "Wav2Vec2ForCTC", "HubertModel", "HubertForCTC", "WavLMModel", "WavLMForCTC",
+                            "Qwen2AudioEncoder")
+_WAVEFORM = {"Wav2Vec2Model": "wav2vec2", "HubertModel": "hubert", "WavLMModel": "wavlm"}
+"""Encoders reading the raw waveform (``input_values`` (n, samples)); their ``*ForCTC`` heads are dropped."""
 
 
 def as_feature_tensor(x, name: str = "audio_features") -> torch.Tensor:
@@ -27,8 +32,11 @@ class AudioEncoder(nn.Module):
     ``torch.no_grad``; output is batch-first ``(batch, tokens, output_dim)``.
 
     ``kind`` is ``"clap"`` (the HTSAT audio tower's final feature map, flattened over frequency x
-    time) or ``"whisper"`` (the encoder's last hidden states). The built-in encoder is a small
-    Whisper-architecture model, so it goes through the same path.
+    time), ``"whisper"`` / ``"qwen2-audio"`` (the encoder's last hidden states over log-mel features),
+    ``"ast"`` (the Audio Spectrogram Transformer's last hidden states over its filter-bank features), or
+    ``"wav2vec2"`` / ``"hubert"`` / ``"wavlm"`` (last hidden states over the raw waveform). Each reads
+    what its own feature extractor makes (:class:`safe.processing.features.FeatureFrontEnd`). The
+    built-in encoder is a small Whisper-architecture model, so it goes through the same path.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -44,6 +52,14 @@ class AudioEncoder(nn.Module):
             self.kind, self.model, self.output_dim = "whisper", model.get_encoder(), model.config.d_model
         elif cls == "WhisperEncoder":
             self.kind, self.model, self.output_dim = "whisper", model, model.config.d_model
+        elif cls == "Qwen2AudioEncoder":
+            self.kind, self.model, self.output_dim = "qwen2-audio", model, model.config.d_model
+        elif cls in ("ASTModel", "ASTForAudioClassification"):
+            inner = model if cls == "ASTModel" else model.audio_spectrogram_transformer
+            self.kind, self.model, self.output_dim = "ast", inner, model.config.hidden_size
+        elif cls.replace("ForCTC", "Model") in _WAVEFORM:
+            inner = model if cls in _WAVEFORM else getattr(model, _WAVEFORM[cls.replace("ForCTC", "Model")])
+            self.kind, self.model, self.output_dim = _WAVEFORM[cls.replace("ForCTC", "Model")], inner, model.config.hidden_size
         else:
             raise ValueError(f"unsupported audio encoder {cls}; SAFE supports: {', '.join(SUPPORTED_AUDIO_ENCODERS)}")
         # Freeze everything the user passed (e.g. Whisper's unused decoder too), but register only the
@@ -57,7 +73,8 @@ class AudioEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, input_features: torch.Tensor) -> torch.Tensor:
         """``input_features``: the encoder's own input (CLAP (n, 1, frames, mels) or (n, frames, mels);
-        Whisper (n, mels, frames)) -> (n, tokens, output_dim)."""
+        Whisper / Qwen2-Audio (n, mels, frames); AST (n, frames, mels); wav2vec2 / HuBERT / WavLM
+        (n, samples)) -> (n, tokens, output_dim)."""
         param = next(self.model.parameters())
         x = as_feature_tensor(input_features, "input_features").to(device=param.device, dtype=param.dtype)
         if self.kind == "clap":
@@ -68,4 +85,6 @@ class AudioEncoder(nn.Module):
                                  "truncation) but this CLAP model has no fusion; use truncation='rand_trunc'")
             out = self.model(input_features=x).last_hidden_state  # (n, C, F, T)
             return out.flatten(2).transpose(1, 2)
+        if self.kind == "ast" or self.kind in _WAVEFORM.values():
+            return self.model(input_values=x).last_hidden_state
         return self.model(x).last_hidden_state

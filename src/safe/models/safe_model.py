@@ -128,6 +128,12 @@ class SAFEModel(nn.Module):
         for i in self.config.fusion_layers:
             if not -n <= i < n:
                 raise ValueError(f"fusion_layers entry {i} is out of range for a base with {n} decoder layers")
+            if i % n in backbone.cross_attention_layers:
+                # transformers skips a cross-attention layer on a batch without images, so an adapter after it
+                # would silently do nothing there (measured on Mllama): refuse rather than train an inert adapter.
+                raise ValueError(f"fusion_layers entry {i} names decoder layer {i % n}, a cross-attention layer of "
+                                 f"this {backbone.name} base ({list(backbone.cross_attention_layers)}), which "
+                                 "transformers skips on batches without images; choose a self-attention layer")
             layers.append(i % n)
         self.fusion_layers = sorted(set(layers))
         device = next(base_model.parameters()).device
@@ -137,7 +143,10 @@ class SAFEModel(nn.Module):
         self.adapters = nn.ModuleDict({
             str(i): GatedCrossAttention(self.hidden_size, rank=c.lora_rank, num_heads=c.num_heads, attn_dim=c.attn_dim,
                                         null_key=c.null_key, gate_init=c.gate_init, ffn_rank=c.ffn_rank)
-            for i in self.fusion_layers}).to(device)
+            for i in self.fusion_layers})
+        for i in self.fusion_layers:  # each adapter on its layer's device (a base spread by device_map="auto")
+            layer_param = next(backbone.decoder_layers[i].parameters(), None)
+            self.adapters[str(i)].to(device if layer_param is None else layer_param.device)
         self.policy: nn.Module | None = None
         self._injector = AdapterInjector(backbone.decoder_layers, {i: self.adapters[str(i)] for i in self.fusion_layers})
         self._injector.attach()

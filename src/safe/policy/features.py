@@ -14,7 +14,9 @@ The parts:
 * question embedding: the mean of the LLM's input embeddings over the prompt's text tokens (image
   placeholders and padding left out) — one embedding lookup;
 * image embedding: the mean over image tokens of the base's image projection output (LLaVA's
-  multi-modal projector, BLIP-2's language projection): captured by a forward hook during the
+  multi-modal projector, BLIP-2's language projection, Mllama's cross-attention states), or for the
+  families with a per-image token count (LLaVA-NeXT, Qwen-VL, Idefics3, ...) the mean of the LLM's input
+  embeddings at the image placeholders, i.e. the model's own ``get_image_features`` output: captured by a forward hook during the
   base's own prefill in the cascade, computed by the :func:`probe_image` probe in the early state;
   zeros for a batch without images;
 * confidence: from the logits of the first generated token (max probability, entropy in nats,
@@ -101,23 +103,65 @@ def question_embedding(base_model: nn.Module, input_ids: torch.Tensor, attention
     return (emb * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-@contextlib.contextmanager
-def capture_image_embedding(projection: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """While open, records the mean over image tokens of ``projection``'s first output, (n, hidden),
-    under key ``"image"`` of the yielded dict. Only the first call counts (the prefill); the hook is
-    removed on exit, also after an exception."""
-    seen: dict[str, torch.Tensor] = {}
+def _image_hooks(source, seen: dict, stop=None) -> list:
+    """Hooks recording the image embedding (n, hidden) under ``seen["image"]`` at the first call (the
+    prefill); ``stop``: a callable run right after it is recorded (the probe stops the base there).
+
+    ``source``: a :class:`~safe.models.backbones.Backbone` or (the older form) a projection module. With a
+    backbone of the ``placeholders`` kind the embedding is the mean over each row's image placeholder
+    positions of the text model's ``inputs_embeds`` (the features the model's own ``get_image_features``
+    put there); otherwise the mean of the projection's output over each row's image tokens."""
+    handles = []
+    backbone = source if hasattr(source, "image_projection") else None
+    inner = None if backbone is None else backbone.model._modules.get("model")
+    if inner is not None:  # the batch's input_ids (rows, and where the image placeholders are)
+        def ids_hook(_module, args, kwargs):
+            if "_ids" not in seen:
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                seen["_ids"] = ids if isinstance(ids, torch.Tensor) else None
+        handles.append(inner.register_forward_pre_hook(ids_hook, with_kwargs=True))
+    if backbone is not None and backbone.image_embedding == "placeholders":
+        def embeds_hook(_module, _args, kwargs):
+            ids, emb = seen.get("_ids"), kwargs.get("inputs_embeds")
+            if "image" in seen or ids is None or emb is None:
+                return
+            w = (ids == backbone.image_token_id).to(emb.device).unsqueeze(-1)
+            if not bool(w.any()):  # a text-only batch: no image part (zeros, as without pixel_values)
+                return
+            wf = w.float()
+            seen["image"] = ((emb.detach().float() * wf).sum(1) / wf.sum(1).clamp_min(1.0))
+            if stop is not None:
+                stop()
+        handles.append(backbone.text_model.register_forward_pre_hook(embeds_hook, with_kwargs=True))
+        return handles
+    projection = source if backbone is None else backbone.image_projection
 
     def hook(_module, _inputs, output):
         if "image" not in seen:
             out = output[0] if isinstance(output, tuple) else output
-            seen["image"] = out.detach().float().reshape(out.shape[0], -1, out.shape[-1]).mean(1)
+            ids = seen.get("_ids")
+            rows = ids.shape[0] if ids is not None else out.shape[0]  # Mllama: images x tiles per row
+            seen["image"] = out.detach().float().reshape(rows, -1, out.shape[-1]).mean(1)
+            if stop is not None:
+                stop()
 
-    handle = projection.register_forward_hook(hook)
+    handles.append(projection.register_forward_hook(hook))
+    return handles
+
+
+@contextlib.contextmanager
+def capture_image_embedding(source) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, records the image embedding of the first (prefill) call, (n, hidden), under key
+    ``"image"`` of the yielded dict (see :func:`_image_hooks`; ``source``: the backbone, or a projection
+    module for the projection-output kind). The hooks are removed on exit, also after an exception."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = _image_hooks(source, seen)
     try:
         yield seen
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
+        seen.pop("_ids", None)
 
 
 class _ProjectionDone(BaseException):
@@ -126,7 +170,7 @@ class _ProjectionDone(BaseException):
     language model run)."""
 
 
-_IMAGE_PATH = ("vision_tower", "vision_model", "qformer")
+_IMAGE_PATH = ("vision_tower", "vision_model", "visual", "qformer")
 """Submodules (of the model or of LLaVA's inner ``model``) that compute image features before the
 projection: LLaVA's vision tower, BLIP-2's vision model and Q-Former."""
 
@@ -218,9 +262,10 @@ class ImageProbe:
 
 
 @torch.no_grad()
-def probe_image(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[str, Any]) -> ImageProbe:
+def probe_image(base_model: nn.Module, projection, vl_inputs: dict[str, Any]) -> ImageProbe:
     """The image part of the state without running the language model: the base's forward is stopped
-    by a hook right after ``projection`` (vision tower + projector only). Every image-path module's
+    by a hook right after the image embedding is recorded (vision tower + projector only; ``projection``:
+    the :class:`~safe.models.backbones.Backbone`, or its projection module for the projection kind). Every image-path module's
     call is recorded so the ``generate`` that follows can reuse it (:meth:`ImageProbe.reused`) instead
     of running the vision tower a second time. A batch without ``pixel_values`` raises ``ValueError``."""
     if vl_inputs.get("pixel_values") is None:
@@ -231,23 +276,26 @@ def probe_image(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[st
     def record(module, args, kwargs, output):
         if all(m is not module for m, _, _ in records):
             bound = _bound(module.forward, args, kwargs)
-            if bound is not None:
-                records.append((module, bound, output))
+            if bound is not None:  # a shallow copy: the caller may set fields of the output afterwards
+                records.append((module, bound, copy.copy(output)))  # (Qwen-VL's get_image_features does)
 
-    with capture_image_embedding(projection) as seen:
-        def stop(_module, _inputs, _output):
-            raise _ProjectionDone
+    seen: dict[str, Any] = {}
 
-        try:
-            for m in _image_path(base_model, projection):
-                handles.append(m.register_forward_hook(record, with_kwargs=True))
-            handles.append(projection.register_forward_hook(stop))  # last: runs after the recording hooks
-            base_model(**vl_inputs)
-        except _ProjectionDone:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+    def stop():
+        raise _ProjectionDone
+
+    source = projection
+    projection = source.image_projection if hasattr(source, "image_projection") else source
+    try:
+        for m in _image_path(base_model, projection):
+            handles.append(m.register_forward_hook(record, with_kwargs=True))
+        handles += _image_hooks(source, seen, stop)  # last: run after the recording hooks
+        base_model(**vl_inputs)
+    except _ProjectionDone:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
     if "image" not in seen:
         raise RuntimeError("the base model's forward never reached its image projection")
     return ImageProbe(seen["image"].cpu(), records)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from safe.models.backbones import VL_INPUT_KEYS
 from safe.policy.features import (ImageProbe, StateSpec, assemble_state, capture_image_embedding,
                                   confidence_features, probe_image, question_embedding)
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
@@ -193,7 +194,7 @@ def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate
     n = vl_inputs["input_ids"].shape[0]
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
                                   bb.image_token_id).cpu()
-    with model.audio_disabled(), capture_image_embedding(bb.image_projection) as seen:
+    with model.audio_disabled(), capture_image_embedding(bb) as seen:
 
         def image() -> torch.Tensor:
             got = seen.get("image")  # no image in this batch: the image part of the state is zeros
@@ -263,7 +264,7 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     if audio_preview is None or tuple(audio_preview.shape) != (n, policy.spec.preview_dim):
         got = None if audio_preview is None else tuple(audio_preview.shape)
         raise ValueError(f"audio_preview must have shape ({n}, {policy.spec.preview_dim}), got {got}")
-    vl_inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    vl_inputs = {k: v for k, v in kwargs.items() if k in VL_INPUT_KEYS}
     gen_kwargs = {k: v for k, v in kwargs.items() if k not in vl_inputs}
     preview = audio_preview.float().cpu()
     if policy.spec.early:
@@ -302,7 +303,7 @@ def early_probe(model, vl_inputs: dict[str, Any]) -> tuple[torch.Tensor, ImagePr
                                   bb.image_token_id).cpu()
     if vl_inputs.get("pixel_values") is None:
         return question, None
-    return question, probe_image(model.base_model, bb.image_projection, vl_inputs)
+    return question, probe_image(model.base_model, bb, vl_inputs)
 
 
 def early_state_parts(model, vl_inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

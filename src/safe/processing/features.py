@@ -98,13 +98,22 @@ class BuiltinFrontEnd:
         return make_feature_extractor()
 
 
+WAVEFORM_WINDOW_SECONDS = 10.0
+"""Fixed clip length of the raw-waveform extractors (wav2vec2 / HuBERT / WavLM), which pad only to the
+longest clip of a batch: padding / truncating every clip to one length keeps an encoder's output length
+the same in every batch (the embedding cache stacks them)."""
+
+
 class FeatureFrontEnd:
-    """Waveforms -> the audio encoder's ``input_features`` with the checkpoint's own feature extractor.
+    """Waveforms -> the audio encoder's input (``input_features``, or ``input_values`` for AST and the
+    raw-waveform encoders) with the checkpoint's own feature extractor.
 
     ``window_seconds``: the longest clip the extractor keeps (Whisper's ``n_samples``, CLAP's
-    ``nb_max_samples``), None when it does not say."""
+    ``nb_max_samples``, AST's ``max_length`` frames at its 10 ms shift), for raw-waveform extractors
+    ``waveform_seconds`` (default :data:`WAVEFORM_WINDOW_SECONDS`), to which every clip is padded or cut."""
 
-    def __init__(self, checkpoint: str | Path | None = None, extractor=None) -> None:
+    def __init__(self, checkpoint: str | Path | None = None, extractor=None,
+                 waveform_seconds: float = WAVEFORM_WINDOW_SECONDS) -> None:
         if extractor is None:
             from transformers import AutoFeatureExtractor
 
@@ -112,14 +121,25 @@ class FeatureFrontEnd:
         self.extractor = extractor
         self.sampling_rate = int(self.extractor.sampling_rate)
         n = getattr(extractor, "n_samples", None) or getattr(extractor, "nb_max_samples", None)
+        self.waveform = type(extractor).__name__ == "Wav2Vec2FeatureExtractor"
+        if self.waveform:
+            n = int(round(waveform_seconds * self.sampling_rate))
+        elif type(extractor).__name__ == "ASTFeatureExtractor":
+            n = int(extractor.max_length) * self.sampling_rate // 100
         self.window_seconds = float(n) / self.sampling_rate if n else None
 
     def config(self) -> dict:
         """The extractor's settings (part of the embedding cache's namespace)."""
-        return self.extractor.to_dict()
+        extra = {"safe_window_seconds": self.window_seconds} if self.waveform else {}
+        return {**self.extractor.to_dict(), **extra}
 
     def __call__(self, waveforms) -> torch.Tensor:
-        return self.extractor(list(waveforms), sampling_rate=self.sampling_rate, return_tensors="pt")["input_features"]
+        kwargs = {}
+        if self.waveform:
+            kwargs = {"padding": "max_length", "truncation": True,
+                      "max_length": int(round(self.window_seconds * self.sampling_rate))}
+        out = self.extractor(list(waveforms), sampling_rate=self.sampling_rate, return_tensors="pt", **kwargs)
+        return out["input_features"] if "input_features" in out else out["input_values"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,5 +182,5 @@ def audio_preview(waveforms: Sequence, segments: int = PREVIEW_SEGMENTS) -> torc
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
-__all__ = ["FEATURE_CONFIG", "NUM_FRAMES", "NUM_MEL_BINS", "PREVIEW_DIM", "PREVIEW_SEGMENTS", "BuiltinFrontEnd",
+__all__ = ["WAVEFORM_WINDOW_SECONDS", "FEATURE_CONFIG", "NUM_FRAMES", "NUM_MEL_BINS", "PREVIEW_DIM", "PREVIEW_SEGMENTS", "BuiltinFrontEnd",
            "FeatureFrontEnd", "audio_preview", "log_mel", "make_feature_extractor"]

@@ -31,6 +31,7 @@ from safe.processing.audio import LONG_AUDIO_RULES, load_audio
 from safe.processing.features import PREVIEW_DIM, BuiltinFrontEnd, FeatureFrontEnd, audio_preview
 from safe.processing.hf_prompts import ProcessorFormat
 from safe.processing.prompts import PromptFormat, image_processor, open_image
+from safe.processing.vlm_prompts import VLMProcessorFormat
 
 PROCESSOR_FILE = "safe_processor.json"
 AUDIO_SUBDIR = "audio_feature_extractor"
@@ -70,12 +71,14 @@ class SAFEProcessor:
 
     def __init__(self, prompt_format, front_end, *, image_size: int | None = None, sources: dict | None = None,
                  max_seconds: Any = _DEFAULT, long_audio: str = "truncate") -> None:
-        if not isinstance(prompt_format, (PromptFormat, ProcessorFormat)):
-            raise TypeError(f"prompt_format must be a PromptFormat or ProcessorFormat, got {type(prompt_format).__name__}")
+        if not isinstance(prompt_format, (PromptFormat, ProcessorFormat, VLMProcessorFormat)):
+            raise TypeError("prompt_format must be a PromptFormat, ProcessorFormat or VLMProcessorFormat, got "
+                            f"{type(prompt_format).__name__}")
         if long_audio not in LONG_AUDIO_RULES:
             raise ValueError(f"long_audio must be one of {LONG_AUDIO_RULES}, got {long_audio!r}")
         self.prompt_format, self.front_end = prompt_format, front_end
-        self.kind = "builtin" if isinstance(prompt_format, PromptFormat) else "checkpoint"
+        self.kind = ("builtin" if isinstance(prompt_format, PromptFormat)
+                     else "vlm" if isinstance(prompt_format, VLMProcessorFormat) else "checkpoint")
         self.image_size = image_size
         self.sources = {"base": None, "audio": None, **(sources or {})}
         self.sampling_rate = int(front_end.sampling_rate)
@@ -141,14 +144,23 @@ class SAFEProcessor:
             first = self._image(imgs[with_image.index(True)], with_image.index(True))
             imgs = [im if im is not None else Image.new("RGB", first.size, STAND_IN_RGB) for im in imgs]
             with_image = [True] * n
-        if not any(with_image) and self.kind == "checkpoint" and self.prompt_format.arch.startswith("blip2"):
-            raise ValueError("images: a BLIP-2 model needs an image on every row (its generate takes pixel_values)")
+        if not any(with_image) and self.kind != "builtin" and self.prompt_format.arch.startswith(("blip2", "paligemma")):
+            name = "BLIP-2" if self.prompt_format.arch.startswith("blip2") else "PaliGemma"
+            raise ValueError(f"images: a {name} model needs an image on every row (its processor / generate take "
+                             "pixel_values)")
+        if self.kind == "vlm":  # the checkpoint's processor expands each image's placeholders itself
+            out: dict[str, Any] = self.prompt_format.batch(
+                texts, [self._image(im, i) for i, im in enumerate(imgs)] if any(with_image) else None)
+            return self._with_audio(out, clips, rates, n)
         enc = self.prompt_format.encode([_Row(t) for t in texts])
         if not any(with_image):  # a text-only prompt: no image placeholders, no pixel values
             enc.prompts = [[t for t in p if t != self.image_token_id] for p in enc.prompts]
-        out: dict[str, Any] = dict(self.prompt_format.prompt_batch(enc, list(range(n))))
+        out = dict(self.prompt_format.prompt_batch(enc, list(range(n))))
         if any(with_image):
             out["pixel_values"] = self.prompt_format.pixels([self._image(im, i) for i, im in enumerate(imgs)])
+        return self._with_audio(out, clips, rates, n)
+
+    def _with_audio(self, out: dict[str, Any], clips: list, rates: list, n: int) -> dict[str, Any]:
         waves = []
         for i, (clip, rate) in enumerate(zip(clips, rates)):
             if clip is None:
@@ -181,6 +193,8 @@ class SAFEProcessor:
                              "long_audio": self.long_audio, "sources": self.sources}
         if self.kind == "builtin":
             d["num_image_tokens"] = int(fmt.n_image)
+        elif self.kind == "vlm":
+            d["template"], d["layout"] = fmt.template, fmt.layout
         else:
             d["template"], d["layout"] = fmt.template, fmt.layout
         return d
@@ -189,9 +203,12 @@ class SAFEProcessor:
         """Tokenizer, image processor, feature extractor and ``safe_processor.json`` into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(path))
-        images = image_processor(self.image_size) if self.kind == "builtin" else self.prompt_format.images
-        images.save_pretrained(str(path))
+        if self.kind == "vlm":  # processor, tokenizer and image processor as the checkpoint holds them
+            self.prompt_format.save_pretrained(path)
+        else:
+            self.tokenizer.save_pretrained(str(path))
+            images = image_processor(self.image_size) if self.kind == "builtin" else self.prompt_format.images
+            images.save_pretrained(str(path))
         self.front_end.extractor.save_pretrained(str(path / AUDIO_SUBDIR))
         tmp = path / (PROCESSOR_FILE + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2))
@@ -215,10 +232,14 @@ class SAFEProcessor:
         d = json.loads(f.read_text())
         if d.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{f}: format_version {d.get('format_version')!r}, expected {FORMAT_VERSION}")
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        if d["kind"] == "builtin":
-            fmt = PromptFormat(tok, int(d["num_image_tokens"]))
+        if d["kind"] == "vlm":
+            from safe.processing.vlm_prompts import load_processor
+
+            fmt = VLMProcessorFormat.from_parts(load_processor(path), d["layout"], d["template"])
+        elif d["kind"] == "builtin":
+            fmt = PromptFormat(AutoTokenizer.from_pretrained(str(path), local_files_only=True), int(d["num_image_tokens"]))
         else:
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             images = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
             fmt = ProcessorFormat.from_parts(tok, images, d["layout"], d["template"])
         front = BuiltinFrontEnd() if d["audio_front_end"] == "builtin" else FeatureFrontEnd(path / AUDIO_SUBDIR)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from safe.models.backbones import VL_INPUT_KEYS
 from safe.processing.features import PREVIEW_DIM, audio_preview
 from safe.serve.clip_cache import ClipCache
 from safe.serve.media import Row
@@ -134,7 +135,7 @@ class Engine:
         t_start = time.perf_counter()
         first, n, model = rows[0], len(rows), self.model
         inputs = self.processor(text=[r.question for r in rows], images=[r.image for r in rows])
-        vl = {k: inputs[k].to(self.device) for k in ("input_ids", "attention_mask", "pixel_values") if k in inputs}
+        vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}  # every processor input
         gen: dict[str, Any] = dict(max_new_tokens=first.max_tokens, do_sample=first.temperature > 0)
         r = 1
         if first.temperature > 0:

@@ -18,16 +18,19 @@ def is_builtin_dir(path: str | Path) -> bool:
 
 
 def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torch.float32,
-                template: str | None = None):
+                template: str | None = None, **load_options):
     """(frozen VL model, frozen audio encoder, prompt format, audio front end).
 
     ``base``: a built-in folder from ``safe base build`` (its own audio encoder is used unless
     ``audio`` is given), or a local LLaVA / BLIP-2 checkpoint directory with its tokenizer and image
     processor, in which case ``audio`` must name a local CLAP / Whisper checkpoint with its feature
-    extractor."""
+    extractor. ``load_options``: :func:`safe.models.loading.load_base`'s ``attn_implementation`` /
+    ``device_map`` for a checkpoint base."""
     from safe.models.loading import load_audio_encoder, load_base
     from safe.processing.features import BuiltinFrontEnd, FeatureFrontEnd
+    from safe.models.backbones import FIXED_IMAGE_TOKEN_FAMILIES, resolve_backbone
     from safe.processing.hf_prompts import ProcessorFormat
+    from safe.processing.vlm_prompts import VLMProcessorFormat
 
     if is_builtin_dir(base):
         base = Path(base)
@@ -40,27 +43,30 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
                                 "audio_encoder/ from `safe base build`) nor a checkpoint directory (config.json)")
     if audio is None:
         raise ValueError(f"--audio must name a local CLAP / Whisper checkpoint when --base is a checkpoint ({base})")
-    vl, encoder = load_base(str(base), dtype), load_audio_encoder(str(audio), dtype)
-    return vl, encoder, ProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
+    vl, encoder = load_base(str(base), dtype, **load_options), load_audio_encoder(str(audio), dtype)
+    if resolve_backbone(vl).name in FIXED_IMAGE_TOKEN_FAMILIES:
+        return vl, encoder, ProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
+    # the families whose image-token count depends on the image: the checkpoint's own processor builds prompts
+    return vl, encoder, VLMProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
 
 
 def load_safe(base: str | Path, cfg: StageAConfig, audio: str | Path | None = None, *, dtype=torch.float32,
-              template: str | None = None):
+              template: str | None = None, **load_options):
     """(SAFE model, prompt format, audio front end) with SAFE parts initialised from ``cfg.seed``;
     ``base`` / ``audio``: see :func:`load_frozen`."""
-    vl, encoder, fmt, frontend = load_frozen(base, audio, dtype=dtype, template=template)
+    vl, encoder, fmt, frontend = load_frozen(base, audio, dtype=dtype, template=template, **load_options)
     torch.manual_seed(cfg.seed)
     return SAFEModel(vl, encoder, cfg.safe_config()), fmt, frontend
 
 
 def load_trained(base: str | Path, checkpoint: str | Path, audio: str | Path | None = None, *,
-                 dtype=torch.float32, template: str | None = None):
+                 dtype=torch.float32, template: str | None = None, **load_options):
     """(SAFE model loaded from a ``save_pretrained`` folder, prompt format, audio front end), in eval mode."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / "safe_config.json").is_file():
         raise FileNotFoundError(f"{checkpoint} is not a SAFE checkpoint (no safe_config.json); "
                                 "train Stage A first (safe train) or pass --checkpoint")
-    vl, encoder, fmt, frontend = load_frozen(base, audio, dtype=dtype, template=template)
+    vl, encoder, fmt, frontend = load_frozen(base, audio, dtype=dtype, template=template, **load_options)
     return SAFEModel.from_pretrained(checkpoint, vl, encoder).eval(), fmt, frontend
 
 

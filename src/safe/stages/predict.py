@@ -24,6 +24,7 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
+from safe.models.backbones import VL_INPUT_KEYS
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.models.safe_model import CONFIG_NAME
 from safe.processing.processor import PROCESSOR_FILE, SAFEProcessor
@@ -89,7 +90,7 @@ class Pipeline:
         inputs = self.processor(text=question, images=image, audio=audio, sampling_rate=sampling_rate)
         n = inputs["input_ids"].shape[0]
         has = inputs["audio_mask"]
-        vl = {k: inputs[k].to(self.device) for k in ("input_ids", "attention_mask", "pixel_values") if k in inputs}
+        vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}
         gen = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
         prob: list[float | None] = [None] * n
         if use_audio is None and self.model.policy is not None and bool(has.any()):

@@ -1,0 +1,94 @@
+"""A tiny checkpoint of a per-image-token-count family saved to disk with its own processor, used the
+way a user would: a few Stage A steps (safe train's run_stage_a), then a policy decision (the policy
+stage's early state) and safe predict on it. CI: LLaVA-NeXT (tiling); -m slow: the other row-aligned
+families whose processor this environment can build."""
+import pytest
+import torch
+
+from safe.bench import presets as P
+from safe.bench.families import tiny_family, tiny_processor
+from safe.bench.files import BuiltinSource
+from safe.policy.stage import PolicyStageConfig, run_policy_stage
+from safe.stages.loading import load_trained
+from safe.training.config import load_stage_a_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+FAMILIES = [pytest.param("llava-next"), *(pytest.param(k, marks=pytest.mark.slow)
+                                          for k in ("gemma3", "paligemma", "idefics3", "mllama"))]
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("whisper")
+    P.tiny_audio_encoder("whisper").save_pretrained(path)
+    P.tiny_feature_extractor("whisper").save_pretrained(path)  # 16 mel bins, as the tiny encoder reads
+    return path
+
+
+def _checkpoint(kind, path):
+    proc = tiny_processor(kind)
+    if proc is None:
+        pytest.skip(f"the {kind} processor class needs torchvision here")
+    tiny_family(kind).save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def _stage_a(kind, bench, audio_dir, tmp_path):
+    from safe.stages.stage_a import run_stage_a
+
+    base = _checkpoint(kind, tmp_path / "base")
+    cfg = load_stage_a_config(None, ["steps=2", "warmup_steps=1", "batch_size=8", "retention_every=2",
+                                     "retention_examples=4", "checkpoint_every=2", "safe.fusion_layers=[0, -1]",
+                                     "safe.num_audio_tokens=4"])
+    run = tmp_path / "run"
+    run_stage_a(BuiltinSource(bench), base, cfg, run, audio=audio_dir, progress=False, max_train=16, max_eval=4)
+    assert (run / "checkpoints" / "final" / "safe_weights.safetensors").is_file()
+    return base, run
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_stage_a_then_a_policy_decision_in_predict(kind, tiny_builtin, audio_dir, tmp_path):
+    import safe
+    from safe.bench import load_split
+    from safe.policy.features import StateSpec
+    from safe.policy.network import GateMLP
+    from safe.policy.runtime import AudioPolicy
+
+    bench, _ = tiny_builtin
+    base, run = _stage_a(kind, bench, audio_dir, tmp_path)
+    p = safe.pipeline(run)
+    assert p.processor.kind == "vlm" and p.model.backbone.name == kind
+    rows = load_split(bench, "test")[:2]
+    h = p.model.hidden_size
+    gate = GateMLP(StateSpec(h, h, confidence_dim=0).dim, 4)
+    with torch.no_grad():
+        gate.net[2].bias.fill_(10.0)  # P(use audio) ~ 1: the rows with audio use it
+    p.model.attach_policy(AudioPolicy(StateSpec(h, h, confidence_dim=0), "mlp", 4, net=gate))
+    out = p(image=[e.image for e in rows], question=[e.question for e in rows], audio=[rows[0].audio, None])
+    assert [o["used_audio"] for o in out] == [True, False]
+    assert all(isinstance(o["answer"], str) for o in out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llava-next", "gemma3"])
+def test_policy_stage_on_a_family_checkpoint(kind, tiny_builtin, audio_dir, tmp_path):
+    bench, _ = tiny_builtin
+    base, run = _stage_a(kind, bench, audio_dir, tmp_path)
+    model, fmt, frontend = load_trained(base, run / "checkpoints" / "final", audio_dir)
+    assert type(fmt).__name__ == "VLMProcessorFormat" and model.backbone.name == kind
+    model.set_gates(1.0)
+    pcfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=2, seeds=1, train_rows=16, cost_batch=4,
+                             distill_epochs=1, latency_batches=[4], state="early")
+    m, _ = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), pcfg)
+    assert 0.0 <= m["test"]["use_rate"] <= 1.0
+    assert m["deployed"]["encoder_rows"] == m["deployed"]["rows_using_audio"]
