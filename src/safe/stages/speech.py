@@ -36,8 +36,8 @@ class SpeechResult(StageResult):
                          f"{w['encoder_seconds_per_clip']['full'] * 1000:.0f} ms per clip")
         c = m.get("encoder_cost")
         if c:
-            lines.append(f"  audio encoder: {c['ms_per_clip']:.1f} ms and {c['flops_per_clip']:.3g} FLOPs per clip; "
-                         f"share of an always-audio query: {c.get('flops_share', float('nan')):.2f} of FLOPs")
+            share = f"; {c['flops_share']:.2f} of an always-audio query's FLOPs" if "flops_share" in c else ""
+            lines.append(f"  audio encoder: {c['ms_per_clip']:.1f} ms and {c['flops_per_clip']:.3g} FLOPs per clip{share}")
         return "\n".join(lines)
 
 
@@ -54,9 +54,10 @@ def whisper_dirs(window_seconds: int) -> tuple[Path, Path]:
 
 
 def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: str | None,
-                   probe_texts: int = 8, probe_voices: int = 6) -> SpeechResult:
+                   probe_texts: int = 8, probe_voices: int = 6, checkpoint: str = "policy") -> SpeechResult:
     """Per-voice accuracy of the run's SAFE + policy checkpoint on ``test`` and ``ood_test``, the window check
-    (skipped when ``full_audio`` is None) and the encoder's cost, recorded under ``speech``."""
+    (skipped when ``full_audio`` is None) and the encoder's cost, recorded under ``speech``. ``checkpoint``: the
+    folder under the run's checkpoints/ (``final``: Stage A's, before the policy stage)."""
     from safe.bench.speech import measure
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
@@ -66,7 +67,7 @@ def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: s
     run = RunDir(run_dir)
     t0 = time.perf_counter()
     source = data_source(data)
-    model, fmt, frontend = load_trained(base, run.checkpoints / "policy", audio)
+    model, fmt, frontend = load_trained(base, run.checkpoints / checkpoint, audio)
     cache = AudioEmbeddingCache(source.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
     per_voice = {}
     for split in ("test", "ood_test"):
