@@ -88,6 +88,9 @@ def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: s
     if lat.get("always_audio_mean_ms"):  # Stage B's end-to-end always-audio latency per query at this batch
         cost["time_share"] = cost["ms_per_clip"] / lat["always_audio_mean_ms"]
     out["encoder_cost"] = cost
+    import torch
+
+    out["torch_threads"] = torch.get_num_threads()  # what the run's timings were measured with
     out["seconds"] = round(time.perf_counter() - t0, 1)
     result = SpeechResult(out)
     run.record(result)

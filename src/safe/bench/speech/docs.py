@@ -81,7 +81,9 @@ ROWS: list[tuple[str, Callable[[Mapping], str]]] = [
     ("Encoder window", _window),
     ("Frozen base and encoder byte-identical after training",
      lambda m: "yes" if m["stage_a"]["frozen_byte_identical"] else "NO"),
-    ("Track run time (2 CPU threads)", lambda m: f"{m['timing']['seconds']:.0f} s"),
+    ("Track run time, end to end", lambda m: (
+        f"{m['timing']['seconds']:.0f} s ({m['timing']['stage_a_done_seconds'] - m['timing']['models_done_seconds']:.0f} s "
+        f"Stage A; {m['speech']['torch_threads']} torch thread(s))")),
 ]
 
 
