@@ -23,8 +23,10 @@ def per_voice_accuracy(model, fmt, prepared, progress: bool = False) -> dict[str
     model.eval()
     with model.hooks_detached() as base:
         deaf = answer_questions(base, fmt, prepared.enc, prepared.pixels, index=rows, progress=progress)
+    # audio_mask: every row hears its clip, whether or not a policy is attached (its choice is measured by eval)
     heard = answer_questions(model, fmt, prepared.enc, prepared.pixels, index=rows, progress=progress,
-                             extra=lambda idx: {"audio_embeddings": prepared.audio[idx]})
+                             extra=lambda idx: {"audio_embeddings": prepared.audio[idx],
+                                                "audio_mask": torch.ones(len(idx), dtype=torch.bool)})
     by_voice: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"safe": [], "base": []})
     for i, d, h in zip(rows, deaf, heard):
         e = prepared.examples[i]
