@@ -38,10 +38,8 @@ def _mean_voice(m: Mapping, split: str, who: str) -> float:
 
 def _encoder(m: Mapping) -> str:
     c = m["speech"]["encoder_cost"]
-    text = f"{_f(c['flops_share'], 2)} of the FLOPs"
-    if "time_share" in c:
-        text += f", {_f(c['time_share'], 2)} of the time (batch {c['batch']})"
-    return text + f"; {c['ms_per_clip']:.1f} ms per clip"
+    return (f"{_f(c['flops_share'], 2)} of the FLOPs ({c['flops_per_clip'] / 1e9:.2f} GFLOPs per clip); "
+            f"{c['ms_per_clip']:.1f} ms per clip at batch {c['batch']}, one thread")
 
 
 def _window(m: Mapping) -> str:
