@@ -1,6 +1,6 @@
 """``safe demo --track speech``: the speech track of the built-in benchmark end to end — the track's data
 (eSpeak NG voices), the built-in frozen VL model (the synthetic track's, reused), the real Whisper tiny.en
-encoder converted once into ``$SAFE_CACHE``, Stage A, Stages B/C, the evaluation protocol, the track's own
+encoder converted once into ``$SAFE_CACHE``, the bypass verification on that pair, Stage A, Stages B/C, the evaluation protocol, the track's own
 figures (per voice, the window check, the encoder's share of the cost) and the report."""
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def demo_speech(cfg, echo=print):
     from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
     from safe.stages.policy import PolicyTrainConfig, train_policy
     from safe.stages.stage_a import TrainConfig, train
+    from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
     run = RunDir(cfg.run_dir)
     t0 = time.perf_counter()
@@ -135,16 +136,20 @@ def demo_speech(cfg, echo=print):
     audio, full = whisper_dirs(track.window_seconds)
     timing["models_done_seconds"] = round(time.perf_counter() - t0, 1)
     echo(f"encoder checkpoint {audio} ({track.window_seconds} s window); full window for the check: {full}")
-    echo(f"\n== 4. Stage A: projector + gated adapters ({cfg.config}) ==")
+    echo("\n== 4. Stage 1 safety verification: the built-in VL model x the real Whisper encoder ==")
+    run.record(VerifyResult())  # this run's verification only
+    step(verify(VerifyConfig(base=str(base.path / "vl"), audio=str(audio), run_dir=cfg.run_dir)),
+         "verify_done_seconds")
+    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
     step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
          "stage_a_done_seconds")
-    echo("\n== 5. Stages B and C: policy, baselines, distilled gate ==")
+    echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
     step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state))),
          "policy_done_seconds")
-    echo("\n== 6. Evaluation protocol ==")
+    echo("\n== 7. Evaluation protocol ==")
     step(evaluate(EvalConfig(**paths)), "eval_done_seconds")
-    echo("\n== 7. The track's own figures: per voice, window check, encoder cost ==")
+    echo("\n== 8. The track's own figures: per voice, window check, encoder cost ==")
     step(speech_figures(cfg.run_dir, str(data), str(base.path), str(audio), str(full)))
     result = DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1)}, ok, cfg.run_dir)
     run.record(result)
