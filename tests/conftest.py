@@ -43,3 +43,13 @@ def trained_run(tiny_builtin, tmp_path_factory):
                                      "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"])
     run_stage_a(BuiltinSource(bench), base, cfg, run, progress=False, max_eval=8, max_train=96)
     return bench, base, run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread is several times faster than two on a shared CPU (measured by the
+    family tests); a module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

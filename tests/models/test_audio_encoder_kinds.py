@@ -15,13 +15,7 @@ from safe.models.loading import load_audio_encoder
 from safe.processing.features import FeatureFrontEnd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 NEW = ["ast", "wav2vec2", "hubert", "wavlm", "qwen2-audio"]

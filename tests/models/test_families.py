@@ -18,13 +18,7 @@ from safe.bench import presets as P
 from safe.bench.families import FAMILIES, family_inputs, tiny_family, tiny_processor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 REPRESENTATIVE = ("llava-next", "qwen2-vl")

@@ -13,13 +13,7 @@ from safe.processing.processor import SAFEProcessor
 from safe.processing.vlm_prompts import VLMProcessorFormat
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 TILING = ["llava-next", "idefics3", "gemma3", "paligemma", "mllama", "qwen2-vl", "llava-onevision", "internvl"]

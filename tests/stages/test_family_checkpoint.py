@@ -13,13 +13,7 @@ from safe.stages.loading import load_trained
 from safe.training.config import load_stage_a_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 FAMILIES = [pytest.param("llava-next"), *(pytest.param(k, marks=pytest.mark.slow)

@@ -2,7 +2,6 @@
 come from that processor), under an explicit attention implementation; every family x encoder preset
 pair under -m slow."""
 import pytest
-import torch
 
 from safe.bench import presets as P
 from safe.bench.families import tiny_family, tiny_processor
@@ -10,13 +9,7 @@ from safe.cli import main
 from safe.stages.verify import VerifyConfig, verify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two on a shared CPU (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
 @pytest.mark.parametrize("attn, device_map", [("eager", None), ("sdpa", "auto")])

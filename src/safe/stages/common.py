@@ -94,3 +94,31 @@ def is_spec(data: str | None) -> bool:
 def base_path(base: str | None, *, tiny: bool = False) -> Path:
     """``--base`` as a path; the built-in default folder when not given."""
     return Path(base) if base else cache_dir() / ("base-tiny" if tiny else "base")
+
+
+class StageLog:
+    """What a demo keeps while it runs its stages in turn: each result's summary is printed through
+    ``echo``, ``ok`` stays True only while every result's own check passed, and ``timing`` holds the
+    seconds since the start at each mark (the ``timing`` figures of ``metrics.json``)."""
+
+    def __init__(self, echo=print) -> None:
+        import time
+
+        self.echo, self._clock = echo, time.perf_counter
+        self.t0, self.ok = self._clock(), True
+        self.timing: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return round(self._clock() - self.t0, 1)
+
+    def mark(self, name: str) -> None:
+        self.timing[name] = self.elapsed()
+
+    def __call__(self, result, mark: str | None = None):
+        """Record ``result`` (a :class:`~safe.runs.StageResult`) and return it."""
+        self.ok &= result.ok
+        self.echo(result.summary())
+        if mark:
+            self.mark(mark)
+        return result
+

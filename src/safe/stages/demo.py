@@ -3,14 +3,13 @@ verification, Stage A, Stages B/C, the evaluation protocol and the report (and, 
 ablation grid) — by calling each stage function in turn."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 from safe.policy.features import STATE_KINDS
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import RunOptions
+from safe.stages.common import RunOptions, StageLog
 
 
 @dataclass
@@ -74,18 +73,7 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
     run = RunDir(cfg.run_dir)
-    t0 = time.perf_counter()
-    timing: dict[str, float] = {}
-    ok = True
-
-    def step(result: StageResult, mark: str | None = None) -> StageResult:
-        nonlocal ok
-        ok &= result.ok
-        echo(result.summary())
-        if mark:
-            timing[mark] = round(time.perf_counter() - t0, 1)
-        return result
-
+    step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
     bench = step(synth(SynthStageConfig(out=str(cache_dir() / "benchmark"))))
     echo("\n== 2. built-in frozen base models ==")
@@ -104,12 +92,12 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
     step(train_policy(PolicyTrainConfig(**paths, policy=policy)), "policy_done_seconds")
     echo("\n== 6. Evaluation protocol and report ==")
-    run.record(DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1)}))
+    run.record(DemoResult({**step.timing, "seconds": step.elapsed()}))
     step(evaluate(EvalConfig(**paths)))
     if cfg.ablations:
         echo("\n== 7. Stage A ablations (safe ablate) ==")
         step(ablate(AblateConfig(**paths, config=cfg.config, overrides=list(cfg.overrides))))
-    result = DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1)}, ok, cfg.run_dir)
+    result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing
     return result

