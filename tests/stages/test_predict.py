@@ -149,3 +149,22 @@ def test_safe_predict_bad_inputs_exit_2_naming_the_file(run, tmp_path, capsys):
     assert code == 2 and "bad.jsonl:1" in err
     code, _, err = _predict(capsys, "--run-dir", tmp_path / "nowhere", "--question", q)
     assert code == 2 and "nowhere" in err and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_the_base_loads_with_the_attention_implementation_asked_for(run, attn):
+    """--attn-implementation reaches the frozen base (pipeline / safe predict / the training stages share
+    load_frozen), and the answers do not depend on it here."""
+    run_dir, rows = run
+    p = safe.pipeline(run_dir, load_options={"attn_implementation": attn})
+    assert p.model.base_model.config.text_config._attn_implementation == attn
+    ref = safe.pipeline(run_dir)(image=rows[3].image, question=rows[3].question, use_audio=False)
+    assert p(image=rows[3].image, question=rows[3].question, use_audio=False) == ref
+
+
+@pytest.mark.parametrize("command", [["train"], ["policy", "train"], ["eval"], ["ablate"], ["predict", "--question", "q"]])
+def test_a_bad_loading_flag_is_refused_naming_it_before_anything_runs(command, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main([*command, "--run-dir", str(run_dir), "--attn-implementation", "flash"]) == 2
+    assert "--attn-implementation must be sdpa or eager, got 'flash'" in capsys.readouterr().err
+    assert not run_dir.exists()

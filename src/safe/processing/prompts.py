@@ -153,15 +153,15 @@ class PromptFormat:
         return out
 
 
-def load_vl_model(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_vl_model(path: str | Path, dtype: torch.dtype = torch.float32, **load_options):
     """(model, tokenizer, :class:`PromptFormat`) of a word-level VL checkpoint directory (the
     ``vl/`` folder of ``safe base build``): a saved ``LlavaForConditionalGeneration`` with this
     module's word-level tokenizer, loaded like any local LLaVA checkpoint
-    (:func:`safe.models.loading.load_base`)."""
+    (:func:`safe.models.loading.load_base`, which takes ``load_options``)."""
     from transformers import AutoTokenizer
 
     from safe.models.loading import load_base
 
-    model = load_base(str(path), dtype)
+    model = load_base(str(path), dtype, **load_options)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model, tokenizer, PromptFormat(tokenizer, model.config.image_seq_length)

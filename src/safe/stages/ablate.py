@@ -17,7 +17,7 @@ from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
 from safe.training.ablation import METRICS, _atomic_write, _slug, select_grid, summarise
 from safe.training.config import load_stage_a_config
-from safe.stages.common import DataOptions, StageError, base_path, config_path, data_source
+from safe.stages.common import DataOptions, StageError, base_path, config_path, data_source, load_options
 
 
 @dataclass
@@ -72,6 +72,7 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     from safe.stages.evaluate import EvalResult, ReportConfig, report
     from safe.stages.policy import PolicyResult
 
+    opts = load_options(cfg)
     base = base_path(cfg.base)
     if not (base / "manifest.json").is_file() and cfg.audio is None:
         raise StageError(f"--base: {base} has no manifest.json; run `make demo` (or safe base build) first")
@@ -81,7 +82,7 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     run = RunDir(cfg.run_dir)
     grid = run_ablations(data, base, config_path(cfg.config), run.path / "ablations", overrides=overrides,
                          steps=cfg.steps, seeds=cfg.seeds, names=cfg.only or None, eval_split=cfg.split,
-                         audio=cfg.audio)
+                         audio=cfg.audio, load_options=opts)
     policy = run.read(PolicyResult)
     result = AblationResult(grid, stage_b_ablations(policy.metrics)["rows"] if policy else [])
     run.record(result)
@@ -93,11 +94,11 @@ def ablate(cfg: AblateConfig) -> AblationResult:
 def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
                   overrides: Sequence[str] = (), steps: int | None = None, seeds: int = 1,
                   names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True,
-                  audio: str | Path | None = None) -> dict:
+                  audio: str | Path | None = None, load_options: dict | None = None) -> dict:
     """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
     steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
     ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``. ``base_dir`` /
-    ``audio``: see :func:`~safe.stages.loading.load_frozen`."""
+    ``audio`` / ``load_options``: see :func:`~safe.stages.loading.load_frozen`."""
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.models.safe_model import SAFEModel
@@ -115,7 +116,7 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "ablations.json"
-    vl, encoder, fmt, frontend = load_frozen(base_dir, audio)
+    vl, encoder, fmt, frontend = load_frozen(base_dir, audio, **(load_options or {}))
     fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": data.fingerprint(),
                    "base_vl": state_hash(vl), "split": eval_split}
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"fingerprint": fingerprint, "runs": {}}

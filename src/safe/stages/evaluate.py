@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, config_path
+from safe.stages.common import DataOptions, RunOptions, StageError, config_path, load_options
 
 
 @dataclass
@@ -93,7 +93,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"
     data, model, fmt, frontend, cache = open_checkpoint(
-        ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio,
+        ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio, load_options=load_options(cfg),
         missing=f"run `safe policy train --run-dir {cfg.run_dir}` first or pass --checkpoint")
     if model.policy is None:
         raise StageError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")

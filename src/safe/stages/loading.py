@@ -34,7 +34,7 @@ def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torc
 
     if is_builtin_dir(base):
         base = Path(base)
-        vl, _, fmt = load_vl_model(base / "vl", dtype=dtype)
+        vl, _, fmt = load_vl_model(base / "vl", dtype=dtype, **load_options)
         encoder = load_audio_encoder(str(audio or base / "audio_encoder"), dtype)
         frontend = BuiltinFrontEnd() if audio is None else FeatureFrontEnd(audio)
         return vl, encoder, fmt, frontend
@@ -70,11 +70,12 @@ def load_trained(base: str | Path, checkpoint: str | Path, audio: str | Path | N
     return SAFEModel.from_pretrained(checkpoint, vl, encoder).eval(), fmt, frontend
 
 
-def open_checkpoint(checkpoint: Path, *, data: str | None, base: str | None, audio: str | None, missing: str):
+def open_checkpoint(checkpoint: Path, *, data: str | None, base: str | None, audio: str | None, missing: str,
+                    load_options: dict | None = None):
     """What ``safe policy train`` and ``safe eval`` start from: ``(data source, SAFE model, prompt format,
     audio front end, embedding cache)`` for the SAFE checkpoint folder ``checkpoint``. A folder without
     ``safe_config.json`` raises :class:`~safe.stages.common.StageError` ending in ``missing`` (what to run
-    first), before anything is loaded or created."""
+    first), before anything is loaded or created. ``load_options``: see :func:`load_frozen`."""
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint
     from safe.stages.common import StageError, base_path, data_source
@@ -82,7 +83,7 @@ def open_checkpoint(checkpoint: Path, *, data: str | None, base: str | None, aud
     if not (checkpoint / "safe_config.json").is_file():
         raise StageError(f"--checkpoint {checkpoint} is not a SAFE checkpoint (no safe_config.json): {missing}")
     source = data_source(data)
-    model, fmt, frontend = load_trained(base_path(base), checkpoint, audio)
+    model, fmt, frontend = load_trained(base_path(base), checkpoint, audio, **(load_options or {}))
     cache = AudioEmbeddingCache(source.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
     return source, model, fmt, frontend, cache
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, base_path
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path, load_options
 
 
 @dataclass
@@ -65,7 +65,7 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"
     data, model, fmt, frontend, cache = open_checkpoint(
-        ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio,
+        ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio, load_options=load_options(cfg),
         missing=f"run `safe train --run-dir {cfg.run_dir}` first or pass --checkpoint")
     metrics, _ = run_policy_stage(model, fmt, frontend, data, cfg.policy, cache, out_dir=run.path / "policy",
                                   progress=True)

@@ -126,11 +126,13 @@ class Pipeline:
 
 def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike | None = None,
              audio: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-             max_new_tokens: int = MAX_NEW_TOKENS, **processor_options: Any) -> Pipeline:
+             max_new_tokens: int = MAX_NEW_TOKENS, load_options: dict | None = None,
+             **processor_options: Any) -> Pipeline:
     """A :class:`Pipeline` from a run directory or a SAFE checkpoint directory (module docstring).
     ``base`` / ``audio``: the frozen base (built-in models folder or a LLaVA / BLIP-2 checkpoint) and
     the audio encoder checkpoint, when the processor saved with the checkpoint does not name them.
-    ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule."""
+    ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule.
+    ``load_options``: the base's ``attn_implementation`` / ``device_map`` (:func:`~safe.stages.loading.load_frozen`)."""
     from safe.stages.loading import load_trained
 
     ckpt = find_checkpoint(run_dir_or_checkpoint)
@@ -141,7 +143,7 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
         audio = audio or processor.sources.get("audio")
     if base is None:
         base = Path(os.environ.get("SAFE_CACHE", ".cache/safe")) / "base"
-    model, fmt, frontend = load_trained(base, ckpt, audio, dtype=dtype)
+    model, fmt, frontend = load_trained(base, ckpt, audio, dtype=dtype, **(load_options or {}))
     if processor is None:
         processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base, audio=audio,
                                                   **processor_options)
@@ -182,7 +184,7 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str | os.PathLike | None = None,
             audio: str | os.PathLike | None = None, batch_size: int = 16,
-            long_audio: str = "truncate") -> list[dict[str, Any]]:
+            long_audio: str = "truncate", load_options: dict | None = None) -> list[dict[str, Any]]:
     """Answer ``requests`` (dicts with ``question``, optional ``image`` / ``audio`` paths, ``use_audio``,
     ``id``, ``_where`` for error messages) with the run or checkpoint ``source``, ``batch_size`` rows per
     ``generate`` (rows sharing a ``use_audio`` choice and having an image or not batch together). Every
@@ -192,7 +194,7 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    p = pipeline(source, base, audio, long_audio=long_audio)
+    p = pipeline(source, base, audio, long_audio=long_audio, load_options=load_options)
     prepared = []
     for i, r in enumerate(requests):
         where = r.get("_where", f"request {i}")
@@ -244,6 +246,10 @@ class PredictConfig:
     """Questions per generate call with --input."""
     long_audio: Literal["truncate", "error"] = "truncate"
     """Clips longer than the audio encoder's window: use the first window (a warning on stderr) or refuse."""
+    attn_implementation: str | None = None
+    """Attention implementation of the base (sdpa or eager; default: the class default)."""
+    device_map: str | None = None
+    """Spread a base checkpoint over the visible devices (auto, balanced or sequential) instead of one device."""
 
     def __post_init__(self) -> None:
         if (self.checkpoint or self.run_dir) is None:
@@ -270,6 +276,9 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
 
     from transformers.utils import logging as hf_logging
 
+    from safe.stages.common import load_options
+
+    opts = load_options(cfg)  # a bad loading flag fails before anything is loaded
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("safe predict: warning: %(message)s"))
     log = logging.getLogger("safe.processing")
@@ -285,7 +294,7 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
             requests = [{"question": cfg.question, "image": cfg.image, "audio": cfg.audio, "use_audio": use,
                          "_where": "--question"}]
         rows = predict(cfg.checkpoint or cfg.run_dir, requests, cfg.base, cfg.audio_model, cfg.batch_size,
-                       cfg.long_audio)
+                       cfg.long_audio, opts)
     finally:
         log.removeHandler(handler)
         hf_logging.set_verbosity(verbosity)

@@ -12,7 +12,7 @@ from safe.data.source import DataSource
 from safe.training.config import StageAConfig
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, DType, StageError, base_path, config_path, data_source
+from safe.stages.common import DataOptions, DType, StageError, base_path, config_path, data_source, load_options
 
 
 @dataclass
@@ -82,6 +82,7 @@ def train(cfg: TrainConfig) -> StageAResult:
     from safe.stages.builtin import BaseBuildConfig, build_base
     from safe.training.config import load_stage_a_config
 
+    opts = load_options(cfg)  # a bad loading flag fails before anything is built
     overrides = list(cfg.overrides)
     if cfg.tiny and not any(o.startswith("safe.fusion_layers") for o in overrides):
         overrides.append("safe.fusion_layers=[0, -1]")  # the tiny built-in LM has 2 decoder layers
@@ -98,7 +99,7 @@ def train(cfg: TrainConfig) -> StageAResult:
         build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
     run = RunDir(cfg.run_dir)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
-                          fresh=cfg.fresh)
+                          fresh=cfg.fresh, load_options=opts)
     if metrics.get("main_process", True):
         result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
         run.record(result)
@@ -112,7 +113,8 @@ def train(cfg: TrainConfig) -> StageAResult:
 def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_dir: str | Path, *,
                 audio: str | Path | None = None, dtype=torch.float32, template: str | None = None,
                 fresh: bool = False, stop_after: int | None = None, eval_split: str = "test",
-                max_train: int | None = None, max_eval: int | None = None, progress: bool = True) -> dict:
+                max_train: int | None = None, max_eval: int | None = None, progress: bool = True,
+                load_options: dict | None = None) -> dict:
     """Train Stage A on ``data``'s ``train`` and ``retention`` splits into ``run_dir`` (resuming a killed
     run unless ``fresh``) and evaluate on its ``eval_split``. ``base_dir``/``audio``: see
     :func:`load_safe`. Returns the ``stage_a`` metrics."""
@@ -126,7 +128,7 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template)
+    model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template, **(load_options or {}))
     hashes = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
     # cpu= as the trainer's Accelerator (accelerate needs it to join several CPU processes). Under
     # `accelerate launch`, the main process cleans the run and fills the cache; the others follow.
