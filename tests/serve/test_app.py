@@ -100,6 +100,23 @@ def test_mixed_batch_rows_without_audio_are_the_base_answer_on_that_batch(client
     assert eng.model.audio_encoder_calls - calls <= 1  # only the forced row's clip (or a cache hit)
 
 
+def test_a_text_only_request_never_shares_a_batch_with_image_requests(client, policy_run):
+    """In a batch with images a text-only row would get the processor's stand-in image (and its image
+    tokens), so its answer would depend on its batch-mates: it is batched only with other text-only rows,
+    and answers (and counts prompt tokens) the same alone or beside concurrent image requests."""
+    _, rows = policy_run
+    text_only = {"model": "safe", "messages": [{"role": "user", "content": [{"type": "text", "text": rows[3].question}]}]}
+    alone = client.post("/v1/chat/completions", json=text_only).json()
+    bodies = [request(rows[3], audio=False), text_only, request(rows[4], audio=False), text_only]
+    with cf.ThreadPoolExecutor(4) as pool:
+        got = [r.json() for r in pool.map(lambda b: client.post("/v1/chat/completions", json=b), bodies)]
+    image_batches = {got[0]["safe"]["batch"]["id"], got[2]["safe"]["batch"]["id"]}
+    for g in (got[1], got[3]):
+        assert g["safe"]["batch"]["id"] not in image_batches
+        assert g["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
+        assert g["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"]
+
+
 def test_clip_cache_skips_the_encoder_for_a_repeated_clip(client, policy_run):
     _, rows = policy_run
     eng = client.app.state.engine

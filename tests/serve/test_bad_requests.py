@@ -132,3 +132,37 @@ def test_random_requests_never_get_a_500(client, body):
     else:
         assert r.json()["choices"]
     assert client.get("/health").status_code == 200
+
+
+def test_oversized_media_is_refused_from_its_header_before_decoding(client, policy_run):
+    """A small request that declares a huge clip or canvas is refused without decoding it: an hour of
+    silent FLAC (< 1 MB), 16,000 samples declared at 1 Hz, a 9,400 x 9,400 PNG."""
+    import tracemalloc
+
+    from PIL import Image
+
+    _, rows = policy_run
+    q = {"type": "text", "text": rows[0].question}
+
+    def flac(seconds, rate):
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(int(seconds * rate), np.float32), rate, format="FLAC")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    hour = {"messages": [{"role": "user", "content": [q, {"type": "input_audio", "input_audio": {
+        "data": flac(3600, 8000), "format": "flac"}}]}]}
+    slow = {"messages": [{"role": "user", "content": [q, {"type": "input_audio", "input_audio": {
+        "data": _wav(16000, rate=1), "format": "wav"}}]}]}
+    buf = io.BytesIO()
+    Image.new("1", (9400, 9400)).save(buf, format="PNG")  # bilevel: a few KB on the wire
+    canvas = {"messages": [{"role": "user", "content": [q, {"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}]}]}
+    tracemalloc.start()
+    try:
+        assert _expect(client, hour, 400, "3600.00 s", "--max-audio-seconds")["code"] == "audio_too_long"
+        assert _expect(client, slow, 400, "16000.00 s")["code"] == "audio_too_long"
+        assert _expect(client, canvas, 400, "9400x9400")["code"] == "image_too_large"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak  # decoding any of them would take 100s of MB

@@ -70,3 +70,33 @@ def test_clip_cache_is_lru_and_counts():
     off = ClipCache(0)
     off.put("a", torch.ones(1))
     assert off.get("a") is None and len(off) == 0
+
+
+@pytest.mark.parametrize("where", ["collecting", "running"])
+def test_stop_answers_the_batch_being_collected_or_run(where):
+    """stop() fails every request not yet answered, including one waiting for batch-mates inside the
+    window and one whose batch is running, and returns without waiting for that batch."""
+    release = threading.Event()
+
+    def run(payloads):
+        release.wait(5)
+        return payloads
+
+    async def main():
+        b = DynamicBatcher(run, 4, 2000 if where == "collecting" else 0)
+        await b.start()
+        job = asyncio.ensure_future(b.submit("x", "k"))
+        await asyncio.sleep(0.1)
+        t0 = asyncio.get_running_loop().time()
+        await b.stop()
+        stopped_in = asyncio.get_running_loop().time() - t0
+        try:
+            return await asyncio.wait_for(job, 1), stopped_in
+        except Exception as err:  # noqa: BLE001 - what the request's handler sees
+            return err, stopped_in
+        finally:
+            release.set()
+
+    got, stopped_in = asyncio.run(main())
+    assert isinstance(got, RuntimeError) and "shutting down" in str(got)
+    assert stopped_in < 1.0

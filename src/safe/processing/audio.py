@@ -45,6 +45,15 @@ class AudioInputError(ValueError):
     ``long_audio="error"``) a clip longer than the encoder reads. The message names the input."""
 
 
+class AudioTooLongError(AudioInputError):
+    """A clip longer than ``max_seconds`` with ``long_audio="error"``, refused from the file's header
+    (frames / rate) before its samples are decoded; ``seconds`` is the clip's length."""
+
+    def __init__(self, message: str, seconds: float, max_seconds: float) -> None:
+        super().__init__(message)
+        self.seconds, self.max_seconds = seconds, max_seconds
+
+
 # Kept for code written against the old WAV reader (safe.data.audio_io).
 AudioReadError = AudioInputError
 
@@ -75,8 +84,9 @@ def _limit(frames: int, rate: int, name: str, max_seconds: float | None, long_au
         return frames
     seconds = frames / rate
     if long_audio == "error":
-        raise AudioInputError(f"{name}: {seconds:.1f} s of audio is longer than the {max_seconds:g} s the audio "
-                              "encoder reads (long_audio='error'); cut it or pass long_audio='truncate'")
+        raise AudioTooLongError(f"{name}: {seconds:.1f} s of audio is longer than the {max_seconds:g} s the audio "
+                                "encoder reads (long_audio='error'); cut it or pass long_audio='truncate'",
+                                seconds, max_seconds)
     logger.warning("%s: %.1f s of audio is longer than the %g s the audio encoder reads; using the first %g s",
                    name, seconds, max_seconds, max_seconds)
     return keep

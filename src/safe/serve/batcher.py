@@ -41,7 +41,9 @@ class DynamicBatcher:
 
     Guarantees: every submitted request gets its own result or exception; a batch whose ``run`` raises
     is retried one request at a time, so one bad request cannot fail the others; batches run one at a
-    time, in the order their first request arrived; :meth:`stop` fails what is still queued."""
+    time, in the order their first request arrived; :meth:`stop` fails every request not yet answered
+    (queued, being collected into a batch, or in the batch running) and returns without waiting for
+    that batch to finish."""
 
     def __init__(self, run: Callable[[list], list], max_batch: int = 8, max_wait_ms: float = 5.0) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -51,6 +53,7 @@ class DynamicBatcher:
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000.0
         self._queue: asyncio.Queue[_Job] | None = None
         self._held: list[_Job] = []
+        self._current: list[_Job] = []  # the batch being collected or run: stop() must answer it too
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safe-batch")
         self._ids = itertools.count()
@@ -66,12 +69,13 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        pending = self._held + ([] if self._queue is None else [self._queue.get_nowait()
-                                                                for _ in range(self._queue.qsize())])
+        pending = self._current + self._held + ([] if self._queue is None else [
+            self._queue.get_nowait() for _ in range(self._queue.qsize())])
         for job in pending:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
-        self._pool.shutdown(wait=True)
+        # Not wait=True: that would block the event loop until a running generate ends.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, payload: Any, key: Hashable) -> tuple[Any, BatchInfo]:
         if self._queue is None:
@@ -91,7 +95,7 @@ class DynamicBatcher:
         if not self._held:
             self._held.append(await self._queue.get())
         first = self._held[0]
-        batch = self._take_held(first.key, self.max_batch)
+        batch = self._current = self._take_held(first.key, self.max_batch)
         deadline = first.queued_at + self.max_wait
         while len(batch) < self.max_batch:
             try:
@@ -111,7 +115,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            batch = [j for j in batch if not j.future.done()]  # a client that went away
+            batch = self._current = [j for j in batch if not j.future.done()]  # a client that went away
             if not batch:
                 continue
             bid, started = next(self._ids), time.perf_counter()
@@ -134,6 +138,7 @@ class DynamicBatcher:
                 else:
                     size, at = (1, 0) if alone else (len(batch), row)
                     job.future.set_result((result, BatchInfo(bid, size, at, started - job.queued_at)))
+            self._current = []
 
 
 __all__ = ["BatchInfo", "DynamicBatcher"]

@@ -23,11 +23,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from safe.processing.audio import AudioInputError, load_audio
+from safe.processing.audio import AudioInputError, AudioTooLongError, load_audio
 from safe.serve.schemas import AudioPart, ChatRequest, ImagePart, RequestError, TextPart
 
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+
+
+#: Largest image (width x height) decoded: the processor resizes to a few hundred pixels anyway, and a
+#: small compressed file can declare a huge canvas.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,9 @@ class Row:
 
     @property
     def key(self) -> tuple:
-        return (self.max_tokens, self.temperature, self.top_p, self.n)
+        # Image presence too: in a batch with images, a text-only row would get the processor's stand-in
+        # image (and its image tokens), so its answer would depend on its batch-mates.
+        return (self.image is not None, self.max_tokens, self.temperature, self.top_p, self.n)
 
 
 def _b64(data: str, where: str) -> bytes:
@@ -94,8 +101,14 @@ def decode_image(url: str, where: str, allow_local: bool) -> Image.Image:
         source = path
     try:
         with Image.open(source) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # judged on the header, before decoding
+                raise RequestError(f"{where}: a {im.width}x{im.height} image is larger than this server decodes "
+                                   f"({MAX_IMAGE_PIXELS:,} pixels); send it resized", param=where,
+                                   code="image_too_large")
             im.load()
             return im.convert("RGB")
+    except RequestError:
+        raise
     except Exception as err:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
         raise RequestError(f"{where}: cannot decode the image ({type(err).__name__}: {err})", param=where,
                            code="invalid_image") from None
@@ -109,14 +122,15 @@ def decode_audio(part: AudioPart, where: str, rate: int, limits: Limits) -> np.n
         raise RequestError(f"{where}.format: {part.input_audio.format!r} is not supported; use one of {AUDIO_FORMATS}",
                            param=f"{where}.format", code="invalid_audio")
     raw = _b64(part.input_audio.data, f"{where}.data")
-    try:
-        wave = load_audio(raw, None, rate, f"{where} ({fmt})", max_seconds=None)
+    try:  # the limit is checked on the header (frames / rate), before a sample is decoded or resampled
+        wave = load_audio(raw, None, rate, f"{where} ({fmt})", max_seconds=limits.max_audio_seconds,
+                          long_audio="error")
+    except AudioTooLongError as err:
+        raise RequestError(f"{where}: {err.seconds:.2f} s of audio is longer than this server's limit of "
+                           f"{limits.max_audio_seconds:g} s (--max-audio-seconds)", param=where,
+                           code="audio_too_long") from None
     except AudioInputError as err:
         raise RequestError(str(err), param=f"{where}.data", code="invalid_audio") from None
-    seconds = wave.shape[0] / rate
-    if seconds > limits.max_audio_seconds:
-        raise RequestError(f"{where}: {seconds:.2f} s of audio is longer than this server's limit of "
-                           f"{limits.max_audio_seconds:g} s (--max-audio-seconds)", param=where, code="audio_too_long")
     if limits.window_seconds is not None:  # the processor's truncate rule: the encoder reads its window only
         wave = wave[: int(math.ceil(limits.window_seconds * rate))]
     return np.ascontiguousarray(wave, dtype=np.float32)
