@@ -49,7 +49,8 @@ class AudioTooLongError(AudioInputError):
     """A clip longer than ``max_seconds`` with ``long_audio="error"``, refused from the file's header
     (frames / rate) before its samples are decoded; ``seconds`` is the clip's length."""
 
-    def __init__(self, message: str, seconds: float, max_seconds: float) -> None:
+    def __init__(self, message: str, seconds: float | None = None, max_seconds: float | None = None) -> None:
+        # Optional: callers re-raise with context as type(err)(message) (safe predict names the request).
         super().__init__(message)
         self.seconds, self.max_seconds = seconds, max_seconds
 
