@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from safe.processing.prompts import Encoded, open_image
+from safe.processing.prompts import Encoded, decode_new_tokens, open_image
 
 DEFAULT_TEMPLATES = {
     "llava": "USER: <image>\n{question} ASSISTANT:",
@@ -149,9 +149,4 @@ class ProcessorFormat:
 
     def decode(self, generated: torch.Tensor, prompt_len: int) -> list[str]:
         new = generated[:, 1:] if self.encoder_decoder else generated[:, prompt_len:]
-        out = []
-        for row in new.tolist():
-            if self.eos in row:
-                row = row[: row.index(self.eos)]
-            out.append(self.tok.decode(row, skip_special_tokens=True).strip())
-        return out
+        return decode_new_tokens(self.tok, self.eos, new)

@@ -145,12 +145,18 @@ class PromptFormat:
 
     def decode(self, generated: torch.Tensor, prompt_len: int) -> list[str]:
         """Answers from ``generate`` output (prompt + new tokens), cut at <eos>."""
-        out = []
-        for row in generated[:, prompt_len:].tolist():
-            if self.eos in row:
-                row = row[: row.index(self.eos)]
-            out.append(self.tok.decode(row, skip_special_tokens=True).strip())
-        return out
+        return decode_new_tokens(self.tok, self.eos, generated[:, prompt_len:])
+
+
+def decode_new_tokens(tokenizer, eos: int, new: torch.Tensor) -> list[str]:
+    """One answer per row of generated token ids ``new`` (the prompt already cut off): each row cut at its
+    first ``eos``, decoded without special tokens, stripped. Every prompt format decodes this way."""
+    out = []
+    for row in new.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
 
 
 def load_vl_model(path: str | Path, dtype: torch.dtype = torch.float32, **load_options):

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from safe.processing.prompts import Encoded
+from safe.processing.prompts import Encoded, decode_new_tokens
 
 _QUESTION = "\u2063SAFE_QUESTION\u2063"  # a marker no chat template writes itself
 ROW_PACKED = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl")
@@ -272,12 +272,7 @@ class VLMProcessorFormat:
                              [enc.answers[i] for i in index])
 
     def decode(self, generated: torch.Tensor, prompt_len: int) -> list[str]:
-        out = []
-        for row in generated[:, prompt_len:].tolist():
-            if self.eos in row:
-                row = row[: row.index(self.eos)]
-            out.append(self.tok.decode(row, skip_special_tokens=True).strip())
-        return out
+        return decode_new_tokens(self.tok, self.eos, generated[:, prompt_len:])
 
 
 __all__ = ["ROW_PACKED", "VLMProcessorFormat", "VisionEncoded", "load_processor", "vlm_layout"]
