@@ -25,6 +25,10 @@ class default. Closed rows are bit-exact to the base under each (tests/models/te
 the base runs the same kernels with and without SAFE."""
 
 
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+"""Named ``device_map`` strategies a base may be loaded with (accelerate places its layers); a dict also works."""
+
+
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"--dtype {name!r} is not one of {sorted(DTYPES)}")
@@ -44,8 +48,8 @@ def _architecture(path: Path, what: str) -> str:
 def _check_options(attn_implementation: str | None, device_map: str | dict | None) -> None:
     if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation {attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")
-    if device_map is not None and not isinstance(device_map, dict) and device_map not in ("auto", "balanced", "sequential"):
-        raise ValueError(f"device_map {device_map!r} must be 'auto', 'balanced', 'sequential' or a dict")
+    if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
+        raise ValueError(f"device_map {device_map!r} must be one of {DEVICE_MAPS} or a dict")
 
 
 def _load(spec: str | Path, what: str, supported: tuple[str, ...], supported_text: str,

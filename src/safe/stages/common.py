@@ -47,7 +47,17 @@ class RunOptions:
 
 
 @dataclass
-class DataOptions(RunOptions):
+class LoadOptions:
+    """How a stage loads the frozen base (:func:`load_options` turns these into ``load_frozen``'s keywords)."""
+
+    attn_implementation: str | None = None
+    """Attention implementation of the base (sdpa or eager; default: the class default)."""
+    device_map: str | None = None
+    """Spread a base checkpoint over the visible devices (auto, balanced or sequential) instead of one device."""
+
+
+@dataclass
+class DataOptions(RunOptions, LoadOptions):
     """A run plus its data and frozen base models."""
 
     data: str | None = None
@@ -60,22 +70,22 @@ class DataOptions(RunOptions):
     audio: str | None = None
     """Local CLAP / Whisper checkpoint directory (required when --base is a checkpoint; default: the built-in
     folder's own encoder)."""
-    attn_implementation: str | None = None
-    """Attention implementation of the base (sdpa or eager; default: the class default)."""
-    device_map: str | None = None
-    """Spread a base checkpoint over the visible devices (auto, balanced or sequential) instead of one device."""
 
 
-def load_options(cfg) -> dict:
-    """The base's loading options of a stage config (``--attn-implementation``, ``--device-map``) for
+def load_options(cfg: LoadOptions) -> dict:
+    """``cfg``'s loading options (``--attn-implementation``, ``--device-map``) as keywords for
     :func:`safe.stages.loading.load_frozen`: only those given; a bad value is a :class:`StageError` naming
     the flag."""
-    attn, device_map = getattr(cfg, "attn_implementation", None), getattr(cfg, "device_map", None)
-    if attn not in (None, "sdpa", "eager"):
-        raise StageError(f"--attn-implementation must be sdpa or eager, got {attn!r}")
-    if device_map not in (None, "auto", "balanced", "sequential"):
-        raise StageError(f"--device-map must be auto, balanced or sequential, got {device_map!r}")
-    return {k: v for k, v in (("attn_implementation", attn), ("device_map", device_map)) if v is not None}
+    from safe.models.loading import ATTN_IMPLEMENTATIONS, DEVICE_MAPS
+
+    if cfg.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+        raise StageError(f"--attn-implementation must be {' or '.join(ATTN_IMPLEMENTATIONS)}, "
+                         f"got {cfg.attn_implementation!r}")
+    if cfg.device_map not in (None, *DEVICE_MAPS):
+        raise StageError(f"--device-map must be {', '.join(DEVICE_MAPS[:-1])} or {DEVICE_MAPS[-1]}, "
+                         f"got {cfg.device_map!r}")
+    return {k: v for k, v in (("attn_implementation", cfg.attn_implementation), ("device_map", cfg.device_map))
+            if v is not None}
 
 
 def data_source(data: str | None, *, tiny: bool = False, create: bool = False):

@@ -29,6 +29,7 @@ from safe.models.generation import MAX_NEW_TOKENS
 from safe.models.safe_model import CONFIG_NAME
 from safe.processing.processor import PROCESSOR_FILE, SAFEProcessor
 from safe.runs import StageResult
+from safe.stages.common import LoadOptions, load_options
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -220,7 +221,7 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(LoadOptions):
     """Options of ``safe predict``: one question (--question, --image, --audio) or a JSON-lines file (--input)."""
 
     run_dir: str | None = None
@@ -246,10 +247,6 @@ class PredictConfig:
     """Questions per generate call with --input."""
     long_audio: Literal["truncate", "error"] = "truncate"
     """Clips longer than the audio encoder's window: use the first window (a warning on stderr) or refuse."""
-    attn_implementation: str | None = None
-    """Attention implementation of the base (sdpa or eager; default: the class default)."""
-    device_map: str | None = None
-    """Spread a base checkpoint over the visible devices (auto, balanced or sequential) instead of one device."""
 
     def __post_init__(self) -> None:
         if (self.checkpoint or self.run_dir) is None:
@@ -275,8 +272,6 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
     import sys
 
     from transformers.utils import logging as hf_logging
-
-    from safe.stages.common import load_options
 
     opts = load_options(cfg)  # a bad loading flag fails before anything is loaded
     handler = logging.StreamHandler(sys.stderr)

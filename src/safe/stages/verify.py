@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass, field
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DType, StageError, check_device
+from safe.stages.common import DType, LoadOptions, StageError, check_device, load_options
 
 
 @dataclass
-class VerifyConfig:
+class VerifyConfig(LoadOptions):
     """Options of ``safe verify``."""
 
     base: str = "llava"
@@ -27,10 +27,6 @@ class VerifyConfig:
     """Dtype of the frozen parts."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda:0."""
-    attn_implementation: str | None = None
-    """Attention implementation of the base (sdpa or eager; default: the class default)."""
-    device_map: str | None = None
-    """Spread a base checkpoint over the visible devices (auto) instead of moving it to --device."""
     fusion_layers: list[int] = field(default_factory=lambda: [0, -1])
     """Decoder layers to fuse after (negative counts from the end)."""
     batch: int = 4
@@ -45,8 +41,7 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         if self.certificate is not None and not self.run_dir:
             raise StageError("--certificate needs --run-dir: the trained run whose model is verified and certified")
-        if self.attn_implementation not in (None, "sdpa", "eager"):
-            raise StageError(f"--attn-implementation must be sdpa or eager, got {self.attn_implementation!r}")
+        load_options(self)  # a bad loading flag fails before anything is built
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 2:
             raise StageError(f"--batch must be an integer >= 2 (a mix of audio and no-audio rows), got {self.batch!r}")
         if not self.fusion_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.fusion_layers):
@@ -86,8 +81,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     check_device(cfg.device)
     bases = list(presets.BASE_PRESETS) if cfg.all_presets else [] if cfg.certificate else [cfg.base]
     encoders = list(presets.AUDIO_PRESETS) if cfg.all_presets else [cfg.audio]
-    load = {k: v for k, v in (("attn_implementation", cfg.attn_implementation), ("device_map", cfg.device_map))
-            if v is not None}
+    load = load_options(cfg)
     models, tables = {}, []
     threads = torch.get_num_threads()
     if cfg.all_presets:  # tiny models: one thread is ~20x faster than two on a busy machine (measured)
