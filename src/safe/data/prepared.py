@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from safe.data.record_table import RecordView
 from safe.data.records import Example
 from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, RowStore, TensorRows, TokenRows
 from safe.processing.prompts import Encoded
@@ -30,9 +31,10 @@ class PreparedSet:
     ``pixels``: a :class:`~safe.data.rows.RowStore` (or tensor) of ``(n, 3, H, W)`` pixel values;
     ``audio``: a row store (or tensor) of ``(n, T, D)`` frozen-encoder outputs of each example's
     clip; both answer ``store[idx]`` with the stacked rows, like the tensors they replace.
-    ``needs_audio``: (n,) bool tensor."""
+    ``needs_audio``: (n,) bool tensor. ``examples``: a list, or the lazy
+    :class:`~safe.data.record_table.RecordView` of a data spec's split (records stay on disk)."""
 
-    examples: list[Example]
+    examples: Sequence[Example]
     enc: Encoded
     pixels: RowStore | torch.Tensor
     audio: RowStore | torch.Tensor
@@ -51,12 +53,12 @@ class PreparedSet:
     def subset(self, index: Sequence[int]) -> "PreparedSet":
         """Rows ``index`` (lazy: the row stores are re-indexed, nothing is decoded)."""
         index = list(index)
-        return PreparedSet([self.examples[i] for i in index], _take_encoded(self.enc, index),
+        return PreparedSet(_take(self.examples, index), _take_encoded(self.enc, index),
                            _take(self.pixels, index), _take(self.audio, index), self.needs_audio[index])
 
 
 def _take(rows, index: list[int]):
-    if isinstance(rows, (RowStore, TokenRows)):
+    if isinstance(rows, (RowStore, TokenRows, RecordView)):
         return rows.take(index)
     return rows[index] if isinstance(rows, torch.Tensor) else [rows[i] for i in index]
 
@@ -90,16 +92,16 @@ def _encode_batches(model, paths: Sequence[str], positions: list[int], frontend,
 
     from safe.processing.audio import read_wav
 
-    def read(i: int):
-        return read_wav(paths[i], target_rate=frontend.sampling_rate)[0]
+    def read(path: str):
+        return read_wav(path, target_rate=frontend.sampling_rate)[0]
 
     starts = list(range(0, len(positions), batch_size))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = [pool.submit(read, i) for i in positions[:batch_size]] if starts else []
+        pending = [pool.submit(read, paths[i]) for i in positions[:batch_size]] if starts else []
         for s in tqdm(starts, desc="encoding audio", disable=not progress, leave=False):
             part = positions[s:s + batch_size]
             wavs = [f.result() for f in pending]
-            pending = [pool.submit(read, i) for i in positions[s + batch_size:s + 2 * batch_size]]
+            pending = [pool.submit(read, paths[i]) for i in positions[s + batch_size:s + 2 * batch_size]]
             with torch.no_grad():
                 yield part, model.audio_encoder.encode(frontend(wavs)).float().cpu()
 
@@ -126,7 +128,7 @@ def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 2
     from tqdm.auto import tqdm
 
     workers = workers or default_workers()
-    paths = list(paths)
+    paths = paths if isinstance(paths, Sequence) else list(paths)  # a record column stays on disk
     keys: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # a chunk at a time: one future per path, not per set
         for s in tqdm(range(0, len(paths), CHUNK), desc="hashing clips", disable=not progress, leave=False):
@@ -172,29 +174,37 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     of images for 12,000 training rows) keeps every row once it is decoded, so a long training run
     decodes each image once instead of once per batch (measured: 26 ms a 64-row batch, a quarter of a
     demo Stage A step); above it the store streams within ``cache_bytes``. 0 always streams."""
-    examples = list(examples)
+    if not isinstance(examples, RecordView):  # a record view stays on disk; columns are read from it
+        examples = list(examples)
     missing = [e.id for e in examples if e.image is None or e.audio is None]
     if missing:
         raise ValueError(f"{len(missing)} examples lack an image or audio clip (first: {missing[0]}); "
                          "Stage A needs both")
-    paths = [e.audio for e in examples]
+    paths = _column(examples, "audio")
     if cache is None:
         audio: RowStore = TensorRows(encode_clips(model, paths, frontend, progress=progress, workers=workers))
     else:
         audio = _keep_small(CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress,
                                                          workers=workers), cache_bytes), cache_bytes, keep_all_bytes)
-    images = _keep_small(ImageRows([e.image for e in examples], fmt.pixels, cache_bytes), cache_bytes, keep_all_bytes)
+    images = _keep_small(ImageRows(_column(examples, "image"), fmt.pixels, cache_bytes), cache_bytes, keep_all_bytes)
     return PreparedSet(examples, _encode(fmt, examples), images, audio,
-                       torch.tensor([e.needs_audio for e in examples], dtype=torch.bool))
+                       torch.tensor(list(_column(examples, "needs_audio")), dtype=torch.bool))
 
 
-def _encode(fmt, examples: list[Example]) -> Encoded:
+def _column(examples: Sequence[Example], name: str) -> Sequence:
+    """Field ``name`` of every example: a lazy column of a record view, else a list."""
+    if isinstance(examples, RecordView):
+        return examples.column(name)
+    return [getattr(e, name) for e in examples]
+
+
+def _encode(fmt, examples: Sequence[Example]) -> Encoded:
     """``fmt.encode`` a chunk at a time into packed :class:`~safe.data.rows.TokenRows` (the same ids):
     a fast tokenizer's batch output keeps per-row offsets and tokens besides the ids, several KB a
     row, and Python lists of ids cost 8 bytes a token (a LLaVA prompt holds 576 image tokens)."""
     prompts, answers, extras, kind = TokenRows(), TokenRows(), [], Encoded
     for s in range(0, len(examples), CHUNK):
-        enc = fmt.encode(examples[s:s + CHUNK])
+        enc = fmt.encode(list(examples[s:s + CHUNK]))  # a chunk of a record view: decoded here
         prompts.extend(enc.prompts)
         answers.extend(enc.answers)
         if getattr(enc, "extras", None):  # a processor format's per-example inputs (image_sizes, masks ...)

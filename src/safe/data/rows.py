@@ -172,12 +172,14 @@ class _Mapped(RowStore):
 
 class ImageRows(RowStore):
     """Pixel values of image files, decoded on demand by ``pixels(paths) -> (k, ...) tensor`` (the
-    prompt format's own image processing, row by row). Keeps one path per row."""
+    prompt format's own image processing, row by row). Keeps one path per row, or reads them from a lazy
+    sequence (a data spec's record column) without copying it."""
 
     def __init__(self, paths: Sequence[Any], pixels: Callable[[list], torch.Tensor],
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         super().__init__(len(paths), cache_bytes)
-        self.paths, self._pixels = list(paths), pixels
+        lazy = isinstance(paths, Sequence) and not isinstance(paths, (list, tuple))
+        self.paths, self._pixels = paths if lazy else list(paths), pixels
 
     def _load(self, positions: list[int]) -> list[torch.Tensor]:
         return list(self._pixels([self.paths[p] for p in positions]).unbind(0))

@@ -29,25 +29,31 @@ Every row also gets ``meta["source"]`` (e.g. ``"train[1] vqav2:train2014"``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
+import json
 import os
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from safe.data.readers import DatasetFormatError
+from safe.data.readers import DatasetFormatError, stream_rows
 from safe.data.readers._common import MAX_PROBLEMS, _Media, _RowError
+from safe.data.record_table import CHUNK, RecordView, TableWriter, stamp
 from safe.data.records import Example
 from safe.data.spec import LAYOUTS, SPLITS, DataSpec, SourceEntry, SpecError, load_spec
 
 #: Side of the black stand-in image (pixels); the checkpoint's image processor resizes it anyway.
 STAND_IN_SIZE = 224
 STAND_IN_NAME = "stand_in_black_224.png"
+#: Version of the record tables' layout (part of their key): bump when a table written before would be wrong.
+TABLE_FORMAT = 1
 _MEDIA = re.compile(r"image file not found|audio file not found|unreadable (image|audio)|no frame for|has no samples")
 
 
@@ -107,6 +113,8 @@ class VerifiedMedia:
         stamp = self._stamp(path)
         if stamp is not None:
             self._new.append((path, stamp))
+            if len(self._new) >= 4096:  # bounded memory on a large split
+                self.commit()
 
     def commit(self) -> None:
         if self._new:
@@ -119,31 +127,19 @@ def _digest(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
 
 
-def pair_rows(rows: list[Example], pool: list[str], *, seed: int, split: str, stand_in: str) -> list[Example]:
-    """The pairing rules (module docstring) applied to ``rows``: a row without a clip gets
-    ``pool[hash(seed, split, id) % len(pool)]``, a row without an image gets ``stand_in``."""
-    out = []
-    for e in rows:
-        changes: dict[str, Any] = {}
-        meta = dict(e.meta)
-        if e.audio is None:
-            if e.needs_audio:  # the readers never build this; a plug-in source might
-                raise SpecError(f"row {e.id!r} ({meta.get('source')}) needs audio but has no clip")
-            if not pool:
-                raise SpecError(f"split {split!r}: VL-only row {e.id!r} needs an unrelated clip, but the spec has no "
-                                "audio rows to pair it with (add an audio source to this split or to train)")
-            changes["audio"] = pool[_digest(f"{seed}:{split}:{e.id}") % len(pool)]
-            meta["paired_audio"] = True
-        if e.image is None:
-            changes["image"] = stand_in
-            meta["stand_in_image"] = True
-        out.append(replace(e, **changes, meta=meta) if changes else e)
-    return out
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """Hash of the code that turns files into records (readers, spec, pairing, table format): part of every
+    record table's key, so a changed reader never serves records written by the old one."""
+    import safe.data.readers as readers
 
-
-def audio_pool(rows: list[Example]) -> list[str]:
-    """The sorted distinct clips of the rows that have one (the pool VL-only rows are paired from)."""
-    return sorted({e.audio for e in rows if e.audio is not None})
+    here = Path(__file__).resolve().parent
+    files = sorted(Path(readers.__file__).resolve().parent.glob("*.py"))
+    files += [here / n for n in ("records.py", "record_table.py", "spec.py", "spec_source.py")]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def write_stand_in(folder: Path) -> Path:
@@ -162,13 +158,15 @@ def write_stand_in(folder: Path) -> Path:
 class SpecSource:
     """The :class:`~safe.data.source.DataSource` of a :class:`~safe.data.spec.DataSpec` (or a spec file).
 
-    Guarantees: :meth:`split` returns the same records in the same order for unchanged files (read once
-    per instance, then cached); every record has an existing image and clip (the pairing rules of the
-    module docstring) and a split-unique id; ``split`` raises ``ValueError`` (:class:`SpecError`) for a
-    split the spec does not give and for a split that is empty after skips. ``retention`` exists when
-    the spec lists it or train has VL-only rows. :meth:`fingerprint` covers the resolved spec, every
-    record of every split and the size and mtime of every medium. :meth:`reports` gives, per split, what
-    each source read and skipped (``safe data check`` prints it).
+    Guarantees: :meth:`split` returns the same records in the same order for unchanged files, as a
+    :class:`~safe.data.record_table.RecordView` (a lazy ``Sequence[Example]``) over the split's record
+    table in ``cache_dir/records`` (module docstring: read once, reused while its inputs are unchanged);
+    every record has an existing image and clip (the pairing rules of the module docstring) and a
+    split-unique id; ``split`` raises ``ValueError`` (:class:`SpecError`) for a split the spec does not
+    give and for a split that is empty after skips. ``retention`` exists when the spec lists it or train
+    has VL-only rows. :meth:`fingerprint` covers the resolved spec, every record of every split and the
+    size and mtime of every medium. :meth:`reports` gives, per split, what each source read and skipped
+    (``safe data check`` prints it). Memory does not grow with the number of rows.
 
     ``skip_bad`` / ``verify_media`` given here replace the spec's (``safe data check`` reads with
     ``skip_bad=True`` to count every problem instead of stopping at the first).
@@ -177,12 +175,12 @@ class SpecSource:
     name = "spec"
 
     def __init__(self, spec: DataSpec | str | os.PathLike, *, skip_bad: bool | None = None,
-                 verify_media: bool | None = None) -> None:
+                 verify_media: bool | None = None, progress: bool = False) -> None:
         self.spec = spec if isinstance(spec, DataSpec) else load_spec(spec)
-        self._skip_bad, self._verify = skip_bad, verify_media
-        self._raw: dict[str, list[Example]] = {}
-        self._paired: dict[str, list[Example]] = {}
+        self._skip_bad, self._verify, self.progress = skip_bad, verify_media, progress
+        self._views: dict[str, RecordView] = {}
         self._reports: dict[str, list[EntryReport]] = {}
+        self._keys: dict[str, str] = {}
         self._sources: dict[tuple[str, str], Any] = {}
         self._fingerprint: str | None = None
 
@@ -191,7 +189,8 @@ class SpecSource:
 
     @property
     def cache_dir(self) -> Path:
-        """The spec's ``cache_dir`` (default ``.safe_cache`` beside the spec file): embeddings, stand-in image."""
+        """The spec's ``cache_dir`` (default ``.safe_cache`` beside the spec file): embeddings, stand-in image,
+        record tables."""
         return self.spec.cache_dir
 
     @property
@@ -212,27 +211,55 @@ class SpecSource:
                                 f"{sorted(entry.options)}: {err}") from None
         return self._sources[key]
 
-    def _read_entry(self, entry: SourceEntry) -> tuple[list[Example], EntryReport]:
+    def _flags(self, entry: SourceEntry) -> tuple[bool, bool]:
+        return (entry.skip_bad if self._skip_bad is None else self._skip_bad,
+                entry.verify_media if self._verify is None else self._verify)
+
+    def table_key(self, name: str) -> str:
+        """The key of split ``name``'s record table: the code that reads it, the seed and stand-in, each
+        source's resolved entry and effective flags, the size and mtime of its annotation files and media
+        folders (a file added or removed changes a folder's mtime) or a registry source's fingerprint,
+        and for a split other than train, train's key (its clips may be the pairing pool)."""
+        if name not in self._keys:
+            parts: list[Any] = [TABLE_FORMAT, _code_hash(), name, self.spec.seed, str(self.spec.stand_in_image)]
+            for entry in self.spec.splits[name]:
+                inputs = ({k: stamp(str(p)) for k, p in sorted(entry.paths.items())} if entry.is_dataset
+                          else self._open(entry).fingerprint())
+                parts.append([entry.to_dict(), self._flags(entry), inputs])
+            if name != "train" and "train" in self.spec.splits:
+                parts.append(self.table_key("train"))
+            self._keys[name] = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return self._keys[name]
+
+    def _read_entry(self, name: str, entry: SourceEntry, out: TableWriter) -> EntryReport:
+        """Stream ``entry``'s good rows into ``out`` (ids ``<task>/<id>``, ``meta["source"]``)."""
         report = EntryReport(entry.where, entry.label())
-        skip = entry.skip_bad if self._skip_bad is None else self._skip_bad
-        verify = entry.verify_media if self._verify is None else self._verify
+        origin = f"{entry.where} {entry.label()}"
+        skip, verify = self._flags(entry)
+
+        def keep(e: Example) -> None:
+            uid = f"{e.task}/{e.id}"
+            first = out.add(replace(e, id=uid, meta={**e.meta, "source": origin}), entry.where)
+            if first is not None:
+                raise SpecError(f"split {name!r}: id {uid!r} comes from both {first} and {entry.where}; "
+                                "a row listed twice would be trained or scored twice")
+            out.add_media((p for p in (e.image, e.audio) if p), used=True)
+            report.rows += 1
+
         if not entry.is_dataset:
-            rows = self._open(entry).split(entry.split)[: entry.limit]
-            report.rows = len(rows)
-            return rows, report
-        layout = LAYOUTS[entry.reader]
-        # Existence checks only while reading: verification (decoding) is done below on the rows kept, so a
-        # limit of 1000 over a 200k-row file decodes about 1000 clips.
-        result = layout.read(**entry.paths, **entry.options, skip_bad=skip, verify_media=False)
-        report.skipped, report.problems = result.skipped, list(result.problems)
+            for e in self._open(entry).split(entry.split)[: entry.limit]:
+                keep(e)
+            return report
         media = _Media(verify)
         checked = VerifiedMedia(self.cache_dir) if verify else None
-        report.media_problems = [p for p in report.problems if _MEDIA.search(p)]  # the reader's existence checks
-        report.media_failures = len(report.media_problems)
-        kept: list[Example] = []
-        for e in result.examples:
-            if entry.limit is not None and len(kept) >= entry.limit:
-                break
+        failed: list[str] = []  # verification failures, appended after the reader's own problems
+        failures = 0
+
+        def sink(e: Example) -> None:  # each record as the reader builds it (existence checks done)
+            nonlocal failures
+            if entry.limit is not None and report.rows >= entry.limit:
+                return  # a limit of 1000 over a 200k-row file decodes about 1000 clips
+            path = None
             try:
                 for path, check in ((e.image, media.image), (e.audio, media.audio)):
                     if path is not None and not (checked is not None and checked.known(path)):
@@ -243,44 +270,88 @@ class SpecSource:
                 msg = f"{entry.where} {entry.label()}: row id {e.id!r}: {err}"
                 if not skip:
                     raise DatasetFormatError(msg) from None
-                report.skipped += 1
-                report.media_failures += 1
-                if len(report.problems) < MAX_PROBLEMS:
-                    report.problems.append(msg)
-                    report.media_problems.append(msg)
-                continue
-            kept.append(e)
+                out.add_media([path], used=False)  # a repaired file makes the table stale
+                failures += 1
+                if len(failed) < MAX_PROBLEMS:
+                    failed.append(msg)
+                return
+            keep(e)
+
+        with stream_rows(sink):
+            result = LAYOUTS[entry.reader].read(**entry.paths, **entry.options, skip_bad=skip, verify_media=False)
         if checked is not None:
             checked.commit()
-        report.rows = len(kept)
-        return kept, report
+        report.problems = list(result.problems)
+        report.media_problems = [p for p in report.problems if _MEDIA.search(p)]  # the reader's existence checks
+        report.skipped = result.skipped + failures
+        report.media_failures = len(report.media_problems) + failures
+        for msg in failed:
+            if len(report.problems) < MAX_PROBLEMS:
+                report.problems.append(msg)
+                report.media_problems.append(msg)
+        return report
 
-    def _read(self, name: str) -> list[Example]:
-        if name in self._raw:
-            return self._raw[name]
+    def _build(self, name: str, path: Path) -> RecordView:
+        """Read split ``name`` into a new record table at ``path``: sources in order, then the seeded
+        interleaving, then the pairing rules, each as queries on the file."""
         entries = self.spec.splits[name]
-        rows: list[Example] = []
-        reports: list[EntryReport] = []
-        seen: dict[str, str] = {}
-        for entry in entries:
-            part, report = self._read_entry(entry)
-            reports.append(report)
-            for e in part:
-                uid = f"{e.task}/{e.id}"
-                if uid in seen:
-                    raise SpecError(f"split {name!r}: id {uid!r} comes from both {seen[uid]} and {entry.where}; "
-                                    "a row listed twice would be trained or scored twice")
-                seen[uid] = entry.where
-                rows.append(replace(e, id=uid, meta={**e.meta, "source": f"{entry.where} {entry.label()}"}))
-        if not rows:
-            detail = "; ".join(f"{r.where} {r.label}: {r.rows} rows, {r.skipped} skipped"
-                               + (f" (first: {r.problems[0]})" if r.problems else "") for r in reports)
-            raise SpecError(f"split {name!r} is empty: {detail}")
-        if len(entries) > 1:
-            order = np.random.default_rng([self.spec.seed, zlib.crc32(name.encode())]).permutation(len(rows))
-            rows = [rows[i] for i in order]
-        self._raw[name], self._reports[name] = rows, reports
-        return rows
+        with TableWriter(path) as out:
+            reports = [self._read_entry(name, entry, out) for entry in entries]
+            if not out.rows:
+                detail = "; ".join(f"{r.where} {r.label}: {r.rows} rows, {r.skipped} skipped"
+                                   + (f" (first: {r.problems[0]})" if r.problems else "") for r in reports)
+                raise SpecError(f"split {name!r} is empty: {detail}")
+            order = None
+            if len(entries) > 1:
+                order = np.random.default_rng([self.spec.seed, zlib.crc32(name.encode())]).permutation(out.rows)
+            out.order(order)
+            pool = out.fill_pool()
+            if not pool and out.has("audio IS NULL") and name != "train" and "train" in self.spec.splits:
+                pool = out.fill_pool(self._table("train").pool())
+            stand_in = self._stand_in() if out.has("image IS NULL") else ""  # written only when needed
+            self._pair(name, out, pool, stand_in)
+            out.finish({"reports": [asdict(r) for r in reports]})
+        self._reports[name] = reports
+        return RecordView(path)
+
+    def _pair(self, name: str, out: TableWriter, pool: int, stand_in: str) -> None:
+        """The pairing rules (module docstring) on the rows of ``out`` that lack a clip or an image: a row
+        without a clip gets ``pool[hash(seed, split, id) % len(pool)]``, one without an image ``stand_in``."""
+        changes: list[tuple[int, Example]] = []
+        for pos, e in out.incomplete():
+            fix: dict[str, Any] = {}
+            meta = dict(e.meta)
+            if e.audio is None:
+                if e.needs_audio:  # the readers never build this; a plug-in source might
+                    raise SpecError(f"row {e.id!r} ({meta.get('source')}) needs audio but has no clip")
+                if not pool:
+                    raise SpecError(f"split {name!r}: VL-only row {e.id!r} needs an unrelated clip, but the spec has "
+                                    "no audio rows to pair it with (add an audio source to this split or to train)")
+                fix["audio"] = out.pool_path(_digest(f"{self.spec.seed}:{name}:{e.id}") % pool)
+                meta["paired_audio"] = True
+            if e.image is None:
+                fix["image"] = stand_in
+                meta["stand_in_image"] = True
+            changes.append((pos, replace(e, **fix, meta=meta)))
+            if len(changes) >= CHUNK:
+                out.update(changes)
+                changes = []
+        out.update(changes)
+        if stand_in:
+            out.add_media([stand_in], used=True)
+
+    def _table(self, name: str) -> RecordView:
+        """Split ``name``'s record table: the one in ``cache_dir/records`` when its key matches and no medium
+        it names changed since, else read anew."""
+        if name not in self._views:
+            path = self.cache_dir / "records" / f"{name}-{self.table_key(name)}.sqlite"
+            view = RecordView(path) if path.is_file() else None
+            if view is not None and view.media_changed() is None:
+                self._reports[name] = [EntryReport(**r) for r in view.info()["reports"]]
+            else:
+                view = self._build(name, path)
+            self._views[name] = view
+        return self._views[name]
 
     def _stand_in(self) -> str:
         if self.spec.stand_in_image != "black":
@@ -293,32 +364,29 @@ class SpecSource:
         if name in self.spec.splits:
             return all(not e.implicit or self._open(e).has_split(e.split) for e in self.spec.splits[name])
         if name == "retention" and self.has_split("train"):
-            return any(not e.needs_audio for e in self._read("train"))
+            return len(self._retention()) > 0
         return False
 
-    def split(self, name: str) -> list[Example]:
-        """The records of split ``name``, paired (module docstring); a copy of the cached list."""
-        if name not in self._paired:
-            if name in self.spec.splits and self.has_split(name):
-                raw = self._read(name)
-                pool = audio_pool(raw)
-                if not pool and any(e.audio is None for e in raw) and name != "train" and "train" in self.spec.splits:
-                    pool = audio_pool(self._read("train"))
-                stand_in = self._stand_in() if any(e.image is None for e in raw) else ""  # written only when needed
-                self._paired[name] = pair_rows(raw, pool, seed=self.spec.seed, split=name, stand_in=stand_in)
-            elif name == "retention" and "train" in self.spec.splits:
-                vl = [e for e in self.split("train") if not e.needs_audio]
-                if not vl:
-                    raise SpecError("the spec lists no retention split and train has no VL-only rows (needs_audio "
-                                    "false, e.g. VQAv2 or GQA) to derive it from: add such rows to train or list "
-                                    "a retention: split")
-                self._paired[name] = vl
-            else:
-                listed = [s for s in SPLITS if s in self.spec.splits]
-                where = f"the data spec {self.spec.path}" if self.spec.path else "the data spec"
-                raise SpecError(f"{where} gives no {name!r} split (it gives: {', '.join(listed)}); "
-                                f"add a {name}: list of sources")
-        return list(self._paired[name])
+    def _retention(self) -> RecordView:
+        if "retention" not in self._views:
+            self._views["retention"] = self._table("train").where("needs_audio", 0)
+        return self._views["retention"]
+
+    def split(self, name: str) -> RecordView:
+        """The records of split ``name``, paired (module docstring), as a lazy read-only sequence."""
+        if name in self.spec.splits and self.has_split(name):
+            return self._table(name)
+        if name == "retention" and "train" in self.spec.splits:
+            vl = self._retention()
+            if not len(vl):
+                raise SpecError("the spec lists no retention split and train has no VL-only rows (needs_audio "
+                                "false, e.g. VQAv2 or GQA) to derive it from: add such rows to train or list "
+                                "a retention: split")
+            return vl
+        listed = [s for s in SPLITS if s in self.spec.splits]
+        where = f"the data spec {self.spec.path}" if self.spec.path else "the data spec"
+        raise SpecError(f"{where} gives no {name!r} split (it gives: {', '.join(listed)}); "
+                        f"add a {name}: list of sources")
 
     # ------------------------------------------------------------------ identity and reports
     def available_splits(self) -> list[str]:
@@ -329,14 +397,18 @@ class SpecSource:
         """sha256 (16 hex) of the resolved spec, every split's records and every medium's size and mtime."""
         if self._fingerprint is None:
             h = hashlib.sha256(self.spec.canonical().encode())
-            media: set[str] = set()
-            for name in self.available_splits():
+            names = self.available_splits()
+            for name in names:
                 for e in self.split(name):
                     h.update(repr(sorted(e.to_dict().items())).encode())
-                    media.update(p for p in (e.image, e.audio) if p)
-            for p in sorted(media):
-                st = Path(p).stat()
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+            # The media of every split's rows, sorted and distinct, merged from the tables (never all in memory).
+            tables = [self._table(n) for n in names if n in self.spec.splits]
+            last = None
+            for p in heapq.merge(*(t.media(used=True) for t in tables)):
+                if p != last:
+                    st = Path(p).stat()
+                    h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+                    last = p
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -347,12 +419,15 @@ class SpecSource:
         for name in self.available_splits():
             rows = self.split(name)
             derived = name not in self.spec.splits
+            paired = stand_in = 0
+            for meta in rows.column("meta"):
+                paired += bool(meta.get("paired_audio"))
+                stand_in += bool(meta.get("stand_in_image"))
             out[name] = {
                 "rows": len(rows), "derived_from_train": derived,
-                "tasks": dict(sorted(Counter(e.task for e in rows).items())),
-                "audio_dependent_share": sum(e.needs_audio for e in rows) / len(rows),
-                "paired_audio": sum(bool(e.meta.get("paired_audio")) for e in rows),
-                "stand_in_image": sum(bool(e.meta.get("stand_in_image")) for e in rows),
+                "tasks": dict(sorted(Counter(rows.column("task")).items())),
+                "audio_dependent_share": sum(rows.column("needs_audio")) / len(rows),
+                "paired_audio": paired, "stand_in_image": stand_in,
                 "sources": [] if derived else [r.to_dict() for r in self._reports[name]],
             }
         return out
@@ -368,4 +443,4 @@ class SpecSource:
                            for k, v in reps.items()}}
 
 
-__all__ = ["EntryReport", "SpecSource", "VerifiedMedia", "audio_pool", "pair_rows", "write_stand_in"]
+__all__ = ["EntryReport", "SpecSource", "TABLE_FORMAT", "VerifiedMedia", "write_stand_in"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from safe.data.readers._common import MAX_PROBLEMS, DatasetFormatError, ReadResult
+from safe.data.readers._common import MAX_PROBLEMS, DatasetFormatError, ReadResult, stream_rows
 from safe.data.readers.audio import read_audiocaps, read_clotho, read_vggsound
 from safe.data.readers.audio_visual import read_avqa, read_music_avqa
 from safe.data.readers.vl import read_gqa, read_vqav2
@@ -30,6 +30,7 @@ __all__ = [
     "ReadResult",
     "READERS",
     "read_dataset",
+    "stream_rows",
     "read_vqav2",
     "read_gqa",
     "read_music_avqa",

@@ -7,9 +7,11 @@ import json
 import os
 import string
 import wave
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
@@ -42,6 +44,23 @@ class ReadResult:
     problems: list[str] = field(default_factory=list)
 
 
+#: Set by :func:`stream_rows`: where readers hand each record instead of keeping it in ``ReadResult.examples``.
+_SINK: ContextVar[Callable[[Example], None] | None] = ContextVar("safe_reader_sink", default=None)
+
+
+@contextmanager
+def stream_rows(sink: Callable[[Example], None]) -> Iterator[None]:
+    """Within this block every reader passes each good record to ``sink`` as it is built and leaves
+    ``ReadResult.examples`` empty (skips and problems are counted as usual), so a caller can write a large
+    dataset to disk without holding its records (the data spec's record tables). An exception raised by
+    ``sink`` propagates out of the reader."""
+    token = _SINK.set(sink)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+
+
 class _RowError(Exception):
     """Internal: what is wrong with one row; the caller adds the file and row to the message."""
 
@@ -70,6 +89,7 @@ class _Collector:
         self.skip_bad = skip_bad
         self.result = ReadResult()
         self._seen: dict[str, str] = {}
+        self._sink = _SINK.get()
 
     def bad(self, where: str, what: str) -> None:
         msg = f"{self.file}: {where}: {what}"
@@ -86,7 +106,10 @@ class _Collector:
             self.bad(where, f"duplicate id {example.id!r} (first seen at {first})")
             return
         self._seen[example.id] = where
-        self.result.examples.append(example)
+        if self._sink is not None:
+            self._sink(example)
+        else:
+            self.result.examples.append(example)
 
 
 def _run_rows(
