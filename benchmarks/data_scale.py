@@ -7,12 +7,14 @@ and half as VQAv2 (``v2_OpenEnded_mscoco_train2014_questions.json`` + ``v2_mscoc
 + ``train2014/COCO_train2014_<id:012d>.jpg``), every clip and image distinct. Then, in a fresh
 process per N (so the peak RSS is that N's alone):
 
-1. **read**: :func:`safe.data.readers.read_dataset` for both (media verified: each image opened, each
-   WAV decoded), rows/s;
-2. **pair**: VQAv2 rows get an unrelated clip from the AudioCaps pool (seeded; what the data spec's
-   pairing does for VL-only rows);
-3. **prepare**: :func:`safe.data.prepared.prepare` (tokenise; hash and encode every clip once with the
-   built-in tiny audio encoder into a fresh on-disk embedding cache), clips/s;
+1. **check**: ``safe data check`` on a data spec naming both (:func:`safe.stages.data_check.check_data`):
+   every row read with media verified (each image opened, each WAV decoded), streamed into the split's
+   on-disk record table (:mod:`safe.data.record_table`), interleaved and paired (VQAv2 rows get an
+   unrelated AudioCaps clip, seeded), reported and fingerprinted; rows/s;
+2. **reopen**: the stages' own ``SpecSource(spec).split("train")``, which finds that table and reuses it
+   (a lazy ``Sequence[Example]``: no record is held in memory);
+3. **prepare**: :func:`safe.data.prepared.prepare` on that view (tokenise; hash and encode every clip once
+   with the built-in tiny audio encoder into a fresh on-disk embedding cache), clips/s;
 4. **train**: ``--steps`` Stage A steps (batch ``--batch``) streaming rows through the row stores,
    s/step and the share of it spent fetching rows (batch tensors, image decoding, embedding reads).
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -129,7 +131,36 @@ def build_base(work: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- measure
+def write_spec(data: Path, cache_root: Path) -> Path:
+    """The data spec of the generated rows (both sources in train), with its own fresh ``cache_dir``."""
+    spec_path = cache_root / "spec.yaml"
+    spec_path.write_text(json.dumps({  # JSON is YAML
+        "train": [{"reader": "audiocaps", "root": str(data / "audiocaps"), "split": "train",
+                   "frames_dir": str(data / "audiocaps" / "frames")},
+                  {"reader": "vqav2", "root": str(data / "vqav2"), "split": "train2014"}],
+        "cache_dir": str(cache_root), "seed": 0}))
+    return spec_path
+
+
+def measure_check(args) -> dict:
+    """``safe data check`` in a fresh process: reads the spec, writes the record table (none exists yet)."""
+    from safe.stages.data_check import DataCheckConfig, check_data
+
+    out = {"rss_start_mib": mib(_status("VmRSS"))}
+    reset_peak()
+    t0 = time.perf_counter()
+    check = check_data(DataCheckConfig(spec=args.spec))
+    read_s = time.perf_counter() - t0
+    split = check.metrics["splits"]["train"]
+    print(check.summary(), file=sys.stderr)
+    return {**out, "rows": split["rows"], "skipped": sum(s["skipped"] for s in split["sources"]),
+            "paired_audio": split["paired_audio"], "seconds": round(read_s, 1),
+            "rows_per_s": round(split["rows"] / read_s, 1), "peak_rss_mib": mib(_status("VmHWM")),
+            "rss_after_mib": mib(_status("VmRSS"))}
+
+
 def measure(args) -> dict:
+    """A stage's data path in a fresh process: the spec's train split (its record table, reused), prepare, train."""
     import shutil
     import tempfile
 
@@ -137,40 +168,27 @@ def measure(args) -> dict:
 
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
-    from safe.data.readers import read_dataset
+    from safe.data.spec_source import SpecSource
     from safe.stages.loading import load_safe
     from safe.training.config import load_stage_a_config
     from safe.training.stage_a import StageATrainer
 
     torch.set_num_threads(args.threads)
-    data = Path(args.data)
     recipe = load_stage_a_config(ROOT / "configs" / "stage_a_builtin.yaml", [
         f"steps={args.steps}", f"batch_size={args.batch}", "warmup_steps=1", "retention_every=0", "checkpoint_every=0",
         "lambda_fisher=0.0", "retention_examples=16", "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"])
     model, fmt, frontend = load_safe(args.base, recipe)
     out: dict = {"rows": args.rows, "rss_after_model_mib": mib(_status("VmRSS"))}
+    cache_root = Path(args.spec).parent
 
     reset_peak()
     t0 = time.perf_counter()
-    caps = read_dataset("audiocaps", captions_csv=data / "audiocaps" / "train.csv", audio_dir=data / "audiocaps" / "audio",
-                        frames_dir=data / "audiocaps" / "frames")
-    vqa = read_dataset("vqav2", questions_json=data / "vqav2" / "v2_OpenEnded_mscoco_train2014_questions.json",
-                       annotations_json=data / "vqav2" / "v2_mscoco_train2014_annotations.json",
-                       image_dir=data / "vqav2" / "train2014")
-    read_s = time.perf_counter() - t0
-    n_read = len(caps.examples) + len(vqa.examples)
-    out["read"] = {"rows": n_read, "skipped": caps.skipped + vqa.skipped, "seconds": round(read_s, 1),
-                   "rows_per_s": round(n_read / read_s, 1), "peak_rss_mib": mib(_status("VmHWM"))}
+    rows = SpecSource(args.spec).split("train")  # what every stage does: finds the table check wrote
+    out["reopen"] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mib": mib(_status("VmHWM")),
+                     "rss_after_mib": mib(_status("VmRSS")), "rows": len(rows), "table": rows.path.name,
+                     "table_bytes_per_row": round(rows.path.stat().st_size / len(rows), 1)}
 
-    rng = random.Random(0)
-    pool = [e.audio for e in caps.examples]
-    rows = list(caps.examples) + [dataclasses.replace(e, audio=rng.choice(pool)) for e in vqa.examples]
-    del caps, vqa
-    rng.shuffle(rows)
-    out["read"]["rss_after_mib"] = mib(_status("VmRSS"))  # the records kept (and what the allocator kept)
-
-    cache_root = Path(tempfile.mkdtemp(prefix="safe-embcache-", dir=args.cache_dir))
-    cache = AudioEmbeddingCache(cache_root, encoder_fingerprint(model.audio_encoder, frontend))
+    cache = AudioEmbeddingCache(cache_root / "embeddings", encoder_fingerprint(model.audio_encoder, frontend))
     reset_peak()
     t0 = time.perf_counter()
     # keep_all_bytes=0: always stream (the small-set shortcut would hold the 10K set's images in memory)
@@ -181,10 +199,11 @@ def measure(args) -> dict:
                       "workers": args.workers, "peak_rss_mib": mib(_status("VmHWM")),
                       "rss_after_mib": mib(_status("VmRSS")),
                       "row_bytes": {"pixels": int(train.pixels[0].numel() * 4), "audio": int(train.audio[0].numel() * 4)},
-                      # what the prepared set keeps per row besides the examples: packed token ids,
-                      # a 32-byte cache key, an image path pointer, needs_audio
+                      # what the prepared set keeps per row (the records stay on disk): packed token ids,
+                      # a 32-byte cache key, needs_audio (image paths: read from the record table)
                       "metadata_bytes_per_row": round((train.enc.prompts.nbytes + train.enc.answers.nbytes
-                                                       + train.audio.keys.nbytes + 8 * len(train.pixels.paths)
+                                                       + train.audio.keys.nbytes
+                                                       + (8 * len(train.pixels.paths) if isinstance(train.pixels.paths, list) else 0)
                                                        + len(train)) / len(train), 1)}
     if args.in_memory:  # what the old PreparedSet held: every row stacked
         reset_peak()
@@ -193,7 +212,7 @@ def measure(args) -> dict:
                             "peak_rss_mib": mib(_status("VmHWM"))}
         del stacked
 
-    vl_rows = [i for i, e in enumerate(rows) if not e.needs_audio][:16]
+    vl_rows = list(itertools.islice((i for i, e in enumerate(rows) if not e.needs_audio), 16))
     retention = train.subset(vl_rows)
     reset_peak()
     run_dir = Path(tempfile.mkdtemp(prefix="safe-stage-a-", dir=args.cache_dir))
@@ -224,10 +243,9 @@ def measure(args) -> dict:
                     "s_per_step": round(train_s / args.steps, 4), "fetch_share": round(fetch["s"] / train_s, 3),
                     "peak_rss_mib": mib(_status("VmHWM")),
                     "row_store_memory_mib": {"pixels": mib(train.pixels.held_bytes), "audio": mib(train.audio.held_bytes)}}
-    out["peak_rss_mib"] = max(out[k]["peak_rss_mib"] for k in ("read", "prepare", "train"))
+    out["stage_peak_rss_mib"] = max(out[k]["peak_rss_mib"] for k in ("reopen", "prepare", "train"))
     # What the in-memory PreparedSet held for the same rows (every pixel and embedding row stacked).
     out["in_memory_prepared_set_mib"] = mib(len(rows) * sum(out["prepare"]["row_bytes"].values()))
-    shutil.rmtree(cache_root, ignore_errors=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     return out
 
@@ -244,13 +262,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--in-memory", action="store_true", help="also stack every row as the old PreparedSet did")
     p.add_argument("--out", default=None, help="JSON file to add the runs to (keyed by N)")
-    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: the per-N child process
+    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: the per-N child processes
+    p.add_argument("--phase", default="stage", help=argparse.SUPPRESS)
+    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     work = Path(args.work)
     if args.measure:
         args.data, args.rows = args.measure, int(Path(args.measure).name[1:])
-        print(json.dumps(measure(args)))
+        print(json.dumps(measure_check(args) if args.phase == "check" else measure(args)))
         return 0
     work.mkdir(parents=True, exist_ok=True)
     base = Path(args.base) if args.base else build_base(work)
@@ -264,11 +284,25 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         data = generate(work, n, args.clip_seconds, image_size)
         gen_s = round(time.perf_counter() - t0, 1)
-        cmd = [sys.executable, __file__, "--measure", str(data), "--base", str(base), "--steps", str(args.steps),
-               "--batch", str(args.batch), "--workers", str(args.workers), "--threads", str(args.threads),
-               "--cache-dir", str(work), *(["--in-memory"] if args.in_memory else [])]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        import shutil
+        import tempfile
+
+        cache_root = Path(tempfile.mkdtemp(prefix="safe-records-", dir=work))  # fresh: nothing read or verified yet
+        spec = write_spec(data, cache_root)
+
+        def child(phase: str) -> dict:
+            cmd = [sys.executable, __file__, "--measure", str(data), "--phase", phase, "--spec", str(spec),
+                   "--base", str(base), "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--workers", str(args.workers), "--threads", str(args.threads), "--cache-dir", str(work),
+                   *(["--in-memory"] if args.in_memory else [])]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+
+        read = child("check")  # `safe data check`: reads the spec, writes the record table
+        res = child("stage")  # then a stage (its own process) on that table
+        res["read"] = read
+        res["peak_rss_mib"] = max(read["peak_rss_mib"], res["stage_peak_rss_mib"])
+        shutil.rmtree(cache_root, ignore_errors=True)
         res["generate_seconds"] = gen_s
         res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
         res["clip_seconds"] = args.clip_seconds

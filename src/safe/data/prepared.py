@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from safe.data.record_table import RecordView
 from safe.data.records import Example
-from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, RowStore, TensorRows, TokenRows
+from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, PackedKeys, RowStore, TensorRows, TokenRows
 from safe.processing.prompts import Encoded
 
 #: Rows tokenised / hashed per call (bounds the transient memory of those steps).
@@ -118,8 +119,9 @@ def encode_clips(model, paths: Sequence[str], frontend, cache=None, batch_size: 
 
 
 def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 256, *,
-               progress: bool = False, workers: int | None = None) -> list[str]:
-    """Encode every clip of ``paths`` not yet in ``cache`` and store it there; returns each path's key.
+               progress: bool = False, workers: int | None = None) -> PackedKeys:
+    """Encode every clip of ``paths`` not yet in ``cache`` and store it there; returns each path's key
+    (a :class:`~safe.data.rows.PackedKeys`: hex strings, like a list, held as 32 bytes each).
 
     Clips are hashed and decoded by a pool of ``workers`` threads and encoded ``batch_size`` at a time
     (the missing ones, in order of first appearance); each batch is written to disk before the next
@@ -129,23 +131,27 @@ def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 2
 
     workers = workers or default_workers()
     paths = paths if isinstance(paths, Sequence) else list(paths)  # a record column stays on disk
-    keys: list[str] = []
+    packed: list[np.ndarray] = []
+    missing: list[int] = []
+    seen: set[bytes] = set()
     with ThreadPoolExecutor(max_workers=workers) as pool:  # a chunk at a time: one future per path, not per set
         for s in tqdm(range(0, len(paths), CHUNK), desc="hashing clips", disable=not progress, leave=False):
-            keys += pool.map(cache.key_for_file, paths[s:s + CHUNK])
-    missing, seen = [], set()
-    for pos, key in enumerate(keys):
-        if key in seen:
-            continue
-        seen.add(key)
-        if key in cache:
-            cache.hits += 1
-        else:
-            cache.misses += 1
-            missing.append(pos)
+            part = list(pool.map(cache.key_for_file, paths[s:s + CHUNK]))
+            for j, key in enumerate(part):
+                raw = bytes.fromhex(key)
+                if raw in seen:
+                    continue
+                seen.add(raw)
+                if key in cache:
+                    cache.hits += 1
+                else:
+                    cache.misses += 1
+                    missing.append(s + j)
+            packed.append(np.array([bytes.fromhex(k) for k in part], dtype="S32"))
     del seen
-    for part, emb in _encode_batches(model, paths, missing, frontend, batch_size, workers, progress):
-        for j, pos in enumerate(part):
+    keys = PackedKeys(np.concatenate(packed) if packed else np.zeros(0, dtype="S32"))
+    for part_pos, emb in _encode_batches(model, paths, missing, frontend, batch_size, workers, progress):
+        for j, pos in enumerate(part_pos):
             cache.put(keys[pos], emb[j], remember=False)
     return keys
 

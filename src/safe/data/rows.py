@@ -185,16 +185,34 @@ class ImageRows(RowStore):
         return list(self._pixels([self.paths[p] for p in positions]).unbind(0))
 
 
+class PackedKeys(Sequence):
+    """Embedding-cache keys (64 hex digits) packed as 32 raw bytes each: ``keys[i]`` is key ``i`` as hex,
+    like the list of strings it replaces (113 bytes a key as a Python ``str``, 32 here)."""
+
+    def __init__(self, keys: Sequence[str] | np.ndarray = ()) -> None:
+        self.array = keys if isinstance(keys, np.ndarray) else np.array([bytes.fromhex(k) for k in keys], dtype="S32")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        # numpy strips trailing NUL bytes from "S" items: pad back to 32 before hex.
+        return self.array[i].ljust(32, b"\0").hex()
+
+
 class CachedRows(RowStore):
     """Frozen-encoder outputs read from an on-disk embedding cache, one entry per row.
 
-    ``keys``: the cache key of each row's clip; kept as 32 raw bytes per row. A key missing from the
-    cache raises ``KeyError`` naming it (fill the cache first: :func:`safe.data.prepared.fill_cache`)."""
+    ``keys``: the cache key of each row's clip (a list of hex strings or :class:`PackedKeys`); kept as 32
+    raw bytes per row. A key missing from the cache raises ``KeyError`` naming it (fill the cache first:
+    :func:`safe.data.prepared.fill_cache`)."""
 
     def __init__(self, cache, keys: Sequence[str], cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         super().__init__(len(keys), cache_bytes)
         self.cache = cache
-        self.keys = np.array([bytes.fromhex(k) for k in keys], dtype="S32")
+        self.keys = (keys if isinstance(keys, PackedKeys) else PackedKeys(keys)).array
 
     def key(self, p: int) -> str:
         # numpy strips trailing NUL bytes from "S" items: pad back to 32 before hex.
@@ -277,4 +295,4 @@ class TokenRows(Sequence):
         return sum(int(x.nbytes) for x in (*self._vals, *self._counts, *self._lengths, self._offsets))
 
 
-__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "RowStore", "TensorRows", "TokenRows"]
+__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "PackedKeys", "RowStore", "TensorRows", "TokenRows"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from safe.data.records import Example
 
@@ -20,7 +20,9 @@ class DataSource(Protocol):
     """A named collection of splits of :class:`~safe.data.records.Example` records.
 
     Guarantees an implementation must keep: ``split(name)`` returns the same records in the same
-    order every time for unchanged data (stages slice it, e.g. ``split("train")[:n]``), with
+    order every time for unchanged data, as a list or a read-only sequence that slices into one
+    (stages slice it, e.g. ``split("train")[:n]``; a data spec gives a lazy
+    :class:`~safe.data.record_table.RecordView`), with
     absolute media paths; it raises ``ValueError`` for a split the source does not have, and
     ``has_split(name)`` says beforehand whether it does. ``fingerprint()`` changes whenever any
     record or media file of any split may have changed (checkpoints record it to know what they
@@ -33,7 +35,7 @@ class DataSource(Protocol):
     @property
     def cache_dir(self) -> Path: ...
 
-    def split(self, name: str) -> list[Example]: ...
+    def split(self, name: str) -> Sequence[Example]: ...
 
     def has_split(self, name: str) -> bool: ...
 
