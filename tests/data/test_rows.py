@@ -122,6 +122,7 @@ def test_fill_cache_resumes_after_a_kill_and_encodes_each_clip_once(tmp_path, cl
     cache = AudioEmbeddingCache(tmp_path / "cache", "stub")
     keys = fill_cache(Model(enc), paths, FrontEnd(), cache, batch_size=4, workers=2)
     assert enc.encoded == 6 and (cache.hits, cache.misses) == (4, 6)
+    assert list(keys) == [cache.key_for_file(p) for p in paths] and keys.array.nbytes == 32 * len(paths)  # packed
     rows = CachedRows(cache, keys, cache_bytes=0)
     want = torch.stack([torch.as_tensor(read_wav(p, 8000)[0][:4]).reshape(2, 2) for p in paths])
     assert torch.equal(rows[list(range(11))], want) and len(set(want[:, 0, 0].tolist())) == 10

@@ -181,9 +181,9 @@ class SpecSource:
     name = "spec"
 
     def __init__(self, spec: DataSpec | str | os.PathLike, *, skip_bad: bool | None = None,
-                 verify_media: bool | None = None, progress: bool = False) -> None:
+                 verify_media: bool | None = None) -> None:
         self.spec = spec if isinstance(spec, DataSpec) else load_spec(spec)
-        self._skip_bad, self._verify, self.progress = skip_bad, verify_media, progress
+        self._skip_bad, self._verify = skip_bad, verify_media
         self._views: dict[str, RecordView] = {}
         self._reports: dict[str, list[EntryReport]] = {}
         self._keys: dict[str, str] = {}
