@@ -132,24 +132,19 @@ def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 2
     workers = workers or default_workers()
     paths = paths if isinstance(paths, Sequence) else list(paths)  # a record column stays on disk
     packed: list[np.ndarray] = []
-    missing: list[int] = []
-    seen: set[bytes] = set()
     with ThreadPoolExecutor(max_workers=workers) as pool:  # a chunk at a time: one future per path, not per set
         for s in tqdm(range(0, len(paths), CHUNK), desc="hashing clips", disable=not progress, leave=False):
-            part = list(pool.map(cache.key_for_file, paths[s:s + CHUNK]))
-            for j, key in enumerate(part):
-                raw = bytes.fromhex(key)
-                if raw in seen:
-                    continue
-                seen.add(raw)
-                if key in cache:
-                    cache.hits += 1
-                else:
-                    cache.misses += 1
-                    missing.append(s + j)
-            packed.append(np.array([bytes.fromhex(k) for k in part], dtype="S32"))
-    del seen
+            packed.append(np.array([bytes.fromhex(k) for k in pool.map(cache.key_for_file, paths[s:s + CHUNK])],
+                                   dtype="S32"))
     keys = PackedKeys(np.concatenate(packed) if packed else np.zeros(0, dtype="S32"))
+    del packed
+    # Distinct clips in order of first appearance, and which of them the cache lacks, as arrays: no Python
+    # object per row outlives this call (a set of keys and a list of positions would, ~150 bytes a row).
+    first = np.sort(np.unique(keys.array, return_index=True)[1])
+    present = np.fromiter((keys[p] in cache for p in first), dtype=bool, count=len(first))
+    cache.hits += int(present.sum())
+    cache.misses += int((~present).sum())
+    missing = first[~present]
     for part_pos, emb in _encode_batches(model, paths, missing, frontend, batch_size, workers, progress):
         for j, pos in enumerate(part_pos):
             cache.put(keys[pos], emb[j], remember=False)

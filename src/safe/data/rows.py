@@ -238,7 +238,8 @@ class TokenRows(Sequence):
         self._vals: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
-        self._offsets: np.ndarray | None = None
+        self._offsets: list[np.ndarray] | None = None
+        self._starts = np.zeros(1, np.int64)
         self.extend(rows)
 
     def extend(self, rows: Sequence[Sequence[int]]) -> None:
@@ -258,14 +259,14 @@ class TokenRows(Sequence):
         self._vals.append(np.concatenate(vals).astype(np.int32) if vals else np.zeros(0, np.int32))
         self._counts.append(np.concatenate(counts).astype(np.int32) if counts else np.zeros(0, np.int32))
         self._lengths.append(np.asarray(lengths, dtype=np.int64))
-        self._offsets = None  # packed on the next read (one concatenation, not one per chunk)
+        self._offsets = None  # indexed on the next read
 
     def _pack(self) -> None:
+        # Chunks stay separate arrays (concatenating them would hold every id twice for a moment); a row is
+        # found by the chunk's first row (``_starts``) and its run offsets within the chunk.
         if self._offsets is None:
-            self._vals = [np.concatenate(self._vals) if self._vals else np.zeros(0, np.int32)]
-            self._counts = [np.concatenate(self._counts) if self._counts else np.zeros(0, np.int32)]
-            self._lengths = [np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)]
-            self._offsets = np.r_[0, np.cumsum(self._lengths[0])]
+            self._offsets = [np.r_[0, np.cumsum(n)] for n in self._lengths]
+            self._starts = np.cumsum([0] + [len(n) for n in self._lengths])
 
     def __len__(self) -> int:
         return sum(int(x.size) for x in self._lengths)
@@ -278,8 +279,10 @@ class TokenRows(Sequence):
             raise IndexError(f"row {i} is out of range for {n} rows")
         i %= n
         self._pack()
-        a, b = self._offsets[i], self._offsets[i + 1]
-        return np.repeat(self._vals[0][a:b], self._counts[0][a:b]).tolist()
+        c = int(np.searchsorted(self._starts, i, side="right")) - 1
+        offsets, j = self._offsets[c], i - int(self._starts[c])
+        a, b = offsets[j], offsets[j + 1]
+        return np.repeat(self._vals[c][a:b], self._counts[c][a:b]).tolist()
 
     def take(self, index: Sequence[int]) -> "TokenRows":
         """The rows ``index`` as a new packed store."""
@@ -292,7 +295,7 @@ class TokenRows(Sequence):
     def nbytes(self) -> int:
         """Bytes held by the packed arrays."""
         self._pack()
-        return sum(int(x.nbytes) for x in (*self._vals, *self._counts, *self._lengths, self._offsets))
+        return sum(int(x.nbytes) for x in (*self._vals, *self._counts, *self._lengths, *self._offsets, self._starts))
 
 
 __all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "PackedKeys", "RowStore", "TensorRows", "TokenRows"]
