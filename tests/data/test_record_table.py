@@ -147,6 +147,10 @@ def test_an_interrupted_write_never_looks_complete(tmp_path):
             w.add(_rows(1)[0], "here")
             raise RuntimeError("killed")
     assert not path.exists() and list(path.parent.iterdir()) == []
+    orphan = path.with_name(f".{path.name}.999999999.1.tmp")  # a writer killed outright (no process 999999999)
+    orphan.write_bytes(b"half a table")
+    TableWriter(path).abort()
+    assert list(path.parent.iterdir()) == []
     # a split whose reading fails (a corrupt clip with skip_bad false) leaves no table behind
     root = write_audiocaps(tmp_path / "ac", "train", n=3)
     (root / "audio" / "yttrain2_30.wav").write_bytes(b"junk")

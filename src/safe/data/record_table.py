@@ -70,6 +70,18 @@ def _decode(field: str, value: Any) -> Any:
     return bool(value) if field == "needs_audio" else value
 
 
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files of ``path`` left by writers that were killed (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
+            os.kill(pid, 0)  # raises when no such process
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):  # not ours to judge: another user's live process, a foreign name
+            continue
+
+
 class TableWriter:
     """Builds one record file (module docstring) under a temporary name; :meth:`finish` renames it into
     place, :meth:`abort` (or an exception inside ``with``) removes it. Rows are appended with :meth:`add`
@@ -80,6 +92,7 @@ class TableWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         self.tmp.unlink(missing_ok=True)
+        _remove_orphans(self.path)
         self.db = sqlite3.connect(str(self.tmp))
         # A temporary file that is renamed only once complete: no journal or fsync is needed for safety.
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
