@@ -89,3 +89,48 @@ def test_rows_taken_from_a_packed_batch_are_those_rows_packed_alone(kind, tmp_pa
             model(**sub)
     with pytest.raises(ValueError, match="do not divide"):
         take_rows({**batch, "pixel_values": batch["pixel_values"][:-1]}, torch.tensor([0]), 4, fmt.image)
+
+
+@pytest.mark.parametrize("kind", PACKED)
+def test_a_cascade_policy_on_a_packed_batch(kind, tmp_path, images):
+    """The cascade re-runs its chosen rows alone: their packed patches are cut out of the batch's, so the
+    chosen rows are SAFE's generate on those rows, the others the base's own tokens."""
+    import copy
+
+    from safe import SAFEConfig, SAFEModel
+    from safe.bench import presets as P
+    from safe.policy.features import PREVIEW_DIM, StateSpec
+    from safe.policy.network import GateMLP
+    from safe.policy.runtime import AudioPolicy
+
+    base, fmt, data = _setup(kind, tmp_path, images)
+    ref = copy.deepcopy(base)
+    enc = P.tiny_audio_encoder("whisper")
+    model = SAFEModel(base, enc, SAFEConfig(fusion_layers=[0, -1], num_audio_tokens=4, lora_rank=4))
+    model.set_gates(0.7)
+    spec = StateSpec(model.hidden_size, model.hidden_size)  # the cascade state (with the base's confidence)
+    net = GateMLP(spec.dim, hidden=1)
+    with torch.no_grad():  # uses audio exactly where preview feature 0 is positive
+        for p in net.parameters():
+            p.zero_()
+        net.net[0].weight[0, spec.question_dim + spec.image_dim] = 1.0
+        net.net[2].weight.fill_(1.0)
+    model.attach_policy(AudioPolicy(spec, "mlp", hidden=1, net=net))
+    x = data.prompt_inputs(fmt, [0, 1, 2, 3])
+    audio = P.random_audio(enc, 4, seed=1)
+    use = [False, True, False, True]
+    preview = torch.zeros(4, PREVIEW_DIM)
+    preview[:, 0] = torch.tensor([1.0 if u else -1.0 for u in use])
+    gen = dict(max_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        out = model.generate(**x, audio_features=audio, audio_preview=preview, **gen)
+        base_out = ref.generate(**x, **gen)
+        rows = torch.tensor([1, 3])
+        alone = data.prompt_inputs(fmt, rows.tolist())  # the chosen rows packed by themselves
+        with_audio = model.generate(**take_rows(x, rows, 4, fmt.image), audio_features=audio[rows],
+                                    audio_mask=torch.ones(2, dtype=torch.bool), **gen)
+    assert out.used_audio.tolist() == use
+    for i in (0, 2):
+        assert torch.equal(out.sequences[i, : base_out.shape[1]], base_out[i])
+    assert torch.equal(out.sequences[rows, : with_audio.shape[1]], with_audio)
+    assert torch.equal(take_rows(x, rows, 4, fmt.image)["pixel_values"], alone["pixel_values"])

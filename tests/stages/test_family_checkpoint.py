@@ -1,7 +1,11 @@
 """A tiny checkpoint of a per-image-token-count family saved to disk with its own processor, used the
-way a user would: a few Stage A steps (safe train's run_stage_a), then a policy decision (the policy
-stage's early state) and safe predict on it; under -m slow also the policy stage and safe eval's protocol. CI: LLaVA-NeXT (tiling) and Qwen2-VL (a batch's image patches
-packed into one sequence, M-RoPE); -m slow: the other families whose processor this environment can build."""
+way a user would: a few Stage A steps (safe train's run_stage_a: SAFE weights move, frozen ones do not,
+closed rows answer as the base), safe predict on the run, then a policy decision (the policy stage's early
+state); under -m slow also the policy stage and safe eval's protocol. CI: LLaVA-NeXT (tiling) and Qwen2-VL
+(a batch's image patches packed into one sequence, M-RoPE); -m slow: the other families whose processor
+this environment can build."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,6 +13,7 @@ from safetensors.torch import load_file
 from safe.bench import presets as P
 from safe.bench.families import tiny_family, tiny_processor
 from safe.bench.files import BuiltinSource
+from safe.cli import main
 from safe.evaluation.protocol import run_eval
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
 from safe.stages.loading import load_trained
@@ -57,7 +62,7 @@ def _stage_a(kind, bench, audio_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-def test_stage_a_then_a_policy_decision_in_predict(kind, tiny_builtin, audio_dir, tmp_path):
+def test_stage_a_then_a_policy_decision_in_predict(kind, tiny_builtin, audio_dir, tmp_path, capsys):
     import safe
     from safe.bench import load_split
     from safe.policy.features import StateSpec
@@ -81,6 +86,13 @@ def test_stage_a_then_a_policy_decision_in_predict(kind, tiny_builtin, audio_dir
         got = p.model.generate(**inputs, max_new_tokens=4, do_sample=False)
         want = fresh.generate(**vl, max_new_tokens=4, do_sample=False)
     assert torch.equal(got[1], want[1])
+    # safe predict on the saved run (the command line), JSON lines in, one answer per request out
+    requests = tmp_path / "q.jsonl"
+    requests.write_text("\n".join(json.dumps({"id": str(i), "question": e.question, "image": e.image,
+                                                "audio": e.audio}) for i, e in enumerate(rows)) + "\n")
+    assert main(["predict", "--run-dir", str(run), "--input", str(requests), "--batch-size", "2"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["id"] for a in answers] == ["0", "1"] and all(isinstance(a["answer"], str) for a in answers)
     h = p.model.hidden_size
     gate = GateMLP(StateSpec(h, h, confidence_dim=0).dim, 4)
     with torch.no_grad():

@@ -29,6 +29,8 @@ _CLASSES: dict[type, type] = {}
 def image_only_class(cls: type) -> type:
     """``cls`` (a ``ProcessorMixin`` subclass taking ``video_processor``) without the video processor:
     same name, same behaviour on text and images, ``get_attributes()`` without ``video_processor``."""
+    from transformers.processing_utils import ProcessorMixin
+
     if cls in _CLASSES:
         return _CLASSES[cls]
     attributes = [a for a in cls.get_attributes() if a != "video_processor"]
@@ -55,6 +57,15 @@ def image_only_class(cls: type) -> type:
                              "only images and text can be processed here")
         return cls.__call__(self, *args, **kwargs)
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        conversations, _ = self._normalize_conversations(conversation)
+        if any(isinstance(c, dict) and c.get("type") == "video"
+               for conv in conversations for message in conv for c in (message.get("content") or [])):
+            raise ValueError(f"conversation: {cls.__name__} was loaded without its video processor (it needs "
+                             "torchvision); a video turn cannot be rendered here")
+        # SmolVLM's override only adds video defaults (template, frames, fps) read off the video processor
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
     def get_attributes(sub) -> list[str]:
         return list(attributes)
 
@@ -69,7 +80,8 @@ def image_only_class(cls: type) -> type:
         return (processor, unused) if unused_wanted else processor
 
     sub = type(cls.__name__, (cls,), {
-        "__init__": __init__, "__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+        "__init__": __init__, "__call__": __call__, "apply_chat_template": apply_chat_template,
+        "__module__": cls.__module__, "__qualname__": cls.__qualname__,
         "__doc__": f"{cls.__name__} without its video processor (images and text only).",
         "get_attributes": classmethod(get_attributes), "from_args_and_dict": classmethod(from_args_and_dict)})
     _CLASSES[cls] = sub
