@@ -17,6 +17,8 @@ from safe.bench.families import _CHAT, image_processor, tiny_family, tiny_proces
 from safe.processing.image_only import image_only_class
 from safe.processing.vlm_prompts import VLMProcessorFormat, load_processor
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
+
 QUESTIONS = ["what colour ?", "which shape is left ?"]
 FAMILIES = [pytest.param("qwen2-vl"), *(pytest.param(k, marks=pytest.mark.slow)
                                         for k in ("qwen2.5-vl", "qwen3-vl", "internvl"))]

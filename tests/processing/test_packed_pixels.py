@@ -134,3 +134,28 @@ def test_a_cascade_policy_on_a_packed_batch(kind, tmp_path, images):
         assert torch.equal(out.sequences[i, : base_out.shape[1]], base_out[i])
     assert torch.equal(out.sequences[rows, : with_audio.shape[1]], with_audio)
     assert torch.equal(take_rows(x, rows, 4, fmt.image)["pixel_values"], alone["pixel_values"])
+
+
+def test_blocks_follow_the_processors_own_image_defaults(tmp_path, images):
+    """InternVL's processor crops to patches whatever its image processor's config says (a hub checkpoint's
+    says no): each row's block is what the processor makes, not what the image processor makes alone."""
+    import transformers as tf
+
+    from safe.bench.families import _CHAT, tiny_tokenizer
+    from safe.processing.image_only import image_only_class
+
+    tok = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
+                          "context_image_token": "<IMG_CONTEXT>", "video_token": "<video_context>"})
+    ip = tf.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=False, min_patches=1, max_patches=2)
+    proc = image_only_class(tf.InternVLProcessor)(ip, tok, image_seq_length=4,
+                                                  chat_template=_CHAT.replace("IMAGE", "<IMG_CONTEXT>"))
+    tiny_family("internvl").save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    fmt = VLMProcessorFormat(tmp_path, tiny_family("internvl"))
+    blocks = fmt.pixel_blocks([str(p) for p in images])
+    assert [ip(images=[Image.open(p).convert("RGB")], return_tensors="pt")["pixel_values"].shape[0]
+            for p in images] == [1] * len(images)
+    assert sum(b.shape[0] for b in blocks) > len(images)  # the processor cropped
+    rows = [1, 2]
+    want = _processor_batch(fmt, rows, images)
+    assert torch.equal(torch.cat([blocks[i] for i in rows]), want["pixel_values"])

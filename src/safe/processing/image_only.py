@@ -7,8 +7,8 @@ processor constructor type-checks every sub-processor (``None`` included), so wi
 processors have a PIL backend). :func:`image_only_class` makes a subclass of the same name whose only
 sub-processors are the image processor and the tokenizer: prompts, image-token expansion, ``pixel_values``,
 ``image_grid_thw`` / ``mm_token_type_ids`` and the chat template are the parent class's own code; asking it
-for videos raises ``ValueError`` (the parent would drop them silently). Saved, it writes the parent's ``processor_class`` (a torchvision environment loads the
-full class again).
+for videos raises ``ValueError`` (the parent would drop them silently). Saved, it writes the parent's
+``processor_class`` (a torchvision environment loads the full class again).
 
 Mistral 3's ``PixtralProcessor`` cannot be built this way: its module imports a function from the
 torchvision image processor at import time, so the class itself is unavailable without torchvision.

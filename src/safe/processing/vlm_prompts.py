@@ -227,16 +227,18 @@ class VLMProcessorFormat:
         return self.arch in ROW_PACKED
 
     def pixel_blocks(self, paths: Sequence) -> list[torch.Tensor]:
-        """Each image's own pixel block, as the image processor makes it for that image alone: Qwen-VL's
+        """Each image's own pixel block, as the processor makes it for that image alone: Qwen-VL's
         ``(grid_t * grid_h * grid_w, patch_dim)`` patches, InternVL's ``(crops, 3, H, W)``. Concatenated in
         batch order they are the ``pixel_values`` the processor gives for those images together (its image
         processor treats every image on its own and concatenates); each block's ``image_grid_thw`` row is
-        in the example's extras from :meth:`encode`, made from the same image by the same processor."""
+        in the example's extras from :meth:`encode`, made from the same image by the same processor. The
+        processor itself is called (on just the image text), not its image processor: its own image
+        defaults apply (InternVL's processor crops to patches whatever its image processor's config says)."""
         from safe.processing.prompts import open_image
 
-        ip = self.processor.image_processor
-        return [ip(images=[open_image(p, f"image[{i}]")], return_tensors="pt")["pixel_values"]
-                for i, p in enumerate(paths)]
+        self.tok.padding_side = "left"
+        return [self.processor(text=[self.image_text], images=[[open_image(p, f"image[{i}]")]],
+                               return_tensors="pt")["pixel_values"] for i, p in enumerate(paths)]
 
     def pixels(self, paths: Sequence) -> torch.Tensor:
         """Pixel values, one row per image (padded to the set's most tiles / crops, which the models drop
