@@ -10,10 +10,10 @@ tokens as the image needs (tiling, dynamic resolution), never a constant of ours
 The processor classes with a video processor (Qwen-VL, LLaVA-OneVision, InternVL, SmolVLM) are built
 without it (:mod:`safe.processing.image_only`), so they need no torchvision; SmolVLM's needs ``num2words``.
 Mistral 3's (Pixtral's) processor needs ``torchvision`` itself. Where a class is unavailable,
-:func:`family_inputs` builds the same prompt
-from the family's own image processor and the model's own ``get_image_features`` (the number of
-features it returns per image is the number of placeholders the model checks), so the model side is
-exercised either way; :func:`has_processor` says which path a family takes here.
+:func:`family_inputs` builds the same prompt from the family's own image processor and the model's own
+``get_image_features`` (the number of features it returns per image is the number of placeholders the
+model checks), so the model side is exercised either way; :func:`has_processor` says which path a family
+takes here.
 """
 from __future__ import annotations
 
