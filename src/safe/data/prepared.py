@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 from safe.data.records import Example
-from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, RowStore, TensorRows, TokenRows
+from safe.data.rows import (DEFAULT_CACHE_BYTES, CachedRows, ImageRows, PackedImageRows, RowStore, TensorRows,
+                            TokenRows)
 from safe.processing.prompts import Encoded
 
 #: Rows tokenised / hashed per call (bounds the transient memory of those steps).
@@ -27,7 +28,9 @@ CHUNK = 4096
 class PreparedSet:
     """Examples with everything a step needs, index-aligned.
 
-    ``pixels``: a :class:`~safe.data.rows.RowStore` (or tensor) of ``(n, 3, H, W)`` pixel values;
+    ``pixels``: a :class:`~safe.data.rows.RowStore` (or tensor) of ``(n, 3, H, W)`` pixel values (for
+    Qwen-VL / InternVL a packed store: ``pixels[idx]`` concatenates the rows' patch blocks, and the
+    rows' ``image_grid_thw`` comes with the prompt batch);
     ``audio``: a row store (or tensor) of ``(n, T, D)`` frozen-encoder outputs of each example's
     clip; both answer ``store[idx]`` with the stacked rows, like the tensors they replace.
     ``needs_audio``: (n,) bool tensor."""
@@ -183,7 +186,11 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     else:
         audio = _keep_small(CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress,
                                                          workers=workers), cache_bytes), cache_bytes, keep_all_bytes)
-    images = _keep_small(ImageRows([e.image for e in examples], fmt.pixels, cache_bytes), cache_bytes, keep_all_bytes)
+    if getattr(fmt, "packs_pixels", False):  # Qwen-VL / InternVL: one patch block per row, a batch concatenates them
+        store: RowStore = PackedImageRows([e.image for e in examples], fmt.pixel_blocks, cache_bytes)
+    else:
+        store = ImageRows([e.image for e in examples], fmt.pixels, cache_bytes)
+    images = _keep_small(store, cache_bytes, keep_all_bytes)
     return PreparedSet(examples, _encode(fmt, examples), images, audio,
                        torch.tensor([e.needs_audio for e in examples], dtype=torch.bool))
 
