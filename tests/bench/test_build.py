@@ -54,3 +54,50 @@ def test_builtin_vl_model_reaches_the_accuracy_floor_and_cannot_hear(tmp_path):
     assert manifest["vl_accuracy"] >= 0.95, manifest["test_accuracy"]
     for fam, check in manifest["deaf_check"].items():
         assert check["passed"], (fam, check)
+
+
+def test_the_shipped_build_is_the_default_config_and_loads_like_a_checkpoint():
+    """The build SAFE ships is what the default recipe makes: a recipe change without a rebuilt shipped
+    build fails here (rebuild it with `safe base build --force` and copy $SAFE_CACHE/base over it)."""
+    from safe.bench.build import SHIPPED_DIR
+    from safe.processing.prompts import load_vl_model
+
+    manifest = read_manifest(SHIPPED_DIR)
+    assert manifest["config_hash"] == BuiltinConfig().digest()
+    assert manifest["vl_accuracy"] == 1.0 and all(c["passed"] for c in manifest["deaf_check"].values())
+    model, _, _ = load_vl_model(SHIPPED_DIR / "vl")
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and model.config.image_seq_length == 9
+    assert json.loads((SHIPPED_DIR / "audio_encoder" / "config.json").read_text())["architectures"] == ["WhisperEncoder"]
+
+
+def test_the_shipped_build_is_installed_only_for_its_config_and_benchmark(tmp_path, monkeypatch):
+    from safe.bench import build
+
+    shipped = read_manifest(build.SHIPPED_DIR)
+    monkeypatch.setattr(build.files, "load_benchmark_info", lambda d: {"config": {}, "counts": {}})
+    monkeypatch.setattr(build.files, "benchmark_fingerprint", lambda d: shipped["benchmark"])
+    out = tmp_path / "base"
+    got = build_builtin_models(tmp_path / "bench", out, BuiltinConfig(), progress=False)
+    assert got["reused"] == "shipped" and read_manifest(out) == shipped
+    assert (out / "vl" / "model.safetensors").read_bytes() == (build.SHIPPED_DIR / "vl" / "model.safetensors").read_bytes()
+    assert build_builtin_models(tmp_path / "bench", out, BuiltinConfig(), progress=False)["reused"] is True
+    # another benchmark, or another config: the shipped build does not apply (nothing is installed)
+    assert build.install_shipped(tmp_path / "other", BuiltinConfig(), "0" * 16) is None
+    assert build.install_shipped(tmp_path / "other", BuiltinConfig.tiny(), shipped["benchmark"]) is None
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_the_shipped_build_answers_the_generated_benchmark(tmp_path):
+    """A freshly generated default benchmark has the shipped build's fingerprint (so `safe demo` installs it)
+    and the shipped VL model answers its VL-only test questions perfectly (its manifest's figures)."""
+    from safe import bench as synth
+    from safe.bench.build import SHIPPED_DIR, evaluate_base
+    from safe.bench.files import benchmark_fingerprint, load_split
+
+    bench = synth.generate_benchmark(tmp_path / "bench", synth.SynthConfig(), progress=False)
+    manifest = read_manifest(SHIPPED_DIR)
+    assert benchmark_fingerprint(bench) == manifest["benchmark"]
+    test = [e for e in load_split(bench, "test") if not e.needs_audio]
+    accuracy = evaluate_base(SHIPPED_DIR / "vl", test)
+    assert accuracy["all"] == 1.0, accuracy

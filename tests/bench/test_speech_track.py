@@ -23,9 +23,9 @@ def test_plan_has_exact_shares_balanced_targets_and_is_reproducible():
     plan = split_plan(cfg, "train")
     assert plan == split_plan(cfg, "train")
     fams = Counter(f for f, _ in plan)
-    assert sum(fams[f] for f in AUDIO_FAMILIES) == 200 and fams["spoken_question"] == 100
-    assert fams["spoken_shape"] == fams["spoken_colour"] == 50
-    assert Counter(t for f, t in plan if f == "spoken_colour") == {"circle": 17, "square": 17, "triangle": 16}
+    assert sum(fams[f] for f in AUDIO_FAMILIES) == 200 and fams["spoken_question"] == 40
+    assert fams["spoken_shape"] == fams["spoken_colour"] == 80
+    assert Counter(t for f, t in plan if f == "spoken_colour") == {"circle": 27, "square": 27, "triangle": 26}
     assert {f for f, _ in split_plan(cfg, "retention")} <= {f for f, v in QUESTION_FAMILIES.items() if not v}
 
 
@@ -44,12 +44,12 @@ def test_rows_answer_from_the_picture_and_the_utterance():
         objects = ex.meta["objects"]
         seen.add(ex.family)
         assert utt["voice"] in cfg.voices and utt["rate"] in cfg.test_rates and utt["pitch"] in cfg.test_pitches
-        if ex.family == "spoken_shape":  # the named shape's colour
+        if ex.family == "spoken_shape":  # the named shape, described in two words
             shape = next(s for s in ("circle", "square", "triangle") if s in utt["text"])
-            assert [o["colour"] for o in objects if o["shape"] == shape] == [ex.answer]
-        elif ex.family == "spoken_colour":
+            assert [f"{o['colour']} {o['shape']}" for o in objects if o["shape"] == shape] == [ex.answer]
+        elif ex.family == "spoken_colour":  # the object of the named colour, described in two words
             colour = next(c for c in ("red", "green", "blue", "yellow") if c in utt["text"])
-            assert [o["shape"] for o in objects if o["colour"] == colour] == [ex.answer]
+            assert [f"{o['colour']} {o['shape']}" for o in objects if o["colour"] == colour] == [ex.answer]
         elif ex.family == "spoken_question":
             assert ex.question == PROMPTS["spoken_question"] and utt["text"] in _typed(ex.meta["spoken_family"])
         else:  # typed VL question; what it hears is words of an audio family

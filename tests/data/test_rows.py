@@ -172,3 +172,20 @@ def test_prepare_keeps_a_small_set_whole_and_streams_a_large_one(images):
         assert torch.equal(kept[list(range(6))], streamed[list(range(6))])
     assert kept.loads == 6 and kept.held_bytes == 6 * row_bytes
     assert streamed.loads > 6 and streamed.held_bytes <= row_bytes
+
+
+def test_packed_image_rows_concatenate_each_rows_block_in_batch_order():
+    from safe.data.rows import PackedImageRows
+
+    blocks = {f"p{i}": torch.full((i + 1, 3), float(i)) for i in range(4)}  # rows of 1..4 patches
+    store = PackedImageRows(list(blocks), lambda paths: [blocks[p] for p in paths])
+    assert store.packed and torch.equal(store[[2, 0]], torch.cat([blocks["p2"], blocks["p0"]]))
+    assert torch.equal(store[1], blocks["p1"]) and store[[]].shape == (0, 3)
+    loads = store.loads
+    store[[0, 2]]
+    assert store.loads == loads  # served from the cache
+    view = store.take([3, 1])
+    assert view.packed and torch.equal(view[[1, 0]], torch.cat([blocks["p1"], blocks["p3"]]))
+    doubled = store.map(lambda x: x * 2)
+    assert doubled.packed and torch.equal(doubled[2], blocks["p2"] * 2)
+    assert torch.equal(doubled[[3, 1]], torch.cat([blocks["p3"], blocks["p1"]]) * 2)

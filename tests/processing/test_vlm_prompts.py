@@ -88,13 +88,17 @@ def test_template_needs_its_placeholders(tmp_path):
 def test_a_processor_needing_a_missing_package_is_named(tmp_path):
     import json
 
+    from transformers.utils import is_torchvision_available
+
     from safe.bench.families import image_processor, tiny_tokenizer
 
-    if tiny_processor("qwen2-vl") is not None:
-        pytest.skip("torchvision is installed: the Qwen2-VL processor builds")
-    tiny_family("qwen2-vl").save_pretrained(tmp_path)
+    if is_torchvision_available():
+        pytest.skip("torchvision is installed: Pixtral's processor builds")
+    # the video families load without their video processor (tests/processing/test_image_only.py);
+    # Mistral 3's Pixtral processor imports torchvision itself
+    tiny_family("mistral3").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
-    image_processor("qwen2-vl").save_pretrained(tmp_path)
-    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
-    with pytest.raises(ImportError, match="need torchvision"):
-        VLMProcessorFormat(tmp_path, tiny_family("qwen2-vl"))
+    image_processor("mistral3").save_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "PixtralProcessor"}))
+    with pytest.raises(ImportError, match="Pixtral.*needs torchvision"):
+        VLMProcessorFormat(tmp_path, tiny_family("mistral3"))

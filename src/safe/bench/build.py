@@ -5,6 +5,14 @@ checkpoints (``<out>/vl``, ``<out>/audio_encoder``) with a ``manifest.json`` rec
 the benchmark they were trained on, seeds, metrics and timings. A later call with the same config and
 benchmark reuses them; the build happens in a temporary folder renamed into place at the end, so an
 interrupted build never looks complete.
+
+SAFE ships one such build (:data:`SHIPPED_DIR`, 3.6 MB: the default config, trained on the default
+benchmark by this function on 2 CPU threads in 383 s). The frozen base is an input of SAFE's pipeline,
+as a user's downloaded VLM is, so ``make demo`` installs the shipped build instead of spending five of
+its ten minutes training it again: when the requested config and the benchmark's fingerprint both equal
+the shipped manifest's, the files are copied into ``out_dir`` (``"reused": "shipped"``). ``force``
+(``safe base build --force``, ``safe demo --rebuild-base``) trains them; the slow test suite rebuilds
+and checks the same accuracy floors.
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ from safe.models.generation import accuracy_by_family, answer_questions
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: The build SAFE ships (default config, default benchmark), installed instead of trained when both match.
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
 def _audio_config_cls():
@@ -89,20 +99,58 @@ def deaf_check(accuracy: dict[str, float], examples) -> dict[str, dict]:
     return out
 
 
+def _matches(folder: Path, config: BuiltinConfig, fingerprint: str) -> dict | None:
+    """The manifest of the complete build in ``folder`` when it was made with ``config`` on the benchmark
+    with ``fingerprint``, else None."""
+    old = read_manifest(folder)
+    if (old and old.get("config_hash") == config.digest() and old.get("benchmark") == fingerprint
+            and (folder / "vl" / "config.json").is_file() and (folder / "audio_encoder" / "config.json").is_file()):
+        return old
+    return None
+
+
+def install_shipped(out_dir: str | Path, config: BuiltinConfig, fingerprint: str) -> dict | None:
+    """Copy the shipped build into ``out_dir`` (atomically: a temporary folder renamed into place) when it
+    was made with ``config`` on the benchmark with ``fingerprint``; return its manifest, else None."""
+    shipped = _matches(SHIPPED_DIR, config, fingerprint)
+    if shipped is None:
+        return None
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-installing-"))
+    try:
+        for part in ("vl", "audio_encoder"):
+            shutil.copytree(SHIPPED_DIR / part, tmp / part)
+        shutil.copy2(SHIPPED_DIR / MANIFEST, tmp / MANIFEST)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return shipped
+
+
 def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: BuiltinConfig | None = None, *,
-                         force: bool = False, progress: bool = True) -> dict:
-    """Build the built-in VL model and audio encoder from the benchmark in ``bench_dir`` into ``out_dir``
-    (or reuse a complete build with the same config and benchmark). Returns the manifest."""
+                         force: bool = False, shipped: bool = True, progress: bool = True) -> dict:
+    """Build the built-in VL model and audio encoder from the benchmark in ``bench_dir`` into ``out_dir``,
+    or reuse a complete build with the same config and benchmark there, or (``shipped``) install the
+    shipped build when it matches both. ``force`` trains even then. Returns the manifest, with ``"reused"``
+    False (trained now), True (found in ``out_dir``) or ``"shipped"``."""
     from safe.bench.audio_model import build_audio_encoder
 
     config = config or BuiltinConfig()
     bench_dir, out_dir = Path(bench_dir), Path(out_dir)
     info = files.load_benchmark_info(bench_dir)
     fingerprint = files.benchmark_fingerprint(bench_dir)
-    old = read_manifest(out_dir)
-    if (not force and old and old.get("config_hash") == config.digest() and old.get("benchmark") == fingerprint
-            and (out_dir / "vl" / "config.json").is_file() and (out_dir / "audio_encoder" / "config.json").is_file()):
-        return {**old, "reused": True}
+    if not force:
+        old = _matches(out_dir, config, fingerprint)
+        if old is not None:
+            return {**old, "reused": True}
+        if shipped:
+            installed = install_shipped(out_dir, config, fingerprint)
+            if installed is not None:
+                return {**installed, "reused": "shipped"}
     t0 = time.perf_counter()
     bench_cfg = info["config"]
     splits = {s: files.load_split(bench_dir, s) for s in info["counts"]}

@@ -7,11 +7,13 @@ tower, plus the family's real processor class over a tiny word-level tokenizer (
 small chat template. Prompts come from that processor: it expands the image placeholder to as many
 tokens as the image needs (tiling, dynamic resolution), never a constant of ours.
 
-Some processor classes need ``torchvision`` (a video processor, or Pixtral's processor itself) and
-SmolVLM's needs ``num2words``. Where that is missing, :func:`family_inputs` builds the same prompt
-from the family's own image processor and the model's own ``get_image_features`` (the number of
-features it returns per image is the number of placeholders the model checks), so the model side is
-exercised either way; :func:`has_processor` says which path a family takes here.
+The processor classes with a video processor (Qwen-VL, LLaVA-OneVision, InternVL, SmolVLM) are built
+without it (:mod:`safe.processing.image_only`), so they need no torchvision; SmolVLM's needs ``num2words``.
+Mistral 3's (Pixtral's) processor needs ``torchvision`` itself. Where a class is unavailable,
+:func:`family_inputs` builds the same prompt from the family's own image processor and the model's own
+``get_image_features`` (the number of features it returns per image is the number of placeholders the
+model checks), so the model side is exercised either way; :func:`has_processor` says which path a family
+takes here.
 """
 from __future__ import annotations
 
@@ -159,9 +161,13 @@ def tiny_family(kind: str, seed: int = 0, attn_implementation: str | None = None
 
 def tiny_processor(kind: str):
     """The family's own processor over :func:`tiny_tokenizer`, or None where its class needs a package
-    this environment lacks (torchvision / num2words; see the module docstring)."""
+    this environment lacks (Pixtral's needs torchvision; see the module docstring). The families whose
+    processor takes a video processor get their class without it
+    (:func:`safe.processing.image_only.image_only_class`): images only, no torchvision needed."""
     _quiet()
     import transformers as tf
+
+    from safe.processing.image_only import image_only_class
 
     chat = _CHAT.replace("IMAGE", _TEMPLATE_IMAGE.get(kind if not kind.startswith("qwen") else "qwen2-vl",
                                                        IMAGE_TOKEN[kind]))
@@ -189,20 +195,16 @@ def tiny_processor(kind: str):
                                       chat_template=chat)
         if kind in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl"):
             cls = {"qwen2-vl": tf.Qwen2VLProcessor, "qwen2.5-vl": tf.Qwen2_5_VLProcessor, "qwen3-vl": tf.Qwen3VLProcessor}
-            return cls[kind](image_processor(kind), tok, None, chat_template=chat)
+            return image_only_class(cls[kind])(image_processor(kind), tok, chat_template=chat)
         if kind == "llava-onevision":
-            return tf.LlavaOnevisionProcessor(image_processor(kind), tok, None, num_image_tokens=4,
-                                              vision_feature_select_strategy="full", chat_template=chat)
+            return image_only_class(tf.LlavaOnevisionProcessor)(image_processor(kind), tok, num_image_tokens=4,
+                                                                vision_feature_select_strategy="full", chat_template=chat)
         if kind == "smolvlm":
-            try:
-                return tf.SmolVLMProcessor(image_processor(kind), tok, None, image_seq_len=4, chat_template=chat)
-            except (ImportError, AttributeError):  # num2words / torchvision missing: Idefics3's
-                # processor writes the same image prompt layout (rows x cols of crops + a global image)
-                return tf.Idefics3Processor(image_processor(kind), tok, image_seq_len=4, chat_template=chat)
+            return image_only_class(tf.SmolVLMProcessor)(image_processor(kind), tok, image_seq_len=4, chat_template=chat)
         if kind == "internvl":
             tok = tiny_tokenizer({"start_image_token": "<img>", "end_image_token": "</img>",
                                   "context_image_token": "<IMG_CONTEXT>", "video_token": "<video_context>"})
-            return tf.InternVLProcessor(image_processor(kind), tok, None, image_seq_length=4, chat_template=chat)
+            return image_only_class(tf.InternVLProcessor)(image_processor(kind), tok, image_seq_length=4, chat_template=chat)
         if kind == "mistral3":
             return tf.PixtralProcessor(image_processor(kind), tok, patch_size=8, spatial_merge_size=2, chat_template=chat)
     except (ImportError, AttributeError):  # the class needs torchvision / num2words here

@@ -18,7 +18,8 @@ import torch
 
 from safe.data.record_table import RecordView
 from safe.data.records import Example
-from safe.data.rows import DEFAULT_CACHE_BYTES, CachedRows, ImageRows, PackedKeys, RowStore, TensorRows, TokenRows
+from safe.data.rows import (DEFAULT_CACHE_BYTES, CachedRows, ImageRows, PackedImageRows, PackedKeys, RowStore,
+                            TensorRows, TokenRows)
 from safe.processing.prompts import Encoded
 
 #: Rows tokenised / hashed per call (bounds the transient memory of those steps).
@@ -29,7 +30,9 @@ CHUNK = 4096
 class PreparedSet:
     """Examples with everything a step needs, index-aligned.
 
-    ``pixels``: a :class:`~safe.data.rows.RowStore` (or tensor) of ``(n, 3, H, W)`` pixel values;
+    ``pixels``: a :class:`~safe.data.rows.RowStore` (or tensor) of ``(n, 3, H, W)`` pixel values (for
+    Qwen-VL / InternVL a packed store: ``pixels[idx]`` concatenates the rows' patch blocks, and the
+    rows' ``image_grid_thw`` comes with the prompt batch);
     ``audio``: a row store (or tensor) of ``(n, T, D)`` frozen-encoder outputs of each example's
     clip; both answer ``store[idx]`` with the stacked rows, like the tensors they replace.
     ``needs_audio``: (n,) bool tensor. ``examples``: a list, or the lazy
@@ -187,7 +190,11 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     else:
         audio = _keep_small(CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress,
                                                          workers=workers), cache_bytes), cache_bytes, keep_all_bytes)
-    images = _keep_small(ImageRows(_column(examples, "image"), fmt.pixels, cache_bytes), cache_bytes, keep_all_bytes)
+    if getattr(fmt, "packs_pixels", False):  # Qwen-VL / InternVL: one patch block per row, a batch concatenates them
+        store: RowStore = PackedImageRows(_column(examples, "image"), fmt.pixel_blocks, cache_bytes)
+    else:
+        store = ImageRows(_column(examples, "image"), fmt.pixels, cache_bytes)
+    images = _keep_small(store, cache_bytes, keep_all_bytes)
     return PreparedSet(examples, _encode(fmt, examples), images, audio,
                        torch.tensor(list(_column(examples, "needs_audio")), dtype=torch.bool))
 

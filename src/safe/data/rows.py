@@ -11,6 +11,9 @@ in-memory tensor it replaces give identical batches.
 
 * :class:`TensorRows`: an in-memory tensor (small sets, tests, derived values).
 * :class:`ImageRows`: image files decoded by the prompt format's own ``pixels`` on demand.
+* :class:`PackedImageRows`: the same for the families whose processor packs the image patches of a batch
+  into one sequence (Qwen-VL, InternVL): each row is its image's own patch / crop block, and a batch is
+  the blocks concatenated in batch order (``torch.cat``), as that processor packs the same images.
 * :class:`CachedRows`: frozen-encoder outputs read from an
   :class:`~safe.data.embedding_cache.AudioEmbeddingCache` on disk.
 * ``store.take(index)`` / ``store.map(fn)``: lazy re-indexed and transformed views.
@@ -56,8 +59,12 @@ def _positions(index: Any, n: int) -> tuple[list[int], bool]:
 class RowStore:
     """A column of ``len(store)`` equally shaped tensor rows, fetched by index (module docstring).
 
-    Guarantees: ``store[idx]`` equals ``torch.stack([store[i] for i in idx])``; a store never keeps
-    more than ``cache_bytes`` of decoded rows (plus the batch being returned)."""
+    Guarantees: ``store[idx]`` equals ``torch.stack([store[i] for i in idx])`` (``torch.cat`` for a
+    :attr:`packed` store, whose rows are blocks of varying length); a store never keeps more than
+    ``cache_bytes`` of decoded rows (plus the batch being returned)."""
+
+    packed = False
+    """True where rows are variable-length blocks joined by ``torch.cat`` (:class:`PackedImageRows`)."""
 
     def __init__(self, n: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
@@ -88,8 +95,8 @@ class RowStore:
         if single:
             return found[pos[0]]
         if not pos:
-            return torch.empty((0, *self.row_shape), dtype=self.dtype)
-        return torch.stack([found[p] for p in pos])
+            return torch.empty((0, *(self.row_shape[1:] if self.packed else self.row_shape)), dtype=self.dtype)
+        return (torch.cat if self.packed else torch.stack)([found[p] for p in pos])
 
     def _remember(self, p: int, row: torch.Tensor) -> None:
         size = row.numel() * row.element_size()
@@ -152,7 +159,7 @@ class TensorRows(RowStore):
 class _View(RowStore):
     def __init__(self, base: RowStore, positions: list[int]) -> None:
         super().__init__(len(positions), 0)
-        self.base, self.positions = base, positions
+        self.base, self.positions, self.packed = base, positions, base.packed
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         pos, single = _positions(index, self._n)
@@ -162,12 +169,12 @@ class _View(RowStore):
 class _Mapped(RowStore):
     def __init__(self, base: RowStore, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__(len(base), 0)
-        self.base, self.fn = base, fn
+        self.base, self.fn, self.packed = base, fn, base.packed
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         pos, single = _positions(index, self._n)
         out = self.fn(self.base[pos])
-        return out[0] if single else out
+        return out[0] if single and not self.packed else out  # a packed single row is its whole block
 
 
 class ImageRows(RowStore):
@@ -183,6 +190,20 @@ class ImageRows(RowStore):
 
     def _load(self, positions: list[int]) -> list[torch.Tensor]:
         return list(self._pixels([self.paths[p] for p in positions]).unbind(0))
+
+
+class PackedImageRows(ImageRows):
+    """Pixel values of image files for the families whose processor packs a batch's image patches into one
+    sequence (Qwen2/2.5/3-VL: ``(patches, patch_dim)`` per image; InternVL: ``(crops, 3, H, W)``).
+    ``pixels(paths) -> list`` gives each image's own block (its row count varies with the image); a
+    batch ``store[idx]`` is those blocks concatenated in ``idx`` order, which is what the processor
+    returns for the same images together. Each row's ``image_grid_thw`` row / crop count lives with its
+    prompt (the format's per-example extras), so the two stay aligned under any re-indexing."""
+
+    packed = True
+
+    def _load(self, positions: list[int]) -> list[torch.Tensor]:
+        return list(self._pixels([self.paths[p] for p in positions]))
 
 
 class PackedKeys(Sequence):
@@ -298,4 +319,5 @@ class TokenRows(Sequence):
         return sum(int(x.nbytes) for x in (*self._vals, *self._counts, *self._lengths, *self._offsets, self._starts))
 
 
-__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "PackedKeys", "RowStore", "TensorRows", "TokenRows"]
+__all__ = ["CachedRows", "DEFAULT_CACHE_BYTES", "ImageRows", "PackedImageRows", "PackedKeys", "RowStore", "TensorRows",
+           "TokenRows"]

@@ -46,6 +46,7 @@ from safe.models.backbones import VL_INPUT_KEYS
 from safe.policy.features import (ImageProbe, StateSpec, assemble_state, capture_image_embedding,
                                   confidence_features, probe_image, question_embedding)
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
+from safe.processing.vlm_prompts import ROW_PACKED, take_rows
 
 POLICY_KINDS = ("ppo", "mlp")
 _VISION_KWARGS = ("vision_feature_layer", "vision_feature_select_strategy", "interpolate_pos_encoding")
@@ -214,9 +215,8 @@ def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate
     return BasePass(sequences, question, image(), confidence_features(first.scores).cpu(), use)
 
 
-def _rows(kwargs: dict[str, Any], rows: torch.Tensor, n: int) -> dict[str, Any]:
-    return {k: (v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
-            for k, v in kwargs.items()}
+def _rows(kwargs: dict[str, Any], rows: torch.Tensor, n: int, packed_image_token: int | None = None) -> dict[str, Any]:
+    return take_rows(kwargs, rows, n, packed_image_token)
 
 
 def _pad_id(base_model: nn.Module) -> int:
@@ -281,7 +281,7 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     sequences = bp.sequences
     if bool(use.any()):
         rows = use.nonzero().squeeze(1)
-        sub = _rows(kwargs, rows, n)
+        sub = _rows(kwargs, rows, n, model.backbone.image_token_id if model.backbone.name in ROW_PACKED else None)
         picked = audio(rows) if lazy else audio[rows.to(audio.device)]
         ones = torch.ones(rows.numel(), dtype=torch.bool, device=picked.device)
         with model.audio_context(None if audio_embeddings is not None else picked, ones, rows.numel(),

@@ -26,7 +26,8 @@ from safe.processing.prompts import Encoded, decode_new_tokens
 
 _QUESTION = "\u2063SAFE_QUESTION\u2063"  # a marker no chat template writes itself
 ROW_PACKED = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl")
-"""Families whose ``pixel_values`` pack every image of a batch into one sequence (no row per image)."""
+"""Families whose ``pixel_values`` pack every image of a batch into one sequence (no row per image): a
+prepared set keeps one block per row and concatenates a batch's blocks (:class:`~safe.data.rows.PackedImageRows`)."""
 
 
 @dataclass
@@ -43,17 +44,48 @@ class VisionEncoded(Encoded):
 
 
 def load_processor(checkpoint: str | Path):
-    """The checkpoint's own ``AutoProcessor`` (no download). A processor class that needs a package this
-    environment lacks raises ``ImportError`` naming the package, instead of transformers' error deep inside
-    its video-processor lookup."""
+    """The checkpoint's own ``AutoProcessor`` (no download). Where that fails on a processor class with a video
+    processor (Qwen2/2.5/3-VL, LLaVA-OneVision, InternVL, SmolVLM: torchvision missing), the class is loaded
+    without it (:mod:`safe.processing.image_only`, with a logged warning; images work, videos do not). A processor
+    that still cannot be built raises ``ImportError`` naming the package, instead of transformers' error
+    deep inside its video-processor lookup."""
     from transformers import AutoProcessor
+
+    from safe.processing.image_only import load_image_only
 
     try:
         return AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(f"{checkpoint}: the checkpoint's processor could not be built ({err}). The processors of "
-                          "Qwen2/2.5/3-VL, LLaVA-OneVision, InternVL and Mistral 3 need torchvision (the build matching "
-                          "your torch), SmolVLM's needs num2words") from err
+    except (ImportError, AttributeError, OSError, ValueError) as err:  # ValueError: "requires torchvision"
+        fallback = load_image_only(checkpoint)
+        if fallback is not None:
+            return fallback
+        if isinstance(err, (OSError, ValueError)):  # a missing / unreadable file or a bad config: as it was
+            raise
+        raise ImportError(f"{checkpoint}: the checkpoint's processor could not be built ({err}). Mistral 3's "
+                          "(Pixtral) processor needs torchvision (the build matching your torch), SmolVLM's needs "
+                          "num2words") from err
+
+
+def take_rows(batch: dict[str, Any], rows: torch.Tensor, n: int, packed_image_token: int | None = None) -> dict[str, Any]:
+    """Rows ``rows`` (indices or a bool mask) of an ``n``-row batch of model inputs: every tensor with ``n``
+    rows is indexed, the rest is kept. ``packed_image_token``: the image token id of a family whose
+    ``pixel_values`` pack the batch's image patches into one sequence (:data:`ROW_PACKED`); each row's
+    block there is proportional to its image-token count (one ratio for every image of a checkpoint: Qwen's
+    merge size squared patches per token, InternVL's one crop per ``image_seq_length`` tokens), and the
+    chosen rows' blocks are concatenated in order, as the processor would pack those rows alone."""
+    rows = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
+    out = {k: (v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
+           for k, v in batch.items()}
+    pv = batch.get("pixel_values")
+    if packed_image_token is not None and isinstance(pv, torch.Tensor):
+        tokens = (batch["input_ids"] == packed_image_token).sum(1).tolist()
+        total = sum(tokens)
+        if total == 0 or any(t * pv.shape[0] % total for t in tokens):
+            raise ValueError(f"pixel_values has {pv.shape[0]} packed rows, which do not divide over the rows' "
+                             f"image tokens {tokens}")
+        blocks = pv.split([t * pv.shape[0] // total for t in tokens])
+        out["pixel_values"] = torch.cat([blocks[r] for r in rows.tolist()])
+    return out
 
 
 def vlm_layout(base_model) -> dict[str, Any]:
@@ -188,17 +220,34 @@ class VLMProcessorFormat:
             answers.append(self.tok(" " + e.answer, add_special_tokens=False)["input_ids"] + [self.eos])
         return VisionEncoded(prompts, answers, extras)
 
-    def pixels(self, paths: Sequence) -> torch.Tensor:
-        """Pixel values, one row per image (padded to the set's most tiles / crops, which the models drop
-        again from ``image_sizes`` / their padding masks). Families that pack the image patches of a batch
-        into one sequence (Qwen-VL, InternVL) have no row-aligned pixels: ``ValueError``; they run through
-        :meth:`batch` (``safe predict``, ``safe verify``)."""
+    @property
+    def packs_pixels(self) -> bool:
+        """True for the families whose processor packs a batch's image patches into one sequence (Qwen-VL,
+        InternVL): their prepared sets keep one block per row (:meth:`pixel_blocks`)."""
+        return self.arch in ROW_PACKED
+
+    def pixel_blocks(self, paths: Sequence) -> list[torch.Tensor]:
+        """Each image's own pixel block, as the processor makes it for that image alone: Qwen-VL's
+        ``(grid_t * grid_h * grid_w, patch_dim)`` patches, InternVL's ``(crops, 3, H, W)``. Concatenated in
+        batch order they are the ``pixel_values`` the processor gives for those images together (its image
+        processor treats every image on its own and concatenates); each block's ``image_grid_thw`` row is
+        in the example's extras from :meth:`encode`, made from the same image by the same processor. The
+        processor itself is called (on just the image text), not its image processor: its own image
+        defaults apply (InternVL's processor crops to patches whatever its image processor's config says)."""
         from safe.processing.prompts import open_image
 
-        if self.arch in ROW_PACKED:
-            raise ValueError(f"{self.arch}: its processor packs the image patches of a batch into one sequence, "
-                             "so prepared (row-indexed) training / evaluation sets are not supported for it yet; "
-                             "use safe predict / safe verify, or a row-aligned family")
+        self.tok.padding_side = "left"
+        return [self.processor(text=[self.image_text], images=[[open_image(p, f"image[{i}]")]],
+                               return_tensors="pt")["pixel_values"] for i, p in enumerate(paths)]
+
+    def pixels(self, paths: Sequence) -> torch.Tensor:
+        """Pixel values, one row per image (padded to the set's most tiles / crops, which the models drop
+        again from ``image_sizes`` / their padding masks). For the families that pack the image patches of
+        a batch into one sequence (Qwen-VL, InternVL) the blocks of :meth:`pixel_blocks`, concatenated."""
+        from safe.processing.prompts import open_image
+
+        if self.packs_pixels:
+            return torch.cat(self.pixel_blocks(paths))
         images = [[open_image(p, f"image[{i}]")] for i, p in enumerate(paths)]
         pv = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         target = self._row_shape()
@@ -275,4 +324,4 @@ class VLMProcessorFormat:
         return decode_new_tokens(self.tok, self.eos, generated[:, prompt_len:])
 
 
-__all__ = ["ROW_PACKED", "VLMProcessorFormat", "VisionEncoded", "load_processor", "vlm_layout"]
+__all__ = ["ROW_PACKED", "VLMProcessorFormat", "VisionEncoded", "load_processor", "take_rows", "vlm_layout"]

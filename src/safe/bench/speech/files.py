@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from safe.bench.files import FORMAT_VERSION, BenchmarkMissingError, _atomic_write_text, _sha256, load_benchmark_info, load_split
-from safe.bench.speech.track import (PROMPTS, QUESTION_FAMILIES, SAMPLE_RATE, TASK, SpeechConfig, make_row,
-                                     split_plan)
+from safe.bench.speech.track import (PROMPTS, QUESTION_FAMILIES, SAMPLE_RATE, TASK, TRACK_VERSION, SpeechConfig,
+                                     make_row, split_plan)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def _write_pcm16(path: Path, samples: np.ndarray, rate: int) -> None:
 def _is_complete(out: Path, config: SpeechConfig) -> bool:
     try:
         info = load_benchmark_info(out)
-        if info.get("task") != TASK or info.get("config") != config.to_dict():
+        if (info.get("task") != TASK or info.get("config") != config.to_dict()
+                or info.get("track_version") != TRACK_VERSION):
             return False
         for split in info["splits"]:
             load_split(out, split)
@@ -135,7 +136,8 @@ def generate_speech_benchmark(out_dir: str | Path, config: SpeechConfig | None =
             counts[split] = {"total": n, "families": {k: fams[k] for k in QUESTION_FAMILIES if fams[k]}}
     seconds = np.array(list(clips.values()) or [0.0])
     info = {
-        "format_version": FORMAT_VERSION, "task": TASK, "config": config.to_dict(), "splits": list(sizes),
+        "format_version": FORMAT_VERSION, "track_version": TRACK_VERSION, "task": TASK, "config": config.to_dict(),
+        "splits": list(sizes),
         "counts": counts, "families": dict(QUESTION_FAMILIES), "question_templates": dict(PROMPTS),
         "answer_vocab": {k: sorted(v) for k, v in vocab.items()},
         "answers": sorted(set().union(*vocab.values())) if vocab else [],

@@ -8,15 +8,21 @@ Families (answers are the built-in VL model's own words, so the deaf base is sco
   spoken question or fact): the base's answers must not change.
 * ``spoken_question``: the typed prompt is "answer the spoken question."; the clip is one of the VL
   questions spoken (balanced over the four VL families and their answers); the answer is read off the picture.
-* ``spoken_shape``: "what colour is the shape the speaker names?"; three objects of three different shapes
-  and colours; the speaker names one shape ("the square", "I mean the square", ...); answer: its colour.
-* ``spoken_colour``: "what shape is the colour the speaker names?"; the same pictures; the speaker names one
-  colour; answer: the shape of that colour.
+* ``spoken_shape``: "describe the shape the speaker names."; three objects of three different shapes and
+  colours; the speaker names one shape ("the square", "I mean the square", ...); answer: that object in two
+  words, colour then shape ("red square").
+* ``spoken_colour``: "describe the colour the speaker names."; the same pictures; the speaker names one
+  colour ("red", "the red one", ...); answer: that object in two words ("red square").
 
-Without the audio the last two are a one-in-three guess among the picture's objects, and a spoken
-question is a guess among every possible answer. The built-in tokenizer has no word for "answer", "spoken",
-"speaker" or "names": they become ``<unk>`` there, which the prompts tolerate (the typed words that matter,
-"colour" and "shape", are known).
+Without the audio a spoken question is a guess among every possible answer (the deaf base gets about 30% of
+them: it answers with a word about the picture), and a spoken fact cannot be answered at all: the built-in
+VL model only ever learned one-word answers, so its answer to the two-word form is always wrong. An earlier
+form asked for one word (the named shape's colour), which the deaf base guessed among the picture's three
+objects a third of the time; the oracle then skipped those rows, and no policy can tell a lucky guess
+(measured: use rate 0.500 against the oracle's 0.332). Spoken questions are a fifth of the audio rows for
+the same reason. The built-in tokenizer has no word for "answer", "spoken", "speaker", "names" or
+"describe": they become ``<unk>`` there, which the prompts tolerate (the typed words that matter, "colour"
+and "shape", are known).
 
 Voices: :attr:`SpeechConfig.voices` speak ``train`` / ``val`` / ``test`` / ``retention``;
 :attr:`SpeechConfig.held_out_voices` speak only ``ood_test``. ``train``/``val``/``retention`` use the
@@ -42,6 +48,9 @@ from safe.bench.questions import QUESTION_TEMPLATES, VL_FAMILIES, SynthConfig, _
 from safe.bench.scenes import COLOUR_NAMES, SHAPES, choice, place_objects, render_scene
 from safe.data.records import Example
 
+#: The question design's version: a generated track of another version is regenerated, not reused (2: spoken
+#: facts answered in two words, spoken questions a fifth of the audio rows).
+TRACK_VERSION = 2
 #: ``Example.task`` of every record of the speech track.
 TASK = "speech"
 AUDIO_FAMILIES: tuple[str, ...] = ("spoken_question", "spoken_shape", "spoken_colour")
@@ -51,13 +60,14 @@ QUESTION_FAMILIES: dict[str, bool] = {**{f: False for f in VL_FAMILIES}, **{f: T
 PROMPTS: dict[str, str] = {
     **{f: QUESTION_TEMPLATES[f] for f in VL_FAMILIES},
     "spoken_question": "answer the spoken question.",
-    "spoken_shape": "what colour is the shape the speaker names?",
-    "spoken_colour": "what shape is the colour the speaker names?",
+    "spoken_shape": "describe the shape the speaker names.",
+    "spoken_colour": "describe the colour the speaker names.",
 }
 SHAPE_PHRASES: tuple[str, ...] = ("{x}", "the {x}", "the {x} please", "I mean the {x}")
 COLOUR_PHRASES: tuple[str, ...] = ("{x}", "the {x} one", "{x} please", "I mean the {x} one")
-#: Share of each audio family among the audio rows (spoken questions span four question kinds).
-AUDIO_WEIGHTS: dict[str, int] = {"spoken_question": 2, "spoken_shape": 1, "spoken_colour": 1}
+#: Share of each audio family among the audio rows: spoken questions a fifth (the deaf base guesses about 30%
+#: of them, and the oracle skips those rows: see the module docstring), the two spoken facts two fifths each.
+AUDIO_WEIGHTS: dict[str, int] = {"spoken_question": 1, "spoken_shape": 2, "spoken_colour": 2}
 SPLITS: tuple[str, ...] = ("train", "val", "test", "retention", "ood_test")
 SAMPLE_RATE = 22050
 
@@ -217,14 +227,17 @@ def _three_objects(rng: np.random.Generator, config: SpeechConfig) -> list[dict[
 
 def _spoken_fact(rng: np.random.Generator, config: SpeechConfig, family: str, target: str
                  ) -> tuple[list[dict[str, Any]], str, str]:
-    """(objects, spoken text, answer) of a spoken_shape / spoken_colour row whose answer is ``target``."""
+    """(objects, spoken text, answer) of a spoken_shape / spoken_colour row: the object whose colour
+    (spoken_shape) or shape (spoken_colour) is ``target``, named by its shape / colour, answered as
+    "<colour> <shape>"."""
     while True:  # redraw until the target is in the picture (at most a few draws: 3 of 4 colours)
         objects = _three_objects(rng, config)
         key, named = ("colour", "shape") if family == "spoken_shape" else ("shape", "colour")
         match = [o for o in objects if o[key] == target]
         if match:
             phrases = SHAPE_PHRASES if family == "spoken_shape" else COLOUR_PHRASES
-            return objects, choice(rng, phrases).format(x=match[0][named]), target
+            obj = match[0]
+            return objects, choice(rng, phrases).format(x=obj[named]), f"{obj['colour']} {obj['shape']}"
 
 
 def unrelated_text(rng: np.random.Generator, config: SpeechConfig) -> str:
