@@ -8,7 +8,6 @@ import pickle
 import tracemalloc
 import zlib
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
