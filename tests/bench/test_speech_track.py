@@ -23,9 +23,9 @@ def test_plan_has_exact_shares_balanced_targets_and_is_reproducible():
     plan = split_plan(cfg, "train")
     assert plan == split_plan(cfg, "train")
     fams = Counter(f for f, _ in plan)
-    assert sum(fams[f] for f in AUDIO_FAMILIES) == 200 and fams["spoken_question"] == 40
-    assert fams["spoken_shape"] == fams["spoken_colour"] == 80
-    assert Counter(t for f, t in plan if f == "spoken_colour") == {"circle": 27, "square": 27, "triangle": 26}
+    assert sum(fams[f] for f in AUDIO_FAMILIES) == 200 and fams["spoken_question"] == 29
+    assert fams["spoken_shape"] == 57 and fams["spoken_colour"] == 114
+    assert Counter(t for f, t in plan if f == "spoken_colour") == {"circle": 38, "square": 38, "triangle": 38}
     assert {f for f, _ in split_plan(cfg, "retention")} <= {f for f, v in QUESTION_FAMILIES.items() if not v}
 
 

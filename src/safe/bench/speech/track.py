@@ -11,7 +11,7 @@ Families (answers are the built-in VL model's own words, so the deaf base is sco
 * ``spoken_shape``: "describe the shape the speaker names."; three objects of three different shapes and
   colours; the speaker names one shape ("the square", "I mean the square", ...); answer: that object in two
   words, colour then shape ("red square").
-* ``spoken_colour``: "describe the colour the speaker names."; the same pictures; the speaker names one
+* ``spoken_colour``: "what shape is the colour the speaker names?"; the same pictures; the speaker names one
   colour ("red", "the red one", ...); answer: that object in two words ("red square").
 
 Without the audio a spoken question is a guess among every possible answer (the deaf base gets about 30% of
@@ -19,10 +19,12 @@ them: it answers with a word about the picture), and a spoken fact cannot be ans
 VL model only ever learned one-word answers, so its answer to the two-word form is always wrong. An earlier
 form asked for one word (the named shape's colour), which the deaf base guessed among the picture's three
 objects a third of the time; the oracle then skipped those rows, and no policy can tell a lucky guess
-(measured: use rate 0.500 against the oracle's 0.332). Spoken questions are a fifth of the audio rows for
-the same reason. The built-in tokenizer has no word for "answer", "spoken", "speaker", "names" or
-"describe": they become ``<unk>`` there, which the prompts tolerate (the typed words that matter, "colour"
-and "shape", are known).
+(measured: use rate 0.500 against the oracle's 0.332). Spoken questions are a seventh of the audio rows for
+the same reason, and spoken colours four sevenths, the harder fact. Its prompt keeps the words "what shape":
+with "describe the colour the speaker names." (the caption family's word "describe") spoken_colour reached
+0.83 and 1.00 over two seeds, with this prompt 1.00 (1,500 steps, configs/stage_a_speech.yaml). The built-in
+tokenizer has no word for "answer", "spoken", "speaker" or "names": they become ``<unk>`` there, which the
+prompts tolerate (the typed words that matter, "colour" and "shape", are known).
 
 Voices: :attr:`SpeechConfig.voices` speak ``train`` / ``val`` / ``test`` / ``retention``;
 :attr:`SpeechConfig.held_out_voices` speak only ``ood_test``. ``train``/``val``/``retention`` use the
@@ -48,9 +50,9 @@ from safe.bench.questions import QUESTION_TEMPLATES, VL_FAMILIES, SynthConfig, _
 from safe.bench.scenes import COLOUR_NAMES, SHAPES, choice, place_objects, render_scene
 from safe.data.records import Example
 
-#: The question design's version: a generated track of another version is regenerated, not reused (2: spoken
-#: facts answered in two words, spoken questions a fifth of the audio rows).
-TRACK_VERSION = 2
+#: The question design's version: a generated track of another version is regenerated, not reused (3: spoken
+#: facts answered in two words, spoken questions a seventh of the audio rows).
+TRACK_VERSION = 3
 #: ``Example.task`` of every record of the speech track.
 TASK = "speech"
 AUDIO_FAMILIES: tuple[str, ...] = ("spoken_question", "spoken_shape", "spoken_colour")
@@ -61,13 +63,13 @@ PROMPTS: dict[str, str] = {
     **{f: QUESTION_TEMPLATES[f] for f in VL_FAMILIES},
     "spoken_question": "answer the spoken question.",
     "spoken_shape": "describe the shape the speaker names.",
-    "spoken_colour": "describe the colour the speaker names.",
+    "spoken_colour": "what shape is the colour the speaker names?",
 }
 SHAPE_PHRASES: tuple[str, ...] = ("{x}", "the {x}", "the {x} please", "I mean the {x}")
 COLOUR_PHRASES: tuple[str, ...] = ("{x}", "the {x} one", "{x} please", "I mean the {x} one")
-#: Share of each audio family among the audio rows: spoken questions a fifth (the deaf base guesses about 30%
-#: of them, and the oracle skips those rows: see the module docstring), the two spoken facts two fifths each.
-AUDIO_WEIGHTS: dict[str, int] = {"spoken_question": 1, "spoken_shape": 2, "spoken_colour": 2}
+#: Share of each audio family among the audio rows: spoken questions a seventh (the deaf base guesses about 30%
+#: of them, and the oracle skips those rows: see the module docstring), spoken shapes two, spoken colours four.
+AUDIO_WEIGHTS: dict[str, int] = {"spoken_question": 1, "spoken_shape": 2, "spoken_colour": 4}
 SPLITS: tuple[str, ...] = ("train", "val", "test", "retention", "ood_test")
 SAMPLE_RATE = 22050
 
