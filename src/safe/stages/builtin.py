@@ -101,8 +101,11 @@ class BaseResult(StageResult):
         lines.append("  deaf-guesser check (the base cannot hear):")
         lines += [f"    {fam:<16}{c['accuracy']:.3f} <= {c['bound']:.3f} ({c['rule']}): "
                   f"{'PASS' if c['passed'] else 'FAIL'}" for fam, c in m["deaf_check"].items()]
-        how = {True: "reused", "shipped": "installed the build shipped with SAFE (safe base build --force trains it)"}
-        lines.append(f"  {how.get(m.get('reused'), 'built')} ({m['seconds']:.0f} s to build)")
+        if m.get("reused") == "shipped":
+            lines.append(f"  installed the build SAFE ships (it took {m['seconds']:.0f} s to build; "
+                         "safe base build --force trains it again)")
+        else:
+            lines.append(f"  {'reused' if m.get('reused') else 'built'} ({m['seconds']:.0f} s to build)")
         lines.append(f"models at {self.path}/vl and {self.path}/audio_encoder")
         return "\n".join(lines)
 
