@@ -19,13 +19,13 @@ N = 20_000
 SHARED = 10  # media files the rows share (media checks are remembered per path; the rows' text is what grows)
 ANSWERS = ["red", "dark red", "maroon", "crimson", "red", "red", "scarlet", "red", "red", "ruby"]
 
-# Reading N rows with the records streamed to a sink, measured by tracemalloc: what stays is the
-# per-file duplicate-id check (an id and its row description, about 160 B a row: 3-4 MB here); the
-# bounds leave room for the interpreter's own tables (pathlib interns path parts, and a resize of the
-# interned-string table shows up as 1-4 MB). Parsing the files whole (json.load; csv rows in a list),
-# as the readers used to, peaks at about 90 MB for the VQAv2 files below and 22 MB for the CSV.
-JSON_BOUND = 16 * 2**20
-CSV_BOUND = 12 * 2**20
+# Reading N rows with the records streamed to a sink, measured by tracemalloc: about 1 MB here (the
+# media checks of the latest paths, parser buffers; the duplicate-id check is on disk). The bound
+# leaves room for the interpreter's own tables: pathlib interns path parts, and a resize of the
+# interned-string table shows up as 1-4 MB. Parsing the files whole (json.load; csv rows in a list)
+# and keeping the ids in a dict, as the readers used to, peaks at about 89 MB for the VQAv2 files
+# below and 22 MB for the CSV.
+JSON_BOUND = CSV_BOUND = 8 * 2**20
 CAPTION = "a dog barks twice in the distance while a car engine idles and rain falls on a metal roof " * 6
 
 
