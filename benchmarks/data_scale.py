@@ -25,6 +25,8 @@ each phase's figure is its own; ``rss_after_model`` is the process with torch an
 
     PYTHONPATH=src python benchmarks/data_scale.py --rows 10000 100000 --work /tmp/safe_data_scale \\
         --out docs/data_scale.json
+
+``--only-check`` runs step 1 alone (``safe data check``) and replaces only each N's ``"read"`` entry in ``--out``.
 """
 from __future__ import annotations
 
