@@ -10,8 +10,15 @@ media directory that does not exist) still raise.
 
 Media checks: images must exist and pass ``PIL.Image.open(...).verify()``; audio must exist and be
 readable by :func:`safe.processing.audio.read_wav` with at least one sample. ``verify_media=False``
-keeps only the existence checks (much faster on full-size datasets). Results are cached per path,
-so clips shared by many questions are opened once.
+keeps only the existence checks (much faster on full-size datasets). The results for the latest
+4096 paths are remembered, so a clip or image shared by adjacent questions is opened once.
+
+Annotation files are parsed incrementally (JSON with ``ijson``, CSV row by row), so reading holds one
+row at a time, not the parsed file; VQAv2's annotations are joined to its questions through a
+temporary on-disk SQLite table. Within :func:`stream_rows` the records go to the sink as they are
+built, so reading a large split runs at about constant memory. A file that turns out malformed after
+some good rows (e.g. truncated) still raises :class:`DatasetFormatError`, after those rows went to the
+sink.
 
 All paths in the records are absolute (not symlink-resolved).
 """

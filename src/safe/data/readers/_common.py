@@ -5,14 +5,17 @@ import ast
 import csv
 import json
 import os
+import sqlite3
 import string
 import wave
+from collections import OrderedDict
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import ijson
 from PIL import Image
 
 from safe.processing.audio import read_wav
@@ -81,6 +84,32 @@ def _where(index: int, row_id: Any = None, line: int | None = None) -> str:
     return s
 
 
+class _SeenIds:
+    """The record ids read so far from one file and where each was first seen, in a private temporary
+    SQLite database (on disk, deleted when closed; created at the first id): the duplicate check holds
+    nothing per row in memory (a dict of ids and row descriptions costs ~160 B a row, 2 GB for GQA's
+    14M all-questions file)."""
+
+    def __init__(self) -> None:
+        self._db: sqlite3.Connection | None = None
+
+    def first(self, row_id: str, where: str) -> str | None:
+        """Record ``row_id`` as seen at ``where``; if it was seen before, where that was (not recorded)."""
+        if self._db is None:
+            self._db = sqlite3.connect("")  # "": a temporary on-disk database, removed on close
+            self._db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID")
+        try:
+            self._db.execute("INSERT INTO seen VALUES (?, ?)", (row_id, where))
+        except sqlite3.IntegrityError:
+            return self._db.execute("SELECT at FROM seen WHERE id = ?", (row_id,)).fetchone()[0]
+        return None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 class _Collector:
     """Gathers records for one annotation file and applies the skip_bad policy uniformly."""
 
@@ -88,7 +117,7 @@ class _Collector:
         self.file = file
         self.skip_bad = skip_bad
         self.result = ReadResult()
-        self._seen: dict[str, str] = {}
+        self._seen = _SeenIds()
         self._sink = _SINK.get()
 
     def bad(self, where: str, what: str) -> None:
@@ -99,13 +128,15 @@ class _Collector:
         if len(self.result.problems) < MAX_PROBLEMS:
             self.result.problems.append(msg)
 
+    def close(self) -> None:
+        self._seen.close()
+
     def add(self, where: str, example: Example) -> None:
         # Ids key caches and splits downstream; a repeated id would silently merge two records.
-        first = self._seen.get(example.id)
+        first = self._seen.first(example.id, where)
         if first is not None:
             self.bad(where, f"duplicate id {example.id!r} (first seen at {first})")
             return
-        self._seen[example.id] = where
         if self._sink is not None:
             self._sink(example)
         else:
@@ -118,36 +149,90 @@ def _run_rows(
     build: Callable[[Any], Example | None],
 ) -> ReadResult:
     """Build one record per (where, row); a _RowError becomes a file+row error or a skip."""
-    for where, row in rows:
-        try:
-            ex = build(row)
-        except _RowError as err:
-            col.bad(where, str(err))
-            continue
-        if ex is not None:
-            col.add(where, ex)
+    try:
+        for where, row in rows:
+            try:
+                ex = build(row)
+            except _RowError as err:
+                col.bad(where, str(err))
+                continue
+            if ex is not None:
+                col.add(where, ex)
+    finally:
+        col.close()
     return col.result
 
 
-def _load_json(path: str | os.PathLike[str]) -> tuple[Path, Any]:
-    p = _abs(path)
-    if not p.is_file():
-        raise DatasetFormatError(f"{p}: annotation file not found")
+#: The JSON value type a ``ijson.parse`` event opens, as ``type(value).__name__`` would name it.
+_JSON_TYPE_NAMES = {"start_map": "dict", "start_array": "list", "string": "str", "boolean": "bool", "null": "NoneType"}
+
+
+@contextmanager
+def _json_errors(p: Path) -> Iterator[None]:
+    """Turn a parse or read error of the JSON file ``p`` into a DatasetFormatError naming it."""
     try:
-        with open(p, "r", encoding="utf-8") as f:
-            return p, json.load(f)
-    except json.JSONDecodeError as err:
-        raise DatasetFormatError(f"{p}: not valid JSON: {err}") from err
+        yield
+    except ijson.JSONError as err:
+        raw = err.args[0] if err.args else err
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        # yajl's message is "<what>\n<the text around it>\n(right here) ---^": keep what and where.
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        near = f" (near {lines[1]!r})" if len(lines) > 2 else ""
+        raise DatasetFormatError(f"{p}: not valid JSON: {lines[0] if lines else type(err).__name__}{near}") from err
     except (UnicodeDecodeError, OSError) as err:
         raise DatasetFormatError(f"{p}: cannot read: {err}") from err
 
 
-def _load_csv(path: str | os.PathLike[str], *, header: bool, required: Iterable[str] = ()) -> tuple[Path, list[tuple[int, Any]]]:
-    """Rows as (line number, dict or list); header CSVs must have the ``required`` columns."""
+def _json_root(path: str | os.PathLike[str], keys: Iterable[str] = ()) -> tuple[Path, str, dict[str, tuple[str, Any]]]:
+    """Look at an annotation file's top level without parsing it whole: the root's type name and, for
+    each of ``keys`` that the root object has, the ``(event, value)`` that opens its value (``("string",
+    "val2014")``, ``("start_array", None)``, ...). Reads only up to the last of ``keys`` (the first event
+    when ``keys`` is empty), so the rest of the file is checked when its rows are read."""
     p = _abs(path)
     if not p.is_file():
         raise DatasetFormatError(f"{p}: annotation file not found")
-    rows: list[tuple[int, Any]] = []
+    wanted, found = set(keys), {}
+    with _json_errors(p), open(p, "rb") as f:
+        events = ijson.parse(f, use_float=True)
+        _, event, value = next(events)
+        root = _JSON_TYPE_NAMES.get(event) or type(value).__name__
+        if event == "start_map" and wanted:
+            pending = None
+            for prefix, event, value in events:
+                if pending is not None:  # the event after a wanted key opens its value
+                    found[pending] = (event, value)
+                    pending = None
+                    if len(found) == len(wanted):
+                        break
+                elif prefix == "" and event == "map_key" and value in wanted and value not in found:
+                    pending = value
+    return p, root, found
+
+
+def _json_items(p: Path, prefix: str, *, pairs: bool = False) -> Iterator[Any]:
+    """The values at ``prefix`` (``"item"``: a root list's items; ``"questions.item"``), or with ``pairs``
+    the ``(key, value)`` pairs of the object at ``prefix``, parsed one at a time (ijson), so reading an
+    annotation file holds one row's objects, never the file's. Floats are floats, as ``json.load`` makes
+    them."""
+    with _json_errors(p), open(p, "rb") as f:
+        if pairs:
+            yield from ijson.kvitems(f, prefix, use_float=True)
+        else:
+            yield from ijson.items(f, prefix, use_float=True)
+
+
+def _load_csv(path: str | os.PathLike[str], *, header: bool, required: Iterable[str] = ()) -> tuple[Path, Iterator[tuple[int, Any]]]:
+    """Rows as (line number, dict or list), read one at a time; header CSVs must have the ``required``
+    columns. The file is opened and its header checked now (file-level errors before any row)."""
+    p = _abs(path)
+    if not p.is_file():
+        raise DatasetFormatError(f"{p}: annotation file not found")
+    rows = _csv_rows(p, header, tuple(required))
+    next(rows)  # runs up to the header check
+    return p, rows
+
+
+def _csv_rows(p: Path, header: bool, required: tuple[str, ...]) -> Iterator[Any]:
     # utf-8-sig: CSVs saved by spreadsheet tools often start with a BOM, which would corrupt the
     # first column name.
     with open(p, "r", encoding="utf-8-sig", newline="") as f:
@@ -160,13 +245,13 @@ def _load_csv(path: str | os.PathLike[str], *, header: bool, required: Iterable[
                 missing = [c for c in required if c not in names]
                 if missing:
                     raise DatasetFormatError(f"{p}: missing columns {missing}; header has {list(names)}")
+            yield None
             for row in reader:
-                rows.append((reader.line_num, row))
+                yield reader.line_num, row
         except csv.Error as err:
             raise DatasetFormatError(f"{p}: line {reader.line_num}: malformed CSV: {err}") from err
         except UnicodeDecodeError as err:
             raise DatasetFormatError(f"{p}: not UTF-8 text: {err}") from err
-    return p, rows
 
 
 def _require_dir(path: str | os.PathLike[str], what: str) -> Path:
@@ -217,45 +302,58 @@ def _as_int(text: str, what: str) -> int:
     return int(f)
 
 
-class _Media:
-    """Existence / readability checks for images and WAVs, cached per path."""
+#: How many paths a ``_Media`` remembers the check of (least recently used first forgotten). Questions
+#: about one image or clip are adjacent in the published files, so a bounded memory keeps their media
+#: opened once while reading a large file stays at constant memory (a path per row would not).
+MEDIA_CACHE_ENTRIES = 4096
 
-    def __init__(self, verify: bool) -> None:
+
+class _Media:
+    """Existence / readability checks for images and WAVs, the latest ``MEDIA_CACHE_ENTRIES`` paths' remembered."""
+
+    def __init__(self, verify: bool, max_entries: int = MEDIA_CACHE_ENTRIES) -> None:
         self.verify = verify
-        self._cache: dict[Path, str | None] = {}
-        self._frames: dict[tuple[Path, str], Path | str] = {}
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, str | None] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, str], Path | str] = OrderedDict()
+
+    def _remember(self, cache: OrderedDict, key: Any, compute: Callable[[], Any]) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = compute()
+        if len(cache) > self.max_entries:
+            cache.popitem(last=False)
+        return value
 
     def image(self, path: Path) -> str:
-        if path not in self._cache:
-            self._cache[path] = self._check_image(path)
-        if (err := self._cache[path]) is not None:
+        s = str(path)
+        if (err := self._remember(self._cache, s, lambda: self._check_image(path))) is not None:
             raise _RowError(err)
-        return str(path)
+        return s
 
     def audio(self, path: Path) -> str:
-        if path not in self._cache:
-            self._cache[path] = self._check_audio(path)
-        if (err := self._cache[path]) is not None:
+        s = str(path)
+        if (err := self._remember(self._cache, s, lambda: self._check_audio(path))) is not None:
             raise _RowError(err)
-        return str(path)
+        return s
 
     def frame(self, frames_dir: Path, stem: str) -> str:
         """``<frames_dir>/<stem>.jpg``, else the first (sorted) ``<frames_dir>/<stem>/*.jpg``."""
-        key = (frames_dir, stem)
-        found = self._frames.get(key)
-        if found is None:
-            single = frames_dir / f"{stem}.jpg"
-            sub = frames_dir / stem
-            if single.is_file():
-                found = single
-            elif sub.is_dir() and (jpgs := sorted(q for q in sub.glob("*.jpg") if q.is_file())):
-                found = jpgs[0]
-            else:
-                found = f"no frame for {stem!r}: neither {single} nor any *.jpg in {sub}"
-            self._frames[key] = found
+        found = self._remember(self._frames, (str(frames_dir), stem), lambda: self._find_frame(frames_dir, stem))
         if isinstance(found, str):
             raise _RowError(found)
         return self.image(found)
+
+    @staticmethod
+    def _find_frame(frames_dir: Path, stem: str) -> Path | str:
+        single = frames_dir / f"{stem}.jpg"
+        sub = frames_dir / stem
+        if single.is_file():
+            return single
+        if sub.is_dir() and (jpgs := sorted(q for q in sub.glob("*.jpg") if q.is_file())):
+            return jpgs[0]
+        return f"no frame for {stem!r}: neither {single} nor any *.jpg in {sub}"
 
     def _check_image(self, path: Path) -> str | None:
         err: str | None = None

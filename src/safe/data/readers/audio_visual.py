@@ -7,8 +7,8 @@ from typing import Any
 
 from safe.data.records import Example
 from safe.data.readers._common import (DatasetFormatError, ReadResult, _Collector, _Media, _RowError, _family,
-                                       _get, _load_json, _parse_encoded_list, _peek, _require_dir, _run_rows,
-                                       _where)
+                                       _get, _json_items, _json_root, _parse_encoded_list, _peek, _require_dir,
+                                       _run_rows, _where)
 
 # --------------------------------------------------------------------------- MUSIC-AVQA
 
@@ -42,11 +42,11 @@ def read_music_avqa(
     (``Visual`` questions are False; their audio is still attached). ``family`` = the type list
     lower-cased and joined with ``/`` (e.g. ``"audio/counting"``). ``id`` = the question id.
     """
-    qfile, data = _load_json(questions_json)
+    qfile, root, _ = _json_root(questions_json)
     fdir = _require_dir(frames_dir, "MUSIC-AVQA frames_dir")
     adir = _require_dir(audio_dir, "MUSIC-AVQA audio_dir")
-    if not isinstance(data, list):
-        raise DatasetFormatError(f"{qfile}: expected a JSON list of questions, got {type(data).__name__}")
+    if root != "list":
+        raise DatasetFormatError(f"{qfile}: expected a JSON list of questions, got {root}")
     media = _Media(verify_media)
     col = _Collector(qfile, skip_bad)
 
@@ -81,7 +81,7 @@ def read_music_avqa(
             meta={"video_id": video_id, "type": types, "question_content": template, "templ_values": values},
         )
 
-    rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(data))
+    rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(_json_items(qfile, "item")))
     return _run_rows(col, rows, build)
 
 
@@ -123,11 +123,11 @@ def read_avqa(
     ``include_choices=True`` the question ends with ``" Choices: a; b; c; d."``. ``family`` =
     ``question_type`` lower-cased with ``_`` for spaces (e.g. ``"come_from"``). ``id`` = ``id``.
     """
-    qfile, data = _load_json(questions_json)
+    qfile, root, _ = _json_root(questions_json)
     fdir = _require_dir(frames_dir, "AVQA frames_dir")
     adir = _require_dir(audio_dir, "AVQA audio_dir")
-    if not isinstance(data, list):
-        raise DatasetFormatError(f"{qfile}: expected a JSON list of questions, got {type(data).__name__}")
+    if root != "list":
+        raise DatasetFormatError(f"{qfile}: expected a JSON list of questions, got {root}")
     media = _Media(verify_media)
     col = _Collector(qfile, skip_bad)
 
@@ -169,5 +169,5 @@ def read_avqa(
                   "answer_index": raw_answer, "question_type": qtype, "question_relation": relation},
         )
 
-    rows = ((_where(i, _peek(q, "id")), q) for i, q in enumerate(data))
+    rows = ((_where(i, _peek(q, "id")), q) for i, q in enumerate(_json_items(qfile, "item")))
     return _run_rows(col, rows, build)

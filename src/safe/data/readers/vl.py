@@ -1,12 +1,17 @@
 """VL-only question answering: VQAv2 and GQA, in their published JSON layouts."""
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from safe.data.records import Example
 from safe.data.readers._common import (DatasetFormatError, MAX_PROBLEMS, ReadResult, _Collector, _Media,
-                                       _RowError, _get, _load_json, _peek, _require_dir, _run_rows, _where)
+                                       _RowError, _get, _json_items, _json_root, _peek, _require_dir, _run_rows,
+                                       _where)
 
 # --------------------------------------------------------------------------- VQAv2
 
@@ -38,42 +43,51 @@ def read_vqav2(
     ``question_type``. ``id`` = the question id. Questions without an annotation are bad rows;
     annotations without a question are ignored. ``skipped`` counts bad rows of both files.
     """
-    qfile, qdata = _load_json(questions_json)
-    afile, adata = _load_json(annotations_json)
+    # Only the top levels are read here (up to the keys needed); the rows are parsed one at a time below.
+    qfile, qroot, qtop = _json_root(questions_json, ("questions",) if image_subtype else ("data_subtype", "questions"))
+    afile, aroot, atop = _json_root(annotations_json, ("annotations",))
     img_dir = _require_dir(image_dir, "VQAv2 image_dir")
-    if not isinstance(qdata, dict) or not isinstance(qdata.get("questions"), list):
+    if qroot != "dict" or qtop.get("questions", ("",))[0] != "start_array":
         raise DatasetFormatError(f"{qfile}: expected an object with a 'questions' list")
-    if not isinstance(adata, dict) or not isinstance(adata.get("annotations"), list):
+    if aroot != "dict" or atop.get("annotations", ("",))[0] != "start_array":
         raise DatasetFormatError(f"{afile}: expected an object with an 'annotations' list")
-    subtype = image_subtype if image_subtype is not None else qdata.get("data_subtype")
+    subtype = image_subtype if image_subtype is not None else qtop.get("data_subtype", ("", None))[1]
     if not isinstance(subtype, str) or not subtype:
         raise DatasetFormatError(f"{qfile}: no 'data_subtype' (e.g. 'val2014'); pass image_subtype=")
 
-    # Annotation rows are validated lazily, when their question asks for them, so an error names
-    # the annotations file and the annotation's own row index.
-    ann_col = _Collector(afile, skip_bad)
-    anns: dict[int, tuple[int, Any]] = {}
-    for i, ann in enumerate(adata["annotations"]):
-        try:
-            qid = _get(ann, "question_id", int)
-        except _RowError as err:
-            ann_col.bad(_where(i), str(err))
-            continue
-        if qid in anns:
-            ann_col.bad(_where(i, qid), f"duplicate question_id (first at row {anns[qid][0]})")
-            continue
-        anns[qid] = (i, ann)
+    with closing(_Annotations()) as anns:
+        ann_col = _Collector(afile, skip_bad)
+        for i, ann in enumerate(_json_items(afile, "annotations.item")):
+            try:
+                qid = _get(ann, "question_id", int)
+            except _RowError as err:
+                ann_col.bad(_where(i), str(err))
+                continue
+            first = anns.add(qid, i, ann)
+            if first is not None:
+                ann_col.bad(_where(i, qid), f"duplicate question_id (first at row {first})")
+        result = _read_questions(qfile, afile, anns, img_dir, subtype, skip_bad, verify_media)
+    result.skipped += ann_col.result.skipped
+    result.problems = (ann_col.result.problems + result.problems)[:MAX_PROBLEMS]
+    return result
 
-    media = _Media(verify_media)
-    col = _Collector(qfile, skip_bad)
 
-    def build(q: Any) -> Example:
-        qid = _get(q, "question_id", int)
-        image_id = _get(q, "image_id", int)
-        question = _get(q, "question", str, nonempty=True)
-        if qid not in anns:
-            raise _RowError(f"no annotation with this question_id in {afile}")
-        ai, ann = anns[qid]
+class _Annotations:
+    """The VQAv2 annotations by question id, each reduced to what a record takes from it (or what is
+    wrong with it), in a private temporary SQLite database (on disk, deleted when closed): the join
+    holds no parsed annotation in memory (the full train split's are about 2 GB as Python objects).
+
+    Annotation rows are validated here but their errors are reported only when a question asks for
+    them, naming the annotations file and the annotation's own row index."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": a temporary on-disk database, removed on close
+        # TEXT key: any Python int fits (SQLite integers stop at 64 bits).
+        self._db.execute("CREATE TABLE ann (qid TEXT PRIMARY KEY, row INTEGER, err TEXT, data TEXT) WITHOUT ROWID")
+
+    def add(self, qid: int, row: int, ann: dict[str, Any]) -> int | None:
+        """Store annotation ``row``; the row of the first annotation of ``qid`` if there is one already."""
+        err, data = None, None
         try:
             mca = _get(ann, "multiple_choice_answer", str, nonempty=True)
             raw = _get(ann, "answers", list)
@@ -83,12 +97,42 @@ def read_vqav2(
                     raise _RowError(f"'answers' item {a!r} is not an object with a string 'answer'")
                 annotator.append(a["answer"])
             ann_image = _get(ann, "image_id", int)
+            data = json.dumps([mca, annotator, ann_image, ann.get("question_type"), ann.get("answer_type")])
+        except _RowError as e:
+            err = str(e)
+        try:
+            self._db.execute("INSERT INTO ann VALUES (?, ?, ?, ?)", (str(qid), row, err, data))
+        except sqlite3.IntegrityError:
+            return self._db.execute("SELECT row FROM ann WHERE qid = ?", (str(qid),)).fetchone()[0]
+        return None
+
+    def get(self, qid: int) -> tuple[int, str | None, str | None] | None:
+        """``(row, error, JSON [mca, answers, image_id, question_type, answer_type])`` or None."""
+        return self._db.execute("SELECT row, err, data FROM ann WHERE qid = ?", (str(qid),)).fetchone()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _read_questions(qfile: Path, afile: Path, anns: _Annotations, img_dir: Path, subtype: str, skip_bad: bool,
+                    verify_media: bool) -> ReadResult:
+    media = _Media(verify_media)
+    col = _Collector(qfile, skip_bad)
+
+    def build(q: Any) -> Example:
+        qid = _get(q, "question_id", int)
+        image_id = _get(q, "image_id", int)
+        question = _get(q, "question", str, nonempty=True)
+        found = anns.get(qid)
+        if found is None:
+            raise _RowError(f"no annotation with this question_id in {afile}")
+        ai, err, data = found
+        if err is None:
+            mca, annotator, ann_image, qtype, atype = json.loads(data)
             if ann_image != image_id:
-                raise _RowError(f"image_id {ann_image} differs from the question's image_id {image_id}")
-            qtype = ann.get("question_type")
-            atype = ann.get("answer_type")
-        except _RowError as err:
-            raise _RowError(f"annotation {afile} {_where(ai, qid)}: {err}") from None
+                err = f"image_id {ann_image} differs from the question's image_id {image_id}"
+        if err is not None:
+            raise _RowError(f"annotation {afile} {_where(ai, qid)}: {err}")
         family = atype if isinstance(atype, str) and atype else qtype if isinstance(qtype, str) and qtype else "unknown"
         image = media.image(img_dir / f"COCO_{subtype}_{image_id:012d}.jpg")
         return Example(
@@ -97,11 +141,8 @@ def read_vqav2(
             meta={"image_id": image_id, "question_type": qtype, "answer_type": atype},
         )
 
-    rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(qdata["questions"]))
-    result = _run_rows(col, rows, build)
-    result.skipped += ann_col.result.skipped
-    result.problems = (ann_col.result.problems + result.problems)[:MAX_PROBLEMS]
-    return result
+    rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(_json_items(qfile, "questions.item")))
+    return _run_rows(col, rows, build)
 
 
 
@@ -129,10 +170,10 @@ def read_gqa(
     ``fullAnswer`` go to ``meta``. The test/challenge files publish no answers, so their rows are
     bad rows here.
     """
-    qfile, data = _load_json(questions_json)
+    qfile, root, _ = _json_root(questions_json)
     img_dir = _require_dir(image_dir, "GQA image_dir")
-    if not isinstance(data, dict):
-        raise DatasetFormatError(f"{qfile}: expected an object keyed by question id, got {type(data).__name__}")
+    if root != "dict":
+        raise DatasetFormatError(f"{qfile}: expected an object keyed by question id, got {root}")
     media = _Media(verify_media)
     col = _Collector(qfile, skip_bad)
 
@@ -153,5 +194,5 @@ def read_gqa(
             meta={"image_id": image_id, "types": dict(types), "full_answer": q.get("fullAnswer")},
         )
 
-    rows = ((_where(i, k), (k, q)) for i, (k, q) in enumerate(data.items()))
+    rows = ((_where(i, k), (k, q)) for i, (k, q) in enumerate(_json_items(qfile, "", pairs=True)))
     return _run_rows(col, rows, build)
