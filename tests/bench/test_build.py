@@ -74,17 +74,34 @@ def test_the_shipped_build_is_installed_only_for_its_config_and_benchmark(tmp_pa
     from safe.bench import build
 
     shipped = read_manifest(build.SHIPPED_DIR)
-    monkeypatch.setattr(build.files, "load_benchmark_info", lambda d: {"config": {}, "counts": {}})
+    monkeypatch.setattr(build.files, "load_benchmark_info", lambda d: {"config": {"grid": 3, "image_size": 48}, "counts": {"train": 0}})
     monkeypatch.setattr(build.files, "benchmark_fingerprint", lambda d: shipped["benchmark"])
+    monkeypatch.setattr(build.files, "load_split", lambda d, split: [])
+    answers = {"test_accuracy": dict(shipped["test_accuracy"])}  # what the installed model answers here
+    monkeypatch.setattr(build, "evaluate_base", lambda vl, examples, progress=False: answers["test_accuracy"])
     out = tmp_path / "base"
     got = build_builtin_models(tmp_path / "bench", out, BuiltinConfig(), progress=False)
-    assert got["reused"] == "shipped" and read_manifest(out) == shipped
+    assert got["reused"] == "shipped" and read_manifest(out) == {**shipped, "installed_from": "shipped"}
     assert (out / "vl" / "model.safetensors").read_bytes() == (build.SHIPPED_DIR / "vl" / "model.safetensors").read_bytes()
-    assert build_builtin_models(tmp_path / "bench", out, BuiltinConfig(), progress=False)["reused"] is True
+    again = build_builtin_models(tmp_path / "bench", out, BuiltinConfig(), progress=False)
+    assert again["reused"] is True and again["installed_from"] == "shipped"
     # another benchmark, or another config: the shipped build does not apply (nothing is installed)
     assert build.install_shipped(tmp_path / "other", BuiltinConfig(), "0" * 16) is None
     assert build.install_shipped(tmp_path / "other", BuiltinConfig.tiny(), shipped["benchmark"]) is None
     assert not (tmp_path / "other").exists()
+
+    # installed, but answering this benchmark otherwise than when it was built: removed, and trained instead
+    class Trained(Exception):
+        pass
+
+    def train(*args, **kwargs):
+        raise Trained
+
+    answers["test_accuracy"] = {**shipped["test_accuracy"], "position": 0.5}
+    monkeypatch.setattr(build, "build_vl_model", train)
+    with pytest.raises(Trained):  # (no training rows here: the mock stands for the build)
+        build_builtin_models(tmp_path / "bench", tmp_path / "drifted", BuiltinConfig(), progress=False)
+    assert not (tmp_path / "drifted").exists()
 
 
 @pytest.mark.slow

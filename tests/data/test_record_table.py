@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import socket
 import tracemalloc
 import zlib
 from dataclasses import replace
 
 import numpy as np
+
 import pytest
 
 from safe.data import record_table
@@ -146,10 +148,14 @@ def test_an_interrupted_write_never_looks_complete(tmp_path):
             w.add(_rows(1)[0], "here")
             raise RuntimeError("killed")
     assert not path.exists() and list(path.parent.iterdir()) == []
-    orphan = path.with_name(f".{path.name}.999999999.1.tmp")  # a writer killed outright (no process 999999999)
+    host = socket.gethostname()
+    orphan = path.with_name(f".{path.name}.{host}-999999999.1.tmp")  # a writer killed outright (no such process)
     orphan.write_bytes(b"half a table")
+    elsewhere = path.with_name(f".{path.name}.other-host-999999999.1.tmp")  # another host's writer (shared disk)
+    elsewhere.write_bytes(b"being written")
     TableWriter(path).abort()
-    assert list(path.parent.iterdir()) == []
+    assert list(path.parent.iterdir()) == [elsewhere]
+    elsewhere.unlink()
     # a split whose reading fails (a corrupt clip with skip_bad false) leaves no table behind
     root = write_audiocaps(tmp_path / "ac", "train", n=3)
     (root / "audio" / "yttrain2_30.wav").write_bytes(b"junk")

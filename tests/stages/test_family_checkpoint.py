@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/c
 FAMILIES = [pytest.param("llava-next"), pytest.param("qwen2-vl"),  # tiling; packed patches + M-RoPE
             *(pytest.param(k, marks=pytest.mark.slow)
               for k in ("gemma3", "paligemma", "idefics3", "mllama", "qwen2.5-vl", "qwen3-vl", "internvl",
-                        "llava-onevision", "smolvlm"))]
+                        "llava-onevision", "smolvlm", "mistral3"))]  # mistral3: skipped without torchvision
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,10 @@ per-source reports and the row count).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -70,11 +72,18 @@ def _decode(field: str, value: Any) -> Any:
     return bool(value) if field == "needs_audio" else value
 
 
+def _tmp_prefix(path: Path) -> str:
+    """Temporary-file prefix of ``path``'s writers on this host: a cache_dir shared by several hosts (NFS)
+    sees other hosts' writers, whose process ids mean nothing here."""
+    return f".{path.name}.{socket.gethostname()}-"
+
+
 def _remove_orphans(path: Path) -> None:
-    """Delete temporary files of ``path`` left by writers that were killed (their process is gone)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+    """Delete temporary files of ``path`` left by this host's writers that were killed (their process is gone)."""
+    prefix = _tmp_prefix(path)
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         try:
-            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
+            pid = int(tmp.name[len(prefix):].split(".")[0])
             os.kill(pid, 0)  # raises when no such process
         except ProcessLookupError:
             tmp.unlink(missing_ok=True)
@@ -90,7 +99,7 @@ class TableWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        self.tmp = self.path.with_name(f"{_tmp_prefix(self.path)}{os.getpid()}.{threading.get_ident()}.tmp")
         self.tmp.unlink(missing_ok=True)
         _remove_orphans(self.path)
         self.db = sqlite3.connect(str(self.tmp))

@@ -313,7 +313,9 @@ class SpecSource:
             out.order(order)
             pool = out.fill_pool()
             if not pool and out.has("audio IS NULL") and name != "train" and "train" in self.spec.splits:
-                pool = out.fill_pool(self._table("train").pool())
+                borrowed = self._table("train").pool()
+                pool = out.fill_pool(borrowed)
+                out.add_media(borrowed, used=True)  # this table names them now: a changed clip makes it stale
             stand_in = self._stand_in() if out.has("image IS NULL") else ""  # written only when needed
             self._pair(name, out, pool, stand_in)
             out.finish({"reports": [asdict(r) for r in reports]})

@@ -15,6 +15,7 @@ Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``) and ``{question}``.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ def load_processor(checkpoint: str | Path):
     try:
         return AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
     except (ImportError, AttributeError, OSError, ValueError) as err:  # ValueError: "requires torchvision"
+        if importlib.util.find_spec("torchvision") is not None:
+            raise  # the video processor could be built: whatever failed is not what the fallback works around
         fallback = load_image_only(checkpoint)
         if fallback is not None:
             return fallback

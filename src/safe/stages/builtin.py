@@ -102,8 +102,10 @@ class BaseResult(StageResult):
         lines += [f"    {fam:<16}{c['accuracy']:.3f} <= {c['bound']:.3f} ({c['rule']}): "
                   f"{'PASS' if c['passed'] else 'FAIL'}" for fam, c in m["deaf_check"].items()]
         if m.get("reused") == "shipped":
-            lines.append(f"  installed the build SAFE ships (it took {m['seconds']:.0f} s to build; "
-                         "safe base build --force trains it again)")
+            lines.append(f"  installed the build SAFE ships and checked it answers this benchmark's test split as "
+                         f"shipped (it took {m['seconds']:.0f} s to build; safe base build --force trains it again)")
+        elif m.get("installed_from") == "shipped":
+            lines.append("  reused (installed from the build SAFE ships)")
         else:
             lines.append(f"  {'reused' if m.get('reused') else 'built'} ({m['seconds']:.0f} s to build)")
         lines.append(f"models at {self.path}/vl and {self.path}/audio_encoder")

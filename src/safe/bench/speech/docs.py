@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from safe.bench.speech.track import AUDIO_FAMILIES
+
 START, END = "<!-- speech-results:start -->", "<!-- speech-results:end -->"
 
 
@@ -57,9 +59,12 @@ ROWS: list[tuple[str, Callable[[Mapping], str]]] = [
         f"{m['stage_a']['vl_examples']} answers changed, gate open; retention "
         f"{_f(m['stage_a']['vl_retention_ratio_gate_open'], 4)})")),
     ("Answers identical to the base, gate closed", lambda m: _f(m["stage_a"]["answers_identical_gate_closed"])),
-    ("Spoken-question accuracy: SAFE / deaf base", lambda m: (
+    ("Audio-row accuracy (spoken questions and facts): SAFE / deaf base", lambda m: (
         f"{_f(m['stage_a']['audio_accuracy'])} / {_f(m['stage_a']['audio_accuracy_base'])} "
         f"(+{_pts(m['stage_a']['audio_accuracy'] - m['stage_a']['audio_accuracy_base'])} points)")),
+    ("Per audio family: SAFE / deaf base", lambda m: ", ".join(
+        f"{fam} {_f(m['stage_a']['per_family'][fam]['open'], 2)} / {_f(m['stage_a']['per_family'][fam]['base'], 2)}"
+        for fam in AUDIO_FAMILIES if fam in m["stage_a"]["per_family"])),
     ("Per voice, trained voices at unheard speeds and pitches (test)", lambda m: _voices(m, "test")),
     ("Per voice, held-out voices (ood_test): SAFE / deaf base", lambda m: (
         f"{_voices(m, 'ood_test')} (all: {_f(_mean_voice(m, 'ood_test', 'safe'))} / "
