@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,19 +119,10 @@ def install_shipped(out_dir: str | Path, config: BuiltinConfig, fingerprint: str
     shipped = _matches(SHIPPED_DIR, config, fingerprint)
     if shipped is None:
         return None
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-installing-"))
-    try:
+    with files.staged_dir(out_dir, "installing") as tmp:
         for part in ("vl", "audio_encoder"):
             shutil.copytree(SHIPPED_DIR / part, tmp / part)
         (tmp / MANIFEST).write_text(json.dumps({**shipped, "installed_from": "shipped"}, indent=2, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return shipped
 
 
@@ -170,9 +159,7 @@ def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: Bui
     splits = {s: files.load_split(bench_dir, s) for s in info["counts"]}
     train_vl = [e for e in splits["train"] if not e.needs_audio]
     every = [e for s in splits.values() for e in s]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-building-"))
-    try:
+    with files.staged_dir(out_dir, "building") as tmp:
         vl_metrics = build_vl_model(tmp / "vl", train_vl, every, config.vl, grid=bench_cfg["grid"],
                                     image_size=bench_cfg["image_size"], shapes=scenes.SHAPES,
                                     colours=scenes.COLOUR_NAMES, progress=progress)
@@ -191,10 +178,4 @@ def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: Bui
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {**manifest, "reused": False}

@@ -13,9 +13,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
@@ -42,6 +45,23 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def staged_dir(out: str | Path, what: str) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to fill; when the block ends without an exception it replaces
+    ``out`` (removed first), otherwise it is deleted: a half-written folder never looks complete."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-{what}-"))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from safe.bench.files import staged_dir
 
 #: CTranslate2's DataType ids -> numpy dtypes (bfloat16, id 5, is widened to float32 by hand).
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -225,16 +224,8 @@ def convert(out_dir: str | Path, *, window_seconds: int = FULL_WINDOW_SECONDS, s
                               f"unexpected {sorted(unexpected)[:5]}")
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=16000, hop_length=160,
                                         chunk_length=window_seconds, n_fft=400)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-converting-"))
-    try:
+    with staged_dir(out, "converting") as tmp:
         model.save_pretrained(tmp)
         extractor.save_pretrained(tmp)
         (tmp / CONVERSION_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
