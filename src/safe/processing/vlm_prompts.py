@@ -46,7 +46,8 @@ class VisionEncoded(Encoded):
 
 def load_processor(checkpoint: str | Path):
     """The checkpoint's own ``AutoProcessor`` (no download). Where that fails on a processor class with a video
-    processor (Qwen2/2.5/3-VL, LLaVA-OneVision, InternVL, SmolVLM: torchvision missing), the class is loaded
+    processor (Qwen2/2.5/3-VL, LLaVA-OneVision, InternVL, SmolVLM) because torchvision is missing or the
+    checkpoint has no video processor config (one saved without it), the class is loaded
     without it (:mod:`safe.processing.image_only`, with a logged warning; images work, videos do not). A processor
     that still cannot be built raises ``ImportError`` naming the package, instead of transformers' error
     deep inside its video-processor lookup."""
@@ -57,7 +58,8 @@ def load_processor(checkpoint: str | Path):
     try:
         return AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
     except (ImportError, AttributeError, OSError, ValueError) as err:  # ValueError: "requires torchvision"
-        if importlib.util.find_spec("torchvision") is not None:
+        video_config = Path(checkpoint) / "video_preprocessor_config.json"  # transformers' VIDEO_PROCESSOR_NAME
+        if importlib.util.find_spec("torchvision") is not None and video_config.is_file():
             raise  # the video processor could be built: whatever failed is not what the fallback works around
         fallback = load_image_only(checkpoint)
         if fallback is not None:
