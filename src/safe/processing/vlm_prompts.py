@@ -52,14 +52,14 @@ def load_processor(checkpoint: str | Path):
     that still cannot be built raises ``ImportError`` naming the package, instead of transformers' error
     deep inside its video-processor lookup."""
     from transformers import AutoProcessor
+    from transformers.utils import VIDEO_PROCESSOR_NAME
 
     from safe.processing.image_only import load_image_only
 
     try:
         return AutoProcessor.from_pretrained(str(checkpoint), local_files_only=True)
     except (ImportError, AttributeError, OSError, ValueError) as err:  # ValueError: "requires torchvision"
-        video_config = Path(checkpoint) / "video_preprocessor_config.json"  # transformers' VIDEO_PROCESSOR_NAME
-        if importlib.util.find_spec("torchvision") is not None and video_config.is_file():
+        if importlib.util.find_spec("torchvision") is not None and (Path(checkpoint) / VIDEO_PROCESSOR_NAME).is_file():
             raise  # the video processor could be built: whatever failed is not what the fallback works around
         fallback = load_image_only(checkpoint)
         if fallback is not None:
