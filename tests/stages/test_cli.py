@@ -39,7 +39,10 @@ def test_top_level_help_lists_every_command(capsys):
     (["verify", "--batch", "1"], "--batch must be an integer >= 2"),
     (["policy", "train", "--steps", "many"], "--steps takes an integer, got 'many'"),
     (["policy", "train", "--state", "late"], "invalid choice: 'late'"),
-    (["train", "--set", "steps=0"], "steps: expected a positive integer, got 0"),
+    (["train", "--stage_a.steps", "0"], "steps: expected a positive integer, got 0"),
+    (["train", "--set", "steps=0"], "--set is gone: give each setting as its own flag (--set steps=200 is now "
+                                    "--stage_a.steps 200"),
+    (["train", "--config", "nowhere.yaml"], "config file not found: nowhere.yaml"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2

@@ -3,7 +3,7 @@ verification, Stage A, Stages B/C, the evaluation protocol and the report (and, 
 ablation grid) — by calling each stage function in turn."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from safe.policy.features import STATE_KINDS
@@ -16,10 +16,9 @@ from safe.stages.common import RunOptions, StageLog
 class DemoConfig(RunOptions):
     """Options of ``safe demo``."""
 
-    config: str = "configs/stage_a_builtin.yaml"
-    """Stage A recipe."""
-    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
-    """Override a Stage A recipe field (repeatable)."""
+    recipe: str | None = None
+    """Stage A recipe: a safe train --config file (stage_a: and its settings; default the track's shipped one,
+    stage_a_builtin.yaml or stage_a_speech.yaml)."""
     fresh: bool = False
     """Retrain Stage A even if the run directory has checkpoints."""
     rebuild_base: bool = False
@@ -35,7 +34,7 @@ class DemoConfig(RunOptions):
     track: Literal["synthetic", "speech"] = "synthetic"
     """Benchmark track: synthetic (shapes, tones) or speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
-    configs/stage_a_speech.yaml)."""
+    stage_a_speech.yaml)."""
 
 
 @dataclass
@@ -66,15 +65,17 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
         defaults = DemoConfig()
         return speech.demo_speech(dataclasses.replace(
             cfg, run_dir=speech.RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
-            config=speech.RECIPE if cfg.config == defaults.config else cfg.config), echo)
+            recipe=cfg.recipe or speech.RECIPE), echo)
     from safe.stages.ablate import AblateConfig, ablate
     from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
     from safe.stages.common import base_path, cache_dir
     from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
     from safe.stages.policy import PolicyTrainConfig, train_policy
-    from safe.stages.stage_a import TrainConfig, train
+    from safe.stages.options import make_config
+    from safe.stages.stage_a import BUILTIN_RECIPE, TrainConfig, train
     from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
+    recipe = cfg.recipe or BUILTIN_RECIPE
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
@@ -87,10 +88,9 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     own = VerifyConfig(base=str(base.path / "vl"), audio=str(base.path / "audio_encoder"), run_dir=cfg.run_dir)
     step(verify(own))
     step(verify(VerifyConfig(all_presets=True, run_dir=cfg.run_dir)), "verify_done_seconds")
-    echo(f"\n== 4. Stage A: projector + gated adapters ({cfg.config}) ==")
+    echo(f"\n== 4. Stage A: projector + gated adapters ({recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(bench.path), base=str(base.path))
-    step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
-         "stage_a_done_seconds")
+    step(train(make_config(TrainConfig, recipe, {**paths, "fresh": cfg.fresh})), "stage_a_done_seconds")
     echo("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
     policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
     step(train_policy(PolicyTrainConfig(**paths, policy=policy)), "policy_done_seconds")
@@ -99,7 +99,7 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     step(evaluate(EvalConfig(**paths)))
     if cfg.ablations:
         echo("\n== 7. Stage A ablations (safe ablate) ==")
-        step(ablate(AblateConfig(**paths, config=cfg.config, overrides=list(cfg.overrides))))
+        step(ablate(make_config(AblateConfig, recipe, paths)))
     result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing

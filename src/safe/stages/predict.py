@@ -143,7 +143,9 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
         base = base or processor.sources.get("base")
         audio = audio or processor.sources.get("audio")
     if base is None:
-        base = Path(os.environ.get("SAFE_CACHE", ".cache/safe")) / "base"
+        from safe.data.source import cache_dir
+
+        base = cache_dir() / "base"
     model, fmt, frontend = load_trained(base, ckpt, audio, dtype=dtype, **(load_options or {}))
     if processor is None:
         processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base, audio=audio,

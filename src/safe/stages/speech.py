@@ -11,7 +11,7 @@ from safe.runs import RunDir, StageResult
 
 #: Run directory and recipe of the track when ``safe demo``'s defaults are left as they are.
 RUN_DIR = "runs/demo-speech"
-RECIPE = "configs/stage_a_speech.yaml"
+RECIPE = "stage_a_speech.yaml"  # a shipped recipe (safe.training's recipes/)
 
 
 class SpeechResult(StageResult):
@@ -108,6 +108,7 @@ def demo_speech(cfg, echo=print):
     from safe.stages.demo import DemoResult
     from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
     from safe.stages.policy import PolicyTrainConfig, train_policy
+    from safe.stages.options import make_config
     from safe.stages.stage_a import TrainConfig, train
     from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
@@ -130,9 +131,9 @@ def demo_speech(cfg, echo=print):
     run.record(VerifyResult())  # this run's verification only
     step(verify(VerifyConfig(base=str(base.path / "vl"), audio=str(audio), run_dir=cfg.run_dir)),
          "verify_done_seconds")
-    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
+    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
-    step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
+    step(train(make_config(TrainConfig, cfg.recipe, {**paths, "fresh": cfg.fresh})),
          "stage_a_done_seconds")
     echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
     step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state))),
