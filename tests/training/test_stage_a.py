@@ -71,7 +71,7 @@ def test_safe_train_command_writes_metrics(tiny_builtin, tmp_path, capsys):
     for key in ("vl_accuracy_gate_open", "audio_accuracy", "vl_retention_ratio_gate_open", "caption_cider_d",
                 "answers_identical_gate_closed", "frozen_byte_identical", "seconds"):
         assert key in metrics
-    assert main(["train", "--set", "steps=0"]) == 2  # bad config: an error message, not a traceback
+    assert main(["train", "--stage_a.steps", "0"]) == 2  # bad config: an error message, not a traceback
     assert "steps: expected a positive integer, got 0" in capsys.readouterr().err
 
 

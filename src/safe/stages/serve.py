@@ -46,9 +46,9 @@ class ServeConfig:
     certificate: str | None = None
     """Deployment certificate from safe verify --certificate: refuse to start unless the loaded weights match it."""
     base: str | None = None
-    """Frozen base (default: the one recorded with the checkpoint's processor)."""
-    audio_model: str | None = None
-    """Audio encoder checkpoint (default: the one recorded with the checkpoint's processor)."""
+    """Frozen base (default: the one the run was trained on, recorded with it)."""
+    audio: str | None = None
+    """Audio encoder checkpoint (default: the one the run was trained with, recorded with it)."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda:0."""
     dtype: DType = "float32"
@@ -98,6 +98,9 @@ def serve(cfg: ServeConfig) -> ServeResult:
                          "pip install 'safe-av[serve]'") from None
     from transformers.utils import logging as hf_logging
 
+    from safe.stages.common import from_run
+
+    cfg = from_run(cfg, data=False)  # the run's own base and encoder; one given must be them
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

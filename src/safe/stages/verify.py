@@ -14,13 +14,14 @@ from safe.stages.common import DType, LoadOptions, StageError, check_device, loa
 class VerifyConfig(LoadOptions):
     """Options of ``safe verify``."""
 
-    base: str = "llava"
+    base: str | None = None
     """Tiny preset (llava, blip2-opt, blip2-t5, llava-next, llava-onevision, qwen2-vl, qwen2.5-vl, qwen3-vl,
     idefics3, smolvlm, gemma3, paligemma, mllama, internvl, mistral3) or a local checkpoint directory of a
-    supported family (with its processor)."""
-    audio: str = "whisper"
+    supported family (with its processor). Default: with --run-dir of a trained run, the base it was trained on;
+    else llava."""
+    audio: str | None = None
     """Tiny preset (whisper, clap, ast, wav2vec2, hubert, wavlm, qwen2-audio) or a local checkpoint directory
-    of a supported audio encoder."""
+    of a supported audio encoder. Default: with --run-dir of a trained run, its encoder; else whisper."""
     all_presets: bool = False
     """Verify every tiny base x encoder preset pair (every family x every encoder)."""
     dtype: DType = "float32"
@@ -39,6 +40,7 @@ class VerifyConfig(LoadOptions):
     file, for safe serve --certificate."""
 
     def __post_init__(self) -> None:
+        self._fill_from_run()
         if self.certificate is not None and not self.run_dir:
             raise StageError("--certificate needs --run-dir: the trained run whose model is verified and certified")
         load_options(self)  # a bad loading flag fails before anything is built
@@ -46,6 +48,24 @@ class VerifyConfig(LoadOptions):
             raise StageError(f"--batch must be an integer >= 2 (a mix of audio and no-audio rows), got {self.batch!r}")
         if not self.fusion_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.fusion_layers):
             raise StageError(f"--fusion-layers must be a non-empty list of integers, got {self.fusion_layers!r}")
+
+
+    def _fill_from_run(self) -> None:
+        """Neither --base nor --audio given: the pair a trained --run-dir recorded (a built-in models folder as
+        its vl/ and audio_encoder/), else the llava x whisper presets."""
+        from pathlib import Path
+
+        from safe.stages.common import run_record
+        from safe.stages.loading import is_builtin_dir
+
+        rec = run_record(self.run_dir) if self.base is None and self.audio is None and not self.all_presets else None
+        if rec is not None and is_builtin_dir(rec["base"]):
+            self.base = str(Path(rec["base"]) / "vl")
+            self.audio = rec["audio"] or str(Path(rec["base"]) / "audio_encoder")
+        elif rec is not None:
+            self.base, self.audio = rec["base"], rec["audio"]
+        self.base = self.base or "llava"
+        self.audio = self.audio or "whisper"
 
 
 @dataclass
