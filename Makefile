@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# A CPU build of torch, installed first: a bare `torch` (or a range past it) pulls GBs of CUDA packages.
-TORCH_PIN := torch==2.13.0
+# A CPU build of torch, installed first: a bare `torch` (or a range past it) pulls GBs of CUDA packages. Its
+# version is the one constraints.txt pins (written there only).
+TORCH_PIN := $(shell grep -m1 '^torch==' constraints.txt)
 # Extra pip arguments for the torch step only (e.g. a CPU wheel index where the default index serves CUDA).
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed

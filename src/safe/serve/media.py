@@ -37,16 +37,17 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry (the server's flags)."""
+    """What one request may carry: the server's flags (``safe serve``'s options hold their defaults, so they
+    are written once, there), and the parts per message."""
 
-    max_tokens: int = 64
-    max_n: int = 4
+    max_tokens: int
+    max_n: int
+    max_audio_seconds: float
+    window_seconds: float | None
+    allow_local_media: bool
+    default_max_tokens: int
     max_images: int = 1
     max_clips: int = 1
-    max_audio_seconds: float = 1.0
-    window_seconds: float | None = 1.0
-    allow_local_media: bool = False
-    default_max_tokens: int = 6
 
 
 @dataclass

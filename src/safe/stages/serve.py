@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from safe.models.generation import MAX_NEW_TOKENS
 from safe.runs import StageResult
 from safe.stages.common import DType, StageError
 
@@ -37,8 +38,9 @@ class ServeConfig:
     """Longest clip accepted, in seconds (default: the audio encoder's window; a longer clip gets 400)."""
     max_tokens: int = 64
     """Largest max_tokens a request may ask for."""
-    default_max_tokens: int = 6
-    """Tokens generated when a request gives no max_tokens (the built-in answers fit in six)."""
+    default_max_tokens: int = MAX_NEW_TOKENS
+    """Tokens generated when a request gives no max_tokens (the evaluation's answer length: the built-in answers
+    fit in it)."""
     max_n: int = 4
     """Largest n (choices per request)."""
     allow_local_media: bool = False

@@ -11,6 +11,9 @@ from typing import Any
 from safe.models.safe_model import SAFEConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+RETENTION_TAU = 0.003
+"""The retention tolerance: VL accuracy may fall at most this far below the base's (0.3 points). Stage A's dual
+ascent floor and Stage B's Lagrangian floor both default to it."""
 
 
 class ConfigError(ValueError):
@@ -68,7 +71,7 @@ class StageAConfig:
     """Retention batches per Fisher estimate."""
     retention_every: int = 100
     """Measure VL accuracy (gate open) on the retention buffer every N steps (0: never)."""
-    retention_tau: float = 0.003
+    retention_tau: float = RETENTION_TAU
     """The floor is base accuracy minus tau (proposal: 0.3 points)."""
     dual_lr: float = 20.0
     """Dual-ascent step: lambda += dual_lr * (floor - accuracy)."""
