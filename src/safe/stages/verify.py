@@ -1,6 +1,6 @@
 """``safe verify``: Stage 1 safety verification (bit-exact bypass, frozen weights, parameter table) of one
 base x encoder pair, or of every tiny preset pair; with ``--certificate``, of a trained run's own model,
-written as a deployment certificate that ``safe serve --certificate`` checks (:mod:`safe.serve.certificate`)."""
+written as a deployment certificate that ``safe serve --certificate`` checks (:mod:`safe.models.certificate`)."""
 from __future__ import annotations
 
 import time
@@ -56,7 +56,7 @@ class VerifyConfig(LoadOptions):
         from pathlib import Path
 
         from safe.stages.common import run_record
-        from safe.stages.loading import is_builtin_dir
+        from safe.inference.loading import is_builtin_dir
 
         rec = run_record(self.run_dir) if self.base is None and self.audio is None and not self.all_presets else None
         if rec is not None and is_builtin_dir(rec["base"]):
@@ -115,7 +115,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     out = VerifyResult({"passed": all(m["passed"] for m in models.values()), "models": models}, tables,
                        cfg.certificate)
     if certified is not None and out.ok:
-        from safe.serve.certificate import write_certificate
+        from safe.models.certificate import write_certificate
 
         model, source = certified
         checks = [{"model": name, **c} for name, m in models.items() for c in m["checks"]]
@@ -135,8 +135,8 @@ def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
 
     from safe.bench import presets
     from safe.evaluation.safety import Check, verify_model
-    from safe.serve.certificate import fingerprints
-    from safe.stages.predict import find_checkpoint, pipeline
+    from safe.models.certificate import fingerprints
+    from safe.inference.pipeline import find_checkpoint, pipeline
 
     t0 = time.perf_counter()
     ckpt = find_checkpoint(cfg.run_dir)
