@@ -129,7 +129,7 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
              max_new_tokens: int = MAX_NEW_TOKENS, load_options: dict | None = None,
              **processor_options: Any) -> Pipeline:
     """A :class:`Pipeline` from a run directory or a SAFE checkpoint directory (module docstring).
-    ``base`` / ``audio``: the frozen base (built-in models folder or a LLaVA / BLIP-2 checkpoint) and
+    ``base`` / ``audio``: the frozen base (built-in models folder or a checkpoint of a supported family) and
     the audio encoder checkpoint, when the processor saved with the checkpoint does not name them.
     ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule.
     ``load_options``: the base's ``attn_implementation`` / ``device_map`` (:func:`~safe.inference.loading.load_frozen`)."""
