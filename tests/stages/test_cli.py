@@ -67,7 +67,7 @@ def _leaf_settings(cls, prefix=""):
 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.init or f.metadata.get("cli") is False:
+        if not f.init:
             continue
         tp, _ = _unwrap_optional(hints[f.name])
         inner = f.metadata.get("fields") or (tp if dataclasses.is_dataclass(tp) else None)
