@@ -69,6 +69,10 @@ def _error(err: RequestError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
+class _ServerBug(Exception):
+    """A failure after the model answered: never the request's fault."""
+
+
 class ClientGone(Exception):
     """The client disconnected before its answer was sent."""
 
@@ -200,7 +204,10 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
             row = await run_in_threadpool(_prepare, body, cfg, eng, request.app.state.limits, request.app.state.decodes)
             result, info = await _answer(request, row)
             total = time.perf_counter() - t0
-            response = JSONResponse(_response(cfg.model_name, result, info, total))  # serialised here, in the try
+            try:  # serialised here: a value JSON cannot hold is a server bug, answered as one (a JSON 500)
+                response = JSONResponse(_response(cfg.model_name, result, info, total))
+            except Exception as err:  # noqa: BLE001
+                raise _ServerBug(f"the answer could not be serialised ({type(err).__name__}: {err})") from err
         except ClientGone:  # not an error of the server's: counted apart, no traceback, no answer computed
             log.info("client disconnected before its answer was sent")
             eng.metrics.errors.labels("client_disconnected").inc()
@@ -210,6 +217,12 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
             eng.metrics.errors.labels(err.code).inc()
             count("chat", err.status)
             return _error(err)
+        except _ServerBug:
+            log.exception("chat completion failed")
+            eng.metrics.errors.labels("server_error").inc()
+            count("chat", 500)
+            return _error(RequestError("internal error (the answer could not be serialised); the server keeps serving",
+                                       status=500, code="server_error"))
         except ValueError as err:  # the model's own input checks, on this request alone (the batcher retried it)
             eng.metrics.errors.labels("unprocessable").inc()
             count("chat", 400)
