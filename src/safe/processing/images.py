@@ -71,6 +71,9 @@ def read_image(source: Any, name: str = "image", *, max_width: int = MAX_SIDE, m
             return im.convert("RGB")
     except ImageInputError:
         raise
+    except Image.DecompressionBombError as err:  # Pillow's own header check fired first (a gigantic canvas)
+        raise ImageTooLargeError(f"{name}: the image is larger than the {max_width}x{max_height} decoded here "
+                                 f"({' '.join(str(err).split()[:3])}); send it resized", (0, 0)) from None
     except Image.UnidentifiedImageError:
         allowed = f" (allowed: {', '.join(formats)})" if formats else ""
         raise ImageInputError(f"{name}: cannot decode the image: not an image in a format read here{allowed}") \
