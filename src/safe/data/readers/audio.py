@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from safe.data.records import Example
-from safe.data.readers._common import (CAPTION_PROMPT, ReadResult, VGGSOUND_PROMPT, _Collector, _Media,
+from safe.data.readers._common import (inside, CAPTION_PROMPT, ReadResult, VGGSOUND_PROMPT, _Collector, _Media,
                                        _RowError, _as_int, _cell, _check_template, _load_csv, _require_dir,
                                        _run_rows, _where)
 
@@ -55,7 +55,7 @@ def read_audiocaps(
         start = _as_int(_cell(row, "start_time"), "start_time")
         caption = _cell(row, "caption")
         fname = audio_name.format(audiocap_id=cap_id, youtube_id=ytid, start_time=start)
-        audio = media.audio(adir / fname)
+        audio = media.audio(inside(adir, fname))
         image = media.frame(fdir, Path(fname).stem) if fdir is not None else None
         return Example(
             id=cap_id, task="audiocaps", family="caption", question=CAPTION_PROMPT, answers=(caption,),
@@ -99,7 +99,7 @@ def read_clotho(
             raise _RowError(f"too many fields (extra: {row[None]!r}); is a caption comma not quoted?")
         name = _cell(row, "file_name")
         captions = tuple(_cell(row, c) for c in CLOTHO_CAPTION_COLUMNS)
-        audio = media.audio(adir / name)
+        audio = media.audio(inside(adir, name))
         return Example(
             id=name, task="clotho", family="caption", question=CAPTION_PROMPT, answers=captions,
             image=None, audio=audio, needs_audio=True, meta={"file_name": name},
@@ -159,7 +159,7 @@ def read_vggsound(
             return None
         start = _as_int(start_text, "start_seconds")
         fname = audio_name.format(youtube_id=ytid, start_seconds=start)
-        audio = media.audio(adir / fname)
+        audio = media.audio(inside(adir, fname))
         image = media.frame(fdir, Path(fname).stem) if fdir is not None else None
         return Example(
             id=f"{ytid}_{start:06d}", task="vggsound", family="classification", question=VGGSOUND_PROMPT,
