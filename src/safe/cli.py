@@ -110,8 +110,8 @@ def resolve(argv: list[str]) -> tuple[str, Command, list[str]] | None:
 
 #: Exceptions a user's input causes (options, files, data): one line and exit 2. Anything else is a bug:
 #: one line and exit 1. Either way the traceback is printed only with --debug.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, IndexError, TypeError, EOFError,
-                                                RecursionError, UnicodeError, pickle.UnpicklingError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, UnicodeError,
+                                                pickle.UnpicklingError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
