@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from safe.atomic import write_atomic
 from safe.processing.audio import LONG_AUDIO_RULES, load_audio
 from safe.processing.features import PREVIEW_DIM, BuiltinFrontEnd, FeatureFrontEnd, audio_preview
 from safe.processing.hf_prompts import ProcessorFormat
@@ -210,9 +211,7 @@ class SAFEProcessor:
             images = image_processor(self.image_size) if self.kind == "builtin" else self.prompt_format.images
             images.save_pretrained(str(path))
         self.front_end.extractor.save_pretrained(str(path / AUDIO_SUBDIR))
-        tmp = path / (PROCESSOR_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path / PROCESSOR_FILE)
+        write_atomic(path / PROCESSOR_FILE, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod

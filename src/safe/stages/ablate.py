@@ -15,7 +15,7 @@ import torch
 from safe.data.source import DataSource
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.training.ablation import METRICS, _atomic_write, _slug, select_grid, summarise
+from safe.training.ablation import METRICS, _slug, select_grid, summarise, write_state
 from safe.training.config import load_stage_a_config
 from safe.stages.common import DataOptions, StageError, base_path, config_path, data_source, load_options
 
@@ -151,7 +151,7 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
                 model.remove_hooks()
             state["runs"][key] = {**{m: result[m] for m in METRICS if m in result}, "trainable_parameters": trainable,
                                   "train_seconds": fit["seconds"], "steps": fit["steps"]}
-            _atomic_write(state_file, state)
+            write_state(state_file, state)
     rows = summarise(state["runs"], grid)
     return {"steps": next(iter(configs.values())).steps, "seeds": seeds, "split": eval_split,
             "runs": {k: v for k, v in state["runs"].items() if k.split("/")[0] in grid}, "rows": rows,
