@@ -29,8 +29,8 @@ from pathlib import Path
 from safe.atomic import staged_dir
 from safe.bench import baselines, files, questions, scenes
 from safe.bench.vl_model import VLBuildConfig, build_vl_model
-from safe.processing.prompts import load_vl_model
 from safe.models.generation import accuracy_by_family, answer_questions
+from safe.processing.prompts import load_vl_model
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class BuiltinConfig:
             self.audio = _audio_config_cls()()
 
     @classmethod
-    def tiny(cls) -> "BuiltinConfig":
+    def tiny(cls) -> BuiltinConfig:
         return cls(vl=VLBuildConfig.tiny(), audio=_audio_config_cls().tiny())
 
     def to_dict(self) -> dict:

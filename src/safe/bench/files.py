@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from tqdm import tqdm
 
 from safe.atomic import staged_file, write_atomic
 from safe.bench.audio import PITCH_RANGES_HZ, PITCHED_KINDS, SHAPE_SOUNDS, SOUND_KINDS
-from safe.bench.questions import (QUESTION_FAMILIES, QUESTION_TEMPLATES, TASK, SynthConfig, make_example,
-                                  split_plan)
+from safe.bench.questions import QUESTION_FAMILIES, QUESTION_TEMPLATES, TASK, SynthConfig, make_example, split_plan
 from safe.bench.scenes import COLOURS, SHAPES
-from safe.processing.audio import write_wav
 from safe.data.records import Example
+from safe.processing.audio import write_wav
 
 logger = logging.getLogger(__name__)
 

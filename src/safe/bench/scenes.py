@@ -5,7 +5,8 @@ objects always give the same pixels.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw

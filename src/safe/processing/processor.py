@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class SAFEProcessor:
 
     @classmethod
     def from_components(cls, prompt_format, front_end, base_model, *, base: str | os.PathLike | None = None,
-                        audio: str | os.PathLike | None = None, **kwargs) -> "SAFEProcessor":
+                        audio: str | os.PathLike | None = None, **kwargs) -> SAFEProcessor:
         """From the format and front end :func:`safe.inference.loading.load_frozen` returns; ``base`` /
         ``audio``: the paths they were loaded from (recorded, absolute, for ``safe.pipeline``)."""
         size = None
@@ -215,7 +216,7 @@ class SAFEProcessor:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "SAFEProcessor":
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> SAFEProcessor:
         """Load what :meth:`save_pretrained` wrote (no download); ``path`` may also be a run directory
         (its ``checkpoints/policy``, else ``checkpoints/final``). ``overrides``: ``max_seconds`` /
         ``long_audio`` instead of the saved ones."""

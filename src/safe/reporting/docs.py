@@ -10,13 +10,12 @@ Only plain data is read (no torch), as the report does.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.atomic import write_atomic
+from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
-import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -419,8 +417,8 @@ def render_report(metrics: Mapping[str, Any], title: str = "SAFE report", *,
     figs = render_plots(metrics) if figures is None else figures
     body = [f"<h1>{_esc(title)}</h1>", _timing(metrics)]
     present = report_sections(metrics)
-    for key, heading, _, render in _SECTIONS:
-        content = render(metrics, figs) if present[key] else _p("not run in this report", "missing")
+    for key, heading, _, section in _SECTIONS:
+        content = section(metrics, figs) if present[key] else _p("not run in this report", "missing")
         body.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{content}</section>')
     body.append(_footer(metrics))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'

@@ -34,8 +34,8 @@ log = logging.getLogger("safe.serve")
 def load_engine(cfg) -> Engine:
     """The run of ``cfg`` (:class:`safe.stages.serve.ServeConfig`) loaded once, checked against
     ``cfg.certificate`` when given (:class:`~safe.models.certificate.CertificateError` on other weights)."""
-    from safe.models.loading import parse_dtype
     from safe.inference.pipeline import pipeline
+    from safe.models.loading import parse_dtype
 
     pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio_model, dtype=parse_dtype(cfg.dtype), device=cfg.device,
                     max_new_tokens=cfg.default_max_tokens)

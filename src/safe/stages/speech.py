@@ -61,8 +61,8 @@ def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: s
     from safe.bench.speech import measure
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
-    from safe.stages.common import data_source
     from safe.inference.loading import load_trained
+    from safe.stages.common import data_source
 
     run = RunDir(run_dir)
     t0 = time.perf_counter()

@@ -12,9 +12,9 @@ benchmark are fingerprinted there and a mismatch raises instead of mixing runs.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from safe.atomic import write_atomic
 from safe.evaluation.stats import PROPORTION, mean_ci

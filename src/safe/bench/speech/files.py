@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import wave
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -22,8 +21,16 @@ from tqdm import tqdm
 
 from safe.atomic import staged_file, write_atomic
 from safe.bench.files import FORMAT_VERSION, BenchmarkMissingError, load_benchmark_info, load_split, sha256_file
-from safe.bench.speech.track import (PROMPTS, QUESTION_FAMILIES, SAMPLE_RATE, TASK, TRACK_VERSION, SpeechConfig,
-                                     make_row, split_plan)
+from safe.bench.speech.track import (
+    PROMPTS,
+    QUESTION_FAMILIES,
+    SAMPLE_RATE,
+    TASK,
+    TRACK_VERSION,
+    SpeechConfig,
+    make_row,
+    split_plan,
+)
 
 logger = logging.getLogger(__name__)
 
