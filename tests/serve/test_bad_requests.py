@@ -192,10 +192,10 @@ def test_extreme_audio_samples(client, value, use):
 def test_deep_and_wide_json(client, depth, width, where):
     nest = "[" * depth + ",".join(["0"] * min(width, 50)) + "]" * depth
     wide = "[" + ",".join(['{"role": "user", "content": "x"}'] * width) + "]"
-    raw = {"metadata": '{"messages": [{"role": "user", "content": "hi"}], "metadata": %s}' % nest,
-           "messages": '{"messages": %s}' % wide,
-           "content": '{"messages": [{"role": "user", "content": [%s]}]}' % ",".join(
-               ['{"type": "text", "text": "a"}'] * width),
+    raw = {"metadata": '{"messages": [{"role": "user", "content": "hi"}], "metadata": ' + nest + "}",
+           "messages": '{"messages": ' + wide + "}",
+           "content": '{"messages": [{"role": "user", "content": ['
+                      + ",".join(['{"type": "text", "text": "a"}'] * width) + "]}]}",
            "top": nest}[where]
     _never_500(client, raw.encode())
 

@@ -17,7 +17,7 @@ from PIL import Image
 from safe.serve.app import create_app
 from safe.serve.clip_cache import ClipCache
 from safe.stages.serve import ServeConfig
-from tests.serve.conftest import audio_part, data_url, request, set_policy_bias
+from tests.serve.conftest import data_url, request, set_policy_bias
 
 URL = "/v1/chat/completions"
 

@@ -70,7 +70,7 @@ def test_a_huge_png_in_predict(run_copy, capsys, tmp_path):
 
 
 def test_certificate_with_integer_hashes(run_copy, capsys, tmp_path):
-    from safe.serve.certificate import FORMAT, PARTS, VERSION
+    from safe.models.certificate import FORMAT, PARTS, VERSION
 
     fresh, _ = run_copy
     run, _ = fresh()
@@ -117,5 +117,5 @@ def test_a_truncated_resume_state_names_the_file(tmp_path):
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text("[1, 2]")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="metrics.json"):
         main(["report", "--run-dir", str(tmp_path), "--debug"])

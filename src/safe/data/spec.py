@@ -40,13 +40,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from safe.data.yaml_bounded import load_yaml, show as _show
-from safe.data.readers import (read_audiocaps, read_avqa, read_clotho, read_gqa, read_music_avqa, read_vggsound,
-                               read_vqav2)
+from safe.data.readers import (
+    read_audiocaps,
+    read_avqa,
+    read_clotho,
+    read_gqa,
+    read_music_avqa,
+    read_vggsound,
+    read_vqav2,
+)
+from safe.data.yaml_bounded import load_yaml
+from safe.data.yaml_bounded import show as _show
 
 #: The split names a spec may list, in the order they are reported.
 SPLITS: tuple[str, ...] = ("train", "val", "test", "retention", "ood_test")

@@ -10,16 +10,15 @@ and ``generate`` agree on positions.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from safe.processing.images import ImageInputError, read_image
-
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>")
 # CLIP's normalisation constants; the saved CLIPImageProcessor uses the same ones.
