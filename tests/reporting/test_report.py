@@ -298,7 +298,7 @@ def test_targets_come_first_beside_this_runs_figures(report):
     _, text = report
     assert re.findall(r"<h2>(.*?)</h2>", text)[0] == "Targets"
     assert "3 of 3 targets met" in text.split("<h2>")[0]  # the line under the title
-    assert "<th>required</th><th>this run</th>" in text
+    assert "required</th><th class=\"text\">this run</th>" in text
 
 
 def test_no_raw_key_names_or_dicts_in_cells(metrics, tmp_path):

@@ -17,7 +17,7 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margi
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right;vertical-align:top} th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left} td.text{text-align:left;max-width:28em}
+td:first-child,th:first-child,th.text{text-align:left} td.text{text-align:left;max-width:28em}
 table.matrix td,table.matrix th{text-align:center;padding:.15em .35em} table.matrix td:first-child{text-align:left}
 .pass{background:#d7f5d7;color:#105010;font-weight:600}
 .fail{background:#fbd5d5;color:#801010;font-weight:600}
@@ -85,7 +85,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "", 
     they are :class:`Html`; ``text_cols``: columns of prose (left-aligned, wrapped)."""
     if not rows:
         return ""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = "".join(f'<th class="text">{esc(h)}</th>' if i in text_cols else f"<th>{esc(h)}</th>"
+                   for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(f'<td class="text">{esc(c)}</td>' if i in text_cols else f"<td>{esc(c)}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     attr = f' class="{cls}"' if cls else ""
