@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+from safe.atomic import write_atomic
 
 R = TypeVar("R", bound="StageResult")
 
@@ -69,11 +70,7 @@ class RunDir:
             stage, values = stage.KEY, stage.to_dict()
         data = self.metrics()
         data[stage] = values
-        self.path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=self.path, suffix=".tmp", delete=False) as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            tmp = f.name
-        os.replace(tmp, self.metrics_file)
+        write_atomic(self.metrics_file, json.dumps(data, indent=2, sort_keys=True))
 
     def read(self, result_type: type[R]) -> R | None:
         """The recorded result of a stage, or None when that stage has not run in this directory."""

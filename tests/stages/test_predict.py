@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 import safe
-from safe.cli import main
 from safe import bench as synth
+from safe.cli import main
 from safe.policy.features import StateSpec
 from safe.policy.network import GateMLP
 from safe.policy.runtime import AudioPolicy

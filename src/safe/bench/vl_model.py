@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class VLBuildConfig:
     """Batch size of evaluation by generation."""
 
     @classmethod
-    def tiny(cls, **overrides) -> "VLBuildConfig":
+    def tiny(cls, **overrides) -> VLBuildConfig:
         """A seconds-long build for tests (does not reach the accuracy floor)."""
         return cls(**{"steps": 30, "batch_size": 16, "vision_hidden": 32, "text_hidden": 64, "text_layers": 2, **overrides})
 

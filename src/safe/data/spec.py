@@ -40,12 +40,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from safe.data.readers import (read_audiocaps, read_avqa, read_clotho, read_gqa, read_music_avqa, read_vggsound,
-                               read_vqav2)
+from safe.data.readers import (
+    read_audiocaps,
+    read_avqa,
+    read_clotho,
+    read_gqa,
+    read_music_avqa,
+    read_vggsound,
+    read_vqav2,
+)
 
 #: The split names a spec may list, in the order they are reported.
 SPLITS: tuple[str, ...] = ("train", "val", "test", "retention", "ood_test")

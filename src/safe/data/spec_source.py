@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from safe.atomic import staged_file
 from safe.data.readers import DatasetFormatError, stream_rows
 from safe.data.readers._common import MAX_PROBLEMS, _Media, _RowError
 from safe.data.record_table import CHUNK, RecordView, TableWriter, stamp
@@ -155,9 +156,8 @@ def write_stand_in(folder: Path) -> Path:
     path = folder / STAND_IN_NAME
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.new("RGB", (STAND_IN_SIZE, STAND_IN_SIZE), (0, 0, 0)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with staged_file(path) as tmp:
+            Image.new("RGB", (STAND_IN_SIZE, STAND_IN_SIZE), (0, 0, 0)).save(tmp, format="PNG")
     return path
 
 

@@ -8,8 +8,9 @@ audio, held-out sounds) and the proposal's stage gates (section 14) as PASS / FA
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

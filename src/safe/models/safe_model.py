@@ -6,9 +6,9 @@ import importlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class SAFEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SAFEConfig":
+    def from_dict(cls, d: dict) -> SAFEConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -209,7 +209,7 @@ class SAFEModel(nn.Module):
         return rep
 
     @contextlib.contextmanager
-    def audio_disabled(self) -> Iterator["SAFEModel"]:
+    def audio_disabled(self) -> Iterator[SAFEModel]:
         """Inside the block the whole model is the base model: no row uses audio."""
         previous = self._audio_off
         self._audio_off = True
@@ -347,7 +347,7 @@ class SAFEModel(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module) -> "SAFEModel":
+    def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module) -> SAFEModel:
         """Rebuild SAFE on ``base_model`` / ``audio_encoder`` and load its weights from ``path``.
         Refuses (``ValueError``) a checkpoint made for a base of another architecture, hidden size,
         layer count, or audio encoder width."""

@@ -164,7 +164,7 @@ class OutcomeTable:
         (``correct_with > correct_without``); see :func:`safe.policy.baselines.oracle`."""
         return self.correct_with > self.correct_without
 
-    def subset(self, idx: Any) -> "OutcomeTable":
+    def subset(self, idx: Any) -> OutcomeTable:
         """The rows ``idx`` (int indices, a bool mask of length n, or a slice) as a new table.
 
         Index tensors are validated (range, mask length) and an empty selection is an error, since
@@ -201,7 +201,7 @@ class OutcomeTable:
         return p
 
     @classmethod
-    def load(cls, path: str | PathLike[str]) -> "OutcomeTable":
+    def load(cls, path: str | PathLike[str]) -> OutcomeTable:
         """Read a table written by :meth:`save` (re-validated on construction)."""
         from safetensors import safe_open
 

@@ -12,8 +12,9 @@ image placeholder token repeated as many times as the model expects (``image_seq
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -10,14 +10,13 @@ and ``generate`` agree on positions.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>")
 # CLIP's normalisation constants; the saved CLIPImageProcessor uses the same ones.

@@ -15,18 +15,18 @@ import pickle
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from safe.data.prepared import PreparedSet
 from safe.models.generation import accuracy_by_family, answer_questions
+from safe.models.safe_model import SAFEModel
 from safe.processing.prompts import PromptFormat
 from safe.processing.vlm_prompts import ROW_PACKED, take_rows
-from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
-from safe.data.prepared import PreparedSet
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
@@ -84,7 +84,7 @@ def param_groups(model: SAFEModel, cfg: StageAConfig) -> list[dict]:
     gates = {id(g) for g in model.gates().values()}
     groups = {"projector": [], "projector_no_decay": [], "adapters": [], "adapters_no_decay": [], "gates": []}
     for part, module in (("projector", model.projector), ("adapters", model.adapters)):
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             if not p.requires_grad:
                 continue
             if id(p) in gates:

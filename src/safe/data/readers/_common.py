@@ -9,17 +9,18 @@ import sqlite3
 import string
 import wave
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import ijson
 from PIL import Image
 
-from safe.processing.audio import read_wav
 from safe.data.records import Example
+from safe.processing.audio import read_wav
 
 #: How many problem messages a ReadResult keeps (the count in ``skipped`` is always complete).
 MAX_PROBLEMS = 50
@@ -235,7 +236,7 @@ def _load_csv(path: str | os.PathLike[str], *, header: bool, required: Iterable[
 def _csv_rows(p: Path, header: bool, required: tuple[str, ...]) -> Iterator[Any]:
     # utf-8-sig: CSVs saved by spreadsheet tools often start with a BOM, which would corrupt the
     # first column name.
-    with open(p, "r", encoding="utf-8-sig", newline="") as f:
+    with open(p, encoding="utf-8-sig", newline="") as f:
         reader: Any = csv.DictReader(f) if header else csv.reader(f)
         try:
             if header:

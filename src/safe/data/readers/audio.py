@@ -5,10 +5,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safe.data.readers._common import (
+    CAPTION_PROMPT,
+    VGGSOUND_PROMPT,
+    ReadResult,
+    _as_int,
+    _cell,
+    _check_template,
+    _Collector,
+    _load_csv,
+    _Media,
+    _require_dir,
+    _RowError,
+    _run_rows,
+    _where,
+)
 from safe.data.records import Example
-from safe.data.readers._common import (CAPTION_PROMPT, ReadResult, VGGSOUND_PROMPT, _Collector, _Media,
-                                       _RowError, _as_int, _cell, _check_template, _load_csv, _require_dir,
-                                       _run_rows, _where)
 
 # --------------------------------------------------------------------------- AudioCaps
 

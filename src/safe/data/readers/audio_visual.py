@@ -5,10 +5,23 @@ import os
 import re
 from typing import Any
 
+from safe.data.readers._common import (
+    DatasetFormatError,
+    ReadResult,
+    _Collector,
+    _family,
+    _get,
+    _json_items,
+    _json_root,
+    _Media,
+    _parse_encoded_list,
+    _peek,
+    _require_dir,
+    _RowError,
+    _run_rows,
+    _where,
+)
 from safe.data.records import Example
-from safe.data.readers._common import (DatasetFormatError, ReadResult, _Collector, _Media, _RowError, _family,
-                                       _get, _json_items, _json_root, _parse_encoded_list, _peek, _require_dir,
-                                       _run_rows, _where)
 
 # --------------------------------------------------------------------------- MUSIC-AVQA
 

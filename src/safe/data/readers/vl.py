@@ -8,10 +8,22 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from safe.data.readers._common import (
+    MAX_PROBLEMS,
+    DatasetFormatError,
+    ReadResult,
+    _Collector,
+    _get,
+    _json_items,
+    _json_root,
+    _Media,
+    _peek,
+    _require_dir,
+    _RowError,
+    _run_rows,
+    _where,
+)
 from safe.data.records import Example
-from safe.data.readers._common import (DatasetFormatError, MAX_PROBLEMS, ReadResult, _Collector, _Media,
-                                       _RowError, _get, _json_items, _json_root, _peek, _require_dir, _run_rows,
-                                       _where)
 
 # --------------------------------------------------------------------------- VQAv2
 

@@ -13,13 +13,13 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from safe.atomic import write_atomic
 from safe.models.integrity import state_hash
 
 FORMAT = "safe-deployment-certificate"
@@ -58,12 +58,7 @@ def write_certificate(path: str | os.PathLike, model, checks: list[dict[str, Any
             "passed": bool(passed), "source": source, "sha256": fingerprints(model),
             "hash": "safe.models.integrity.state_hash: SHA-256 over each state-dict entry (name, dtype, shape, bytes)",
             "checks": checks, "libraries": library_versions()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(cert, f, indent=2)
-        tmp = f.name
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(cert, indent=2))
     return cert
 
 

@@ -3,7 +3,7 @@
 The report answers three questions for a reviewer: is the base model untouched, does audio help
 where it should, and is audio skipped where it does not help. Every section is rendered only from
 values present in the metrics; a missing section says "not run in this report" and no number is
-ever invented. Plots are drawn once by :func:`safe.evaluation.plots.render_plots` and embedded as
+ever invented. Plots are drawn once by :func:`safe.reporting.plots.render_plots` and embedded as
 ``data:`` URIs (``--export-plots`` writes the same bytes to files), styles are inline, there is no
 script and no external reference, and every string from the metrics is HTML-escaped.
 """
@@ -12,20 +12,20 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
-import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safe.evaluation.plots import PLOTS, export_plots, render_plots
+from safe.atomic import write_atomic
+from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
+from safe.reporting.format import DASH, fmt, fmt_ci, fmt_key, is_num
+from safe.reporting.plots import PLOTS, export_plots, render_plots
 
 __all__ = ["SECTION_TITLES", "export_plots", "fmt", "fmt_ci", "fmt_key", "render_plots", "render_report",
            "report_sections", "write_report"]
 Figures = Mapping[str, bytes]  # plot name -> PNG bytes, as render_plots returns them
 
-DASH = "—"
 _MODES = ("base", "gate_closed", "gate_open", "policy")
 _POLICY_COLS = ("accuracy", "vl_accuracy", "audio_accuracy", "use_rate", "mean_latency_ms",
                 "latency_ratio_to_base", "false_positive_rate", "oracle_accuracy", "oracle_use_rate",
@@ -45,54 +45,6 @@ img{display:block;margin:.6em 0;max-width:100%} pre{font-size:.8em;white-space:p
 
 class _Html(str):
     """A string that is already HTML (a table cell that must not be escaped again)."""
-
-
-# ---------------------------------------------------------------------------------------- values
-def _is_num(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """Format one value for a table: None / NaN / inf -> "—", bools -> yes/no, integers as they
-    are, floats with ``digits`` decimals (very large ones in scientific notation), anything else
-    as text. The result is plain text, not yet escaped."""
-    if value is None:
-        return DASH
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if _is_num(value):
-        value = float(value)
-        if not math.isfinite(value):
-            return DASH
-        if abs(value) >= 1e5 or 0 < abs(value) < 0.5 * 10**-digits:
-            return f"{value:.3g}"   # very large or very small: keep significant digits
-        return f"{value:.{digits}f}"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def fmt_key(key: str, value: Any) -> str:
-    """Format ``value`` using its key for the unit: milliseconds and seconds with 2 decimals,
-    bytes in MiB, everything else as :func:`fmt` (fractions with 3 decimals)."""
-    k = key.lower()
-    if _is_num(value) and "bytes" in k and math.isfinite(float(value)):
-        return f"{float(value) / 2**20:.2f} MiB"
-    if k.endswith("_ms") or k == "ms" or "latency" in k or "second" in k or k.endswith("_s"):
-        return fmt(value, 2)
-    return fmt(value)
-
-
-def fmt_ci(d: Any, digits: int = 3) -> str:
-    """``{"mean", "ci_low", "ci_high"}`` as "0.938 [0.910, 0.960]" (a bare number as itself)."""
-    if not isinstance(d, Mapping):
-        return fmt(d, digits)
-    text = fmt(d.get("mean"), digits)
-    if "ci_low" in d or "ci_high" in d:
-        text += f" [{fmt(d.get('ci_low'), digits)}, {fmt(d.get('ci_high'), digits)}]"
-    return text
 
 
 def _get(metrics: Any, *keys: str) -> Any:
@@ -257,9 +209,7 @@ def _retention(m: Mapping, figs: Figures) -> str:
 
 
 def _bench(section: Mapping, *titles: str) -> str:
-    """The per-benchmark tables of ``section`` named ``titles`` (:mod:`safe.evaluation.benchmark_tables`)."""
-    from safe.evaluation.benchmark_tables import BENCH_SECTIONS, render  # it imports this module
-
+    """The per-benchmark tables of ``section`` named ``titles`` (:mod:`safe.reporting.benchmark_tables`)."""
     return "".join(render(f(section), lambda h, r, t=t: _h3(t.capitalize()) + _table(h, r), _p)
                    for t, f, _ in BENCH_SECTIONS if t in titles)
 
@@ -316,7 +266,7 @@ def _policy(m: Mapping, figs: Figures) -> str:
     rows = {"PPO policy": p["test"]} if isinstance(p.get("test"), Mapping) else {}
     rows.update(_maps(p.get("baselines")))
     if rows:
-        extra = [k for r in rows.values() for k, v in r.items() if _is_num(v) and k not in _POLICY_COLS]
+        extra = [k for r in rows.values() for k, v in r.items() if is_num(v) and k not in _POLICY_COLS]
         columns = [*_POLICY_COLS, *dict.fromkeys(extra)]
         parts += [_h3("Policy vs baselines (test split)"), _grid(rows, columns, "policy")]
     if isinstance(p.get("oracle_gap"), Mapping):
@@ -374,7 +324,7 @@ def _robustness(m: Mapping, figs: Figures) -> str:
 def _ablations(m: Mapping) -> str:
     a = m["eval"]["ablations"]
     rows = [r for r in a.get("rows") or () if isinstance(r, Mapping)]
-    numeric = list(dict.fromkeys(k for r in rows for k, v in r.items() if _is_num(v)))
+    numeric = list(dict.fromkeys(k for r in rows for k, v in r.items() if is_num(v)))
     table = _table(["name", "changes", *(c.replace("_", " ") for c in numeric)],
                    [[r.get("name", DASH), fmt(r.get("changes")), *(fmt_key(c, r.get(c)) for c in numeric)]
                     for r in rows])
@@ -450,8 +400,8 @@ def report_sections(metrics: Mapping[str, Any]) -> dict[str, bool]:
 def _timing(metrics: Mapping) -> str:
     t = metrics.get("timing")
     if isinstance(t, Mapping):
-        return _p("Time: " + " · ".join(f"{k} {fmt(v, 1)} s" for k, v in t.items() if _is_num(v)))
-    return _p(f"Time: {fmt(t, 1)} s") if _is_num(t) else ""
+        return _p("Time: " + " · ".join(f"{k} {fmt(v, 1)} s" for k, v in t.items() if is_num(v)))
+    return _p(f"Time: {fmt(t, 1)} s") if is_num(t) else ""
 
 
 def _footer(metrics: Mapping) -> str:
@@ -467,8 +417,8 @@ def render_report(metrics: Mapping[str, Any], title: str = "SAFE report", *,
     figs = render_plots(metrics) if figures is None else figures
     body = [f"<h1>{_esc(title)}</h1>", _timing(metrics)]
     present = report_sections(metrics)
-    for key, heading, _, render in _SECTIONS:
-        content = render(metrics, figs) if present[key] else _p("not run in this report", "missing")
+    for key, heading, _, section in _SECTIONS:
+        content = section(metrics, figs) if present[key] else _p("not run in this report", "missing")
         body.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{content}</section>')
     body.append(_footer(metrics))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
@@ -485,8 +435,6 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
     run in this report"; None / NaN show as "—"; the file is written to a temporary file in the same
     folder and renamed over ``path``, so a reader never sees a half-written report.
     """
-    from safe.evaluation.docs import write_atomic
-
     path = Path(path)
     write_atomic(path, render_report(metrics, title, figures=figures))
     return path
