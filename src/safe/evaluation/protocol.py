@@ -159,19 +159,27 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
 
 
 def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows):
+    # Each test needs its rows: the sweeps need audio questions, the irrelevant-audio test VL-only rows and
+    # a clip to give them. A split without them (captions only, VL only...) reports NaN there, n = 0.
     qa = [i for i in audio_rows if not ex[i].is_caption]
-    sub = data.subset(qa)
     sweep = [{"snr_db": None, "audio_accuracy": _acc(scores["gate_open"], qa)}]
-    for level in SNR_LEVELS_DB:
-        emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
-        preds = _answers(model, fmt, sub, audio=emb)
-        sweep.append({"snr_db": level, "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
-    shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
-    mis = _answers(model, fmt, sub, audio=shifted)
-    mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
-    relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
-    vl = data.subset(vl_rows)
-    irr = _answers(model, fmt, vl, audio=relevant)
+    mis_acc = float("nan")
+    if qa:
+        sub = data.subset(qa)
+        for level in SNR_LEVELS_DB:
+            emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
+            preds = _answers(model, fmt, sub, audio=emb)
+            sweep.append({"snr_db": level,
+                          "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
+        shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
+        mis = _answers(model, fmt, sub, audio=shifted)
+        mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
+    else:
+        sweep += [{"snr_db": level, "audio_accuracy": float("nan")} for level in SNR_LEVELS_DB]
+    irr: list[str] = []
+    if vl_rows and audio_rows:
+        relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
+        irr = _answers(model, fmt, data.subset(vl_rows), audio=relevant)
     out = {
         "snr_sweep": sweep,
         "misaligned": {"audio_accuracy": mis_acc, "aligned_audio_accuracy": _acc(scores["gate_open"], qa), "n": len(qa)},

@@ -358,7 +358,13 @@ class SAFEModel(nn.Module):
         for f in (cfg_file, w_file):
             if not f.is_file():
                 raise FileNotFoundError(f"not a SAFE checkpoint: {f} is missing")
-        meta = json.loads(cfg_file.read_text())
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ValueError(f"{cfg_file}: not a readable JSON file ({type(err).__name__}: {err})") from None
+        lacking = [k for k in ("format_version", "base_signature", "config") if not isinstance(meta, dict) or k not in meta]
+        if lacking:
+            raise ValueError(f"{cfg_file}: not a SAFE config (missing {', '.join(lacking)})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{cfg_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
         # Check compatibility before building, so a refused load leaves no hooks on the caller's base.
@@ -369,11 +375,19 @@ class SAFEModel(nn.Module):
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"SAFE checkpoint {path} was made for another base model ({detail})")
-        model = cls(base_model, encoder, SAFEConfig.from_dict(meta["config"]))
+        try:
+            config = SAFEConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{cfg_file}: its 'config' is not a SAFE config ({type(err).__name__}: {err})") from None
+        model = cls(base_model, encoder, config)
         try:
             if meta.get("has_policy"):
                 model.attach_policy(_policy_class().from_config(meta["policy"]))
-            state = load_file(str(w_file))
+            try:
+                state = load_file(str(w_file))
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a bad file
+                raise ValueError(f"{w_file}: not a readable safetensors file (truncated or not weights: "
+                                 f"{' '.join(str(err).split())[:200]})") from None
             own = model.safe_state_dict()
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             if missing or unexpected:

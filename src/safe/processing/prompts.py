@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from safe.processing.images import ImageInputError, read_image
+
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>")
 # CLIP's normalisation constants; the saved CLIPImageProcessor uses the same ones.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,9 +68,11 @@ def open_image(image, name: str = "image", size: int | None = None) -> Image.Ima
             im = image
         elif isinstance(image, np.ndarray):
             im = Image.fromarray(image)
-        else:
-            with Image.open(image) as f:
-                im = f.convert("RGB")
+        else:  # a file: its size judged from the header before decoding (safe.processing.images)
+            where = name if not isinstance(image, (str, Path)) or str(image) in name else f"{name} ({image})"
+            im = read_image(image, where)
+    except ImageInputError:
+        raise
     except (OSError, TypeError, ValueError) as err:
         raise ValueError(f"{name}: cannot read the image {image if isinstance(image, (str, Path)) else ''}: "
                          f"{err}") from err
