@@ -115,7 +115,7 @@ def test_vision_side_trains_resumes_after_a_kill_and_keeps_the_lm(tiny_builtin, 
     again = build_gemma_base(bench, tmp_path / "whole", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
     assert again["reused"] is True
     # the saved checkpoint loads as a plain local LLaVA through SAFE's loader, with its own prompt template
-    from safe.stages.loading import load_frozen
+    from safe.inference.loading import load_frozen
 
     vl, _, fmt, _ = load_frozen(tmp_path / "whole", P_audio(tmp_path))
     assert fmt.template == "Question: {question}\n<image>\nAnswer:"
