@@ -1,9 +1,9 @@
-"""The proposal's section 9 on the built-in benchmark, for a SAFE model with its policy attached:
+"""The evaluation protocol (the proposal's validation plan, docs/design.md) on the built-in benchmark, for a SAFE model with its policy attached:
 retention (base / gate closed / gate open / policy, McNemar), audio gains with bootstrap CIs, both
 also per benchmark (the records' ``task``, each scored with its benchmark's metric; corpus caption
 metrics per caption benchmark), efficiency (FLOPs, memory, measured latency from Stage B), attribution
 (muted-audio LOMO, exact two-player Shapley), robustness (SNR sweep, misaligned clips, irrelevant
-audio, held-out sounds) and the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
+audio, held-out sounds) and the proposal's targets as stage gates (docs/design.md) as PASS / FAIL with the measured values.
 """
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ def _seeds(policy_metrics: dict | None) -> dict:
 
 
 def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, scale_results=None) -> list[dict]:
-    """The proposal's section 14 gates that this benchmark can measure, each with its number.
+    """The proposal's targets (docs/design.md) that this benchmark can measure, each with its number.
     ``scale_results``: ``benchmarks/scale.py`` results (a path or the loaded dict; else the path under
     ``policy_metrics["scale_results"]``, if any) for the latency gate (:func:`latency_gate`)."""
     r, g, e = ev["retention"], ev["audio_gains"], ev["efficiency"]
@@ -332,7 +332,7 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, sca
 
 
 LATENCY_TARGET_MS = 50.0
-"""The proposal's added latency per query (section 14): < 50 ms for a 7B VL model."""
+"""The proposal's added latency per query (docs/design.md): < 50 ms for a 7B VL model."""
 _SHAPE_PREFERENCE = (("llava7b", "cuda"), ("proxy", "cuda"), ("proxy", "cpu"), ("builtin", "cuda"), ("builtin", "cpu"))
 
 

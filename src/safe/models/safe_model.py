@@ -198,7 +198,7 @@ class SAFEModel(nn.Module):
             g.fill_(value)
 
     def parameter_report(self) -> ParameterReport:
-        """Counts per part, as the proposal's section 3 reports them."""
+        """Counts per part, as the proposal reports them (docs/design.md)."""
         parts = {"base_vl": self.base_model, "audio_encoder": self.audio_encoder, **self.safe_modules()}
         rep = ParameterReport()
         for name, module in parts.items():

@@ -1,7 +1,7 @@
 """Turning records into model inputs for the built-in LLaVA: word-level tokenizer, images, batches.
 
 Prompt layout (question *before* the image: under causal attention image tokens placed first could
-never see the question, and colour / position questions stall near chance — DESIGN.md):
+never see the question, and colour / position questions stall near chance — docs/design.md, "The built-in default"):
 
     [pad ...] <bos> question words <image> x N <sep> answer words <eos>
 

@@ -34,7 +34,7 @@ class CurriculumConfig:
 
 @dataclass
 class StageAConfig:
-    """Stage A: supervised warm-start of projector + adapters (proposal section 7.2)."""
+    """Stage A: supervised warm-start of projector + adapters (the proposal's Stage A, docs/design.md)."""
 
     steps: int = 500
     """Optimiser steps."""

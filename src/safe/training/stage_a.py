@@ -1,4 +1,4 @@
-"""Stage A: supervised warm-start of the projector and the gated adapters (proposal section 7.2).
+"""Stage A: supervised warm-start of the projector and the gated adapters (the proposal's Stage A, docs/design.md).
 
     L = L_audio + lambda_ret * L_ret + lambda_fisher * L_fisher
 
