@@ -17,17 +17,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from safe.inference.loading import load_trained, load_trained_model
 from safe.models.backbones import VL_INPUT_KEYS
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.models.safe_model import CONFIG_NAME
 from safe.processing.processor import PROCESSOR_FILE, SAFEProcessor
-from safe.inference.loading import load_trained, load_trained_model
 from safe.processing.prompts import open_image
 
 
@@ -172,6 +173,8 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: not a JSON object ({err})") from None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str):
             raise ValueError(f"{where}: each line must be a JSON object with a 'question' string")
+        if not row["question"].strip():
+            raise ValueError(f"{where}: the question is empty")
         if row.get("use_audio") is not None and not isinstance(row["use_audio"], bool):
             raise ValueError(f"{where}: use_audio must be true, false or null, got {row['use_audio']!r}")
         for key in ("image", "audio"):
@@ -204,6 +207,8 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
             clip = None if r.get("audio") is None else p.processor.load_audio(r["audio"])
         except ValueError as err:
             raise type(err)(f"{where}: {err}") from None
+        if r.get("use_audio") is True and clip is None:
+            raise ValueError(f"{where}: use_audio is true but the request has no audio")
         prepared.append((img, clip))
     out: list[dict[str, Any] | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
@@ -212,8 +217,13 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
     for (use, _), idx in groups.items():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            res = p(image=[prepared[i][0] for i in chunk], question=[requests[i]["question"] for i in chunk],
-                    audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate)
+            try:
+                res = p(image=[prepared[i][0] for i in chunk], question=[requests[i]["question"] for i in chunk],
+                        audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate)
+            except ValueError as err:  # name the requests by file:line, not by their place in this batch
+                names = [requests[i].get("_where", f"request {i}") for i in chunk]
+                raise ValueError(f"{names[0] if len(names) == 1 else names[0] + ' .. ' + names[-1]} "
+                                 f"(one batch of {len(names)}): {err}") from None
             for i, row in zip(chunk, res):
                 out[i] = {**({"id": requests[i]["id"]} if "id" in requests[i] else {}), **row}
     return out  # type: ignore[return-value]

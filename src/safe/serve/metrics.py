@@ -2,8 +2,8 @@
 process (tests) never share counters."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -25,6 +25,7 @@ class Metrics:
         self.cache_hits = Counter("safe_clip_cache_hits", "Clip embeddings served from the cache", registry=r)
         self.cache_misses = Counter("safe_clip_cache_misses", "Clip embeddings not in the cache", registry=r)
         self.cache_size = Gauge("safe_clip_cache_entries", "Clip embeddings held in the cache", registry=r)
+        self.cache_bytes = Gauge("safe_clip_cache_bytes", "Memory the cached clip embeddings hold", registry=r)
         self.latency = Histogram("safe_request_seconds", "Chat request latency, body read to response",
                                  buckets=_LATENCY, registry=r)
         self.queue = Histogram("safe_queue_seconds", "Time a request waited for its batch to start",

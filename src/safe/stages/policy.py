@@ -8,8 +8,7 @@ from pathlib import Path
 
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import (DataOptions, RunOptions, StageError, base_path, check_run_data, from_run,
-                                load_options)
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path, check_run_data, from_run, load_options
 
 
 @dataclass

@@ -43,6 +43,8 @@ class PredictConfig(LoadOptions):
             raise ValueError("give --run-dir DIR (or --checkpoint DIR)")
         if (self.input is None) == (self.question is None):
             raise ValueError("give either --question (with --image / --audio-file) or --input FILE.jsonl")
+        if self.question is not None and not self.question.strip():
+            raise ValueError("--question is empty: give the question to answer")
 
 
 @dataclass

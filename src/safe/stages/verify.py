@@ -55,8 +55,8 @@ class VerifyConfig(LoadOptions):
         its vl/ and audio_encoder/), else the llava x whisper presets."""
         from pathlib import Path
 
-        from safe.stages.common import run_record
         from safe.inference.loading import is_builtin_dir
+        from safe.stages.common import run_record
 
         rec = run_record(self.run_dir) if self.base is None and self.audio is None and not self.all_presets else None
         if rec is not None and is_builtin_dir(rec["base"]):
@@ -135,8 +135,8 @@ def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
 
     from safe.bench import presets
     from safe.evaluation.safety import Check, verify_model
-    from safe.models.certificate import fingerprints
     from safe.inference.pipeline import find_checkpoint, pipeline
+    from safe.models.certificate import fingerprints
 
     t0 = time.perf_counter()
     ckpt = find_checkpoint(cfg.run_dir)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safe.data.yaml_bounded import load_yaml
 from safe.models.safe_model import SAFEConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -37,7 +38,7 @@ class CurriculumConfig:
 
 @dataclass
 class StageAConfig:
-    """Stage A: supervised warm-start of projector + adapters (proposal section 7.2)."""
+    """Stage A: supervised warm-start of projector + adapters (the proposal's Stage A, docs/design.md)."""
 
     steps: int = 500
     """Optimiser steps."""
@@ -185,8 +186,9 @@ def shipped_recipes() -> list[str]:
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a YAML recipe: ``path`` as given, else the shipped recipe of that file name (so
     ``configs/stage_a.yaml`` of the source tree resolves anywhere). :class:`ConfigError` names the file."""
-    import yaml
     from importlib.resources import files
+
+    import yaml
 
     if Path(path).is_file():
         text = Path(path).read_text()
@@ -197,7 +199,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
                               f"{', '.join(shipped_recipes())})")
         text = shipped.read_text()
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = load_yaml(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(raw, dict):
