@@ -191,14 +191,17 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: st
 
 
 def add_config_file_flag(parser: argparse.ArgumentParser, cls: type) -> None:
-    """``--config PATH``: a YAML file over ``cls``'s fields; flags given on the command line win over it."""
-    from safe.training.config import shipped_recipes
-
+    """``--config PATH``: a YAML file over ``cls``'s fields; flags given on the command line win over it. A class
+    with a ``DEFAULT_CONFIG`` (a shipped recipe) reads that file when ``--config`` is not given."""
     default = getattr(cls, "DEFAULT_CONFIG", None)
-    parser.add_argument("--config", metavar="PATH", default=default,
-                        help="YAML file over these settings (nested mappings for the dotted groups, e.g. stage_a:); "
-                             "flags given win over it; a recipe SAFE ships needs no folder (" + ", ".join(shipped_recipes()) + ")"
-                             + (f" (default: {default})" if default else ""))
+    text = ("YAML file of these settings (a key per flag, named with underscores: run_dir; a dotted group as a nested "
+            "mapping: stage_a: {steps: 200}); flags given win over it")
+    if default:
+        from safe.training.config import shipped_recipes
+
+        text += (f"; a recipe SAFE ships needs no folder ({', '.join(shipped_recipes())}); a file given replaces "
+                 f"the default one (default: {default})")
+    parser.add_argument("--config", metavar="PATH", default=default, help=text)
 
 
 def read_config_file(path: str | None) -> dict[str, Any]:
