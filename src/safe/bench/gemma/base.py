@@ -25,16 +25,13 @@ nearly invisible to the language model and training starts far slower.
 from __future__ import annotations
 
 import json
-import math
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from safe.bench.files import staged_dir
 from safe.bench.gemma import lm as gemma_lm
 
 IMAGE_TOKEN = "<start_of_image>"

