@@ -32,10 +32,11 @@ class DemoConfig(RunOptions):
     runs) or cascade (the proposal's state with the base's confidence; the base answers first)."""
     ablations: bool = False
     """Also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 5 more minutes)."""
-    track: Literal["synthetic", "speech"] = "synthetic"
-    """Benchmark track: synthetic (shapes, tones) or speech (spoken questions in eSpeak NG voices, the real
+    track: Literal["synthetic", "speech", "depth"] = "synthetic"
+    """Benchmark track: synthetic (shapes, tones), speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
-    configs/stage_a_speech.yaml)."""
+    configs/stage_a_speech.yaml) or depth (the scenes' depth maps through the shipped depth encoder, questions
+    only depth answers; default run directory runs/demo-depth, recipe configs/stage_a_depth.yaml)."""
 
 
 @dataclass
@@ -58,15 +59,16 @@ class DemoResult(StageResult):
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
     own check failed (verification, frozen weights)."""
-    if cfg.track == "speech":
+    if cfg.track in ("speech", "depth"):
         import dataclasses
 
-        from safe.stages import speech
+        from safe.stages import depth, speech
 
+        track, run_track = {"speech": (speech, speech.demo_speech), "depth": (depth, depth.demo_depth)}[cfg.track]
         defaults = DemoConfig()
-        return speech.demo_speech(dataclasses.replace(
-            cfg, run_dir=speech.RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
-            config=speech.RECIPE if cfg.config == defaults.config else cfg.config), echo)
+        return run_track(dataclasses.replace(
+            cfg, run_dir=track.RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
+            config=track.RECIPE if cfg.config == defaults.config else cfg.config), echo)
     from safe.stages.ablate import AblateConfig, ablate
     from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
     from safe.stages.common import base_path, cache_dir

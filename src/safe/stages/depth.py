@@ -1,0 +1,71 @@
+"""``safe demo --track depth``: the depth track of the built-in benchmark — the built-in frozen VL model (the
+synthetic track's), the shipped frozen depth encoder, Stage A for depth through the same trainer and
+retention machinery as audio, and the track's figures under ``depth`` in its own run directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from safe.runs import RunDir, StageResult
+
+#: Run directory and recipe of the track when ``safe demo``'s defaults are left as they are.
+RUN_DIR = "runs/demo-depth"
+RECIPE = "configs/stage_a_depth.yaml"
+
+
+@dataclass
+class DepthResult(StageResult):
+    """The depth track's figures (``metrics.json`` key ``depth``): depth-question accuracy of the depth-blind
+    base and of SAFE, VL retention with the gate closed and open, per family, and the frozen-weights check."""
+
+    KEY = "depth"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.metrics.get("frozen_byte_identical"))
+
+    def summary(self) -> str:
+        m = self.metrics
+        rows = [("depth questions, depth-blind base", m["depth_accuracy_base"]),
+                ("depth questions, SAFE", m["depth_accuracy"]),
+                ("VL answers identical to base, gate closed", m["answers_identical_gate_closed"]),
+                ("VL accuracy, base", m["vl_accuracy_base"]),
+                ("VL accuracy, SAFE gate open", m["vl_accuracy_gate_open"]),
+                ("VL retention ratio (gate open / base)", m["vl_retention_ratio_gate_open"])]
+        lines = ["depth track (test split; gate open = each row with its own depth map)"]
+        lines += [f"  {name:<44}{v:>8.3f}" for name, v in rows]
+        lines.append(f"  {'VL answers changed with gate open':<44}{m['vl_answers_changed_gate_open']:>8d} of "
+                     f"{m['vl_examples']}")
+        lines.append("  per family (base -> SAFE gate open):")
+        lines += [f"    {fam:<18}{v['base']:>7.3f} -> {v['open']:.3f}" for fam, v in m["per_family"].items()]
+        lines.append(f"  {'base + depth encoder byte-identical (sha256)':<44}"
+                     f"{'yes' if m['frozen_byte_identical'] else 'NO':>8}")
+        lines.append(f"  Stage A for depth took {m['seconds']:.0f} s ({m['train_seconds']:.0f} s training, "
+                     f"{m['steps']} steps); SAFE depth weights: {m['checkpoint']}")
+        return "\n".join(lines)
+
+
+def demo_depth(cfg, echo=print) -> DepthResult:
+    """The depth track into ``cfg.run_dir`` (a :class:`~safe.stages.demo.DemoConfig`): trains Stage A for depth (resuming unless ``cfg.fresh``) and records ``depth``."""
+    import shutil
+    from pathlib import Path
+
+    from safe.bench.depth_model import run_depth_track
+    from safe.bench.build import SHIPPED_DIR
+    from safe.stages.common import StageLog, base_path, config_path
+    from safe.training.config import load_stage_a_config
+
+    step = StageLog(echo)
+    run = RunDir(cfg.run_dir)
+    # The built-in VL model: the one `safe base build` installed, else the build SAFE ships (the same weights
+    # unless the base was rebuilt), so the track needs neither the audio benchmark nor a base build.
+    vl = base_path(None) / "vl"
+    vl = vl if (vl / "config.json").is_file() else SHIPPED_DIR / "vl"
+    recipe = load_stage_a_config(config_path(cfg.config), list(cfg.overrides))
+    if cfg.fresh and (Path(cfg.run_dir) / "checkpoints").exists():
+        shutil.rmtree(Path(cfg.run_dir) / "checkpoints")
+    echo(f"== Stage A for depth ({cfg.config}) ==")
+    metrics = run_depth_track(run.path, vl, recipe)
+    metrics.pop("samples", None)
+    result = step(DepthResult(metrics))
+    run.record(result)
+    return result

@@ -1,0 +1,69 @@
+"""The depth track: scenes with depth maps, questions only depth answers, and its frozen depth encoder."""
+import numpy as np
+import pytest
+
+from safe.bench.depth import (BACKGROUND_DEPTH, DEPTH_FAMILIES, MIN_GAP, DepthSplits, _plan, depth_split,
+                              make_depth_example)
+from safe.bench.questions import SynthConfig
+
+SCENE = SynthConfig()
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return depth_split(SCENE, DepthSplits(n_test=120), "test")
+
+
+def test_answers_follow_from_the_depths(test_split):
+    examples, _, _ = test_split
+    seen = set()
+    for ex in examples:
+        objs = ex.meta["objects"]
+        depths = sorted(o["depth"] for o in objs)
+        assert all(b - a >= MIN_GAP - 1e-9 for a, b in zip(depths, depths[1:]))
+        if ex.family == "nearest_shape":
+            assert ex.answer == min(objs, key=lambda o: o["depth"])["shape"]
+            assert len({o["shape"] for o in objs}) == len(objs)
+        elif ex.family == "farthest_colour":
+            assert ex.answer == max(objs, key=lambda o: o["depth"])["colour"]
+            assert len({o["colour"] for o in objs}) == len(objs)
+        elif ex.family == "behind_shape":
+            named = next(o for o in objs if f"the {o['colour']} {o['shape']}?" in ex.question)
+            behind = [o for o in objs if o["depth"] > named["depth"]]
+            assert len(objs) == 3 and len(behind) == 1 and ex.answer == behind[0]["shape"]
+        assert ex.needs_audio == (ex.family in DEPTH_FAMILIES)  # the trainer's "needs the modality" flag
+        seen.add(ex.family)
+    assert set(DEPTH_FAMILIES) <= seen
+
+
+def test_depth_map_holds_each_object_at_its_depth(test_split):
+    examples, pictures, maps = test_split
+    ex, depth = examples[0], make_depth_example(SCENE, DepthSplits(n_test=120), "test", 0)[2]
+    cell = SCENE.cell_size
+    for o in ex.meta["objects"]:
+        cy, cx = o["row"] * cell + cell // 2 + o["dy"], o["col"] * cell + cell // 2 + o["dx"]
+        assert depth[cy, cx] == pytest.approx(o["depth"])
+    assert depth[0, 0] == BACKGROUND_DEPTH
+    assert maps.shape == (120, 1, 48, 48) and maps.min() >= -1 and maps.max() <= 1
+
+
+def test_examples_are_a_pure_function_of_seed_split_index():
+    a = make_depth_example(SCENE, DepthSplits(), "train", 5)
+    b = make_depth_example(SCENE, DepthSplits(), "train", 5)
+    assert a[0] == b[0] and np.array_equal(a[2], b[2])
+    assert np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    plan = _plan(DepthSplits(), "retention")
+    assert {f for f, _ in plan}.isdisjoint(DEPTH_FAMILIES)  # the retention buffer is VL-only
+
+
+def test_shipped_depth_encoder_is_a_frozen_transformers_vit(test_split):
+    import torch
+
+    from safe.bench.depth_model import load_depth_encoder
+    from safe.models.encoders import wrap_encoder
+
+    enc = wrap_encoder(load_depth_encoder())
+    assert enc.kind == "vit" and all(not p.requires_grad for p in enc.parameters())
+    _, _, maps = test_split
+    tokens = enc.encode(torch.from_numpy(maps[:4]))
+    assert tokens.shape == (4, 1 + SCENE.grid ** 2, enc.output_dim)
