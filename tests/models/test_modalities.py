@@ -160,3 +160,19 @@ def test_a_new_modality_starts_closed_and_changes_nothing():
         model.add_modality("depth", depth_enc)
         after = model(**x, audio_features=audio, audio_mask=AUDIO, depth_features=depth).logits
     assert torch.equal(before, after)
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    """The README's first Python block (audio) and its modality block run as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    audio = next(b for b in blocks if "SAFEModel(base, encoder" in b)
+    modality = next(b for b in blocks if "add_modality" in b)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(audio.replace("    ...\n", "    pass\n"), "README-audio", "exec"), scope)
+    exec(compile(modality, "README-modality", "exec"), scope)
+    assert scope["out"].logits.shape[0] == 4 and scope["model"].modality_names == ["audio", "depth"]

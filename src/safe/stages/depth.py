@@ -51,10 +51,9 @@ def demo_depth(cfg, echo=print) -> DepthResult:
 
     from safe.bench.depth_model import run_depth_track
     from safe.bench.build import SHIPPED_DIR
-    from safe.stages.common import StageLog, base_path, config_path
+    from safe.stages.common import base_path, config_path
     from safe.training.config import load_stage_a_config
 
-    step = StageLog(echo)
     run = RunDir(cfg.run_dir)
     # The built-in VL model: the one `safe base build` installed, else the build SAFE ships (the same weights
     # unless the base was rebuilt), so the track needs neither the audio benchmark nor a base build.
@@ -66,6 +65,6 @@ def demo_depth(cfg, echo=print) -> DepthResult:
     echo(f"== Stage A for depth ({cfg.config}) ==")
     metrics = run_depth_track(run.path, vl, recipe)
     metrics.pop("samples", None)
-    result = step(DepthResult(metrics))
+    result = DepthResult(metrics)  # the command prints its summary
     run.record(result)
     return result
