@@ -171,8 +171,8 @@ def test_layers_point_one_way():
 def test_only_the_cli_and_stages_sit_on_top():
     """Nothing in the library or the built-in benchmark imports the stages or the command line: those are
     the top layer (stages may import the library and ``safe.bench``; ``safe.cli`` imports stages)."""
-    # safe/__init__.py is the public facade: `safe.pipeline` resolves to safe.stages.predict on first use.
-    # safe.serve (the server) sits there too: it builds on safe.stages.predict, and stages start it.
+    # safe/__init__.py is the public facade: `safe.pipeline` resolves to safe.inference.pipeline on first use.
+    # safe.serve (the server) sits there too: it builds on safe.inference, and stages start it.
     modules = [p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("stages", "serve")
                and not (len(p.relative_to(SRC).parts) == 1 and p.name in ("cli.py", "__init__.py"))]
     bad = [f"{p.relative_to(SRC.parent)}:{line} imports {m}" for p in modules for line, m in _imports(p)

@@ -7,10 +7,10 @@ import torch
 
 from safe.bench.files import BuiltinSource
 from safe.evaluation.protocol import run_eval
-from safe.evaluation.report import report_sections, write_report
+from safe.reporting.report import report_sections, write_report
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.stages.loading import load_frozen
+from safe.inference.loading import load_frozen
 
 torch.set_num_threads(1)
 

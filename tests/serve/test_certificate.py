@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from safe.cli import main
 from safe.serve.app import load_engine
-from safe.serve.certificate import CertificateError, fingerprints
+from safe.models.certificate import CertificateError, fingerprints
 from safe.stages.serve import ServeConfig
 
 

@@ -16,7 +16,7 @@ from safe.bench.files import BuiltinSource
 from safe.cli import main
 from safe.evaluation.protocol import run_eval
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.stages.loading import load_trained
+from safe.inference.loading import load_trained
 from safe.training.config import load_stage_a_config
 
 

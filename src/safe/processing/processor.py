@@ -96,7 +96,7 @@ class SAFEProcessor:
     @classmethod
     def from_components(cls, prompt_format, front_end, base_model, *, base: str | os.PathLike | None = None,
                         audio: str | os.PathLike | None = None, **kwargs) -> "SAFEProcessor":
-        """From the format and front end :func:`safe.stages.loading.load_frozen` returns; ``base`` /
+        """From the format and front end :func:`safe.inference.loading.load_frozen` returns; ``base`` /
         ``audio``: the paths they were loaded from (recorded, absolute, for ``safe.pipeline``)."""
         size = None
         if isinstance(prompt_format, PromptFormat):

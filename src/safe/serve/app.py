@@ -33,15 +33,15 @@ log = logging.getLogger("safe.serve")
 
 def load_engine(cfg) -> Engine:
     """The run of ``cfg`` (:class:`safe.stages.serve.ServeConfig`) loaded once, checked against
-    ``cfg.certificate`` when given (:class:`~safe.serve.certificate.CertificateError` on other weights)."""
+    ``cfg.certificate`` when given (:class:`~safe.models.certificate.CertificateError` on other weights)."""
     from safe.models.loading import parse_dtype
-    from safe.stages.predict import pipeline
+    from safe.inference.pipeline import pipeline
 
     pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio_model, dtype=parse_dtype(cfg.dtype), device=cfg.device,
                     max_new_tokens=cfg.default_max_tokens)
     pipe.model.eval()
     if cfg.certificate:
-        from safe.serve.certificate import check_certificate
+        from safe.models.certificate import check_certificate
 
         cert = check_certificate(cfg.certificate, pipe.model)
         for lib, (then, now) in cert["library_changes"].items():

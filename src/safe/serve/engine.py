@@ -64,7 +64,7 @@ class _Decided(nn.Module):
 
 
 class Engine:
-    """A loaded run (:class:`safe.stages.predict.Pipeline`) answering batches of :class:`Row`.
+    """A loaded run (:class:`safe.inference.pipeline.Pipeline`) answering batches of :class:`Row`.
 
     Guarantees: see the module docstring (per-batch bit-exactness of rows without audio; the encoder
     only on rows that use audio and miss the cache). Not thread-safe: one batch at a time (the batcher

@@ -98,12 +98,12 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
     """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
     steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
     ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``. ``base_dir`` /
-    ``audio`` / ``load_options``: see :func:`~safe.stages.loading.load_frozen`."""
+    ``audio`` / ``load_options``: see :func:`~safe.inference.loading.load_frozen`."""
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.models.safe_model import SAFEModel
     from safe.training.evaluate import evaluate_stage_a
-    from safe.stages.loading import load_frozen
+    from safe.inference.loading import load_frozen
     from safe.training.stage_a import StageATrainer
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:

@@ -86,7 +86,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     """The evaluation protocol on the SAFE + policy checkpoint of ``cfg.run_dir``, reading the run's Stage A
     and Stage B results; then writes report.html."""
     from safe.evaluation.protocol import run_eval
-    from safe.stages.loading import open_checkpoint
+    from safe.stages.checkpoint import open_checkpoint
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
 
@@ -141,7 +141,7 @@ class ReportResult(StageResult):
 
 def report(cfg: ReportConfig) -> ReportResult:
     """report.html from the run's metrics.json (every section that ran), plus plots / docs on request."""
-    from safe.evaluation.report import render_plots, report_sections, write_report
+    from safe.reporting.report import render_plots, report_sections, write_report
 
     run = RunDir(cfg.run_dir)
     metrics = run.metrics()
@@ -151,11 +151,11 @@ def report(cfg: ReportConfig) -> ReportResult:
     path = write_report(metrics, run.path / "report.html", figures=figures)
     out = {"path": str(path.resolve()), "missing": [k for k, v in report_sections(metrics).items() if not v]}
     if cfg.export_plots:
-        from safe.evaluation.report import export_plots
+        from safe.reporting.report import export_plots
 
         out["plots"] = [str(p) for p in export_plots(metrics, cfg.export_plots, figures=figures)]
     if cfg.docs:
-        from safe.evaluation.docs import write_docs
+        from safe.reporting.docs import write_docs
 
         out["docs"] = [str(p) for p in write_docs(metrics, cfg.docs, readme=cfg.readme)]
     elif cfg.readme:

@@ -63,7 +63,7 @@ def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: s
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.stages.common import data_source
-    from safe.stages.loading import load_trained
+    from safe.inference.loading import load_trained
 
     run = RunDir(run_dir)
     t0 = time.perf_counter()

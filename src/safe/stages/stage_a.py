@@ -123,7 +123,7 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.training.evaluate import evaluate_stage_a
-    from safe.stages.loading import load_safe
+    from safe.inference.loading import load_safe
     from safe.training.stage_a import StageATrainer
 
     run_dir = Path(run_dir)

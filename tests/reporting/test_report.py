@@ -1,4 +1,4 @@
-"""Tests for safe.evaluation.report and safe.evaluation.plots: a full synthetic metrics dict (every
+"""Tests for safe.reporting.report and safe.reporting.plots: a full synthetic metrics dict (every
 section filled, numbers shaped like a real run) rendered to a self-contained HTML file."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from safe.evaluation import plots
-from safe.evaluation.report import SECTION_TITLES, fmt, fmt_ci, report_sections, write_report
+from safe.reporting import plots
+from safe.reporting.report import SECTION_TITLES, fmt, fmt_ci, report_sections, write_report
 from tests.evaluation.fake_metrics import full_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -155,7 +155,7 @@ def test_write_is_atomic_and_overwrites(metrics, tmp_path):
 
 
 def test_failed_write_leaves_no_temp_file(metrics, tmp_path, monkeypatch):
-    import safe.evaluation.report as report_mod
+    import safe.reporting.report as report_mod
 
     def boom(src, dst):
         raise OSError("disk full")
@@ -211,7 +211,7 @@ def test_report_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, safe.evaluation.report, safe.evaluation.plots, safe.evaluation.docs; "
+    code = ("import sys, safe.reporting.report, safe.reporting.plots, safe.reporting.docs; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -224,7 +224,7 @@ def test_input_metrics_not_mutated(metrics, tmp_path):
 
 
 def test_export_plots_writes_the_embedded_bytes(metrics, report, tmp_path):
-    from safe.evaluation.report import export_plots, render_plots
+    from safe.reporting.report import export_plots, render_plots
 
     _, text = report
     figures = render_plots(metrics)
@@ -238,7 +238,7 @@ def test_export_plots_writes_the_embedded_bytes(metrics, report, tmp_path):
 
 
 def test_plots_drawn_once_are_embedded_and_exported_as_given(metrics, tmp_path):
-    from safe.evaluation.report import export_plots, render_plots
+    from safe.reporting.report import export_plots, render_plots
 
     figures = render_plots(metrics)
     fake = {"pareto_plot": PNG_SIGNATURE + b"drawn once", "snr_sweep": figures["snr_sweep"]}
@@ -250,7 +250,7 @@ def test_plots_drawn_once_are_embedded_and_exported_as_given(metrics, tmp_path):
 
 
 def test_render_plots_leaves_out_plots_without_data(metrics):
-    from safe.evaluation.report import render_plots
+    from safe.reporting.report import render_plots
 
     assert render_plots({}) == {}
     assert list(render_plots({"stage_a": metrics["stage_a"]})) == ["stage_a_curves"]
@@ -273,7 +273,7 @@ def test_latency_by_batch_names_the_deployed_state(metrics, tmp_path, state):
 def test_efficiency_section_names_the_shape_behind_its_numbers():
     """Issue 20: every efficiency number says which model shape it was measured on, and the latency gate's
     own text (which may come from benchmarks/scale.py) is quoted there."""
-    from safe.evaluation.report import render_report
+    from safe.reporting.report import render_report
     from tests.evaluation.fake_metrics import demo_metrics
 
     metrics = demo_metrics()

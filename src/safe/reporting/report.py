@@ -3,7 +3,7 @@
 The report answers three questions for a reviewer: is the base model untouched, does audio help
 where it should, and is audio skipped where it does not help. Every section is rendered only from
 values present in the metrics; a missing section says "not run in this report" and no number is
-ever invented. Plots are drawn once by :func:`safe.evaluation.plots.render_plots` and embedded as
+ever invented. Plots are drawn once by :func:`safe.reporting.plots.render_plots` and embedded as
 ``data:`` URIs (``--export-plots`` writes the same bytes to files), styles are inline, there is no
 script and no external reference, and every string from the metrics is HTML-escaped.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safe.evaluation.plots import PLOTS, export_plots, render_plots
+from safe.reporting.plots import PLOTS, export_plots, render_plots
 
 __all__ = ["SECTION_TITLES", "export_plots", "fmt", "fmt_ci", "fmt_key", "render_plots", "render_report",
            "report_sections", "write_report"]
@@ -257,8 +257,8 @@ def _retention(m: Mapping, figs: Figures) -> str:
 
 
 def _bench(section: Mapping, *titles: str) -> str:
-    """The per-benchmark tables of ``section`` named ``titles`` (:mod:`safe.evaluation.benchmark_tables`)."""
-    from safe.evaluation.benchmark_tables import BENCH_SECTIONS, render  # it imports this module
+    """The per-benchmark tables of ``section`` named ``titles`` (:mod:`safe.reporting.benchmark_tables`)."""
+    from safe.reporting.benchmark_tables import BENCH_SECTIONS, render  # it imports this module
 
     return "".join(render(f(section), lambda h, r, t=t: _h3(t.capitalize()) + _table(h, r), _p)
                    for t, f, _ in BENCH_SECTIONS if t in titles)
@@ -485,7 +485,7 @@ def write_report(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
     run in this report"; None / NaN show as "—"; the file is written to a temporary file in the same
     folder and renamed over ``path``, so a reader never sees a half-written report.
     """
-    from safe.evaluation.docs import write_atomic
+    from safe.reporting.docs import write_atomic
 
     path = Path(path)
     write_atomic(path, render_report(metrics, title, figures=figures))

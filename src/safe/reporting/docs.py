@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safe.evaluation.benchmark_tables import BENCH_SECTIONS, render
-from safe.evaluation.report import DASH, fmt, fmt_ci
+from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
+from safe.reporting.report import DASH, fmt, fmt_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS_FILE = "results.md"

@@ -1,4 +1,4 @@
-"""Generated documentation (safe.evaluation.docs): the README's short table and docs/results.md, from a
+"""Generated documentation (safe.reporting.docs): the README's short table and docs/results.md, from a
 metrics.json shaped like the demo's (numbers of the README's fresh-clone run)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from safe.evaluation.docs import END, START, DocsError, readme_table, results_page, write_docs
+from safe.reporting.docs import END, START, DocsError, readme_table, results_page, write_docs
 from tests.evaluation.fake_metrics import demo_metrics, full_metrics
 
 
