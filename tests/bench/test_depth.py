@@ -11,7 +11,7 @@ SCENE = SynthConfig()
 
 @pytest.fixture(scope="module")
 def test_split():
-    return depth_split(SCENE, DepthSplits(n_test=120), "test")
+    return depth_split(SCENE, DepthSplits(n_test=60), "test")
 
 
 def test_answers_follow_from_the_depths(test_split):
@@ -38,13 +38,13 @@ def test_answers_follow_from_the_depths(test_split):
 
 def test_depth_map_holds_each_object_at_its_depth(test_split):
     examples, pictures, maps = test_split
-    ex, depth = examples[0], make_depth_example(SCENE, DepthSplits(n_test=120), "test", 0)[2]
+    ex, depth = examples[0], make_depth_example(SCENE, DepthSplits(n_test=60), "test", 0)[2]
     cell = SCENE.cell_size
     for o in ex.meta["objects"]:
         cy, cx = o["row"] * cell + cell // 2 + o["dy"], o["col"] * cell + cell // 2 + o["dx"]
         assert depth[cy, cx] == pytest.approx(o["depth"])
     assert depth[0, 0] == BACKGROUND_DEPTH
-    assert maps.shape == (120, 1, 48, 48) and maps.min() >= -1 and maps.max() <= 1
+    assert maps.shape == (60, 1, 48, 48) and maps.min() >= -1 and maps.max() <= 1
 
 
 def test_examples_are_a_pure_function_of_seed_split_index():
@@ -67,3 +67,47 @@ def test_shipped_depth_encoder_is_a_frozen_transformers_vit(test_split):
     _, _, maps = test_split
     tokens = enc.encode(torch.from_numpy(maps[:4]))
     assert tokens.shape == (4, 1 + SCENE.grid ** 2, enc.output_dim)
+
+
+def test_depth_track_trains_and_composes_with_audio_on_the_built_in_base(tmp_path):
+    """A few Stage A steps on small depth splits, then the depth checkpoint added next to audio on the
+    built-in base: the depth-only row is exactly the depth-only model's, the others exactly what the audio
+    model gave before depth was added."""
+    from pathlib import Path
+
+    import torch
+
+    from safe import SAFEConfig, SAFEModel
+    from safe.bench.build import SHIPPED_DIR
+    from safe.bench.depth_model import load_depth_encoder, run_depth_track
+    from safe.models.loading import load_audio_encoder
+    from safe.processing.prompts import load_pixels, load_vl_model
+    from safe.training.config import load_stage_a_config
+
+    recipe = load_stage_a_config(str(Path(__file__).resolve().parents[2] / "configs" / "stage_a_depth.yaml"), [
+        "steps=3", "warmup_steps=1", "retention_every=0", "checkpoint_every=3", "batch_size=8",
+        "safe.fusion_layers=[-1]"])
+    m = run_depth_track(tmp_path / "run", SHIPPED_DIR / "vl", recipe, splits=DepthSplits(48, 8, 8), progress=False)
+    assert m["frozen_byte_identical"] and m["steps"] == 3
+    assert {"depth_accuracy", "depth_accuracy_base", "vl_accuracy_gate_open"} <= set(m)
+    assert m["answers_identical_gate_closed"] == 1.0
+
+    depth_only = SAFEModel.from_pretrained(m["checkpoint"], load_vl_model(SHIPPED_DIR / "vl")[0], load_depth_encoder())
+    assert depth_only.modality_names == ["depth"]
+    base, _, fmt = load_vl_model(SHIPPED_DIR / "vl")
+    audio_enc = load_audio_encoder(SHIPPED_DIR / "audio_encoder")
+    both = SAFEModel(base, audio_enc, SAFEConfig(fusion_layers=[0, -1], num_audio_tokens=4))
+    both.set_gates(0.5)
+    examples, pictures, maps = depth_split(SCENE, DepthSplits(n_test=4), "test")
+    x = {**fmt.prompt_batch(fmt.encode(examples), range(4)), "pixel_values": load_pixels(pictures)}
+    c = audio_enc.config
+    audio = torch.randn(4, c.num_mel_bins, 2 * c.max_source_positions, generator=torch.Generator().manual_seed(0))
+    depth = torch.from_numpy(maps)
+    amask, dmask = torch.tensor([True, False, True, False]), torch.tensor([True, True, False, False])
+    with torch.no_grad():
+        before = both(**x, audio_features=audio, audio_mask=amask).logits
+        both.load_modality("depth", m["checkpoint"], load_depth_encoder())
+        got = both(**x, audio_features=audio, audio_mask=amask, depth_features=depth, depth_mask=dmask).logits
+        want = depth_only(**x, depth_features=depth, depth_mask=dmask).logits
+    assert torch.equal(got[1], want[1])      # depth only: the depth-only model's row
+    assert torch.equal(got[2:], before[2:])  # audio only, and neither: as before depth was added
