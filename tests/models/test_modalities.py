@@ -176,3 +176,27 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     exec(compile(audio.replace("    ...\n", "    pass\n"), "README-audio", "exec"), scope)
     exec(compile(modality, "README-modality", "exec"), scope)
     assert scope["out"].logits.shape[0] == 4 and scope["model"].modality_names == ["audio", "depth"]
+
+
+def test_verify_modalities_passes_and_catches_a_leak():
+    from safe.evaluation.safety import verify_modalities
+
+    model, _, x, audio, depth_enc, depth = two_modalities()
+    model.add_modality("depth", depth_enc, DEPTH_CFG)
+    result = verify_modalities(model, x, {"audio": (audio, AUDIO), "depth": (depth, DEPTH)})
+    assert result.passed, result.table()
+    assert len(result.checks) == 6 and all(torch.equal(g, torch.tensor(0.5)) for g in model.gates().values())
+    assert all(float(g.detach()) == 0.0 for g in model.gates("depth").values())  # gates restored
+    # a broken injection that runs the depth adapter on every row must fail the per-modality checks
+    depth_ctx = model._injector.audio
+
+    def leaky(ctx, modality="audio"):
+        if ctx is not None and modality == "depth":
+            n = ctx.batch_size
+            ctx = type(ctx)(ctx.tokens[:1].expand(n, *ctx.tokens.shape[1:]), torch.arange(n), n)
+        return depth_ctx(ctx, modality)
+
+    model._injector.audio = leaky
+    failed = {c.name for c in verify_modalities(model, x, {"audio": (audio, AUDIO), "depth": (depth, DEPTH)}).checks
+              if not c.passed}
+    assert {"rows using no modality: forward bit-exact", "rows using audio alone: as with audio only"} <= failed
