@@ -44,7 +44,7 @@ def test_depth_map_holds_each_object_at_its_depth(test_split):
         cy, cx = o["row"] * cell + cell // 2 + o["dy"], o["col"] * cell + cell // 2 + o["dx"]
         assert depth[cy, cx] == pytest.approx(o["depth"])
     assert depth[0, 0] == BACKGROUND_DEPTH
-    assert maps.shape == (60, 1, 48, 48) and maps.min() >= -1 and maps.max() <= 1
+    assert maps.shape == (60, 48, 48) and maps.min() >= 1.0 and maps.max() == BACKGROUND_DEPTH
 
 
 def test_examples_are_a_pure_function_of_seed_split_index():
@@ -59,13 +59,16 @@ def test_examples_are_a_pure_function_of_seed_split_index():
 def test_shipped_depth_encoder_is_a_frozen_transformers_vit(test_split):
     import torch
 
-    from safe.bench.depth_model import load_depth_encoder
+    from safe.bench.depth import depth_pixels
+    from safe.bench.depth_model import load_depth_encoder, load_depth_processor
     from safe.models.encoders import wrap_encoder
 
     enc = wrap_encoder(load_depth_encoder())
     assert enc.kind == "vit" and all(not p.requires_grad for p in enc.parameters())
     _, _, maps = test_split
-    tokens = enc.encode(torch.from_numpy(maps[:4]))
+    pixels = load_depth_processor()(maps[:4])  # the encoder's own (shipped) image processor
+    assert torch.allclose(pixels, torch.from_numpy(np.stack([depth_pixels(m) for m in maps[:4]])), atol=1e-6)
+    tokens = enc.encode(pixels)
     assert tokens.shape == (4, 1 + SCENE.grid ** 2, enc.output_dim)
 
 
@@ -79,7 +82,7 @@ def test_depth_track_trains_and_composes_with_audio_on_the_built_in_base(tmp_pat
 
     from safe import SAFEConfig, SAFEModel
     from safe.bench.build import SHIPPED_DIR
-    from safe.bench.depth_model import load_depth_encoder, run_depth_track
+    from safe.bench.depth_model import load_depth_encoder, load_depth_processor, run_depth_track
     from safe.models.loading import load_audio_encoder
     from safe.processing.prompts import load_pixels, load_vl_model
     from safe.training.config import load_stage_a_config
@@ -102,7 +105,7 @@ def test_depth_track_trains_and_composes_with_audio_on_the_built_in_base(tmp_pat
     x = {**fmt.prompt_batch(fmt.encode(examples), range(4)), "pixel_values": load_pixels(pictures)}
     c = audio_enc.config
     audio = torch.randn(4, c.num_mel_bins, 2 * c.max_source_positions, generator=torch.Generator().manual_seed(0))
-    depth = torch.from_numpy(maps)
+    depth = load_depth_processor()(maps)
     amask, dmask = torch.tensor([True, False, True, False]), torch.tensor([True, True, False, False])
     with torch.no_grad():
         before = both(**x, audio_features=audio, audio_mask=amask).logits

@@ -77,8 +77,20 @@ def render_depth(objects: list[dict[str, Any]], image_size: int = 48, grid: int 
 
 
 def depth_pixels(depth: np.ndarray) -> np.ndarray:
-    """A depth map as the depth encoder's one-channel input: nearness in [-1, 1] (near bright)."""
+    """A depth map as the depth encoder's one-channel input: nearness in [-1, 1] (near bright). The same
+    affine map as :func:`depth_processor`'s rescale and normalise (used for the encoder's pretraining)."""
     return ((BACKGROUND_DEPTH - depth) / (BACKGROUND_DEPTH - NEAR) * 2.0 - 1.0).astype(np.float32)[None]
+
+
+def depth_processor(image_size: int = 48):
+    """The depth encoder's transformers image processor: depth in metres -> nearness in [-1, 1], as
+    :func:`depth_pixels` (rescale by -2 / (BACKGROUND_DEPTH - NEAR), then subtract the mean)."""
+    from transformers import ViTImageProcessorPil
+
+    scale = 2.0 / (BACKGROUND_DEPTH - NEAR)
+    return ViTImageProcessorPil(do_resize=False, do_rescale=True, rescale_factor=-scale, do_normalize=True,
+                                image_mean=[-(scale * BACKGROUND_DEPTH - 1.0)], image_std=[1.0],
+                                size={"height": image_size, "width": image_size})
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -144,9 +156,7 @@ def make_depth_example(scene: SynthConfig, splits: DepthSplits, split: str, inde
 
 
 def depth_split(scene: SynthConfig, splits: DepthSplits, split: str):
-    """(examples, RGB pictures, depth maps (n, 1, H, W) as :func:`depth_pixels`) of a whole split, in memory."""
+    """(examples, RGB pictures, depth maps (n, H, W) in metres) of a whole split, in memory."""
     plan = _plan(splits, split)
     rows = [make_depth_example(scene, splits, split, i, plan) for i in range(len(plan))]
-    examples = [r[0] for r in rows]
-    depth = np.stack([depth_pixels(r[2]) for r in rows])
-    return examples, [r[1] for r in rows], depth
+    return [r[0] for r in rows], [r[1] for r in rows], np.stack([r[2] for r in rows])

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from safe.bench.depth import (BACKGROUND_DEPTH, DEPTH_FAMILIES, NEAR, DepthSplits, depth_pixels, depth_split,
-                              distinct_depths, render_depth)
+from safe.bench.depth import (BACKGROUND_DEPTH, DEPTH_FAMILIES, NEAR, DepthSplits, depth_pixels, depth_processor,
+                              depth_split, distinct_depths, render_depth)
 from safe.bench.questions import SynthConfig
 from safe.bench.scenes import SHAPES, random_scene
 
@@ -106,11 +106,19 @@ def train_depth_encoder(out_dir: str | Path, cfg: DepthEncoderConfig | None = No
     near_err = float((out[..., -1] - near[:n_eval]).abs().mean())
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
+    depth_processor(scene.image_size).save_pretrained(str(out_dir))  # its inputs, as load_depth_processor reads them
     figures = {"cell_shape_accuracy": round(shape_acc, 4), "nearness_mae": round(near_err, 4),
                "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - t0, 1),
                "config": asdict(cfg), "scene": scene.to_dict()}
     (out_dir / "manifest.json").write_text(json.dumps(figures, indent=2))
     return figures
+
+
+def load_depth_processor(path: str | Path | None = None):
+    """The depth encoder's image processor as a modality front end (depth maps in metres -> pixel_values)."""
+    from safe.processing.modalities import ImageModalityFrontEnd
+
+    return ImageModalityFrontEnd.from_pretrained(path or SHIPPED_DEPTH_ENCODER)
 
 
 def load_depth_encoder(path: str | Path | None = None) -> nn.Module:
@@ -130,8 +138,9 @@ def prepare_depth(model, fmt, scene: SynthConfig, splits: DepthSplits, split: st
     from safe.processing.prompts import load_pixels
 
     examples, pictures, depth = depth_split(scene, splits, split)
+    front = load_depth_processor()
     enc = model.audio_encoder  # the depth model's primary modality: its frozen depth encoder
-    emb = torch.cat([enc.encode(torch.from_numpy(depth[i:i + batch])).float().cpu()
+    emb = torch.cat([enc.encode(front(depth[i:i + batch], "depth")).float().cpu()
                      for i in range(0, len(depth), batch)])
     needs = torch.tensor([e.needs_audio for e in examples])
     return PreparedSet(examples, fmt.encode(examples), load_pixels(pictures), emb, needs)

@@ -303,6 +303,8 @@ class SAFEModel(nn.Module):
         if stray:
             raise ValueError(f"{stray[0]}: this SAFE model has no such modality (it has {self.modality_names})")
         audio = {k: v for k, v in audio.items() if v is not None}
+        if set(audio) == {"mask"} and not bool(torch.as_tensor(audio["mask"]).any()):
+            audio = {}  # "no row uses audio" (e.g. a processor's output) says nothing either way
         primary = out[self.primary_modality]
         if audio and self.primary_modality != "audio":
             if primary:
