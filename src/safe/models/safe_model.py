@@ -60,8 +60,7 @@ class SAFEModel(nn.Module):
         self.base_model.eval()
         self.backbone = backbone  # a plain dataclass (not a submodule): layer paths and state-feature sources
         self.backbone_name, self.hidden_size = backbone.name, backbone.hidden_size
-        self._device = next(base_model.parameters()).device
-        primary = ModalityBranch(modality, audio_encoder, self.config, backbone, self._device)
+        primary = ModalityBranch(modality, audio_encoder, self.config, backbone, self._device_of_base())
         # The primary modality's parts sit at the top level under their historical names, so an audio-only
         # model's parameter names and checkpoint keys are what they always were; the branch is only a view.
         self.audio_encoder, self.projector, self.adapters = primary.encoder, primary.projector, primary.adapters
@@ -103,7 +102,8 @@ class SAFEModel(nn.Module):
         name = check_modality_name(name)
         if name in self._branches or hasattr(self, f"{name}_projector"):
             raise ValueError(f"modality {name!r} already exists (this model has {self.modality_names})")
-        branch = ModalityBranch(name, encoder, config or self.config, self.backbone, self._device)
+        # on the base's device now (the model may have moved since it was built)
+        branch = ModalityBranch(name, encoder, config or self.config, self.backbone, self._device_of_base())
         self.modalities[name] = branch
         self._branches[name] = branch
         attached = self._injector.attached
