@@ -72,25 +72,49 @@ def test_shipped_depth_encoder_is_a_frozen_transformers_vit(test_split):
     assert tokens.shape == (4, 1 + SCENE.grid ** 2, enc.output_dim)
 
 
-def test_depth_track_trains_and_composes_with_audio_on_the_built_in_base(tmp_path):
-    """A few Stage A steps on small depth splits, then the depth checkpoint added next to audio on the
-    built-in base: the depth-only row is exactly the depth-only model's, the others exactly what the audio
-    model gave before depth was added."""
+@pytest.fixture(scope="module")
+def tiny_track(tmp_path_factory):
+    """A few Stage A steps for depth on small splits (the unchanged trainer), plus the depth policy."""
     from pathlib import Path
 
-    import torch
-
-    from safe import SAFEConfig, SAFEModel
     from safe.bench.build import SHIPPED_DIR
-    from safe.bench.depth_model import load_depth_encoder, load_depth_processor, run_depth_track
-    from safe.models.loading import load_audio_encoder
-    from safe.processing.prompts import load_pixels, load_vl_model
+    from safe.bench.depth_model import run_depth_track
     from safe.training.config import load_stage_a_config
 
     recipe = load_stage_a_config(str(Path(__file__).resolve().parents[2] / "configs" / "stage_a_depth.yaml"), [
         "steps=3", "warmup_steps=1", "retention_every=0", "checkpoint_every=3", "batch_size=8",
         "safe.fusion_layers=[-1]"])
-    m = run_depth_track(tmp_path / "run", SHIPPED_DIR / "vl", recipe, splits=DepthSplits(48, 8, 8), progress=False)
+    run = tmp_path_factory.mktemp("depth") / "run"
+    metrics = run_depth_track(run, SHIPPED_DIR / "vl", recipe, splits=DepthSplits(48, 8, 16), progress=False,
+                              policy={"steps": 4, "train_rows": 24, "cost_rows": 2})
+    return metrics, recipe
+
+
+@pytest.mark.slow
+def test_depth_policy_is_scored_beside_never_always_and_oracle(tiny_track):
+    p = tiny_track[0]["policy"]
+    assert p["rows"] == {"train": 24, "test": 16}
+    for name in ("policy", "never", "always", "oracle"):
+        assert 0.0 <= p[name]["accuracy"] <= 1.0 and 0.0 <= p[name]["use_rate"] <= 1.0
+    assert p["never"]["use_rate"] == 0.0 and p["always"]["use_rate"] == 1.0
+    assert p["oracle"]["accuracy"] >= max(p["never"]["accuracy"], p["always"]["accuracy"])
+    assert p["costs_ms_per_query"]["depth_question"]["with_audio"] > 0
+
+
+@pytest.mark.slow
+def test_depth_track_trains_and_composes_with_audio_on_the_built_in_base(tiny_track):
+    """A few Stage A steps on small depth splits, then the depth checkpoint added next to audio on the
+    built-in base: the depth-only row is exactly the depth-only model's, the others exactly what the audio
+    model gave before depth was added."""
+    import torch
+
+    from safe import SAFEConfig, SAFEModel
+    from safe.bench.build import SHIPPED_DIR
+    from safe.bench.depth_model import load_depth_encoder, load_depth_processor
+    from safe.models.loading import load_audio_encoder
+    from safe.processing.prompts import load_pixels, load_vl_model
+
+    m, recipe = tiny_track
     assert m["frozen_byte_identical"] and m["steps"] == 3
     assert {"depth_accuracy", "depth_accuracy_base", "vl_accuracy_gate_open"} <= set(m)
     assert m["answers_identical_gate_closed"] == 1.0

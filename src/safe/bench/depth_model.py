@@ -147,11 +147,13 @@ def prepare_depth(model, fmt, scene: SynthConfig, splits: DepthSplits, split: st
 
 
 def run_depth_track(run_dir: str | Path, vl_dir: str | Path, recipe, *, encoder_dir: str | Path | None = None,
-                    splits: DepthSplits | None = None, progress: bool = True) -> dict:
+                    splits: DepthSplits | None = None, progress: bool = True, policy: dict | None = None) -> dict:
     """Stage A for depth on the built-in VL base (``vl_dir``) with the frozen depth encoder: train, then
     evaluate on the test split (base vs SAFE gate closed / open). Returns the figures, depth rows named
     ``depth_*``; SAFE's depth weights land in ``run_dir/checkpoints/final`` (a depth-primary checkpoint
-    that :meth:`SAFEModel.load_modality` adds next to audio)."""
+    that :meth:`SAFEModel.load_modality` adds next to audio). ``policy``: keyword arguments of
+    :func:`~safe.bench.depth_policy.depth_policy` to also train and score the depth policy (key ``policy``);
+    None skips it."""
     from safe.models.integrity import state_hash
     from safe.models.safe_model import SAFEModel
     from safe.processing.prompts import load_vl_model
@@ -170,6 +172,10 @@ def run_depth_track(run_dir: str | Path, vl_dir: str | Path, recipe, *, encoder_
     result = evaluate_stage_a(model, fmt, data["test"], progress=progress)
     after = {"base_vl": state_hash(model.base_model), "depth_encoder": state_hash(model.audio_encoder)}
     renamed = {k.replace("audio_", "depth_"): v for k, v in result.items() if k != "samples"}
+    if policy is not None:
+        from safe.bench.depth_policy import depth_policy
+
+        renamed["policy"] = depth_policy(model, fmt, scene, splits, data["train"], data["test"], **policy)
     return {**renamed, "depth_families": list(DEPTH_FAMILIES), "frozen_byte_identical": hashes == after,
             "train_seconds": fit["seconds"], "steps": fit["steps"], "seconds": round(time.perf_counter() - t0, 2),
             "parameters": dict(model.parameter_report()), "config": recipe.to_dict(),
