@@ -15,7 +15,8 @@ RECIPE = "configs/stage_a_depth.yaml"
 @dataclass
 class DepthResult(StageResult):
     """The depth track's figures (``metrics.json`` key ``depth``): depth-question accuracy of the depth-blind
-    base and of SAFE, VL retention with the gate closed and open, per family, and the frozen-weights check."""
+    base and of SAFE, VL retention with the gate closed and open, per family, the frozen-weights check, and
+    the depth policy beside never / always / oracle (``policy``)."""
 
     KEY = "depth"
 
@@ -39,13 +40,22 @@ class DepthResult(StageResult):
         lines += [f"    {fam:<18}{v['base']:>7.3f} -> {v['open']:.3f}" for fam, v in m["per_family"].items()]
         lines.append(f"  {'base + depth encoder byte-identical (sha256)':<44}"
                      f"{'yes' if m['frozen_byte_identical'] else 'NO':>8}")
+        p = m.get("policy")
+        if p:
+            lines.append(f"  depth policy (PPO, alpha {p['alpha']:g}; test split): use rate / accuracy")
+            lines += [f"    {name:<10}{p[name]['use_rate']:>7.3f} / {p[name]['accuracy']:.3f}"
+                      for name in ("policy", "oracle", "always", "never")]
+            c = p["costs_ms_per_query"]["depth_question"]
+            lines.append(f"    cost of a depth question: {c['without_audio']:.2f} ms without depth, "
+                         f"{c['with_audio']:.2f} ms with it (measured)")
         lines.append(f"  Stage A for depth took {m['seconds']:.0f} s ({m['train_seconds']:.0f} s training, "
                      f"{m['steps']} steps); SAFE depth weights: {m['checkpoint']}")
         return "\n".join(lines)
 
 
 def demo_depth(cfg, echo=print) -> DepthResult:
-    """The depth track into ``cfg.run_dir`` (a :class:`~safe.stages.demo.DemoConfig`): trains Stage A for depth (resuming unless ``cfg.fresh``) and records ``depth``."""
+    """The depth track into ``cfg.run_dir`` (a :class:`~safe.stages.demo.DemoConfig`): trains Stage A for depth
+    (resuming unless ``cfg.fresh``), then the depth policy, and records ``depth``."""
     import shutil
     from pathlib import Path
 
@@ -63,7 +73,7 @@ def demo_depth(cfg, echo=print) -> DepthResult:
     if cfg.fresh and (Path(cfg.run_dir) / "checkpoints").exists():
         shutil.rmtree(Path(cfg.run_dir) / "checkpoints")
     echo(f"== Stage A for depth ({cfg.config}) ==")
-    metrics = run_depth_track(run.path, vl, recipe)
+    metrics = run_depth_track(run.path, vl, recipe, policy={})
     metrics.pop("samples", None)
     result = DepthResult(metrics)  # the command prints its summary
     run.record(result)
