@@ -2,8 +2,15 @@
 import numpy as np
 import pytest
 
-from safe.bench.depth import (BACKGROUND_DEPTH, DEPTH_FAMILIES, MIN_GAP, DepthSplits, _plan, depth_split,
-                              make_depth_example)
+from safe.bench.depth import (
+    BACKGROUND_DEPTH,
+    DEPTH_FAMILIES,
+    MIN_GAP,
+    DepthSplits,
+    _plan,
+    depth_split,
+    make_depth_example,
+)
 from safe.bench.questions import SynthConfig
 
 SCENE = SynthConfig()

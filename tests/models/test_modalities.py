@@ -8,7 +8,7 @@ import torch
 from safe import SAFEConfig, SAFEModel
 from safe.bench import presets as P
 from safe.bench.vision import random_pixels, tiny_vision_encoder
-from tests.models.bypass_modes import run, rows
+from tests.models.bypass_modes import rows, run
 from tests.models.helpers import build, inputs
 
 AUDIO = torch.tensor([True, False, True, False])

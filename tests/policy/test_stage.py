@@ -6,9 +6,9 @@ import torch
 
 from safe.bench.files import BuiltinSource
 from safe.cli import main
+from safe.inference.loading import load_frozen, load_trained
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.inference.loading import load_frozen, load_trained
 
 torch.set_num_threads(1)
 

@@ -51,7 +51,7 @@ class DepthSplits:
     seed: int = 0
 
     @classmethod
-    def tiny(cls) -> "DepthSplits":
+    def tiny(cls) -> DepthSplits:
         return cls(n_train=96, n_retention=16, n_test=48)
 
     def size(self, split: str) -> int:

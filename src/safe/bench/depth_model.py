@@ -16,8 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from safe.bench.depth import (BACKGROUND_DEPTH, DEPTH_FAMILIES, NEAR, DepthSplits, depth_pixels, depth_processor,
-                              depth_split, distinct_depths, render_depth)
+from safe.bench.depth import (
+    BACKGROUND_DEPTH,
+    DEPTH_FAMILIES,
+    NEAR,
+    DepthSplits,
+    depth_pixels,
+    depth_processor,
+    depth_split,
+    distinct_depths,
+    render_depth,
+)
 from safe.bench.questions import SynthConfig
 from safe.bench.scenes import SHAPES, random_scene
 
@@ -38,7 +47,7 @@ class DepthEncoderConfig:
     seed: int = 0
 
     @classmethod
-    def tiny(cls) -> "DepthEncoderConfig":
+    def tiny(cls) -> DepthEncoderConfig:
         return cls(hidden_size=32, scenes=200, steps=20, batch_size=16)
 
 

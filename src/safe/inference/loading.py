@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from transformers import AutoTokenizer
 
 from safe.models.backbones import FIXED_IMAGE_TOKEN_FAMILIES, resolve_backbone

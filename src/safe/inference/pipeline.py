@@ -17,17 +17,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from safe.inference.loading import load_trained, load_trained_model
 from safe.models.backbones import VL_INPUT_KEYS
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.models.safe_model import CONFIG_NAME
 from safe.processing.processor import PROCESSOR_FILE, SAFEProcessor
-from safe.inference.loading import load_trained, load_trained_model
 from safe.processing.prompts import open_image
 
 

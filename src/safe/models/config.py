@@ -50,7 +50,7 @@ class SAFEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SAFEConfig":
+    def from_dict(cls, d: dict) -> SAFEConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -15,7 +15,7 @@ tuple with one tensor per member, and each member keeps its own projector (its t
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ SUPPORTED_VISION_ENCODERS = ("ViTModel", "Dinov2Model", "SiglipVisionModel", "CL
                              "ConvNextModel", "ConvNextV2Model")
 """transformers vision classes an image-like modality's encoder may be (their ``pixel_values`` input)."""
 
-Features = Union[torch.Tensor, tuple]
+Features = torch.Tensor | tuple
 """One modality's encoder input: a tensor (batch first), or for an ensemble a tuple of them."""
 
 

@@ -8,8 +8,7 @@ from safe.adapters.cross_attention import GatedCrossAttention
 from safe.adapters.injection import AudioContext
 from safe.models.backbones import Backbone
 from safe.models.config import SAFEConfig
-from safe.models.encoders import (EncoderEnsemble, Features, as_features, feature_rows, select_rows,
-                                  wrap_encoder)
+from safe.models.encoders import EncoderEnsemble, Features, as_features, feature_rows, select_rows, wrap_encoder
 from safe.models.projector import AudioProjector, EnsembleProjector
 
 INPUT_SUFFIXES = ("features", "mask", "embeddings")

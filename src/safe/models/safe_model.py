@@ -6,14 +6,24 @@ import importlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from safe.adapters.injection import AdapterInjector
 from safe.models.backbones import Backbone, resolve_backbone
+from safe.models.checkpoint import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    check_signature,
+    config_of,
+    load_parts,
+    load_weights,
+    read_checkpoint,
+)
 from safe.models.config import ParameterReport, SAFEConfig
 from safe.models.encoders import as_features, wrap_encoder
 from safe.models.modality import INPUT_SUFFIXES, ModalityBranch, check_modality_name
@@ -21,9 +31,6 @@ from safe.models.modality import INPUT_SUFFIXES, ModalityBranch, check_modality_
 _BASE_INPUT_PREFIXES = ("input", "image", "video", "pixel", "audio_input", "vision")
 """Prefixes of base-model arguments ending in ``_features`` / ``_embeddings`` (not modalities)."""
 
-CONFIG_NAME = "safe_config.json"
-WEIGHTS_NAME = "safe_weights.safetensors"
-FORMAT_VERSION = 1
 
 
 class SAFEModel(nn.Module):
@@ -116,19 +123,17 @@ class SAFEModel(nn.Module):
     def load_modality(self, name: str, path: str | os.PathLike, encoder) -> ModalityBranch:
         """Add modality ``name`` from a single-modality SAFE checkpoint saved for this base (any primary
         name): separately trained modalities compose without retraining."""
-        from safetensors.torch import load_file
-
-        meta, w_file = _read_checkpoint(Path(path))
+        meta, w_file = read_checkpoint(Path(path))
         if meta.get("modalities"):
             raise ValueError(f"{path} holds several modalities; load_modality takes a single-modality checkpoint")
         branch_encoder = wrap_encoder(encoder)
-        _check_signature(path, meta["base_signature"], {**resolve_backbone(self.base_model).signature,
+        check_signature(path, meta["base_signature"], {**resolve_backbone(self.base_model).signature,
                                                         "audio_encoder": branch_encoder.kind,
                                                         "audio_dim": branch_encoder.output_dim})
-        branch = self.add_modality(name, branch_encoder, SAFEConfig.from_dict(meta["config"]))
+        branch = self.add_modality(name, branch_encoder, config_of(meta, "config", Path(path)))
         try:
-            state = load_file(str(w_file))
-            _load_parts({"projector": branch.projector, "adapters": branch.adapters},
+            state = load_weights(w_file)
+            load_parts({"projector": branch.projector, "adapters": branch.adapters},
                         {k: v for k, v in state.items() if k.startswith(("projector.", "adapters."))}, w_file)
         except Exception:
             self.remove_modality(name)
@@ -213,7 +218,7 @@ class SAFEModel(nn.Module):
         return {name: b.encoder_calls for name, b in self._branches.items()}
 
     def parameter_report(self) -> ParameterReport:
-        """Counts per part, as the proposal's section 3 reports them."""
+        """Counts per part, as the proposal reports them (docs/design.md)."""
         parts = {"base_vl": self.base_model, f"{self.primary_modality}_encoder": self.audio_encoder}
         parts.update({f"{name}_encoder": b.encoder for name, b in self.modalities.items()})
         parts.update(self.safe_modules())
@@ -226,7 +231,7 @@ class SAFEModel(nn.Module):
         return rep
 
     @contextlib.contextmanager
-    def audio_disabled(self) -> Iterator["SAFEModel"]:
+    def audio_disabled(self) -> Iterator[SAFEModel]:
         """Inside the block the whole model is the base model: no row uses any modality, no encoder runs."""
         previous = self._audio_off
         self._audio_off = True
@@ -405,19 +410,17 @@ class SAFEModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module, *,
-                        encoders: dict[str, nn.Module] | None = None) -> "SAFEModel":
+                        encoders: dict[str, nn.Module] | None = None) -> SAFEModel:
         """Rebuild SAFE on ``base_model`` / ``audio_encoder`` (the primary modality's encoder) and load
         its weights from ``path``; ``encoders``: the encoder of each added modality the checkpoint holds,
         by name. Refuses (``ValueError``) a checkpoint made for a base of another architecture, hidden
         size, layer count, or encoder kind / width, and one whose added modalities are not all given."""
-        from safetensors.torch import load_file
-
         path = Path(path)
-        meta, w_file = _read_checkpoint(path)
+        meta, w_file = read_checkpoint(path)
         # Check compatibility before building, so a refused load leaves no hooks on the caller's base.
         encoder = wrap_encoder(audio_encoder)
         have = {**resolve_backbone(base_model).signature, "audio_encoder": encoder.kind, "audio_dim": encoder.output_dim}
-        _check_signature(path, meta["base_signature"], have)
+        check_signature(path, meta["base_signature"], have)
         extra, encoders = meta.get("modalities") or {}, dict(encoders or {})
         if set(extra) != set(encoders):
             raise ValueError(f"SAFE checkpoint {path} holds the added modalities {sorted(extra)}; pass their "
@@ -429,47 +432,19 @@ class SAFEModel(nn.Module):
             if got != spec["signature"]:
                 raise ValueError(f"SAFE checkpoint {path}: modality {name!r} was made for encoder "
                                  f"{spec['signature']}, given {got}")
-        model = cls(base_model, encoder, SAFEConfig.from_dict(meta["config"]), modality=meta.get("modality", "audio"))
+        config = config_of(meta, "config", path)
+        extra_configs = {name: config_of(meta, name, path) for name in extra}
+        model = cls(base_model, encoder, config, modality=meta.get("modality", "audio"))
         try:
-            for name, spec in extra.items():
-                model.add_modality(name, wrapped[name], SAFEConfig.from_dict(spec["config"]))
+            for name in extra:
+                model.add_modality(name, wrapped[name], extra_configs[name])
             if meta.get("has_policy"):
                 model.attach_policy(_policy_class().from_config(meta["policy"]))
-            _load_parts(model.safe_modules(), load_file(str(w_file)), w_file)
+            load_parts(model.safe_modules(), load_weights(w_file), w_file)
         except Exception:
             model.remove_hooks()
             raise
         return model
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, Path]:
-    cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    for f in (cfg_file, w_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"not a SAFE checkpoint: {f} is missing")
-    meta = json.loads(cfg_file.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return meta, w_file
-
-
-def _check_signature(path, want: dict, have: dict) -> None:
-    have = {k: list(v) if isinstance(v, tuple) else v for k, v in have.items()}
-    diff = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise ValueError(f"SAFE checkpoint {path} was made for another base model ({detail})")
-
-
-def _load_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], w_file: Path) -> None:
-    own = {f"{name}.{k}" for name, m in parts.items() for k in m.state_dict()}
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise ValueError(f"{w_file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    with torch.no_grad():
-        for name, module in parts.items():
-            prefix = name + "."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
 
 POLICY_CLASS = "safe.policy.runtime:AudioPolicy"

@@ -8,8 +8,9 @@ settings say how they become the encoder's input). Errors (``ValueError``) name 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class ImageModalityFrontEnd:
         self.image_processor.save_pretrained(str(path))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "ImageModalityFrontEnd":
+    def from_pretrained(cls, path: str | os.PathLike) -> ImageModalityFrontEnd:
         from transformers import AutoImageProcessor
 
         return cls(AutoImageProcessor.from_pretrained(str(path), local_files_only=True))

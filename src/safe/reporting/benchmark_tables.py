@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from safe.reporting.report import fmt, fmt_ci
+from safe.reporting.format import fmt, fmt_ci
 
 __all__ = ["BENCH_SECTIONS", "RETENTION_NOTE", "Table", "captions_table", "gains_table", "render", "retention_table"]
 

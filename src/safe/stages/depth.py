@@ -59,8 +59,8 @@ def demo_depth(cfg, echo=print) -> DepthResult:
     import shutil
     from pathlib import Path
 
-    from safe.bench.depth_model import run_depth_track
     from safe.bench.build import SHIPPED_DIR
+    from safe.bench.depth_model import run_depth_track
     from safe.stages.common import base_path, config_path
     from safe.training.config import load_stage_a_config
 

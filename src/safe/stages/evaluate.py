@@ -1,4 +1,4 @@
-"""``safe eval`` (the evaluation protocol, proposal section 9, into metrics.json and report.html) and
+"""``safe eval`` (the evaluation protocol, into metrics.json and report.html) and
 ``safe report`` (report.html, plots and the generated docs tables from a run's metrics.json)."""
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class EvalResult(StageResult):
         lines.append(f"  FLOPs per query (audio encoder included; first {e['flops_rows']} rows, "
                      f"{e['flops_rows_using_audio']} using audio with the policy): base {fl['base']:.3g}, "
                      f"always-audio {fl['always_audio']:.3g}, policy {fl['policy']:.3g}")
-        lines.append("\nStage gates (proposal section 14), measured:")
+        lines.append("\nStage gates (the proposal's targets, docs/design.md), measured:")
         lines += [f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<60} target {g['target']:<34} measured "
                   f"{g['measured']}" for g in ev["stage_gates"]]
         return "\n".join(lines)

@@ -120,8 +120,8 @@ def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
 
     from safe.bench import presets
     from safe.evaluation.safety import Check, verify_model
-    from safe.models.certificate import fingerprints
     from safe.inference.pipeline import find_checkpoint, pipeline
+    from safe.models.certificate import fingerprints
 
     t0 = time.perf_counter()
     ckpt = find_checkpoint(cfg.run_dir)
