@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from safe.bench.build import SHIPPED_DIR
-from safe.bench.depth import depth_pixels
-from safe.bench.depth_model import load_depth_encoder, load_depth_processor
+from safe.bench.depth import depth_pixels, load_depth_processor
+from safe.bench.depth_model import load_depth_encoder
 from safe.processing.features import BuiltinFrontEnd
 from safe.processing.processor import SAFEProcessor
 from safe.processing.prompts import load_vl_model

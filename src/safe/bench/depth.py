@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,8 @@ DEPTH_TEMPLATES = {"nearest_shape": "which shape is nearest?",
 NEAR, FAR, BACKGROUND_DEPTH, MIN_GAP = 1.0, 4.0, 6.0, 0.6
 """Objects stand between NEAR and FAR metres, at least MIN_GAP apart; the background is at BACKGROUND_DEPTH."""
 TASK = "synth-depth"
+SHIPPED_DEPTH_ENCODER = Path(__file__).resolve().parent / "pretrained" / "depth_encoder"
+"""The shipped depth encoder (a transformers ViTModel) and its image processor."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,13 @@ def make_depth_example(scene: SynthConfig, splits: DepthSplits, split: str, inde
                  image=None, audio=None, needs_audio=family in DEPTH_FAMILIES,
                  meta={"split": split, "index": index, "objects": objects, "modality": "depth"})
     return ex, render_scene(objects, scene.image_size, scene.grid), render_depth(objects, scene.image_size, scene.grid)
+
+
+def load_depth_processor(path: str | Path | None = None):
+    """The depth encoder's image processor as a modality front end (depth maps in metres -> pixel_values)."""
+    from safe.processing.modalities import ImageModalityFrontEnd
+
+    return ImageModalityFrontEnd.from_pretrained(path or SHIPPED_DEPTH_ENCODER)
 
 
 def depth_split(scene: SynthConfig, splits: DepthSplits, split: str):

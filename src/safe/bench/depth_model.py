@@ -20,17 +20,17 @@ from safe.bench.depth import (
     BACKGROUND_DEPTH,
     DEPTH_FAMILIES,
     NEAR,
+    SHIPPED_DEPTH_ENCODER,
     DepthSplits,
     depth_pixels,
     depth_processor,
     depth_split,
     distinct_depths,
+    load_depth_processor,
     render_depth,
 )
 from safe.bench.questions import SynthConfig
 from safe.bench.scenes import SHAPES, random_scene
-
-SHIPPED_DEPTH_ENCODER = Path(__file__).resolve().parent / "pretrained" / "depth_encoder"
 
 
 @dataclass
@@ -121,13 +121,6 @@ def train_depth_encoder(out_dir: str | Path, cfg: DepthEncoderConfig | None = No
                "config": asdict(cfg), "scene": scene.to_dict()}
     (out_dir / "manifest.json").write_text(json.dumps(figures, indent=2))
     return figures
-
-
-def load_depth_processor(path: str | Path | None = None):
-    """The depth encoder's image processor as a modality front end (depth maps in metres -> pixel_values)."""
-    from safe.processing.modalities import ImageModalityFrontEnd
-
-    return ImageModalityFrontEnd.from_pretrained(path or SHIPPED_DEPTH_ENCODER)
 
 
 def load_depth_encoder(path: str | Path | None = None) -> nn.Module:

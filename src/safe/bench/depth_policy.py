@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from safe.bench.depth import BACKGROUND_DEPTH, NEAR, DepthSplits, depth_split
+from safe.bench.depth import BACKGROUND_DEPTH, NEAR, DepthSplits, depth_split, load_depth_processor
 from safe.bench.questions import SynthConfig
 from safe.processing.features import PREVIEW_DIM
 
@@ -51,7 +51,6 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
     """Stage B for depth on the trained depth model: outcome tables of the first ``train_rows`` of
     ``train_set`` and of ``test_set`` (prepared by :func:`~safe.bench.depth_model.prepare_depth` from the same
     ``splits``), measured costs, PPO at ``alpha``, and the policy's test figures beside never / always / oracle."""
-    from safe.bench.depth_model import load_depth_processor
     from safe.policy import baselines as B
     from safe.policy.outcomes import build_table, collect_outcomes
     from safe.policy.ppo import evaluate_policy, train_ppo
