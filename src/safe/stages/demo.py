@@ -13,6 +13,9 @@ from safe.runs import RunDir, StageResult
 from safe.stages.ablate import AblateConfig, ablate
 from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
 from safe.stages.common import RunOptions, StageLog, base_path, cache_dir
+from safe.stages.depth import RECIPE as DEPTH_RECIPE
+from safe.stages.depth import RUN_DIR as DEPTH_RUN_DIR
+from safe.stages.depth import demo_depth
 from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
 from safe.stages.options import make_config
 from safe.stages.policy import PolicyTrainConfig, train_policy
@@ -42,10 +45,11 @@ class DemoConfig(RunOptions):
     runs) or cascade (the proposal's state with the base's confidence; the base answers first)."""
     ablations: bool = False
     """Also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 5 more minutes)."""
-    track: Literal["synthetic", "speech"] = "synthetic"
-    """Benchmark track: synthetic (shapes, tones) or speech (spoken questions in eSpeak NG voices, the real
+    track: Literal["synthetic", "speech", "depth"] = "synthetic"
+    """Benchmark track: synthetic (shapes, tones), speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
-    stage_a_speech.yaml)."""
+    stage_a_speech.yaml) or depth (the scenes' depth maps through the shipped depth encoder, questions
+    only depth answers; default run directory runs/demo-depth, recipe stage_a_depth.yaml)."""
 
 
 @dataclass
@@ -68,11 +72,13 @@ class DemoResult(StageResult):
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
     own check failed (verification, frozen weights)."""
-    if cfg.track == "speech":
+    if cfg.track in ("speech", "depth"):
+        run_dir, recipe, run_track = {"speech": (SPEECH_RUN_DIR, SPEECH_RECIPE, demo_speech),
+                                      "depth": (DEPTH_RUN_DIR, DEPTH_RECIPE, demo_depth)}[cfg.track]
         defaults = DemoConfig()
-        return demo_speech(dataclasses.replace(
-            cfg, run_dir=SPEECH_RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
-            recipe=cfg.recipe or SPEECH_RECIPE), echo)
+        return run_track(dataclasses.replace(
+            cfg, run_dir=run_dir if cfg.run_dir == defaults.run_dir else cfg.run_dir,
+            recipe=cfg.recipe or recipe), echo)
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
