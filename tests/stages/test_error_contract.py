@@ -92,15 +92,28 @@ def test_a_spec_nested_5000_deep(tmp_path, capsys):
 
 
 def test_a_small_yaml_of_nested_aliases_does_not_hang_data_check(tmp_path, capsys):
-    """600 bytes whose expansion is 9**9 strings: formatting it in an error message never ended."""
-    lines = ["- &a [x, x, x, x, x, x, x, x, x]"]
+    """400 bytes of a valid-looking spec (a mapping) whose aliases expand to 10**9 strings: any walk over
+    the value (the spec reader's, an error message's) never ended. Refused by its expanded size."""
+    lines = ["reader: [&a [x, x, x, x, x, x, x, x, x, x]"]
     for prev, name in zip("abcdefgh", "bcdefghi"):
-        lines.append(f"- &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+        lines.append(f"  , &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
     spec = tmp_path / "lol.yaml"
-    spec.write_text("\n".join(lines) + "\n")  # not a mapping: the error message showed the whole value
+    spec.write_text("\n".join(lines) + "]\n")
     t0 = time.perf_counter()
-    _one_line_exit_2(["data", "check", str(spec)], capsys, "lol.yaml")
+    _one_line_exit_2(["data", "check", str(spec)], capsys, "lol.yaml", "aliases", "expanded")
     assert time.perf_counter() - t0 < 10
+
+
+def test_nested_aliases_are_bounded_by_their_expanded_size():
+    import yaml
+
+    from safe.data.yaml_bounded import MAX_NODES, load_yaml
+
+    few = "a: &a [" + ", ".join(["x"] * 1000) + "]\nb: [" + ", ".join(["*a"] * 50) + "]\n"
+    assert len(load_yaml(few)["b"]) == 50  # 51k values expanded: under the bound
+    many = "a: &a [" + ", ".join(["x"] * 1000) + "]\nb: [" + ", ".join(["*a"] * 99) + "]\n"
+    with pytest.raises(yaml.YAMLError, match=str(MAX_NODES)):
+        load_yaml(many)
 
 
 def test_a_truncated_resume_state_names_the_file(tmp_path):

@@ -2,9 +2,11 @@
 
 A few hundred bytes of YAML can define nested aliases (``b: [*a, *a, ...]``, ``c: [*b, *b, ...]``)
 whose expansion is exponential: the loaded object shares its parts, but anything that walks it in full
-(a ``repr`` in an error message, a JSON dump) never ends. :func:`load_yaml` refuses a document with
-more than :data:`MAX_ALIASES` alias uses or nested deeper than :data:`MAX_DEPTH`; :func:`show` formats
-a value for a message in at most a few hundred characters whatever its shape.
+(a ``repr`` in an error message, a JSON dump, a loop over a list) never ends. :func:`load_yaml` refuses
+a document with more than :data:`MAX_ALIASES` alias uses, more than :data:`MAX_NODES` values once its
+aliases are expanded (an alias counts as the whole value it names, so ten aliases of ten aliases of ...
+are judged by what they expand to), or nested deeper than :data:`MAX_DEPTH`; :func:`show` formats a
+value for a message in at most a few hundred characters whatever its shape.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ MAX_ALIASES = 100
 """Alias uses (``*name``) accepted in one document; a data spec or config needs a handful at most."""
 MAX_DEPTH = 100
 """Deepest nesting of lists and mappings accepted."""
+MAX_NODES = 100_000
+"""Most values (scalars, lists and mappings, each alias counted as the value it names, expanded) in one
+document: a data spec or a config holds a few hundred."""
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 3, 80, 80, 6, 6
@@ -32,6 +37,7 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, its aliases expanded
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -42,9 +48,23 @@ class _BoundedLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep")
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if id(node) not in self._sizes:  # a new value (an alias returns its target, already counted)
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = []
+            # A child still being composed (an alias to its own ancestor) is not in _sizes yet: 1.
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            if size > MAX_NODES:
+                raise yaml.YAMLError(f"more than {MAX_NODES} values once its aliases (*name) are expanded; "
+                                     "a data file holds a few hundred")
+            self._sizes[id(node)] = size
+        return node
 
 
 def load_yaml(text: str) -> Any:
@@ -52,4 +72,4 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-__all__ = ["MAX_ALIASES", "MAX_DEPTH", "load_yaml", "show"]
+__all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_NODES", "load_yaml", "show"]
