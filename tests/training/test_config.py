@@ -37,6 +37,17 @@ def test_yaml_recipes_load_and_overrides_apply(tmp_path):
         load_stage_a_config(tmp_path / "missing.yaml")
 
 
+def test_a_mistyped_config_path_is_an_error_not_the_shipped_recipe(tmp_path, monkeypatch):
+    """Only a bare file name or configs/NAME falls back to the shipped recipe of that name; a path into
+    another folder that is not there is refused, so a typo never trains with the wrong recipe."""
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the shipped recipes answer by name
+    assert load_stage_a_config("stage_a_builtin.yaml").audio_share == 0.65
+    assert load_stage_a_config("configs/stage_a_builtin.yaml").audio_share == 0.65
+    for typo in ("my_configs/stage_a_builtin.yaml", str(tmp_path / "runs" / "stage_a_builtin.yaml")):
+        with pytest.raises(ConfigError, match=f"config file not found: {typo}$"):
+            load_stage_a_config(typo)
+
+
 def test_round_trip_through_dict():
     cfg = StageAConfig(steps=10, warmup_steps=2)
     assert StageAConfig(**{**cfg.to_dict()}).to_dict() == cfg.to_dict()

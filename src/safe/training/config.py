@@ -184,16 +184,22 @@ def shipped_recipes() -> list[str]:
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML recipe: ``path`` as given, else the shipped recipe of that file name (so
-    ``configs/stage_a.yaml`` of the source tree resolves anywhere). :class:`ConfigError` names the file."""
+    """The top-level mapping of a YAML recipe: ``path`` as given, else, for a bare file name or
+    ``configs/NAME`` (the source tree's folder, so ``configs/stage_a.yaml`` resolves anywhere), the shipped
+    recipe of that name. Any other missing path is an error, never a shipped recipe standing in for a
+    mistyped one. :class:`ConfigError` names the file."""
     from importlib.resources import files
 
     import yaml
 
-    if Path(path).is_file():
-        text = Path(path).read_text()
+    p = Path(path)
+    if p.is_file():
+        text = p.read_text()
     else:
-        shipped = files(__package__) / RECIPES / Path(path).name
+        shipped = files(__package__) / RECIPES / p.name
+        by_name = len(p.parts) == 1 or (len(p.parts) == 2 and p.parts[0] == "configs")
+        if not by_name:
+            raise ConfigError(f"config file not found: {path}")
         if not shipped.is_file():
             raise ConfigError(f"config file not found: {path} (and no shipped recipe of that name; shipped: "
                               f"{', '.join(shipped_recipes())})")
