@@ -143,3 +143,57 @@ def test_one_hour_clip_follows_the_length_rule(tmp_path, caplog):
     assert len(load_audio(np.zeros(5 * SR, np.float32), SR)) == 5 * SR  # no max_seconds: the whole clip
     with pytest.raises(ValueError, match="long_audio"):
         load_audio(np.zeros(10), SR, long_audio="pool")
+
+
+def test_a_high_sample_rate_file_is_refused_from_its_header(tmp_path):
+    """The length limit counts seconds: a file declaring FLAC's highest rate (655,350 Hz) x 8 channels
+    would decode 40 times the samples of 16 kHz audio per second kept (a 170 KB file, 630 MB decoded)."""
+    from safe.processing.audio import MAX_SAMPLE_RATE
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((2000, 8), np.float32), 655350, format="FLAC")
+    _raises(lambda: load_audio(buf.getvalue(), None, SR, max_seconds=30, long_audio="error", name="bomb.flac"),
+            "bomb.flac", "655350 Hz", str(MAX_SAMPLE_RATE))
+    ok = tmp_path / "hi.wav"  # 192 kHz, the highest rate accepted, still decodes
+    sf.write(ok, _tone(rate=192000, seconds=0.1), 192000)
+    assert load_audio(ok, None, SR).shape == (1600,)
+
+
+def test_frames_times_channels_are_capped_from_the_header(tmp_path, monkeypatch):
+    import safe.processing.audio as audio
+
+    f = tmp_path / "four.wav"
+    sf.write(f, np.zeros((SR, 4), np.float32), SR, subtype="FLOAT")
+    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 4 * SR - 1)
+    _raises(lambda: load_audio(f, None, SR), "four.wav", "16000 frames x 4 channels")
+    assert load_audio(f, None, SR, max_seconds=0.5).shape == (SR // 2,)  # the frames kept count, not the file's
+
+
+def test_a_multichannel_file_is_downmixed_block_by_block(tmp_path):
+    """Decoding holds the mono clip, never all 8 channels at once (the checks on it and their copies stay
+    under half of what the 8 channels take), and the checks
+    made before the downmix still see every channel."""
+    import tracemalloc
+
+    rate, frames = 48000, 48000 * 20
+    x = np.zeros((frames, 8), np.float32)
+    x[:, 3] = 0.8
+    f = tmp_path / "eight.wav"
+    sf.write(f, x, rate, subtype="FLOAT")
+    del x
+    tracemalloc.start()
+    try:
+        y = load_audio(f, None, rate)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(y, 0.1, atol=1e-6)
+    assert peak < frames * 8 * 4 / 2, peak  # the full (frames, 8) float32 array alone is 30.7 MB
+    bad = np.zeros((1000, 2), np.float32)
+    bad[10, 1], bad[20, 0], bad[30, 0], bad[30, 1] = np.inf, np.nan, 1e30, -1e30
+    g = tmp_path / "bad.wav"
+    sf.write(g, bad, SR, subtype="FLOAT")
+    _raises(lambda: load_audio(g, None, SR), "bad.wav", "2 of 2000 samples are NaN or infinite")
+    bad[10, 1] = bad[20, 0] = 0
+    sf.write(g, bad, SR, subtype="FLOAT")
+    _raises(lambda: load_audio(g, None, SR), "bad.wav", "peak at 1e+30")  # their mean, 0, would hide them

@@ -14,7 +14,10 @@ quality "HQ"), never linear interpolation. The rules, in order:
 * **validity**: no samples, any NaN / infinite sample, or a peak above ``max_peak`` (default
   :data:`MAX_PEAK`: float samples of 1e30 are finite but overflow every feature computed from them) is
   an :class:`AudioInputError`; silence is a valid clip. A file with more than ``max_channels``
-  channels (default :data:`MAX_CHANNELS`) is refused from its header, before a sample is decoded;
+  channels (default :data:`MAX_CHANNELS`), a rate above :data:`MAX_SAMPLE_RATE`, or more than
+  :data:`MAX_DECODED_SAMPLES` samples to decode (frames kept x channels) is refused from its header,
+  before a sample is decoded. A file is decoded in blocks, each block checked and downmixed as it is
+  read, so decoding holds the mono clip, never all its channels at once;
 * **length**: with ``max_seconds`` set (the processor sets it to the encoder's window, e.g. 1 s for
   the built-in encoder, 30 s for Whisper), a longer clip is cut to its first ``max_seconds`` with a
   logged warning naming the input (``long_audio="truncate"``, the default; a file is then read only
@@ -43,6 +46,14 @@ MAX_PEAK = 1000.0
 up to 32768 is refused too, as it is not audio in [-1, 1] at any sane gain); beyond this, squares and
 spectra overflow float32 and the features turn infinite."""
 LONG_AUDIO_RULES = ("truncate", "error")
+MAX_SAMPLE_RATE = 192_000
+"""Highest sampling rate (Hz) of an audio file accepted, judged from its header. The length limit counts
+seconds, so without it a small file declaring FLAC's 655,350 Hz would decode 40 times the samples of
+the same seconds at 16 kHz; 192 kHz is the highest rate studio audio uses."""
+MAX_DECODED_SAMPLES = 2**26
+"""Most samples (frames kept x channels, about 67 million) decoded from one file: 30 s of 8-channel
+192 kHz audio fits; more is refused from the header."""
+_BLOCK_FRAMES = 65536  # frames decoded at a time (8 channels: 2 MiB of float32)
 
 
 class AudioInputError(ValueError):
@@ -118,8 +129,10 @@ def _wav_cut_short(head: bytes, total: int) -> str | None:
 
 
 def _decode(source: Any, name: str, max_seconds: float | None, long_audio: str,
-            max_channels: int = MAX_CHANNELS) -> tuple[np.ndarray, int]:
-    """(samples (frames, channels) float32, rate) of a file path, bytes or file-like via libsndfile."""
+            max_channels: int = MAX_CHANNELS, max_peak: float = MAX_PEAK) -> tuple[np.ndarray, int]:
+    """(mono samples (frames, 1) float32, rate) of a file path, bytes or file-like via libsndfile. The
+    header's channels, rate and size are judged before decoding; the samples are decoded in blocks, each
+    checked (NaN / infinite, ``max_peak``, before the downmix that could overflow) and downmixed."""
     import soundfile as sf
 
     if isinstance(source, (str, os.PathLike)):
@@ -139,21 +152,45 @@ def _decode(source: Any, name: str, max_seconds: float | None, long_audio: str,
         raise AudioInputError(f"cannot read audio {name}: {cut}")
     try:
         with sf.SoundFile(source) as f:
-            rate, frames = int(f.samplerate), int(f.frames)
+            rate, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
             if frames <= 0:
                 raise AudioInputError(f"{name}: the audio has no samples (a header only?)")
-            if f.channels > max_channels:  # judged on the header: every channel would be decoded
-                raise AudioInputError(f"{name}: the file has {f.channels} channels; at most {max_channels} are "
+            if channels > max_channels:  # judged on the header: every channel would be decoded
+                raise AudioInputError(f"{name}: the file has {channels} channels; at most {max_channels} are "
                                       "accepted")
+            if rate > MAX_SAMPLE_RATE:
+                raise AudioInputError(f"{name}: the file's sampling rate is {rate} Hz; at most {MAX_SAMPLE_RATE} Hz "
+                                      "is accepted")
             keep = _limit(frames, rate, name, max_seconds, long_audio)
-            data = f.read(frames=keep, dtype="float32", always_2d=True)
+            if keep * channels > MAX_DECODED_SAMPLES:
+                raise AudioInputError(f"{name}: {keep} frames x {channels} channels is more than the "
+                                      f"{MAX_DECODED_SAMPLES} samples decoded from one file; cut it shorter")
+            out, at, bad, peak = np.empty(keep, dtype=np.float32), 0, 0, 0.0
+            for block in f.blocks(blocksize=_BLOCK_FRAMES, frames=keep, dtype="float32", always_2d=True):
+                n = block.shape[0]
+                finite = np.isfinite(block)
+                if not finite.all():
+                    bad += int(block.size - finite.sum())
+                elif n:
+                    peak = max(peak, float(np.abs(block).max()))
+                if bad or peak > max_peak:  # nothing more to compute: the clip is refused below
+                    out[at:at + n] = 0.0
+                else:
+                    out[at:at + n] = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+                at += n
     except AudioInputError:
         raise
     except (sf.SoundFileError, RuntimeError, EOFError, OSError, ValueError, TypeError) as err:
         raise AudioInputError(f"cannot read audio {name}: {err}") from err
-    if data.shape[0] == 0:  # a header announcing samples that are not there (a file cut short)
+    if at == 0:  # a header announcing samples that are not there (a file cut short)
         raise AudioInputError(f"{name}: the audio has no samples (the file is cut short?)")
-    return data, rate
+    if bad:
+        what = "all samples are" if bad == at * channels else f"{bad} of {at * channels} samples are"
+        raise AudioInputError(f"{name}: {what} NaN or infinite")
+    if peak > max_peak:
+        raise AudioInputError(f"{name}: samples peak at {peak:.3g}; at most {max_peak:g} is accepted (float audio "
+                              "belongs in [-1, 1])")
+    return out[:at, None], rate
 
 
 def _as_samples(array: Any, name: str) -> np.ndarray:
@@ -213,7 +250,7 @@ def load_audio(source: Any, sampling_rate: int | None = None, target_rate: int =
     is_file = isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(source, "read")
     if is_file:
         name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "audio bytes")
-        data, rate = _decode(source, name, max_seconds, long_audio, max_channels)
+        data, rate = _decode(source, name, max_seconds, long_audio, max_channels, max_peak)
         if sampling_rate is not None and _check_rate(sampling_rate, name) != rate:
             raise AudioInputError(f"{name}: sampling_rate={sampling_rate} was given but the file says {rate} Hz")
     else:
@@ -256,5 +293,5 @@ def read_wav(path: str | Path, target_rate: int | None = None) -> tuple[np.ndarr
     return load_audio(data, rate, out_rate, name=str(path)), out_rate
 
 
-__all__ = ["AudioInputError", "AudioReadError", "LONG_AUDIO_RULES", "MAX_CHANNELS", "MAX_PEAK", "load_audio", "read_wav",
-           "resample", "write_wav"]
+__all__ = ["AudioInputError", "AudioReadError", "LONG_AUDIO_RULES", "MAX_CHANNELS", "MAX_DECODED_SAMPLES", "MAX_PEAK",
+           "MAX_SAMPLE_RATE", "load_audio", "read_wav", "resample", "write_wav"]
