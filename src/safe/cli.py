@@ -112,9 +112,15 @@ def resolve(argv: list[str]) -> tuple[str, Command, list[str]] | None:
 
 
 #: Exceptions a user's input causes (options, files, data): one line and exit 2. Anything else is a bug:
-#: one line and exit 1. Either way the traceback is printed only with --debug.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, UnicodeError,
-                                                pickle.UnpicklingError)
+#: one line, exit 1 and a hint to rerun with --debug. Either way the traceback is printed only with --debug.
+#: ValueError stays a user error: the named input errors (StageError, ConfigError, SpecError, AudioInputError,
+#: ImageInputError, CertificateError, ...) are its subclasses, and the library still raises a plain ValueError
+#: for many bad inputs (a run's checkpoint files, --input rows). A plain ValueError may also be a bug, so
+#: its line carries the --debug hint (:data:`PLAIN`). RecursionError is not here: an input nested too deep
+#: is caught where it is read (data specs, JSON files) and named there; one that escapes is a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, UnicodeError, pickle.UnpicklingError)
+PLAIN: tuple[type[BaseException], ...] = (ValueError,)
+"""User errors whose exact type (not a subclass) names no input problem: exit 2 with the --debug hint."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -180,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         user = isinstance(err, _user_errors())
-        hint = "" if user else " (an internal error; rerun with --debug for the traceback)"
+        if not user:
+            hint = " (an internal error; rerun with --debug for the traceback)"
+        else:
+            hint = " (rerun with --debug for the traceback)" if type(err) in PLAIN else ""
         print(f"safe {name}: error: {_one_line(err)}{hint}", file=sys.stderr)
         return 2 if user else 1
     summary, ok = PRINTERS.get(name, (None, None))

@@ -152,3 +152,34 @@ def test_predict_names_the_failing_row_by_file_and_line(run_copy, capsys, tmp_pa
     f.write_text(json.dumps({"question": "what?", "image": str(ex.image)}) + "\n\n"
                  + json.dumps({"question": "what?", "image": str(ex.image), "use_audio": True}) + "\n")
     _one_line_exit_2(["predict", "--run-dir", str(run), "--input", str(f)], capsys, "rows.jsonl:3", "no audio")
+
+
+def test_a_config_value_of_the_wrong_type_names_the_file_key_and_types(tmp_path, capsys):
+    cfg = tmp_path / "bad_type.yaml"
+    cfg.write_text("fusion_layers: 5\n")  # a list of layers expected; used, it ended as an internal error
+    err = _one_line_exit_2(["verify", "--config", str(cfg)], capsys, "bad_type.yaml", "fusion_layers",
+                           "expected a list of integers", "got int 5")
+    assert "--debug" not in err  # a named input error: nothing to debug
+    cfg.write_text("batch: abc\nrun_dir: 3\n")
+    _one_line_exit_2(["verify", "--config", str(cfg)], capsys, "bad_type.yaml", "batch: expected an integer",
+                     "got str 'abc'")
+
+
+@pytest.mark.parametrize("error,code,hint", [
+    (RecursionError("maximum recursion depth exceeded"), 1, "an internal error; rerun with --debug"),
+    (KeyError("x"), 1, "an internal error; rerun with --debug"),
+    (ValueError("operands could not be broadcast"), 2, "rerun with --debug"),
+])
+def test_an_internal_error_exits_1_with_the_debug_hint(monkeypatch, capsys, error, code, hint):
+    """A bug is not blamed on the input: exit 1 and the way to its traceback. A plain ValueError may be
+    either (the library raises it for bad inputs too): exit 2, with the hint."""
+    import safe.stages.options as options
+
+    def broken(cls, values):
+        raise error
+
+    monkeypatch.setattr(options, "config_from_args", broken)
+    rc = main(["verify"])
+    err = capsys.readouterr().err
+    assert rc == code and hint in err and len(err.strip().splitlines()) == 1, (rc, err)
+

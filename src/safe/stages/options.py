@@ -230,22 +230,95 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _float_text(value: Any) -> bool:
+    """A string YAML 1.1 reads as text though it is a number (``1e-4``: PyYAML wants a dot)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` (read from YAML, or parsed from a flag) is of the field type ``tp``. Types the
+    flags cannot express are not judged (the dataclass's own checks apply)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _float_text(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return all(_fits(v, args[0]) for v in value)
+    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
+        return isinstance(value, dict) or (dataclasses.is_dataclass(tp) and isinstance(value, tp))
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple) and args:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
 def _construct(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """``cls(**data)``, nested mappings built into their dataclasses. An unknown key or a value not of its
+    field's type is a :class:`~safe.training.config.ConfigError` naming ``where`` (the file), the key,
+    the type expected and the type given, before any code sees the value."""
+    from safe.data.yaml_bounded import show
+    from safe.training.config import ConfigError
+
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {', '.join(prefix + u for u in unknown)} "
-                         f"(known under {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))})")
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(prefix + u for u in unknown)} "
+                          f"(known under {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         f = known[name]
+        if not _fits(value, hints[name]):
+            raise ConfigError(f"{where}: {prefix}{name}: expected {_describe(hints[name])}, got "
+                              f"{type(value).__name__} {show(value)}")
         tp, _ = _unwrap_optional(hints[name])
         schema = f.metadata.get("fields")
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = _construct(tp, value, where, prefix + name + ".")
         elif schema is not None and isinstance(value, dict):
             _construct(schema, value, where, prefix + name + ".")  # unknown keys named here; the owner validates
+        elif tp is float and isinstance(value, str):
+            value = float(value)  # "1e-4": a number YAML 1.1 reads as text
         kwargs[name] = value
     return cls(**kwargs)
 
