@@ -6,11 +6,11 @@ import threading
 import pytest
 import torch
 
-from safe.serve.batcher import DynamicBatcher
+from safe.serve.batcher import BatcherFull, DynamicBatcher
 from safe.serve.clip_cache import ClipCache
 
 
-def _serve(payloads_keys, max_batch, max_wait_ms, fail_on=None):
+def _serve(payloads_keys, max_batch, max_wait_ms, fail_on=None, max_queued=None):
     seen = []
 
     def run(payloads):
@@ -21,7 +21,7 @@ def _serve(payloads_keys, max_batch, max_wait_ms, fail_on=None):
         return [p.upper() for p in payloads]
 
     async def main():
-        b = DynamicBatcher(run, max_batch, max_wait_ms)
+        b = DynamicBatcher(run, max_batch, max_wait_ms, max_queued=max_queued)
         await b.start()
         try:
             return await asyncio.gather(*(b.submit(p, k) for p, k in payloads_keys), return_exceptions=True)
@@ -50,6 +50,14 @@ def test_a_failing_request_does_not_fail_its_batch_mates():
     out, seen = _serve([("a", 0), ("bad", 0), ("c", 0)], max_batch=8, max_wait_ms=200, fail_on="bad")
     assert out[0][0] == "A" and out[2][0] == "C" and out[0][1].size == 1
     assert isinstance(out[1], RuntimeError) and seen[0] == ["a", "bad", "c"]
+
+
+def test_max_queued_refuses_at_once_rather_than_queueing():
+    out, seen = _serve([(str(i), 0) for i in range(5)], max_batch=8, max_wait_ms=50, max_queued=2)
+    assert [r for r, _ in out[:2]] == ["0", "1"] and seen == [["0", "1"]]
+    assert all(isinstance(r, BatcherFull) for r in out[2:]), out
+    out, _ = _serve([(str(i), 0) for i in range(5)], max_batch=8, max_wait_ms=50)  # unbounded by default
+    assert [r for r, _ in out] == ["0", "1", "2", "3", "4"]
 
 
 def test_bad_settings_are_refused():

@@ -239,8 +239,9 @@ def test_clip_cache_is_bounded_in_bytes():
 # ------------------------------------------------------------------------------------------------------
 # The connection: timeouts, disconnects, oversized bodies sent in full
 
-async def _asgi(app, chunks, then="hang"):
-    """POST ``chunks`` straight to the ASGI app; after them the client hangs, or disconnects."""
+async def _asgi(app, chunks, then="hang", headers=False):
+    """POST ``chunks`` straight to the ASGI app; after them the client hangs, or disconnects. ``headers``:
+    also return the response's headers (a dict)."""
     sent, queue = [], list(chunks)
 
     async def receive():
@@ -265,7 +266,10 @@ async def _asgi(app, chunks, then="hang"):
                                               (b"content-length", str(size).encode())], "app": app}
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    if headers:
+        return start["status"], body, {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], body
 
 
 def test_a_body_that_never_arrives_times_out_with_408(client):
@@ -339,3 +343,32 @@ def test_an_oversized_body_sent_in_full_gets_its_413(policy_run):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_requests_past_max_queue_get_429_with_retry_after(policy_run, monkeypatch):
+    """Each waiting request holds its decoded media: at most --max-queue are admitted (read, decoded,
+    queued or running); the next is refused at once, OpenAI style, with Retry-After, and served later."""
+    run, rows = policy_run
+    cfg = ServeConfig(run_dir=str(run), max_batch=1, max_wait_ms=0, max_queue=2)
+    with TestClient(create_app(cfg)) as c:
+        batcher, gate = c.app.state.batcher, threading.Event()
+        real = batcher.run
+        monkeypatch.setattr(batcher, "run", lambda batch: gate.wait(10) and real(batch))
+        bodies = [json.dumps(request(rows[3 + i], audio=False, max_tokens=2)).encode() for i in range(3)]
+
+        async def three():
+            a = asyncio.create_task(_asgi(c.app, [bodies[0]]))
+            b = asyncio.create_task(_asgi(c.app, [bodies[1]]))
+            await asyncio.sleep(0.5)  # the first runs (blocked), the second waits for a batch
+            refused = await _asgi(c.app, [bodies[2]], headers=True)
+            gate.set()
+            return await a, await b, refused
+
+        (sa, _), (sb, _), (sc, body, headers) = c.portal.call(three)
+        assert (sa, sb, sc) == (200, 200, 429)
+        err = json.loads(body)["error"]
+        assert err["code"] == "rate_limit_exceeded" and "--max-queue" in err["message"]
+        assert int(headers["retry-after"]) >= 1
+        assert c.post(URL, json=request(rows[5], audio=False, max_tokens=2)).status_code == 200  # served again
+        assert c.app.state.admitted == 0
+        assert 'safe_requests_total{endpoint="chat",status="429"} 1.0' in c.get("/metrics").text

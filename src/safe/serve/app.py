@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from safe.serve.batcher import BatchInfo, DynamicBatcher
+from safe.serve.batcher import BatcherFull, BatchInfo, DynamicBatcher
 from safe.serve.clip_cache import ClipCache
 from safe.serve.engine import Engine, RowResult
 from safe.serve.limits import DRAIN_BYTES, check_json, check_prompt
@@ -34,6 +34,8 @@ from safe.serve.schemas import RequestError, parse_request
 
 log = logging.getLogger("safe.serve")
 DISCONNECT_POLL_S = 0.25
+RETRY_AFTER_S = 1
+"""Seconds a client refused with 429 (the server busy, ``--max-queue``) is told to wait (``Retry-After``)."""
 
 
 def load_engine(cfg) -> Engine:
@@ -168,9 +170,10 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
         eng.cache.max_bytes = int(cfg.cache_mb * 1024 * 1024)
         if eng.metrics is None:
             eng.metrics = Metrics()
-        batcher = DynamicBatcher(eng.run, cfg.max_batch, cfg.max_wait_ms)
+        batcher = DynamicBatcher(eng.run, cfg.max_batch, cfg.max_wait_ms, max_queued=cfg.max_queue)
         await batcher.start()
         app.state.engine, app.state.batcher, app.state.limits = eng, batcher, limits_for(cfg, eng)
+        app.state.admitted = 0  # chat requests between admission and answer (event loop only: no lock)
         app.state.decodes = threading.BoundedSemaphore(cfg.max_decodes)
         try:
             yield
@@ -195,8 +198,25 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
                            code="not_found" if exc.status_code == 404 else "http_error")
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    def busy(eng: Engine) -> JSONResponse:
+        eng.metrics.errors.labels("rate_limit_exceeded").inc()
+        count("chat", 429)
+        err = RequestError(f"the server is busy: {cfg.max_queue} requests are being answered (--max-queue); retry "
+                           f"in {RETRY_AFTER_S} s", status=429, code="rate_limit_exceeded")
+        return JSONResponse(err.body(), status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        state = request.app.state
+        if state.admitted >= cfg.max_queue:  # before the body is read: a refused request costs nothing
+            return busy(state.engine)
+        state.admitted += 1
+        try:
+            return await answer_chat(request)
+        finally:
+            state.admitted -= 1
+
+    async def answer_chat(request: Request):
         t0 = time.perf_counter()
         eng: Engine = request.app.state.engine
         try:
@@ -213,6 +233,8 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
             eng.metrics.errors.labels("client_disconnected").inc()
             count("chat", 499)
             return Response(status_code=499)
+        except BatcherFull:
+            return busy(eng)
         except RequestError as err:
             eng.metrics.errors.labels(err.code).inc()
             count("chat", err.status)

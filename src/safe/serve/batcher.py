@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class BatcherFull(RuntimeError):
+    """:meth:`DynamicBatcher.submit` with ``max_queued`` requests already waiting: refused at once."""
+
+
 @dataclass
 class _Job:
     payload: Any
@@ -38,7 +42,8 @@ class BatchInfo:
 
 class DynamicBatcher:
     """``await submit(payload, key) -> (result, BatchInfo)``; ``run(payloads) -> results`` (same order)
-    is called with up to ``max_batch`` payloads sharing one key.
+    is called with up to ``max_batch`` payloads sharing one key. With ``max_queued``, a request submitted
+    while that many wait in the queue is refused at once (:class:`BatcherFull`), never queued.
 
     Guarantees: every submitted request gets its own result or exception; a batch whose ``run`` raises
     is retried one request at a time, so one bad request cannot fail the others; batches run one at a
@@ -46,12 +51,17 @@ class DynamicBatcher:
     (queued, being collected into a batch, or in the batch running) and returns without waiting for
     that batch to finish."""
 
-    def __init__(self, run: Callable[[list], list], max_batch: int = 8, max_wait_ms: float = 5.0) -> None:
+    def __init__(self, run: Callable[[list], list], max_batch: int = 8, max_wait_ms: float = 5.0,
+                 max_queued: int | None = None) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         if not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
+        if max_queued is not None and (isinstance(max_queued, bool) or not isinstance(max_queued, int)
+                                       or max_queued < 1):
+            raise ValueError(f"max_queued must be an integer >= 1 or None, got {max_queued!r}")
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000.0
+        self.max_queued = max_queued
         self._queue: asyncio.Queue[_Job] | None = None
         self._held: list[_Job] = []
         self._current: list[_Job] = []  # the batch being collected or run: stop() must answer it too
@@ -60,7 +70,7 @@ class DynamicBatcher:
         self._ids = itertools.count()
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=self.max_queued or 0)
         self._task = asyncio.create_task(self._loop(), name="safe-batcher")
 
     async def stop(self) -> None:
@@ -82,7 +92,10 @@ class DynamicBatcher:
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         job = _Job(payload, key, asyncio.get_running_loop().create_future())
-        await self._queue.put(job)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise BatcherFull(f"{self.max_queued} requests are already waiting for a batch") from None
         return await job.future
 
     # ----------------------------------------------------------------------------------------------
@@ -142,4 +155,4 @@ class DynamicBatcher:
             self._current = []
 
 
-__all__ = ["BatchInfo", "DynamicBatcher"]
+__all__ = ["BatchInfo", "BatcherFull", "DynamicBatcher"]

@@ -13,6 +13,10 @@ from safe.models.generation import MAX_NEW_TOKENS
 from safe.runs import StageResult
 from safe.stages.common import DType, StageError
 
+EXTRA_CONNECTIONS = 32
+"""Connections and requests uvicorn takes at once beyond ``--max-queue`` (for /health, /metrics and the
+429s of refused chat requests); past ``--max-queue`` plus these it answers 503."""
+
 
 @dataclass
 class ServeConfig:
@@ -50,6 +54,9 @@ class ServeConfig:
     """Tallest image decoded (pixels; judged from the header, before decoding)."""
     max_decodes: int = 4
     """Images and clips decoded at once; further requests wait for a slot."""
+    max_queue: int = 64
+    """Chat requests admitted at once (body being read, decoded, waiting for a batch or in the running one); past
+    it a request gets 429 with Retry-After, so waiting requests, each holding its decoded media, stay bounded."""
     max_audio_peak: float = 1000.0
     """Largest absolute audio sample accepted (float audio belongs in [-1, 1])."""
     max_audio_channels: int = 8
@@ -82,7 +89,7 @@ class ServeConfig:
         if self.run_dir is None:
             raise StageError("give --run-dir DIR (a trained run or a SAFE checkpoint directory)")
         for name in ("max_batch", "max_tokens", "default_max_tokens", "max_n", "max_messages", "max_parts",
-                     "max_image_width", "max_image_height", "max_decodes", "max_audio_channels"):
+                     "max_image_width", "max_image_height", "max_decodes", "max_audio_channels", "max_queue"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise StageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
@@ -142,5 +149,8 @@ def serve(cfg: ServeConfig) -> ServeResult:
         if bars:
             hf_logging.enable_progress_bar()
     app = create_app(cfg, engine)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    # Connections beyond the admitted chat requests (their 429s, /health, /metrics) are bounded too:
+    # past this uvicorn answers 503 without reading the request.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                limit_concurrency=cfg.max_queue + EXTRA_CONNECTIONS)
     return ServeResult({"batches": engine.batches})
