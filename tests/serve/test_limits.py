@@ -112,6 +112,20 @@ def test_prompt_longer_than_the_base_positions_is_refused(client, policy_run):
     _refused(client, _msg({"type": "text", "text": mid}, max_tokens=64), 400, "prompt_too_long", "positions")
 
 
+def test_a_huge_question_is_refused_by_its_length_before_it_is_tokenized(client, policy_run, monkeypatch):
+    """Tokenizing runs under a lock every request shares: a question far over what the prompt token
+    limit allows (16 characters a token) is refused before the tokenizer sees it."""
+    _, rows = policy_run
+    eng, counted = client.app.state.engine, []
+    real = eng.prompt_tokens
+    monkeypatch.setattr(eng, "prompt_tokens", lambda row: counted.append(len(row.question)) or real(row))
+    _refused(client, _msg({"type": "text", "text": "word " * 40000}), 400, "prompt_too_long", "199999 characters",
+             "at most 2048 characters", "--max-prompt-tokens")
+    assert counted == []
+    assert client.post(URL, json=request(rows[3], audio=False, max_tokens=2)).status_code == 200
+    assert counted == [len(rows[3].question)]  # a question within the bound is tokenized and counted
+
+
 def test_prompt_token_flag(policy_run):
     run, rows = policy_run
     with TestClient(create_app(ServeConfig(run_dir=str(run), max_wait_ms=0, max_prompt_tokens=4))) as c:

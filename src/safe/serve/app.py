@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from safe.serve.batcher import BatcherFull, BatchInfo, DynamicBatcher
 from safe.serve.clip_cache import ClipCache
 from safe.serve.engine import Engine, RowResult
-from safe.serve.limits import DRAIN_BYTES, check_json, check_prompt
+from safe.serve.limits import DRAIN_BYTES, check_json, check_prompt, check_prompt_chars
 from safe.serve.media import Limits, Row, to_row
 from safe.serve.metrics import CONTENT_TYPE, Metrics
 from safe.serve.schemas import RequestError, parse_request
@@ -124,6 +124,7 @@ def _prepare(body: bytes, cfg, eng: Engine, limits: Limits, decodes: threading.S
         raise RequestError(f"model {req.model[:100]!r} is not served here; this server serves {cfg.model_name!r} "
                            "(GET /v1/models)", status=404, param="model", code="model_not_found")
     row = to_row(req, eng.processor.sampling_rate, limits, decodes)
+    check_prompt_chars(row.question, limits)  # before tokenizing: its cost grows with the text, under a shared lock
     eng.check(row)
     check_prompt(eng.prompt_tokens(row), row.max_tokens, limits)
     return row
