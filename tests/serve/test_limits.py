@@ -386,3 +386,26 @@ def test_requests_past_max_queue_get_429_with_retry_after(policy_run, monkeypatc
         assert c.post(URL, json=request(rows[5], audio=False, max_tokens=2)).status_code == 200  # served again
         assert c.app.state.admitted == 0
         assert 'safe_requests_total{endpoint="chat",status="429"} 1.0' in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("error,logged", [(ValueError("shapes do not match"), True), (None, False)])
+def test_a_plain_value_error_of_the_model_is_a_400_and_logged_with_its_traceback(client, policy_run, monkeypatch,
+                                                                                 caplog, error, logged):
+    """A named input error (bad audio) is the request's fault: 400, nothing logged. A plain ValueError
+    may be a bug: still 400 for that request alone, and its traceback is logged."""
+    import logging
+
+    from safe.processing.audio import AudioInputError
+
+    _, rows = policy_run
+    batcher = client.app.state.batcher
+    err = error if error is not None else AudioInputError("audio[0]: features are not finite")
+
+    def fail(batch):
+        raise err
+
+    monkeypatch.setattr(batcher, "run", fail)
+    with caplog.at_level(logging.WARNING, logger="safe.serve"):
+        _refused(client, request(rows[3], audio=False, max_tokens=3), 400, "unprocessable", str(err))
+    records = [r for r in caplog.records if r.name == "safe.serve" and r.exc_info]
+    assert bool(records) == logged, caplog.records

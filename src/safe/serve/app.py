@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from safe.processing.audio import AudioInputError
+from safe.processing.images import ImageInputError
 from safe.serve.batcher import BatcherFull, BatchInfo, DynamicBatcher
 from safe.serve.clip_cache import ClipCache
 from safe.serve.engine import Engine, RowResult
@@ -33,6 +35,8 @@ from safe.serve.metrics import CONTENT_TYPE, Metrics
 from safe.serve.schemas import RequestError, parse_request
 
 log = logging.getLogger("safe.serve")
+INPUT_ERRORS: tuple[type[Exception], ...] = (AudioInputError, ImageInputError)
+"""ValueErrors the model raises that name a problem of the request's media: answered 400, not logged."""
 DISCONNECT_POLL_S = 0.25
 RETRY_AFTER_S = 1
 """Seconds a client refused with 429 (the server busy, ``--max-queue``) is told to wait (``Retry-After``)."""
@@ -247,6 +251,9 @@ def create_app(cfg, engine: Engine | None = None) -> FastAPI:
             return _error(RequestError("internal error (the answer could not be serialised); the server keeps serving",
                                        status=500, code="server_error"))
         except ValueError as err:  # the model's own input checks, on this request alone (the batcher retried it)
+            if not isinstance(err, INPUT_ERRORS):  # a plain ValueError may be a bug: keep its traceback
+                log.warning("a request was refused by the model with a %s (a bug if the request is valid)",
+                            type(err).__name__, exc_info=err)
             eng.metrics.errors.labels("unprocessable").inc()
             count("chat", 400)
             return _error(RequestError(f"the model cannot take this request: {err}"[:1000], code="unprocessable"))
