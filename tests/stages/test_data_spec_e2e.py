@@ -67,7 +67,9 @@ def test_train_policy_eval_end_to_end(setup, capsys):
     assert a["data"]["splits"]["train"]["tasks"] == {"audiocaps": 8, "avqa": 8, "vggsound": 4, "vqav2": 8}
     assert (run / "checkpoints" / "final" / "safe_config.json").is_file()
 
-    assert main(["policy", "train", *_args(setup), "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
+    # 4 steps of Stage A miss the Stage 2 gate: Stage B goes on only when asked to
+    assert main(["policy", "train", *_args(setup)]) == 2 and "Stage 2 gate" in capsys.readouterr().err
+    assert main(["policy", "train", *_args(setup), "--continue-on-gate-failure", "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
                  "--seeds", "1", "--train-rows", "8", "--cost-batch", "8", "--distill-epochs", "2",
                  "--latency-batches", "12"]) == 0, capsys.readouterr().err
     policy = json.loads((run / "metrics.json").read_text())["policy"]

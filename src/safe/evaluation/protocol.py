@@ -17,6 +17,7 @@ import torch
 from safe.data.prepared import prepare, read_waveforms
 from safe.data.source import DataSource
 from safe.evaluation.attribution import lomo_drop, shapley_two_player, summarize_shapley
+from safe.evaluation.gates import STAGE2_MAX_VL_LOSS, STAGE2_MIN_AUDIO_GAIN
 from safe.evaluation.efficiency import count_flops, safe_memory_report
 from safe.evaluation.metrics import cider_d_scores
 from safe.evaluation.per_task import gains_per_task, retention_per_task
@@ -300,8 +301,10 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, sca
         {"gate": "Stage 1: gate closed reproduces the base (answers identical)", "target": "0 answers changed",
          "measured": f"{r['answers_changed']['gate_closed']} of {r['answers_changed']['n']}",
          "passed": r["answers_changed"]["gate_closed"] == 0},
-        {"gate": "Stage 2: VL retention, gate open", "target": "<= 0.5 points lost",
-         "measured": f"{100 * drop_open:.2f} points", "passed": drop_open <= 0.005},
+        {"gate": "Stage 2: VL retention, gate open", "target": f"< {100 * STAGE2_MAX_VL_LOSS:g} points lost",
+         "measured": f"{100 * drop_open:.2f} points", "passed": drop_open < STAGE2_MAX_VL_LOSS},
+        {"gate": "Stage 2: audio gains", "target": f">= {100 * STAGE2_MIN_AUDIO_GAIN:g} points",
+         "measured": f"{100 * gain:.1f} points", "passed": gain >= STAGE2_MIN_AUDIO_GAIN - 1e-12},
         {"gate": "Stage 3: VL retention with the policy", "target": "<= 0.3 points lost",
          "measured": f"{100 * drop_policy:.2f} points", "passed": drop_policy <= 0.003},
         {"gate": "Stage 3: audio gains", "target": ">= 5 points", "measured": f"{100 * gain:.1f} points",
@@ -312,6 +315,8 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, sca
     latency = latency_gate(e, scale_results if scale_results is not None else (policy_metrics or {}).get("scale_results"))
     if latency is not None:
         gates.append(latency)
+    if latency is not None and "source" in latency and e.get("overhead_ms") is not None:
+        gates.append(latency_gate(e, None))  # and this run's own measurement, on this machine
     if stage_a is not None and "frozen_byte_identical" in stage_a:
         gates.append({"gate": "Frozen base and encoder byte-identical after training", "target": "sha256 equal",
                       "measured": "equal" if stage_a["frozen_byte_identical"] else "changed",
@@ -357,6 +362,7 @@ def latency_gate(efficiency: dict, scale_results=None) -> dict | None:
     "built-in model shape" (its overheads say little about a 7B deployment). None when neither exists."""
     if scale_results is not None:
         runs = load_scale_results(scale_results)
+        file = str(scale_results) if isinstance(scale_results, (str, Path)) else "scale results given in memory"
         run = min(runs, key=lambda r: _SHAPE_PREFERENCE.index((r["preset"], r["device"]))
                   if (r["preset"], r["device"]) in _SHAPE_PREFERENCE else len(_SHAPE_PREFERENCE))
         cells = [c for c in run["cells"] if c["batch"] == 1] or [c for c in run["cells"] if c["batch"] == min(
@@ -367,13 +373,26 @@ def latency_gate(efficiency: dict, scale_results=None) -> dict | None:
         shape = (f"{run['preset']} shape (LM {lm / 1e6:,.1f}M parameters, {run['dtype']} on {run['device']}), "
                  f"batch {worst['batch']}, {worst['new_tokens']} new tokens, policy at use rate {worst['use_rate']:.2f}, "
                  f"always-audio {worst['paths']['always']['added_ms']:+.2f} ms; benchmarks/scale.py")
-        return {"gate": "Stage 3: latency overhead per query (batch 1)", "target": f"< {LATENCY_TARGET_MS:g} ms",
-                "measured": f"{added:.2f} ms on the {shape}", "passed": added < LATENCY_TARGET_MS,
-                "shape": run["preset"], "device": run["device"]}
+        source = {"file": file, "machine": _machine(run), "date": run.get("date") or "not recorded in the file"}
+        return {"gate": "Stage 3: latency overhead per query (batch 1), read from a file",
+                "target": f"< {LATENCY_TARGET_MS:g} ms",
+                "measured": f"{added:.2f} ms on the {shape}; read from {source['file']} (measured on "
+                            f"{source['machine']}, {source['date']}), not by this run",
+                "passed": added < LATENCY_TARGET_MS, "shape": run["preset"], "device": run["device"], "source": source}
     if efficiency.get("overhead_ms") is None:
         return None
     added = efficiency["overhead_ms"]
-    return {"gate": "Stage 3: latency overhead per query (batch 1)", "target": f"< {LATENCY_TARGET_MS:g} ms",
-            "measured": f"{added:.2f} ms on the built-in model shape (not a 7B deployment figure; "
-                        f"benchmarks/scale.py measures the proxy / 7B shapes)",
+    return {"gate": "Stage 3: latency overhead per query (batch 1), measured by this run",
+            "target": f"< {LATENCY_TARGET_MS:g} ms",
+            "measured": f"{added:.2f} ms on the built-in model shape, measured by this run on this machine (not a "
+                        f"7B deployment figure; benchmarks/scale.py measures the proxy / 7B shapes)",
             "passed": added < LATENCY_TARGET_MS, "shape": "builtin"}
+
+
+def _machine(run: dict) -> str:
+    """The machine a scale run names (platform, CPU count, GPU), as one phrase."""
+    m = run.get("machine") or {}
+    if not m:
+        return "a machine the file does not name"
+    gpu = m.get("gpu")
+    return f"{m.get('platform', '?')}, {m.get('cpu_count', '?')} CPUs" + (f", {gpu}" if gpu else ", no GPU")

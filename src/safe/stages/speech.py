@@ -105,7 +105,8 @@ def demo_speech(cfg, echo=print):
     from safe.policy.stage import PolicyStageConfig
     from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
     from safe.stages.common import StageLog, base_path, cache_dir
-    from safe.stages.demo import DemoResult
+    from safe.evaluation.gates import GateFailed
+    from safe.stages.demo import DemoResult, stopped
     from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
     from safe.stages.policy import PolicyTrainConfig, train_policy
     from safe.stages.stage_a import TrainConfig, train
@@ -132,11 +133,15 @@ def demo_speech(cfg, echo=print):
          "verify_done_seconds")
     echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
-    step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
-         "stage_a_done_seconds")
-    echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
-    step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state))),
-         "policy_done_seconds")
+    go_on = cfg.continue_on_gate_failure
+    try:  # the Stage 1 and Stage 2 go / no-go gates stop the run (unless --continue-on-gate-failure)
+        step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh,
+                               continue_on_gate_failure=go_on)), "stage_a_done_seconds")
+        echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
+        step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state),
+                                            continue_on_gate_failure=go_on)), "policy_done_seconds")
+    except GateFailed as failure:
+        return stopped(cfg.run_dir, step, failure, echo)
     echo("\n== 7. Evaluation protocol ==")
     step(evaluate(EvalConfig(**paths)), "eval_done_seconds")
     echo("\n== 8. The track's own figures: per voice, window check, encoder cost ==")

@@ -31,6 +31,8 @@ class TrainConfig(DataOptions):
     """Ignore checkpoints in the run directory (default: resume)."""
     tiny: bool = False
     """Tiny benchmark and models (for tests)."""
+    continue_on_gate_failure: bool = False
+    """Train even when the run's recorded Stage 1 verification failed (default: stop, naming the gate)."""
 
 
 @dataclass
@@ -98,6 +100,13 @@ def train(cfg: TrainConfig) -> StageAResult:
                              "(local LLaVA / BLIP-2 and Whisper / CLAP checkpoints)")
         build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
     run = RunDir(cfg.run_dir)
+    from safe.evaluation.gates import stage1_gate
+    from safe.stages.common import check_gate
+    from safe.stages.verify import VerifyResult
+
+    verified = run.read(VerifyResult)
+    if verified is not None:  # the Stage 1 go / no-go gate: no Stage A on a base that failed verification
+        check_gate(run.path, stage1_gate(verified.metrics), cfg.continue_on_gate_failure)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
                           fresh=cfg.fresh, load_options=opts)
     if metrics.get("main_process", True):
