@@ -22,7 +22,7 @@ from safe.cli import main
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 RECIPE = ["--set", "warmup_steps=1", "--set", "batch_size=8", "--set", "retention_examples=8",
-          "--set", "lambda_fisher=0.5", "--set", "fisher_batches=1", "--set", "lr_gates=0.05",
+          "--set", "lambda_fisher=0.5", "--set", "fisher_examples=2", "--set", "lr_gates=0.05",
           "--set", "safe.num_audio_tokens=4"]
 TOLERANCE = 1e-5
 
@@ -30,7 +30,7 @@ TOLERANCE = 1e-5
 def _args(bench, base, run, steps: int, every: int) -> list[str]:
     return ["train", "--tiny", "--data", str(bench), "--base", str(base), "--run-dir", str(run), *RECIPE,
             "--set", f"steps={steps}", "--set", f"checkpoint_every={every}", "--set", f"retention_every={every}",
-            "--set", f"fisher_every={every}"]
+            "--set", f"fisher_every={every}", "--set", f"fisher_warmup={every}"]
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:
