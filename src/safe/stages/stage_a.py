@@ -181,6 +181,9 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "seconds": round(time.perf_counter() - t0, 2),
         "steps": fit["steps"], "lambda_retention_final": fit["lambda_retention"],
         "base_retention_accuracy": fit["base_retention_accuracy"],
+        "retention_buffer": {**(data.retention_source() if hasattr(data, "retention_source") else
+                                {"source": f"the {data.name} source's retention split", "rows": len(retention)}),
+                             "rows_per_measurement": len(trainer.retention)},
         "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
         "history": fit["history"], "config": cfg.to_dict(),
         "parameters": dict(model.parameter_report()),
