@@ -179,7 +179,7 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "train_seconds": fit["seconds"], "prepare_seconds": round(prep_seconds, 2),
         "eval_seconds": round(time.perf_counter() - t1, 2),
         "seconds": round(time.perf_counter() - t0, 2),
-        "steps": fit["steps"], "lambda_retention_final": fit["lambda_retention"],
+        "steps": fit["steps"], "lambda_retention_final": fit["lambda_retention"], "curriculum": fit["curriculum"],
         "base_retention_accuracy": fit["base_retention_accuracy"],
         "retention_buffer": {**(data.retention_source() if hasattr(data, "retention_source") else
                                 {"source": f"the {data.name} source's retention split", "rows": len(retention)}),

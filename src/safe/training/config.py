@@ -16,9 +16,13 @@ class ConfigError(ValueError):
     """A config file or override has an unknown field or a bad value; the message names it."""
 
 
+CURRICULUM_ORDERS = ("base_loss", "family", "none")
+
+
 @dataclass
 class CurriculumConfig:
-    """Gradual audio exposure: the fraction of the audio-dependent pool available, easy -> hard."""
+    """Gradual audio exposure: the fraction of the audio-dependent pool available, easy -> hard (25% -> 100%
+    by default), the order measured before training."""
 
     start: float = 0.25
     """Fraction of the audio pool available at step 0."""
@@ -26,9 +30,12 @@ class CurriculumConfig:
     """Fraction available once the ramp is over."""
     ramp_fraction: float = 0.5
     """Share of the schedule over which exposure rises linearly from start to end."""
-    family_order: list[str] = field(default_factory=lambda: ["sound_kind", "pitch", "beep_count", "sounding_object",
-                                                             "caption"])
-    """Audio families from easiest to hardest; unknown families come last."""
+    order: str = "base_loss"
+    """How the audio rows are ordered easy -> hard: base_loss (measured: each row's answer cross-entropy under
+    the frozen base, per answer token, before training; works on any reader's rows), family (by family_order),
+    or none (data order)."""
+    family_order: list[str] = field(default_factory=list)
+    """With order: family, the families from easiest to hardest; unknown families come last."""
 
 
 @dataclass
@@ -124,6 +131,7 @@ class StageAConfig:
             _check(_num(getattr(c, name)) and 0 < getattr(c, name) <= 1, f"curriculum.{name}", getattr(c, name),
                    "a number in (0, 1]")
         _check(c.start <= c.end, "curriculum.start", c.start, f"<= curriculum.end={c.end}")
+        _check(c.order in CURRICULUM_ORDERS, "curriculum.order", c.order, f"one of {CURRICULUM_ORDERS}")
         _check(_num(c.ramp_fraction) and 0 <= c.ramp_fraction <= 1, "curriculum.ramp_fraction", c.ramp_fraction,
                "a number in [0, 1]")
         try:

@@ -12,6 +12,7 @@ the base's minus tau. Runs on Hugging Face Accelerate; checkpoints resume bit-ex
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -116,7 +117,8 @@ class StageATrainer:
                  fingerprint: dict | None = None) -> None:
         from accelerate import Accelerator
 
-        from safe.data.mixture import BalancedMixtureSampler, order_by_family
+        from safe.data.mixture import BalancedMixtureSampler
+        from safe.training.curriculum import base_losses, curriculum_order
         from safe.training.losses import DiagonalFisher
         from safe.training.schedules import DualAscent, make_lr_lambda
 
@@ -134,12 +136,16 @@ class StageATrainer:
         if not audio_idx or not vl_idx:
             raise ValueError(f"Stage A needs audio-dependent and VL-only training examples; got {len(audio_idx)} "
                              f"and {len(vl_idx)}")
-        order = order_by_family(train.examples, cfg.curriculum.family_order)
-        self.sampler = BalancedMixtureSampler(audio_idx, vl_idx, cfg.batch_size, audio_share=cfg.audio_share,
-                                              seed=cfg.seed, audio_order=order)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(cfg.steps, cfg.warmup_steps))
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        order, self.curriculum = curriculum_order(
+            cfg.curriculum.order, audio_idx, train.examples, family_order=cfg.curriculum.family_order,
+            losses=lambda rows: base_losses(self._unwrapped.base_model, self._base_inputs, rows,
+                                            autocast=self.accelerator.autocast),
+            folder=self.ckpt_dir, key_extra=json.dumps(self.fingerprint, sort_keys=True, default=str))
+        self.sampler = BalancedMixtureSampler(audio_idx, vl_idx, cfg.batch_size, audio_share=cfg.audio_share,
+                                              seed=cfg.seed, audio_order=order)
         self.named_trainable = {n: p for n, p in self._unwrapped.named_parameters() if p.requires_grad}
         self.fisher = DiagonalFisher(self.named_trainable)
         self.dual = DualAscent(cfg.lambda_retention, cfg.dual_lr, floor=0.0)
@@ -164,6 +170,11 @@ class StageATrainer:
         labels = batch.pop("labels")
         batch["pixel_values"] = data.pixels[idx].to(dev)
         return batch, labels, data.needs_audio[idx].to(dev)
+
+    def _base_inputs(self, idx: Sequence[int]) -> tuple[dict, torch.Tensor]:
+        """Training rows ``idx`` as the base model takes them (no audio), and their labels."""
+        batch, labels, _ = self._inputs(self.train_set, idx)
+        return batch, labels
 
     def _answer_tokens(self, rows: Sequence[int], audio: bool) -> int:
         """Answer tokens (the positions both losses average over) of the audio or VL rows among ``rows``."""
@@ -396,4 +407,5 @@ class StageATrainer:
             self._checkpoint()
             self._unwrapped.save_pretrained(self.ckpt_dir / "final")
         return {"steps": self.step, "seconds": round(time.perf_counter() - t0, 2), "history": self.history,
+                "curriculum": self.curriculum,
                 "base_retention_accuracy": self.base_retention_accuracy, "lambda_retention": self.dual.value}
