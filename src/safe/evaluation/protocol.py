@@ -7,6 +7,7 @@ audio, held-out sounds) and the proposal's stage gates (section 14) as PASS / FA
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ from safe.evaluation.gates import STAGE2_MAX_VL_LOSS, STAGE2_MIN_AUDIO_GAIN
 from safe.evaluation.efficiency import count_flops, safe_memory_report
 from safe.evaluation.metrics import cider_d_scores
 from safe.evaluation.per_task import gains_per_task, retention_per_task
-from safe.evaluation.robustness import add_noise
+from safe.evaluation.robustness import add_noise, mix_background, other_rows
 from safe.evaluation.scoring import BINARY_METRICS, answer_score, task_metric
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
@@ -101,11 +102,14 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
     return retention, gains
 
 
-def _noisy_embeddings(model, frontend, waveforms, snr_db: float, seed: int) -> torch.Tensor:
+def _noisy_embeddings(model, frontend, waveforms, snr_db: float, seed: int, background=None) -> torch.Tensor:
+    """Encoder outputs of ``waveforms`` with white noise (``background`` None) or ``background[i]`` mixed into
+    clip ``i`` at ``snr_db``."""
     rng = np.random.default_rng(seed)
-    feats = frontend([add_noise(np.asarray(w, dtype=np.float32), snr_db, rng) for w in waveforms])
+    noisy = [add_noise(np.asarray(w, dtype=np.float32), snr_db, rng) if background is None
+             else mix_background(w, background[i], snr_db) for i, w in enumerate(waveforms)]
     with torch.no_grad():
-        return model.audio_encoder.encode(feats).float().cpu()
+        return model.audio_encoder.encode(frontend(noisy)).float().cpu()
 
 
 @torch.no_grad()
@@ -148,7 +152,7 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
                    "shapley": summarize_shapley(phi_img, phi_aud, families)}
 
     robustness = _robustness(model, fmt, frontend, data, cache, prepared, ex, wav, scores, answers, used,
-                             audio_rows, vl_rows)
+                             audio_rows, vl_rows, previews)
     efficiency = _efficiency(model, fmt, prepared, previews, wav, frontend, used, policy_metrics)
     out = {"split": split, "examples": len(ex), "retention": retention, "audio_gains": gains,
            "efficiency": efficiency, "attribution": attribution, "robustness": robustness,
@@ -158,25 +162,40 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
     return out
 
 
-def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows):
+def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows,
+                previews):
     qa = [i for i in audio_rows if not ex[i].is_caption]
     sub = data.subset(qa)
-    sweep = [{"snr_db": None, "audio_accuracy": _acc(scores["gate_open"], qa)}]
+    clean = _acc(scores["gate_open"], qa)
+    sweep = [{"snr_db": None, "audio_accuracy": clean, "background_audio_accuracy": clean}]
+    # Background sounds: each audio question's clip with another row's clip of the split mixed in (the data's
+    # own sound kinds, the same pick at every level), besides white noise.
+    pick = other_rows(len(ex), np.random.default_rng(7))
+    background = [wav[pick[i]] for i in qa]
     for level in SNR_LEVELS_DB:
-        emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
-        preds = _answers(model, fmt, sub, audio=emb)
-        sweep.append({"snr_db": level, "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
+        point = {"snr_db": level}
+        for key, mix in (("audio_accuracy", None), ("background_audio_accuracy", background)):
+            emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100, background=mix)
+            preds = _answers(model, fmt, sub, audio=emb)
+            point[key] = float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))
+        sweep.append(point)
     shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
     mis = _answers(model, fmt, sub, audio=shifted)
     mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
-    relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
-    vl = data.subset(vl_rows)
-    irr = _answers(model, fmt, vl, audio=relevant)
+    # Irrelevance stress: VL questions with random clips of *other* rows of the split (seeded): the policy
+    # decides on those clips' previews (its false positives) and the gate forced open hears them.
+    others = [int(pick[i]) for i in vl_rows]
+    vl = dataclasses.replace(data.subset(vl_rows), audio=data.audio.take(others))
+    irr = _answers(model, fmt, vl, audio=vl.audio)
+    policy_irr, used_irr = _policy_answers(model, fmt, vl, previews[others]) if vl_rows else ([], torch.zeros(0))
     out = {
         "snr_sweep": sweep,
         "misaligned": {"audio_accuracy": mis_acc, "aligned_audio_accuracy": _acc(scores["gate_open"], qa), "n": len(qa)},
-        "irrelevant": {"false_positive_rate": float(used[vl_rows].float().mean()) if vl_rows else float("nan"),
+        "irrelevant": {"clips": "a random other row's clip per VL question (seeded)",
+                       "false_positive_rate": float(used_irr.float().mean()) if vl_rows else float("nan"),
+                       "policy_answers_changed": sum(a != answers["base"][i] for a, i in zip(policy_irr, vl_rows)),
                        "answers_changed": sum(a != answers["base"][i] for a, i in zip(irr, vl_rows)),
+                       "false_positive_rate_own_clip": float(used[vl_rows].float().mean()) if vl_rows else float("nan"),
                        "answers_changed_own_clip": sum(answers["gate_open"][i] != answers["base"][i] for i in vl_rows),
                        "n": len(vl_rows)},
     }
