@@ -171,7 +171,7 @@ def measure(args) -> dict:
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
     from safe.data.spec_source import SpecSource
-    from safe.stages.loading import load_safe
+    from safe.inference.loading import load_safe
     from safe.training.config import load_stage_a_config
     from safe.training.stage_a import StageATrainer
 
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
         return 0
     work.mkdir(parents=True, exist_ok=True)
     base = Path(args.base) if args.base else build_base(work)
-    from safe.stages.loading import load_frozen
+    from safe.inference.loading import load_frozen
 
     vl = load_frozen(base, None)[0]
     image_size = int(vl.config.vision_config.image_size)

@@ -1,9 +1,8 @@
-"""The import graph: the library never imports the built-in benchmark, `import safe.models` stays
-small, and the library packages import each other without cycles.
+"""The import graph: every package imports only packages before it in :data:`LAYERS`, no modules import
+each other in a circle, the library never imports the built-in benchmark, and `import safe.models` stays small.
 
-The library is everything under ``src/safe`` except ``bench/`` (the built-in benchmark, base models
-and presets), ``cli*.py``, ``stages/`` and ``serve/`` (the server, a consumer of the stages; these may
-import anything)."""
+Function-level imports count as much as module-level ones: an import moved into a function still runs
+(at call time), so it can hide a circle but not remove one."""
 from __future__ import annotations
 
 import ast
@@ -18,13 +17,26 @@ import pytest
 import safe
 
 SRC = Path(safe.__file__).resolve().parent
-LIBRARY = ("adapters", "models", "processing", "data", "training", "policy", "evaluation")
+LAYERS = ("adapters", "models", "processing", "data", "evaluation", "training", "policy", "inference", "reporting",
+          "serve", "bench", "stages", "cli")
+"""The packages of ``src/safe`` from the bottom up (``cli`` is the module ``cli.py``): each imports only
+packages before it. ``bench`` (the built-in benchmark, base models and presets) sits above the library, so the
+library never imports it; only ``stages`` (the commands, whose defaults are the built-in benchmark) and ``cli``
+do. The top-level modules (``atomic``, ``runs``, ``validation``) sit below every package and import none;
+``safe/__init__.py`` is the public facade, which names the library's entry points lazily."""
+LIBRARY = LAYERS[:LAYERS.index("bench")]
+BASE_MODULES = ("atomic", "runs", "validation")
 PACKAGES = LIBRARY + ("bench",)
 
 
-def _is_library(path: Path) -> bool:
+def _node(path: Path) -> str:
+    """The layer a source file belongs to: its package, or its module name for a top-level file."""
     rel = path.relative_to(SRC)
-    return not (rel.parts[0] in ("bench", "stages", "serve") or (len(rel.parts) == 1 and rel.name.startswith("cli")))
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _is_library(path: Path) -> bool:
+    return _node(path) in LIBRARY or _node(path) in BASE_MODULES
 
 
 def _library_modules() -> list[Path]:
@@ -109,17 +121,47 @@ def test_scanner_sees_imports_inside_functions(tmp_path):
     assert sorted(m for _, m in _imports(probe)) == ["safe.bench", "safe.bench", "safe.bench.questions"]
 
 
-def _package_graph() -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = {p: set() for p in LIBRARY}
-    for path in _library_modules():
-        rel = path.relative_to(SRC)
-        src_pkg = rel.parts[0] if len(rel.parts) > 1 else None
-        if src_pkg not in graph:
-            continue  # top-level modules (safe/__init__.py, runs.py) are not package nodes
-        for _, m in _imports(path):
+def _module_name(path: Path) -> str:
+    return ".".join(("safe",) + path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _sources() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def _package_graph() -> dict[str, dict[str, list[str]]]:
+    """layer -> {layer it imports: ["file:line", ...]} over every source file but ``safe/__init__.py``."""
+    graph: dict[str, dict[str, list[str]]] = {}
+    for path in _sources():
+        if path == SRC / "__init__.py":
+            continue
+        src = _node(path)
+        for line, m in _imports(path):
             dst = _package(m)
-            if dst in graph and dst != src_pkg:
-                graph[src_pkg].add(dst)
+            if dst is not None and dst != src:
+                graph.setdefault(src, {}).setdefault(dst, []).append(f"{path.relative_to(SRC.parent)}:{line}")
+    return graph
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the ``safe`` modules it imports (a ``from pkg import name`` of a submodule names the submodule)."""
+    names = {_module_name(p) for p in _sources()}
+    graph: dict[str, set[str]] = {n: set() for n in names}
+    for path in _sources():
+        src = _module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module
+                           for a in node.names]
+            for t in targets:
+                while t not in names and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in names and t != src and not src.startswith(t + "."):  # a package's own __init__ is no edge
+                    graph[src].add(t)
     return graph
 
 
@@ -154,29 +196,33 @@ def test_cycle_finder_names_the_cycle():
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_library_packages_import_each_other_without_cycles():
-    graph = _package_graph()
-    cycle = _find_cycle(graph)
-    assert cycle is None, f"import cycle between packages: {' -> '.join(cycle)} (graph: {graph})"
+def test_every_package_is_in_the_layer_order():
+    found = {_node(p) for p in _sources()} - set(BASE_MODULES) - {"__init__"}
+    assert found <= set(LAYERS), f"packages missing from LAYERS: {sorted(found - set(LAYERS))}"
 
 
 def test_layers_point_one_way():
-    """The order the packages build on each other (each imports only packages before it)."""
-    order = ["adapters", "models", "processing", "data", "evaluation", "training", "policy"]
-    graph = _package_graph()
-    upward = [(src, dst) for src, dsts in graph.items() for dst in dsts if order.index(dst) > order.index(src)]
-    assert not upward, f"imports against the layer order {order}: {upward}"
+    """Each package imports only packages before it in :data:`LAYERS`; the top-level modules import no package."""
+    order = {name: i for i, name in enumerate(LAYERS)}
+    bad = []
+    for src, dsts in _package_graph().items():
+        for dst, where in dsts.items():
+            if src in BASE_MODULES:
+                ok = dst in BASE_MODULES
+            else:
+                ok = dst in BASE_MODULES or order[dst] < order[src]
+            if not ok:
+                bad.append(f"{src} imports {dst} ({', '.join(where[:3])}{', ...' if len(where) > 3 else ''})")
+    assert not bad, "imports against the layer order " + " < ".join(LAYERS) + ":\n" + "\n".join(bad)
 
 
-def test_only_the_cli_and_stages_sit_on_top():
-    """Nothing in the library or the built-in benchmark imports the stages or the command line: those are
-    the top layer (stages may import the library and ``safe.bench``; ``safe.cli`` imports stages)."""
-    # safe/__init__.py is the public facade: `safe.pipeline` resolves to safe.stages.predict on first use.
-    # safe.serve (the server) sits there too: it builds on safe.stages.predict, and stages start it.
-    modules = [p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("stages", "serve")
-               and not (len(p.relative_to(SRC).parts) == 1 and p.name in ("cli.py", "__init__.py"))]
-    bad = [f"{p.relative_to(SRC.parent)}:{line} imports {m}" for p in modules for line, m in _imports(p)
-           if _package(m) in ("stages", "cli", "serve")]
-    assert not bad, "\n".join(bad)
-    cli_imports = [m for _, m in _imports(SRC / "cli.py")]
-    assert all(_package(m) in (None, "stages") for m in cli_imports), cli_imports
+def test_no_modules_import_each_other_in_a_circle():
+    graph = _module_graph()
+    cycle = _find_cycle(graph)
+    assert cycle is None, f"import circle: {' -> '.join(cycle)}"
+
+
+def test_facade_names_the_library_only():
+    """``safe/__init__.py`` (``safe.SAFEModel``, ``safe.pipeline``) resolves to the library, never to a command."""
+    bad = [m for _, m in _imports(SRC / "__init__.py") if _package(m) not in LIBRARY]
+    assert not bad, bad

@@ -18,7 +18,7 @@ def __getattr__(name):  # lazy: `import safe` stays cheap for the CLI's --help
 
         return SAFEProcessor
     if name == "pipeline":
-        from safe.stages.predict import pipeline
+        from safe.inference.pipeline import pipeline
 
         return pipeline
     raise AttributeError(f"module 'safe' has no attribute {name!r}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+from safe.atomic import write_atomic
 
 R = TypeVar("R", bound="StageResult")
 
@@ -61,7 +62,17 @@ class RunDir:
         return self.path / "checkpoints"
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_file.read_text()) if self.metrics_file.is_file() else {}
+        """The run's metrics.json ({} when absent); ``ValueError`` naming the file when it is not a JSON object."""
+        if not self.metrics_file.is_file():
+            return {}
+        try:
+            data = json.loads(self.metrics_file.read_text())
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ValueError(f"{self.metrics_file}: not readable JSON ({type(err).__name__}: {err})"[:300]) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.metrics_file}: expected a JSON object of stage results, got a "
+                             f"{type(data).__name__}")
+        return data
 
     def record(self, stage: str | StageResult, values: dict[str, Any] | None = None) -> None:
         """Store ``values`` under ``stage``, or a :class:`StageResult` under its key."""
@@ -69,11 +80,7 @@ class RunDir:
             stage, values = stage.KEY, stage.to_dict()
         data = self.metrics()
         data[stage] = values
-        self.path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=self.path, suffix=".tmp", delete=False) as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            tmp = f.name
-        os.replace(tmp, self.metrics_file)
+        write_atomic(self.metrics_file, json.dumps(data, indent=2, sort_keys=True))
 
     def read(self, result_type: type[R]) -> R | None:
         """The recorded result of a stage, or None when that stage has not run in this directory."""

@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from safe.bench.audio import MAX_BEEPS, PITCHED_KINDS, PITCHES, SOUND_KINDS, synthesize_clip
-from safe.models.audio_encoders import AudioEncoder
-from safe.processing.features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
 from safe.bench.audio_model import (
     AUDIO_TAGS,
     BUILD_INFO_FILE,
@@ -19,7 +17,9 @@ from safe.bench.audio_model import (
     make_clip_bank,
     tag_vector,
 )
+from safe.models.audio_encoders import AudioEncoder
 from safe.models.loading import load_audio_encoder
+from safe.processing.features import FEATURE_CONFIG, NUM_FRAMES, NUM_MEL_BINS, log_mel, make_feature_extractor
 
 SR = FEATURE_CONFIG["sampling_rate"]
 
@@ -63,7 +63,9 @@ def test_different_sounds_give_different_features():
         for j in range(i + 1, 4):
             assert (feats[i] - feats[j]).abs().mean() > 0.05, (i, j)
     # A low tone puts its energy in lower mel bins than a high tone.
-    centroid = lambda f: (f.clamp(min=0).sum(-1) * torch.arange(NUM_MEL_BINS)).sum() / f.clamp(min=0).sum()
+    def centroid(f):
+        return (f.clamp(min=0).sum(-1) * torch.arange(NUM_MEL_BINS)).sum() / f.clamp(min=0).sum()
+
     assert centroid(feats[0] + 1.5) < centroid(feats[1] + 1.5)
 
 

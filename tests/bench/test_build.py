@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from safe.cli import main
 from safe.bench.build import BuiltinConfig, build_builtin_models, read_manifest
+from safe.cli import main
 
 
 def test_build_is_cached_and_reused(tiny_builtin):

@@ -21,7 +21,7 @@ def test_stage_a_runs_on_the_track_with_a_converted_whisper(tiny_builtin, tmp_pa
     from safe.bench.speech.track import SpeechConfig
     from safe.bench.speech.whisper import convert
     from safe.data.prepared import prepare
-    from safe.stages.loading import load_trained
+    from safe.inference.loading import load_trained
     from safe.stages.stage_a import run_stage_a
     from safe.training.config import load_stage_a_config
     from tests.bench.test_speech_whisper import to_ct2, write_ct2

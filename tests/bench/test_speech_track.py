@@ -10,8 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from safe.bench.speech.track import (AUDIO_FAMILIES, PROMPTS, QUESTION_FAMILIES, SpeechConfig, make_row,
-                                     split_plan)
+from safe.bench.speech.track import AUDIO_FAMILIES, PROMPTS, QUESTION_FAMILIES, SpeechConfig, make_row, split_plan
 
 _HAVE_ESPEAK = importlib.util.find_spec("espeakng_loader") is not None
 needs_espeak = pytest.mark.skipif(not _HAVE_ESPEAK,
@@ -89,13 +88,14 @@ def test_espeak_speaks_int16_at_22khz_and_names_bad_voices():
 
 @needs_espeak
 def test_generated_track_is_read_by_the_data_source_and_the_processor(tmp_path):
+    from transformers import WhisperFeatureExtractor
+
     from safe.bench.files import BuiltinSource
     from safe.bench.speech.files import generate_speech_benchmark, utterance_id
     from safe.processing.audio import read_wav
     from safe.processing.features import FeatureFrontEnd
     from safe.processing.processor import SAFEProcessor
     from safe.processing.prompts import PromptFormat, build_tokenizer
-    from transformers import WhisperFeatureExtractor
 
     cfg = SpeechConfig.tiny()
     out = generate_speech_benchmark(tmp_path / "speech", cfg, progress=False)

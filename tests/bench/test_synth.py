@@ -13,11 +13,18 @@ from PIL import Image
 from safe.bench.audio import NUMBER_WORDS, PITCHED_KINDS, SHAPE_SOUNDS, SOUND_KINDS, describe_clip, synthesize_clip
 from safe.bench.baselines import majority_baseline, object_guess_baseline
 from safe.bench.files import BenchmarkMissingError, generate_benchmark, load_benchmark_info, load_split
-from safe.bench.questions import (AUDIO_FAMILIES, AUDIO_VISUAL_FAMILIES, QUESTION_FAMILIES, VL_FAMILIES,
-                                  SynthConfig, make_example, split_plan)
-from safe.processing.audio import read_wav
+from safe.bench.questions import (
+    AUDIO_FAMILIES,
+    AUDIO_VISUAL_FAMILIES,
+    QUESTION_FAMILIES,
+    VL_FAMILIES,
+    SynthConfig,
+    make_example,
+    split_plan,
+)
 from safe.data.records import Example
 from safe.evaluation.robustness import add_noise, mix_background, other_rows
+from safe.processing.audio import read_wav
 
 SR = 16000
 
@@ -253,7 +260,9 @@ def test_chirp_direction_and_kinds_differ():
     # Noise is spectrally flat, a tone is not.
     noise = synthesize_clip("noise", np.random.default_rng(0))
     tone = synthesize_clip("tone", np.random.default_rng(0), pitch="low")
-    flat = lambda x: np.exp(np.mean(np.log(np.abs(np.fft.rfft(x)) + 1e-9))) / np.mean(np.abs(np.fft.rfft(x)))
+    def flat(x):
+        return np.exp(np.mean(np.log(np.abs(np.fft.rfft(x)) + 1e-9))) / np.mean(np.abs(np.fft.rfft(x)))
+
     assert flat(noise) > 0.3 > flat(tone)
 
 

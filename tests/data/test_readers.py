@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safe.processing.audio import write_wav
 from safe.data.readers import (
     READERS,
     DatasetFormatError,
@@ -23,7 +22,7 @@ from safe.data.readers import (
     read_vggsound,
     read_vqav2,
 )
-
+from safe.processing.audio import write_wav
 
 # --------------------------------------------------------------------------- fixture helpers
 

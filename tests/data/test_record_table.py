@@ -11,7 +11,6 @@ import zlib
 from dataclasses import replace
 
 import numpy as np
-
 import pytest
 
 from safe.data import record_table

@@ -7,10 +7,10 @@ import torch
 
 from safe.bench.files import BuiltinSource
 from safe.evaluation.protocol import run_eval
-from safe.evaluation.report import report_sections, write_report
+from safe.inference.loading import load_frozen
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.stages.loading import load_frozen
+from safe.reporting.report import report_sections, write_report
 
 torch.set_num_threads(1)
 
@@ -111,11 +111,10 @@ def test_flops_count_the_audio_encoder_exactly(evaluated, tiny_builtin):
     """Always-audio FLOPs = the same calls fed cached encoder outputs + the encoder's own FLOPs; the
     policy's count encodes exactly the rows it picked."""
     from safe import bench as synth
+    from safe.data.prepared import prepare, read_waveforms
     from safe.evaluation.efficiency import count_flops
     from safe.evaluation.protocol import FLOP_ROWS
-    from safe.data.prepared import read_waveforms
     from safe.models.generation import MAX_NEW_TOKENS
-    from safe.data.prepared import prepare
 
     model, _, ev = evaluated
     bench, base = tiny_builtin

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as st
 
 from safe.evaluation.stats import (
-    BootstrapCI,
     PROPORTION,
+    BootstrapCI,
     MeanCI,
     _paired_diff_ci,
     bootstrap_ci,

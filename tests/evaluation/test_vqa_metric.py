@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from safe.evaluation.vqa_metric import (CONTRACTIONS, process_digit_article, process_punctuation,
-                                        vqa_accuracy_official, vqa_normalize)
+from safe.evaluation.vqa_metric import (
+    CONTRACTIONS,
+    process_digit_article,
+    process_punctuation,
+    vqa_accuracy_official,
+    vqa_normalize,
+)
 
 
 @pytest.mark.parametrize("raw, norm", [

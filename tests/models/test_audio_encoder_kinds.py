@@ -14,7 +14,6 @@ from safe.models.audio_encoders import SUPPORTED_AUDIO_ENCODERS, AudioEncoder
 from safe.models.loading import load_audio_encoder
 from safe.processing.features import FeatureFrontEnd
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 

@@ -17,7 +17,6 @@ from safe import SAFEConfig, SAFEModel
 from safe.bench import presets as P
 from safe.bench.families import FAMILIES, family_inputs, tiny_family, tiny_processor
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 

@@ -5,9 +5,9 @@ import torch
 
 from safe import SAFEModel
 from safe.policy.features import PREVIEW_DIM, StateSpec, confidence_features
-from safe.processing.features import audio_preview
 from safe.policy.network import GateMLP
 from safe.policy.runtime import AudioPolicy, PolicyGenerateOutput
+from safe.processing.features import audio_preview
 from tests.models.helpers import build, inputs
 
 torch.set_num_threads(1)

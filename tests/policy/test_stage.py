@@ -6,9 +6,9 @@ import torch
 
 from safe.bench.files import BuiltinSource
 from safe.cli import main
+from safe.inference.loading import load_frozen, load_trained
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.stages.loading import load_frozen, load_trained
 
 torch.set_num_threads(1)
 
@@ -114,14 +114,13 @@ def test_demo_hands_its_state_to_the_policy_stage(monkeypatch, tmp_path, flags, 
     class Done(StageResult):
         path = Path(tmp_path)
 
-    for target in ("builtin.synth", "builtin.build_base", "verify.verify", "stage_a.train", "evaluate.evaluate",
-                   "evaluate.report"):
-        monkeypatch.setattr(f"safe.stages.{target}", lambda cfg: Done())
+    for target in ("synth", "build_base", "verify", "train", "evaluate", "report"):  # the demo's own names
+        monkeypatch.setattr(f"safe.stages.demo.{target}", lambda cfg: Done())
 
     def policy(cfg):
         seen["policy"] = cfg
         return Done()
 
-    monkeypatch.setattr("safe.stages.policy.train_policy", policy)
+    monkeypatch.setattr("safe.stages.demo.train_policy", policy)
     assert main(["demo", "--run-dir", str(tmp_path / "run"), *flags]) == 0
     assert seen["policy"].policy.state == state

@@ -10,11 +10,11 @@ import soxr
 import torch
 
 from safe import bench as synth
+from safe.inference.loading import load_frozen
+from safe.inference.pipeline import pipeline
 from safe.processing.audio import AudioInputError, read_wav
 from safe.processing.features import audio_preview
 from safe.processing.processor import PROCESSOR_FILE, SAFEProcessor
-from safe.stages.predict import pipeline
-from safe.stages.loading import load_frozen
 
 
 def _equal(a: dict, b: dict) -> None:

@@ -12,7 +12,6 @@ from safe.processing.features import FeatureFrontEnd
 from safe.processing.processor import SAFEProcessor
 from safe.processing.vlm_prompts import VLMProcessorFormat
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 

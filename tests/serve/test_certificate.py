@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from safe.cli import main
+from safe.models.certificate import CertificateError, fingerprints
 from safe.serve.app import load_engine
-from safe.serve.certificate import CertificateError, fingerprints
 from safe.stages.serve import ServeConfig
 
 

@@ -15,10 +15,9 @@ from safe.bench.families import tiny_family, tiny_processor
 from safe.bench.files import BuiltinSource
 from safe.cli import main
 from safe.evaluation.protocol import run_eval
+from safe.inference.loading import load_trained
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
-from safe.stages.loading import load_trained
 from safe.training.config import load_stage_a_config
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 

@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 import safe
-from safe.cli import main
 from safe import bench as synth
+from safe.cli import main
 from safe.policy.features import StateSpec
 from safe.policy.network import GateMLP
 from safe.policy.runtime import AudioPolicy
@@ -39,6 +39,20 @@ def test_pipeline_one_row_and_a_batch(run):
     with pytest.raises(ValueError, match=r"use_audio=True for row\(s\) \[1\]"):
         p(image=[e.image for e in rows[:2]], question=[e.question for e in rows[:2]], audio=[rows[0].audio, None],
           use_audio=True)
+
+
+def test_a_saved_processor_is_the_only_prompt_format_built(run, monkeypatch):
+    """A run whose checkpoint holds its processor loads the weights only: the tokenizer, image processor and
+    feature extractor are read once, from the processor's files (not a second time from the base's folders)."""
+    import safe.inference.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a second prompt format and audio front end were built")
+
+    run_dir, rows = run
+    monkeypatch.setattr(loading, "build_formats", refuse)
+    p = safe.pipeline(run_dir)
+    assert isinstance(p(image=rows[0].image, question=rows[0].question, audio=rows[0].audio)["answer"], str)
 
 
 def test_rows_without_audio_are_bit_exact_to_the_base(run):

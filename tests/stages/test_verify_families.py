@@ -8,7 +8,6 @@ from safe.bench.families import tiny_family, tiny_processor
 from safe.cli import main
 from safe.stages.verify import VerifyConfig, verify
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def prepared(tiny_builtin, tmp_path_factory):
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
-    from safe.stages.loading import load_safe
+    from safe.inference.loading import load_safe
 
     bench, base = tiny_builtin
     cfg = load_stage_a_config(None, ["safe.fusion_layers=[0, 1]", "safe.num_audio_tokens=4"])

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from safe.training.losses import (
-    sample_answer_labels,
     DiagonalFisher,
     answer_cross_entropy,
     answer_positions,
     named_trainable_parameters,
     retention_kl,
+    sample_answer_labels,
 )
 
 LN3, LN4 = math.log(3.0), math.log(4.0)

@@ -88,7 +88,7 @@ def test_shards_of_a_batch_average_to_the_single_process_gradient(tiny_builtin, 
     from safe.bench.files import BuiltinSource
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
-    from safe.stages.loading import load_safe
+    from safe.inference.loading import load_safe
     from safe.training.config import load_stage_a_config
     from safe.training.stage_a import StageATrainer
 

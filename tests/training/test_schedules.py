@@ -130,8 +130,8 @@ def test_dual_ascent_argument_errors():
         DualAscent(initial=1.0, lr=1.0, floor=0.9).load_state_dict({"value": 1.0})
 
 
-def _formula_before_transformers(step: int, total: int, warmup: int) -> float:
-    """The multiplier as this module computed it before it called transformers (kept verbatim)."""
+def _formula(step: int, total: int, warmup: int) -> float:
+    """The multiplier written as the docstring states it (kept verbatim from the first version)."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / (total - warmup))
@@ -140,22 +140,12 @@ def _formula_before_transformers(step: int, total: int, warmup: int) -> float:
 
 @pytest.mark.parametrize("total,warmup", [(2000, 25), (4000, 200), (500, 25), (400, 25), (10, 2), (4, 0), (1, 0), (7, 6), (1000, 100), (333, 17)])
 def test_cosine_is_bit_identical_to_the_formula_over_a_whole_schedule(total, warmup):
-    # Stage A must print the same figures as before the switch to transformers' schedule: every
-    # multiplier, including steps past the end, equals the old formula exactly (==, not approx).
+    # Stage A prints the same figures as every earlier version: each multiplier, including steps past the
+    # end, equals the formula exactly (==, not approx).
     for step in range(total + 20):
         got = cosine_with_warmup(step, total, warmup)
         assert type(got) is float
-        assert got == _formula_before_transformers(step, total, warmup), (step, total, warmup)
-
-
-def test_transformers_multiplier_differs_in_warmup_and_after_total():
-    # Why cosine_with_warmup shifts the step: transformers' own lambda starts warm-up at 0 and
-    # its cosine rises again past the end. Should transformers change either, revisit _library_step.
-    from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda as lib
-
-    kw = dict(num_warmup_steps=25, num_training_steps=400, num_cycles=0.5)
-    assert lib(0, **kw) == 0.0 and cosine_with_warmup(0, 400, 25) == 1 / 25
-    assert lib(600, **kw) > 0.1 and cosine_with_warmup(600, 400, 25) == 0.0
+        assert got == _formula(step, total, warmup), (step, total, warmup)
 
 
 def test_lr_lambda_matches_transformers_scheduler_after_warmup():

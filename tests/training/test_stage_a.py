@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from safe.bench.files import BuiltinSource
-from safe.training.config import load_stage_a_config
 from safe.stages.stage_a import run_stage_a
+from safe.training.config import load_stage_a_config
 from safe.training.stage_a import ResumeMismatch
 
 FAST = ["steps=12", "warmup_steps=2", "batch_size=8", "retention_every=4", "retention_examples=12",

@@ -4,14 +4,13 @@ processor and feature extractor, as a real LLaVA / BLIP-2 / Whisper / CLAP direc
 import math
 
 import pytest
-import torch
 
 from safe import bench as synth
 from safe.bench import presets as P
 from safe.bench.files import BuiltinSource
 from safe.processing.prompts import build_tokenizer, words_of
-from safe.training.config import load_stage_a_config
 from safe.stages.stage_a import run_stage_a
+from safe.training.config import load_stage_a_config
 
 FAST = ["steps=6", "warmup_steps=1", "batch_size=8", "retention_every=3", "retention_examples=8",
         "checkpoint_every=3", "lr_gates=0.05", "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from safe.bench.files import BuiltinSource
-from safe.training.config import load_stage_a_config
 from safe.stages.stage_a import run_stage_a
+from safe.training.config import load_stage_a_config
 from safe.training.stage_a import STATE_FILE, ResumeMismatch, UnsafeCheckpoint, load_resume_state
 
 FAST = ["steps=6", "warmup_steps=1", "batch_size=8", "retention_every=3", "retention_examples=8",

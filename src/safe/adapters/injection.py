@@ -7,8 +7,8 @@ use audio are copied, never recomputed, so they stay bit-exact.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -12,10 +12,25 @@ The library (``safe.models``, ``safe.data``, ``safe.training``, ``safe.policy``,
 """
 from safe.bench.audio import SOUND_KINDS, describe_clip, synthesize_clip
 from safe.bench.baselines import majority_baseline, object_guess_baseline
-from safe.bench.files import (BenchmarkMissingError, BuiltinSource, benchmark_fingerprint, generate_benchmark,
-                              load_benchmark_info, load_split)
-from safe.bench.questions import (AUDIO_FAMILIES, AUDIO_ONLY_FAMILIES, AUDIO_VISUAL_FAMILIES, CAPTION_FAMILIES,
-                                  QUESTION_FAMILIES, SPLITS, VL_FAMILIES, SynthConfig, make_example)
+from safe.bench.files import (
+                              BenchmarkMissingError,
+                              BuiltinSource,
+                              benchmark_fingerprint,
+                              generate_benchmark,
+                              load_benchmark_info,
+                              load_split,
+)
+from safe.bench.questions import (
+                              AUDIO_FAMILIES,
+                              AUDIO_ONLY_FAMILIES,
+                              AUDIO_VISUAL_FAMILIES,
+                              CAPTION_FAMILIES,
+                              QUESTION_FAMILIES,
+                              SPLITS,
+                              VL_FAMILIES,
+                              SynthConfig,
+                              make_example,
+)
 from safe.bench.scenes import render_scene
 
 __all__ = [

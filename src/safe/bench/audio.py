@@ -6,7 +6,7 @@ benchmark's WAV files are byte-identical for the same seed.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -151,12 +151,12 @@ class AudioEncoderBuildConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AudioEncoderBuildConfig":
+    def from_dict(cls, d: dict[str, Any]) -> AudioEncoderBuildConfig:
         """Build from :meth:`to_dict` output."""
         return cls(**d)
 
     @classmethod
-    def tiny(cls, seed: int = 0, **overrides: Any) -> "AudioEncoderBuildConfig":
+    def tiny(cls, seed: int = 0, **overrides: Any) -> AudioEncoderBuildConfig:
         """A few steps on a small bank: for tests and CI (a few seconds; the encoder is not useful)."""
         # Same architecture as the default (so shapes match what SAFE sees), far less data and training.
         small = dict(steps=20, batch_size=16, warmup_steps=2, n_train_clips=64, n_eval_clips=32)

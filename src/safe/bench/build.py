@@ -26,10 +26,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from safe.atomic import staged_dir
 from safe.bench import baselines, files, questions, scenes
 from safe.bench.vl_model import VLBuildConfig, build_vl_model
-from safe.processing.prompts import load_vl_model
 from safe.models.generation import accuracy_by_family, answer_questions
+from safe.processing.prompts import load_vl_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class BuiltinConfig:
             self.audio = _audio_config_cls()()
 
     @classmethod
-    def tiny(cls) -> "BuiltinConfig":
+    def tiny(cls) -> BuiltinConfig:
         return cls(vl=VLBuildConfig.tiny(), audio=_audio_config_cls().tiny())
 
     def to_dict(self) -> dict:
@@ -119,7 +120,7 @@ def install_shipped(out_dir: str | Path, config: BuiltinConfig, fingerprint: str
     shipped = _matches(SHIPPED_DIR, config, fingerprint)
     if shipped is None:
         return None
-    with files.staged_dir(out_dir, "installing") as tmp:
+    with staged_dir(out_dir, "installing") as tmp:
         for part in ("vl", "audio_encoder"):
             shutil.copytree(SHIPPED_DIR / part, tmp / part)
         (tmp / MANIFEST).write_text(json.dumps({**shipped, "installed_from": "shipped"}, indent=2, sort_keys=True))
@@ -159,7 +160,7 @@ def build_builtin_models(bench_dir: str | Path, out_dir: str | Path, config: Bui
     splits = {s: files.load_split(bench_dir, s) for s in info["counts"]}
     train_vl = [e for e in splits["train"] if not e.needs_audio]
     every = [e for s in splits.values() for e in s]
-    with files.staged_dir(out_dir, "building") as tmp:
+    with staged_dir(out_dir, "building") as tmp:
         vl_metrics = build_vl_model(tmp / "vl", train_vl, every, config.vl, grid=bench_cfg["grid"],
                                     image_size=bench_cfg["image_size"], shapes=scenes.SHAPES,
                                     colours=scenes.COLOUR_NAMES, progress=progress)

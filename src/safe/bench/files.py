@@ -12,22 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
+from safe.atomic import staged_file, write_atomic
 from safe.bench.audio import PITCH_RANGES_HZ, PITCHED_KINDS, SHAPE_SOUNDS, SOUND_KINDS
-from safe.bench.questions import (QUESTION_FAMILIES, QUESTION_TEMPLATES, TASK, SynthConfig, make_example,
-                                  split_plan)
+from safe.bench.questions import QUESTION_FAMILIES, QUESTION_TEMPLATES, TASK, SynthConfig, make_example, split_plan
 from safe.bench.scenes import COLOURS, SHAPES
-from safe.processing.audio import write_wav
 from safe.data.records import Example
+from safe.processing.audio import write_wav
 
 logger = logging.getLogger(__name__)
 
@@ -39,38 +35,12 @@ class BenchmarkMissingError(FileNotFoundError):
     """The benchmark folder is missing, incomplete (generation did not finish) or modified."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextmanager
-def staged_dir(out: str | Path, what: str) -> Iterator[Path]:
-    """A temporary folder beside ``out`` to fill; when the block ends without an exception it replaces
-    ``out`` (removed first), otherwise it is deleted: a half-written folder never looks complete."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-{what}-"))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_benchmark_info(out_dir: str | Path) -> dict[str, Any]:
@@ -137,8 +107,7 @@ def generate_benchmark(out_dir: str | Path, config: SynthConfig | None = None, p
         for split in sizes:
             plan = split_plan(config, split)
             family_counts: Counter[str] = Counter()
-            tmp = out / f"{split}.jsonl.tmp"
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            with staged_file(out / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 for index in range(len(plan)):
                     ex, image, audio = make_example(config, split, index, plan)
                     # PIL writes no timestamp chunk for PNG, so the bytes depend on the pixels only.
@@ -148,8 +117,7 @@ def generate_benchmark(out_dir: str | Path, config: SynthConfig | None = None, p
                     family_counts[ex.family] += 1
                     vocab[ex.family].add(ex.answer)
                     bar.update(1)
-            os.replace(tmp, out / f"{split}.jsonl")
-            digests[split] = _sha256(out / f"{split}.jsonl")
+            digests[split] = sha256_file(out / f"{split}.jsonl")
             counts[split] = {fam: family_counts[fam] for fam in QUESTION_FAMILIES if family_counts[fam]}
 
     info = {
@@ -172,7 +140,7 @@ def generate_benchmark(out_dir: str | Path, config: SynthConfig | None = None, p
         "pitch_ranges_hz": {k: list(v) for k, v in PITCH_RANGES_HZ.items()},
         "manifest_sha256": digests,
     }
-    _atomic_write_text(out / "benchmark.json", json.dumps(info, indent=2) + "\n")
+    write_atomic(out / "benchmark.json", json.dumps(info, indent=2) + "\n")
     logger.info("wrote synthetic benchmark to %s: %s", out, {s: sizes[s] for s in sizes})
     return out
 
@@ -196,7 +164,7 @@ def load_split(out_dir: str | Path, split: str) -> list[Example]:
     path = out / f"{split}.jsonl"
     if not path.is_file():
         raise BenchmarkMissingError(f"manifest {path} is missing; regenerate the benchmark")
-    if _sha256(path) != info["manifest_sha256"].get(split):
+    if sha256_file(path) != info["manifest_sha256"].get(split):
         raise BenchmarkMissingError(
             f"manifest {path} does not match benchmark.json (incomplete or modified); regenerate the benchmark"
         )

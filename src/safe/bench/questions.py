@@ -40,14 +40,24 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from safe.bench.audio import (MAX_BEEPS, NUMBER_WORDS, PITCHED_KINDS, PITCHES, REQUIRED_SOUNDS, SHAPE_SOUNDS,
-                              SOUND_KINDS, describe_clip, synthesize_clip)
+from safe.bench.audio import (
+    MAX_BEEPS,
+    NUMBER_WORDS,
+    PITCHED_KINDS,
+    PITCHES,
+    REQUIRED_SOUNDS,
+    SHAPE_SOUNDS,
+    SOUND_KINDS,
+    describe_clip,
+    synthesize_clip,
+)
 from safe.bench.scenes import COLOUR_NAMES, MAX_OBJECTS, SHAPES, choice, place_objects, random_scene, render_scene
 from safe.data.records import CAPTION_FAMILY, Example
 from safe.evaluation.robustness import add_noise
@@ -190,7 +200,7 @@ class SynthConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SynthConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SynthConfig:
         """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
         known = {f.name for f in fields(cls)}
         extra = sorted(set(d) - known)
@@ -199,7 +209,7 @@ class SynthConfig:
         return cls(**d)
 
     @classmethod
-    def tiny(cls, seed: int = 0, **overrides: Any) -> "SynthConfig":
+    def tiny(cls, seed: int = 0, **overrides: Any) -> SynthConfig:
         """A few hundred examples: for tests and smoke runs (generates in about a second)."""
         sizes = dict(n_train=120, n_val=40, n_test=60, n_retention=20, n_ood_test=40)
         return cls(seed=seed, **{**sizes, **overrides})

@@ -5,13 +5,11 @@ objects always give the same pixels.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-if TYPE_CHECKING:  # annotations only: questions imports this module
-    from safe.bench.questions import SynthConfig
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 #: Colour name -> RGB. Saturated and far apart so a 1M-parameter vision tower separates them.
@@ -24,6 +22,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 BACKGROUND: tuple[int, int, int] = (24, 24, 24)
 MAX_OBJECTS = 4
+
+
+class Layout(Protocol):
+    """The placement settings a scene needs (:class:`safe.bench.questions.SynthConfig` has them)."""
+
+    grid: int
+    jitter_px: int
 
 
 def render_scene(objects: Iterable[dict[str, Any]], image_size: int = 48, grid: int = 3) -> Image.Image:
@@ -56,7 +61,7 @@ def choice(rng: np.random.Generator, items: Sequence[Any]) -> Any:
     return items[int(rng.integers(len(items)))]
 
 
-def place_objects(rng: np.random.Generator, config: SynthConfig, specs: list[tuple[str, str]],
+def place_objects(rng: np.random.Generator, config: Layout, specs: list[tuple[str, str]],
                   cells: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
     """Put (shape, colour) objects into distinct random cells (from ``cells`` if given) with jitter."""
     if cells is None:
@@ -71,7 +76,7 @@ def place_objects(rng: np.random.Generator, config: SynthConfig, specs: list[tup
     return out
 
 
-def random_scene(rng: np.random.Generator, config: SynthConfig, n: int | None = None) -> list[dict[str, Any]]:
+def random_scene(rng: np.random.Generator, config: Layout, n: int | None = None) -> list[dict[str, Any]]:
     """``n`` (default: 1 to :data:`MAX_OBJECTS`, drawn) objects of random shape and colour in random cells."""
     if n is None:
         n = int(rng.integers(1, MAX_OBJECTS + 1))

@@ -2,7 +2,7 @@
 VL-only questions, saved with ``save_pretrained`` so it loads like any local LLaVA checkpoint
 (:func:`safe.processing.prompts.load_vl_model`).
 
-Three things make a ~1M-parameter LLaVA learn colour / shape / count / position (DESIGN.md): objects on
+Three things make a ~1M-parameter LLaVA learn colour / shape / count / position (docs/design.md): objects on
 a grid aligned with the 16 px patches, the question before the image tokens, and an auxiliary
 per-patch loss (shape and colour of the object in each patch) on the vision tower during this base
 training only; the auxiliary heads are discarded, the saved model is a plain LLaVA.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class VLBuildConfig:
     """Batch size of evaluation by generation."""
 
     @classmethod
-    def tiny(cls, **overrides) -> "VLBuildConfig":
+    def tiny(cls, **overrides) -> VLBuildConfig:
         """A seconds-long build for tests (does not reach the accuracy floor)."""
         return cls(**{"steps": 30, "batch_size": 16, "vision_hidden": 32, "text_hidden": 64, "text_layers": 2, **overrides})
 

@@ -9,17 +9,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from safe.data.record_table import RecordView
 from safe.data.records import Example
-from safe.data.rows import (DEFAULT_CACHE_BYTES, CachedRows, ImageRows, PackedImageRows, PackedKeys, RowStore,
-                            TensorRows, TokenRows)
+from safe.data.rows import (
+    DEFAULT_CACHE_BYTES,
+    CachedRows,
+    ImageRows,
+    PackedImageRows,
+    PackedKeys,
+    RowStore,
+    TensorRows,
+    TokenRows,
+)
 from safe.processing.prompts import Encoded
 
 #: Rows tokenised / hashed per call (bounds the transient memory of those steps).
@@ -54,7 +62,7 @@ class PreparedSet:
         batch = {**fmt.prompt_batch(self.enc, index), "pixel_values": self.pixels[index]}
         return batch if device is None else {k: v.to(device) for k, v in batch.items()}
 
-    def subset(self, index: Sequence[int]) -> "PreparedSet":
+    def subset(self, index: Sequence[int]) -> PreparedSet:
         """Rows ``index`` (lazy: the row stores are re-indexed, nothing is decoded)."""
         index = list(index)
         return PreparedSet(_take(self.examples, index), _take_encoded(self.enc, index),

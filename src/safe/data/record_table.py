@@ -22,9 +22,9 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +110,7 @@ class TableWriter:
                         " needs_audio INTEGER, meta TEXT)")
         self.rows = 0
 
-    def __enter__(self) -> "TableWriter":
+    def __enter__(self) -> TableWriter:
         return self
 
     def __exit__(self, kind, *_) -> None:
@@ -301,7 +301,7 @@ class RecordView(Sequence):
         for s in range(0, len(self), CHUNK):
             yield from self._decode(s, min(len(self), s + CHUNK))
 
-    def take(self, index: Iterable[int]) -> "RecordView":
+    def take(self, index: Iterable[int]) -> RecordView:
         """A view of rows ``index`` (in that order) of this view."""
         idx = np.asarray(list(index), dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
@@ -309,14 +309,14 @@ class RecordView(Sequence):
         base = np.asarray(self._pos, dtype=np.int64) if isinstance(self._pos, range) else self._pos
         return RecordView(self._table, base[idx % max(1, len(self))] if idx.size else np.zeros(0, np.int64))
 
-    def where(self, column: str, value: Any) -> "RecordView":
+    def where(self, column: str, value: Any) -> RecordView:
         """The rows whose ``column`` equals ``value`` (a query on the file; the view keeps their positions)."""
         if column not in FIELDS:
             raise ValueError(f"unknown record column {column!r}; columns: {', '.join(FIELDS)}")
         found = {r[0] for r in self._table.query(f"SELECT pos FROM rows WHERE {column} = ?", (value,))}
         return RecordView(self._table, np.asarray([p for p in self._pos if p in found], dtype=np.int64))
 
-    def column(self, name: str) -> "RecordColumn":
+    def column(self, name: str) -> RecordColumn:
         """One field of every row as a lazy sequence (e.g. the image paths, without the other fields)."""
         if name not in FIELDS:
             raise ValueError(f"unknown record column {name!r}; columns: {', '.join(FIELDS)}")

@@ -67,5 +67,5 @@ class Example:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Example":
+    def from_dict(cls, d: dict[str, Any]) -> Example:
         return cls(**{**d, "answers": tuple(d["answers"])})

@@ -21,8 +21,8 @@ in-memory tensor it replaces give identical batches.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,11 +126,11 @@ class RowStore:
         """``(len(store), *row_shape)``, like the stacked tensor's (reads row 0)."""
         return (self._n, *self.row_shape)
 
-    def take(self, index: Any) -> "RowStore":
+    def take(self, index: Any) -> RowStore:
         """A lazy store whose row ``j`` is this store's row ``index[j]``."""
         return _View(self, _positions(index, self._n)[0])
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "RowStore":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> RowStore:
         """A lazy store returning ``fn(batch)`` for each fetched batch (``fn`` must act row by row)."""
         return _Mapped(self, fn)
 
@@ -305,7 +305,7 @@ class TokenRows(Sequence):
         a, b = offsets[j], offsets[j + 1]
         return np.repeat(self._vals[c][a:b], self._counts[c][a:b]).tolist()
 
-    def take(self, index: Sequence[int]) -> "TokenRows":
+    def take(self, index: Sequence[int]) -> TokenRows:
         """The rows ``index`` as a new packed store."""
         index, out = list(index), TokenRows()
         for s in range(0, len(index), 4096):

@@ -9,8 +9,9 @@ here imports nothing: the built-in benchmark (``safe.bench``) stays out of the l
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from safe.data.records import Example
 

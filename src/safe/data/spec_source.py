@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from safe.atomic import staged_file
 from safe.data.readers import DatasetFormatError, stream_rows
 from safe.data.readers._common import MAX_PROBLEMS, _Media, _RowError
 from safe.data.record_table import CHUNK, RecordView, TableWriter, stamp
@@ -155,9 +156,8 @@ def write_stand_in(folder: Path) -> Path:
     path = folder / STAND_IN_NAME
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.new("RGB", (STAND_IN_SIZE, STAND_IN_SIZE), (0, 0, 0)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with staged_file(path) as tmp:
+            Image.new("RGB", (STAND_IN_SIZE, STAND_IN_SIZE), (0, 0, 0)).save(tmp, format="PNG")
     return path
 
 
@@ -319,7 +319,17 @@ class SpecSource:
                 pool = out.fill_pool(borrowed)
                 out.add_media(borrowed, used=True)  # this table names them now: a changed clip makes it stale
             stand_in = self._stand_in() if out.has("image IS NULL") else ""  # written only when needed
-            self._pair(name, out, pool, stand_in)
+            try:
+                self._pair(name, out, pool, stand_in)
+            except SpecError as err:
+                # A pairing failure is most often a source that lost every row (a wrong audio_dir): say so.
+                lost = [r for r in reports + (self._reports.get("train", []) if name != "train" else [])
+                        if r.rows == 0 and r.skipped]
+                if not lost:
+                    raise
+                raise SpecError("; ".join(f"{r.where} {r.label}: 0 rows, {r.skipped} skipped"
+                                          + (f" (first: {r.problems[0]})" if r.problems else "") for r in lost)
+                                + f" (so {err})") from None
             out.finish({"reports": [asdict(r) for r in reports]})
         self._reports[name] = reports
         return RecordView(path)

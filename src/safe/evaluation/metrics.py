@@ -1,4 +1,4 @@
-"""Answer and caption metrics (seed proposal, section 9.1).
+"""Answer and caption metrics (the evaluation protocol).
 
 Short-answer QA:
     :func:`normalize_answer` (VQA-style answer normalisation), :func:`exact_match`,
@@ -133,7 +133,7 @@ def _answer_list(answers: str | Iterable[str], name: str = "answers") -> list[st
     try:
         out = list(answers)
     except TypeError:
-        raise TypeError(f"{name} must be a str or a sequence of str, got {type(answers).__name__}")
+        raise TypeError(f"{name} must be a str or a sequence of str, got {type(answers).__name__}") from None
     if not out:
         raise ValueError(f"{name} is empty: at least one reference answer is needed")
     for a in out:

@@ -1,16 +1,17 @@
-"""The proposal's section 9 on the built-in benchmark, for a SAFE model with its policy attached:
+"""The evaluation protocol (the proposal's validation plan, docs/design.md) on the built-in benchmark, for a SAFE model with its policy attached:
 retention (base / gate closed / gate open / policy, McNemar), audio gains with bootstrap CIs, both
 also per benchmark (the records' ``task``, each scored with its benchmark's metric; corpus caption
 metrics per caption benchmark), efficiency (FLOPs, memory, measured latency from Stage B), attribution
 (muted-audio LOMO, exact two-player Shapley), robustness (SNR sweep, misaligned clips, irrelevant
-audio, held-out sounds) and the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
+audio, held-out sounds) and the proposal's targets as stage gates (docs/design.md) as PASS / FAIL with the measured values.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,8 @@ import torch
 from safe.data.prepared import prepare, read_waveforms
 from safe.data.source import DataSource
 from safe.evaluation.attribution import lomo_drop, shapley_two_player, summarize_shapley
-from safe.evaluation.gates import STAGE2_MAX_VL_LOSS, STAGE2_MIN_AUDIO_GAIN
 from safe.evaluation.efficiency import count_flops, safe_memory_report
+from safe.evaluation.gates import STAGE2_MAX_VL_LOSS, STAGE2_MIN_AUDIO_GAIN
 from safe.evaluation.metrics import cider_d_scores
 from safe.evaluation.per_task import gains_per_task, retention_per_task
 from safe.evaluation.robustness import add_noise, mix_background, other_rows
@@ -164,30 +165,42 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
 
 def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows,
                 previews):
+    # Each test needs its rows: the sweeps need audio questions, the irrelevant-audio test VL-only rows and
+    # another row's clip to give them. A split without them (captions only, VL only...) reports NaN there, n = 0.
     qa = [i for i in audio_rows if not ex[i].is_caption]
-    sub = data.subset(qa)
     clean = _acc(scores["gate_open"], qa)
     sweep = [{"snr_db": None, "audio_accuracy": clean, "background_audio_accuracy": clean}]
+    mis_acc = float("nan")
     # Background sounds: each audio question's clip with another row's clip of the split mixed in (the data's
     # own sound kinds, the same pick at every level), besides white noise.
     pick = other_rows(len(ex), np.random.default_rng(7))
-    background = [wav[pick[i]] for i in qa]
-    for level in SNR_LEVELS_DB:
-        point = {"snr_db": level}
-        for key, mix in (("audio_accuracy", None), ("background_audio_accuracy", background)):
-            emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100, background=mix)
-            preds = _answers(model, fmt, sub, audio=emb)
-            point[key] = float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))
-        sweep.append(point)
-    shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
-    mis = _answers(model, fmt, sub, audio=shifted)
-    mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
+    if qa:
+        sub = data.subset(qa)
+        background = [wav[pick[i]] for i in qa]
+        for level in SNR_LEVELS_DB:
+            point = {"snr_db": level}
+            for key, mix in (("audio_accuracy", None), ("background_audio_accuracy", background)):
+                emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100,
+                                        background=mix)
+                preds = _answers(model, fmt, sub, audio=emb)
+                point[key] = float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))
+            sweep.append(point)
+        shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
+        mis = _answers(model, fmt, sub, audio=shifted)
+        mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
+    else:
+        sweep += [{"snr_db": level, "audio_accuracy": float("nan"), "background_audio_accuracy": float("nan")}
+                  for level in SNR_LEVELS_DB]
     # Irrelevance stress: VL questions with random clips of *other* rows of the split (seeded): the policy
     # decides on those clips' previews (its false positives) and the gate forced open hears them.
-    others = [int(pick[i]) for i in vl_rows]
-    vl = dataclasses.replace(data.subset(vl_rows), audio=data.audio.take(others))
-    irr = _answers(model, fmt, vl, audio=vl.audio)
-    policy_irr, used_irr = _policy_answers(model, fmt, vl, previews[others]) if vl_rows else ([], torch.zeros(0))
+    irr: list[str] = []
+    policy_irr: list[str] = []
+    used_irr = torch.zeros(0)
+    if vl_rows and len(ex) > 1:
+        others = [int(pick[i]) for i in vl_rows]
+        vl = dataclasses.replace(data.subset(vl_rows), audio=data.audio.take(others))
+        irr = _answers(model, fmt, vl, audio=vl.audio)
+        policy_irr, used_irr = _policy_answers(model, fmt, vl, previews[others])
     out = {
         "snr_sweep": sweep,
         "misaligned": {"audio_accuracy": mis_acc, "aligned_audio_accuracy": _acc(scores["gate_open"], qa), "n": len(qa)},
@@ -307,7 +320,7 @@ def _seeds(policy_metrics: dict | None) -> dict:
 
 
 def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, scale_results=None) -> list[dict]:
-    """The proposal's section 14 gates that this benchmark can measure, each with its number.
+    """The proposal's targets (docs/design.md) that this benchmark can measure, each with its number.
     ``scale_results``: ``benchmarks/scale.py`` results (a path or the loaded dict; else the path under
     ``policy_metrics["scale_results"]``, if any) for the latency gate (:func:`latency_gate`)."""
     r, g, e = ev["retention"], ev["audio_gains"], ev["efficiency"]
@@ -347,7 +360,7 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, sca
 
 
 LATENCY_TARGET_MS = 50.0
-"""The proposal's added latency per query (section 14): < 50 ms for a 7B VL model."""
+"""The proposal's added latency per query (docs/design.md): < 50 ms for a 7B VL model."""
 _SHAPE_PREFERENCE = (("llava7b", "cuda"), ("proxy", "cuda"), ("proxy", "cpu"), ("builtin", "cuda"), ("builtin", "cpu"))
 
 

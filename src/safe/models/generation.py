@@ -6,7 +6,8 @@ duck-typed: anything with ``prompt_batch(enc, index) -> dict`` and ``decode(sequ
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -6,9 +6,9 @@ import importlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class SAFEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SAFEConfig":
+    def from_dict(cls, d: dict) -> SAFEConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -198,7 +198,7 @@ class SAFEModel(nn.Module):
             g.fill_(value)
 
     def parameter_report(self) -> ParameterReport:
-        """Counts per part, as the proposal's section 3 reports them."""
+        """Counts per part, as the proposal reports them (docs/design.md)."""
         parts = {"base_vl": self.base_model, "audio_encoder": self.audio_encoder, **self.safe_modules()}
         rep = ParameterReport()
         for name, module in parts.items():
@@ -209,7 +209,7 @@ class SAFEModel(nn.Module):
         return rep
 
     @contextlib.contextmanager
-    def audio_disabled(self) -> Iterator["SAFEModel"]:
+    def audio_disabled(self) -> Iterator[SAFEModel]:
         """Inside the block the whole model is the base model: no row uses audio."""
         previous = self._audio_off
         self._audio_off = True
@@ -347,7 +347,7 @@ class SAFEModel(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module) -> "SAFEModel":
+    def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module) -> SAFEModel:
         """Rebuild SAFE on ``base_model`` / ``audio_encoder`` and load its weights from ``path``.
         Refuses (``ValueError``) a checkpoint made for a base of another architecture, hidden size,
         layer count, or audio encoder width."""
@@ -358,7 +358,13 @@ class SAFEModel(nn.Module):
         for f in (cfg_file, w_file):
             if not f.is_file():
                 raise FileNotFoundError(f"not a SAFE checkpoint: {f} is missing")
-        meta = json.loads(cfg_file.read_text())
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ValueError(f"{cfg_file}: not a readable JSON file ({type(err).__name__}: {err})") from None
+        lacking = [k for k in ("format_version", "base_signature", "config") if not isinstance(meta, dict) or k not in meta]
+        if lacking:
+            raise ValueError(f"{cfg_file}: not a SAFE config (missing {', '.join(lacking)})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{cfg_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
         # Check compatibility before building, so a refused load leaves no hooks on the caller's base.
@@ -369,11 +375,19 @@ class SAFEModel(nn.Module):
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"SAFE checkpoint {path} was made for another base model ({detail})")
-        model = cls(base_model, encoder, SAFEConfig.from_dict(meta["config"]))
+        try:
+            config = SAFEConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{cfg_file}: its 'config' is not a SAFE config ({type(err).__name__}: {err})") from None
+        model = cls(base_model, encoder, config)
         try:
             if meta.get("has_policy"):
                 model.attach_policy(_policy_class().from_config(meta["policy"]))
-            state = load_file(str(w_file))
+            try:
+                state = load_file(str(w_file))
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a bad file
+                raise ValueError(f"{w_file}: not a readable safetensors file (truncated or not weights: "
+                                 f"{' '.join(str(err).split())[:200]})") from None
             own = model.safe_state_dict()
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             if missing or unexpected:

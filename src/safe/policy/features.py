@@ -1,4 +1,4 @@
-"""The policy's state (proposal 7.1): question embedding, image embedding, a cheap audio preview, and
+"""The policy's state (docs/design.md): question embedding, image embedding, a cheap audio preview, and
 the base model's confidence from its VL-only pass. Two layouts (:data:`STATE_KINDS`):
 
 * *early* (``StateSpec(confidence_dim=0)``, the default of ``safe policy train``): no confidence, so
@@ -33,8 +33,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ class StateSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StateSpec":
+    def from_dict(cls, d: dict[str, Any]) -> StateSpec:
         return cls(**{k: int(v) for k, v in d.items()})
 
 
@@ -230,7 +231,7 @@ class ImageProbe:
         self.embedding, self.records, self.replays = embedding, records, 0
 
     @contextlib.contextmanager
-    def reused(self) -> Iterator["ImageProbe"]:
+    def reused(self) -> Iterator[ImageProbe]:
         """While open, the recorded image-path calls are answered from the record, once each. A probe
         serves one block: the records are released on exit (and each one as soon as it is replayed),
         so the image tower's activations are not held past the prefill."""
@@ -241,7 +242,8 @@ class ImageProbe:
             original = module.forward
             pending = [(inputs, output)]
 
-            def forward(*args, _original=original, _sig=inspect.signature(original), _pending=pending, **kwargs):
+            # defaults bind this iteration's module (a closure would see the last one)
+            def forward(*args, _original=original, _sig=inspect.signature(original), _pending=pending, **kwargs):  # noqa: B008
                 if _pending:
                     bound = _bound(_sig, args, kwargs)
                     if bound is not None and _same(bound, _pending[0][0]):

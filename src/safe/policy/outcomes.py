@@ -13,7 +13,8 @@ Nothing is assumed free.
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

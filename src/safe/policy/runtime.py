@@ -43,8 +43,15 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from safe.models.backbones import VL_INPUT_KEYS
-from safe.policy.features import (ImageProbe, StateSpec, assemble_state, capture_image_embedding,
-                                  confidence_features, probe_image, question_embedding)
+from safe.policy.features import (
+    ImageProbe,
+    StateSpec,
+    assemble_state,
+    capture_image_embedding,
+    confidence_features,
+    probe_image,
+    question_embedding,
+)
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
 from safe.processing.vlm_prompts import ROW_PACKED, take_rows
 
@@ -79,10 +86,10 @@ class AudioPolicy(nn.Module):
         return {"kind": self.kind, "hidden": self.hidden, "state": self.spec.to_dict()}
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "AudioPolicy":
+    def from_config(cls, cfg: dict[str, Any]) -> AudioPolicy:
         return cls(StateSpec.from_dict(cfg["state"]), cfg["kind"], cfg["hidden"])
 
-    def generate_with(self, model, **kwargs) -> "PolicyGenerateOutput":
+    def generate_with(self, model, **kwargs) -> PolicyGenerateOutput:
         """``model.generate`` with this policy (attached to ``model``) choosing the audio rows: the hook
         ``SAFEModel.generate`` calls, so the model package needs no import of this one
         (:func:`generate_with_policy`)."""

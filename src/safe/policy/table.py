@@ -3,8 +3,7 @@
 Running the VL model and SAFE once per training example and per action, and storing the result,
 turns reinforcement learning over a 7B model into reinforcement learning over a table: an episode
 is one row, the action is "consult audio or not", and the outcome of either action is looked up.
-PPO then runs in seconds (issue 5: "outcomes with and without audio precomputed per training
-example so RL runs over a table fast").
+PPO then runs in seconds.
 
 :class:`OutcomeTable` holds, per example ``i`` (``n`` rows):
 
@@ -164,7 +163,7 @@ class OutcomeTable:
         (``correct_with > correct_without``); see :func:`safe.policy.baselines.oracle`."""
         return self.correct_with > self.correct_without
 
-    def subset(self, idx: Any) -> "OutcomeTable":
+    def subset(self, idx: Any) -> OutcomeTable:
         """The rows ``idx`` (int indices, a bool mask of length n, or a slice) as a new table.
 
         Index tensors are validated (range, mask length) and an empty selection is an error, since
@@ -201,7 +200,7 @@ class OutcomeTable:
         return p
 
     @classmethod
-    def load(cls, path: str | PathLike[str]) -> "OutcomeTable":
+    def load(cls, path: str | PathLike[str]) -> OutcomeTable:
         """Read a table written by :meth:`save` (re-validated on construction)."""
         from safetensors import safe_open
 

@@ -12,8 +12,9 @@ image placeholder token repeated as many times as the model expects (``image_seq
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -66,6 +67,12 @@ def chat_prompt_template(tokenizer, image_token_id: int) -> str | None:
     return text.replace("{", "{{").replace("}", "}}").replace(_QUESTION, "{question}")
 
 
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself puts its BOS token first when asked for special tokens."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
 class ProcessorFormat:
     """Prompt / training batches for a local LLaVA or BLIP-2 checkpoint directory, through its own
     tokenizer and image processor. Built from the directory and the loaded model, or with
@@ -91,7 +98,8 @@ class ProcessorFormat:
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.layout["pad_token_id"]
         self.pad = pad if pad is not None else self.eos
         self.start = self.layout["decoder_start_token_id"]
-        self.bos = self.tok.bos_token_id if getattr(self.tok, "add_bos_token", True) else None
+        # Gemma's tokenizer reports add_bos_token=False yet its post-processor adds <bos>: ask the tokenizer
+        self.bos = self.tok.bos_token_id if (getattr(self.tok, "add_bos_token", True) or _adds_bos(self.tok)) else None
 
     @classmethod
     def from_parts(cls, tokenizer, image_processor, layout: dict[str, Any], template: str | None = None):

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from safe.atomic import write_atomic
 from safe.processing.audio import LONG_AUDIO_RULES, load_audio
 from safe.processing.features import PREVIEW_DIM, BuiltinFrontEnd, FeatureFrontEnd, audio_preview
 from safe.processing.hf_prompts import ProcessorFormat
@@ -95,8 +97,8 @@ class SAFEProcessor:
 
     @classmethod
     def from_components(cls, prompt_format, front_end, base_model, *, base: str | os.PathLike | None = None,
-                        audio: str | os.PathLike | None = None, **kwargs) -> "SAFEProcessor":
-        """From the format and front end :func:`safe.stages.loading.load_frozen` returns; ``base`` /
+                        audio: str | os.PathLike | None = None, **kwargs) -> SAFEProcessor:
+        """From the format and front end :func:`safe.inference.loading.load_frozen` returns; ``base`` /
         ``audio``: the paths they were loaded from (recorded, absolute, for ``safe.pipeline``)."""
         size = None
         if isinstance(prompt_format, PromptFormat):
@@ -210,13 +212,11 @@ class SAFEProcessor:
             images = image_processor(self.image_size) if self.kind == "builtin" else self.prompt_format.images
             images.save_pretrained(str(path))
         self.front_end.extractor.save_pretrained(str(path / AUDIO_SUBDIR))
-        tmp = path / (PROCESSOR_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path / PROCESSOR_FILE)
+        write_atomic(path / PROCESSOR_FILE, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "SAFEProcessor":
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> SAFEProcessor:
         """Load what :meth:`save_pretrained` wrote (no download); ``path`` may also be a run directory
         (its ``checkpoints/policy``, else ``checkpoints/final``). ``overrides``: ``max_seconds`` /
         ``long_audio`` instead of the saved ones."""

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class VisionEncoded(Encoded):
 
     extras: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
-    def subset(self, index: Sequence[int]) -> "VisionEncoded":
+    def subset(self, index: Sequence[int]) -> VisionEncoded:
         index = list(index)
         return VisionEncoded([self.prompts[i] for i in index], [self.answers[i] for i in index],
                              [self.extras[i] for i in index])
@@ -154,7 +155,7 @@ class VLMProcessorFormat:
         self.template = template
 
     @classmethod
-    def from_parts(cls, processor, layout: dict[str, Any], template: str | None = None) -> "VLMProcessorFormat":
+    def from_parts(cls, processor, layout: dict[str, Any], template: str | None = None) -> VLMProcessorFormat:
         return cls(None, None, template, processor=processor, layout=layout)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -209,7 +210,7 @@ class VLMProcessorFormat:
         return new
 
     # -- the prepared-data interface of the other formats (encode / pixels / prompt_batch / train_batch) --
-    def encode(self, examples: Sequence) -> "VisionEncoded":
+    def encode(self, examples: Sequence) -> VisionEncoded:
         """Each example's prompt ids as its processor makes them with its own image (``example.image``, a
         path or PIL image; None: text only), answer ids, and the per-row / per-token extras of that call."""
         from safe.processing.prompts import open_image
@@ -283,7 +284,7 @@ class VLMProcessorFormat:
         self._target = tuple(max(d) for d in zip(*shapes)) if shapes else None
         return self._target
 
-    def _collate(self, enc: "VisionEncoded", index: Sequence[int], seqs: list[list[int]],
+    def _collate(self, enc: VisionEncoded, index: Sequence[int], seqs: list[list[int]],
                  answers: list[list[int]] | None) -> dict[str, torch.Tensor]:
         width = max(len(x) for x in seqs)
         n = len(index)
@@ -316,11 +317,11 @@ class VLMProcessorFormat:
                 batch["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
         return batch
 
-    def prompt_batch(self, enc: "VisionEncoded", index: Sequence[int]) -> dict[str, torch.Tensor]:
+    def prompt_batch(self, enc: VisionEncoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
         index = list(index)
         return self._collate(enc, index, [enc.prompts[i] for i in index], None)
 
-    def train_batch(self, enc: "VisionEncoded", index: Sequence[int]) -> dict[str, torch.Tensor]:
+    def train_batch(self, enc: VisionEncoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
         index = list(index)
         return self._collate(enc, index, [enc.prompts[i] + enc.answers[i] for i in index],
                              [enc.answers[i] for i in index])

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any
 
 
 @dataclass

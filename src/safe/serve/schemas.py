@@ -10,7 +10,7 @@ than silently ignored, and an unknown field is refused the same way.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
@@ -68,7 +68,7 @@ class AudioPart(_Shape):
     input_audio: InputAudio
 
 
-Part = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="type")]
+Part = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
 
 
 class Message(_Shape):
@@ -86,7 +86,7 @@ class SafeOptions(_Shape):
     """True: use the clip (the request must carry one); False: never; absent: the policy decides."""
 
 
-Number = Union[StrictInt, StrictFloat]
+Number = StrictInt | StrictFloat
 
 #: OpenAI parameters SAFE does not implement, with the one value that means "not used" (accepted).
 UNSUPPORTED = {"stop": None, "seed": None, "logprobs": False, "top_logprobs": None, "presence_penalty": 0,

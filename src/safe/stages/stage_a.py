@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from safe.data.source import DataSource
-from safe.training.config import StageAConfig
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
 from safe.stages.common import DataOptions, DType, StageError, base_path, config_path, data_source, load_options
+from safe.training.config import StageAConfig
 
 
 @dataclass
@@ -131,8 +131,8 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
 
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
+    from safe.inference.loading import load_safe
     from safe.training.evaluate import evaluate_stage_a
-    from safe.stages.loading import load_safe
     from safe.training.stage_a import StageATrainer
 
     run_dir = Path(run_dir)

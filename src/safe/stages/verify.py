@@ -1,6 +1,6 @@
 """``safe verify``: Stage 1 safety verification (bit-exact bypass, frozen weights, parameter table) of one
 base x encoder pair, or of every tiny preset pair; with ``--certificate``, of a trained run's own model,
-written as a deployment certificate that ``safe serve --certificate`` checks (:mod:`safe.serve.certificate`)."""
+written as a deployment certificate that ``safe serve --certificate`` checks (:mod:`safe.models.certificate`)."""
 from __future__ import annotations
 
 import time
@@ -95,7 +95,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     out = VerifyResult({"passed": all(m["passed"] for m in models.values()), "models": models}, tables,
                        cfg.certificate)
     if certified is not None and out.ok:
-        from safe.serve.certificate import write_certificate
+        from safe.models.certificate import write_certificate
 
         model, source = certified
         checks = [{"model": name, **c} for name, m in models.items() for c in m["checks"]]
@@ -115,8 +115,8 @@ def _verify_run(cfg: VerifyConfig, dtype, models: dict, tables: list[str]):
 
     from safe.bench import presets
     from safe.evaluation.safety import Check, verify_model
-    from safe.serve.certificate import fingerprints
-    from safe.stages.predict import find_checkpoint, pipeline
+    from safe.inference.pipeline import find_checkpoint, pipeline
+    from safe.models.certificate import fingerprints
 
     t0 = time.perf_counter()
     ckpt = find_checkpoint(cfg.run_dir)

@@ -1,4 +1,4 @@
-"""Stage A ablations as one command over a config grid (proposal section 9): every grid entry is the
+"""Stage A ablations as one command over a config grid: every grid entry is the
 recipe plus a few ``key=value`` overrides, trained for the same number of steps and seeds and scored
 on the same split, so the rows of the table differ in exactly what their name says.
 
@@ -12,10 +12,11 @@ benchmark are fingerprinted there and a mismatch raises instead of mixing runs.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from safe.atomic import write_atomic
 from safe.evaluation.stats import PROPORTION, mean_ci
 
 STAGE_A_GRID: dict[str, list[str]] = {
@@ -44,10 +45,9 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def _atomic_write(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+def write_state(path: Path, data: Any) -> None:
+    """The grid's progress file, written atomically (a crash mid-write leaves the previous state)."""
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def select_grid(names: Sequence[str] | None) -> dict[str, list[str]]:

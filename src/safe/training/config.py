@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safe.data.yaml_bounded import load_yaml
 from safe.models.safe_model import SAFEConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -40,7 +41,7 @@ class CurriculumConfig:
 
 @dataclass
 class StageAConfig:
-    """Stage A: supervised warm-start of projector + adapters (proposal section 7.2)."""
+    """Stage A: supervised warm-start of projector + adapters (the proposal's Stage A, docs/design.md)."""
 
     steps: int = 500
     """Optimiser steps."""
@@ -193,7 +194,7 @@ def load_stage_a_config(path: str | Path | None = None, overrides: list[str] | N
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(raw, dict):

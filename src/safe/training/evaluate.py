@@ -3,16 +3,16 @@ captions, and that the frozen parts were not touched. Stage A's own evaluation (
 run and the ablations); the cross-stage evaluation protocol is :mod:`safe.evaluation.protocol`."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from safe.data.prepared import PreparedSet
-from safe.processing.prompts import PromptFormat
 from safe.evaluation.metrics import bleu, cider_d, exact_match
 from safe.evaluation.stats import mcnemar
 from safe.models.generation import answer_questions
 from safe.models.safe_model import SAFEModel
+from safe.processing.prompts import PromptFormat
 
 
 def _mean(xs: Sequence[float]) -> float:

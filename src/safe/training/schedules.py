@@ -1,8 +1,8 @@
 """Stage A schedules: the learning-rate multiplier, the audio curriculum and the retention multiplier.
 
-* :func:`cosine_with_warmup` / :func:`make_lr_lambda`: linear warm-up then cosine decay to 0
-  (seed proposal, section 7.2: "cosine decay"), as a multiplier for ``LambdaLR``, computed by
-  transformers' cosine schedule (one warm-up step ahead of it, see :func:`cosine_with_warmup`).
+* :func:`cosine_with_warmup` / :func:`make_lr_lambda`: linear warm-up then cosine decay to 0, as a
+  multiplier for ``LambdaLR``; the same learning rates as transformers' ``get_cosine_schedule_with_warmup``
+  from the end of warm-up on (one warm-up step ahead of it, see :func:`cosine_with_warmup`).
 * :func:`audio_exposure`: the curriculum, the fraction of the audio-dependent pool (ordered easy ->
   hard) that the sampler may draw from at a step (fed to
   :meth:`safe.data.mixture.BalancedMixtureSampler.set_exposure`).
@@ -14,10 +14,9 @@ only :class:`DualAscent` has state, with ``state_dict`` / ``load_state_dict``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
-
-from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
 from safe.validation import int_arg, real_arg
 
@@ -35,18 +34,6 @@ def _check_lr_args(total: Any, warmup: Any) -> tuple[int, int]:
     return total, warmup
 
 
-def _library_step(step: int, total: int, warmup: int) -> int:
-    """The step at which transformers' multiplier equals this module's at ``step``.
-
-    transformers' linear warm-up gives ``step / warmup`` (0 at the first step, which would waste
-    it); this schedule gives ``(step + 1) / warmup``, so warm-up steps are shifted by one. The last
-    warm-up step then lands on ``warmup``, where transformers' cosine starts at exactly 1.0, the
-    same value. Past ``total`` transformers' cosine rises again (it is periodic); this schedule
-    stays at 0, so the step is held at ``total``.
-    """
-    return step + 1 if step < warmup else min(step, total)
-
-
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier in ``[0, 1]`` for optimizer step ``step`` (0-based).
 
@@ -56,17 +43,18 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
       1 at the end of warm-up, 0 at ``step == total``;
     * ``step > total``: 0.
 
-    Computed by transformers' ``get_cosine_schedule_with_warmup`` multiplier
-    (``_get_cosine_schedule_with_warmup_lr_lambda``, half a cosine period) at a shifted step (see
-    :func:`_library_step`): bit-identical to the formulas above at every step (tested), so Stage A
-    trains exactly as before the library was used.
+    Two differences from transformers' ``get_cosine_schedule_with_warmup`` (whose multiplier is not public
+    API, so it is written out here): its warm-up gives ``step / warmup``, 0 at the first step, and its cosine
+    rises again past ``total``. From the end of warm-up to ``total`` the two give the same learning rates (tested).
 
     ``warmup = 0`` means no warm-up. Requires ``total >= 1`` and ``0 <= warmup < total``.
     """
     total, warmup = _check_lr_args(total, warmup)
     step = int_arg("step", step, 0)
-    return float(_get_cosine_schedule_with_warmup_lr_lambda(
-        _library_step(step, total, warmup), num_warmup_steps=warmup, num_training_steps=total, num_cycles=0.5))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def make_lr_lambda(total: int, warmup: int) -> Callable[[int], float]:

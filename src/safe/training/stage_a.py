@@ -1,4 +1,4 @@
-"""Stage A: supervised warm-start of the projector and the gated adapters (proposal section 7.2).
+"""Stage A: supervised warm-start of the projector and the gated adapters (the proposal's Stage A, docs/design.md).
 
     L = L_audio + lambda_ret * L_ret + lambda_fisher * L_fisher
 
@@ -18,18 +18,18 @@ import pickle
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from safe.data.prepared import PreparedSet
 from safe.models.generation import accuracy_by_family, answer_questions
+from safe.models.safe_model import SAFEModel
 from safe.processing.prompts import PromptFormat
 from safe.processing.vlm_prompts import ROW_PACKED, take_rows
-from safe.models.safe_model import SAFEModel
 from safe.training.config import StageAConfig
-from safe.data.prepared import PreparedSet
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
@@ -80,6 +80,9 @@ def load_resume_state(file: Path) -> dict:
             f"{file} holds objects other than tensors and plain containers{what}; it is not loaded, since "
             f"unpickling it could run code. Start a fresh run directory or pass --fresh "
             f"(make demo DEMO_ARGS=--fresh)") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # a truncated or garbage file
+        raise ValueError(f"{file}: the saved training state cannot be read ({' '.join(str(e).split())[:200]}); "
+                         "start a fresh run directory or pass --fresh") from None
 
 
 def param_groups(model: SAFEModel, cfg: StageAConfig) -> list[dict]:
@@ -87,7 +90,7 @@ def param_groups(model: SAFEModel, cfg: StageAConfig) -> list[dict]:
     gates = {id(g) for g in model.gates().values()}
     groups = {"projector": [], "projector_no_decay": [], "adapters": [], "adapters_no_decay": [], "gates": []}
     for part, module in (("projector", model.projector), ("adapters", model.adapters)):
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             if not p.requires_grad:
                 continue
             if id(p) in gates:

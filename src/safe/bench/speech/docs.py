@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
+from safe.atomic import write_atomic
 from safe.bench.speech.track import AUDIO_FAMILIES
 
 START, END = "<!-- speech-results:start -->", "<!-- speech-results:end -->"
@@ -124,9 +124,7 @@ def write_readme(run_dir: str | Path, readme: str | Path) -> str:
     block = readme_block(json.loads(metrics_file.read_text()))
     path = Path(readme)
     new = splice(path.read_text(encoding="utf-8"), block)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        f.write(new)
-    os.replace(f.name, path)
+    write_atomic(path, new)
     return block
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import wave
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -20,9 +19,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from safe.bench.files import FORMAT_VERSION, BenchmarkMissingError, _atomic_write_text, _sha256, load_benchmark_info, load_split
-from safe.bench.speech.track import (PROMPTS, QUESTION_FAMILIES, SAMPLE_RATE, TASK, TRACK_VERSION, SpeechConfig,
-                                     make_row, split_plan)
+from safe.atomic import staged_file, write_atomic
+from safe.bench.files import FORMAT_VERSION, BenchmarkMissingError, load_benchmark_info, load_split, sha256_file
+from safe.bench.speech.track import (
+    PROMPTS,
+    QUESTION_FAMILIES,
+    SAMPLE_RATE,
+    TASK,
+    TRACK_VERSION,
+    SpeechConfig,
+    make_row,
+    split_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +68,11 @@ def speak(utterance: dict[str, Any]) -> np.ndarray:
 
 
 def _write_pcm16(path: Path, samples: np.ndarray, rate: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with wave.open(str(tmp), "wb") as w:
+    with staged_file(path) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(np.asarray(samples, dtype="<i2").tobytes())
-    os.replace(tmp, path)
 
 
 def _is_complete(out: Path, config: SpeechConfig) -> bool:
@@ -109,8 +115,7 @@ def generate_speech_benchmark(out_dir: str | Path, config: SpeechConfig | None =
             plan = split_plan(config, split)
             fams: Counter[str] = Counter()
             voices[split] = Counter()
-            tmp = out / f"{split}.jsonl.tmp"
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            with staged_file(out / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 for index in range(n):
                     ex, image, utterance = make_row(config, split, index, plan)
                     uid = utterance_id(utterance)
@@ -131,8 +136,7 @@ def generate_speech_benchmark(out_dir: str | Path, config: SpeechConfig | None =
                     voices[split][utterance["voice"]] += 1
                     vocab[ex.family].add(ex.answer)
                     bar.update(1)
-            os.replace(tmp, out / f"{split}.jsonl")
-            digests[split] = _sha256(out / f"{split}.jsonl")
+            digests[split] = sha256_file(out / f"{split}.jsonl")
             counts[split] = {"total": n, "families": {k: fams[k] for k in QUESTION_FAMILIES if fams[k]}}
     seconds = np.array(list(clips.values()) or [0.0])
     info = {
@@ -146,6 +150,6 @@ def generate_speech_benchmark(out_dir: str | Path, config: SpeechConfig | None =
                   "max_seconds": round(float(seconds.max()), 3)},
         "manifest_sha256": digests,
     }
-    _atomic_write_text(out / "benchmark.json", json.dumps(info, indent=2) + "\n")
+    write_atomic(out / "benchmark.json", json.dumps(info, indent=2) + "\n")
     logger.info("wrote the speech track to %s: %s, %d distinct clips", out, sizes, len(clips))
     return out

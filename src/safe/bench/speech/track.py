@@ -40,8 +40,9 @@ its generator's phase (and its male voices' pitch jitter) from one utterance to 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -154,7 +155,7 @@ class SpeechConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SpeechConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SpeechConfig:
         """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
         known = {f.name for f in fields(cls)}
         extra = sorted(set(d) - known)
@@ -163,7 +164,7 @@ class SpeechConfig:
         return cls(**d)
 
     @classmethod
-    def tiny(cls, seed: int = 0, **overrides: Any) -> "SpeechConfig":
+    def tiny(cls, seed: int = 0, **overrides: Any) -> SpeechConfig:
         """A few dozen rows, two voices: for tests (generates in about a second)."""
         small = dict(n_train=24, n_val=8, n_test=12, n_retention=8, n_ood_test=8, voices=("en-us", "en+f3"),
                      held_out_voices=("en-us+m1",))

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from safe.bench.files import staged_dir
+from safe.atomic import staged_dir
 
 #: CTranslate2's DataType ids -> numpy dtypes (bfloat16, id 5, is widened to float32 by hand).
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}

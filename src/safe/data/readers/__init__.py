@@ -24,7 +24,8 @@ All paths in the records are absolute (not symlink-resolved).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from safe.data.readers._common import MAX_PROBLEMS, DatasetFormatError, ReadResult, stream_rows
 from safe.data.readers.audio import read_audiocaps, read_clotho, read_vggsound

@@ -1,6 +1,6 @@
 """The per-benchmark tables of the evaluation (retention per VL benchmark, gains per audio benchmark,
 caption metrics per caption benchmark: :mod:`safe.evaluation.per_task`), as formatted cells that the
-HTML report (:mod:`safe.evaluation.report`) and the markdown results page (:mod:`safe.evaluation.docs`)
+HTML report (:mod:`safe.reporting.report`) and the markdown results page (:mod:`safe.reporting.docs`)
 both render, so the two cannot disagree. Only plain data is read; a table whose key is missing or
 empty is ``None`` (an older run), never a table of made-up numbers.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from safe.evaluation.report import fmt, fmt_ci
+from safe.reporting.format import fmt, fmt_ci
 
 __all__ = ["BENCH_SECTIONS", "RETENTION_NOTE", "Table", "captions_table", "gains_table", "render", "retention_table"]
 

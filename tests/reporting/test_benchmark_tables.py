@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import html
 
-from safe.evaluation.benchmark_tables import captions_table, gains_table, retention_table
-from safe.evaluation.docs import results_page
-from safe.evaluation.report import render_report
+from safe.reporting.benchmark_tables import captions_table, gains_table, retention_table
+from safe.reporting.docs import results_page
+from safe.reporting.report import render_report
 from tests.evaluation.fake_metrics import full_metrics, per_benchmark_metrics
 
 

@@ -13,13 +13,13 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from safe.atomic import write_atomic
 from safe.models.integrity import state_hash
 
 FORMAT = "safe-deployment-certificate"
@@ -58,12 +58,7 @@ def write_certificate(path: str | os.PathLike, model, checks: list[dict[str, Any
             "passed": bool(passed), "source": source, "sha256": fingerprints(model),
             "hash": "safe.models.integrity.state_hash: SHA-256 over each state-dict entry (name, dtype, shape, bytes)",
             "checks": checks, "libraries": library_versions()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(cert, f, indent=2)
-        tmp = f.name
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(cert, indent=2))
     return cert
 
 
@@ -80,6 +75,11 @@ def read_certificate(path: str | os.PathLike) -> dict[str, Any]:
         raise CertificateError(f"--certificate {path}: not a {FORMAT} version {VERSION} file")
     if not isinstance(cert.get("sha256"), dict) or set(PARTS) - set(cert["sha256"]):
         raise CertificateError(f"--certificate {path}: it lists no sha256 for {sorted(set(PARTS) - set(cert.get('sha256') or {}))}")
+    bad = [p for p in PARTS if not isinstance(cert["sha256"][p], str)]
+    if bad:
+        raise CertificateError(f"--certificate {path}: sha256 of {bad} must be hex strings")
+    if not isinstance(cert.get("libraries") or {}, dict):
+        raise CertificateError(f"--certificate {path}: 'libraries' must be an object")
     return cert
 
 

@@ -10,13 +10,13 @@ Only plain data is read (no torch), as the report does.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safe.evaluation.benchmark_tables import BENCH_SECTIONS, render
-from safe.evaluation.report import DASH, fmt, fmt_ci
+from safe.atomic import write_atomic
+from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
+from safe.reporting.format import DASH, fmt, fmt_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS_FILE = "results.md"
@@ -307,7 +307,7 @@ def _measures(m: Mapping) -> list[Row]:
          lambda m: f"{_f(_at(m, 'eval', 'robustness', 'irrelevant', 'false_positive_rate'))} / "
          f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'answers_changed'))} of "
          f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'n'))}"),
-        ("Eval: proposal stage gates (section 14)", _gates),
+        ("Eval: the proposal's targets (stage gates, docs/design.md)", _gates),
     ]
 
 
@@ -457,19 +457,6 @@ def _safe_state(m: Mapping) -> str:
 
 
 # ---------------------------------------------------------------------------------------- writing
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder and rename it: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def replace_block(text: str, block: str, name: str = "README") -> str:
     """``text`` with everything between :data:`START` and :data:`END` replaced by ``block`` (markers kept).
     Raises :class:`DocsError` naming ``name`` when a marker is missing, repeated or out of order."""

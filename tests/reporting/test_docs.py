@@ -1,4 +1,4 @@
-"""Generated documentation (safe.evaluation.docs): the README's short table and docs/results.md, from a
+"""Generated documentation (safe.reporting.docs): the README's short table and docs/results.md, from a
 metrics.json shaped like the demo's (numbers of the README's fresh-clone run)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from safe.evaluation.docs import END, START, DocsError, readme_table, results_page, write_docs
+from safe.reporting.docs import END, START, DocsError, readme_table, results_page, write_docs
 from tests.evaluation.fake_metrics import demo_metrics, full_metrics
 
 
@@ -80,7 +80,7 @@ def test_results_page_holds_every_figure_of_the_long_table(metrics):
     assert rows["Eval: SNR sweep, audio accuracy"].endswith("(clean / -10 / 0 / 10 / 20 / 30 dB)")
     assert rows["Eval: irrelevance stress, VL questions with random other rows' clips: policy false positives / VL "
                 "answers changed with the gate forced open"] == "0.030 / 1 of 780"
-    assert rows["Eval: proposal stage gates (section 14)"] == "3 of 3 PASS"
+    assert rows["Eval: the proposal's targets (stage gates, docs/design.md)"] == "3 of 3 PASS"
     for title in ("Per family after Stage A", "Stages B and C: policy vs baselines", "Pareto points of the PPO policy",
                   "Deployed gate, measured end to end", "Evaluation: retention", "Evaluation: stage gates",
                   "Ablations: Stage A", "Ablations: Stages B and C", "Time per stage"):

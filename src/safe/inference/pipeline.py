@@ -1,0 +1,218 @@
+"""Inference for a deployer: ``safe.pipeline(run_dir)`` and the batched answers of ``safe predict``.
+
+``pipeline`` loads the frozen base and audio encoder, the SAFE (+ policy) checkpoint and its
+:class:`~safe.processing.processor.SAFEProcessor`, and answers questions about images and clips. The
+checkpoint is ``<run>/checkpoints/policy`` (Stages B/C: SAFE with its deployed gate) when present, else
+``<run>/checkpoints/final`` (Stage A), or a checkpoint directory given directly. The base / encoder
+paths are read from the processor saved beside the weights (``safe_processor.json``) unless given;
+a checkpoint without a processor falls back to the built-in models folder (``$SAFE_CACHE/base``).
+
+Which rows use audio: ``use_audio=True`` / ``False`` decides; otherwise the attached policy decides
+(its early or cascade path, :func:`safe.policy.runtime.generate_with_policy`), and without a policy every
+row with audio uses it. A row without audio never does, and its answer is the base model's own on the
+same batch (SAFE's bypass contract). A batch is one ``generate`` call.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from safe.inference.loading import load_trained, load_trained_model
+from safe.models.backbones import VL_INPUT_KEYS
+from safe.models.generation import MAX_NEW_TOKENS
+from safe.models.safe_model import CONFIG_NAME
+from safe.processing.processor import PROCESSOR_FILE, SAFEProcessor
+from safe.processing.prompts import open_image
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The SAFE checkpoint of a run directory (``checkpoints/policy``, else ``checkpoints/final``) or
+    ``path`` itself when it is a checkpoint; ``FileNotFoundError`` naming what was looked for."""
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    for sub in ("policy", "final"):
+        if (path / "checkpoints" / sub / CONFIG_NAME).is_file():
+            return path / "checkpoints" / sub
+    raise FileNotFoundError(f"{path} is neither a SAFE checkpoint ({CONFIG_NAME}) nor a run directory with "
+                            "checkpoints/policy or checkpoints/final (train first: safe train / safe policy train)")
+
+
+class _AvailableRows(nn.Module):
+    """The attached policy, restricted to the rows that have audio: a row without a clip is never chosen."""
+
+    def __init__(self, policy: nn.Module, has_audio: torch.Tensor) -> None:
+        super().__init__()
+        self.inner, self.has_audio, self.spec = policy, has_audio.cpu(), policy.spec
+
+    def decide_with_probability(self, states: torch.Tensor):
+        use, prob = self.inner.decide_with_probability(states)
+        return use & self.has_audio, prob
+
+    def generate_with(self, model, **kwargs):
+        """The inner policy's generate path, with this wrapper attached as ``model.policy`` deciding."""
+        return self.inner.generate_with(model, **kwargs)
+
+
+@contextlib.contextmanager
+def _only_rows_with_audio(model, has_audio: torch.Tensor) -> Iterator[None]:
+    policy = model.policy
+    model.policy = _AvailableRows(policy, has_audio)
+    try:
+        yield
+    finally:
+        model.policy = policy
+
+
+class Pipeline:
+    """``p(image=..., question=..., audio=None, use_audio=None, sampling_rate=None)``: one question ->
+    ``{"answer", "used_audio", "audio_probability"}``; lists of questions (images, clips alike) -> a list
+    of those, from one ``generate`` for the batch. ``audio_probability`` is the policy's P(use audio)
+    for rows with audio when the policy decided, else None."""
+
+    def __init__(self, model, processor: SAFEProcessor, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+        self.model, self.processor, self.max_new_tokens = model, processor, int(max_new_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.base_model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, image: Any = None, question: str | Sequence[str] | None = None, audio: Any = None,
+                 use_audio: bool | Sequence[bool] | None = None, sampling_rate: Any = None):
+        single = isinstance(question, str)
+        inputs = self.processor(text=question, images=image, audio=audio, sampling_rate=sampling_rate)
+        n = inputs["input_ids"].shape[0]
+        has = inputs["audio_mask"]
+        vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}
+        gen = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
+        prob: list[float | None] = [None] * n
+        if use_audio is None and self.model.policy is not None and bool(has.any()):
+            with _only_rows_with_audio(self.model, has):
+                out = self.model.generate(**vl, **gen, audio_features=inputs["audio_features"].to(self.device),
+                                          audio_preview=inputs["audio_preview"])
+            sequences, used = out.sequences, out.used_audio.cpu() & has
+            prob = [float(p) if h else None for p, h in zip(out.use_probability.tolist(), has.tolist())]
+        else:
+            used = self._mask(use_audio, has, n)
+            if bool(used.any()):
+                sequences = self.model.generate(**vl, **gen, audio_features=inputs["audio_features"].to(self.device),
+                                                audio_mask=used.to(self.device))
+            else:
+                sequences = self.model.generate(**vl, **gen)
+        answers = self.processor.decode(sequences, vl["input_ids"].shape[1])
+        rows = [{"answer": a, "used_audio": bool(u), "audio_probability": p}
+                for a, u, p in zip(answers, used.tolist(), prob)]
+        return rows[0] if single else rows
+
+    @staticmethod
+    def _mask(use_audio, has: torch.Tensor, n: int) -> torch.Tensor:
+        if use_audio is None:
+            return has.clone()
+        want = [bool(use_audio)] * n if isinstance(use_audio, bool) else [bool(u) for u in use_audio]
+        if len(want) != n:
+            raise ValueError(f"use_audio: {len(want)} values given for {n} questions")
+        missing = [i for i, (w, h) in enumerate(zip(want, has.tolist())) if w and not h]
+        if missing:
+            raise ValueError(f"use_audio=True for row(s) {missing}, which have no audio")
+        return torch.tensor(want, dtype=torch.bool)
+
+
+def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike | None = None,
+             audio: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+             max_new_tokens: int = MAX_NEW_TOKENS, load_options: dict | None = None,
+             **processor_options: Any) -> Pipeline:
+    """A :class:`Pipeline` from a run directory or a SAFE checkpoint directory (module docstring).
+    ``base`` / ``audio``: the frozen base (built-in models folder or a LLaVA / BLIP-2 checkpoint) and
+    the audio encoder checkpoint, when the processor saved with the checkpoint does not name them.
+    ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule.
+    ``load_options``: the base's ``attn_implementation`` / ``device_map`` (:func:`~safe.inference.loading.load_frozen`)."""
+    ckpt = find_checkpoint(run_dir_or_checkpoint)
+    processor = (SAFEProcessor.from_pretrained(ckpt, **processor_options) if (ckpt / PROCESSOR_FILE).is_file()
+                 else None)
+    if processor is not None:
+        base = base or processor.sources.get("base")
+        audio = audio or processor.sources.get("audio")
+    if base is None:
+        base = Path(os.environ.get("SAFE_CACHE", ".cache/safe")) / "base"
+    if processor is not None:  # the saved processor is the prompt format and front end: none built twice
+        model = load_trained_model(base, ckpt, audio, dtype=dtype, **(load_options or {}))
+    else:
+        model, fmt, frontend = load_trained(base, ckpt, audio, dtype=dtype, **(load_options or {}))
+        processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base, audio=audio,
+                                                  **processor_options)
+    return Pipeline(model.to(device), processor, max_new_tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# safe predict
+def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file: one object per line with ``question`` (required), ``image``,
+    ``audio`` (paths, relative ones taken from the file's folder), ``use_audio`` (bool) and any ``id``
+    (echoed). Blank lines are skipped. ``ValueError`` names the file and line of a bad row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not a JSON object ({err})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise ValueError(f"{where}: each line must be a JSON object with a 'question' string")
+        if row.get("use_audio") is not None and not isinstance(row["use_audio"], bool):
+            raise ValueError(f"{where}: use_audio must be true, false or null, got {row['use_audio']!r}")
+        for key in ("image", "audio"):
+            if row.get(key) is not None:
+                p = Path(row[key])
+                row[key] = str(p if p.is_absolute() else path.parent / p)
+        rows.append({**row, "_where": where})
+    if not rows:
+        raise ValueError(f"--input {path}: no requests in the file")
+    return rows
+
+
+def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str | os.PathLike | None = None,
+            audio: str | os.PathLike | None = None, batch_size: int = 16,
+            long_audio: str = "truncate", load_options: dict | None = None) -> list[dict[str, Any]]:
+    """Answer ``requests`` (dicts with ``question``, optional ``image`` / ``audio`` paths, ``use_audio``,
+    ``id``, ``_where`` for error messages) with the run or checkpoint ``source``, ``batch_size`` rows per
+    ``generate`` (rows sharing a ``use_audio`` choice and having an image or not batch together). Every
+    input is read and checked before anything runs; errors name the request (``_where``) and the file.
+    ``long_audio``: clips longer than the encoder's window are cut (``truncate``, logged) or refused."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    p = pipeline(source, base, audio, long_audio=long_audio, load_options=load_options)
+    prepared = []
+    for i, r in enumerate(requests):
+        where = r.get("_where", f"request {i}")
+        img = None if r.get("image") is None else open_image(r["image"], f"{where}: image {r['image']}",
+                                                              p.processor.image_size)
+        try:
+            clip = None if r.get("audio") is None else p.processor.load_audio(r["audio"])
+        except ValueError as err:
+            raise type(err)(f"{where}: {err}") from None
+        prepared.append((img, clip))
+    out: list[dict[str, Any] | None] = [None] * len(requests)
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault((r.get("use_audio"), prepared[i][0] is not None), []).append(i)
+    for (use, _), idx in groups.items():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            res = p(image=[prepared[i][0] for i in chunk], question=[requests[i]["question"] for i in chunk],
+                    audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate)
+            for i, row in zip(chunk, res):
+                out[i] = {**({"id": requests[i]["id"]} if "id" in requests[i] else {}), **row}
+    return out  # type: ignore[return-value]

