@@ -114,7 +114,8 @@ def test_demo_hands_its_state_to_the_policy_stage(monkeypatch, tmp_path, flags, 
     class Done(StageResult):
         path = Path(tmp_path)
 
-    for target in ("synth", "build_base", "verify", "train", "evaluate", "report"):  # the demo's own names
+    # safe.stages.demo binds the stage functions when imported: stub them there
+    for target in ("synth", "build_base", "verify", "train", "evaluate", "report"):
         monkeypatch.setattr(f"safe.stages.demo.{target}", lambda cfg: Done())
 
     def policy(cfg):

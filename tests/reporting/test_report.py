@@ -312,7 +312,7 @@ def test_no_raw_key_names_or_dicts_in_cells(metrics, tmp_path):
             "false_positive_rate", "vl_accuracy", "audio_use_rate", "overhead_ms", "base_as_good_points", "approx_kl",
             "tag_exact_match", "caption_cider_d", "student_params", "test_agreement", "vl_accuracy_gate_open")
     assert not [c for c in cells if any(k in c for k in keys)], [c for c in cells if any(k in c for k in keys)][:5]
-    assert "policy finished after" in cells and "6 min 14 s" in cells and "whole run" in cells
+    assert "Stages B and C finished after" in cells and "6 min 14 s" in cells and "whole run" in cells
     assert "266,756 of 1,172,224 (22.76%)" in cells
 
 

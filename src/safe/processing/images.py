@@ -25,7 +25,10 @@ from typing import Any
 from PIL import Image
 
 MAX_SIDE = 4096
-"""Default largest width and largest height decoded: every model here resizes to a few hundred pixels."""
+"""The server's default largest width and height: every model here resizes to a few hundred pixels."""
+FILE_MAX_SIDE = 16384
+"""Largest width and height of an image file read for data or ``safe predict`` (a camera photo fits;
+Pillow's own bomb check refuses much past it anyway)."""
 SERVE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 FILE_FORMATS = SERVE_FORMATS + ("BMP", "TIFF")
 
@@ -53,7 +56,7 @@ def check_size(im: Image.Image, name: str, max_width: int, max_height: int) -> N
                                  "here (width and height are limited separately); send it resized", (w, h))
 
 
-def read_image(source: Any, name: str = "image", *, max_width: int = MAX_SIDE, max_height: int = MAX_SIDE,
+def read_image(source: Any, name: str = "image", *, max_width: int = FILE_MAX_SIDE, max_height: int = FILE_MAX_SIDE,
                formats: tuple[str, ...] | None = FILE_FORMATS) -> Image.Image:
     """A path, ``bytes`` or binary file-like object -> an RGB image, under the module docstring's rules."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -82,5 +85,5 @@ def read_image(source: Any, name: str = "image", *, max_width: int = MAX_SIDE, m
         raise ImageInputError(f"{name}: cannot decode the image ({type(err).__name__}: {err})") from None
 
 
-__all__ = ["FILE_FORMATS", "ImageInputError", "ImageTooLargeError", "MAX_SIDE", "SERVE_FORMATS", "check_size",
+__all__ = ["FILE_FORMATS", "FILE_MAX_SIDE", "ImageInputError", "ImageTooLargeError", "MAX_SIDE", "SERVE_FORMATS", "check_size",
            "read_image"]

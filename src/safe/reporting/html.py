@@ -40,6 +40,9 @@ LABELS = {
     "caption_cider_d": "caption CIDEr-D", "tag_exact_match": "tag sets exactly right",
     "frozen_byte_identical": "frozen weights byte-identical", "cohens_dz_gate_open": "Cohen's dz, gate open",
     "approx_kl": "approx. KL", "clipfrac": "clipped fraction", "mean_reward": "mean reward",
+    # the stages, as the run time names them
+    "verify": "Stage 1 verification", "base": "base models", "stage_a": "Stage A", "policy": "Stages B and C",
+    "eval": "evaluation",
 }
 
 

@@ -4,7 +4,7 @@ ablation grid) — by calling each stage function in turn."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from safe.evaluation.gates import GateFailed
@@ -14,12 +14,16 @@ from safe.runs import RunDir, StageResult
 from safe.stages.ablate import AblateConfig, ablate
 from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
 from safe.stages.common import RunOptions, StageLog, base_path, cache_dir
+from safe.stages.depth import RECIPE as DEPTH_RECIPE
+from safe.stages.depth import RUN_DIR as DEPTH_RUN_DIR
+from safe.stages.depth import demo_depth
 from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+from safe.stages.options import make_config
 from safe.stages.policy import PolicyTrainConfig, train_policy
 from safe.stages.speech import RECIPE as SPEECH_RECIPE
 from safe.stages.speech import RUN_DIR as SPEECH_RUN_DIR
 from safe.stages.speech import speech_figures, whisper_dirs
-from safe.stages.stage_a import TrainConfig, train
+from safe.stages.stage_a import BUILTIN_RECIPE, TrainConfig, train
 from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
 
@@ -27,10 +31,9 @@ from safe.stages.verify import VerifyConfig, VerifyResult, verify
 class DemoConfig(RunOptions):
     """Options of ``safe demo``."""
 
-    config: str = "configs/stage_a_builtin.yaml"
-    """Stage A recipe."""
-    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
-    """Override a Stage A recipe field (repeatable)."""
+    recipe: str | None = None
+    """Stage A recipe: a safe train --config file (stage_a: and its settings; default the track's shipped one,
+    stage_a_builtin.yaml or stage_a_speech.yaml)."""
     fresh: bool = False
     """Retrain Stage A even if the run directory has checkpoints."""
     rebuild_base: bool = False
@@ -46,10 +49,11 @@ class DemoConfig(RunOptions):
     continue_on_gate_failure: bool = False
     """Go on to the next stage when a go / no-go gate fails (Stage 1 verification before Stage A; Stage 2,
     audio gain >= 3 points with VL loss < 0.5 points, before Stage B); default: stop there and exit 1."""
-    track: Literal["synthetic", "speech"] = "synthetic"
-    """Benchmark track: synthetic (shapes, tones) or speech (spoken questions in eSpeak NG voices, the real
+    track: Literal["synthetic", "speech", "depth"] = "synthetic"
+    """Benchmark track: synthetic (shapes, tones), speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
-    configs/stage_a_speech.yaml)."""
+    stage_a_speech.yaml) or depth (the scenes' depth maps through the shipped depth encoder, questions
+    only depth answers; default run directory runs/demo-depth, recipe stage_a_depth.yaml)."""
 
 
 @dataclass
@@ -84,11 +88,13 @@ def stopped(run_dir: str, step: StageLog, failure, echo=print) -> DemoResult:
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
     own check failed (verification, frozen weights)."""
-    if cfg.track == "speech":
+    if cfg.track in ("speech", "depth"):
+        run_dir, recipe, run_track = {"speech": (SPEECH_RUN_DIR, SPEECH_RECIPE, demo_speech),
+                                      "depth": (DEPTH_RUN_DIR, DEPTH_RECIPE, demo_depth)}[cfg.track]
         defaults = DemoConfig()
-        return demo_speech(dataclasses.replace(
-            cfg, run_dir=SPEECH_RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
-            config=SPEECH_RECIPE if cfg.config == defaults.config else cfg.config), echo)
+        return run_track(dataclasses.replace(
+            cfg, run_dir=run_dir if cfg.run_dir == defaults.run_dir else cfg.run_dir,
+            recipe=cfg.recipe or recipe), echo)
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
@@ -101,12 +107,13 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     own = VerifyConfig(base=str(base.path / "vl"), audio=str(base.path / "audio_encoder"), run_dir=cfg.run_dir)
     step(verify(own))
     step(verify(VerifyConfig(all_presets=True, run_dir=cfg.run_dir)), "verify_done_seconds")
-    echo(f"\n== 4. Stage A: projector + gated adapters ({cfg.config}) ==")
+    recipe = cfg.recipe or BUILTIN_RECIPE
+    echo(f"\n== 4. Stage A: projector + gated adapters ({recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(bench.path), base=str(base.path))
     go_on = cfg.continue_on_gate_failure
     try:  # each stage checks the gate before it (Stage 1 before Stage A, Stage 2 before Stage B)
-        step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh,
-                               continue_on_gate_failure=go_on)), "stage_a_done_seconds")
+        step(train(make_config(TrainConfig, recipe, {**paths, "fresh": cfg.fresh, "continue_on_gate_failure": go_on})),
+             "stage_a_done_seconds")
         echo("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
         policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
         step(train_policy(PolicyTrainConfig(**paths, policy=policy, continue_on_gate_failure=go_on)),
@@ -118,7 +125,7 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     step(evaluate(EvalConfig(**paths)))
     if cfg.ablations:
         echo("\n== 7. Stage A ablations (safe ablate) ==")
-        step(ablate(AblateConfig(**paths, config=cfg.config, overrides=list(cfg.overrides))))
+        step(ablate(make_config(AblateConfig, recipe, paths)))
     result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing
@@ -150,12 +157,12 @@ def demo_speech(cfg: DemoConfig, echo=print) -> DemoResult:
     run.record(VerifyResult())  # this run's verification only
     step(verify(VerifyConfig(base=str(base.path / "vl"), audio=str(audio), run_dir=cfg.run_dir)),
          "verify_done_seconds")
-    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
+    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
     go_on = cfg.continue_on_gate_failure
     try:  # the Stage 1 and Stage 2 go / no-go gates stop the run (unless --continue-on-gate-failure)
-        step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh,
-                               continue_on_gate_failure=go_on)), "stage_a_done_seconds")
+        step(train(make_config(TrainConfig, cfg.recipe, {**paths, "fresh": cfg.fresh, "continue_on_gate_failure": go_on})),
+             "stage_a_done_seconds")
         echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
         step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state),
                                             continue_on_gate_failure=go_on)), "policy_done_seconds")
