@@ -52,7 +52,7 @@ class GemmaBaseConfig:
     seed: int = 0
     steps: int = 60
     """Optimiser steps over the built-in VL-only train rows. Each step runs forward and backward through all
-    18 Gemma layers: about 2.5 s on two idle cores, about 60 s on the shared machine the shipped figures were
+    18 Gemma layers: about 2.5 s on two idle cores, about 48 s on the shared machine the shipped figures were
     measured on (load 8-16 on 2 cores), which is what bounded this schedule."""
     batch_size: int = 8
     lr_projector: float = 2e-3
