@@ -40,3 +40,12 @@ def test_staged_dir_replaces_the_folder_only_when_complete(tmp_path):
         raise RuntimeError("crash")
     assert [p.name for p in out.iterdir()] == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["base"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_atomic(tmp_path / "report.html", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others where the umask says so

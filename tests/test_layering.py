@@ -23,15 +23,19 @@ LAYERS = ("adapters", "models", "processing", "data", "evaluation", "training", 
 packages before it. ``bench`` (the built-in benchmark, base models and presets) sits above the library, so the
 library never imports it; only ``stages`` (the commands, whose defaults are the built-in benchmark) and ``cli``
 do. The top-level modules (``atomic``, ``runs``, ``validation``) sit below every package and import none;
-``safe/__init__.py`` is the public facade, which names the library's entry points lazily."""
+``safe/__init__.py`` is the public facade, which names the library's entry points lazily; a package's
+``__main__.py`` (``python -m ...``) is a command, on top with ``cli``."""
 LIBRARY = LAYERS[:LAYERS.index("bench")]
 BASE_MODULES = ("atomic", "runs", "validation")
 PACKAGES = LIBRARY + ("bench",)
 
 
 def _node(path: Path) -> str:
-    """The layer a source file belongs to: its package, or its module name for a top-level file."""
+    """The layer a source file belongs to: its package, or its module name for a top-level file. A
+    ``__main__.py`` (``python -m safe.x``) is a command entry point, so it sits on top with ``cli``."""
     rel = path.relative_to(SRC)
+    if rel.name == "__main__.py":
+        return "cli"
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 

@@ -8,6 +8,7 @@ This module imports nothing from the rest of the package, so every layer may use
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,9 +25,8 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     otherwise deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(name)
+    # A fresh name the writer creates itself, so the file gets the usual permissions (mkstemp's are 0600).
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 
@@ -78,11 +79,14 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def build_parser(name: str, command: Command) -> argparse.ArgumentParser:
-    """The parser of one command, its flags derived from the command's config dataclass."""
-    from safe.stages.options import add_config_flags
+    """The parser of one command, its flags derived from the command's config dataclass, plus ``--config``
+    (a YAML file over the same settings); ``--help`` shows the defaults of the command's default config file."""
+    from safe.stages.options import add_config_file_flag, add_config_flags, read_config_file
 
+    cls = command.load(command.config)
     parser = argparse.ArgumentParser(prog=f"safe {name}", description=command.help)
-    add_config_flags(parser, command.load(command.config))
+    add_config_file_flag(parser, cls)
+    add_config_flags(parser, cls, shown=read_config_file(getattr(cls, "DEFAULT_CONFIG", None)))
     return parser
 
 
@@ -107,8 +111,49 @@ def resolve(argv: list[str]) -> tuple[str, Command, list[str]] | None:
     return f"{argv[0]} {argv[1]}", entry[argv[1]], argv[2:]
 
 
+#: Exceptions a user's input causes (options, files, data): one line and exit 2. Anything else is a bug:
+#: one line and exit 1. Either way the traceback is printed only with --debug.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, UnicodeError,
+                                                pickle.UnpicklingError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    extra = []
+    try:  # safetensors' own error type (a truncated or garbage weights file), when it is installed
+        from safetensors import SafetensorError
+
+        extra.append(SafetensorError)
+    except ImportError:
+        pass
+    try:
+        from PIL import Image
+
+        extra.append(Image.DecompressionBombError)
+    except ImportError:
+        pass
+    try:
+        import yaml
+
+        extra.append(yaml.YAMLError)
+    except ImportError:
+        pass
+    return USER_ERRORS + tuple(extra)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, (ValueError, OSError)):  # a bare KeyError('x') says little without its type
+        text = f"{type(err).__name__}: {text}"
+    return text[:2000]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors: one line on stderr naming the input, exit 2 for what the input caused
+    (bad options, files, weights, configs, data), 1 for an internal error; ``--debug`` (anywhere in the
+    arguments) shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     try:
         found = resolve(argv)
     except SystemExit as exit_:  # argparse's error: exit code 2, message already on stderr
@@ -119,16 +164,25 @@ def main(argv: list[str] | None = None) -> int:
     from safe.stages.options import config_from_args
 
     parser = build_parser(name, command)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (else: one line)")
     try:
         values = vars(parser.parse_args(rest))
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    values.pop("debug", None)
     try:
         config = config_from_args(command.load(command.config), values)
         result = command.load(command.function)(config)
-    except (ValueError, OSError) as err:  # bad options, missing files, broken checkpoints: one line, no traceback
-        print(f"safe {name}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"safe {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one error contract of the command line
+        if debug:
+            raise
+        user = isinstance(err, _user_errors())
+        hint = "" if user else " (an internal error; rerun with --debug for the traceback)"
+        print(f"safe {name}: error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 2 if user else 1
     summary, ok = PRINTERS.get(name, (None, None))
     print(command.load(summary)(result) if summary else result.summary())
     return 0 if (command.load(ok)(result) if ok else result.ok) else 1

@@ -62,7 +62,17 @@ class RunDir:
         return self.path / "checkpoints"
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_file.read_text()) if self.metrics_file.is_file() else {}
+        """The run's metrics.json ({} when absent); ``ValueError`` naming the file when it is not a JSON object."""
+        if not self.metrics_file.is_file():
+            return {}
+        try:
+            data = json.loads(self.metrics_file.read_text())
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ValueError(f"{self.metrics_file}: not readable JSON ({type(err).__name__}: {err})"[:300]) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.metrics_file}: expected a JSON object of stage results, got a "
+                             f"{type(data).__name__}")
+        return data
 
     def record(self, stage: str | StageResult, values: dict[str, Any] | None = None) -> None:
         """Store ``values`` under ``stage``, or a :class:`StageResult` under its key."""

@@ -141,7 +141,7 @@ def test_malformed_sections_do_not_crash(tmp_path):
            "policy": {"pareto": {"x": 1}, "history": [None], "baselines": []},
            "stage_a": {"history": "none"}, "timing": 12.5}
     text = write_report(odd, tmp_path / "r.html").read_text()
-    assert "Time: 12.5 s" in text and "OOM" in text and "FAIL" in text
+    assert "run time 12.5 s" in text and "OOM" in text and "FAIL" in text
     assert "not run in this report" not in text     # present, if malformed: rendered, not skipped
 
 
@@ -155,12 +155,12 @@ def test_write_is_atomic_and_overwrites(metrics, tmp_path):
 
 
 def test_failed_write_leaves_no_temp_file(metrics, tmp_path, monkeypatch):
-    import safe.reporting.report as report_mod
+    import safe.atomic
 
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_mod.os, "replace", boom)
+    monkeypatch.setattr(safe.atomic.os, "replace", boom)
     with pytest.raises(OSError):
         write_report(metrics, tmp_path / "report.html")
     assert list(tmp_path.iterdir()) == []
@@ -228,8 +228,8 @@ def test_export_plots_writes_the_embedded_bytes(metrics, report, tmp_path):
 
     _, text = report
     figures = render_plots(metrics)
-    assert list(figures) == ["retention_per_family", "pareto_plot", "ppo_curves", "attribution", "snr_sweep",
-                             "stage_a_curves"]  # report order; every plot has data in the full fixture
+    assert list(figures) == ["stage_a_curves", "pareto_plot", "ppo_curves", "retention_per_family", "attribution",
+                             "snr_sweep"]  # report order; every plot has data in the full fixture
     assert list(figures.values()) == _images(text)  # the report embeds exactly these bytes, in this order
     written = export_plots(metrics, tmp_path / "plots")  # drawn again from the metrics: the same bytes
     assert [p.name for p in written] == [f"{n}.png" for n in figures]
@@ -286,3 +286,49 @@ def test_efficiency_section_names_the_shape_behind_its_numbers():
     html_text = html.unescape(render_report(metrics, figures={}))
     assert f"Every figure below was measured on {shape}." in html_text
     assert "The latency stage gate reads 11.76 ms on the proxy shape" in html_text
+
+
+def _cells(text: str) -> list[str]:
+    """The text of every table cell, the folded full-metrics JSON left out."""
+    body = re.sub(r'<pre id="metrics-json">.*?</pre>', "", text, flags=re.S)
+    return [html.unescape(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", body, re.S)]
+
+
+def test_targets_come_first_beside_this_runs_figures(report):
+    _, text = report
+    assert re.findall(r"<h2>(.*?)</h2>", text)[0] == "Targets"
+    assert "3 of 3 targets met" in text.split("<h2>")[0]  # the line under the title
+    assert "required</th><th class=\"text\">this run</th>" in text
+
+
+def test_no_raw_key_names_or_dicts_in_cells(metrics, tmp_path):
+    metrics["timing"] = {"verify_done_seconds": 48.3, "policy_done_seconds": 373.9, "seconds": 452.6}
+    metrics["eval"]["stage_gates"][0]["gate"] = "Stage 3: VL retention with the policy"  # as the evaluation names it
+    metrics["verify"]["models"]["builtin_llava"]["parameters"] = {"total": {"parameters": 1172224, "trainable": 266756}}
+    text = write_report(metrics, tmp_path / "r.html").read_text()
+    cells = _cells(text)
+    assert not [c for c in cells if "{" in c], [c for c in cells if "{" in c][:5]
+    keys = ("policy_done_seconds", "verify_done_seconds", "mean_latency_ms", "latency_ratio_to_base", "use_rate",
+            "false_positive_rate", "vl_accuracy", "audio_use_rate", "overhead_ms", "base_as_good_points", "approx_kl",
+            "tag_exact_match", "caption_cider_d", "student_params", "test_agreement", "vl_accuracy_gate_open")
+    assert not [c for c in cells if any(k in c for k in keys)], [c for c in cells if any(k in c for k in keys)][:5]
+    assert "Stages B and C finished after" in cells and "6 min 14 s" in cells and "whole run" in cells
+    assert "266,756 of 1,172,224 (22.76%)" in cells
+
+
+def test_verification_is_a_base_by_encoder_matrix_with_the_details_folded(metrics, tmp_path):
+    ok = {"passed": True, "seconds": 0.4, "checks": [{"name": "gate closed: logits equal", "passed": True}]}
+    bad = {"passed": False, "seconds": 0.4, "checks": [{"name": "gate closed: logits equal", "passed": False}]}
+    models = {f"{b} x {e}": (bad if (b, e) == ("mllama", "ast") else ok)
+              for b in ("llava", "mllama", "qwen2-vl") for e in ("whisper", "clap", "ast")}
+    models["run runs/demo"] = ok
+    metrics["verify"] = {"passed": False, "models": models}
+    text = write_report(metrics, tmp_path / "r.html").read_text()
+    section = text[text.index('<section id="verify">'):text.index("</section>", text.index('<section id="verify">'))]
+    matrix = re.search(r'<table class="matrix">(.*?)</table>', section, re.S).group(1)
+    assert matrix.count("<tr>") == 1 + 3 and "<th>ast</th>" in matrix  # a header row, one row per base
+    assert re.search(r"<td>mllama</td><td>.*?PASS.*?</td><td>.*?PASS.*?</td><td>.*?FAIL", matrix)
+    assert "1 of 10 model pairs fail: mllama x ast (gate closed: logits equal)." in section
+    folded = section[section.index("<details>"):]
+    assert folded.count("<tr>") == 1 + 10  # every pair, under the matrix, folded
+    assert ">run runs/demo</td>" in section[:section.index("<details>")]  # the run's own model is not a preset

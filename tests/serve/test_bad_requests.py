@@ -1,6 +1,7 @@
 """Bad requests get a 4xx whose JSON error names the problem, never a 500, and the server keeps serving;
 a hypothesis property test throws random requests at it."""
 import base64
+import binascii
 import io
 import json
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from safe.serve.app import create_app
@@ -124,14 +125,105 @@ _request = st.fixed_dictionaries(
                                                                   HealthCheck.too_slow])
 @given(body=st.one_of(_request, _json))
 def test_random_requests_never_get_a_500(client, body):
-    raw = json.dumps(body, allow_nan=True).encode()
+    _never_500(client, json.dumps(body, allow_nan=True).encode())
+
+
+def _never_500(client, raw: bytes):
     r = client.post(URL, content=raw, headers={"content-type": "application/json"})
-    assert r.status_code in (200, 400, 404, 413), (r.status_code, r.text, body)
+    assert r.status_code in (200, 400, 404, 413), (r.status_code, r.text[:500], raw[:300])
     if r.status_code != 200:
         assert r.json()["error"]["message"]
     else:
         assert r.json()["choices"]
     assert client.get("/health").status_code == 200
+
+
+# Text as clients send it, lone surrogates and control characters included (json.dumps escapes them as \uXXXX).
+_text = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=12) | st.sampled_from(
+    ["\ud800", "a\udfffb", "\x00\x1b[2J", "\u202e", "\ufeff", "\U0001F600"])
+_extreme = st.sampled_from([0, -0.0, 5e-324, 1e-300, 1e-30, 0.009, 0.01, 1.0, 2.0, 1e30, 1e308, -1e308, 2 ** 63,
+                            -(2 ** 63), 10 ** 40, float("inf"), float("-inf"), float("nan")])
+
+
+def _text_request(q):
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": q}]}], "max_tokens": 2}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(q=_text, user=_text)
+@example(q="\ud800", user="")
+def test_any_text_is_answered_or_refused(client, q, user):
+    _never_500(client, json.dumps({**_text_request("what? " + q), "user": user}).encode())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(field=st.sampled_from(["max_tokens", "max_completion_tokens", "temperature", "top_p", "n"]), value=_extreme,
+       temperature=st.sampled_from([None, 0.5]))
+@example(field="temperature", value=1e-300, temperature=None)
+@example(field="temperature", value=5e-324, temperature=None)
+@example(field="top_p", value=5e-324, temperature=0.5)
+def test_extreme_numbers_in_every_numeric_field(client, field, value, temperature):
+    body = {**_text_request("what colour is it?"), field: value}
+    if temperature is not None and field != "temperature":
+        body["temperature"] = temperature
+    _never_500(client, json.dumps(body, allow_nan=True).encode())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(value=_extreme.filter(lambda v: isinstance(v, float) and abs(v) < 3e38), use=st.sampled_from([None, True]))
+def test_extreme_audio_samples(client, value, use):
+    x = np.full(1600, np.float32(value), np.float32)
+    x[::3] = 0.0
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="WAV", subtype="FLOAT")
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what sound?"}, part]}], "max_tokens": 2}
+    if use:
+        body["safe"] = {"use_audio": True}
+    r = client.post(URL, json=body)
+    assert r.status_code in (200, 400), r.text[:300]
+    if r.status_code == 200:  # answered: the audio was usable, and the answer is not an empty artefact
+        assert abs(value) <= 1000 and r.json()["choices"][0]["message"]["content"] is not None
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(depth=st.integers(1, 3000), width=st.integers(0, 20000), where=st.sampled_from(["metadata", "messages",
+                                                                                         "content", "top"]))
+def test_deep_and_wide_json(client, depth, width, where):
+    nest = "[" * depth + ",".join(["0"] * min(width, 50)) + "]" * depth
+    wide = "[" + ",".join(['{"role": "user", "content": "x"}'] * width) + "]"
+    raw = {"metadata": '{"messages": [{"role": "user", "content": "hi"}], "metadata": ' + nest + "}",
+           "messages": '{"messages": ' + wide + "}",
+           "content": '{"messages": [{"role": "user", "content": ['
+                      + ",".join(['{"type": "text", "text": "a"}'] * width) + "]}]}",
+           "top": nest}[where]
+    _never_500(client, raw.encode())
+
+
+_HEADERS = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"\x00\x00\x01\x00",
+            b"BM", b"II*\x00", b"8BPS", b""]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(head=st.sampled_from(_HEADERS), rest=st.binary(max_size=64), size=st.tuples(st.integers(0, 2 ** 31),
+                                                                                  st.integers(0, 2 ** 31)))
+def test_random_image_headers(client, head, rest, size):
+    import struct
+
+    if head.startswith(b"\x89PNG"):  # a real IHDR declaring any size, then random bytes
+        ihdr = struct.pack(">II", size[0] % 2 ** 31, size[1] % 2 ** 31) + b"\x08\x02\x00\x00\x00"
+        head += struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", binascii.crc32(b"IHDR" + ihdr))
+    url = "data:image/png;base64," + base64.b64encode(head + rest).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what?"},
+                                                      {"type": "image_url", "image_url": {"url": url}}]}]}
+    r = client.post(URL, json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_image", "image_too_large", "invalid_base64"), \
+        r.text[:300]
 
 
 def test_oversized_media_is_refused_from_its_header_before_decoding(client, policy_run):

@@ -41,6 +41,20 @@ def test_pipeline_one_row_and_a_batch(run):
           use_audio=True)
 
 
+def test_a_saved_processor_is_the_only_prompt_format_built(run, monkeypatch):
+    """A run whose checkpoint holds its processor loads the weights only: the tokenizer, image processor and
+    feature extractor are read once, from the processor's files (not a second time from the base's folders)."""
+    import safe.inference.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a second prompt format and audio front end were built")
+
+    run_dir, rows = run
+    monkeypatch.setattr(loading, "build_formats", refuse)
+    p = safe.pipeline(run_dir)
+    assert isinstance(p(image=rows[0].image, question=rows[0].question, audio=rows[0].audio)["answer"], str)
+
+
 def test_rows_without_audio_are_bit_exact_to_the_base(run):
     run_dir, rows = run
     p = safe.pipeline(run_dir)
@@ -95,7 +109,7 @@ def _predict(capsys, *argv):
 def test_safe_predict_end_to_end(run, tmp_path, capsys):
     run_dir, rows = run
     code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", rows[0].image, "--question", rows[0].question,
-                              "--audio", rows[0].audio)
+                              "--audio-file", rows[0].audio)
     assert code == 0 and err == ""
     one = json.loads(out)
     assert one == safe.pipeline(run_dir)(image=rows[0].image, question=rows[0].question, audio=rows[0].audio)
@@ -128,14 +142,14 @@ def test_safe_predict_bad_inputs_exit_2_naming_the_file(run, tmp_path, capsys):
              "nan.wav": "NaN", "cut.wav": "cut short"}
     for name, why in cases.items():
         code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q,
-                                  "--audio", tmp_path / name)
+                                  "--audio-file", tmp_path / name)
         assert code == 2 and out == "" and name in err and why in err, (name, err)
         assert err.count("\n") == 1 and err.startswith("safe predict: error:")
     write_wav(tmp_path / "long.wav", np.zeros(3 * 16000), 16000)  # 3 s; the built-in encoder reads 1 s
-    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio",
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio-file",
                               tmp_path / "long.wav", "--long-audio", "error")
     assert code == 2 and out == "" and "long.wav" in err and "3.0 s" in err
-    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio",
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio-file",
                               tmp_path / "long.wav")
     assert code == 0 and json.loads(out)["used_audio"] and "long.wav" in err and "first 1 s" in err
     code, _, err = _predict(capsys, "--run-dir", run_dir, "--image", tmp_path / "none.png", "--question", q)

@@ -2,7 +2,7 @@
 VL-only questions, saved with ``save_pretrained`` so it loads like any local LLaVA checkpoint
 (:func:`safe.processing.prompts.load_vl_model`).
 
-Three things make a ~1M-parameter LLaVA learn colour / shape / count / position (DESIGN.md): objects on
+Three things make a ~1M-parameter LLaVA learn colour / shape / count / position (docs/design.md): objects on
 a grid aligned with the 16 px patches, the question before the image tokens, and an auxiliary
 per-patch loss (shape and colour of the object in each patch) on the vision tower during this base
 training only; the auxiliary heads are discarded, the saved model is a plain LLaVA.

@@ -1,7 +1,7 @@
 """The balanced Stage A mixture: every batch has a fixed share of audio-dependent examples.
 
-Seed proposal, section 7.2: "Data Mixture (balanced per batch): 50% audio-dependent pairs, 50%
-VL-only retention pairs". :class:`BalancedMixtureSampler` yields an infinite, deterministic stream
+The proposal's Stage A mixes audio-dependent and VL-only retention pairs in a fixed share per batch
+(docs/design.md). :class:`BalancedMixtureSampler` yields an infinite, deterministic stream
 of batches of dataset indices; :func:`order_by_family` builds the easy -> hard order its curriculum
 (:meth:`BalancedMixtureSampler.set_exposure`, driven by :func:`safe.training.schedules.audio_exposure`)
 walks along.

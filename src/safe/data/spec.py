@@ -54,6 +54,8 @@ from safe.data.readers import (
     read_vggsound,
     read_vqav2,
 )
+from safe.data.yaml_bounded import load_yaml
+from safe.data.yaml_bounded import show as _show
 
 #: The split names a spec may list, in the order they are reported.
 SPLITS: tuple[str, ...] = ("train", "val", "test", "retention", "ood_test")
@@ -171,26 +173,26 @@ def _type_name(value: Any) -> str:
 
 def _bool(where: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise SpecError(f"{where}: expected true or false, got {value!r} ({_type_name(value)})")
+        raise SpecError(f"{where}: expected true or false, got {_show(value)} ({_type_name(value)})")
     return value
 
 
 def _int(where: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+        raise SpecError(f"{where}: expected an integer >= {minimum}, got {_show(value)}")
     return value
 
 
 def _text(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise SpecError(f"{where}: expected a non-empty string, got {value!r}")
+        raise SpecError(f"{where}: expected a non-empty string, got {_show(value)}")
     return value
 
 
 def _unknown(where: str, keys, known) -> None:
     extra = [k for k in keys if k not in known]
     if extra:
-        raise SpecError(f"{where}: unknown field {extra[0]!r}; known fields: {', '.join(known)}")
+        raise SpecError(f"{where}: unknown field {_show(extra[0])}; known fields: {', '.join(known)}")
 
 
 def _path(base: Path, text: str) -> Path:
@@ -199,8 +201,9 @@ def _path(base: Path, text: str) -> Path:
 
 
 def _default_builtin_root() -> Path:
-    # Same default as safe.stages.common.cache_dir() / "benchmark" (stages sit above this layer).
-    return Path(os.environ.get("SAFE_CACHE", ".cache/safe")).absolute() / "benchmark"
+    from safe.data.source import cache_dir
+
+    return cache_dir().absolute() / "benchmark"
 
 
 def _check_factory_options(where: str, reader: str, options: dict[str, Any]) -> None:
@@ -218,7 +221,7 @@ def _check_factory_options(where: str, reader: str, options: dict[str, Any]) -> 
     takes = [n for n in params if n != "root"]
     extra = [k for k in options if k not in takes]
     if extra:
-        raise SpecError(f"{where}: unknown field {extra[0]!r}; known fields: "
+        raise SpecError(f"{where}: unknown field {_show(extra[0])}; known fields: "
                         f"{', '.join([*ENTRY_FIELDS, *takes])}")
 
 
@@ -226,13 +229,13 @@ def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str
            implicit: bool = False) -> SourceEntry:
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where}: expected a mapping like {{reader: vqav2, root: /data/vqav2, split: val2014}}, "
-                        f"got {raw!r}")
+                        f"got {_show(raw)}")
     if "reader" not in raw:
         raise SpecError(f"{where}: missing field 'reader'; known readers: {', '.join(known_readers())}")
     name = _text(f"{where}.reader", raw["reader"])
     reader = name.strip().lower().replace("-", "_")
     if reader not in known_readers():
-        raise SpecError(f"{where}.reader: unknown reader {name!r}; known readers: {', '.join(known_readers())}")
+        raise SpecError(f"{where}.reader: unknown reader {_show(name)}; known readers: {', '.join(known_readers())}")
     layout = LAYOUTS.get(reader)
     known = [*ENTRY_FIELDS, *(list(layout.paths) + list(layout.options) if layout else [])]
     if layout is not None:
@@ -281,7 +284,7 @@ def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str
                 value = raw[opt]
                 if not isinstance(value, tp) or (tp is str and not value.strip()):
                     raise SpecError(f"{where}.{opt}: expected {'true or false' if tp is bool else 'a string'}, "
-                                    f"got {value!r}")
+                                    f"got {_show(value)}")
                 options[opt] = value
         if layout.split == "filter" and split is not None:
             options["split"] = split
@@ -304,13 +307,15 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
         if not path.is_file():
             raise SpecError(f"data spec {path}: no such file")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = load_yaml(path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise SpecError(f"data spec {path}: nested too deeply to read") from None
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise SpecError(f"data spec {path}: not valid YAML: {' '.join(str(err).split())}") from None
         base = path.parent if base_dir is None else Path(base_dir).absolute()
     name = str(path) if path else "data spec"
     if not isinstance(raw, Mapping) or not raw:
-        raise SpecError(f"{name}: expected a mapping with train / val / test lists, got {raw!r}")
+        raise SpecError(f"{name}: expected a mapping with train / val / test lists, got {_show(raw)}")
     shorthand = "reader" in raw
     if not shorthand:  # the shorthand's other fields are its source's options (checked when it opens)
         _unknown(name, raw, [*SPLITS, *SETTINGS])
@@ -320,11 +325,11 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
     if shorthand:
         body = {k: v for k, v in raw.items() if k not in SETTINGS or k in ("skip_bad", "verify_media")}
         if str(body["reader"]).strip().lower() in LAYOUTS:
-            raise SpecError(f"reader: {body['reader']!r} at the top level reads one split; list it under "
+            raise SpecError(f"reader: {_show(body['reader'])} at the top level reads one split; list it under "
                             "train / val / test (the top-level form is for sources with their own splits, e.g. builtin)")
         if "split" in body:
             raise SpecError("split: the top-level form takes every split of the source under its own name; "
-                            f"list the source under train / val / test to pick one (got split: {body['split']!r})")
+                            f"list the source under train / val / test to pick one (got split: {_show(body['split'])})")
         entry = _entry("spec", body, SPLITS[0], base, defaults, implicit=True)
         splits = {s: (replace(entry, where=s, split=s),) for s in SPLITS}
     else:
@@ -335,18 +340,18 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
             if isinstance(items, Mapping):
                 items = [items]
             if not isinstance(items, list) or not items:
-                raise SpecError(f"{s}: expected a non-empty list of sources, got {items!r}")
+                raise SpecError(f"{s}: expected a non-empty list of sources, got {_show(items)}")
             splits[s] = tuple(_entry(f"{s}[{i}]", item, s, base, defaults) for i, item in enumerate(items))
         if not splits:
             raise SpecError(f"{name}: lists no split; give at least one of {', '.join(SPLITS)}")
     audio_share = raw.get("audio_share")
     if audio_share is not None and (isinstance(audio_share, bool) or not isinstance(audio_share, (int, float))
                                     or not 0 < audio_share < 1):
-        raise SpecError(f"audio_share: expected a number strictly between 0 and 1, got {audio_share!r}")
+        raise SpecError(f"audio_share: expected a number strictly between 0 and 1, got {_show(audio_share)}")
     seed = _int("seed", raw.get("seed", 0), 0)
     pairing = raw.get("pairing", {}) or {}
     if not isinstance(pairing, Mapping):
-        raise SpecError(f"pairing: expected a mapping like {{stand_in_image: black}}, got {pairing!r}")
+        raise SpecError(f"pairing: expected a mapping like {{stand_in_image: black}}, got {_show(pairing)}")
     _unknown("pairing", pairing, PAIRING_FIELDS)
     stand_in: str | Path = _text("pairing.stand_in_image", pairing.get("stand_in_image", "black"))
     if stand_in != "black":

@@ -317,7 +317,17 @@ class SpecSource:
                 pool = out.fill_pool(borrowed)
                 out.add_media(borrowed, used=True)  # this table names them now: a changed clip makes it stale
             stand_in = self._stand_in() if out.has("image IS NULL") else ""  # written only when needed
-            self._pair(name, out, pool, stand_in)
+            try:
+                self._pair(name, out, pool, stand_in)
+            except SpecError as err:
+                # A pairing failure is most often a source that lost every row (a wrong audio_dir): say so.
+                lost = [r for r in reports + (self._reports.get("train", []) if name != "train" else [])
+                        if r.rows == 0 and r.skipped]
+                if not lost:
+                    raise
+                raise SpecError("; ".join(f"{r.where} {r.label}: 0 rows, {r.skipped} skipped"
+                                          + (f" (first: {r.problems[0]})" if r.problems else "") for r in lost)
+                                + f" (so {err})") from None
             out.finish({"reports": [asdict(r) for r in reports]})
         self._reports[name] = reports
         return RecordView(path)

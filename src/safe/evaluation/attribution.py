@@ -1,4 +1,4 @@
-"""Attribution over modalities (seed proposal, "Attribution"): who earns the answer, image or audio?
+"""Attribution over modalities: who earns the answer, image or audio?
 
 * :func:`shapley_two_player`: exact per-sample Shapley values of a two-player game (image, audio)
   whose payoff ``v(S)`` is a per-sample score (correctness 0/1, a caption score...) measured with

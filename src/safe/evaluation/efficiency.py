@@ -1,7 +1,7 @@
-"""Efficiency measurements (seed proposal, "Efficiency"): latency, FLOPs and memory.
+"""Efficiency measurements (the proposal's efficiency targets, docs/design.md): latency, FLOPs and memory.
 
 * :func:`time_calls` times a zero-argument callable with ``time.perf_counter``, single-threaded by
-  default (on the project's 2-core machines only single-threaded medians are stable, DESIGN.md);
+  default (on the project's 2-core machines only single-threaded medians are stable, docs/design.md);
   :func:`latency_stats` summarises the samples (median, p95, mean, min, n).
 * :func:`count_flops` counts the FLOPs PyTorch's own ``FlopCounterMode`` sees while a callable runs
   once, so "SAFE with audio" and "SAFE with audio skipped" can be compared on the same inputs.

@@ -1,4 +1,4 @@
-"""Answer and caption metrics (seed proposal, section 9.1).
+"""Answer and caption metrics (the evaluation protocol).
 
 Short-answer QA:
     :func:`normalize_answer` (VQA-style answer normalisation), :func:`exact_match`,

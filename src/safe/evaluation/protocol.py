@@ -1,9 +1,9 @@
-"""The proposal's section 9 on the built-in benchmark, for a SAFE model with its policy attached:
+"""The evaluation protocol (the proposal's validation plan, docs/design.md) on the built-in benchmark, for a SAFE model with its policy attached:
 retention (base / gate closed / gate open / policy, McNemar), audio gains with bootstrap CIs, both
 also per benchmark (the records' ``task``, each scored with its benchmark's metric; corpus caption
 metrics per caption benchmark), efficiency (FLOPs, memory, measured latency from Stage B), attribution
 (muted-audio LOMO, exact two-player Shapley), robustness (SNR sweep, misaligned clips, irrelevant
-audio, held-out sounds) and the proposal's stage gates (section 14) as PASS / FAIL with the measured values.
+audio, held-out sounds) and the proposal's targets as stage gates (docs/design.md) as PASS / FAIL with the measured values.
 """
 from __future__ import annotations
 
@@ -159,19 +159,27 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
 
 
 def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answers, used, audio_rows, vl_rows):
+    # Each test needs its rows: the sweeps need audio questions, the irrelevant-audio test VL-only rows and
+    # a clip to give them. A split without them (captions only, VL only...) reports NaN there, n = 0.
     qa = [i for i in audio_rows if not ex[i].is_caption]
-    sub = data.subset(qa)
     sweep = [{"snr_db": None, "audio_accuracy": _acc(scores["gate_open"], qa)}]
-    for level in SNR_LEVELS_DB:
-        emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
-        preds = _answers(model, fmt, sub, audio=emb)
-        sweep.append({"snr_db": level, "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
-    shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
-    mis = _answers(model, fmt, sub, audio=shifted)
-    mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
-    relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
-    vl = data.subset(vl_rows)
-    irr = _answers(model, fmt, vl, audio=relevant)
+    mis_acc = float("nan")
+    if qa:
+        sub = data.subset(qa)
+        for level in SNR_LEVELS_DB:
+            emb = _noisy_embeddings(model, frontend, [wav[i] for i in qa], level, seed=int(level) + 100)
+            preds = _answers(model, fmt, sub, audio=emb)
+            sweep.append({"snr_db": level,
+                          "audio_accuracy": float(np.mean([answer_score(p, ex[i]) for p, i in zip(preds, qa)]))})
+        shifted = sub.audio.take([(j - 1) % len(qa) for j in range(len(qa))])  # another audio question's clip
+        mis = _answers(model, fmt, sub, audio=shifted)
+        mis_acc = float(np.mean([answer_score(p, ex[i]) for p, i in zip(mis, qa)]))
+    else:
+        sweep += [{"snr_db": level, "audio_accuracy": float("nan")} for level in SNR_LEVELS_DB]
+    irr: list[str] = []
+    if vl_rows and audio_rows:
+        relevant = data.audio.take([audio_rows[j % len(audio_rows)] for j in range(len(vl_rows))])
+        irr = _answers(model, fmt, data.subset(vl_rows), audio=relevant)
     out = {
         "snr_sweep": sweep,
         "misaligned": {"audio_accuracy": mis_acc, "aligned_audio_accuracy": _acc(scores["gate_open"], qa), "n": len(qa)},
@@ -288,7 +296,7 @@ def _seeds(policy_metrics: dict | None) -> dict:
 
 
 def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, scale_results=None) -> list[dict]:
-    """The proposal's section 14 gates that this benchmark can measure, each with its number.
+    """The proposal's targets (docs/design.md) that this benchmark can measure, each with its number.
     ``scale_results``: ``benchmarks/scale.py`` results (a path or the loaded dict; else the path under
     ``policy_metrics["scale_results"]``, if any) for the latency gate (:func:`latency_gate`)."""
     r, g, e = ev["retention"], ev["audio_gains"], ev["efficiency"]
@@ -324,7 +332,7 @@ def stage_gates(ev: dict, stage_a: dict | None, policy_metrics: dict | None, sca
 
 
 LATENCY_TARGET_MS = 50.0
-"""The proposal's added latency per query (section 14): < 50 ms for a 7B VL model."""
+"""The proposal's added latency per query (docs/design.md): < 50 ms for a 7B VL model."""
 _SHAPE_PREFERENCE = (("llava7b", "cuda"), ("proxy", "cuda"), ("proxy", "cpu"), ("builtin", "cuda"), ("builtin", "cpu"))
 
 
@@ -347,6 +355,19 @@ def load_scale_results(source) -> list[dict]:
         raise ScaleResultsError("scale results must be benchmarks/scale.py output: a run with preset, device, "
                                 "shape and cells, or {'runs': [...]} of them")
     return runs
+
+
+SHIPPED_SCALE_RESULTS = "scale_results.json"
+"""The ``benchmarks/scale.py`` results SAFE ships beside this module (``docs/scale_results.json`` of the source
+tree links to it); package data, so the latency gate reads them from an installed wheel too."""
+
+
+def shipped_scale_results() -> dict:
+    """The shipped scale results (:data:`SHIPPED_SCALE_RESULTS`), loaded through :mod:`importlib.resources`."""
+    import json
+    from importlib.resources import files
+
+    return json.loads((files(__package__) / SHIPPED_SCALE_RESULTS).read_text())
 
 
 def latency_gate(efficiency: dict, scale_results=None) -> dict | None:

@@ -1,4 +1,4 @@
-"""Statistics for the evaluation protocol (seed proposal, section 9.4).
+"""Statistics for the evaluation protocol (docs/design.md, the proposal's targets).
 
 * McNemar's test on paired per-question correctness (QA retention and gains), with the odds ratio
   of the discordant pairs and a confidence interval for the paired difference in accuracy.

@@ -75,6 +75,11 @@ def read_certificate(path: str | os.PathLike) -> dict[str, Any]:
         raise CertificateError(f"--certificate {path}: not a {FORMAT} version {VERSION} file")
     if not isinstance(cert.get("sha256"), dict) or set(PARTS) - set(cert["sha256"]):
         raise CertificateError(f"--certificate {path}: it lists no sha256 for {sorted(set(PARTS) - set(cert.get('sha256') or {}))}")
+    bad = [p for p in PARTS if not isinstance(cert["sha256"][p], str)]
+    if bad:
+        raise CertificateError(f"--certificate {path}: sha256 of {bad} must be hex strings")
+    if not isinstance(cert.get("libraries") or {}, dict):
+        raise CertificateError(f"--certificate {path}: 'libraries' must be an object")
     return cert
 
 

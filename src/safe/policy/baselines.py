@@ -1,4 +1,4 @@
-"""Heuristic gates that Stage B's policy is compared against (issue 5), and a Pareto front.
+"""Heuristic gates that Stage B's policy is compared against, and a Pareto front.
 
 Every baseline maps an :class:`~safe.policy.table.OutcomeTable` to a bool (n,) tensor, True =
 consult audio, scored by :func:`~safe.policy.table.evaluate_actions` like the learned policy:
@@ -14,7 +14,7 @@ consult audio, scored by :func:`~safe.policy.table.evaluate_actions` like the le
   more accurate at a lower use rate, so it is the upper bound.
 
 :func:`threshold_sweep` scores a family over thresholds and :func:`pareto_front` keeps the
-non-dominated (latency, accuracy) points, for the accuracy-vs-latency plot (seed proposal 9.1).
+non-dominated (latency, accuracy) points, for the accuracy-vs-latency plot.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage C: distil the PPO policy into a 2-layer MLP gate (seed proposal 7.2, "Policy Distillation").
+"""Stage C: distil the PPO policy into a 2-layer MLP gate (the proposal's Stage C, docs/design.md).
 
 The student (:class:`~safe.policy.network.GateMLP`) learns ``state -> teacher's deterministic
 action`` by binary cross-entropy on a training part of the table; the report says how faithfully

@@ -1,4 +1,4 @@
-"""The policy's state (proposal 7.1): question embedding, image embedding, a cheap audio preview, and
+"""The policy's state (docs/design.md): question embedding, image embedding, a cheap audio preview, and
 the base model's confidence from its VL-only pass. Two layouts (:data:`STATE_KINDS`):
 
 * *early* (``StateSpec(confidence_dim=0)``, the default of ``safe policy train``): no confidence, so

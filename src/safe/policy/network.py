@@ -70,7 +70,7 @@ def _check_states(states: torch.Tensor, dim: int) -> torch.Tensor:
 def _layer(fan_in: int, fan_out: int, gain: float) -> nn.Linear:
     # Orthogonal init with per-layer gain (the usual PPO choice): a small gain on the action head
     # makes the initial policy ~50/50, i.e. maximal entropy, so neither action is favoured before
-    # any reward has been seen (a guard against early collapse, seed proposal section 10.1).
+    # any reward has been seen (a guard against early collapse, docs/design.md).
     layer = nn.Linear(fan_in, fan_out)
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)

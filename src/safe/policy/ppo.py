@@ -1,4 +1,4 @@
-"""Stage B: PPO over an outcome table, with a Lagrangian retention constraint (seed proposal 7.2).
+"""Stage B: PPO over an outcome table, with a Lagrangian retention constraint (the proposal's Stage B, docs/design.md).
 
 Each episode is one step: a row of the :class:`~safe.policy.table.OutcomeTable` is the state, the
 policy decides whether to consult audio, and the reward is read from the table:
@@ -22,7 +22,7 @@ clipped PPO (clipped surrogate, value loss, entropy bonus, several epochs over m
 the diagnostics named as in CleanRL's ``ppo.py``: ``approx_kl`` (the ``(ratio - 1) - log ratio``
 estimator), ``clipfrac``, ``entropy``, ``explained_variance``; plus ``lambda``, ``alpha`` and the
 ``use_rate`` for this problem, and :func:`detect_collapse` for the "always / never" failure
-(seed proposal 10.1).
+(docs/design.md, "Policy collapse is watched").
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ import torch
 
 from safe.policy.network import PolicyNetwork
 from safe.policy.table import OutcomeTable, evaluate_actions
+from safe.training.config import RETENTION_TAU
 from safe.training.schedules import DualAscent
 from safe.validation import int_arg, real_arg
 
@@ -140,7 +141,7 @@ def alpha_schedule(step: int, total: int, final: float = 0.6, ramp_fraction: flo
     """The latency weight at update ``step`` (0-based) of ``total``: ``final * step / (ramp_fraction * total)``
     during the first ``ramp_fraction * total`` updates, then ``final``.
 
-    Starts at exactly 0 (seed proposal 10.1: "start RL with alpha = 0", so the policy first learns
+    Starts at exactly 0 (the proposal starts RL with alpha = 0, docs/design.md, so the policy first learns
     where audio helps before it learns that audio costs); ``ramp_fraction = 0`` gives ``final``
     from the first update. Steps past ``total`` give ``final``.
     """
@@ -235,8 +236,7 @@ def detect_collapse(use_rate: float | Sequence[float], low: float = 0.02, high: 
     ``use_rate`` is one rate or a history of rates; for a history the mean of the last ``window``
     entries is judged, because one sampled batch's rate is noisy (256 draws: +-3 points). A policy
     that has collapsed is still a valid policy — audio may really be never worth it — so this
-    reports, it does not fail; the caller decides (seed proposal 10.1 lists collapse as the first
-    Stage B risk).
+    reports, it does not fail; the caller decides (collapse is the first Stage B risk the proposal names).
     """
     low = real_arg("low", low, 0.0, 1.0)
     high = real_arg("high", high, 0.0, 1.0)
@@ -263,10 +263,10 @@ def detect_collapse(use_rate: float | Sequence[float], low: float = 0.02, high: 
 # --------------------------------------------------------------------------------------------
 @dataclass
 class PPOConfig:
-    """Stage B hyper-parameters (defaults: seed proposal 7.2 and issue 5). Validated on construction;
+    """Stage B hyper-parameters (defaults: the proposal's Stage B, docs/design.md). Validated on construction;
     errors name the field and value."""
 
-    steps: int = 500
+    steps: int = 200
     """PPO updates; each samples one batch of ``batch_size`` rows (one-step episodes)."""
     batch_size: int = 256
     """Rows per update (proposal: 256). Sampled without replacement when the table has that many."""
@@ -297,7 +297,7 @@ class PPOConfig:
     """Irrelevance penalty for consulting audio on a row that does not need it."""
     latency_norm: str = "mean_extra"
     """How extra milliseconds become ``latency_cost``: ``"mean_extra"`` or ``"base"`` (:func:`latency_scale`)."""
-    tau: float = 0.003
+    tau: float = RETENTION_TAU
     """Retention tolerance: the constraint is VL accuracy >= base VL accuracy - tau (0.3 points)."""
     dual_lr: float = 1.0
     """Dual-ascent step: lambda += dual_lr * (floor - measured VL accuracy) after each batch; 0 freezes lambda."""

@@ -3,8 +3,7 @@
 Running the VL model and SAFE once per training example and per action, and storing the result,
 turns reinforcement learning over a 7B model into reinforcement learning over a table: an episode
 is one row, the action is "consult audio or not", and the outcome of either action is looked up.
-PPO then runs in seconds (issue 5: "outcomes with and without audio precomputed per training
-example so RL runs over a table fast").
+PPO then runs in seconds.
 
 :class:`OutcomeTable` holds, per example ``i`` (``n`` rows):
 

@@ -11,8 +11,10 @@ quality "HQ"), never linear interpolation. The rules, in order:
   Channels are averaged (an equal-weight downmix);
 * **sample type**: floats are used as they are (a peak above 1 is logged, not clipped); integer PCM is
   scaled by its type's full range to [-1, 1] (int16 / 32768, int32 / 2**31, uint8 centred on 128);
-* **validity**: no samples, or any NaN / infinite sample, is an :class:`AudioInputError`; silence is
-  a valid clip;
+* **validity**: no samples, any NaN / infinite sample, or a peak above ``max_peak`` (default
+  :data:`MAX_PEAK`: float samples of 1e30 are finite but overflow every feature computed from them) is
+  an :class:`AudioInputError`; silence is a valid clip. A file with more than ``max_channels``
+  channels (default :data:`MAX_CHANNELS`) is refused from its header, before a sample is decoded;
 * **length**: with ``max_seconds`` set (the processor sets it to the encoder's window, e.g. 1 s for
   the built-in encoder, 30 s for Whisper), a longer clip is cut to its first ``max_seconds`` with a
   logged warning naming the input (``long_audio="truncate"``, the default; a file is then read only
@@ -36,6 +38,10 @@ import numpy as np
 logger = logging.getLogger("safe.processing")
 
 MAX_CHANNELS = 8
+MAX_PEAK = 1000.0
+"""Largest absolute sample accepted. Float audio may exceed 1 (headroom, integer PCM passed as floats:
+up to 32768 is refused too, as it is not audio in [-1, 1] at any sane gain); beyond this, squares and
+spectra overflow float32 and the features turn infinite."""
 LONG_AUDIO_RULES = ("truncate", "error")
 
 
@@ -111,7 +117,8 @@ def _wav_cut_short(head: bytes, total: int) -> str | None:
     return None
 
 
-def _decode(source: Any, name: str, max_seconds: float | None, long_audio: str) -> tuple[np.ndarray, int]:
+def _decode(source: Any, name: str, max_seconds: float | None, long_audio: str,
+            max_channels: int = MAX_CHANNELS) -> tuple[np.ndarray, int]:
     """(samples (frames, channels) float32, rate) of a file path, bytes or file-like via libsndfile."""
     import soundfile as sf
 
@@ -135,6 +142,9 @@ def _decode(source: Any, name: str, max_seconds: float | None, long_audio: str) 
             rate, frames = int(f.samplerate), int(f.frames)
             if frames <= 0:
                 raise AudioInputError(f"{name}: the audio has no samples (a header only?)")
+            if f.channels > max_channels:  # judged on the header: every channel would be decoded
+                raise AudioInputError(f"{name}: the file has {f.channels} channels; at most {max_channels} are "
+                                      "accepted")
             keep = _limit(frames, rate, name, max_seconds, long_audio)
             data = f.read(frames=keep, dtype="float32", always_2d=True)
     except AudioInputError:
@@ -187,13 +197,14 @@ def resample(x: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 
 
 def load_audio(source: Any, sampling_rate: int | None = None, target_rate: int = 16000, name: str | None = None, *,
-               max_seconds: float | None = None, long_audio: str = "truncate") -> np.ndarray:
+               max_seconds: float | None = None, long_audio: str = "truncate", max_peak: float = MAX_PEAK,
+               max_channels: int = MAX_CHANNELS) -> np.ndarray:
     """One clip -> 1-D float32 mono samples at ``target_rate`` (the module docstring's rules).
 
     ``source``: a path, ``bytes``, a binary file-like object, or a numpy array / torch tensor of samples
     (then ``sampling_rate`` is required). ``sampling_rate`` given with a file must match the file's own
     rate. ``name``: how errors and warnings name the input (default: the path, or ``"audio"``).
-    Raises :class:`AudioInputError` for anything unusable."""
+    ``max_peak`` / ``max_channels``: the validity limits (module docstring). Raises :class:`AudioInputError` for anything unusable."""
     if long_audio not in LONG_AUDIO_RULES:
         raise ValueError(f"long_audio must be one of {LONG_AUDIO_RULES}, got {long_audio!r}")
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
@@ -202,7 +213,7 @@ def load_audio(source: Any, sampling_rate: int | None = None, target_rate: int =
     is_file = isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(source, "read")
     if is_file:
         name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "audio bytes")
-        data, rate = _decode(source, name, max_seconds, long_audio)
+        data, rate = _decode(source, name, max_seconds, long_audio, max_channels)
         if sampling_rate is not None and _check_rate(sampling_rate, name) != rate:
             raise AudioInputError(f"{name}: sampling_rate={sampling_rate} was given but the file says {rate} Hz")
     else:
@@ -214,6 +225,8 @@ def load_audio(source: Any, sampling_rate: int | None = None, target_rate: int =
                                   "a rate cannot be guessed from the samples")
         rate = _check_rate(sampling_rate, name)
         data = _as_samples(source, name)
+        if data.shape[1] > max_channels:
+            raise AudioInputError(f"{name}: {data.shape[1]} channels; at most {max_channels} are accepted")
         data = data[:_limit(data.shape[0], rate, name, max_seconds, long_audio)]
     if data.shape[0] == 0:
         raise AudioInputError(f"{name}: the audio has no samples")
@@ -221,8 +234,11 @@ def load_audio(source: Any, sampling_rate: int | None = None, target_rate: int =
     if bad.any():
         what = "all samples are" if bad.all() else f"{int(bad.sum())} of {bad.size} samples are"
         raise AudioInputError(f"{name}: {what} NaN or infinite")
+    peak = float(np.abs(data).max())
+    if peak > max_peak:  # before the downmix: a mean of 1e38-scale samples overflows float32
+        raise AudioInputError(f"{name}: samples peak at {peak:.3g}; at most {max_peak:g} is accepted (float audio "
+                              "belongs in [-1, 1])")
     x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    peak = float(np.abs(x).max())
     if peak > 1.0 + 1e-6:
         logger.warning("%s: float samples peak at %.3g, outside [-1, 1] (integer PCM passed as floats?)", name, peak)
     x = resample(np.ascontiguousarray(x, dtype=np.float32), rate, target_rate)
@@ -240,5 +256,5 @@ def read_wav(path: str | Path, target_rate: int | None = None) -> tuple[np.ndarr
     return load_audio(data, rate, out_rate, name=str(path)), out_rate
 
 
-__all__ = ["AudioInputError", "AudioReadError", "LONG_AUDIO_RULES", "MAX_CHANNELS", "load_audio", "read_wav",
+__all__ = ["AudioInputError", "AudioReadError", "LONG_AUDIO_RULES", "MAX_CHANNELS", "MAX_PEAK", "load_audio", "read_wav",
            "resample", "write_wav"]

@@ -87,7 +87,7 @@ class BuiltinFrontEnd:
     window_seconds: float | None = float(FEATURE_CONFIG["chunk_length"])
 
     def __call__(self, waveforms) -> torch.Tensor:
-        return log_mel(list(waveforms))
+        return finite_features(log_mel(list(waveforms)))
 
     def config(self) -> dict:
         return FEATURE_CONFIG
@@ -139,7 +139,17 @@ class FeatureFrontEnd:
             kwargs = {"padding": "max_length", "truncation": True,
                       "max_length": int(round(self.window_seconds * self.sampling_rate))}
         out = self.extractor(list(waveforms), sampling_rate=self.sampling_rate, return_tensors="pt", **kwargs)
-        return out["input_features"] if "input_features" in out else out["input_values"]
+        return finite_features(out["input_features"] if "input_features" in out else out["input_values"])
+
+
+def finite_features(features: torch.Tensor) -> torch.Tensor:
+    """``features`` unchanged, or a ``ValueError`` naming the clips whose features are NaN / infinite: they
+    must never reach the encoder and adapters (the answer would silently be garbage)."""
+    bad = ~torch.isfinite(torch.as_tensor(features)).flatten(1).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"audio[{', '.join(str(i) for i in bad.nonzero().flatten().tolist())}]: the clip's audio "
+                         "features are NaN or infinite (samples far outside [-1, 1]?)")
+    return features
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +171,8 @@ def audio_preview(waveforms: Sequence, segments: int = PREVIEW_SEGMENTS) -> torc
         raise ValueError(f"segments must be a positive integer, got {segments!r}")
     rows = []
     for i, w in enumerate(waveforms):
-        x = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float32)
+        # float64: squares of loud float samples overflow float32 (the statistics are logs anyway)
+        x = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"waveforms[{i}] must be a 1-D mono clip, got shape {x.shape}")
         if not np.isfinite(x).all():
@@ -179,8 +190,11 @@ def audio_preview(waveforms: Sequence, segments: int = PREVIEW_SEGMENTS) -> torc
                                     [np.log10(overall + _LOG_FLOOR), np.log10(np.abs(x).max() + _LOG_FLOOR)]]))
     if not rows:
         return torch.zeros(0, 2 * segments + 2)
-    return torch.from_numpy(np.stack(rows).astype(np.float32))
+    out = np.stack(rows).astype(np.float32)
+    if not np.isfinite(out).all():  # beyond float32's range: never hand the policy an inf / NaN state
+        raise ValueError("the audio preview of a clip is not finite (samples far outside [-1, 1]?)")
+    return torch.from_numpy(out)
 
 
 __all__ = ["WAVEFORM_WINDOW_SECONDS", "FEATURE_CONFIG", "NUM_FRAMES", "NUM_MEL_BINS", "PREVIEW_DIM", "PREVIEW_SEGMENTS", "BuiltinFrontEnd",
-           "FeatureFrontEnd", "audio_preview", "log_mel", "make_feature_extractor"]
+           "FeatureFrontEnd", "audio_preview", "finite_features", "log_mel", "make_feature_extractor"]

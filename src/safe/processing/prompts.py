@@ -1,7 +1,7 @@
 """Turning records into model inputs for the built-in LLaVA: word-level tokenizer, images, batches.
 
 Prompt layout (question *before* the image: under causal attention image tokens placed first could
-never see the question, and colour / position questions stall near chance — DESIGN.md):
+never see the question, and colour / position questions stall near chance — docs/design.md, "The built-in default"):
 
     [pad ...] <bos> question words <image> x N <sep> answer words <eos>
 
@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from safe.processing.images import ImageInputError, read_image
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>")
 # CLIP's normalisation constants; the saved CLIPImageProcessor uses the same ones.
@@ -66,9 +68,11 @@ def open_image(image, name: str = "image", size: int | None = None) -> Image.Ima
             im = image
         elif isinstance(image, np.ndarray):
             im = Image.fromarray(image)
-        else:
-            with Image.open(image) as f:
-                im = f.convert("RGB")
+        else:  # a file: its size judged from the header before decoding (safe.processing.images)
+            where = name if not isinstance(image, (str, Path)) or str(image) in name else f"{name} ({image})"
+            im = read_image(image, where)
+    except ImageInputError:
+        raise
     except (OSError, TypeError, ValueError) as err:
         raise ValueError(f"{name}: cannot read the image {image if isinstance(image, (str, Path)) else ''}: "
                          f"{err}") from err

@@ -302,7 +302,7 @@ def _measures(m: Mapping) -> list[Row]:
         ("Eval: VL answers changed with the gate forced open and audio-question clips attached",
          lambda m: f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'answers_changed'))} of "
          f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'n'))}"),
-        ("Eval: proposal stage gates (section 14)", _gates),
+        ("Eval: the proposal's targets (stage gates, docs/design.md)", _gates),
     ]
 
 

@@ -243,14 +243,14 @@ def _rows(value: Any) -> list[Mapping]:
 
 # name (the exported file's stem) -> (alt text in the report, plot drawn from the metrics), in report order
 PLOTS: dict[str, tuple[str, Callable[[Mapping], bytes | None]]] = {
-    "retention_per_family": ("retention per family",
-                             lambda m: retention_plot(_dict_rows(_at(m, "eval", "retention", "per_family")))),
+    "stage_a_curves": ("Stage A curves", lambda m: stage_a_plot(_rows(_at(m, "stage_a", "history")))),
     "pareto_plot": ("Pareto plot", lambda m: pareto_plot(_rows(_at(m, "policy", "pareto")))),
     "ppo_curves": ("PPO curves", lambda m: ppo_curves_plot(_rows(_at(m, "policy", "history")))),
+    "retention_per_family": ("retention per family",
+                             lambda m: retention_plot(_dict_rows(_at(m, "eval", "retention", "per_family")))),
     "attribution": ("attribution", lambda m: attribution_plot(
         _dict_rows(_at(m, "eval", "attribution", "lomo")), _at(m, "eval", "attribution", "shapley", "by_family"))),
     "snr_sweep": ("SNR sweep", lambda m: snr_plot(_rows(_at(m, "eval", "robustness", "snr_sweep")))),
-    "stage_a_curves": ("Stage A curves", lambda m: stage_a_plot(_rows(_at(m, "stage_a", "history")))),
 }
 
 

@@ -15,16 +15,22 @@ import torch
 
 
 class ClipCache:
-    """At most ``max_items`` encoder outputs (CPU tensors), least recently used dropped first.
+    """At most ``max_items`` encoder outputs (CPU tensors) and at most ``max_bytes`` of them in all,
+    least recently used dropped first.
 
     Guarantees: :meth:`get` returns exactly the tensor :meth:`put` stored for that key (a detached CPU
-    copy); ``hits`` / ``misses`` count every :meth:`get`; ``max_items=0`` disables the cache (every
-    lookup is a miss, nothing is stored); safe to use from several threads."""
+    copy); ``hits`` / ``misses`` count every :meth:`get`; the tensors held never exceed ``max_items``
+    entries nor ``max_bytes`` bytes (``None``: no byte bound; an output larger than ``max_bytes`` is not
+    stored); ``max_items=0`` disables the cache (every lookup is a miss, nothing is stored); safe to use
+    from several threads."""
 
-    def __init__(self, max_items: int) -> None:
+    def __init__(self, max_items: int, max_bytes: int | None = None) -> None:
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0:
             raise ValueError(f"max_items must be an integer >= 0, got {max_items!r}")
-        self.max_items = max_items
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise ValueError(f"max_bytes must be an integer >= 0 or None, got {max_bytes!r}")
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self.bytes = 0
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -41,14 +47,19 @@ class ClipCache:
             return t
 
     def put(self, key: str, tensor: torch.Tensor) -> None:
-        if self.max_items == 0:
+        size = tensor.numel() * tensor.element_size()
+        if self.max_items == 0 or (self.max_bytes is not None and size > self.max_bytes):
             return
         t = tensor.detach().to("cpu").contiguous().clone()
         with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old.numel() * old.element_size()
             self._items[key] = t
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            self.bytes += size
+            while len(self._items) > self.max_items or (self.max_bytes is not None and self.bytes > self.max_bytes):
+                _, dropped = self._items.popitem(last=False)
+                self.bytes -= dropped.numel() * dropped.element_size()
 
     def __len__(self) -> int:
         with self._lock:

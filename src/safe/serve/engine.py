@@ -15,6 +15,7 @@ Clips: the encoder runs only on rows that use audio and whose clip is not in the
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,16 @@ class Engine:
         tok = self.processor.tokenizer
         self.eos, self.pad = tok.eos_token_id, tok.pad_token_id
         self.batches = 0
+        self.positions = base_positions(self.model.base_model)
+        # Tokenizers are not safe to call from several threads at once (request threads count prompts
+        # while the batch thread prepares its inputs): one lock around every processor call.
+        self._processor_lock = threading.Lock()
+
+    def prompt_tokens(self, row: Row) -> int:
+        """How many tokens the model's prompt for ``row`` holds (question, template, image tokens)."""
+        with self._processor_lock:
+            inputs = self.processor(text=[row.question], images=None if row.image is None else [row.image])
+        return int(inputs["input_ids"].shape[1])
 
     # ----------------------------------------------------------------------------------------------
     def check(self, row: Row) -> None:
@@ -122,6 +133,7 @@ class Engine:
                 self.metrics.cache_hits.inc(len(idx) - len(missing))
                 self.metrics.cache_misses.inc(len(missing))
                 self.metrics.cache_size.set(len(self.cache))
+                self.metrics.cache_bytes.set(self.cache.bytes)
             timing["encoder"] = timing.get("encoder", 0.0) + time.perf_counter() - t0
             return torch.stack([got[i].to(self.device) for i in idx])
 
@@ -134,7 +146,8 @@ class Engine:
             raise ValueError("a batch mixes generation settings; the batcher groups rows by Row.key")
         t_start = time.perf_counter()
         first, n, model = rows[0], len(rows), self.model
-        inputs = self.processor(text=[r.question for r in rows], images=[r.image for r in rows])
+        with self._processor_lock:
+            inputs = self.processor(text=[r.question for r in rows], images=[r.image for r in rows])
         vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}  # every processor input
         gen: dict[str, Any] = dict(max_new_tokens=first.max_tokens, do_sample=first.temperature > 0)
         r = 1
@@ -189,7 +202,8 @@ class Engine:
             self.metrics.batch_size.observe(n)
             self.metrics.count_rows(used.tolist(), has.tolist())
         prompt_len = vl["input_ids"].shape[1]
-        answers = self.processor.decode(sequences, prompt_len)
+        with self._processor_lock:
+            answers = self.processor.decode(sequences, prompt_len)
         new = sequences[:, prompt_len:].cpu()
         out_rows = []
         for i, row in enumerate(rows):
@@ -216,4 +230,15 @@ class Engine:
         return len(ids), ("length" if len(ids) >= max_tokens else "stop")
 
 
-__all__ = ["Engine", "RowResult"]
+def base_positions(base_model) -> int | None:
+    """The most positions the base's language model takes (``max_position_embeddings`` of its text
+    config), or None when the config does not say."""
+    config = getattr(base_model, "config", None)
+    for c in (getattr(config, name, None) for name in ("text_config", "llm_config", "language_config")):
+        if c is not None and isinstance(getattr(c, "max_position_embeddings", None), int):
+            return int(c.max_position_embeddings)
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) else None
+
+
+__all__ = ["Engine", "RowResult", "base_positions"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import math
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,30 +25,39 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from safe.processing.audio import AudioInputError, AudioTooLongError, load_audio
+from safe.processing.audio import MAX_CHANNELS, MAX_PEAK, AudioInputError, AudioTooLongError, load_audio
+from safe.processing.images import MAX_SIDE, SERVE_FORMATS, ImageInputError, ImageTooLargeError, read_image
 from safe.serve.schemas import AudioPart, ChatRequest, ImagePart, RequestError, TextPart
 
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
-#: Largest image (width x height) decoded: the processor resizes to a few hundred pixels anyway, and a
-#: small compressed file can declare a huge canvas.
-MAX_IMAGE_PIXELS = 4096 * 4096
+#: Sampling below this temperature divides the logits into inf / NaN; 0 is greedy.
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry (the server's flags)."""
+    """What one request may carry: the server's flags (``safe serve``'s options hold their defaults, written
+    once there; docs/serve.md lists each), and the parts per message."""
 
-    max_tokens: int = 64
-    max_n: int = 4
+    max_tokens: int
+    max_n: int
+    max_audio_seconds: float
+    window_seconds: float | None
+    allow_local_media: bool
+    default_max_tokens: int
     max_images: int = 1
     max_clips: int = 1
-    max_audio_seconds: float = 1.0
-    window_seconds: float | None = 1.0
-    allow_local_media: bool = False
-    default_max_tokens: int = 6
+    max_messages: int = 8
+    max_parts: int = 16
+    max_prompt_tokens: int | None = None
+    positions: int | None = None
+    max_image_width: int = MAX_SIDE
+    max_image_height: int = MAX_SIDE
+    max_audio_peak: float = MAX_PEAK
+    max_audio_channels: int = MAX_CHANNELS
 
 
 @dataclass
@@ -80,8 +91,10 @@ def _b64(data: str, where: str) -> bytes:
     return out
 
 
-def decode_image(url: str, where: str, allow_local: bool) -> Image.Image:
-    """A ``data:`` URL (or, with ``allow_local``, a local path / ``file://`` URL) -> an RGB image."""
+def decode_image(url: str, where: str, limits: Limits) -> Image.Image:
+    """A ``data:`` URL (or, with ``limits.allow_local_media``, a local path / ``file://`` URL) -> an RGB
+    image, its size judged from the header before decoding (:func:`safe.processing.images.read_image`:
+    PNG, JPEG, WebP and GIF only)."""
     m = _DATA_URL.match(url)
     if m:
         if not m.group("b64"):
@@ -91,7 +104,7 @@ def decode_image(url: str, where: str, allow_local: bool) -> Image.Image:
     elif re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I) and not url.lower().startswith("file://"):
         raise RequestError(f"{where}: remote image URLs are not fetched; send the image as a data: URL",
                            param=where, code="invalid_image")
-    elif not allow_local:
+    elif not limits.allow_local_media:
         raise RequestError(f"{where}: {url[:60]!r} is not a data: URL; local files are read only when the server "
                            "runs with --allow-local-media", param=where, code="local_media_disabled")
     else:
@@ -100,18 +113,13 @@ def decode_image(url: str, where: str, allow_local: bool) -> Image.Image:
             raise RequestError(f"{where}: no such file {str(path)!r}", param=where, code="invalid_image")
         source = path
     try:
-        with Image.open(source) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:  # judged on the header, before decoding
-                raise RequestError(f"{where}: a {im.width}x{im.height} image is larger than this server decodes "
-                                   f"({MAX_IMAGE_PIXELS:,} pixels); send it resized", param=where,
-                                   code="image_too_large")
-            im.load()
-            return im.convert("RGB")
-    except RequestError:
-        raise
-    except Exception as err:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
-        raise RequestError(f"{where}: cannot decode the image ({type(err).__name__}: {err})", param=where,
-                           code="invalid_image") from None
+        return read_image(source, where, max_width=limits.max_image_width, max_height=limits.max_image_height,
+                          formats=SERVE_FORMATS)
+    except ImageTooLargeError as err:
+        raise RequestError(f"{err} (--max-image-width / --max-image-height)", param=where,
+                           code="image_too_large") from None
+    except ImageInputError as err:
+        raise RequestError(str(err), param=where, code="invalid_image") from None
 
 
 def decode_audio(part: AudioPart, where: str, rate: int, limits: Limits) -> np.ndarray:
@@ -124,7 +132,8 @@ def decode_audio(part: AudioPart, where: str, rate: int, limits: Limits) -> np.n
     raw = _b64(part.input_audio.data, f"{where}.data")
     try:  # the limit is checked on the header (frames / rate), before a sample is decoded or resampled
         wave = load_audio(raw, None, rate, f"{where} ({fmt})", max_seconds=limits.max_audio_seconds,
-                          long_audio="error")
+                          long_audio="error", max_peak=limits.max_audio_peak,
+                          max_channels=limits.max_audio_channels)
     except AudioTooLongError as err:
         raise RequestError(f"{where}: {err.seconds:.2f} s of audio is longer than this server's limit of "
                            f"{limits.max_audio_seconds:g} s (--max-audio-seconds)", param=where,
@@ -144,12 +153,14 @@ def clip_key(wave: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def to_row(req: ChatRequest, rate: int, limits: Limits) -> Row:
-    """Check ``req`` against SAFE's prompt (one user turn) and ``limits``, and decode its media."""
+def to_row(req: ChatRequest, rate: int, limits: Limits, decodes: threading.Semaphore | None = None) -> Row:
+    """Check ``req`` against SAFE's prompt (one user turn) and ``limits``, and decode its media (holding
+    ``decodes``, when given, while decoding: it bounds the decodes running at once)."""
     roles = [m.role for m in req.messages]
     if roles.count("user") != 1 or roles[-1] != "user" or len(roles) != 1:
+        shown = ", ".join(roles[:4]) + (f", ... ({len(roles)} in all)" if len(roles) > 4 else "")
         raise RequestError(f"messages: SAFE's prompt is one user turn; send exactly one message with role 'user' "
-                           f"(got roles {roles})", param="messages", code="unsupported_messages")
+                           f"(got roles [{shown}])", param="messages", code="unsupported_messages")
     content = req.messages[0].content
     where = "messages[0].content"
     if content is None or (isinstance(content, str) and not content.strip()):
@@ -170,26 +181,36 @@ def to_row(req: ChatRequest, rate: int, limits: Limits) -> Row:
         if len(got) > most:
             raise RequestError(f"{where}: {len(got)} {what}s in one request; this model takes at most {most}",
                                param=where, code="too_many_parts")
-    image = (decode_image(images[0][1].image_url.url, f"{where}[{images[0][0]}].image_url.url",
-                          limits.allow_local_media) if images else None)
-    wave = decode_audio(clips[0][1], f"{where}[{clips[0][0]}].input_audio", rate, limits) if clips else None
     use = req.safe.use_audio if req.safe is not None else None
-    if use is True and wave is None:
+    if use is True and not clips:
         raise RequestError("safe.use_audio is true but the request has no input_audio part", param="safe.use_audio",
                            code="missing_audio")
     max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+    if req.max_tokens is not None and req.max_completion_tokens is not None \
+            and req.max_tokens != req.max_completion_tokens:
+        raise RequestError(f"max_tokens ({req.max_tokens}) and max_completion_tokens ({req.max_completion_tokens}) "
+                           "disagree; send one of them", param="max_completion_tokens", code="invalid_field")
     if max_tokens > limits.max_tokens:
-        raise RequestError(f"max_tokens: {max_tokens} is over this server's limit of {limits.max_tokens}",
-                           param="max_tokens", code="invalid_field")
+        raise RequestError(f"max_tokens: {max_tokens} is over this server's limit of {limits.max_tokens} "
+                           "(--max-tokens)", param="max_tokens", code="invalid_field")
     if req.n > limits.max_n:
-        raise RequestError(f"n: {req.n} is over this server's limit of {limits.max_n}", param="n", code="invalid_field")
+        raise RequestError(f"n: {req.n} is over this server's limit of {limits.max_n} (--max-n)", param="n",
+                           code="invalid_field")
     temperature = float(req.temperature or 0.0)
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise RequestError(f"temperature: {req.temperature!r} is too small to sample with (the logits would "
+                           f"overflow); send 0 for greedy decoding or at least {MIN_TEMPERATURE}",
+                           param="temperature", code="invalid_field")
     if req.top_p is not None and temperature == 0.0 and req.top_p != 1:
         raise RequestError("top_p needs sampling (temperature > 0); greedy decoding ignores it", param="top_p",
                            code="invalid_field")
     top_p = float(req.top_p) if req.top_p is not None and temperature > 0 else None
+    with decodes if decodes is not None else contextlib.nullcontext():  # media last: the costly part
+        image = (decode_image(images[0][1].image_url.url, f"{where}[{images[0][0]}].image_url.url", limits)
+                 if images else None)
+        wave = decode_audio(clips[0][1], f"{where}[{clips[0][0]}].input_audio", rate, limits) if clips else None
     return Row(question, image, wave, None if wave is None else clip_key(wave), use, int(max_tokens), temperature,
                top_p, int(req.n))
 
 
-__all__ = ["AUDIO_FORMATS", "Limits", "Row", "clip_key", "decode_audio", "decode_image", "to_row"]
+__all__ = ["AUDIO_FORMATS", "MIN_TEMPERATURE", "Limits", "Row", "clip_key", "decode_audio", "decode_image", "to_row"]

@@ -19,6 +19,6 @@ safe demo            :func:`safe.stages.demo.demo`                 DemoConfig ->
 
 Each stage records its result in the run directory's ``metrics.json`` under the result's ``KEY``; the next
 stage takes the previous result or reads it back with :meth:`safe.runs.RunDir.read`. Stages import the
-library (``models``, ``processing``, ``data``, ``evaluation``, ``training``, ``policy``) and the built-in
+library (``models`` ... ``inference``, ``reporting``, ``serve``; docs/design.md has the order) and the built-in
 benchmark (``safe.bench``, for the defaults); nothing in the library or the benchmark imports ``safe.stages``.
 """

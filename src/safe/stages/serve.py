@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from safe.models.generation import MAX_NEW_TOKENS
 from safe.runs import StageResult
 from safe.stages.common import DType, StageError
 
@@ -31,14 +32,35 @@ class ServeConfig:
     """How long the first request of a batch waits for others to join."""
     cache_clips: int = 1024
     """Clip embeddings kept in memory (LRU by clip content); 0 turns the cache off."""
+    cache_mb: float = 512.0
+    """Memory the clip cache may hold (MiB); the least recently used clips go first past it."""
     max_body_mb: float = 16.0
     """Largest request body accepted (MiB); bigger ones get 413."""
+    body_timeout_s: float = 30.0
+    """Seconds a client has to send its whole request body; past it, 408."""
+    max_messages: int = 8
+    """Most messages a request may hold (refused before its shape is validated)."""
+    max_parts: int = 16
+    """Most content parts one message may hold."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt in tokens (question, template, image tokens; default: the base's positions)."""
+    max_image_width: int = 4096
+    """Widest image decoded (pixels; judged from the header, before decoding)."""
+    max_image_height: int = 4096
+    """Tallest image decoded (pixels; judged from the header, before decoding)."""
+    max_decodes: int = 4
+    """Images and clips decoded at once; further requests wait for a slot."""
+    max_audio_peak: float = 1000.0
+    """Largest absolute audio sample accepted (float audio belongs in [-1, 1])."""
+    max_audio_channels: int = 8
+    """Most channels an audio file may hold (judged from its header)."""
     max_audio_seconds: float | None = None
     """Longest clip accepted, in seconds (default: the audio encoder's window; a longer clip gets 400)."""
     max_tokens: int = 64
     """Largest max_tokens a request may ask for."""
-    default_max_tokens: int = 6
-    """Tokens generated when a request gives no max_tokens (the built-in answers fit in six)."""
+    default_max_tokens: int = MAX_NEW_TOKENS
+    """Tokens generated when a request gives no max_tokens (the evaluation's answer length: the built-in answers
+    fit in it)."""
     max_n: int = 4
     """Largest n (choices per request)."""
     allow_local_media: bool = False
@@ -46,9 +68,9 @@ class ServeConfig:
     certificate: str | None = None
     """Deployment certificate from safe verify --certificate: refuse to start unless the loaded weights match it."""
     base: str | None = None
-    """Frozen base (default: the one recorded with the checkpoint's processor)."""
-    audio_model: str | None = None
-    """Audio encoder checkpoint (default: the one recorded with the checkpoint's processor)."""
+    """Frozen base (default: the one the run was trained on, recorded with it)."""
+    audio: str | None = None
+    """Audio encoder checkpoint (default: the one the run was trained with, recorded with it)."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda:0."""
     dtype: DType = "float32"
@@ -59,7 +81,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.run_dir is None:
             raise StageError("give --run-dir DIR (a trained run or a SAFE checkpoint directory)")
-        for name in ("max_batch", "max_tokens", "default_max_tokens", "max_n"):
+        for name in ("max_batch", "max_tokens", "default_max_tokens", "max_n", "max_messages", "max_parts",
+                     "max_image_width", "max_image_height", "max_decodes", "max_audio_channels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise StageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
@@ -71,6 +94,14 @@ class ServeConfig:
             raise StageError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms!r}")
         if not self.max_body_mb > 0:
             raise StageError(f"--max-body-mb must be > 0, got {self.max_body_mb!r}")
+        for name in ("body_timeout_s", "max_audio_peak"):
+            if not getattr(self, name) > 0:
+                raise StageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")
+        if not self.cache_mb >= 0:
+            raise StageError(f"--cache-mb must be >= 0, got {self.cache_mb!r}")
+        mp = self.max_prompt_tokens
+        if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < 1):
+            raise StageError(f"--max-prompt-tokens must be an integer >= 1, got {mp!r}")
         if self.max_audio_seconds is not None and not self.max_audio_seconds > 0:
             raise StageError(f"--max-audio-seconds must be > 0, got {self.max_audio_seconds!r}")
         if not 0 < self.port < 65536:
@@ -98,6 +129,9 @@ def serve(cfg: ServeConfig) -> ServeResult:
                          "pip install 'safe-av[serve]'") from None
     from transformers.utils import logging as hf_logging
 
+    from safe.stages.common import from_run
+
+    cfg = from_run(cfg, data=False)  # the run's own base and encoder; one given must be them
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

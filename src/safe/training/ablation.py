@@ -1,4 +1,4 @@
-"""Stage A ablations as one command over a config grid (proposal section 9): every grid entry is the
+"""Stage A ablations as one command over a config grid: every grid entry is the
 recipe plus a few ``key=value`` overrides, trained for the same number of steps and seeds and scored
 on the same split, so the rows of the table differ in exactly what their name says.
 

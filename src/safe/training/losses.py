@@ -13,8 +13,8 @@ mantissa: a log-softmax over a large vocabulary in bf16 loses the small probabil
 cross-entropy are made of). Only the answer positions are cast, so a bf16 run never materialises a
 float32 copy of the whole ``(B, T, V)`` tensor.
 
-The total Stage A objective (seed proposal, section 7.2; DESIGN.md, "Two points the proposal leaves
-open") is::
+The total Stage A objective (docs/design.md: the proposal's Stage A, and "Decisions the
+proposal leaves open") is::
 
     L = CE(audio rows) + lambda_retention * KL(base || adapted, VL rows, gate OPEN)
         + lambda_fisher * sum_i F_i (theta_i - theta0_i)^2
@@ -134,7 +134,7 @@ def retention_kl(adapted_logits: Tensor, base_logits: Tensor, labels: Tensor,
     position (divided by the number of positions), so it pulls the adapted distribution onto the
     base one. ``base_logits`` is detached: the base model is a fixed target.
 
-    Why the gate is OPEN here (DESIGN.md, "Retention loss with the gate open"): with the gate
+    Why the gate is OPEN here (docs/design.md, "Retention loss with the gate open"): with the gate
     closed SAFE *is* the base model, bit for bit, so a KL measured there is zero by construction and
     teaches nothing. The retention KL is measured on VL-only questions with the adapters running
     (no audio, or unrelated audio attached): if the policy opens the gate by mistake on a question
@@ -194,7 +194,7 @@ class DiagonalFisher:
 
     ``penalty(theta) = sum_i F_i * (theta_i - anchor_i)^2``, with ``F`` a diagonal Fisher estimate.
 
-    What the Fisher is of (DESIGN.md, "Fisher penalty on the adapters"): the frozen base cannot
+    What the Fisher is of (docs/design.md, "Fisher penalty on the adapters"): the frozen base cannot
     drift, so EWC is applied to the adapters and projector themselves. ``F`` is the diagonal Fisher
     of the *retention* objective: the squared gradients of the NLL of the base model's own answers
     on VL-only rows, computed with the gate OPEN. Directions of parameter space that move VL answers

@@ -1,4 +1,4 @@
-"""Stage A: supervised warm-start of the projector and the gated adapters (proposal section 7.2).
+"""Stage A: supervised warm-start of the projector and the gated adapters (the proposal's Stage A, docs/design.md).
 
     L = L_audio + lambda_ret * L_ret + lambda_fisher * L_fisher
 
@@ -77,6 +77,9 @@ def load_resume_state(file: Path) -> dict:
             f"{file} holds objects other than tensors and plain containers{what}; it is not loaded, since "
             f"unpickling it could run code. Start a fresh run directory or pass --fresh "
             f"(make demo DEMO_ARGS=--fresh)") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # a truncated or garbage file
+        raise ValueError(f"{file}: the saved training state cannot be read ({' '.join(str(e).split())[:200]}); "
+                         "start a fresh run directory or pass --fresh") from None
 
 
 def param_groups(model: SAFEModel, cfg: StageAConfig) -> list[dict]:

@@ -309,6 +309,26 @@ def _as_int(text: str, what: str) -> int:
 MEDIA_CACHE_ENTRIES = 4096
 
 
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused (a skipped row, :class:`_RowError`) when ``name`` is absolute or the path
+    leads out of ``folder`` (``..`` parts, or a symlink whose target lies outside): a row's id must not
+    make the reader open files the dataset does not hold."""
+    if Path(name).is_absolute() or Path(name).drive:
+        raise _RowError(f"media name {name!r} is an absolute path; ids name files inside {folder}")
+    path = folder / name
+    if ".." in Path(name).parts or not _within(path, folder):
+        raise _RowError(f"media name {name!r} leads out of the media folder {folder}")
+    return path
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
 class _Media:
     """Existence / readability checks for images and WAVs, the latest ``MEDIA_CACHE_ENTRIES`` paths' remembered."""
 
@@ -348,11 +368,14 @@ class _Media:
 
     @staticmethod
     def _find_frame(frames_dir: Path, stem: str) -> Path | str:
-        single = frames_dir / f"{stem}.jpg"
-        sub = frames_dir / stem
+        try:
+            single = inside(frames_dir, f"{stem}.jpg")
+            sub = inside(frames_dir, stem)
+        except _RowError as err:
+            return str(err)
         if single.is_file():
             return single
-        if sub.is_dir() and (jpgs := sorted(q for q in sub.glob("*.jpg") if q.is_file())):
+        if sub.is_dir() and (jpgs := sorted(q for q in sub.glob("*.jpg") if q.is_file() and _within(q, frames_dir))):
             return jpgs[0]
         return f"no frame for {stem!r}: neither {single} nor any *.jpg in {sub}"
 

@@ -19,6 +19,7 @@ from safe.data.readers._common import (
     _RowError,
     _run_rows,
     _where,
+    inside,
 )
 from safe.data.records import Example
 
@@ -67,7 +68,7 @@ def read_audiocaps(
         start = _as_int(_cell(row, "start_time"), "start_time")
         caption = _cell(row, "caption")
         fname = audio_name.format(audiocap_id=cap_id, youtube_id=ytid, start_time=start)
-        audio = media.audio(adir / fname)
+        audio = media.audio(inside(adir, fname))
         image = media.frame(fdir, Path(fname).stem) if fdir is not None else None
         return Example(
             id=cap_id, task="audiocaps", family="caption", question=CAPTION_PROMPT, answers=(caption,),
@@ -111,7 +112,7 @@ def read_clotho(
             raise _RowError(f"too many fields (extra: {row[None]!r}); is a caption comma not quoted?")
         name = _cell(row, "file_name")
         captions = tuple(_cell(row, c) for c in CLOTHO_CAPTION_COLUMNS)
-        audio = media.audio(adir / name)
+        audio = media.audio(inside(adir, name))
         return Example(
             id=name, task="clotho", family="caption", question=CAPTION_PROMPT, answers=captions,
             image=None, audio=audio, needs_audio=True, meta={"file_name": name},
@@ -171,7 +172,7 @@ def read_vggsound(
             return None
         start = _as_int(start_text, "start_seconds")
         fname = audio_name.format(youtube_id=ytid, start_seconds=start)
-        audio = media.audio(adir / fname)
+        audio = media.audio(inside(adir, fname))
         image = media.frame(fdir, Path(fname).stem) if fdir is not None else None
         return Example(
             id=f"{ytid}_{start:06d}", task="vggsound", family="classification", question=VGGSOUND_PROMPT,

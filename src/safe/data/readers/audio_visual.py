@@ -20,6 +20,7 @@ from safe.data.readers._common import (
     _RowError,
     _run_rows,
     _where,
+    inside,
 )
 from safe.data.records import Example
 
@@ -86,7 +87,7 @@ def read_music_avqa(
             raise _RowError("missing key 'anser' (the published answer key)")
         answer = _get(q, answer_key, str, nonempty=True)
         image = media.frame(fdir, video_id)
-        audio = media.audio(adir / f"{video_id}.wav")
+        audio = media.audio(inside(adir, f"{video_id}.wav"))
         return Example(
             id=str(qid), task="music_avqa", family="/".join(_family(t) for t in types),
             question=question, answers=(answer,), image=image, audio=audio,
@@ -174,7 +175,7 @@ def read_avqa(
         if include_choices:
             question = f"{question} Choices: {'; '.join(c for c in choices if isinstance(c, str))}."
         image = media.frame(fdir, video_name)
-        audio = media.audio(adir / f"{video_name}.wav")
+        audio = media.audio(inside(adir, f"{video_name}.wav"))
         return Example(
             id=str(qid), task="avqa", family=_family(qtype), question=question, answers=(answer,),
             image=image, audio=audio, needs_audio=needs_audio,

@@ -22,6 +22,7 @@ from safe.data.readers._common import (
     _RowError,
     _run_rows,
     _where,
+    inside,
 )
 from safe.data.records import Example
 
@@ -146,7 +147,7 @@ def _read_questions(qfile: Path, afile: Path, anns: _Annotations, img_dir: Path,
         if err is not None:
             raise _RowError(f"annotation {afile} {_where(ai, qid)}: {err}")
         family = atype if isinstance(atype, str) and atype else qtype if isinstance(qtype, str) and qtype else "unknown"
-        image = media.image(img_dir / f"COCO_{subtype}_{image_id:012d}.jpg")
+        image = media.image(inside(img_dir, f"COCO_{subtype}_{image_id:012d}.jpg"))
         return Example(
             id=str(qid), task="vqav2", family=family, question=question,
             answers=(mca, *annotator), image=image, audio=None, needs_audio=False,
@@ -199,7 +200,7 @@ def read_gqa(
         family = next((t for t in candidates if isinstance(t, str) and t.strip()), None)
         if family is None:
             raise _RowError("'types' has none of 'detailed', 'semantic', 'structural'")
-        image = media.image(img_dir / f"{image_id}.jpg")
+        image = media.image(inside(img_dir, f"{image_id}.jpg"))
         return Example(
             id=str(qid), task="gqa", family=family, question=question, answers=(answer,),
             image=image, audio=None, needs_audio=False,
