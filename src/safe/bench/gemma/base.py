@@ -182,12 +182,6 @@ def answer_loss(model, batch: dict, pixels: torch.Tensor, target: torch.Tensor) 
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
 
 
-def text_model_of(model):
-    """The Gemma text model inside a LLaVA (or a SAFE model wrapping one)."""
-    inner = getattr(model, "base_model", model)  # SAFEModel keeps the frozen VL model as .base_model
-    return inner.model.language_model
-
-
 def load_saved_lm_digests(folder: str | Path) -> dict[str, str]:
     """Tensor digests of the Gemma language model of a saved LLaVA checkpoint, as loaded from disk."""
     from transformers import LlavaForConditionalGeneration
