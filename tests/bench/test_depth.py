@@ -82,13 +82,12 @@ def test_shipped_depth_encoder_is_a_frozen_transformers_vit(test_split):
 @pytest.fixture(scope="module")
 def tiny_track(tmp_path_factory):
     """A few Stage A steps for depth on small splits (the unchanged trainer), plus the depth policy."""
-    from pathlib import Path
 
     from safe.bench.build import SHIPPED_DIR
     from safe.bench.depth_model import run_depth_track
     from safe.training.config import load_stage_a_config
 
-    recipe = load_stage_a_config(str(Path(__file__).resolve().parents[2] / "configs" / "stage_a_depth.yaml"), [
+    recipe = load_stage_a_config("stage_a_depth.yaml", [  # the shipped recipe, by name
         "steps=3", "warmup_steps=1", "retention_every=0", "checkpoint_every=3", "batch_size=8",
         "safe.fusion_layers=[-1]"])
     run = tmp_path_factory.mktemp("depth") / "run"
