@@ -39,6 +39,15 @@ def test_colliding_or_malformed_modality_names_are_refused_naming_the_rule(depth
     assert depth_primary.modality_names == ["depth"]
 
 
+def test_a_name_whose_inputs_the_base_takes_is_refused():
+    from safe.models.modality import check_modality_name
+
+    # e.g. a base whose forward takes speaker_embeddings: a modality "speaker" would swallow them
+    with pytest.raises(ValueError, match="invalid modality name 'speaker'.*prefix of a base-model input"):
+        check_modality_name("speaker", {"input_ids", "speaker_embeddings"})
+    assert check_modality_name("speaker", {"input_ids"}) == "speaker"
+
+
 def test_the_primary_modality_name_follows_the_same_rule():
     with pytest.raises(ValueError, match="invalid modality name 'pixel'"):
         SAFEModel(P.tiny_base("llava", seed=0), tiny_vision_encoder("vit"), CFG, modality="pixel")

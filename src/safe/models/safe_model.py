@@ -63,7 +63,8 @@ class SAFEModel(nn.Module):
         super().__init__()
         self.config = config or SAFEConfig()
         backbone: Backbone = resolve_backbone(base_model)
-        check_modality_name(modality, _base_inputs(base_model))
+        # "audio" is SAFE's own (its forward takes audio_* by name), whatever the base's forward takes
+        check_modality_name(modality, set() if modality == "audio" else _base_inputs(base_model))
         self.base_model = base_model
         self.base_model.requires_grad_(False)
         self.base_model.eval()
