@@ -54,7 +54,7 @@ class ServeConfig:
     """Tallest image decoded (pixels; judged from the header, before decoding)."""
     max_decodes: int = 4
     """Images and clips decoded at once; further requests wait for a slot."""
-    max_queue: int = 64
+    max_queue: int = 32
     """Chat requests admitted at once (body being read, decoded, waiting for a batch or in the running one); past
     it a request gets 429 with Retry-After, so waiting requests, each holding its decoded media, stay bounded."""
     max_audio_peak: float = 1000.0
