@@ -7,6 +7,7 @@ import importlib
 import os
 import pickle
 import sys
+import traceback
 from dataclasses import dataclass
 
 # Before torch (and MKL) load: MKL otherwise picks its thread count by machine load, which changes float
@@ -116,8 +117,8 @@ def resolve(argv: list[str]) -> tuple[str, Command, list[str]] | None:
 #: ValueError stays a user error: the named input errors (StageError, ConfigError, SpecError, AudioInputError,
 #: ImageInputError, CertificateError, ...) are its subclasses, and the library still raises a plain ValueError
 #: for many bad inputs (a run's checkpoint files, --input rows). A plain ValueError may also be a bug, so
-#: its line carries the --debug hint (:data:`PLAIN`). RecursionError is not here: an input nested too deep
-#: is caught where it is read (data specs, JSON files) and named there; one that escapes is a bug.
+#: its line carries the --debug hint (:data:`PLAIN`). RecursionError is not here: one raised by the JSON or
+#: YAML parser is an input nested too deep (a user error, :func:`_parser_too_deep`); any other is a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, UnicodeError, pickle.UnpicklingError)
 PLAIN: tuple[type[BaseException], ...] = (ValueError,)
 """User errors whose exact type (not a subclass) names no input problem: exit 2 with the --debug hint."""
@@ -144,6 +145,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return USER_ERRORS + tuple(extra)
+
+
+def _parser_too_deep(err: BaseException) -> bool:
+    """A RecursionError raised inside the json or yaml package: a file nested deeper than the parser goes."""
+    if not isinstance(err, RecursionError):
+        return False
+    import json
+
+    roots = [os.path.dirname(json.__file__)]
+    try:
+        import yaml
+
+        roots.append(os.path.dirname(yaml.__file__))
+    except ImportError:
+        pass
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and any(frames[-1].filename.startswith(r + os.sep) for r in roots)
 
 
 def _one_line(err: BaseException) -> str:
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the one error contract of the command line
         if debug:
             raise
-        user = isinstance(err, _user_errors())
+        user = isinstance(err, _user_errors()) or _parser_too_deep(err)
         if not user:
             hint = " (an internal error; rerun with --debug for the traceback)"
         else:

@@ -183,3 +183,13 @@ def test_an_internal_error_exits_1_with_the_debug_hint(monkeypatch, capsys, erro
     err = capsys.readouterr().err
     assert rc == code and hint in err and len(err.strip().splitlines()) == 1, (rc, err)
 
+
+
+def test_a_jsonl_row_nested_too_deep_for_the_parser_is_a_user_error(run_copy, capsys, tmp_path):
+    """The JSON parser's RecursionError is the file's fault (exit 2); other RecursionErrors are bugs."""
+    fresh, _ = run_copy
+    run, _ = fresh()
+    f = tmp_path / "deep.jsonl"
+    f.write_text("[" * 200000 + "]" * 200000 + "\n")
+    err = _one_line_exit_2(["predict", "--run-dir", str(run), "--input", str(f)], capsys, "recursion")
+    assert "internal error" not in err
