@@ -10,16 +10,9 @@ from typing import Literal
 from safe.policy.features import STATE_KINDS
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.ablate import AblateConfig, ablate
-from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
 from safe.stages.common import RunOptions, StageLog, base_path, cache_dir
-from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
-from safe.stages.policy import PolicyTrainConfig, train_policy
 from safe.stages.speech import RECIPE as SPEECH_RECIPE
 from safe.stages.speech import RUN_DIR as SPEECH_RUN_DIR
-from safe.stages.speech import speech_figures, whisper_dirs
-from safe.stages.stage_a import TrainConfig, train
-from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
 
 @dataclass
@@ -73,6 +66,14 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
         return demo_speech(dataclasses.replace(
             cfg, run_dir=SPEECH_RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
             config=SPEECH_RECIPE if cfg.config == defaults.config else cfg.config), echo)
+    # The stage functions are looked up when the demo runs (not bound at import), so a test can stub any stage.
+    from safe.stages.ablate import AblateConfig, ablate
+    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
+    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+    from safe.stages.policy import PolicyTrainConfig, train_policy
+    from safe.stages.stage_a import TrainConfig, train
+    from safe.stages.verify import VerifyConfig, VerifyResult, verify
+
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
@@ -109,6 +110,14 @@ def demo_speech(cfg: DemoConfig, echo=print) -> DemoResult:
     ``cfg.run_dir`` (``runs/demo-speech`` unless given). Returns the demo's result."""
     from safe.bench.speech.files import generate_speech_benchmark
     from safe.bench.speech.track import SpeechConfig
+
+    # The stage functions are looked up when the demo runs (not bound at import), so a test can stub any stage.
+    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
+    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+    from safe.stages.policy import PolicyTrainConfig, train_policy
+    from safe.stages.speech import speech_figures, whisper_dirs
+    from safe.stages.stage_a import TrainConfig, train
+    from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
