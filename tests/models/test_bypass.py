@@ -2,35 +2,13 @@
 import pytest
 import torch
 
+from tests.models.bypass_modes import rows, run
 from tests.models.helpers import MIXED, build, inputs
 
 BASES = ["llava", "blip2-opt", "blip2-t5"]
 ENCODERS = ["whisper", "clap"]
 DTYPES = [torch.float32, torch.bfloat16]
 MODES = ["forward", "greedy", "sample", "beams", "num_return_sequences"]
-
-
-def run(model_or_base, mode, x, **audio):
-    with torch.no_grad():
-        if mode == "forward":
-            return model_or_base(**x, **audio).logits
-        gen = {k: v for k, v in x.items() if k != "decoder_input_ids"}
-        kw = dict(max_new_tokens=4, min_new_tokens=4)
-        if mode == "greedy":
-            kw.update(do_sample=False)
-        elif mode == "sample":
-            kw.update(do_sample=True, top_k=0, temperature=1.0)
-            torch.manual_seed(1234)
-        elif mode == "beams":
-            kw.update(do_sample=False, num_beams=3)
-        elif mode == "num_return_sequences":
-            kw.update(do_sample=False, num_beams=3, num_return_sequences=2)
-        return model_or_base.generate(**gen, **kw, **audio)
-
-
-def rows(out, mask, mode):
-    per = 2 if mode == "num_return_sequences" else 1
-    return out.view(mask.shape[0], per, *out.shape[1:])
 
 
 @pytest.mark.parametrize("overflow", [False, True], ids=["audio", "overflow"])

@@ -156,8 +156,11 @@ def test_every_form_of_a_clip_gives_the_same_answer(trained_run, examples, tmp_p
         ref = logits(original, 16000)
         effect = (ref - logits([None] * len(rows), None)).abs().max()  # how far audio moves this model
         assert effect > 0.05
-        # negative control: int16 values passed as floats (the old bug) move the logits far more than any form below
-        assert (logits([x * 32767 for x in original], 16000) - ref).abs().max() > 0.1 * effect
+        # negative control: mis-scaled floats (x1000, the largest peak accepted) move the logits 5x more than
+        # any form below may; int16 values passed as floats (the old bug) are refused for their peak
+        assert (logits([x * 1000 for x in original], 16000) - ref).abs().max() > 0.05 * effect
+        with pytest.raises(AudioInputError, match="peak"):
+            logits([x * 32767 for x in original], 16000)
         for name, (clips, rate) in forms.items():
             assert (logits(clips, rate) - ref).abs().max() < 0.01 * effect, name
             got = p(image=imgs, question=q, audio=clips, use_audio=True, sampling_rate=rate)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from safe.serve.app import create_app
@@ -152,6 +152,7 @@ def _text_request(q):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(q=_text, user=_text)
+@example(q="\ud800", user="")
 def test_any_text_is_answered_or_refused(client, q, user):
     _never_500(client, json.dumps({**_text_request("what? " + q), "user": user}).encode())
 
@@ -160,6 +161,9 @@ def test_any_text_is_answered_or_refused(client, q, user):
                                                                   HealthCheck.too_slow])
 @given(field=st.sampled_from(["max_tokens", "max_completion_tokens", "temperature", "top_p", "n"]), value=_extreme,
        temperature=st.sampled_from([None, 0.5]))
+@example(field="temperature", value=1e-300, temperature=None)
+@example(field="temperature", value=5e-324, temperature=None)
+@example(field="top_p", value=5e-324, temperature=0.5)
 def test_extreme_numbers_in_every_numeric_field(client, field, value, temperature):
     body = {**_text_request("what colour is it?"), field: value}
     if temperature is not None and field != "temperature":

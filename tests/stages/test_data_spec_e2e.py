@@ -1,6 +1,7 @@
 """Bring your own data, end to end: fixture datasets in every published layout mixed in one spec YAML, a tiny
 LLaVA and a tiny Whisper saved to disk as checkpoint directories, then `safe data check`, `safe train`, `safe
-policy train`, `safe eval` and `safe ablate` with --data / --base / --audio, each writing into one run directory."""
+policy train`, `safe eval` and `safe ablate` with --data / --base / --audio, each writing into one run directory; the
+later stages take the base and encoder from the run's own record (run.json) and refuse others."""
 import json
 
 import pytest
@@ -9,8 +10,9 @@ import yaml
 from safe.cli import main
 from tests.data.spec_fixtures import mixed_spec, write_all
 
-FAST = ["steps=4", "warmup_steps=1", "batch_size=8", "retention_every=2", "retention_examples=4",
-        "checkpoint_every=4", "lr_gates=0.05", "safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4"]
+FAST = ["--stage_a.steps", "4", "--stage_a.warmup_steps", "1", "--stage_a.batch_size", "8",
+        "--stage_a.retention_every", "2", "--stage_a.retention_examples", "4", "--stage_a.checkpoint_every", "4",
+        "--stage_a.lr_gates", "0.05", "--stage_a.safe.fusion_layers", "0,-1", "--stage_a.safe.num_audio_tokens", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +59,29 @@ def test_data_check_reports_every_split(setup, capsys):
 
 
 def test_train_policy_eval_end_to_end(setup, capsys):
-    spec, _, _, run, rows = setup
-    sets = [x for o in FAST for x in ("--set", o)]
-    assert main(["train", *_args(setup), *sets, "--fresh"]) == 0, capsys.readouterr().err
+    spec, base, audio, run, rows = setup
+    assert main(["train", *_args(setup), *FAST, "--fresh"]) == 0, capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
     a = metrics["stage_a"]
     assert a["frozen_byte_identical"] and a["answers_identical_gate_closed"] == 1.0
     assert a["config"]["audio_share"] == 0.5 and a["steps"] == 4  # the spec's audio_share reached the recipe
     assert a["data"]["splits"]["train"]["tasks"] == {"audiocaps": 8, "avqa": 8, "vggsound": 4, "vqav2": 8}
     assert (run / "checkpoints" / "final" / "safe_config.json").is_file()
+    record = json.loads((run / "run.json").read_text())  # what the later stages take when not told again
+    assert record["base"] == str(base) and record["audio"] == str(audio) and record["data"] == str(spec)
+    assert record["data_fingerprint"] == a["data"]["fingerprint"] and record["recipe"]["steps"] == 4
 
-    assert main(["policy", "train", *_args(setup), "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
+    # Only --data and --run-dir: the run's base and encoder; another encoder or other data is refused.
+    only = ["--data", str(spec), "--run-dir", str(run)]
+    assert main(["policy", "train", *only, "--audio", str(base)]) == 2
+    assert "--audio" in capsys.readouterr().err
+    assert main(["policy", "train", *only, "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
                  "--seeds", "1", "--train-rows", "8", "--cost-batch", "8", "--distill-epochs", "2",
                  "--latency-batches", "12"]) == 0, capsys.readouterr().err
     policy = json.loads((run / "metrics.json").read_text())["policy"]
     assert policy["rows"] == {"train": 8 + 8, "test": 12}  # train[:train_rows] + val; the test split
 
-    code = main(["eval", *_args(setup), "--scale-results", "none"])
+    code = main(["eval", *only, "--scale-results", "none"])
     assert code in (0, 1), capsys.readouterr().err  # 1: a stage gate failed (tiny untrained models), still reported
     ev = json.loads((run / "metrics.json").read_text())["eval"]
     assert ev["examples"] == 12 and ev["data"]["fingerprint"] == a["data"]["fingerprint"]
@@ -86,6 +94,6 @@ def test_train_policy_eval_end_to_end(setup, capsys):
     assert "<html" in report.lower() and "Stage A" in report
     assert all(task in report for task in ("gqa", "music_avqa", "vggsound", "clotho"))
 
-    assert main(["ablate", *_args(setup), *sets, "--steps", "2", "--only", "reference"]) == 0, capsys.readouterr().err
+    assert main(["ablate", *_args(setup), *FAST, "--steps", "2", "--only", "reference"]) == 0, capsys.readouterr().err
     abl = json.loads((run / "metrics.json").read_text())["ablations"]
     assert [r["name"] for r in abl["rows"]] == ["reference"] and abl["steps"] == 2

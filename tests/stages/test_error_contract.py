@@ -119,3 +119,23 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="metrics.json"):
         main(["report", "--run-dir", str(tmp_path), "--debug"])
+
+
+def test_predict_refuses_an_empty_question_as_the_server_does(run_copy, capsys, tmp_path):
+    fresh, ex = run_copy
+    run, _ = fresh()
+    _one_line_exit_2(["predict", "--run-dir", str(run), "--question", "  ", "--image", str(ex.image)], capsys,
+                     "--question")
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"question": "what?", "image": str(ex.image)}) + "\n"
+                 + json.dumps({"question": "", "image": str(ex.image)}) + "\n")
+    _one_line_exit_2(["predict", "--run-dir", str(run), "--input", str(f)], capsys, "q.jsonl:2", "empty")
+
+
+def test_predict_names_the_failing_row_by_file_and_line(run_copy, capsys, tmp_path):
+    fresh, ex = run_copy
+    run, _ = fresh()
+    f = tmp_path / "rows.jsonl"
+    f.write_text(json.dumps({"question": "what?", "image": str(ex.image)}) + "\n\n"
+                 + json.dumps({"question": "what?", "image": str(ex.image), "use_audio": True}) + "\n")
+    _one_line_exit_2(["predict", "--run-dir", str(run), "--input", str(f)], capsys, "rows.jsonl:3", "no audio")

@@ -87,3 +87,76 @@ def test_flag_clash_is_refused():
 
     with pytest.raises(TypeError, match="--steps"):
         add_config_flags(argparse.ArgumentParser(), Clash)
+
+
+@dataclass
+class Arch:
+    width: int = 8
+    """Width."""
+    layers: list[int] = field(default_factory=lambda: [-1])
+    """Layers."""
+
+
+@dataclass
+class Recipe:
+    steps: int = 5
+    """Optimiser steps."""
+    share: float = 0.5
+    """Audio share."""
+    inner: Inner = field(default_factory=Inner)
+    """Nested inside a group."""
+    arch: dict = field(default_factory=dict, metadata={"fields": Arch})
+    """Only the keys given."""
+
+
+@dataclass
+class Command:
+    run_dir: str = "runs/x"
+    """Run."""
+    tiny: bool = field(default=False, metadata={"hidden": True})
+    """For tests."""
+    recipe: Recipe = field(default_factory=Recipe, metadata={"group": True})
+    """The recipe."""
+
+
+def _parser(cls, shown=None):
+    from safe.stages.options import add_config_file_flag
+
+    p = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    add_config_file_flag(p, cls)
+    add_config_flags(p, cls, shown=shown)
+    return p
+
+
+def test_group_flags_are_dotted_yaml_keys():
+    cfg = config_from_args(Command, vars(_parser(Command).parse_args(
+        ["--recipe.steps", "7", "--recipe.inner.rates", "1,2", "--recipe.arch.width", "3", "--tiny"])))
+    assert cfg.recipe == Recipe(steps=7, inner=Inner(rates=[1.0, 2.0]), arch={"width": 3}) and cfg.tiny
+    # group flags do not clash with a top-level flag of the same field name
+    assert "--recipe.inner.steps" in _parser(Command).format_help()
+
+
+def test_a_config_file_holds_the_same_settings_and_flags_win(tmp_path):
+    from safe.stages.options import given_flags
+
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: runs/y\nrecipe:\n  steps: 9\n  share: 0.7\n  arch: {layers: [0, 1]}\n")
+    cfg = config_from_args(Command, vars(_parser(Command).parse_args(
+        ["--config", str(path), "--recipe.steps", "11", "--recipe.arch.width", "4"])))
+    assert cfg.run_dir == "runs/y" and cfg.recipe.steps == 11 and cfg.recipe.share == 0.7
+    assert cfg.recipe.arch == {"layers": [0, 1], "width": 4}  # merged key by key
+    assert given_flags(cfg) == {"recipe.steps", "recipe.arch.width"}  # what the command line set, not the file
+    path.write_text("recipe:\n  stpes: 9\n")
+    with pytest.raises(ValueError, match="unknown setting.*recipe.stpes"):
+        config_from_args(Command, vars(_parser(Command).parse_args(["--config", str(path)])))
+
+
+def test_hidden_flags_and_shown_defaults_in_help():
+    text = " ".join(_parser(Command, shown={"recipe": {"steps": 2000}}).format_help().split())
+    assert "--tiny" not in text
+    assert "Optimiser steps. (default: 2000)" in text  # the default config file's value, not the dataclass's
+
+
+def test_set_is_refused_with_what_replaces_it():
+    with pytest.raises((SystemExit, argparse.ArgumentError)):
+        _parser(Command).parse_args(["--set", "steps=3"])

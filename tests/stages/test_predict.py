@@ -109,7 +109,7 @@ def _predict(capsys, *argv):
 def test_safe_predict_end_to_end(run, tmp_path, capsys):
     run_dir, rows = run
     code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", rows[0].image, "--question", rows[0].question,
-                              "--audio", rows[0].audio)
+                              "--audio-file", rows[0].audio)
     assert code == 0 and err == ""
     one = json.loads(out)
     assert one == safe.pipeline(run_dir)(image=rows[0].image, question=rows[0].question, audio=rows[0].audio)
@@ -142,14 +142,14 @@ def test_safe_predict_bad_inputs_exit_2_naming_the_file(run, tmp_path, capsys):
              "nan.wav": "NaN", "cut.wav": "cut short"}
     for name, why in cases.items():
         code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q,
-                                  "--audio", tmp_path / name)
+                                  "--audio-file", tmp_path / name)
         assert code == 2 and out == "" and name in err and why in err, (name, err)
         assert err.count("\n") == 1 and err.startswith("safe predict: error:")
     write_wav(tmp_path / "long.wav", np.zeros(3 * 16000), 16000)  # 3 s; the built-in encoder reads 1 s
-    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio",
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio-file",
                               tmp_path / "long.wav", "--long-audio", "error")
     assert code == 2 and out == "" and "long.wav" in err and "3.0 s" in err
-    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio",
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", img, "--question", q, "--audio-file",
                               tmp_path / "long.wav")
     assert code == 0 and json.loads(out)["used_audio"] and "long.wav" in err and "first 1 s" in err
     code, _, err = _predict(capsys, "--run-dir", run_dir, "--image", tmp_path / "none.png", "--question", q)
@@ -182,3 +182,23 @@ def test_a_bad_loading_flag_is_refused_naming_it_before_anything_runs(command, t
     assert main([*command, "--run-dir", str(run_dir), "--attn-implementation", "flash"]) == 2
     assert "--attn-implementation must be sdpa or eager, got 'flash'" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_predict_and_serve_refuse_a_model_the_run_was_not_trained_with(trained_run, tmp_path, capsys):
+    """A run directory's run.json names its base and encoder: `safe predict` answers with them and refuses
+    another --base or --audio with one line naming the flag, before anything loads (serve shares the check)."""
+    import shutil
+
+    from safe.stages.common import record_run
+
+    bench, base, trained = trained_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    record_run(run_dir, base=base, audio=None, data=bench, data_fingerprint="", recipe={})
+    q = synth.load_split(bench, "test")[0]
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", q.image, "--question", q.question)
+    assert code == 0, err
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--question", q.question, "--base", tmp_path)
+    assert code == 2 and out == "" and "--base" in err and "trained on" in err
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--question", q.question, "--audio", tmp_path)
+    assert code == 2 and "--audio" in err and "the built-in folder's own encoder" in err

@@ -28,7 +28,7 @@ def _with_test(spec_path, tmp_path, name, test):
 def trained(setup):  # noqa: F811
     spec, base, audio, run, _ = setup
     args = ["--data", str(spec), "--base", str(base), "--audio", str(audio), "--run-dir", str(run)]
-    sets = [x for o in FAST for x in ("--set", o)]
+    sets = FAST  # the Stage A settings as --stage_a.* flags
     assert main(["train", *args, *sets, "--fresh"]) == 0
     assert main(["policy", "train", *args, "--steps", "2", "--alphas", "0.0", "--alpha", "0.0", "--seeds", "1",
                  "--train-rows", "8", "--cost-batch", "8", "--distill-epochs", "1", "--latency-batches", "4"]) == 0
@@ -71,3 +71,41 @@ def test_data_check_names_the_source_that_lost_every_row(setup, tmp_path, capsys
     assert main(["data", "check", str(f)]) == 2
     err = capsys.readouterr().err
     assert "audiocaps" in err and "0 rows, 8 skipped" in err and "audio file not found" in err, err
+
+
+WHOLE_RUN_MIXES = {
+    # every split without audio questions: captions and VL rows only
+    "captions_and_vl": lambda r: {
+        "train": [{"reader": "audiocaps", "root": r["audiocaps"], "split": "train"},
+                  {"reader": "vqav2", "root": r["vqav2"], "split": "train2014"}],
+        "val": [{"reader": "audiocaps", "root": r["audiocaps"], "split": "val", "limit": 2},
+                {"reader": "vqav2", "root": r["vqav2"], "split": "val2014", "limit": 2}],
+        "test": [{"reader": "audiocaps", "root": r["audiocaps"], "split": "val", "limit": 2},
+                 {"reader": "gqa", "root": r["gqa"], "split": "testdev", "limit": 2}]},
+    # every split without captions: audio questions and VL rows only
+    "questions_and_vl": lambda r: {
+        "train": [{"reader": "avqa", "root": r["avqa"], "split": "train"},
+                  {"reader": "vqav2", "root": r["vqav2"], "split": "train2014"}],
+        "val": [{"reader": "avqa", "root": r["avqa"], "split": "val", "limit": 3}],
+        "test": [{"reader": "music_avqa", "root": r["music_avqa"], "split": "test", "limit": 3},
+                 {"reader": "gqa", "root": r["gqa"], "split": "testdev", "limit": 2}]},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix", list(WHOLE_RUN_MIXES))
+def test_every_stage_on_a_spec_missing_a_task_family(setup, tmp_path, capsys, mix):  # noqa: F811
+    spec_path, base, audio, _, _ = setup
+    spec = tmp_path / f"{mix}.yaml"
+    spec.write_text(yaml.safe_dump({**WHOLE_RUN_MIXES[mix](_roots(spec_path)), "seed": 1}))
+    run = tmp_path / "run"
+    args = ["--data", str(spec), "--base", str(base), "--audio", str(audio), "--run-dir", str(run)]
+    assert main(["data", "check", str(spec)]) == 0, capsys.readouterr().err
+    sets = FAST  # the Stage A settings as --stage_a.* flags
+    assert main(["train", *args, *sets, "--fresh"]) == 0, capsys.readouterr().err
+    assert main(["policy", "train", *args, "--steps", "2", "--alphas", "0.0", "--alpha", "0.0", "--seeds", "1",
+                 "--train-rows", "8", "--cost-batch", "8", "--distill-epochs", "1", "--latency-batches", "4"]) == 0, \
+        capsys.readouterr().err
+    assert main(["eval", *args, "--scale-results", "none"]) in (0, 1), capsys.readouterr().err
+    assert main(["report", "--run-dir", str(run)]) == 0, capsys.readouterr().err
+    assert main(["ablate", *args, *sets, "--steps", "2", "--only", "reference"]) == 0, capsys.readouterr().err

@@ -21,16 +21,16 @@ from safetensors.torch import load_file
 from safe.cli import main
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-RECIPE = ["--set", "warmup_steps=1", "--set", "batch_size=8", "--set", "retention_examples=8",
-          "--set", "lambda_fisher=0.5", "--set", "fisher_batches=1", "--set", "lr_gates=0.05",
-          "--set", "safe.num_audio_tokens=4"]
+RECIPE = ["--stage_a.warmup_steps", "1", "--stage_a.batch_size", "8", "--stage_a.retention_examples", "8",
+          "--stage_a.lambda_fisher", "0.5", "--stage_a.fisher_batches", "1", "--stage_a.lr_gates", "0.05",
+          "--stage_a.safe.num_audio_tokens", "4"]
 TOLERANCE = 1e-5
 
 
 def _args(bench, base, run, steps: int, every: int) -> list[str]:
     return ["train", "--tiny", "--data", str(bench), "--base", str(base), "--run-dir", str(run), *RECIPE,
-            "--set", f"steps={steps}", "--set", f"checkpoint_every={every}", "--set", f"retention_every={every}",
-            "--set", f"fisher_every={every}"]
+            "--stage_a.steps", str(steps), "--stage_a.checkpoint_every", str(every),
+            "--stage_a.retention_every", str(every), "--stage_a.fisher_every", str(every)]
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:

@@ -62,8 +62,10 @@ def test_safe_train_command_writes_metrics(tiny_builtin, tmp_path, capsys):
     from safe.cli import main
 
     bench, base = tiny_builtin
+    # the same settings as flags: key=value -> --stage_a.key value (a list comma-separated)
+    flags = [a for o in FAST for a in ("--stage_a." + o.split("=")[0], o.split("=")[1].strip("[]").replace(" ", ""))]
     args = ["train", "--data", str(bench), "--base", str(base), "--run-dir", str(tmp_path), "--config",
-            "configs/stage_a_builtin.yaml"] + [a for o in FAST for a in ("--set", o)]
+            "configs/stage_a_builtin.yaml", *flags]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Stage A summary" in out and "base + encoder byte-identical (sha256)" in out
@@ -71,7 +73,7 @@ def test_safe_train_command_writes_metrics(tiny_builtin, tmp_path, capsys):
     for key in ("vl_accuracy_gate_open", "audio_accuracy", "vl_retention_ratio_gate_open", "caption_cider_d",
                 "answers_identical_gate_closed", "frozen_byte_identical", "seconds"):
         assert key in metrics
-    assert main(["train", "--set", "steps=0"]) == 2  # bad config: an error message, not a traceback
+    assert main(["train", "--stage_a.steps", "0"]) == 2  # bad config: an error message, not a traceback
     assert "steps: expected a positive integer, got 0" in capsys.readouterr().err
 
 

@@ -1,8 +1,8 @@
-"""Injection of adapters into a frozen decoder by forward hooks, and the audio context they read.
+"""Injection of adapters into a frozen decoder by forward hooks, and the modality contexts they read.
 
 Hooks change neither the base model's code nor its state-dict keys. A hook returns ``None`` (the
-layer's output is used untouched) unless an audio context is active; rows of the batch that do not
-use audio are copied, never recomputed, so they stay bit-exact.
+layer's output is used untouched) unless a modality context is active; rows of the batch that do not
+use that modality are copied, never recomputed, so they stay bit-exact.
 """
 from __future__ import annotations
 
@@ -47,21 +47,43 @@ class AudioContext:
 
 
 class AdapterInjector:
-    """Holds the audio context and the hooks that apply one adapter after each chosen decoder layer."""
+    """Holds the modality contexts and the hooks that apply the adapters after each chosen decoder layer.
 
-    def __init__(self, layers: nn.ModuleList, adapters: dict[int, GatedCrossAttention]) -> None:
+    ``adapters`` maps a layer index to one adapter (the single-modality layout, named ``"audio"``) or
+    to a list of ``(modality, adapter)`` pairs. At a layer, the adapters run one after another in that
+    list's order, each only on the rows of its own modality's context: a row that uses one modality is
+    touched by that modality's adapter alone (so it is exactly what a model carrying only that modality
+    gives), and a row that uses none is never touched (the base, bit-exact)."""
+
+    def __init__(self, layers: nn.ModuleList,
+                 adapters: dict[int, GatedCrossAttention | list[tuple[str, GatedCrossAttention]]]) -> None:
         self.layers = layers
-        self.adapters = adapters
-        self.context: AudioContext | None = None
+        self._contexts: dict[str, AudioContext] = {}
+        self.disabled = False
         self._handles: list = []
+        self.set_adapters(adapters)
+
+    def set_adapters(self, adapters: dict[int, GatedCrossAttention | list[tuple[str, GatedCrossAttention]]]) -> None:
+        """Replace the adapters (a modality added or removed), re-hooking the layers if attached. The active
+        contexts and :attr:`disabled` are kept: a block entered before the change stays in force after it."""
+        attached = self.attached
+        self.detach()
+        self.adapters = {i: (list(a) if isinstance(a, (list, tuple)) else [("audio", a)]) for i, a in adapters.items()}
+        if attached:
+            self.attach()
+
+    @property
+    def context(self) -> dict[str, AudioContext] | None:
+        """The active contexts by modality, or None when no modality is active."""
+        return dict(self._contexts) if self._contexts else None
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self) -> None:
         if self._handles:
             return
-        for idx, adapter in self.adapters.items():
+        for idx, pairs in self.adapters.items():
             # prepend: run before any hook a user or accelerate adds, so they see the fused state.
-            self._handles.append(self.layers[idx].register_forward_hook(self._make_hook(adapter), prepend=True))
+            self._handles.append(self.layers[idx].register_forward_hook(self._make_hook(pairs), prepend=True))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -72,33 +94,59 @@ class AdapterInjector:
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def _make_hook(self, adapter: GatedCrossAttention):
+    def _make_hook(self, pairs: list[tuple[str, GatedCrossAttention]]):
         def hook(module, args, output):
-            ctx = self.context
-            if ctx is None:
-                return None
-            # A zero gate with no gradient wanted: the layer is exactly the base (skip, don't add 0).
-            needs_grad = torch.is_grad_enabled() and adapter.gate.value.requires_grad
-            if not needs_grad and adapter.gate.is_zero:
+            if not self._contexts or self.disabled:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
-            tokens, rows = ctx.for_batch(hidden.shape[0])
-            if tokens.device != hidden.device:  # a layer on another device (device_map="auto")
-                tokens, rows = tokens.to(hidden.device), rows.to(hidden.device)
-            opened = hidden.index_select(0, rows)
-            fused = opened + adapter(opened, tokens)
-            new_hidden = hidden.index_copy(0, rows, fused)
+            new_hidden = None
+            for name, adapter in pairs:
+                ctx = self._contexts.get(name)
+                if ctx is None:
+                    continue
+                # A zero gate with no gradient wanted: the layer is exactly the base (skip, don't add 0).
+                needs_grad = torch.is_grad_enabled() and adapter.gate.value.requires_grad
+                if not needs_grad and adapter.gate.is_zero:
+                    continue
+                current = hidden if new_hidden is None else new_hidden
+                tokens, rows = ctx.for_batch(current.shape[0])
+                if tokens.device != current.device:  # a layer on another device (device_map="auto")
+                    tokens, rows = tokens.to(current.device), rows.to(current.device)
+                opened = current.index_select(0, rows)
+                fused = opened + adapter(opened, tokens)
+                if not needs_grad:  # a zero gate is the base even if is_zero could not see the write (no sync)
+                    fused = torch.where(adapter.gate.value == 0, opened, fused)
+                new_hidden = current.index_copy(0, rows, fused)
+            if new_hidden is None:
+                return None
             return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
 
         return hook
 
     # --- context -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def audio(self, context: AudioContext | None) -> Iterator[None]:
-        """Make ``context`` visible to the hooks inside the block; always cleared on exit."""
-        previous = self.context
-        self.context = context
+    def audio(self, context: AudioContext | None, modality: str = "audio") -> Iterator[None]:
+        """Make ``context`` visible to ``modality``'s adapters inside the block (None: that modality is
+        off); the previous context of that modality is restored on exit, whatever happens."""
+        had, previous = modality in self._contexts, self._contexts.get(modality)
+        if context is None:
+            self._contexts.pop(modality, None)
+        else:
+            self._contexts[modality] = context
         try:
             yield
         finally:
-            self.context = previous
+            if had:
+                self._contexts[modality] = previous
+            else:
+                self._contexts.pop(modality, None)
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        """Inside the block no adapter runs, whatever contexts are active (the whole model is the base)."""
+        previous = self.disabled
+        self.disabled = True
+        try:
+            yield
+        finally:
+            self.disabled = previous

@@ -24,6 +24,7 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from safe.atomic import staged_dir
@@ -37,7 +38,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 #: The build SAFE ships (default config, default benchmark), installed instead of trained when both match.
-SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+# Package data (pyproject.toml), found through importlib.resources; a wheel installs it as plain files, so
+# the traversable is a real folder that copytree can read.
+SHIPPED_DIR = Path(str(resources.files(__package__) / "pretrained"))
 
 
 def _audio_config_cls():

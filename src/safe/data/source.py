@@ -9,11 +9,17 @@ here imports nothing: the built-in benchmark (``safe.bench``) stays out of the l
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from safe.data.records import Example
+
+
+def cache_dir() -> Path:
+    """``$SAFE_CACHE`` (default ``.cache/safe``): where the built-in benchmark and base models are made and found."""
+    return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
 
 
 @runtime_checkable

@@ -201,8 +201,9 @@ def _path(base: Path, text: str) -> Path:
 
 
 def _default_builtin_root() -> Path:
-    # Same default as safe.stages.common.cache_dir() / "benchmark" (stages sit above this layer).
-    return Path(os.environ.get("SAFE_CACHE", ".cache/safe")).absolute() / "benchmark"
+    from safe.data.source import cache_dir
+
+    return cache_dir().absolute() / "benchmark"
 
 
 def _check_factory_options(where: str, reader: str, options: dict[str, Any]) -> None:

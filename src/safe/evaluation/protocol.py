@@ -357,6 +357,19 @@ def load_scale_results(source) -> list[dict]:
     return runs
 
 
+SHIPPED_SCALE_RESULTS = "scale_results.json"
+"""The ``benchmarks/scale.py`` results SAFE ships beside this module (``docs/scale_results.json`` of the source
+tree links to it); package data, so the latency gate reads them from an installed wheel too."""
+
+
+def shipped_scale_results() -> dict:
+    """The shipped scale results (:data:`SHIPPED_SCALE_RESULTS`), loaded through :mod:`importlib.resources`."""
+    import json
+    from importlib.resources import files
+
+    return json.loads((files(__package__) / SHIPPED_SCALE_RESULTS).read_text())
+
+
 def latency_gate(efficiency: dict, scale_results=None) -> dict | None:
     """The latency stage gate, naming the shape its number was measured on.
 

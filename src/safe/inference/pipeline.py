@@ -130,7 +130,7 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
              max_new_tokens: int = MAX_NEW_TOKENS, load_options: dict | None = None,
              **processor_options: Any) -> Pipeline:
     """A :class:`Pipeline` from a run directory or a SAFE checkpoint directory (module docstring).
-    ``base`` / ``audio``: the frozen base (built-in models folder or a LLaVA / BLIP-2 checkpoint) and
+    ``base`` / ``audio``: the frozen base (built-in models folder or a checkpoint of a supported family) and
     the audio encoder checkpoint, when the processor saved with the checkpoint does not name them.
     ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule.
     ``load_options``: the base's ``attn_implementation`` / ``device_map`` (:func:`~safe.inference.loading.load_frozen`)."""
@@ -141,7 +141,9 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
         base = base or processor.sources.get("base")
         audio = audio or processor.sources.get("audio")
     if base is None:
-        base = Path(os.environ.get("SAFE_CACHE", ".cache/safe")) / "base"
+        from safe.data.source import cache_dir
+
+        base = cache_dir() / "base"
     if processor is not None:  # the saved processor is the prompt format and front end: none built twice
         model = load_trained_model(base, ckpt, audio, dtype=dtype, **(load_options or {}))
     else:
@@ -171,6 +173,8 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: not a JSON object ({err})") from None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str):
             raise ValueError(f"{where}: each line must be a JSON object with a 'question' string")
+        if not row["question"].strip():
+            raise ValueError(f"{where}: the question is empty")
         if row.get("use_audio") is not None and not isinstance(row["use_audio"], bool):
             raise ValueError(f"{where}: use_audio must be true, false or null, got {row['use_audio']!r}")
         for key in ("image", "audio"):
@@ -203,6 +207,8 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
             clip = None if r.get("audio") is None else p.processor.load_audio(r["audio"])
         except ValueError as err:
             raise type(err)(f"{where}: {err}") from None
+        if r.get("use_audio") is True and clip is None:
+            raise ValueError(f"{where}: use_audio is true but the request has no audio")
         prepared.append((img, clip))
     out: list[dict[str, Any] | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
@@ -211,8 +217,13 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
     for (use, _), idx in groups.items():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            res = p(image=[prepared[i][0] for i in chunk], question=[requests[i]["question"] for i in chunk],
-                    audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate)
+            try:
+                res = p(image=[prepared[i][0] for i in chunk], question=[requests[i]["question"] for i in chunk],
+                        audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate)
+            except ValueError as err:  # name the requests by file:line, not by their place in this batch
+                names = [requests[i].get("_where", f"request {i}") for i in chunk]
+                raise ValueError(f"{names[0] if len(names) == 1 else names[0] + ' .. ' + names[-1]} "
+                                 f"(one batch of {len(names)}): {err}") from None
             for i, row in zip(chunk, res):
                 out[i] = {**({"id": requests[i]["id"]} if "id" in requests[i] else {}), **row}
     return out  # type: ignore[return-value]

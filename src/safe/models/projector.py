@@ -40,3 +40,19 @@ class AudioProjector(nn.Module):
         # (n, T, C) -> (n, k, C): adaptive pooling also up-samples when T < k.
         x = F.adaptive_avg_pool1d(x.transpose(1, 2), self.num_tokens).transpose(1, 2)
         return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class EnsembleProjector(nn.Module):
+    """One :class:`AudioProjector` per member of an encoder ensemble; their tokens are concatenated.
+
+    Shapes: a tuple of ``(n, T_i, in_dim_i)`` -> (n, len(in_dims) * num_tokens, out_dim), member order."""
+
+    def __init__(self, in_dims, out_dim: int, num_tokens: int, *, mode: str = "sequence",
+                 hidden_dim: int | None = None) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(AudioProjector(d, out_dim, num_tokens, mode=mode, hidden_dim=hidden_dim)
+                                     for d in in_dims)
+        self.num_tokens, self.out_dim = num_tokens * len(self.members), out_dim
+
+    def forward(self, features) -> torch.Tensor:
+        return torch.cat([p(f) for p, f in zip(self.members, features)], dim=1)

@@ -1,169 +1,173 @@
-"""``SAFEModel``: a frozen VL model plus a frozen audio encoder, joined by gated adapters."""
+"""``SAFEModel``: a frozen VL model plus frozen encoders of one or more modalities, joined by gated adapters."""
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from safe.adapters.cross_attention import GatedCrossAttention
-from safe.adapters.injection import AdapterInjector, AudioContext
-from safe.models.audio_encoders import AudioEncoder, as_feature_tensor
+from safe.adapters.injection import AdapterInjector
 from safe.models.backbones import Backbone, resolve_backbone
-from safe.models.projector import PROJECTOR_MODES, AudioProjector
+from safe.models.checkpoint import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    check_signature,
+    config_of,
+    load_parts,
+    load_weights,
+    read_checkpoint,
+)
+from safe.models.config import ParameterReport, SAFEConfig
+from safe.models.encoders import as_features, wrap_encoder
+from safe.models.modality import INPUT_SUFFIXES, ModalityBranch, check_modality_name
 
-CONFIG_NAME = "safe_config.json"
-WEIGHTS_NAME = "safe_weights.safetensors"
-FORMAT_VERSION = 1
+_BASE_INPUT_PREFIXES = ("input", "image", "video", "pixel", "audio_input", "vision")
+"""Prefixes of base-model arguments ending in ``_features`` / ``_embeddings`` (not modalities)."""
 
-
-@dataclass
-class SAFEConfig:
-    """What SAFE adds to a frozen base. Every field is validated on construction."""
-
-    fusion_layers: list[int] = field(default_factory=lambda: [-1])
-    """Decoder layers after which an adapter runs (negative counts from the end)."""
-    num_audio_tokens: int = 8
-    """k: audio tokens the projector emits (proposal: 4, 8, 12)."""
-    lora_rank: int = 8
-    """Rank of the low-rank query map in each cross-attention adapter."""
-    num_heads: int = 4
-    """Attention heads per adapter."""
-    attn_dim: int | None = None
-    """Adapter attention width; default min(LLM hidden size, 256)."""
-    null_key: bool = True
-    """Learned null key with a zero value, so a head can attend to nothing."""
-    projector_mode: str = "sequence"
-    """``sequence`` (pool the encoder sequence to k tokens) or ``pooled`` (one clip embedding -> k)."""
-    projector_hidden: int | None = None
-    """Projector MLP width; default the LLM hidden size."""
-    ffn_rank: int = 0
-    """Width of each adapter's low-rank dense block after its cross-attention (0: none, the layout of
-    checkpoints saved before the field existed)."""
-    gate_init: float = 0.0
-    """Initial gate value g (tanh(g) scales the adapter). 0 makes a fresh model exactly the base."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.fusion_layers, int):
-            self.fusion_layers = [self.fusion_layers]
-        self.fusion_layers = list(self.fusion_layers)
-        if not self.fusion_layers:
-            raise ValueError("fusion_layers must name at least one decoder layer, got []")
-        for name in ("num_audio_tokens", "lora_rank", "num_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if isinstance(self.ffn_rank, bool) or not isinstance(self.ffn_rank, int) or self.ffn_rank < 0:
-            raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {self.ffn_rank!r}")
-        if self.projector_mode not in PROJECTOR_MODES:
-            raise ValueError(f"projector_mode must be one of {PROJECTOR_MODES}, got {self.projector_mode!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SAFEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SAFEConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
-
-class ParameterReport(dict):
-    """Frozen / trainable parameter counts per part (a dict), with :meth:`table` for printing."""
-
-    def table(self) -> str:
-        total = self["total"]["parameters"]
-        rows = [f"{'part':<16}{'parameters':>14}{'trainable':>14}{'% of total':>12}"]
-        for part, c in self.items():
-            if part == "total":
-                continue
-            rows.append(f"{part:<16}{c['parameters']:>14,}{c['trainable']:>14,}{100 * c['parameters'] / total:>11.2f}%")
-        t = self["total"]
-        rows.append(f"{'total':<16}{t['parameters']:>14,}{t['trainable']:>14,}{100.0:>11.2f}%")
-        rows.append(f"frozen {t['parameters'] - t['trainable']:,} ({100 * (1 - t['trainable'] / total):.2f}%), "
-                    f"trainable {t['trainable']:,} ({100 * t['trainable'] / total:.2f}%)")
-        return "\n".join(rows)
-
-    def __str__(self) -> str:
-        return self.table()
 
 
 class SAFEModel(nn.Module):
-    """A frozen VL model and a frozen audio encoder, joined by a projector and gated adapters.
+    """A frozen VL model and one or more frozen modality encoders, joined by projectors and gated adapters.
+
+    The modality given to the constructor is the *primary* one (named ``modality``, ``"audio"`` by
+    default; its parts are ``audio_encoder``, ``projector`` and ``adapters``, and the ``audio_*``
+    arguments address it); :meth:`add_modality` / :meth:`load_modality` add more (``depth``, ...), each
+    with its own encoder, projector, adapters and gates, fed by ``<name>_features`` / ``<name>_mask`` /
+    ``<name>_embeddings``. Each row of a batch uses any subset of the modalities.
 
     Guarantees (tested on the real Hugging Face classes):
-      * every row whose gate is closed (``audio_mask`` False, no audio, inside :meth:`audio_disabled`,
-        or a gate value of exactly 0 when no gradient is wanted) gets logits and generated tokens
-        bit-exact to the unwrapped base on the same batch; adapter code never touches those rows;
-      * the audio encoder runs only on rows that use audio, and not at all if none does;
+      * every row that uses no modality (masks False, no inputs, inside :meth:`audio_disabled`, or gate
+        values of exactly 0 when no gradient is wanted) gets logits and generated tokens bit-exact to the
+        unwrapped base on the same batch; adapter code never touches those rows;
+      * at each fusion layer the modalities' adapters run in the order the modalities were added, each on
+        its own rows only: a row that uses one modality gets exactly what a SAFE model carrying only that
+        modality (same weights) gives, so adding a modality never moves another's rows;
+      * each encoder runs only on the rows that use its modality, and not at all if none does;
       * with a policy attached (:meth:`attach_policy`) and no ``audio_mask``, :meth:`generate` lets the
-        policy choose the rows per query (:mod:`safe.policy.runtime`): skipped rows are the base's
+        policy choose the audio rows per query (:mod:`safe.policy.runtime`): skipped rows are the base's
         own tokens and never reach the encoder; the output says which rows used audio;
       * base and encoder parameters have ``requires_grad=False`` and are never modified; SAFE's own
-        weights are saved separately (:meth:`save_pretrained`).
+        weights are saved separately (:meth:`save_pretrained`); an audio-only checkpoint keeps its layout.
     """
 
-    def __init__(self, base_model: nn.Module, audio_encoder: nn.Module, config: SAFEConfig | None = None) -> None:
+    def __init__(self, base_model: nn.Module, audio_encoder: nn.Module, config: SAFEConfig | None = None, *,
+                 modality: str = "audio") -> None:
         super().__init__()
         self.config = config or SAFEConfig()
         backbone: Backbone = resolve_backbone(base_model)
-        self.audio_encoder = audio_encoder if isinstance(audio_encoder, AudioEncoder) else AudioEncoder(audio_encoder)
+        # "audio" is SAFE's own (its forward takes audio_* by name), whatever the base's forward takes
+        check_modality_name(modality, set() if modality == "audio" else _base_inputs(base_model))
         self.base_model = base_model
         self.base_model.requires_grad_(False)
         self.base_model.eval()
         self.backbone = backbone  # a plain dataclass (not a submodule): layer paths and state-feature sources
         self.backbone_name, self.hidden_size = backbone.name, backbone.hidden_size
+        primary = ModalityBranch(modality, audio_encoder, self.config, backbone, self._device_of_base())
+        # The primary modality's parts sit at the top level under their historical names, so an audio-only
+        # model's parameter names and checkpoint keys are what they always were; the branch is only a view.
+        self.audio_encoder, self.projector, self.adapters = primary.encoder, primary.projector, primary.adapters
+        self.fusion_layers = primary.fusion_layers
+        self.primary_modality = primary.name
+        self._branches: dict[str, ModalityBranch] = {primary.name: primary}  # plain dict: not registered twice
+        self.modalities = nn.ModuleDict()  # the added modalities' branches (registered)
         self.signature = {**backbone.signature, "audio_encoder": self.audio_encoder.kind,
                           "audio_dim": self.audio_encoder.output_dim}
-        n = backbone.num_layers
-        layers = []
-        for i in self.config.fusion_layers:
-            if not -n <= i < n:
-                raise ValueError(f"fusion_layers entry {i} is out of range for a base with {n} decoder layers")
-            if i % n in backbone.cross_attention_layers:
-                # transformers skips a cross-attention layer on a batch without images, so an adapter after it
-                # would silently do nothing there (measured on Mllama): refuse rather than train an inert adapter.
-                raise ValueError(f"fusion_layers entry {i} names decoder layer {i % n}, a cross-attention layer of "
-                                 f"this {backbone.name} base ({list(backbone.cross_attention_layers)}), which "
-                                 "transformers skips on batches without images; choose a self-attention layer")
-            layers.append(i % n)
-        self.fusion_layers = sorted(set(layers))
-        device = next(base_model.parameters()).device
-        c = self.config
-        self.projector = AudioProjector(self.audio_encoder.output_dim, self.hidden_size, c.num_audio_tokens,
-                                        mode=c.projector_mode, hidden_dim=c.projector_hidden).to(device)
-        self.adapters = nn.ModuleDict({
-            str(i): GatedCrossAttention(self.hidden_size, rank=c.lora_rank, num_heads=c.num_heads, attn_dim=c.attn_dim,
-                                        null_key=c.null_key, gate_init=c.gate_init, ffn_rank=c.ffn_rank)
-            for i in self.fusion_layers})
-        for i in self.fusion_layers:  # each adapter on its layer's device (a base spread by device_map="auto")
-            layer_param = next(backbone.decoder_layers[i].parameters(), None)
-            self.adapters[str(i)].to(device if layer_param is None else layer_param.device)
         self.policy: nn.Module | None = None
-        self._injector = AdapterInjector(backbone.decoder_layers, {i: self.adapters[str(i)] for i in self.fusion_layers})
+        self._injector = AdapterInjector(self.backbone.decoder_layers, self._adapter_layers())
         self._injector.attach()
         self._audio_off = False
-        self.audio_encoder_calls = 0  # rows passed through the audio encoder (efficiency accounting)
+
+    def _adapter_layers(self) -> dict[int, list]:
+        layers: dict[int, list] = {}
+        for name, branch in self._branches.items():  # insertion order: the order adapters compose in
+            for i in branch.fusion_layers:
+                layers.setdefault(i, []).append((name, branch.adapters[str(i)]))
+        return dict(sorted(layers.items()))
+
+    # ------------------------------------------------------------------------------------------
+    # modalities
+    @property
+    def modality_names(self) -> list[str]:
+        """The modalities this model carries, primary first, then in the order they were added."""
+        return list(self._branches)
+
+    def modality(self, name: str) -> ModalityBranch:
+        if name not in self._branches:
+            raise KeyError(f"this SAFE model has no modality {name!r}; it has {self.modality_names}")
+        return self._branches[name]
+
+    def add_modality(self, name: str, encoder, config: SAFEConfig | None = None) -> ModalityBranch:
+        """Add modality ``name`` with its frozen ``encoder`` (a transformers audio or vision model, a
+        protocol module, or a list of them for an ensemble) and fresh projector / adapters built from
+        ``config`` (default the primary's). Rows that do not use it are unaffected, and its gates start
+        at ``config.gate_init`` (0: the new modality changes nothing until trained)."""
+        name = check_modality_name(name, _base_inputs(self.base_model))
+        if name in self._branches or hasattr(self, f"{name}_projector"):
+            raise ValueError(f"modality {name!r} already exists (this model has {self.modality_names})")
+        if name == "audio":  # audio_features / audio_mask / audio_context address the primary modality
+            raise ValueError(f"the name 'audio' is reserved for the primary modality (the audio_* arguments and "
+                             f"audio_context address it; here it is {self.primary_modality!r}): name the added "
+                             "modality otherwise, e.g. 'sound'")
+        # on the base's device now (the model may have moved since it was built)
+        branch = ModalityBranch(name, encoder, config or self.config, self.backbone, self._device_of_base())
+        self.modalities[name] = branch
+        self._branches[name] = branch
+        # the same injector, re-hooked: contexts active around this call and audio_disabled() stay in force
+        self._injector.set_adapters(self._adapter_layers())
+        return branch
+
+    def load_modality(self, name: str, path: str | os.PathLike, encoder) -> ModalityBranch:
+        """Add modality ``name`` from a single-modality SAFE checkpoint saved for this base (any primary
+        name): separately trained modalities compose without retraining."""
+        meta, w_file = read_checkpoint(Path(path))
+        if meta.get("modalities"):
+            raise ValueError(f"{path} holds several modalities; load_modality takes a single-modality checkpoint")
+        branch_encoder = wrap_encoder(encoder)
+        check_signature(path, meta["base_signature"], {**resolve_backbone(self.base_model).signature,
+                                                        "audio_encoder": branch_encoder.kind,
+                                                        "audio_dim": branch_encoder.output_dim})
+        branch = self.add_modality(name, branch_encoder, config_of(meta, "config", Path(path)))
+        try:
+            state = load_weights(w_file)
+            load_parts({"projector": branch.projector, "adapters": branch.adapters},
+                        {k: v for k, v in state.items() if k.startswith(("projector.", "adapters."))}, w_file)
+        except Exception:
+            self.remove_modality(name)
+            raise
+        return branch
+
+    def remove_modality(self, name: str) -> None:
+        """Drop an added modality (the primary one cannot be removed)."""
+        if name == self.primary_modality or name not in self.modalities:
+            raise ValueError(f"cannot remove modality {name!r}: only added modalities ({list(self.modalities)}) can be")
+        del self.modalities[name]
+        del self._branches[name]
+        # the same injector, re-hooked: contexts active around this call and audio_disabled() stay in force
+        self._injector.set_adapters(self._adapter_layers())
 
     # ------------------------------------------------------------------------------------------
     # parts and modes
     def train(self, mode: bool = True):
         super().train(mode)
         self.base_model.eval()  # frozen parts stay in eval mode (no dropout drift)
-        self.audio_encoder.eval()
+        for branch in self._branches.values():
+            branch.encoder.eval()
         return self
 
     def safe_modules(self) -> dict[str, nn.Module]:
-        """SAFE's own (trainable) parts by name."""
+        """SAFE's own (trainable) parts by name: ``projector`` / ``adapters`` of the primary modality,
+        ``<name>_projector`` / ``<name>_adapters`` of each added one, and ``policy``."""
         parts = {"projector": self.projector, "adapters": self.adapters}
+        for name, branch in self.modalities.items():
+            parts[f"{name}_projector"], parts[f"{name}_adapters"] = branch.projector, branch.adapters
         if self.policy is not None:
             parts["policy"] = self.policy
         return parts
@@ -188,18 +192,38 @@ class SAFEModel(nn.Module):
             policy = policy.to(next(self.base_model.parameters()).device)
         self.policy = policy
 
-    def gates(self) -> dict[int, nn.Parameter]:
-        return {i: self.adapters[str(i)].gate.value for i in self.fusion_layers}
+    def gates(self, modality: str | None = None) -> dict[int, nn.Parameter]:
+        """The gate parameters by layer of ``modality`` (default the primary one)."""
+        return self.modality(modality or self.primary_modality).gates()
 
     @torch.no_grad()
-    def set_gates(self, value: float) -> None:
-        """Set every adapter's gate parameter g to ``value`` (0 closes all gates)."""
-        for g in self.gates().values():
-            g.fill_(value)
+    def set_gates(self, value: float, modality: str | None = None) -> None:
+        """Set the gate parameter g of every adapter of ``modality`` (default the primary one; ``"all"``:
+        every modality) to ``value`` (0 closes them)."""
+        names = self.modality_names if modality == "all" else [modality or self.primary_modality]
+        for name in names:
+            for i, g in self.gates(name).items():
+                g.fill_(value)
+                self.modality(name).adapters[str(i)].gate.invalidate()
+
+    @property
+    def audio_encoder_calls(self) -> int:
+        """Rows passed through the primary modality's encoder (efficiency accounting; assignable)."""
+        return self._branches[self.primary_modality].encoder_calls
+
+    @audio_encoder_calls.setter
+    def audio_encoder_calls(self, value: int) -> None:
+        self._branches[self.primary_modality].encoder_calls = value
+
+    def encoder_calls(self) -> dict[str, int]:
+        """Rows passed through each modality's encoder so far."""
+        return {name: b.encoder_calls for name, b in self._branches.items()}
 
     def parameter_report(self) -> ParameterReport:
         """Counts per part, as the proposal reports them (docs/design.md)."""
-        parts = {"base_vl": self.base_model, "audio_encoder": self.audio_encoder, **self.safe_modules()}
+        parts = {"base_vl": self.base_model, f"{self.primary_modality}_encoder": self.audio_encoder}
+        parts.update({f"{name}_encoder": b.encoder for name, b in self.modalities.items()})
+        parts.update(self.safe_modules())
         rep = ParameterReport()
         for name, module in parts.items():
             ps = list(module.parameters())
@@ -210,17 +234,18 @@ class SAFEModel(nn.Module):
 
     @contextlib.contextmanager
     def audio_disabled(self) -> Iterator[SAFEModel]:
-        """Inside the block the whole model is the base model: no row uses audio."""
+        """Inside the block the whole model is the base model: no row uses any modality, no encoder runs."""
         previous = self._audio_off
         self._audio_off = True
         try:
-            yield self
+            with self._injector.off():
+                yield self
         finally:
             self._audio_off = previous
 
     def remove_hooks(self) -> None:
         """Detach the adapters from the base model for good (before reusing the base elsewhere or
-        wrapping it again); the SAFE model no longer fuses audio afterwards."""
+        wrapping it again); the SAFE model no longer fuses any modality afterwards."""
         self._injector.detach()
 
     @contextlib.contextmanager
@@ -234,27 +259,27 @@ class SAFEModel(nn.Module):
             self._injector.attach()
 
     # ------------------------------------------------------------------------------------------
-    # audio
-    def _resolve_mask(self, audio, audio_mask, batch_size: int | None) -> torch.Tensor | None:
-        if audio is None:
-            if audio_mask is not None and bool(torch.as_tensor(audio_mask).any()):
-                raise ValueError("audio_mask marks rows as using audio but no audio_features were given")
-            return None
-        if batch_size is not None and audio.shape[0] != batch_size:
-            raise ValueError(f"audio_features has {audio.shape[0]} rows but the batch has {batch_size}")
-        n = audio.shape[0]
-        if audio_mask is None:
-            return torch.ones(n, dtype=torch.bool, device=audio.device)
-        mask = torch.as_tensor(audio_mask, device=audio.device)
-        if mask.dtype != torch.bool or mask.shape != (n,):
-            raise ValueError(f"audio_mask must be a bool tensor of shape ({n},), got {mask.dtype} {tuple(mask.shape)}")
-        return mask
-
+    # modality inputs
     def encode_audio(self, audio_features: torch.Tensor) -> torch.Tensor:
         """Frozen encoder then projector: (n, ...) encoder input -> (n, k, hidden) audio tokens."""
-        audio_features = as_feature_tensor(audio_features)
-        self.audio_encoder_calls += audio_features.shape[0]
-        return self.projector(self.audio_encoder.encode(audio_features))
+        return self._branches[self.primary_modality].encode(audio_features)
+
+    def encode(self, modality: str, features) -> torch.Tensor:
+        """``modality``'s frozen encoder then projector: (n, ...) its input -> (n, k, hidden) tokens."""
+        return self.modality(modality).encode(features)
+
+    def modality_context(self, modality: str, features=None, mask=None, batch_size: int | None = None, *,
+                         embeddings=None):
+        """Context manager making ``modality``'s tokens of the rows in ``mask`` visible to its adapters.
+
+        Its encoder runs only on those rows; with no such row (or inside :meth:`audio_disabled`) its
+        adapters see nothing. ``embeddings``: the frozen encoder's outputs computed beforehand."""
+        branch = self.modality(modality)
+        if self._audio_off:
+            branch.resolve_mask(features if embeddings is None else embeddings, mask, batch_size)  # still validate
+            return self._injector.audio(None, modality)
+        ctx = branch.context(features, mask, batch_size, embeddings=embeddings, device=self._device_of_base())
+        return self._injector.audio(ctx, modality)
 
     def audio_context(self, audio_features=None, audio_mask=None, batch_size: int | None = None, *,
                       audio_embeddings=None):
@@ -263,22 +288,47 @@ class SAFEModel(nn.Module):
         The encoder runs only on those rows; with no such row (or inside :meth:`audio_disabled`) the
         adapters see nothing and the model is the base. ``audio_embeddings`` (n, T, D): the frozen
         encoder's outputs computed beforehand (e.g. from a cache) instead of ``audio_features``."""
-        if audio_features is not None and audio_embeddings is not None:
-            raise ValueError("pass audio_features or audio_embeddings, not both")
-        if audio_features is not None:  # numpy features (e.g. from a feature extractor) work as tensors do
-            audio_features = as_feature_tensor(audio_features)
-        if audio_embeddings is not None:
-            audio_embeddings = as_feature_tensor(audio_embeddings, "audio_embeddings")
-        audio = audio_features if audio_embeddings is None else audio_embeddings
-        mask = self._resolve_mask(audio, audio_mask, batch_size)
-        if self._audio_off or mask is None or not bool(mask.any()):
-            return self._injector.audio(None)
-        rows = mask.nonzero().squeeze(1).to(next(self.base_model.parameters()).device)
-        if audio_embeddings is None:
-            tokens = self.encode_audio(audio_features[mask])
-        else:
-            tokens = self.projector(audio_embeddings[mask])
-        return self._injector.audio(AudioContext(tokens, rows, int(mask.shape[0])))
+        return self.modality_context(self.primary_modality, audio_features, audio_mask, batch_size,
+                                     embeddings=audio_embeddings)
+
+    def _device_of_base(self) -> torch.device:
+        return next(self.base_model.parameters()).device
+
+    def _split_inputs(self, kwargs: dict, audio: dict) -> dict[str, dict]:
+        """Pop each modality's ``<name>_features`` / ``_mask`` / ``_embeddings`` from ``kwargs``; the
+        ``audio_*`` arguments address the primary modality (no added modality may be named ``audio``)."""
+        out = {name: {} for name in self._branches}
+        for name in self._branches:
+            for suffix in INPUT_SUFFIXES:
+                key = f"{name}_{suffix}"
+                if key in kwargs:
+                    out[name][suffix] = kwargs.pop(key)
+        # A misspelt or absent modality would otherwise reach the base, which may swallow unknown keyword
+        # arguments silently: refuse it by name.
+        stray = [k for k in kwargs if k.endswith(("_features", "_embeddings"))
+                 and k.rsplit("_", 1)[0] not in _BASE_INPUT_PREFIXES]
+        if stray:
+            raise ValueError(f"{stray[0]}: this SAFE model has no such modality (it has {self.modality_names})")
+        audio = {k: v for k, v in audio.items() if v is not None}
+        if set(audio) == {"mask"} and not bool(torch.as_tensor(audio["mask"]).any()):
+            audio = {}  # "no row uses audio" (e.g. a processor's output) says nothing either way
+        primary = out[self.primary_modality]
+        if audio and self.primary_modality != "audio":
+            if primary:
+                raise ValueError(f"pass the primary modality as audio_* or {self.primary_modality}_*, not both")
+            primary.update(audio)
+        elif audio:
+            primary.update(audio)
+        return out
+
+    @contextlib.contextmanager
+    def _contexts(self, inputs: dict[str, dict], batch_size: int | None):
+        with contextlib.ExitStack() as stack:
+            for name, given in inputs.items():
+                if given or name == self.primary_modality:
+                    stack.enter_context(self.modality_context(name, given.get("features"), given.get("mask"),
+                                                              batch_size, embeddings=given.get("embeddings")))
+            yield
 
     @staticmethod
     def _batch_size(kwargs: dict) -> int | None:
@@ -294,30 +344,39 @@ class SAFEModel(nn.Module):
         """The base model's forward (same arguments, same output type) with audio fused into rows of
         ``audio_mask``. ``audio_features``: the encoder's input tensor, batch-first; ``audio_mask``:
         bool (batch,), None = all rows when features are given; ``audio_embeddings``: precomputed
-        encoder outputs instead of features."""
-        with self.audio_context(audio_features, audio_mask, self._batch_size(vl_inputs),
-                                audio_embeddings=audio_embeddings):
+        encoder outputs instead of features. Added modalities take ``<name>_features`` / ``<name>_mask``
+        / ``<name>_embeddings`` the same way."""
+        inputs = self._split_inputs(vl_inputs, {"features": audio_features, "mask": audio_mask,
+                                                "embeddings": audio_embeddings})
+        with self._contexts(inputs, self._batch_size(vl_inputs)):
             return self.base_model(*args, **vl_inputs)
 
     @torch.no_grad()
     def generate(self, *args, audio_features: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
                  audio_embeddings: torch.Tensor | None = None, audio_preview: torch.Tensor | None = None, **kwargs):
         """The base model's ``generate`` (greedy, sampling, beams, ``num_return_sequences``) with
-        audio fused into the rows of ``audio_mask``; other rows generate exactly what the base does.
+        audio (and any added modality, ``<name>_features`` / ``<name>_mask``) fused into its rows; other
+        rows generate exactly what the base does.
 
         With a policy attached, audio given and ``audio_mask`` None, the policy picks the rows instead
         and a :class:`safe.policy.runtime.PolicyGenerateOutput` (``sequences``, ``used_audio``, ...) is
         returned; ``audio_preview`` (n, preview_dim) is then required."""
         if audio_features is not None and not callable(audio_features):
-            audio_features = as_feature_tensor(audio_features)
-        if self.policy is not None and audio_mask is None and not self._audio_off and (
-                audio_features is not None or audio_embeddings is not None):
+            audio_features = as_features(audio_features, "audio_features")
+        inputs = self._split_inputs(kwargs, {"features": audio_features, "mask": audio_mask,
+                                             "embeddings": audio_embeddings})
+        primary = inputs[self.primary_modality]
+        if self.policy is not None and primary.get("mask") is None and not self._audio_off and (
+                primary.get("features") is not None or primary.get("embeddings") is not None):
             if args:
                 raise ValueError("generate with a policy takes its inputs as keyword arguments (input_ids=...)")
-            return self.policy.generate_with(self, audio_preview=audio_preview, audio_features=audio_features,
-                                             audio_embeddings=audio_embeddings, **kwargs)
-        with self.audio_context(audio_features, audio_mask, self._batch_size(kwargs),
-                                audio_embeddings=audio_embeddings):
+            others = [n for n, given in inputs.items() if given and n != self.primary_modality]
+            if others:
+                raise ValueError(f"the attached policy chooses {self.primary_modality} rows only; pass "
+                                 f"{self.primary_modality}_mask to use it together with {others}")
+            return self.policy.generate_with(self, audio_preview=audio_preview, audio_features=primary.get("features"),
+                                             audio_embeddings=primary.get("embeddings"), **kwargs)
+        with self._contexts(inputs, self._batch_size(kwargs)):
             return self.base_model.generate(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------
@@ -335,6 +394,11 @@ class SAFEModel(nn.Module):
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "base_signature": self.signature,
                 "has_policy": self.policy is not None,
                 "policy": self.policy.config() if self.policy is not None else None}
+        if self.primary_modality != "audio":
+            meta["modality"] = self.primary_modality
+        if self.modalities:  # absent for a single-modality model: its files are what they always were
+            meta["modalities"] = {name: {"config": b.config.to_dict(), "signature": b.signature}
+                                  for name, b in self.modalities.items()}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.safe_state_dict().items()}
         with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as f:
             tmp_w = f.name
@@ -347,59 +411,50 @@ class SAFEModel(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module) -> SAFEModel:
-        """Rebuild SAFE on ``base_model`` / ``audio_encoder`` and load its weights from ``path``.
-        Refuses (``ValueError``) a checkpoint made for a base of another architecture, hidden size,
-        layer count, or audio encoder width."""
-        from safetensors.torch import load_file
-
+    def from_pretrained(cls, path: str | os.PathLike, base_model: nn.Module, audio_encoder: nn.Module, *,
+                        encoders: dict[str, nn.Module] | None = None) -> SAFEModel:
+        """Rebuild SAFE on ``base_model`` / ``audio_encoder`` (the primary modality's encoder) and load
+        its weights from ``path``; ``encoders``: the encoder of each added modality the checkpoint holds,
+        by name. Refuses (``ValueError``) a checkpoint made for a base of another architecture, hidden
+        size, layer count, or encoder kind / width, and one whose added modalities are not all given."""
         path = Path(path)
-        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise FileNotFoundError(f"not a SAFE checkpoint: {f} is missing")
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except (UnicodeDecodeError, ValueError, RecursionError) as err:
-            raise ValueError(f"{cfg_file}: not a readable JSON file ({type(err).__name__}: {err})") from None
-        lacking = [k for k in ("format_version", "base_signature", "config") if not isinstance(meta, dict) or k not in meta]
-        if lacking:
-            raise ValueError(f"{cfg_file}: not a SAFE config (missing {', '.join(lacking)})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{cfg_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        meta, w_file = read_checkpoint(path)
         # Check compatibility before building, so a refused load leaves no hooks on the caller's base.
-        encoder = audio_encoder if isinstance(audio_encoder, AudioEncoder) else AudioEncoder(audio_encoder)
+        encoder = wrap_encoder(audio_encoder)
         have = {**resolve_backbone(base_model).signature, "audio_encoder": encoder.kind, "audio_dim": encoder.output_dim}
-        want = meta["base_signature"]
-        diff = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
-        if diff:
-            detail = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise ValueError(f"SAFE checkpoint {path} was made for another base model ({detail})")
+        check_signature(path, meta["base_signature"], have)
+        extra, encoders = meta.get("modalities") or {}, dict(encoders or {})
+        if set(extra) != set(encoders):
+            raise ValueError(f"SAFE checkpoint {path} holds the added modalities {sorted(extra)}; pass their "
+                             f"encoders as encoders={{name: module}} (given: {sorted(encoders)})")
+        wrapped = {name: wrap_encoder(encoders[name]) for name in extra}
+        for name, spec in extra.items():
+            got = {"encoder": wrapped[name].kind, "dim": wrapped[name].output_dim}
+            got["dim"] = list(got["dim"]) if isinstance(got["dim"], (list, tuple)) else got["dim"]
+            if got != spec["signature"]:
+                raise ValueError(f"SAFE checkpoint {path}: modality {name!r} was made for encoder "
+                                 f"{spec['signature']}, given {got}")
+        config = config_of(meta, "config", path)
+        extra_configs = {name: config_of(meta, name, path) for name in extra}
+        model = cls(base_model, encoder, config, modality=meta.get("modality", "audio"))
         try:
-            config = SAFEConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ValueError(f"{cfg_file}: its 'config' is not a SAFE config ({type(err).__name__}: {err})") from None
-        model = cls(base_model, encoder, config)
-        try:
+            for name in extra:
+                model.add_modality(name, wrapped[name], extra_configs[name])
             if meta.get("has_policy"):
                 model.attach_policy(_policy_class().from_config(meta["policy"]))
-            try:
-                state = load_file(str(w_file))
-            except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a bad file
-                raise ValueError(f"{w_file}: not a readable safetensors file (truncated or not weights: "
-                                 f"{' '.join(str(err).split())[:200]})") from None
-            own = model.safe_state_dict()
-            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            if missing or unexpected:
-                raise ValueError(f"{w_file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-            with torch.no_grad():
-                for name, module in model.safe_modules().items():
-                    prefix = name + "."
-                    module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            load_parts(model.safe_modules(), load_weights(w_file), w_file)
         except Exception:
             model.remove_hooks()
             raise
         return model
+
+
+def _base_inputs(base_model: nn.Module) -> set[str]:
+    """The names of the base model's forward arguments (a modality must not take one as its own input)."""
+    try:
+        return set(inspect.signature(base_model.forward).parameters)
+    except (TypeError, ValueError):  # a forward without an inspectable signature: rely on the fixed list
+        return set()
 
 
 POLICY_CLASS = "safe.policy.runtime:AudioPolicy"

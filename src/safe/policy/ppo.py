@@ -37,6 +37,7 @@ import torch
 
 from safe.policy.network import PolicyNetwork
 from safe.policy.table import OutcomeTable, evaluate_actions
+from safe.training.config import RETENTION_TAU
 from safe.training.schedules import DualAscent
 from safe.validation import int_arg, real_arg
 
@@ -265,7 +266,7 @@ class PPOConfig:
     """Stage B hyper-parameters (defaults: the proposal's Stage B, docs/design.md). Validated on construction;
     errors name the field and value."""
 
-    steps: int = 500
+    steps: int = 200
     """PPO updates; each samples one batch of ``batch_size`` rows (one-step episodes)."""
     batch_size: int = 256
     """Rows per update (proposal: 256). Sampled without replacement when the table has that many."""
@@ -296,7 +297,7 @@ class PPOConfig:
     """Irrelevance penalty for consulting audio on a row that does not need it."""
     latency_norm: str = "mean_extra"
     """How extra milliseconds become ``latency_cost``: ``"mean_extra"`` or ``"base"`` (:func:`latency_scale`)."""
-    tau: float = 0.003
+    tau: float = RETENTION_TAU
     """Retention tolerance: the constraint is VL accuracy >= base VL accuracy - tau (0.3 points)."""
     dual_lr: float = 1.0
     """Dual-ascent step: lambda += dual_lr * (floor - measured VL accuracy) after each batch; 0 freezes lambda."""

@@ -42,11 +42,11 @@ class PolicyStageConfig:
     """Final latency weights of the PPO runs that make the Pareto table (proposal: alpha 0 -> 0.6)."""
     alpha: float = 0.1
     """The operating point deployed and reported as "the policy"; must be one of ``alphas``."""
-    steps: int = 200
+    steps: int = PPOConfig.steps
     """PPO updates per run (batch 256, alpha ramped over the first 20%)."""
-    gamma: float = 0.1
+    gamma: float = PPOConfig.gamma
     """Irrelevance penalty for consulting audio on a question that does not need it."""
-    tau: float = 0.003
+    tau: float = PPOConfig.tau
     """Retention tolerance of the Lagrangian floor (VL accuracy >= base - tau)."""
     seeds: int = 3
     """PPO seeds at the deployed alpha (mean and 95% CI reported)."""

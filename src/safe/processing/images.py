@@ -25,7 +25,10 @@ from typing import Any
 from PIL import Image
 
 MAX_SIDE = 4096
-"""Default largest width and largest height decoded: every model here resizes to a few hundred pixels."""
+"""The server's default largest width and height: every model here resizes to a few hundred pixels."""
+FILE_MAX_SIDE = 16384
+"""Largest width and height of an image file read for data or ``safe predict`` (a camera photo fits;
+Pillow's own bomb check refuses much past it anyway)."""
 SERVE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 FILE_FORMATS = SERVE_FORMATS + ("BMP", "TIFF")
 
@@ -53,9 +56,10 @@ def check_size(im: Image.Image, name: str, max_width: int, max_height: int) -> N
                                  "here (width and height are limited separately); send it resized", (w, h))
 
 
-def read_image(source: Any, name: str = "image", *, max_width: int = MAX_SIDE, max_height: int = MAX_SIDE,
-               formats: tuple[str, ...] | None = FILE_FORMATS) -> Image.Image:
-    """A path, ``bytes`` or binary file-like object -> an RGB image, under the module docstring's rules."""
+def read_image(source: Any, name: str = "image", *, max_width: int = FILE_MAX_SIDE, max_height: int = FILE_MAX_SIDE,
+               formats: tuple[str, ...] | None = FILE_FORMATS, mode: str | None = "RGB") -> Image.Image:
+    """A path, ``bytes`` or binary file-like object -> an RGB image, under the module docstring's rules.
+    ``mode=None`` keeps the decoded mode (16-bit or float maps stay as they are); the file is closed."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
@@ -68,7 +72,7 @@ def read_image(source: Any, name: str = "image", *, max_width: int = MAX_SIDE, m
             if im.size != declared:  # a decoder that found more than the header said
                 raise ImageTooLargeError(f"{name}: the image decodes to {im.size[0]}x{im.size[1]}, not the "
                                          f"{declared[0]}x{declared[1]} its header declares", im.size)
-            return im.convert("RGB")
+            return im.convert(mode) if mode else im
     except ImageInputError:
         raise
     except Image.DecompressionBombError as err:  # Pillow's own header check fired first (a gigantic canvas)
@@ -82,5 +86,5 @@ def read_image(source: Any, name: str = "image", *, max_width: int = MAX_SIDE, m
         raise ImageInputError(f"{name}: cannot decode the image ({type(err).__name__}: {err})") from None
 
 
-__all__ = ["FILE_FORMATS", "ImageInputError", "ImageTooLargeError", "MAX_SIDE", "SERVE_FORMATS", "check_size",
+__all__ = ["FILE_FORMATS", "FILE_MAX_SIDE", "ImageInputError", "ImageTooLargeError", "MAX_SIDE", "SERVE_FORMATS", "check_size",
            "read_image"]

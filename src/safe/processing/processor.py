@@ -32,11 +32,14 @@ from safe.atomic import write_atomic
 from safe.processing.audio import LONG_AUDIO_RULES, load_audio
 from safe.processing.features import PREVIEW_DIM, BuiltinFrontEnd, FeatureFrontEnd, audio_preview
 from safe.processing.hf_prompts import ProcessorFormat
+from safe.processing.modalities import ImageModalityFrontEnd
 from safe.processing.prompts import PromptFormat, image_processor, open_image
 from safe.processing.vlm_prompts import VLMProcessorFormat
 
 PROCESSOR_FILE = "safe_processor.json"
 AUDIO_SUBDIR = "audio_feature_extractor"
+MODALITY_SUFFIX = "_processor"
+"""Each other modality's image processor is saved under ``<name>_processor/``."""
 FORMAT_VERSION = 1
 STAND_IN_RGB = (0, 0, 0)
 """The colour of the stand-in image a row without an image gets in a batch whose other rows have one."""
@@ -72,7 +75,7 @@ class SAFEProcessor:
     and loaded again gives identical inputs."""
 
     def __init__(self, prompt_format, front_end, *, image_size: int | None = None, sources: dict | None = None,
-                 max_seconds: Any = _DEFAULT, long_audio: str = "truncate") -> None:
+                 max_seconds: Any = _DEFAULT, long_audio: str = "truncate", modalities: dict | None = None) -> None:
         if not isinstance(prompt_format, (PromptFormat, ProcessorFormat, VLMProcessorFormat)):
             raise TypeError("prompt_format must be a PromptFormat, ProcessorFormat or VLMProcessorFormat, got "
                             f"{type(prompt_format).__name__}")
@@ -86,6 +89,11 @@ class SAFEProcessor:
         self.sampling_rate = int(front_end.sampling_rate)
         self.max_seconds = front_end.window_seconds if max_seconds is _DEFAULT else max_seconds
         self.long_audio = long_audio
+        # Front ends of the image-like modalities beside audio (depth, ...), by modality name.
+        self.modalities: dict[str, ImageModalityFrontEnd] = dict(modalities or {})
+        bad = [m for m in self.modalities if not m.isidentifier() or m in ("text", "images", "audio")]
+        if bad:
+            raise ValueError(f"modality names must be identifiers other than text / images / audio, got {bad}")
 
     @property
     def tokenizer(self):
@@ -116,7 +124,8 @@ class SAFEProcessor:
         return open_image(image, str(image) if isinstance(image, (str, Path)) else f"image[{i}]", self.image_size)
 
     def __call__(self, text: str | Sequence[str] | None = None, images: Any = None, audio: Any = None,
-                 sampling_rate: int | Sequence[int | None] | None = None, return_tensors: str = "pt") -> dict:
+                 sampling_rate: int | Sequence[int | None] | None = None, return_tensors: str = "pt",
+                 **modality_inputs: Any) -> dict:
         """Inputs for ``SAFEModel.forward`` / ``generate``.
 
         ``text``: a question or a list of them (one row each). ``images``: one per row (a path, PIL
@@ -135,6 +144,10 @@ class SAFEProcessor:
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("text must be a string or a non-empty list of strings")
         n = len(texts)
+        unknown = sorted(set(modality_inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: this processor has no such modality (it has audio"
+                             f"{''.join(', ' + m for m in self.modalities)})")
         imgs, clips = _rows(images, n, "images"), _rows(audio, n, "audio")
         rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * n
         if len(rates) != n:
@@ -153,14 +166,26 @@ class SAFEProcessor:
         if self.kind == "vlm":  # the checkpoint's processor expands each image's placeholders itself
             out: dict[str, Any] = self.prompt_format.batch(
                 texts, [self._image(im, i) for i, im in enumerate(imgs)] if any(with_image) else None)
-            return self._with_audio(out, clips, rates, n)
+            return self._with_modalities(self._with_audio(out, clips, rates, n), modality_inputs, n)
         enc = self.prompt_format.encode([_Row(t) for t in texts])
         if not any(with_image):  # a text-only prompt: no image placeholders, no pixel values
             enc.prompts = [[t for t in p if t != self.image_token_id] for p in enc.prompts]
         out = dict(self.prompt_format.prompt_batch(enc, list(range(n))))
         if any(with_image):
             out["pixel_values"] = self.prompt_format.pixels([self._image(im, i) for i, im in enumerate(imgs)])
-        return self._with_audio(out, clips, rates, n)
+        return self._with_modalities(self._with_audio(out, clips, rates, n), modality_inputs, n)
+
+    def _with_modalities(self, out: dict[str, Any], given: dict[str, Any], n: int) -> dict[str, Any]:
+        for name, value in given.items():
+            maps = _rows(value, n, name)
+            has = torch.tensor([m is not None for m in maps], dtype=torch.bool)
+            out[f"{name}_mask"] = has
+            if bool(has.any()):
+                feats = self.modalities[name]([m for m in maps if m is not None], name)
+                full = feats.new_zeros((n, *feats.shape[1:]))
+                full[has] = feats
+                out[f"{name}_features"] = full
+        return out
 
     def _with_audio(self, out: dict[str, Any], clips: list, rates: list, n: int) -> dict[str, Any]:
         waves = []
@@ -193,6 +218,8 @@ class SAFEProcessor:
                              "audio_front_end": "builtin" if isinstance(self.front_end, BuiltinFrontEnd) else "extractor",
                              "sampling_rate": self.sampling_rate, "max_seconds": self.max_seconds,
                              "long_audio": self.long_audio, "sources": self.sources}
+        if self.modalities:  # absent for an audio-only processor: its file is what it always was
+            d["modalities"] = sorted(self.modalities)
         if self.kind == "builtin":
             d["num_image_tokens"] = int(fmt.n_image)
         elif self.kind == "vlm":
@@ -212,6 +239,8 @@ class SAFEProcessor:
             images = image_processor(self.image_size) if self.kind == "builtin" else self.prompt_format.images
             images.save_pretrained(str(path))
         self.front_end.extractor.save_pretrained(str(path / AUDIO_SUBDIR))
+        for name, front in self.modalities.items():
+            front.save_pretrained(path / f"{name}{MODALITY_SUFFIX}")
         write_atomic(path / PROCESSOR_FILE, json.dumps(self.to_dict(), indent=2))
         return path
 
@@ -244,6 +273,8 @@ class SAFEProcessor:
             fmt = ProcessorFormat.from_parts(tok, images, d["layout"], d["template"])
         front = BuiltinFrontEnd() if d["audio_front_end"] == "builtin" else FeatureFrontEnd(path / AUDIO_SUBDIR)
         kwargs = {"max_seconds": d["max_seconds"], "long_audio": d["long_audio"], **overrides}
+        kwargs.setdefault("modalities", {m: ImageModalityFrontEnd.from_pretrained(path / f"{m}{MODALITY_SUFFIX}")
+                                         for m in d.get("modalities", [])})
         return cls(fmt, front, image_size=d["image_size"], sources=d.get("sources"), **kwargs)
 
 

@@ -42,7 +42,7 @@ def load_engine(cfg) -> Engine:
     from safe.inference.pipeline import pipeline
     from safe.models.loading import parse_dtype
 
-    pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio_model, dtype=parse_dtype(cfg.dtype), device=cfg.device,
+    pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio, dtype=parse_dtype(cfg.dtype), device=cfg.device,
                     max_new_tokens=cfg.default_max_tokens)
     pipe.model.eval()
     if cfg.certificate:

@@ -133,6 +133,7 @@ class Engine:
                 self.metrics.cache_hits.inc(len(idx) - len(missing))
                 self.metrics.cache_misses.inc(len(missing))
                 self.metrics.cache_size.set(len(self.cache))
+                self.metrics.cache_bytes.set(self.cache.bytes)
             timing["encoder"] = timing.get("encoder", 0.0) + time.perf_counter() - t0
             return torch.stack([got[i].to(self.device) for i in idx])
 

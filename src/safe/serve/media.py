@@ -39,16 +39,17 @@ MIN_TEMPERATURE = 0.01
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry (the server's flags, docs/serve.md lists each with its default)."""
+    """What one request may carry: the server's flags (``safe serve``'s options hold their defaults, written
+    once there; docs/serve.md lists each), and the parts per message."""
 
-    max_tokens: int = 64
-    max_n: int = 4
+    max_tokens: int
+    max_n: int
+    max_audio_seconds: float
+    window_seconds: float | None
+    allow_local_media: bool
+    default_max_tokens: int
     max_images: int = 1
     max_clips: int = 1
-    max_audio_seconds: float = 1.0
-    window_seconds: float | None = 1.0
-    allow_local_media: bool = False
-    default_max_tokens: int = 6
     max_messages: int = 8
     max_parts: int = 16
     max_prompt_tokens: int | None = None

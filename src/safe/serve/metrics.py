@@ -25,6 +25,7 @@ class Metrics:
         self.cache_hits = Counter("safe_clip_cache_hits", "Clip embeddings served from the cache", registry=r)
         self.cache_misses = Counter("safe_clip_cache_misses", "Clip embeddings not in the cache", registry=r)
         self.cache_size = Gauge("safe_clip_cache_entries", "Clip embeddings held in the cache", registry=r)
+        self.cache_bytes = Gauge("safe_clip_cache_bytes", "Memory the cached clip embeddings hold", registry=r)
         self.latency = Histogram("safe_request_seconds", "Chat request latency, body read to response",
                                  buckets=_LATENCY, registry=r)
         self.queue = Histogram("safe_queue_seconds", "Time a request waited for its batch to start",

@@ -9,25 +9,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from safe.data.source import DataSource
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, StageError, base_path, config_path, data_source, load_options
+from safe.stages.common import DataOptions, StageError, base_path, data_source, load_options
+from safe.stages.options import given_flags
+from safe.stages.stage_a import BUILTIN_RECIPE
 from safe.training.ablation import METRICS, _slug, select_grid, summarise, write_state
-from safe.training.config import load_stage_a_config
+from safe.training.config import StageAConfig, load_stage_a_config
 
 
 @dataclass
 class AblateConfig(DataOptions):
-    """Options of ``safe ablate``."""
+    """Options of ``safe ablate``: the Stage A settings every entry starts from (as ``safe train``'s, a
+    ``--config`` recipe or ``--stage_a.*`` flags), and the grid's own."""
 
-    config: str = "configs/stage_a_builtin.yaml"
-    """The Stage A recipe every entry starts from."""
-    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
-    """Override a recipe field for every entry (repeatable)."""
+    DEFAULT_CONFIG: ClassVar[str] = BUILTIN_RECIPE
+
+    stage_a: StageAConfig = field(default_factory=StageAConfig, metadata={"group": True})
+    """Stage A, every entry before its own change"""
     steps: int = 400
     """Stage A steps of every entry (the same for all, so entries compare)."""
     seeds: int = 1
@@ -77,10 +81,11 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     if not (base / "manifest.json").is_file() and cfg.audio is None:
         raise StageError(f"--base: {base} has no manifest.json; run `make demo` (or safe base build) first")
     data = data_source(cfg.data)
-    share = getattr(data, "audio_share", None)  # a data spec's audio_share; --set audio_share=... still wins
-    overrides = [*([f"audio_share={share}"] if share is not None else []), *cfg.overrides]
+    share = getattr(data, "audio_share", None)  # a data spec's audio_share wins over the recipe's, a flag over both
+    use_share = share is not None and "stage_a.audio_share" not in given_flags(cfg)
+    overrides = [f"audio_share={share}"] if use_share else []
     run = RunDir(cfg.run_dir)
-    grid = run_ablations(data, base, config_path(cfg.config), run.path / "ablations", overrides=overrides,
+    grid = run_ablations(data, base, cfg.stage_a, run.path / "ablations", overrides=overrides,
                          steps=cfg.steps, seeds=cfg.seeds, names=cfg.only or None, eval_split=cfg.split,
                          audio=cfg.audio, load_options=opts)
     policy = run.read(PolicyResult)
@@ -91,12 +96,14 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     return result
 
 
-def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | None, out_dir: str | Path, *,
+def run_ablations(data: DataSource, base_dir: str | Path, config: StageAConfig | str | Path | None,
+                  out_dir: str | Path, *,
                   overrides: Sequence[str] = (), steps: int | None = None, seeds: int = 1,
                   names: Sequence[str] | None = None, eval_split: str = "test", progress: bool = True,
                   audio: str | Path | None = None, load_options: dict | None = None) -> dict:
     """Train (on ``data``'s ``train`` and ``retention`` splits) and score every selected grid entry for ``seeds`` seeds (0 .. seeds-1) at ``steps``
-    steps (the recipe's when None); ``overrides`` apply to every entry before its own. Returns
+    steps (the recipe's when None); ``config``: the Stage A settings, or a recipe file (None: the defaults);
+    ``overrides`` apply to every entry before its own. Returns
     ``{"steps", "seeds", "split", "runs": {"<entry>/seed<k>": metrics}, "rows": summarise(...)}``. ``base_dir`` /
     ``audio`` / ``load_options``: see :func:`~safe.inference.loading.load_frozen`."""
     from safe.data.embedding_cache import AudioEmbeddingCache
@@ -112,12 +119,15 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: str | Path | N
         raise ValueError(f"--steps must be a positive integer, got {steps!r}")
     grid = select_grid(names)
     common = [*overrides, *([f"steps={steps}"] if steps is not None else [])]
-    configs = {name: load_stage_a_config(config, [*common, *extra]) for name, extra in grid.items()}  # fail early
+    start = config if isinstance(config, StageAConfig) else None
+    path = None if start is not None else config
+    configs = {name: load_stage_a_config(path, [*common, *extra], base=start)
+               for name, extra in grid.items()}  # fail early
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "ablations.json"
     vl, encoder, fmt, frontend = load_frozen(base_dir, audio, **(load_options or {}))
-    fingerprint = {"recipe": str(config), "overrides": list(common), "benchmark": data.fingerprint(),
+    fingerprint = {"recipe": start.to_dict() if start is not None else str(config), "overrides": list(common), "benchmark": data.fingerprint(),
                    "base_vl": state_hash(vl), "split": eval_split}
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"fingerprint": fingerprint, "runs": {}}
     if state.get("fingerprint") != fingerprint:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
@@ -19,7 +19,7 @@ class SynthStageConfig:
     """Output folder (default $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)."""
     seed: int = 0
     """Generation seed (same seed -> byte-identical files)."""
-    tiny: bool = False
+    tiny: bool = field(default=False, metadata={"hidden": True})
     """A seconds-long miniature (for tests)."""
     snr_db: float | None = None
     """Add background noise at this SNR in dB (default clean)."""
@@ -69,7 +69,7 @@ class BaseBuildConfig:
     """Benchmark folder (default $SAFE_CACHE/benchmark; generated if missing)."""
     out: str | None = None
     """Output folder (default $SAFE_CACHE/base)."""
-    tiny: bool = False
+    tiny: bool = field(default=False, metadata={"hidden": True})
     """Seconds-long builds (for tests; no accuracy floor)."""
     seed: int = 0
     """Seed of both models."""

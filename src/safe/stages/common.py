@@ -1,30 +1,22 @@
-"""What several stages share: the options naming a run, its data and its base models, and how those
-resolve to objects (the built-in benchmark and base models as defaults under ``$SAFE_CACHE``)."""
+"""What several stages share: the options naming a run, its data and its base models, how those resolve
+to objects (the built-in benchmark and base models as defaults under ``$SAFE_CACHE``), and the run's own
+record of what it was trained on (``run.json``), which later stages read instead of asking again."""
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from safe.data.source import cache_dir
 
 DType = Literal["float32", "bfloat16", "float16"]
 
 
 class StageError(ValueError):
     """A stage cannot start with the options given; the message names the option and the value."""
-
-
-def cache_dir() -> Path:
-    """``$SAFE_CACHE`` (default ``.cache/safe``): the built-in benchmark and base models live here."""
-    return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
-
-
-def config_path(path: str) -> str:
-    """A recipe path as given, else relative to the source checkout (``safe`` run outside the repo root)."""
-    if Path(path).exists():
-        return path
-    repo = Path(__file__).resolve().parents[3] / path
-    return str(repo) if repo.exists() else path
 
 
 def check_device(device: str) -> None:
@@ -62,14 +54,16 @@ class DataOptions(RunOptions, LoadOptions):
 
     data: str | None = None
     """Data spec YAML file naming each split's datasets (readers vqav2, gqa, avqa, music_avqa, audiocaps, clotho,
-    vggsound, builtin; see docs/data.md and `safe data check`), or a built-in benchmark folder (default
-    $SAFE_CACHE/benchmark, SAFE_CACHE=.cache/safe)."""
+    vggsound, builtin; see docs/data.md and `safe data check`), or a built-in benchmark folder (default: what the
+    run was trained on, else $SAFE_CACHE/benchmark; SAFE_CACHE defaults to .cache/safe)."""
     base: str | None = None
-    """Built-in base models folder from `safe base build` (default $SAFE_CACHE/base), or a local LLaVA / BLIP-2
-    checkpoint directory (then --audio names the audio encoder)."""
+    """Frozen base: a built-in models folder from `safe base build`, or a local checkpoint directory of any of the
+    14 supported VLM families (docs/models.md; then --audio names the audio encoder). Default: the base the run
+    was trained on, else $SAFE_CACHE/base."""
     audio: str | None = None
-    """Local CLAP / Whisper checkpoint directory (required when --base is a checkpoint; default: the built-in
-    folder's own encoder)."""
+    """Audio encoder: a local checkpoint directory of any of the 7 supported encoders (Whisper, CLAP, AST,
+    wav2vec 2.0, HuBERT, WavLM, Qwen2-Audio; required when --base is a checkpoint). Default: the encoder the run
+    was trained with, else the built-in folder's own."""
 
 
 def load_options(cfg: LoadOptions) -> dict:
@@ -108,6 +102,80 @@ def data_source(data: str | None, *, tiny: bool = False, create: bool = False):
     else:
         load_benchmark_info(path)
     return BuiltinSource(path)
+
+
+RUN_FILE = "run.json"
+
+
+def _absolute(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else str(Path(path).absolute())
+
+
+def record_run(run_dir: str | os.PathLike, *, base: str | os.PathLike, audio: str | os.PathLike | None,
+               data: str | os.PathLike | None, data_fingerprint: str, recipe: dict[str, Any], **extra: Any) -> Path:
+    """Write ``<run_dir>/run.json``: what ``safe train`` trained this run on (the base, the audio encoder, the
+    data and its fingerprint, the Stage A recipe, ``extra``), paths made absolute so the record holds from any
+    working directory. Written through a temporary file and a rename."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    record = {"base": _absolute(base), "audio": _absolute(audio), "data": _absolute(data),
+              "data_fingerprint": data_fingerprint, "recipe": recipe, **extra}
+    with tempfile.NamedTemporaryFile("w", dir=run, suffix=".tmp", delete=False) as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(f.name, run / RUN_FILE)
+    return run / RUN_FILE
+
+
+def run_record(run_dir: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The ``run.json`` of a run directory, or None (no run directory, or one trained before the record)."""
+    if run_dir is None or not (Path(run_dir) / RUN_FILE).is_file():
+        return None
+    return json.loads((Path(run_dir) / RUN_FILE).read_text())
+
+
+def _same(given: str | None, recorded: str | None) -> bool:
+    if given is None or recorded is None:
+        return given is None and recorded is None
+    return Path(given).resolve() == Path(recorded).resolve()
+
+
+def from_run(cfg, run_dir: str | os.PathLike | None = None, *, data: bool = True):
+    """``cfg`` (any options with ``base`` / ``audio``, and ``data`` when ``data``) with what the run directory
+    recorded at ``safe train`` filled in where not given. A value given that differs from the record is a
+    :class:`StageError` naming the flag, both values and the record: a run's SAFE weights fit only the base and
+    encoder they were trained with. Without a record ``cfg`` comes back unchanged."""
+    run_dir = cfg.run_dir if run_dir is None else run_dir
+    rec = run_record(run_dir)
+    if rec is None:
+        return cfg
+    where = Path(run_dir) / RUN_FILE
+    changes = {}
+    if cfg.base is None:
+        changes["base"] = rec["base"]
+    elif not _same(cfg.base, rec["base"]):
+        raise StageError(f"--base {cfg.base}: the run was trained on {rec['base']} ({where}); leave --base out or "
+                         "use another --run-dir")
+    if cfg.audio is None:
+        changes["audio"] = rec["audio"]
+    elif not _same(cfg.audio, rec["audio"]):
+        trained = rec["audio"] or "the built-in folder's own encoder"
+        raise StageError(f"--audio {cfg.audio}: the run was trained with {trained} ({where}); leave --audio out or "
+                         "use another --run-dir")
+    if data and cfg.data is None and rec.get("data") is not None:
+        changes["data"] = rec["data"]
+    return replace(cfg, **changes) if changes else cfg
+
+
+def check_run_data(source, run_dir: str | os.PathLike | None, flag: str = "--data") -> None:
+    """Refuse data whose fingerprint is not the one the run was trained on (its ``run.json``), naming both."""
+    rec = run_record(run_dir)
+    if rec is None or not rec.get("data_fingerprint"):
+        return
+    got = source.fingerprint()
+    if got != rec["data_fingerprint"]:
+        raise StageError(f"{flag}: this data (fingerprint {got}) is not what the run was trained on ({rec['data']}, "
+                         f"fingerprint {rec['data_fingerprint']}; {Path(run_dir) / RUN_FILE}); leave {flag} out "
+                         "or use another --run-dir")
 
 
 def is_spec(data: str | None) -> bool:

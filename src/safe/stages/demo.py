@@ -4,25 +4,35 @@ ablation grid) — by calling each stage function in turn."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from safe.policy.features import STATE_KINDS
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
+from safe.stages.ablate import AblateConfig, ablate
+from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
 from safe.stages.common import RunOptions, StageLog, base_path, cache_dir
+from safe.stages.depth import RECIPE as DEPTH_RECIPE
+from safe.stages.depth import RUN_DIR as DEPTH_RUN_DIR
+from safe.stages.depth import demo_depth
+from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+from safe.stages.options import make_config
+from safe.stages.policy import PolicyTrainConfig, train_policy
 from safe.stages.speech import RECIPE as SPEECH_RECIPE
 from safe.stages.speech import RUN_DIR as SPEECH_RUN_DIR
+from safe.stages.speech import speech_figures, whisper_dirs
+from safe.stages.stage_a import BUILTIN_RECIPE, TrainConfig, train
+from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
 
 @dataclass
 class DemoConfig(RunOptions):
     """Options of ``safe demo``."""
 
-    config: str = "configs/stage_a_builtin.yaml"
-    """Stage A recipe."""
-    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
-    """Override a Stage A recipe field (repeatable)."""
+    recipe: str | None = None
+    """Stage A recipe: a safe train --config file (stage_a: and its settings; default the track's shipped one,
+    stage_a_builtin.yaml or stage_a_speech.yaml)."""
     fresh: bool = False
     """Retrain Stage A even if the run directory has checkpoints."""
     rebuild_base: bool = False
@@ -35,10 +45,11 @@ class DemoConfig(RunOptions):
     runs) or cascade (the proposal's state with the base's confidence; the base answers first)."""
     ablations: bool = False
     """Also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 5 more minutes)."""
-    track: Literal["synthetic", "speech"] = "synthetic"
-    """Benchmark track: synthetic (shapes, tones) or speech (spoken questions in eSpeak NG voices, the real
+    track: Literal["synthetic", "speech", "depth"] = "synthetic"
+    """Benchmark track: synthetic (shapes, tones), speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
-    configs/stage_a_speech.yaml)."""
+    stage_a_speech.yaml) or depth (the scenes' depth maps through the shipped depth encoder, questions
+    only depth answers; default run directory runs/demo-depth, recipe stage_a_depth.yaml)."""
 
 
 @dataclass
@@ -61,19 +72,13 @@ class DemoResult(StageResult):
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
     own check failed (verification, frozen weights)."""
-    if cfg.track == "speech":
+    if cfg.track in ("speech", "depth"):
+        run_dir, recipe, run_track = {"speech": (SPEECH_RUN_DIR, SPEECH_RECIPE, demo_speech),
+                                      "depth": (DEPTH_RUN_DIR, DEPTH_RECIPE, demo_depth)}[cfg.track]
         defaults = DemoConfig()
-        return demo_speech(dataclasses.replace(
-            cfg, run_dir=SPEECH_RUN_DIR if cfg.run_dir == defaults.run_dir else cfg.run_dir,
-            config=SPEECH_RECIPE if cfg.config == defaults.config else cfg.config), echo)
-    # The stage functions are looked up when the demo runs (not bound at import), so a test can stub any stage.
-    from safe.stages.ablate import AblateConfig, ablate
-    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
-    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
-    from safe.stages.policy import PolicyTrainConfig, train_policy
-    from safe.stages.stage_a import TrainConfig, train
-    from safe.stages.verify import VerifyConfig, VerifyResult, verify
-
+        return run_track(dataclasses.replace(
+            cfg, run_dir=run_dir if cfg.run_dir == defaults.run_dir else cfg.run_dir,
+            recipe=cfg.recipe or recipe), echo)
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     echo("== 1. built-in benchmark ==")
@@ -86,9 +91,10 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     own = VerifyConfig(base=str(base.path / "vl"), audio=str(base.path / "audio_encoder"), run_dir=cfg.run_dir)
     step(verify(own))
     step(verify(VerifyConfig(all_presets=True, run_dir=cfg.run_dir)), "verify_done_seconds")
-    echo(f"\n== 4. Stage A: projector + gated adapters ({cfg.config}) ==")
+    recipe = cfg.recipe or BUILTIN_RECIPE
+    echo(f"\n== 4. Stage A: projector + gated adapters ({recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(bench.path), base=str(base.path))
-    step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
+    step(train(make_config(TrainConfig, recipe, {**paths, "fresh": cfg.fresh})),
          "stage_a_done_seconds")
     echo("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
     policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
@@ -98,7 +104,7 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     step(evaluate(EvalConfig(**paths)))
     if cfg.ablations:
         echo("\n== 7. Stage A ablations (safe ablate) ==")
-        step(ablate(AblateConfig(**paths, config=cfg.config, overrides=list(cfg.overrides))))
+        step(ablate(make_config(AblateConfig, recipe, paths)))
     result = DemoResult({**step.timing, "seconds": step.elapsed()}, step.ok, cfg.run_dir)
     run.record(result)
     echo(report(ReportConfig(run_dir=cfg.run_dir)).summary())  # again, so the report carries the final timing
@@ -110,14 +116,6 @@ def demo_speech(cfg: DemoConfig, echo=print) -> DemoResult:
     ``cfg.run_dir`` (``runs/demo-speech`` unless given). Returns the demo's result."""
     from safe.bench.speech.files import generate_speech_benchmark
     from safe.bench.speech.track import SpeechConfig
-
-    # The stage functions are looked up when the demo runs (not bound at import), so a test can stub any stage.
-    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
-    from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
-    from safe.stages.policy import PolicyTrainConfig, train_policy
-    from safe.stages.speech import speech_figures, whisper_dirs
-    from safe.stages.stage_a import TrainConfig, train
-    from safe.stages.verify import VerifyConfig, VerifyResult, verify
 
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
@@ -138,9 +136,9 @@ def demo_speech(cfg: DemoConfig, echo=print) -> DemoResult:
     run.record(VerifyResult())  # this run's verification only
     step(verify(VerifyConfig(base=str(base.path / "vl"), audio=str(audio), run_dir=cfg.run_dir)),
          "verify_done_seconds")
-    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.config}) ==")
+    echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
-    step(train(TrainConfig(**paths, config=cfg.config, overrides=list(cfg.overrides), fresh=cfg.fresh)),
+    step(train(make_config(TrainConfig, cfg.recipe, {**paths, "fresh": cfg.fresh})),
          "stage_a_done_seconds")
     echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
     step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state))),

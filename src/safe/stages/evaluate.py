@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, config_path, load_options
+from safe.stages.common import DataOptions, RunOptions, StageError, check_run_data, from_run, load_options
 
 
 @dataclass
@@ -17,9 +17,10 @@ class EvalConfig(DataOptions):
     """SAFE + policy checkpoint (default <run-dir>/checkpoints/policy)."""
     split: str = "test"
     """Benchmark split to evaluate on."""
-    scale_results: str | None = "docs/scale_results.json"
-    """benchmarks/scale.py results the latency gate reads (the largest shape measured there; resolved against
-    the checkout); none: the gate uses the run's own model, and says so."""
+    scale_results: str | None = "shipped"
+    """benchmarks/scale.py results the latency gate reads (the largest shape measured there): a JSON file, shipped
+    (the results SAFE ships, docs/scale_results.json of the source tree) or none (the gate uses the run's own
+    model, and says so)."""
     meteor: bool = False
     """Add METEOR to the caption metrics per benchmark (the caption toolkit's Java program: needs java on the
     PATH, ~15 s to start)."""
@@ -90,18 +91,19 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
 
+    cfg = from_run(cfg)  # base, encoder and data as `safe train` recorded them, unless given (and then matching)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"
+    scale = _scale_results(cfg.scale_results)  # a missing file fails before the model loads
     data, model, fmt, frontend, cache = open_checkpoint(
         ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio, load_options=load_options(cfg),
         missing=f"run `safe policy train --run-dir {cfg.run_dir}` first or pass --checkpoint")
+    check_run_data(data, cfg.run_dir)
     if model.policy is None:
         raise StageError(f"{ckpt} has no policy attached: run `safe policy train --run-dir {run.path}` first")
     policy, stage_a = run.read(PolicyResult), run.read(StageAResult)
-    scale = config_path(cfg.scale_results) if cfg.scale_results else None
     ev = run_eval(model, fmt, frontend, data, cache, policy_metrics=policy.metrics if policy else None,
-                  stage_a=stage_a.metrics if stage_a else None, split=cfg.split,
-                  scale_results=scale if scale and Path(scale).is_file() else None,
+                  stage_a=stage_a.metrics if stage_a else None, split=cfg.split, scale_results=scale,
                   caption_meteor=cfg.meteor)
     result = EvalResult(ev)
     if hasattr(data, "summary"):  # a data spec: what each split held (rows, skips, tasks)
@@ -109,6 +111,19 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     run.record(result)
     report(ReportConfig(run_dir=cfg.run_dir))
     return result
+
+
+def _scale_results(value: str | None):
+    """``--scale-results``: None for none, the shipped results (loaded), or a file that must exist."""
+    if value is None or value.lower() == "none":
+        return None
+    if value == "shipped":
+        from safe.evaluation.protocol import shipped_scale_results
+
+        return shipped_scale_results()
+    if not Path(value).is_file():
+        raise StageError(f"--scale-results {value}: no such file (shipped: the results SAFE ships; none: no file)")
+    return value
 
 
 @dataclass

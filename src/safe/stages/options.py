@@ -16,6 +16,16 @@ nested dataclass field contributes its own fields' flags. ``field(metadata={"fla
 a flag; ``metadata={"cli": False}`` keeps a field off the command line; ``metadata={"positional": True}`` makes
 a ``str`` field a positional argument (required when the field has no default). Flags not given are not passed,
 so the dataclass's own default and its ``__post_init__`` validation apply.
+
+Groups: a nested dataclass field with ``metadata={"group": True}`` gets dotted flags named as its YAML keys
+(``stage_a: StageAConfig`` -> ``--stage_a.steps``, ``--stage_a.curriculum.start``); a ``dict`` field with
+``metadata={"fields": SomeDataclass}`` gets one flag per field of that dataclass and holds only the keys given.
+``metadata={"hidden": True}`` keeps a flag out of ``--help`` (test-only switches).
+
+Config files: :func:`make_config` builds a config from a YAML mapping over the same fields (nested mappings
+for nested dataclasses) with flags on top, so a recipe is nothing but saved flags; every command takes
+``--config PATH`` (:func:`add_config_file_flag`), and a class may name its default file in ``DEFAULT_CONFIG``
+(a shipped recipe).
 """
 from __future__ import annotations
 
@@ -82,31 +92,51 @@ def _scalar(tp: type, flag: str, optional: bool):
     return parse
 
 
-def _default_text(f: dataclasses.Field) -> str:
+def _default_value(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = f.default_factory()  # type: ignore[misc]
-    else:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _default_text(value: Any) -> str:
+    if value is dataclasses.MISSING or dataclasses.is_dataclass(value) or isinstance(value, (bool, dict)):
         return ""
-    if dataclasses.is_dataclass(value) or value in (None, "", [], ()):
-        return ""
-    if isinstance(value, bool):
+    if value in (None, "", [], ()):
         return ""
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     return f" (default: {value})"
 
 
-def flag_name(f: dataclasses.Field) -> str:
+def flag_name(f: dataclasses.Field, group: str = "") -> str:
+    """``--run-dir`` for a top-level field, ``--stage_a.lr_projector`` inside a group (the YAML key path)."""
+    if group:
+        return "--" + group + f.name
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+class _Removed(argparse.Action):
+    """A flag that is gone: using it is an error saying what replaces it."""
+
+    def __init__(self, option_strings, dest, replacement: str = "", **kw):
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is gone: {self.replacement}")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str = "",
-                     seen: dict[str, str] | None = None) -> None:
+                     seen: dict[str, str] | None = None, group: str = "", shown: dict | None = None) -> None:
     """Add one flag per init field of dataclass ``cls`` (recursively for nested dataclasses); ``dest`` is
-    the dotted field path. A flag name used twice (a nested field clashing with an outer one) raises."""
+    the dotted field path. A flag name used twice (a nested field clashing with an outer one) raises.
+    ``group``: the dotted prefix of a group's flags; ``shown``: the values (a nested mapping, e.g. the default
+    recipe's) that ``--help`` gives as defaults instead of the dataclass's."""
+    top = seen is None
     seen = {} if seen is None else seen
+    shown = shown or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -114,19 +144,29 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: st
             continue
         tp, optional = _unwrap_optional(hints[f.name])
         dest = dest_prefix + f.name
-        if dataclasses.is_dataclass(tp):
-            add_config_flags(parser, tp, dest + ".", seen)
+        sub_shown = shown.get(f.name) if isinstance(shown.get(f.name), dict) else {}
+        schema = f.metadata.get("fields")
+        if dataclasses.is_dataclass(tp) or schema is not None:
+            grouped = group or f.metadata.get("group") or schema is not None
+            sub_group = f"{group}{f.name}." if grouped else ""
+            target = parser
+            if grouped and not group:  # a top-level group: its own --help section
+                target = parser.add_argument_group(f"--{f.name}.* ({docs.get(f.name, '')})".replace("%", "%%"))
+            add_config_flags(target, schema or tp, dest + ".", seen, sub_group, sub_shown)
             continue
         if f.metadata.get("positional"):
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
             parser.add_argument(dest, metavar=f.metadata.get("metavar", f.name.upper()), help=docs.get(f.name, ""),
                                 **({} if required else {"nargs": "?", "default": argparse.SUPPRESS}))
             continue
-        flag = flag_name(f)
+        flag = flag_name(f, group)
         if flag in seen:
             raise TypeError(f"{cls.__name__}.{f.name}: flag {flag} already used by {seen[flag]}")
         seen[flag] = dest
-        help_text = (docs.get(f.name, "") + _default_text(f)).replace("%", "%%")
+        default = shown[f.name] if f.name in shown else _default_value(f)
+        help_text = (docs.get(f.name, "") + _default_text(default)).replace("%", "%%")
+        if f.metadata.get("hidden"):
+            help_text = argparse.SUPPRESS
         kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
         origin = get_origin(tp)
         if tp is bool:
@@ -144,22 +184,91 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: st
             parser.add_argument(flag, type=_scalar(tp, flag, optional), metavar=metavar, **kw)
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {tp!r}")
+    grouped = [flag for flag in seen if "." in flag]
+    if top and grouped:  # the old key=value overrides of a group: say what replaced them
+        parser.add_argument("--set", action=_Removed, replacement=f"give each setting as its own flag "
+                            f"(--set steps=200 is now {grouped[0].split('.')[0]}.steps 200; see --help)")
+
+
+def add_config_file_flag(parser: argparse.ArgumentParser, cls: type) -> None:
+    """``--config PATH``: a YAML file over ``cls``'s fields; flags given on the command line win over it. A class
+    with a ``DEFAULT_CONFIG`` (a shipped recipe) reads that file when ``--config`` is not given."""
+    default = getattr(cls, "DEFAULT_CONFIG", None)
+    text = ("YAML file of these settings (a key per flag, named with underscores: run_dir; a dotted group as a nested "
+            "mapping: stage_a: {steps: 200}); flags given win over it")
+    if default:
+        from safe.training.config import shipped_recipes
+
+        text += (f"; a recipe SAFE ships needs no folder ({', '.join(shipped_recipes())}); a file given replaces "
+                 f"the default one (default: {default})")
+    parser.add_argument("--config", metavar="PATH", default=default, help=text)
+
+
+def read_config_file(path: str | None) -> dict[str, Any]:
+    """The mapping of a YAML config file: ``path`` as given, else the shipped recipe of that file name (so
+    ``--config configs/stage_a.yaml`` works outside the checkout too). ``{}`` for None."""
+    from safe.training.config import read_recipe
+
+    return {} if path is None else read_recipe(path)
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _construct(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {', '.join(prefix + u for u in unknown)} "
+                         f"(known under {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = known[name]
+        tp, _ = _unwrap_optional(hints[name])
+        schema = f.metadata.get("fields")
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = _construct(tp, value, where, prefix + name + ".")
+        elif schema is not None and isinstance(value, dict):
+            _construct(schema, value, where, prefix + name + ".")  # unknown keys named here; the owner validates
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def make_config(cls: type, config: str | None = None, values: dict[str, Any] | None = None) -> Any:
+    """``cls`` from its dataclass defaults, then the YAML file ``config`` (:func:`read_config_file`), then
+    ``values`` (dotted keys, as the parsed flags). The keys of ``values`` are kept as ``given_flags(obj)``."""
+    values = dict(values or {})
+    data = _merge(read_config_file(config), _nest(values))
+    obj = _construct(cls, data, f"--config {config}" if config else cls.__name__)
+    object.__setattr__(obj, "_given_flags", frozenset(values))
+    return obj
+
+
+def given_flags(cfg: Any) -> frozenset[str]:
+    """The dotted settings given on the command line (or as ``values`` to :func:`make_config`), so a stage can
+    let a flag win over a value it fills in itself (a data spec's ``audio_share`` over the recipe's)."""
+    return getattr(cfg, "_given_flags", frozenset())
 
 
 def config_from_args(cls: type, values: dict[str, Any]) -> Any:
-    """Build ``cls`` from the parsed flags (dotted keys for nested dataclasses); fields whose flag was
-    not given keep the dataclass default."""
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        tp, _ = _unwrap_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp):
-            prefix = f.name + "."
-            sub = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-            if sub:
-                kwargs[f.name] = config_from_args(tp, sub)
-        elif f.name in values:
-            kwargs[f.name] = values[f.name]
-    return cls(**kwargs)
+    """Build ``cls`` from the parsed flags (dotted keys for nested dataclasses; ``config``: the YAML file they
+    go on top of); fields whose flag was not given keep the file's value, else the dataclass default."""
+    values = dict(values)
+    config = values.pop("config", None)
+    return make_config(cls, config, values)

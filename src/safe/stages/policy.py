@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, base_path, load_options
+from safe.stages.common import DataOptions, RunOptions, StageError, base_path, check_run_data, from_run, load_options
 
 
 @dataclass
@@ -62,11 +62,13 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     from safe.policy.stage import run_policy_stage
     from safe.stages.checkpoint import open_checkpoint
 
+    cfg = from_run(cfg)  # base, encoder and data as `safe train` recorded them, unless given (and then matching)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"
     data, model, fmt, frontend, cache = open_checkpoint(
         ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio, load_options=load_options(cfg),
         missing=f"run `safe train --run-dir {cfg.run_dir}` first or pass --checkpoint")
+    check_run_data(data, cfg.run_dir)
     metrics, _ = run_policy_stage(model, fmt, frontend, data, cfg.policy, cache, out_dir=run.path / "policy",
                                   progress=True)
     out = model.save_pretrained(run.checkpoints / "policy")

@@ -7,26 +7,26 @@ from typing import Any, Literal
 
 from safe.inference.pipeline import predict, read_requests
 from safe.runs import StageResult
-from safe.stages.common import LoadOptions, load_options
+from safe.stages.common import LoadOptions, from_run, load_options
 
 
 @dataclass
 class PredictConfig(LoadOptions):
-    """Options of ``safe predict``: one question (--question, --image, --audio) or a JSON-lines file (--input)."""
+    """Options of ``safe predict``: one question (--question, --image, --audio-file) or a JSON-lines file (--input)."""
 
     run_dir: str | None = None
     """Run directory (its checkpoints/policy, else checkpoints/final)."""
     checkpoint: str | None = None
     """A SAFE checkpoint directory instead of --run-dir."""
     base: str | None = None
-    """Frozen base (default: the one recorded with the checkpoint's processor)."""
-    audio_model: str | None = None
-    """Audio encoder checkpoint (default: the one recorded with the checkpoint's processor)."""
+    """Frozen base (default: the one the run was trained on, recorded with it)."""
+    audio: str | None = None
+    """Audio encoder checkpoint (default: the one the run was trained with, recorded with it)."""
     image: str | None = None
     """Image file for the one question."""
     question: str | None = None
     """The question (one request)."""
-    audio: str | None = None
+    audio_file: str | None = None
     """Audio file (WAV / FLAC / OGG / MP3) for the question."""
     use_audio: Literal["true", "false"] | None = None
     """Force the audio path on or off (default: the policy decides, or audio is used when given)."""
@@ -42,7 +42,9 @@ class PredictConfig(LoadOptions):
         if (self.checkpoint or self.run_dir) is None:
             raise ValueError("give --run-dir DIR (or --checkpoint DIR)")
         if (self.input is None) == (self.question is None):
-            raise ValueError("give either --question (with --image / --audio) or --input FILE.jsonl")
+            raise ValueError("give either --question (with --image / --audio-file) or --input FILE.jsonl")
+        if self.question is not None and not self.question.strip():
+            raise ValueError("--question is empty: give the question to answer")
 
 
 @dataclass
@@ -64,6 +66,8 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
     from transformers.utils import logging as hf_logging
 
     opts = load_options(cfg)  # a bad loading flag fails before anything is loaded
+    if cfg.checkpoint is None:  # the run's own base and encoder; one given must be them
+        cfg = from_run(cfg, data=False)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("safe predict: warning: %(message)s"))
     log = logging.getLogger("safe.processing")
@@ -76,9 +80,9 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
             requests = read_requests(cfg.input)
         else:
             use = None if cfg.use_audio is None else cfg.use_audio == "true"
-            requests = [{"question": cfg.question, "image": cfg.image, "audio": cfg.audio, "use_audio": use,
+            requests = [{"question": cfg.question, "image": cfg.image, "audio": cfg.audio_file, "use_audio": use,
                          "_where": "--question"}]
-        rows = predict(cfg.checkpoint or cfg.run_dir, requests, cfg.base, cfg.audio_model, cfg.batch_size,
+        rows = predict(cfg.checkpoint or cfg.run_dir, requests, cfg.base, cfg.audio, cfg.batch_size,
                        cfg.long_audio, opts)
     finally:
         log.removeHandler(handler)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from safe.models.generation import MAX_NEW_TOKENS
 from safe.runs import StageResult
 from safe.stages.common import DType, StageError
 
@@ -57,8 +58,9 @@ class ServeConfig:
     """Longest clip accepted, in seconds (default: the audio encoder's window; a longer clip gets 400)."""
     max_tokens: int = 64
     """Largest max_tokens a request may ask for."""
-    default_max_tokens: int = 6
-    """Tokens generated when a request gives no max_tokens (the built-in answers fit in six)."""
+    default_max_tokens: int = MAX_NEW_TOKENS
+    """Tokens generated when a request gives no max_tokens (the evaluation's answer length: the built-in answers
+    fit in it)."""
     max_n: int = 4
     """Largest n (choices per request)."""
     allow_local_media: bool = False
@@ -66,9 +68,9 @@ class ServeConfig:
     certificate: str | None = None
     """Deployment certificate from safe verify --certificate: refuse to start unless the loaded weights match it."""
     base: str | None = None
-    """Frozen base (default: the one recorded with the checkpoint's processor)."""
-    audio_model: str | None = None
-    """Audio encoder checkpoint (default: the one recorded with the checkpoint's processor)."""
+    """Frozen base (default: the one the run was trained on, recorded with it)."""
+    audio: str | None = None
+    """Audio encoder checkpoint (default: the one the run was trained with, recorded with it)."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda:0."""
     dtype: DType = "float32"
@@ -127,6 +129,9 @@ def serve(cfg: ServeConfig) -> ServeResult:
                          "pip install 'safe-av[serve]'") from None
     from transformers.utils import logging as hf_logging
 
+    from safe.stages.common import from_run
+
+    cfg = from_run(cfg, data=False)  # the run's own base and encoder; one given must be them
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

@@ -10,7 +10,7 @@ from safe.runs import RunDir, StageResult
 
 #: Run directory and recipe of the track when ``safe demo``'s defaults are left as they are.
 RUN_DIR = "runs/demo-speech"
-RECIPE = "configs/stage_a_speech.yaml"
+RECIPE = "stage_a_speech.yaml"  # a shipped recipe (safe.training's recipes/)
 
 
 class SpeechResult(StageResult):

@@ -1,35 +1,42 @@
-"""``safe train``: Stage A (projector + gated adapters) from a YAML recipe, into a run directory."""
+"""``safe train``: Stage A (projector + gated adapters) into a run directory, every setting a flag
+(``--stage_a.steps``, ``--stage_a.safe.lora_rank``) over a recipe (``--config``, default the built-in one)."""
 from __future__ import annotations
 
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from safe.data.source import DataSource
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, DType, StageError, base_path, config_path, data_source, load_options
+from safe.stages.common import DataOptions, DType, StageError, base_path, data_source, load_options, record_run
+from safe.stages.options import given_flags
 from safe.training.config import StageAConfig
+
+#: The recipe ``safe train``, ``safe ablate`` and ``safe demo`` start from (a file of safe.training's recipes).
+BUILTIN_RECIPE = "stage_a_builtin.yaml"
 
 
 @dataclass
 class TrainConfig(DataOptions):
-    """Options of ``safe train``."""
+    """Options of ``safe train``: the run, its data and base models, and the Stage A settings (a ``--config``
+    recipe holds the same settings as YAML, ``stage_a:`` and its keys)."""
 
-    config: str = "configs/stage_a_builtin.yaml"
-    """YAML recipe (keys under stage_a:), resolved against the checkout when not found as given."""
-    overrides: list[str] = field(default_factory=list, metadata={"flag": "--set", "metavar": "KEY=VALUE"})
-    """Override a recipe field, e.g. --set steps=200 --set safe.lora_rank=4 (repeatable)."""
+    DEFAULT_CONFIG: ClassVar[str] = BUILTIN_RECIPE
+
+    stage_a: StageAConfig = field(default_factory=StageAConfig, metadata={"group": True})
+    """Stage A"""
     dtype: DType = "float32"
     """Dtype of the frozen parts."""
     template: str | None = None
     """Prompt template with {question} and <image> (checkpoints; default per architecture)."""
     fresh: bool = False
     """Ignore checkpoints in the run directory (default: resume)."""
-    tiny: bool = False
+    tiny: bool = field(default=False, metadata={"hidden": True})
     """Tiny benchmark and models (for tests)."""
 
 
@@ -83,19 +90,19 @@ def train(cfg: TrainConfig) -> StageAResult:
     from safe.training.config import load_stage_a_config
 
     opts = load_options(cfg)  # a bad loading flag fails before anything is built
-    overrides = list(cfg.overrides)
-    if cfg.tiny and not any(o.startswith("safe.fusion_layers") for o in overrides):
-        overrides.append("safe.fusion_layers=[0, -1]")  # the tiny built-in LM has 2 decoder layers
-    recipe = load_stage_a_config(config_path(cfg.config), overrides)
+    recipe = cfg.stage_a
+    if cfg.tiny and "stage_a.safe.fusion_layers" not in given_flags(cfg):
+        recipe = load_stage_a_config(base=recipe, overrides=["safe.fusion_layers=[0, -1]"])  # the tiny LM: 2 layers
     dtype = parse_dtype(cfg.dtype)
     data = data_source(cfg.data, tiny=cfg.tiny, create=cfg.data is None)
-    if getattr(data, "audio_share", None) is not None:  # the spec's share; --set audio_share=... still wins
-        recipe = load_stage_a_config(config_path(cfg.config), [f"audio_share={data.audio_share}", *overrides])
+    share = getattr(data, "audio_share", None)  # a data spec's share wins over the recipe's, a flag over both
+    if share is not None and "stage_a.audio_share" not in given_flags(cfg):
+        recipe = load_stage_a_config(base=recipe, overrides=[f"audio_share={share}"])
     base = base_path(cfg.base, tiny=cfg.tiny)
     if cfg.base is None and not (base / "manifest.json").is_file():
         if not hasattr(data, "root"):
             raise StageError(f"--base: no built-in models at {base}; with a data spec pass --base and --audio "
-                             "(local LLaVA / BLIP-2 and Whisper / CLAP checkpoints)")
+                             "(a local checkpoint of a supported VLM family and of a supported audio encoder)")
         build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
     run = RunDir(cfg.run_dir)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
@@ -103,6 +110,9 @@ def train(cfg: TrainConfig) -> StageAResult:
     if metrics.get("main_process", True):
         result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
         run.record(result)
+        record_run(run.path, base=base, audio=cfg.audio, data=cfg.data if cfg.data is not None else data.root,
+                   data_fingerprint=data.fingerprint(), recipe=recipe.to_dict(), dtype=cfg.dtype,
+                   template=cfg.template)
     from accelerate import PartialState
 
     # Several processes: the others wait for the main one's record and print it.

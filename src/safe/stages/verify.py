@@ -14,13 +14,14 @@ from safe.stages.common import DType, LoadOptions, StageError, check_device, loa
 class VerifyConfig(LoadOptions):
     """Options of ``safe verify``."""
 
-    base: str = "llava"
+    base: str | None = None
     """Tiny preset (llava, blip2-opt, blip2-t5, llava-next, llava-onevision, qwen2-vl, qwen2.5-vl, qwen3-vl,
     idefics3, smolvlm, gemma3, paligemma, mllama, internvl, mistral3) or a local checkpoint directory of a
-    supported family (with its processor)."""
-    audio: str = "whisper"
+    supported family (with its processor). Default: with --run-dir of a trained run, the base it was trained on;
+    else llava."""
+    audio: str | None = None
     """Tiny preset (whisper, clap, ast, wav2vec2, hubert, wavlm, qwen2-audio) or a local checkpoint directory
-    of a supported audio encoder."""
+    of a supported audio encoder. Default: with --run-dir of a trained run, its encoder; else whisper."""
     all_presets: bool = False
     """Verify every tiny base x encoder preset pair (every family x every encoder)."""
     dtype: DType = "float32"
@@ -31,6 +32,9 @@ class VerifyConfig(LoadOptions):
     """Decoder layers to fuse after (negative counts from the end)."""
     batch: int = 4
     """Verification batch size (>= 2; half the rows use audio)."""
+    modalities: bool = False
+    """Also verify, per base, a two-modality model: the (first) audio encoder plus a tiny ViT depth encoder
+    (rows using neither are the base; rows using one alone are as with it only; each encoder runs on its rows)."""
     run_dir: str | None = None
     """Also record the results under this run directory (merged with earlier verify calls of the run)."""
     certificate: str | None = None
@@ -39,13 +43,34 @@ class VerifyConfig(LoadOptions):
     file, for safe serve --certificate."""
 
     def __post_init__(self) -> None:
+        self._fill_from_run()
         if self.certificate is not None and not self.run_dir:
             raise StageError("--certificate needs --run-dir: the trained run whose model is verified and certified")
         load_options(self)  # a bad loading flag fails before anything is built
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 2:
             raise StageError(f"--batch must be an integer >= 2 (a mix of audio and no-audio rows), got {self.batch!r}")
+        if self.modalities and self.batch < 4:
+            raise StageError(f"--modalities needs --batch >= 4 (rows using audio, depth, both and neither), got {self.batch}")
         if not self.fusion_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.fusion_layers):
             raise StageError(f"--fusion-layers must be a non-empty list of integers, got {self.fusion_layers!r}")
+
+
+    def _fill_from_run(self) -> None:
+        """Neither --base nor --audio given: the pair a trained --run-dir recorded (a built-in models folder as
+        its vl/ and audio_encoder/), else the llava x whisper presets."""
+        from pathlib import Path
+
+        from safe.inference.loading import is_builtin_dir
+        from safe.stages.common import run_record
+
+        rec = run_record(self.run_dir) if self.base is None and self.audio is None and not self.all_presets else None
+        if rec is not None and is_builtin_dir(rec["base"]):
+            self.base = str(Path(rec["base"]) / "vl")
+            self.audio = rec["audio"] or str(Path(rec["base"]) / "audio_encoder")
+        elif rec is not None:
+            self.base, self.audio = rec["base"], rec["audio"]
+        self.base = self.base or "llava"
+        self.audio = self.audio or "whisper"
 
 
 @dataclass
@@ -186,4 +211,35 @@ def _verify_base(cfg: VerifyConfig, base_spec: str, encoders, dtype, load: dict,
                       f"{result.parameter_report.table()}\n")
         models[name] = {**result.to_dict(), "seconds": round(time.perf_counter() - t0 + base_seconds, 3)}
         base_seconds = 0.0
+    if cfg.modalities:
+        models.update(_verify_modalities(cfg, base_spec, base, encoders[0], vl, dtype, tables))
     return models
+
+
+def _verify_modalities(cfg: VerifyConfig, base_spec: str, base, audio_spec: str, vl: dict, dtype, tables: list) -> dict:
+    """``base`` with two modalities, audio (``audio_spec``) and depth (a tiny ViT preset), on one batch whose
+    rows use audio, depth, both and neither."""
+    import torch
+
+    from safe.bench import presets
+    from safe.bench.vision import random_pixels, tiny_vision_encoder
+    from safe.evaluation.safety import verify_modalities
+    from safe.models.safe_model import SAFEConfig, SAFEModel
+
+    t0 = time.perf_counter()
+    device = next(base.parameters()).device
+    encoder = presets.load_audio_encoder_or_preset(audio_spec, dtype, str(device))
+    model = SAFEModel(base, encoder, SAFEConfig(fusion_layers=list(cfg.fusion_layers)))
+    try:
+        depth_encoder = tiny_vision_encoder("vit").to(device=device, dtype=dtype)
+        model.add_modality("depth", depth_encoder)
+        rows = torch.arange(cfg.batch, device=device) % 4  # 0: audio, 1: depth, 2: both, 3: neither
+        audio_mask, depth_mask = (rows == 0) | (rows == 2), (rows == 1) | (rows == 2)
+        inputs = {"audio": (presets.random_audio(model.audio_encoder.model, cfg.batch, dtype=dtype).to(device), audio_mask),
+                  "depth": (random_pixels(depth_encoder, cfg.batch, dtype=dtype).to(device), depth_mask)}
+        result = verify_modalities(model, vl, inputs)
+    finally:
+        model.remove_hooks()
+    name = f"{base_spec} x {audio_spec} + depth (vit)"
+    tables.append(f"== safe verify: {name} ({cfg.dtype}, {device}) ==\n{result.table()}\n")
+    return {name: {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}}

@@ -1,5 +1,6 @@
 """Stage A configuration: dataclasses loaded from YAML, every field validated with an error that
-names the field and the value."""
+names the field and the value. The recipes SAFE ships (``recipes/*.yaml``, installed with the package) are
+found by file name through :mod:`importlib.resources`, so they work outside the source checkout."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,9 @@ from safe.data.yaml_bounded import load_yaml
 from safe.models.safe_model import SAFEConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+RETENTION_TAU = 0.003
+"""The retention tolerance: VL accuracy may fall at most this far below the base's (0.3 points). Stage A's dual
+ascent floor and Stage B's Lagrangian floor both default to it."""
 
 
 class ConfigError(ValueError):
@@ -68,7 +72,7 @@ class StageAConfig:
     """Retention batches per Fisher estimate."""
     retention_every: int = 100
     """Measure VL accuracy (gate open) on the retention buffer every N steps (0: never)."""
-    retention_tau: float = 0.003
+    retention_tau: float = RETENTION_TAU
     """The floor is base accuracy minus tau (proposal: 0.3 points)."""
     dual_lr: float = 20.0
     """Dual-ascent step: lambda += dual_lr * (floor - accuracy)."""
@@ -84,8 +88,8 @@ class StageAConfig:
     """TensorBoard scalars every N steps."""
     seed: int = 0
     """Seed of initialisation and data order."""
-    safe: dict[str, Any] = field(default_factory=dict)
-    """``SAFEConfig`` fields (fusion_layers, num_audio_tokens, lora_rank, ...)."""
+    safe: dict[str, Any] = field(default_factory=dict, metadata={"fields": SAFEConfig})
+    """SAFE's architecture (SAFEConfig fields: fusion_layers, num_audio_tokens, lora_rank, ...)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -169,29 +173,64 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def load_stage_a_config(path: str | Path | None = None, overrides: list[str] | None = None) -> StageAConfig:
-    """Read a YAML recipe (the keys under ``stage_a:``, or the whole file) and apply ``key=value`` overrides."""
+RECIPES = "recipes"  # the folder of shipped recipes inside this package
+
+
+def shipped_recipes() -> list[str]:
+    """File names of the recipes SAFE installs (``stage_a_builtin.yaml``, ...)."""
+    from importlib.resources import files
+
+    return sorted(r.name for r in (files(__package__) / RECIPES).iterdir() if r.name.endswith(".yaml"))
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML recipe: ``path`` as given, else the shipped recipe of that file name (so
+    ``configs/stage_a.yaml`` of the source tree resolves anywhere). :class:`ConfigError` names the file."""
+    from importlib.resources import files
+
     import yaml
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = load_yaml(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = raw.get("stage_a", raw)
-    for item in overrides or []:
+    if Path(path).is_file():
+        text = Path(path).read_text()
+    else:
+        shipped = files(__package__) / RECIPES / Path(path).name
+        if not shipped.is_file():
+            raise ConfigError(f"config file not found: {path} (and no shipped recipe of that name; shipped: "
+                              f"{', '.join(shipped_recipes())})")
+        text = shipped.read_text()
+    try:
+        raw = load_yaml(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``data`` (a recipe mapping, changed in place and returned) with ``key=value`` overrides set."""
+    for item in overrides:
         key, value = parse_override(item)
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    return data
+
+
+def load_stage_a_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                        base: StageAConfig | None = None) -> StageAConfig:
+    """A :class:`StageAConfig` from a YAML recipe (the keys under ``stage_a:``, or the whole file; see
+    :func:`read_recipe`), or from ``base``, with ``key=value`` overrides applied (the ablation grid's entries)."""
+    if base is not None:
+        data = base.to_dict()
+    elif path is not None:
+        raw = read_recipe(path)
+        data = raw.get("stage_a", raw)
+    else:
+        data = {}
+    apply_overrides(data, overrides or [])
     try:
         return _build(StageAConfig, data)
     except TypeError as err:

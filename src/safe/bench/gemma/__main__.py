@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$SAFE_CACHE`` (default ``.cache/safe``, as every ``safe`` command has it)."""
+    return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
 
 
 def main(argv=None) -> int:
+    from safe.bench.build import build_builtin_models
+    from safe.bench.files import generate_benchmark
     from safe.bench.gemma.base import GemmaBaseConfig
     from safe.bench.gemma.lm import MissingExtra, convert
     from safe.bench.gemma.train import build_gemma_base
-    from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
-    from safe.stages.common import base_path, cache_dir
+    from safe.bench.questions import SynthConfig
 
     defaults = GemmaBaseConfig()
     p = argparse.ArgumentParser(prog="python -m safe.bench.gemma", description=__doc__.split("\n\n")[0])
@@ -24,16 +32,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr-tower", type=float, default=defaults.lr_tower, help="0 keeps the tower frozen")
     p.add_argument("--force", action="store_true", help="train again even if a matching build is there")
     a = p.parse_args(argv)
-    root = cache_dir() / "gemma"
+    root = cache_root() / "gemma"
     try:
         lm_dir = convert(root / "lm")
     except MissingExtra as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bench = synth(SynthStageConfig(out=str(cache_dir() / "benchmark")))
-    base = build_base(BaseBuildConfig(data=str(bench.path), out=str(base_path(None))))
+    bench = cache_root() / "benchmark"
+    generate_benchmark(bench, SynthConfig(), progress=True)  # reused when already there
+    base = cache_root() / "base"
+    build_builtin_models(bench, base)  # the shipped build, installed when it matches
     cfg = GemmaBaseConfig(steps=a.steps, batch_size=a.batch_size, lr_tower=a.lr_tower)
-    record = build_gemma_base(bench.path, a.out or root / "vl", lm_dir=lm_dir, builtin_vl=base.path / "vl", cfg=cfg,
+    record = build_gemma_base(bench, a.out or root / "vl", lm_dir=lm_dir, builtin_vl=base / "vl", cfg=cfg,
                               force=a.force)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=1, sort_keys=True))
     return 0

@@ -106,14 +106,14 @@ def readme_block(metrics: Mapping[str, Any]) -> str:
             "[docs/speech.md](docs/speech.md).\n")
 
 
-def splice(text: str, block: str) -> str:
-    """``text`` with the part between :data:`START` and :data:`END` replaced by ``block`` (ValueError naming
-    the markers when they are missing)."""
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise ValueError(f"the README has no {START} ... {END} markers to write the speech-track block between")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}{END}{tail}"
+def splice(text: str, block: str, start: str = START, end: str = END) -> str:
+    """``text`` with the part between the ``start`` and ``end`` markers (default the speech block's) replaced by
+    ``block`` (ValueError naming the markers when they are missing)."""
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ValueError(f"the file has no {start} ... {end} markers to write the block between")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}{end}{tail}"
 
 
 def write_readme(run_dir: str | Path, readme: str | Path) -> str:

@@ -1,0 +1,88 @@
+"""The depth track's own policy: whether to consult depth, decided per question by the same Stage B machinery
+as audio (outcome tables with measured costs, PPO with the VL floor, the never / always / oracle baselines).
+
+A model with several modalities decides for each independently: each modality has its own table, cost and
+policy. The state is the early one (question and image embeddings, no base pass) plus a cheap preview of the
+depth map (the nearness of each grid cell, read off the map without the encoder) in the preview slot.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from safe.bench.depth import BACKGROUND_DEPTH, NEAR, DepthSplits, depth_split, load_depth_processor
+from safe.bench.questions import SynthConfig
+from safe.processing.features import PREVIEW_DIM
+
+
+def depth_preview(maps: np.ndarray, grid: int) -> torch.Tensor:
+    """(n, PREVIEW_DIM): each grid cell's nearest point as nearness in [0, 1], then zeros."""
+    n, h, w = maps.shape
+    cells = maps.reshape(n, grid, h // grid, grid, w // grid).min(axis=(2, 4)).reshape(n, grid * grid)
+    out = torch.zeros(n, PREVIEW_DIM)
+    out[:, : grid * grid] = torch.from_numpy((BACKGROUND_DEPTH - cells) / (BACKGROUND_DEPTH - NEAR)).float()[:, :PREVIEW_DIM]
+    return out
+
+
+@torch.no_grad()
+def _ms_per_row(model, fmt, data, rows: list[int], with_depth: bool, maps: torch.Tensor, repeats: int = 3) -> float:
+    """Median milliseconds per row to answer ``rows`` greedily, with depth (its encoder run on the maps) or not."""
+    from safe.models.generation import MAX_NEW_TOKENS
+
+    batch = data.prompt_inputs(fmt, rows)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        if with_depth:
+            model.generate(**batch, audio_features=maps[rows], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        else:
+            with model.audio_disabled():
+                model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times)) / len(rows)
+
+
+def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set, test_set, *, alpha: float = 0.1,
+                 steps: int | None = None, train_rows: int = 1200, cost_rows: int = 32,
+                 progress: bool = False) -> dict[str, Any]:
+    """Stage B for depth on the trained depth model: outcome tables of the first ``train_rows`` of
+    ``train_set`` and of ``test_set`` (prepared by :func:`~safe.bench.depth_model.prepare_depth` from the same
+    ``splits``), measured costs, PPO at ``alpha``, and the policy's test figures beside never / always / oracle."""
+    from safe.policy import baselines as B
+    from safe.policy.outcomes import build_table, collect_outcomes
+    from safe.policy.ppo import evaluate_policy, train_ppo
+    from safe.policy.stage import PolicyStageConfig
+    from safe.policy.table import evaluate_actions
+
+    t0 = time.perf_counter()
+    model.eval()
+    tables = {}
+    train_set = train_set.subset(range(min(train_rows, len(train_set))))
+    for name, data in (("train", train_set), ("test", test_set)):
+        maps = depth_split(scene, splits, name)[2][: len(data)]
+        outcomes = collect_outcomes(model, fmt, data, depth_preview(maps, scene.grid), progress=progress, early=True)
+        tables[name] = (outcomes, data, maps)
+    # cost of a query with and without depth (the encoder included), measured on test rows of each kind
+    maps = load_depth_processor()(tables["test"][2])
+    rows = {True: [i for i, e in enumerate(test_set.examples) if e.needs_audio][:cost_rows],
+            False: [i for i, e in enumerate(test_set.examples) if not e.needs_audio][:cost_rows]}
+    ms = {kind: {"without_audio": _ms_per_row(model, fmt, test_set, r, False, maps),
+                 "with_audio": _ms_per_row(model, fmt, test_set, r, True, maps)} for kind, r in rows.items()}
+    costs = {e.family: ms[e.needs_audio] for d in (train_set, test_set) for e in d.examples}
+    train, test = (build_table(o, d, costs) for o, d, _ in tables.values())
+    cfg = PolicyStageConfig(alphas=[alpha], alpha=alpha, **({"steps": steps} if steps else {}))
+    net, _ = train_ppo(train, cfg.ppo(alpha))
+    ev = evaluate_policy(net, test)
+    keep = ("accuracy", "use_rate", "mean_latency_ms", "vl_accuracy")
+    return {
+        "policy": {k: ev[k] for k in keep},
+        "never": {k: v for k, v in evaluate_actions(test, B.never(test)).items() if k in keep},
+        "always": {k: v for k, v in evaluate_actions(test, B.always(test)).items() if k in keep},
+        "oracle": {k: v for k, v in evaluate_actions(test, B.oracle(test)).items() if k in keep},
+        "costs_ms_per_query": {"depth_question": ms[True], "vl_question": ms[False]},
+        "alpha": alpha, "rows": {"train": len(train), "test": len(test)},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

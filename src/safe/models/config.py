@@ -1,0 +1,78 @@
+"""``SAFEConfig`` (what SAFE adds to a frozen base, per modality) and the parameter-count report."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from safe.models.projector import PROJECTOR_MODES
+
+
+@dataclass
+class SAFEConfig:
+    """What SAFE adds to a frozen base. Every field is validated on construction."""
+
+    fusion_layers: list[int] = field(default_factory=lambda: [-1])
+    """Decoder layers after which an adapter runs (negative counts from the end)."""
+    num_audio_tokens: int = 8
+    """k: audio tokens the projector emits (proposal: 4, 8, 12)."""
+    lora_rank: int = 8
+    """Rank of the low-rank query map in each cross-attention adapter."""
+    num_heads: int = 4
+    """Attention heads per adapter."""
+    attn_dim: int | None = None
+    """Adapter attention width; default min(LLM hidden size, 256)."""
+    null_key: bool = True
+    """Learned null key with a zero value, so a head can attend to nothing."""
+    projector_mode: str = "sequence"
+    """``sequence`` (pool the encoder sequence to k tokens) or ``pooled`` (one clip embedding -> k)."""
+    projector_hidden: int | None = None
+    """Projector MLP width; default the LLM hidden size."""
+    ffn_rank: int = 0
+    """Width of each adapter's low-rank dense block after its cross-attention (0: none, the layout of
+    checkpoints saved before the field existed)."""
+    gate_init: float = 0.0
+    """Initial gate value g (tanh(g) scales the adapter). 0 makes a fresh model exactly the base."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fusion_layers, int):
+            self.fusion_layers = [self.fusion_layers]
+        self.fusion_layers = list(self.fusion_layers)
+        if not self.fusion_layers:
+            raise ValueError("fusion_layers must name at least one decoder layer, got []")
+        for name in ("num_audio_tokens", "lora_rank", "num_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if isinstance(self.ffn_rank, bool) or not isinstance(self.ffn_rank, int) or self.ffn_rank < 0:
+            raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {self.ffn_rank!r}")
+        if self.projector_mode not in PROJECTOR_MODES:
+            raise ValueError(f"projector_mode must be one of {PROJECTOR_MODES}, got {self.projector_mode!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAFEConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown SAFEConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class ParameterReport(dict):
+    """Frozen / trainable parameter counts per part (a dict), with :meth:`table` for printing."""
+
+    def table(self) -> str:
+        total = self["total"]["parameters"]
+        rows = [f"{'part':<16}{'parameters':>14}{'trainable':>14}{'% of total':>12}"]
+        for part, c in self.items():
+            if part == "total":
+                continue
+            rows.append(f"{part:<16}{c['parameters']:>14,}{c['trainable']:>14,}{100 * c['parameters'] / total:>11.2f}%")
+        t = self["total"]
+        rows.append(f"{'total':<16}{t['parameters']:>14,}{t['trainable']:>14,}{100.0:>11.2f}%")
+        rows.append(f"frozen {t['parameters'] - t['trainable']:,} ({100 * (1 - t['trainable'] / total):.2f}%), "
+                    f"trainable {t['trainable']:,} ({100 * t['trainable'] / total:.2f}%)")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.table()
