@@ -93,8 +93,8 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
                 requests[0].update(depth=cfg.depth_file,
                                    use_depth=None if cfg.use_depth is None else cfg.use_depth == "true")
         source = cfg.checkpoint or cfg.run_dir
-        rows = predict(source, requests, cfg.base or _default_base(source), cfg.audio, cfg.batch_size,
-                       cfg.long_audio, opts, encoders=_depth_encoder(source, cfg.depth_encoder))
+        rows = predict(source, requests, cfg.base or default_base(source), cfg.audio, cfg.batch_size,
+                       cfg.long_audio, opts, encoders=default_encoders(source, cfg.depth_encoder))
     finally:
         log.removeHandler(handler)
         hf_logging.set_verbosity(verbosity)
@@ -104,20 +104,23 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
 
 
 
-def _default_base(source) -> str | None:
-    """None (the recorded or built-in base) unless the checkpoint names none and no built-in base is built:
-    then the built-in VL model SAFE ships (the depth track trains on it without ``safe base build``)."""
+def default_base(source) -> str | None:
+    """None (the recorded or built-in base) unless the checkpoint carries another modality, names no base and
+    no built-in base is built: then the built-in VL model SAFE ships (the depth track trains on it without
+    ``safe base build``)."""
     from safe.bench.build import SHIPPED_DIR
     from safe.data.source import cache_dir
-    from safe.inference.pipeline import find_checkpoint
+    from safe.inference.pipeline import checkpoint_modalities, find_checkpoint
     from safe.processing.processor import PROCESSOR_FILE
 
-    if (find_checkpoint(source) / PROCESSOR_FILE).is_file() or (cache_dir() / "base" / "manifest.json").is_file():
+    ckpt = find_checkpoint(source)
+    if not checkpoint_modalities(ckpt) or (ckpt / PROCESSOR_FILE).is_file() \
+            or (cache_dir() / "base" / "manifest.json").is_file():
         return None
     return str(SHIPPED_DIR)
 
 
-def _depth_encoder(source, given: str | None) -> dict[str, str] | None:
+def default_encoders(source, given: str | None) -> dict[str, str] | None:
     """``{"depth": folder}``: --depth-encoder, else (a checkpoint carrying depth whose processor names no
     depth encoder) the shipped one; None when the checkpoint has no depth modality."""
     from safe.bench.depth import SHIPPED_DEPTH_ENCODER
