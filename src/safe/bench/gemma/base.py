@@ -52,7 +52,7 @@ class GemmaBaseConfig:
     seed: int = 0
     steps: int = 60
     """Optimiser steps over the built-in VL-only train rows. Each step runs forward and backward through all
-    18 Gemma layers: about 2.5 s on two idle cores, about 60 s on the shared machine the shipped figures were
+    18 Gemma layers: about 2.5 s on two idle cores, about 48 s on the shared machine the shipped figures were
     measured on (load 8-16 on 2 cores), which is what bounded this schedule."""
     batch_size: int = 8
     lr_projector: float = 2e-3
@@ -180,12 +180,6 @@ def answer_loss(model, batch: dict, pixels: torch.Tensor, target: torch.Tensor) 
     k = target.shape[1]
     logits = model(**batch, pixel_values=pixels, logits_to_keep=k + 1).logits[:, :-1]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
-
-
-def text_model_of(model):
-    """The Gemma text model inside a LLaVA (or a SAFE model wrapping one)."""
-    inner = getattr(model, "base_model", model)  # SAFEModel keeps the frozen VL model as .base_model
-    return inner.model.language_model
 
 
 def load_saved_lm_digests(folder: str | Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -171,5 +172,6 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
         if gemma_lm.combined_digest(saved) != conversion["lm_sha256"]:
             raise AssertionError(f"{out_dir}: the saved Gemma tensors differ from the conversion's")
         (tmp / gb.BUILD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    shutil.rmtree(work, ignore_errors=True)  # the build is complete: its resumable state is no longer needed
     record["seconds"] = round(time.perf_counter() - t0, 1)
     return {**record, "reused": False}
