@@ -77,9 +77,12 @@ def test_a_depth_primary_checkpoint_answers_with_depth_and_rows_without_a_map_ar
     assert [r["used_depth"] for r in out] == [True, False, True, False]
     assert [r["modalities"] for r in out] == [["depth"], [], ["depth"], []]
     base_answers = p.processor.decode(base_ids, vl["input_ids"].shape[1])
-    assert [r["answer"] for r, c in zip(out, closed) if c] == [b for b, c in zip(base_answers, closed) if c]
+    with_depth = p.processor.decode(ids, vl["input_ids"].shape[1])
+    assert [r["answer"] for r in out] == with_depth  # rows with a map answer with it, the others as the base
+    assert [a for a, c in zip(with_depth, closed) if not c] != [b for b, c in zip(base_answers, closed) if not c]
     off = p(image=imgs, question=qs, depth=depth, use_depth=False)
     assert [r["modalities"] for r in off] == [[]] * 4 and [r["answer"] for r in off] == base_answers
+    assert [a for a, c in zip(with_depth, closed) if c] == [b for b, c in zip(base_answers, closed) if c]
     with pytest.raises(ValueError, match=r"use_depth=True for row\(s\) \[1, 3\], which have no depth"):
         p(image=imgs, question=qs, depth=depth, use_depth=True)
     with pytest.raises(ValueError, match="audio: this model has no audio modality"):
