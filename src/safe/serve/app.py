@@ -41,12 +41,9 @@ def load_engine(cfg) -> Engine:
     ``cfg.certificate`` when given (:class:`~safe.models.certificate.CertificateError` on other weights)."""
     from safe.inference.pipeline import pipeline
     from safe.models.loading import parse_dtype
-    from safe.stages.predict import default_base, default_encoders
 
-    # A run carrying depth without a processor of its own (the depth track's) loads as `safe predict` loads it.
-    pipe = pipeline(cfg.run_dir, cfg.base or default_base(cfg.run_dir), cfg.audio, dtype=parse_dtype(cfg.dtype),
-                    device=cfg.device, max_new_tokens=cfg.default_max_tokens,
-                    encoders=default_encoders(cfg.run_dir, None))
+    pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio, dtype=parse_dtype(cfg.dtype), device=cfg.device,
+                    max_new_tokens=cfg.default_max_tokens)
     pipe.model.eval()
     if cfg.certificate:
         from safe.models.certificate import check_certificate
