@@ -321,6 +321,7 @@ def run(args) -> dict:
             "machine": {"platform": platform.platform(), "cpu_count": _cpus(), "load_average": _load(),
                         "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),  # the latency gate names when it was measured
             "command": " ".join(["python", *sys.argv]), "cells": cells}
 
 

@@ -23,7 +23,7 @@ from safe.bench.questions import (
     split_plan,
 )
 from safe.data.records import Example
-from safe.evaluation.robustness import add_noise
+from safe.evaluation.robustness import add_noise, mix_background, other_rows
 from safe.processing.audio import read_wav
 
 SR = 16000
@@ -375,3 +375,14 @@ def test_missing_or_incomplete_benchmark_errors(bench, tmp_path):
     with pytest.raises(BenchmarkMissingError):
         load_split(broken, "train")
     assert isinstance(BenchmarkMissingError("x"), FileNotFoundError)
+
+
+def test_background_mix_hits_the_snr_and_other_rows_skip_themselves():
+    rng = np.random.default_rng(0)
+    x, b = rng.standard_normal(800), 3.0 * rng.standard_normal(300)  # a short background is tiled
+    for snr in (20.0, 0.0, -10.0):
+        noise = mix_background(x, b, snr) - x.astype(np.float32)
+        assert 10 * np.log10(np.mean(x**2) / np.mean(noise.astype(np.float64) ** 2)) == pytest.approx(snr, abs=0.01)
+    assert np.array_equal(mix_background(np.zeros(10), b, 0.0), np.zeros(10, np.float32))
+    pick = other_rows(50, np.random.default_rng(1))
+    assert (pick != np.arange(50)).all() and pick.min() >= 0 and pick.max() < 50 and len(set(pick.tolist())) > 20

@@ -87,7 +87,7 @@ def test_spec_file_paths_resolve_against_its_folder(roots, tmp_path):
 def test_records_tasks_answers_and_pairing_rules(source):
     assert isinstance(source, DataSource)
     train, test = source.split("train"), source.split("test")
-    assert len(train) == 28 and len(test) == 12
+    assert len(train) == 28 - 4 and len(test) == 12  # 4 of train's 8 VL rows held out as the retention buffer
     assert {e.task for e in train} == {"audiocaps", "avqa", "vggsound", "vqav2"}
     assert {e.task for e in test} == {"music_avqa", "gqa", "clotho", "vggsound"}
     for e in train + test:
@@ -115,17 +115,29 @@ def test_pairing_and_order_are_a_function_of_the_seed(roots, tmp_path):
     c = SpecSource(load_spec({**mixed_spec(roots), "seed": 4}, base_dir=tmp_path)).split("train")
     assert [e.id for e in c] != [e.id for e in a]  # several sources: interleaved in a seeded order
     clip = {e.id: e.audio for e in a}
-    assert any(clip[e.id] != e.audio for e in c if e.task == "vqav2")
+    assert any(clip[e.id] != e.audio for e in c if e.task == "vqav2" and e.id in clip)  # (held-out rows differ too)
     # one source keeps its file order
     one = SpecSource(load_spec({"test": [mixed_spec(roots)["test"][1]]}, base_dir=tmp_path))
     with pytest.raises(SpecError, match="VL-only row 'gqa/testdev0' needs an unrelated clip"):
         one.split("test")  # GQA alone: no audio pool, no train to borrow one from
 
 
-def test_retention_is_derived_from_train_or_listed(roots, source, tmp_path):
+def test_retention_is_held_out_of_train_or_listed(roots, source, tmp_path):
     ret = source.split("retention")
     assert ret and all(e.task == "vqav2" and not e.needs_audio for e in ret)
     assert source.has_split("retention") and not source.has_split("ood_test")
+    # held out: half of train's VL rows (fewer than retention_size), and train no longer has them
+    whole = SpecSource(load_spec({**mixed_spec(roots), "retention": mixed_spec(roots)["test"]}, base_dir=tmp_path))
+    vl = [e.id for e in whole.split("train") if not e.needs_audio]
+    train = [e.id for e in source.split("train")]
+    assert len(ret) == len(vl) // 2 and not {e.id for e in ret} & set(train)
+    assert sorted(train + [e.id for e in ret]) == sorted(e.id for e in whole.split("train"))
+    info = source.retention_source()
+    assert info["rows"] == len(ret) and info["held_out"] and "held out of train" in info["source"]
+    one = SpecSource(load_spec({**mixed_spec(roots), "retention_size": 1}, base_dir=tmp_path))
+    assert len(one.split("retention")) == 1 and len(one.split("train")) == len(train) + len(ret) - 1
+    with pytest.raises(SpecError, match="retention_size: expected an integer >= 1"):
+        load_spec({**mixed_spec(roots), "retention_size": 0}, base_dir=tmp_path)
     spec = mixed_spec(roots)
     spec["train"] = spec["train"][:3]  # audio only
     no_vl = SpecSource(load_spec(spec, base_dir=tmp_path))
@@ -214,7 +226,8 @@ def test_builtin_reader_is_one_more_source(tmp_path):
     mixed = {"train": [{"reader": "builtin", "root": str(bench), "limit": 10}],
              "test": [{"reader": "builtin", "root": str(bench), "split": "val"}]}
     src = SpecSource(load_spec(mixed, base_dir=tmp_path))
-    assert len(src.split("train")) == 10 and len(src.split("test")) == len(ref.split("val"))
+    held = len(src.split("retention"))  # no retention: list, so half of the 10 rows' VL rows are held out
+    assert held >= 1 and len(src.split("train")) == 10 - held and len(src.split("test")) == len(ref.split("val"))
 
 
 def test_stages_take_a_spec_file_or_a_benchmark_folder(roots, tmp_path):
@@ -236,8 +249,10 @@ def test_data_check_prints_splits_sources_and_skips(roots, tmp_path, capsys):
     path.write_text(yaml.safe_dump(spec))
     assert main(["data", "check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "train: 28 rows, audio-dependent share 0.714; tasks: audiocaps 8, avqa 8, vggsound 4, vqav2 8" in out
-    assert "8 VL rows got an unrelated clip, 12 rows the stand-in image" in out
+    # 4 of train's 8 VL rows are held out as the retention buffer
+    assert "train: 24 rows, audio-dependent share 0.833; tasks: audiocaps 8, avqa 8, vggsound 4, vqav2 4" in out
+    assert "4 VL rows got an unrelated clip, 12 rows the stand-in image" in out
+    assert "retention (held out of train's VL-only rows; train no longer has them): 4 rows" in out
     assert "test[1]     gqa:testdev" in out
     assert "safe policy train: needs val, which the spec does not give" in out
     assert main(["data", "check", str(path), "--strict"]) == 0  # nothing skipped

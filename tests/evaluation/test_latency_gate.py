@@ -72,11 +72,15 @@ def test_latency_gate_names_the_shape_it_was_measured_on(results):
     worst = max(c["paths"]["policy"]["added_ms"] for c in cells)
     assert gate["measured"].startswith(f"{worst:.2f} ms on the builtin shape") and gate["shape"] == "builtin"
     assert gate["passed"] == (worst < 50.0)
+    # a gate read from a file names the file, the machine and the date it was measured on
+    src = gate["source"]
+    assert src["file"] == str(results) and f"read from {results}" in gate["measured"]
+    assert "CPUs" in src["machine"] and len(src["date"]) == 10 and "not by this run" in gate["measured"]
     proxy = {**runs[0], "preset": "proxy"}
     both = {"runs": [runs[0], proxy]}
     assert latency_gate({}, both)["shape"] == "proxy"  # the larger shape wins
     fallback = latency_gate({"overhead_ms": 4.37}, None)
-    assert "4.37 ms on the built-in model shape" in fallback["measured"] and fallback["passed"]
+    assert "4.37 ms on the built-in model shape, measured by this run" in fallback["measured"] and fallback["passed"]
     assert latency_gate({}, None) is None
     with pytest.raises(ScaleResultsError, match="does not exist"):
         latency_gate({}, results.parent / "nope.json")

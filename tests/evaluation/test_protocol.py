@@ -26,9 +26,43 @@ def evaluated(tiny_builtin):
                             distill_epochs=2, latency_batches=[1, 8])
     data = BuiltinSource(bench)
     policy, _ = run_policy_stage(model, fmt, frontend, data, cfg)
-    ev = run_eval(model, fmt, frontend, data, policy_metrics=policy, stage_a={"frozen_byte_identical": True})
+    from safe.evaluation import protocol
+
+    calls = {"policy": [], "noisy": []}  # what the stress tests fed the model (spied, not changed)
+    real_policy, real_noisy = protocol._policy_answers, protocol._noisy_embeddings
+
+    def policy_answers(model, fmt, data, previews, *a, **k):
+        calls["policy"].append(previews.clone())
+        return real_policy(model, fmt, data, previews, *a, **k)
+
+    def noisy(model, frontend, waveforms, snr_db, seed, background=None):
+        calls["noisy"].append((snr_db, background is not None))
+        return real_noisy(model, frontend, waveforms, snr_db, seed, background)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(protocol, "_policy_answers", policy_answers)
+        mp.setattr(protocol, "_noisy_embeddings", noisy)
+        ev = run_eval(model, fmt, frontend, data, policy_metrics=policy, stage_a={"frozen_byte_identical": True})
+    ev["_calls"] = calls
     yield model, policy, ev
     model.remove_hooks()
+
+
+def test_stress_uses_other_rows_clips_and_background_sounds(evaluated, tiny_builtin):
+    """Irrelevance: the policy decides on VL questions carrying *other* rows' clips (not their own); the SNR
+    sweep mixes in other clips of the split as background besides white noise."""
+    _, _, ev = evaluated
+    calls = ev.pop("_calls")
+    ex = BuiltinSource(tiny_builtin[0]).split("test")
+    vl = [i for i, e in enumerate(ex) if not e.needs_audio]
+    own, irrelevant = calls["policy"][0], calls["policy"][1]
+    assert len(own) == len(ex) and len(irrelevant) == len(vl)
+    same = sum(bool(torch.equal(irrelevant[j], own[i])) for j, i in enumerate(vl))
+    assert same < len(vl) // 10  # another row's clip (a row shares a clip with another only by chance)
+    irr = ev["robustness"]["irrelevant"]
+    assert 0.0 <= irr["false_positive_rate"] <= 1.0 and "false_positive_rate_own_clip" in irr
+    assert sorted(calls["noisy"]) == sorted((lvl, bg) for lvl in (20.0, 10.0, 0.0, -10.0) for bg in (False, True))
+    assert all("background_audio_accuracy" in p for p in ev["robustness"]["snr_sweep"])
 
 
 def test_eval_fills_every_section_from_measurements(evaluated):

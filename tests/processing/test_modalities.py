@@ -50,3 +50,44 @@ def test_bad_modality_inputs_are_named(processor):
         processor(text="q", depth=np.zeros((2, 2, 2, 2)))
     with pytest.raises(ValueError, match=r"depth\[0\]: cannot read the map"):
         processor(text="q", depth="/nonexistent/d.png")
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header declares width x height, with no pixel data (a few dozen bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_map_files_keep_16_bit_and_1_bit_values(tmp_path):
+    from safe.processing.modalities import read_map
+
+    deep = np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20  # past 255: a 16-bit depth map
+    Image.fromarray(deep).save(tmp_path / "d16.png")
+    got = read_map(tmp_path / "d16.png", "depth[0]")
+    assert got.shape == (48, 48, 1) and np.array_equal(got[..., 0].astype(np.int64), deep.astype(np.int64))
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3:6] = True
+    Image.fromarray(mask).convert("1").save(tmp_path / "m1.png")
+    for item in (tmp_path / "m1.png", Image.open(tmp_path / "m1.png")):
+        got = read_map(item, "depth[0]")
+        assert got.dtype == np.uint8 and np.array_equal(got[..., 0] > 0, mask)
+
+
+def test_map_files_obey_the_image_limits_naming_the_input(tmp_path):
+    from safe.processing.images import ImageInputError, ImageTooLargeError
+    from safe.processing.modalities import read_map
+
+    with pytest.raises(ImageTooLargeError, match=r"^depth\[1\]: cannot read the map .*wide.png: a 16385x1 image"):
+        read_map(_png_header_only(tmp_path / "wide.png", 16385, 1), "depth[1]")
+    with pytest.raises(ImageTooLargeError, match=r"^depth\[1\]: cannot read the map .*bomb.png: .*larger than"):
+        read_map(_png_header_only(tmp_path / "bomb.png", 60000, 60000), "depth[1]")  # Pillow's bomb check
+    Image.new("L", (16, 16)).save(tmp_path / "m.ico")
+    with pytest.raises(ImageInputError, match=r"^depth\[2\]: cannot read the map .*m.ico: .*allowed: PNG"):
+        read_map(tmp_path / "m.ico", "depth[2]")

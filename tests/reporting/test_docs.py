@@ -78,7 +78,8 @@ def test_results_page_holds_every_figure_of_the_long_table(metrics):
     assert rows["Eval: FLOPs per query, audio encoder included: base / always-audio / policy"] == \
         "29.5 M / 54.9 M / 41.5 M (20 of the 64 counted rows used audio)"
     assert rows["Eval: SNR sweep, audio accuracy"].endswith("(clean / -10 / 0 / 10 / 20 / 30 dB)")
-    assert rows["Eval: VL answers changed with the gate forced open and audio-question clips attached"] == "1 of 780"
+    assert rows["Eval: irrelevance stress, VL questions with random other rows' clips: policy false positives / VL "
+                "answers changed with the gate forced open"] == "0.030 / 1 of 780"
     assert rows["Eval: the proposal's targets (stage gates, docs/design.md)"] == "3 of 3 PASS"
     for title in ("Per family after Stage A", "Stages B and C: policy vs baselines", "Pareto points of the PPO policy",
                   "Deployed gate, measured end to end", "Evaluation: retention", "Evaluation: stage gates",

@@ -52,8 +52,8 @@ def test_data_check_reports_every_split(setup, capsys):
     spec = setup[0]
     assert main(["data", "check", str(spec)]) == 0
     out = capsys.readouterr().out
-    assert "train: 28 rows" in out and "test: 12 rows" in out and "val: 8 rows" in out
-    assert "retention (derived: train's VL-only rows): 8 rows" in out
+    assert "train: 24 rows" in out and "test: 12 rows" in out and "val: 8 rows" in out
+    assert "retention (held out of train's VL-only rows; train no longer has them): 4 rows" in out
     assert "tasks: clotho 2, gqa 4, music_avqa 4, vggsound 2" in out
     assert "safe policy train: ok (train, val, test)" in out
 
@@ -65,7 +65,8 @@ def test_train_policy_eval_end_to_end(setup, capsys):
     a = metrics["stage_a"]
     assert a["frozen_byte_identical"] and a["answers_identical_gate_closed"] == 1.0
     assert a["config"]["audio_share"] == 0.5 and a["steps"] == 4  # the spec's audio_share reached the recipe
-    assert a["data"]["splits"]["train"]["tasks"] == {"audiocaps": 8, "avqa": 8, "vggsound": 4, "vqav2": 8}
+    assert a["data"]["splits"]["train"]["tasks"] == {"audiocaps": 8, "avqa": 8, "vggsound": 4, "vqav2": 4}
+    assert a["retention_buffer"]["rows"] == 4 and "held out of train" in a["retention_buffer"]["source"]
     assert (run / "checkpoints" / "final" / "safe_config.json").is_file()
     record = json.loads((run / "run.json").read_text())  # what the later stages take when not told again
     assert record["base"] == str(base) and record["audio"] == str(audio) and record["data"] == str(spec)
@@ -73,9 +74,12 @@ def test_train_policy_eval_end_to_end(setup, capsys):
 
     # Only --data and --run-dir: the run's base and encoder; another encoder or other data is refused.
     only = ["--data", str(spec), "--run-dir", str(run)]
-    assert main(["policy", "train", *only, "--audio", str(base)]) == 2
+    # 4 steps of Stage A miss the Stage 2 gate: Stage B goes on only when asked to
+    assert main(["policy", "train", *only]) == 2 and "Stage 2 gate" in capsys.readouterr().err
+    go_on = "--continue-on-gate-failure"
+    assert main(["policy", "train", *only, go_on, "--audio", str(base)]) == 2
     assert "--audio" in capsys.readouterr().err
-    assert main(["policy", "train", *only, "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
+    assert main(["policy", "train", *only, go_on, "--steps", "3", "--alphas", "0.0", "--alpha", "0.0",
                  "--seeds", "1", "--train-rows", "8", "--cost-batch", "8", "--distill-epochs", "2",
                  "--latency-batches", "12"]) == 0, capsys.readouterr().err
     policy = json.loads((run / "metrics.json").read_text())["policy"]

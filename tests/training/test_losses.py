@@ -17,6 +17,7 @@ from safe.training.losses import (
     answer_positions,
     named_trainable_parameters,
     retention_kl,
+    sample_answer_labels,
 )
 
 LN3, LN4 = math.log(3.0), math.log(4.0)
@@ -148,6 +149,23 @@ def test_loss_argument_errors_name_the_argument():
         retention_kl(logits, logits[:, :, :1], labels)
     with pytest.raises(ValueError, match="labels"):
         answer_positions(labels.float())
+
+
+def test_sampled_labels_follow_the_base_not_the_gold():
+    """The Fisher's labels are drawn from the base's predictive distribution at each answer position."""
+    labels = torch.tensor([[-100, -100, 3, 4], [-100, 5, -100, -100]])
+    logits = torch.zeros(2, 4, 9)
+    logits[..., 7] = 60.0  # the base is sure of token 7 everywhere
+    out = sample_answer_labels(logits, labels, torch.Generator().manual_seed(0))
+    assert out.tolist() == [[-100, -100, 7, 7], [-100, 7, -100, -100]]
+    assert labels.tolist() == [[-100, -100, 3, 4], [-100, 5, -100, -100]]  # the gold labels untouched
+    two = torch.full((1, 401, 9), -60.0)
+    two[..., 1] = two[..., 2] = 0.0  # an even choice between tokens 1 and 2 at 400 answer positions
+    wide = torch.cat([torch.tensor([[-100]]), torch.full((1, 400), 3)], dim=1)
+    drawn = sample_answer_labels(two, wide, torch.Generator().manual_seed(0))[0, 1:]
+    assert set(drawn.tolist()) == {1, 2} and 150 < int((drawn == 1).sum()) < 250
+    again = sample_answer_labels(two, wide, torch.Generator().manual_seed(0))[0, 1:]
+    assert torch.equal(drawn, again)  # a seeded draw: a resumed run draws the same labels
 
 
 # --------------------------------------------------------------------------------------------

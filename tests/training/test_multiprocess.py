@@ -22,7 +22,7 @@ from safe.cli import main
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 RECIPE = ["--stage_a.warmup_steps", "1", "--stage_a.batch_size", "8", "--stage_a.retention_examples", "8",
-          "--stage_a.lambda_fisher", "0.5", "--stage_a.fisher_batches", "1", "--stage_a.lr_gates", "0.05",
+          "--stage_a.lambda_fisher", "0.5", "--stage_a.fisher_examples", "2", "--stage_a.lr_gates", "0.05",
           "--stage_a.safe.num_audio_tokens", "4"]
 TOLERANCE = 1e-5
 
@@ -30,7 +30,8 @@ TOLERANCE = 1e-5
 def _args(bench, base, run, steps: int, every: int) -> list[str]:
     return ["train", "--tiny", "--data", str(bench), "--base", str(base), "--run-dir", str(run), *RECIPE,
             "--stage_a.steps", str(steps), "--stage_a.checkpoint_every", str(every),
-            "--stage_a.retention_every", str(every), "--stage_a.fisher_every", str(every)]
+            "--stage_a.retention_every", str(every), "--stage_a.fisher_every", str(every),
+            "--stage_a.fisher_warmup", str(every)]
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:

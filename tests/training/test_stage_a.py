@@ -11,7 +11,7 @@ from safe.training.config import load_stage_a_config
 from safe.training.stage_a import ResumeMismatch
 
 FAST = ["steps=12", "warmup_steps=2", "batch_size=8", "retention_every=4", "retention_examples=12",
-        "checkpoint_every=5", "lambda_fisher=0.5", "fisher_every=3", "fisher_batches=2", "lr_gates=0.05",
+        "checkpoint_every=5", "lambda_fisher=0.5", "fisher_warmup=3", "fisher_every=3", "fisher_examples=4", "lr_gates=0.05",
         "safe.fusion_layers=[0, 1]", "safe.num_audio_tokens=4"]
 
 
@@ -43,6 +43,12 @@ def test_training_moves_only_safe_weights_and_starts_silent(tiny_builtin, tmp_pa
     # EWC: zero until the first Fisher estimate (after step 3), positive once the weights left the anchor
     assert all(h["loss_fisher"] == 0.0 for h in m["history"][:3])
     assert all(h["loss_fisher"] > 0.0 for h in m["history"][3:])
+    # the estimate waited for the gates to open: the adapters' and projector's Fisher is not zero
+    state = torch.load(tmp_path / "checkpoints" / "step_000012" / "trainer_state.pt", weights_only=True)["fisher"]
+    fisher = {k[len("fisher/"):]: v for k, v in state.items() if k.startswith("fisher/")}
+    assert int(state["num_estimates"]) == 4  # after step 3, refreshed at 6, 9 and 12
+    for part in ("projector.", "adapters."):
+        assert sum(float(v.sum()) for k, v in fisher.items() if k.startswith(part) and "gate" not in k) > 0
     assert m["frozen_hashes_before"] == m["frozen_hashes_after"]
     gates = [v for k, v in _weights(tmp_path).items() if k.endswith("gate.value")]
     assert gates and all(float(g) != 0.0 for g in gates)  # the gates learned to open

@@ -58,10 +58,19 @@ class AdapterInjector:
     def __init__(self, layers: nn.ModuleList,
                  adapters: dict[int, GatedCrossAttention | list[tuple[str, GatedCrossAttention]]]) -> None:
         self.layers = layers
-        self.adapters = {i: (list(a) if isinstance(a, (list, tuple)) else [("audio", a)]) for i, a in adapters.items()}
         self._contexts: dict[str, AudioContext] = {}
         self.disabled = False
         self._handles: list = []
+        self.set_adapters(adapters)
+
+    def set_adapters(self, adapters: dict[int, GatedCrossAttention | list[tuple[str, GatedCrossAttention]]]) -> None:
+        """Replace the adapters (a modality added or removed), re-hooking the layers if attached. The active
+        contexts and :attr:`disabled` are kept: a block entered before the change stays in force after it."""
+        attached = self.attached
+        self.detach()
+        self.adapters = {i: (list(a) if isinstance(a, (list, tuple)) else [("audio", a)]) for i, a in adapters.items()}
+        if attached:
+            self.attach()
 
     @property
     def context(self) -> dict[str, AudioContext] | None:
@@ -105,6 +114,8 @@ class AdapterInjector:
                     tokens, rows = tokens.to(current.device), rows.to(current.device)
                 opened = current.index_select(0, rows)
                 fused = opened + adapter(opened, tokens)
+                if not needs_grad:  # a zero gate is the base even if is_zero could not see the write (no sync)
+                    fused = torch.where(adapter.gate.value == 0, opened, fused)
                 new_hidden = current.index_copy(0, rows, fused)
             if new_hidden is None:
                 return None

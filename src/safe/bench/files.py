@@ -213,5 +213,10 @@ class BuiltinSource:
         """:func:`benchmark_fingerprint` of the folder."""
         return benchmark_fingerprint(self.root)
 
+    def retention_source(self) -> dict:
+        """Where the retention buffer comes from and its size (a run records it in ``metrics.json``)."""
+        return {"source": "the built-in benchmark's retention split (scenes generated apart from train)",
+                "rows": len(self.split("retention")), "held_out": True}
+
     def __repr__(self) -> str:
         return f"BuiltinSource({str(self.root)!r})"

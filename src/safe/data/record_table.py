@@ -269,6 +269,11 @@ class RecordView(Sequence):
     def __len__(self) -> int:
         return len(self._pos)
 
+    @property
+    def positions(self) -> np.ndarray:
+        """The file rows this view shows, in its order (int64)."""
+        return np.asarray(self._pos, dtype=np.int64)
+
     def _file_positions(self, start: int, stop: int) -> Sequence[int]:
         return self._pos[start:stop]
 

@@ -17,12 +17,15 @@ Example (paths relative to the spec file's folder, or absolute)::
     cache_dir: .safe_cache              # embedding cache and stand-in image (default: beside the spec;
                                         # the top-level form: its source's own, e.g. the benchmark's)
     pairing: {stand_in_image: black}    # or an image file: the picture of rows that have none
+    retention_size: 10000  # without a retention: list, this many of train's VL rows are held out
 
 Splits: ``train``, ``val``, ``test`` (each a list of sources), and optionally ``retention`` and
 ``ood_test``. The stages read: ``safe train`` / ``safe ablate`` -> train, retention, test; ``safe
 policy train`` -> train, val, test; ``safe eval`` -> test (and ood_test when present). When the spec
-has no ``retention`` list, retention is derived: the VL-only rows (``needs_audio`` false) of train,
-with their paired clips (the buffer of the retention KL with the gate open).
+has no ``retention`` list, the retention buffer (where Stage A measures VL accuracy for its floor and
+estimates its Fisher) is held out of train: ``retention_size`` (default 10,000) of train's VL-only rows
+(``needs_audio`` false), at most half of them, picked by a hash of ``(seed, id)``, with their paired
+clips; train then excludes those rows.
 
 A source is ``{reader, root, split, limit, skip_bad, verify_media, ...reader options}``. Readers
 (:data:`LAYOUTS`): ``vqav2``, ``gqa``, ``avqa``, ``music_avqa``, ``audiocaps``, ``clotho``,
@@ -62,7 +65,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test", "retention", "ood_test")
 #: Fields of a source entry every reader takes.
 ENTRY_FIELDS: tuple[str, ...] = ("reader", "root", "split", "limit", "skip_bad", "verify_media")
 #: Top-level settings of a spec (besides the splits).
-SETTINGS: tuple[str, ...] = ("audio_share", "seed", "skip_bad", "verify_media", "cache_dir", "pairing")
+SETTINGS: tuple[str, ...] = ("audio_share", "seed", "skip_bad", "verify_media", "cache_dir", "pairing",
+                             "retention_size")
+#: Rows of a retention buffer carved out of train when the spec lists no retention split (at most half of
+#: train's VL-only rows, so training keeps VL rows of its own).
+RETENTION_SIZE = 10_000
 PAIRING_FIELDS: tuple[str, ...] = ("stand_in_image",)
 
 
@@ -154,11 +161,13 @@ class DataSpec:
     audio_share: float | None = None
     stand_in_image: str | Path = "black"
     path: Path | None = None
+    retention_size: int = RETENTION_SIZE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the fingerprint's input): every resolved path and option."""
         return {"splits": {k: [e.to_dict() for e in v] for k, v in self.splits.items()}, "seed": self.seed,
-                "audio_share": self.audio_share, "stand_in_image": str(self.stand_in_image)}
+                "audio_share": self.audio_share, "stand_in_image": str(self.stand_in_image),
+                "retention_size": self.retention_size}
 
     def canonical(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -349,6 +358,7 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
                                     or not 0 < audio_share < 1):
         raise SpecError(f"audio_share: expected a number strictly between 0 and 1, got {_show(audio_share)}")
     seed = _int("seed", raw.get("seed", 0), 0)
+    retention_size = _int("retention_size", raw.get("retention_size", RETENTION_SIZE), 1)
     pairing = raw.get("pairing", {}) or {}
     if not isinstance(pairing, Mapping):
         raise SpecError(f"pairing: expected a mapping like {{stand_in_image: black}}, got {_show(pairing)}")
@@ -367,7 +377,8 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any], *, base_dir: str | os
         cache = Path(open_source(entry.reader, entry.root, **entry.options).cache_dir)
     else:
         cache = base / ".safe_cache"
-    return DataSpec(splits, cache, seed, None if audio_share is None else float(audio_share), stand_in, path)
+    return DataSpec(splits, cache, seed, None if audio_share is None else float(audio_share), stand_in, path,
+                    retention_size)
 
 
 def is_spec_file(path: str | os.PathLike) -> bool:

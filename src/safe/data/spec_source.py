@@ -170,7 +170,7 @@ class SpecSource:
     every record has an existing image and clip (the pairing rules of the module docstring) and a
     split-unique id; ``split`` raises ``ValueError`` (:class:`SpecError`) for a split the spec does not
     give and for a split that is empty after skips. ``retention`` exists when the spec lists it or train
-    has VL-only rows. :meth:`fingerprint` covers the resolved spec, every record of every split and the
+    has VL-only rows (then it is held out: those rows leave train, see :meth:`_held_out`). :meth:`fingerprint` covers the resolved spec, every record of every split and the
     size and mtime of every medium. :meth:`reports` gives, per split, what each source read and skipped
     (``safe data check`` prints it). Memory does not grow with the number of rows.
 
@@ -189,6 +189,8 @@ class SpecSource:
         self._keys: dict[str, str] = {}
         self._sources: dict[tuple[str, str], Any] = {}
         self._fingerprint: str | None = None
+        self._held: np.ndarray | None = None  # train positions held out as the retention buffer
+        self._train_view: RecordView | None = None
 
     def __repr__(self) -> str:
         return f"SpecSource({str(self.spec.path) if self.spec.path else 'mapping'!r})"
@@ -385,13 +387,48 @@ class SpecSource:
             return len(self._retention()) > 0
         return False
 
+    def _held_out(self) -> np.ndarray:
+        """Positions in train's table of the retention buffer carved out of it (the spec lists no retention
+        split): ``retention_size`` of its VL-only rows, at most half, those with the smallest
+        ``sha256(seed:retention:id)`` (independent of the rows' order), in file order."""
+        if self._held is None:
+            table = self._table("train")
+            vl = table.where("needs_audio", 0)
+            n = min(self.spec.retention_size, len(vl) // 2)
+            keys = [(hashlib.sha256(f"{self.spec.seed}:retention:{i}".encode()).digest(), k)
+                    for k, i in enumerate(vl.column("id"))]
+            chosen = sorted(k for _, k in heapq.nsmallest(n, keys))
+            self._held = vl.positions[chosen] if chosen else np.zeros(0, np.int64)
+        return self._held
+
     def _retention(self) -> RecordView:
         if "retention" not in self._views:
-            self._views["retention"] = self._table("train").where("needs_audio", 0)
+            self._views["retention"] = self._table("train").take(self._held_out())
         return self._views["retention"]
 
+    def _train(self) -> RecordView:
+        """Train without the rows held out for the retention buffer (all of train when the spec lists one)."""
+        if "retention" in self.spec.splits:
+            return self._table("train")
+        if self._train_view is None:
+            table = self._table("train")
+            self._train_view = table.take(np.setdiff1d(np.arange(len(table), dtype=np.int64), self._held_out()))
+        return self._train_view
+
+    def retention_source(self) -> dict[str, Any]:
+        """Where the retention buffer comes from and its size (a run records it in ``metrics.json``)."""
+        rows = len(self.split("retention"))
+        if "retention" in self.spec.splits:
+            return {"source": "the spec's retention: split", "rows": rows, "held_out": True}
+        return {"source": f"held out of train: {rows} of its VL-only rows (retention_size "
+                          f"{self.spec.retention_size}, at most half), excluded from train", "rows": rows,
+                "held_out": True}
+
     def split(self, name: str) -> RecordView:
-        """The records of split ``name``, paired (module docstring), as a lazy read-only sequence."""
+        """The records of split ``name``, paired (module docstring), as a lazy read-only sequence; without a
+        ``retention`` list, ``train`` lacks the rows held out as the retention buffer."""
+        if name == "train" and self.has_split("train"):
+            return self._train()
         if name in self.spec.splits and self.has_split(name):
             return self._table(name)
         if name == "retention" and "train" in self.spec.splits:

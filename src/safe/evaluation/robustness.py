@@ -1,4 +1,5 @@
-"""Signal perturbations for robustness measurements (generic: no dataset knowledge)."""
+"""Signal perturbations for robustness measurements (generic: no dataset knowledge): white noise, and
+background sounds taken from the data's own other clips (:func:`mix_background`), at a given SNR."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,4 +18,27 @@ def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndar
     return (x + noise).astype(np.float32)
 
 
-__all__ = ["add_noise"]
+def mix_background(x: np.ndarray, background: np.ndarray, snr_db: float) -> np.ndarray:
+    """Return clip ``x`` with ``background`` (another clip: a real sound, not white noise) mixed in at
+    ``snr_db`` dB below ``x``'s mean power, as float32. The background is tiled or cut to ``x``'s length;
+    a silent ``x`` or a silent background leaves ``x`` unchanged."""
+    x = np.asarray(x, dtype=np.float64)
+    b = np.asarray(background, dtype=np.float64).reshape(-1)
+    if x.size == 0 or b.size == 0:
+        return x.astype(np.float32)
+    b = np.resize(b, x.shape[-1])  # tiles a short background, cuts a long one
+    px, pb = float(np.mean(x**2)), float(np.mean(b**2))
+    if px == 0.0 or pb == 0.0:
+        return x.astype(np.float32)
+    return (x + b * np.sqrt(px / (pb * 10.0 ** (float(snr_db) / 10.0)))).astype(np.float32)
+
+
+def other_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    """For each of ``n`` rows a random *other* row (uniform over the ``n - 1`` others; row 0 for ``n`` = 1)."""
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    pick = rng.integers(0, n - 1, size=n)
+    return pick + (pick >= np.arange(n))  # skips the row itself
+
+
+__all__ = ["add_noise", "mix_background", "other_rows"]

@@ -33,9 +33,27 @@ def resolve_fusion_layers(config: SAFEConfig, backbone: Backbone) -> list[int]:
     return sorted(set(layers))
 
 
-def check_modality_name(name: str) -> str:
-    if not isinstance(name, str) or not name.isidentifier() or not name.islower() or "__" in name:
-        raise ValueError(f"modality name must be a lower-case identifier such as 'depth', got {name!r}")
+BASE_INPUT_PREFIXES = ("input", "inputs", "image", "images", "video", "pixel", "audio_input", "vision", "attention",
+                       "decoder_attention", "encoder", "token_type")
+"""Prefixes of base-model arguments (``input_features``, ``pixel_mask``, ``attention_mask``, ``image_embeddings``,
+...): a modality of such a name would take the base's own inputs, so none may be named so."""
+
+NAME_RULE = ("a modality name must be a lower-case identifier without '__' (such as 'depth'), not an attribute "
+             "of torch.nn.Module / nn.ModuleDict ('train', 'to', 'keys', ...) and not the prefix of a base-model "
+             "input ({name}_features / _mask / _embeddings taken by the base, e.g. 'input', 'image', 'pixel', "
+             "'attention')")
+
+
+def check_modality_name(name: str, base_inputs: frozenset[str] | set[str] = frozenset()) -> str:
+    """``name`` if it follows :data:`NAME_RULE`; ``base_inputs``: the base model's own argument names, so a
+    modality never takes one of them (``<name>_mask`` would otherwise swallow the base's argument)."""
+    ok = isinstance(name, str) and name.isidentifier() and name.islower() and "__" not in name
+    if ok:
+        taken = {f"{name}_{s}" for s in INPUT_SUFFIXES} & set(base_inputs)
+        # a ModuleDict holds the branches: an attribute name there would shadow a method (or be refused)
+        ok = not hasattr(nn.ModuleDict(), name) and name not in BASE_INPUT_PREFIXES and not taken
+    if not ok:
+        raise ValueError(f"invalid modality name {name!r}: {NAME_RULE}")
     return name
 
 

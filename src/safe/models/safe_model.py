@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import tempfile
@@ -62,6 +63,8 @@ class SAFEModel(nn.Module):
         super().__init__()
         self.config = config or SAFEConfig()
         backbone: Backbone = resolve_backbone(base_model)
+        # "audio" is SAFE's own (its forward takes audio_* by name), whatever the base's forward takes
+        check_modality_name(modality, set() if modality == "audio" else _base_inputs(base_model))
         self.base_model = base_model
         self.base_model.requires_grad_(False)
         self.base_model.eval()
@@ -78,16 +81,16 @@ class SAFEModel(nn.Module):
         self.signature = {**backbone.signature, "audio_encoder": self.audio_encoder.kind,
                           "audio_dim": self.audio_encoder.output_dim}
         self.policy: nn.Module | None = None
-        self._injector = self._make_injector()
+        self._injector = AdapterInjector(self.backbone.decoder_layers, self._adapter_layers())
         self._injector.attach()
         self._audio_off = False
 
-    def _make_injector(self) -> AdapterInjector:
+    def _adapter_layers(self) -> dict[int, list]:
         layers: dict[int, list] = {}
         for name, branch in self._branches.items():  # insertion order: the order adapters compose in
             for i in branch.fusion_layers:
                 layers.setdefault(i, []).append((name, branch.adapters[str(i)]))
-        return AdapterInjector(self.backbone.decoder_layers, dict(sorted(layers.items())))
+        return dict(sorted(layers.items()))
 
     # ------------------------------------------------------------------------------------------
     # modalities
@@ -106,18 +109,19 @@ class SAFEModel(nn.Module):
         protocol module, or a list of them for an ensemble) and fresh projector / adapters built from
         ``config`` (default the primary's). Rows that do not use it are unaffected, and its gates start
         at ``config.gate_init`` (0: the new modality changes nothing until trained)."""
-        name = check_modality_name(name)
+        name = check_modality_name(name, _base_inputs(self.base_model))
         if name in self._branches or hasattr(self, f"{name}_projector"):
             raise ValueError(f"modality {name!r} already exists (this model has {self.modality_names})")
+        if name == "audio":  # audio_features / audio_mask / audio_context address the primary modality
+            raise ValueError(f"the name 'audio' is reserved for the primary modality (the audio_* arguments and "
+                             f"audio_context address it; here it is {self.primary_modality!r}): name the added "
+                             "modality otherwise, e.g. 'sound'")
         # on the base's device now (the model may have moved since it was built)
         branch = ModalityBranch(name, encoder, config or self.config, self.backbone, self._device_of_base())
         self.modalities[name] = branch
         self._branches[name] = branch
-        attached = self._injector.attached
-        self._injector.detach()
-        self._injector = self._make_injector()
-        if attached:
-            self._injector.attach()
+        # the same injector, re-hooked: contexts active around this call and audio_disabled() stay in force
+        self._injector.set_adapters(self._adapter_layers())
         return branch
 
     def load_modality(self, name: str, path: str | os.PathLike, encoder) -> ModalityBranch:
@@ -146,11 +150,8 @@ class SAFEModel(nn.Module):
             raise ValueError(f"cannot remove modality {name!r}: only added modalities ({list(self.modalities)}) can be")
         del self.modalities[name]
         del self._branches[name]
-        attached = self._injector.attached
-        self._injector.detach()
-        self._injector = self._make_injector()
-        if attached:
-            self._injector.attach()
+        # the same injector, re-hooked: contexts active around this call and audio_disabled() stay in force
+        self._injector.set_adapters(self._adapter_layers())
 
     # ------------------------------------------------------------------------------------------
     # parts and modes
@@ -201,8 +202,9 @@ class SAFEModel(nn.Module):
         every modality) to ``value`` (0 closes them)."""
         names = self.modality_names if modality == "all" else [modality or self.primary_modality]
         for name in names:
-            for g in self.gates(name).values():
+            for i, g in self.gates(name).items():
                 g.fill_(value)
+                self.modality(name).adapters[str(i)].gate.invalidate()
 
     @property
     def audio_encoder_calls(self) -> int:
@@ -294,7 +296,7 @@ class SAFEModel(nn.Module):
 
     def _split_inputs(self, kwargs: dict, audio: dict) -> dict[str, dict]:
         """Pop each modality's ``<name>_features`` / ``_mask`` / ``_embeddings`` from ``kwargs``; the
-        ``audio_*`` arguments address the primary modality (unless a modality is named ``audio``)."""
+        ``audio_*`` arguments address the primary modality (no added modality may be named ``audio``)."""
         out = {name: {} for name in self._branches}
         for name in self._branches:
             for suffix in INPUT_SUFFIXES:
@@ -445,6 +447,14 @@ class SAFEModel(nn.Module):
             model.remove_hooks()
             raise
         return model
+
+
+def _base_inputs(base_model: nn.Module) -> set[str]:
+    """The names of the base model's forward arguments (a modality must not take one as its own input)."""
+    try:
+        return set(inspect.signature(base_model.forward).parameters)
+    except (TypeError, ValueError):  # a forward without an inspectable signature: rely on the fixed list
+        return set()
 
 
 POLICY_CLASS = "safe.policy.runtime:AudioPolicy"

@@ -57,8 +57,9 @@ def check_size(im: Image.Image, name: str, max_width: int, max_height: int) -> N
 
 
 def read_image(source: Any, name: str = "image", *, max_width: int = FILE_MAX_SIDE, max_height: int = FILE_MAX_SIDE,
-               formats: tuple[str, ...] | None = FILE_FORMATS) -> Image.Image:
-    """A path, ``bytes`` or binary file-like object -> an RGB image, under the module docstring's rules."""
+               formats: tuple[str, ...] | None = FILE_FORMATS, mode: str | None = "RGB") -> Image.Image:
+    """A path, ``bytes`` or binary file-like object -> an RGB image, under the module docstring's rules.
+    ``mode=None`` keeps the decoded mode (16-bit or float maps stay as they are); the file is closed."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
@@ -71,7 +72,7 @@ def read_image(source: Any, name: str = "image", *, max_width: int = FILE_MAX_SI
             if im.size != declared:  # a decoder that found more than the header said
                 raise ImageTooLargeError(f"{name}: the image decodes to {im.size[0]}x{im.size[1]}, not the "
                                          f"{declared[0]}x{declared[1]} its header declares", im.size)
-            return im.convert("RGB")
+            return im.convert(mode) if mode else im
     except ImageInputError:
         raise
     except Image.DecompressionBombError as err:  # Pillow's own header check fired first (a gigantic canvas)

@@ -16,19 +16,41 @@ import numpy as np
 import torch
 from PIL import Image
 
+from safe.processing.images import ImageInputError, ImageTooLargeError, read_image
+
+_KEPT_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+"""Decoded image modes kept as they are (8-bit, 16-bit, 32-bit integer and float maps); others (1-bit,
+palette, CMYK, ...) are converted to 8-bit grey or RGB first."""
+
+
+def _image_file_map(path: Path, name: str) -> np.ndarray:
+    """An image file as an array, under :func:`safe.processing.images.read_image`'s format allowlist and side
+    limits (the file is closed before returning)."""
+    im = read_image(path, name, mode=None)
+    if im.mode not in _KEPT_MODES:
+        im = im.convert("L" if im.mode == "1" else "RGB")  # a 1-bit map -> 0 / 255 grey, a palette -> colours
+    return np.asarray(im)
+
 
 def read_map(item: Any, name: str) -> np.ndarray:
-    """One map as an ``(H, W, C)`` array (channels last)."""
+    """One map as an ``(H, W, C)`` array (channels last). An image file is read with the image inputs'
+    allowed formats (:data:`~safe.processing.images.FILE_FORMATS`) and side limit
+    (:data:`~safe.processing.images.FILE_MAX_SIDE`); 16-bit and float images keep their values."""
     try:
         if isinstance(item, (str, os.PathLike)):
             path = Path(item)
-            arr = np.load(path) if path.suffix == ".npy" else np.asarray(Image.open(path))
+            arr = np.load(path) if path.suffix == ".npy" else _image_file_map(path, name)
         elif isinstance(item, Image.Image):
-            arr = np.asarray(item)
+            arr = np.asarray(item.convert("L") if item.mode == "1" else item)
         elif isinstance(item, torch.Tensor):
             arr = item.detach().cpu().numpy()
         else:
             arr = np.asarray(item)
+    except ImageInputError as err:  # one error naming the input, as for any other unreadable map
+        reason = str(err).removeprefix(f"{name}: ")
+        message = f"{name}: cannot read the map {item}: {reason}"
+        raise (ImageTooLargeError(message, err.size) if isinstance(err, ImageTooLargeError)
+               else ImageInputError(message)) from None
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{name}: cannot read the map {item if isinstance(item, (str, os.PathLike)) else ''}: "
                          f"{err}") from err

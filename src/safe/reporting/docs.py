@@ -225,7 +225,10 @@ def _flops(m: Mapping) -> str:
 def _snr(m: Mapping) -> str:
     sweep = _at(m, "eval", "robustness", "snr_sweep")
     head = " / ".join("clean" if r["snr_db"] is None else f"{r['snr_db']:g}" for r in sweep)
-    return f"{' / '.join(_f(r['audio_accuracy']) for r in sweep)} ({head} dB)"
+    white = f"white noise {' / '.join(_f(r['audio_accuracy']) for r in sweep)}"
+    if all("background_audio_accuracy" in r for r in sweep):  # runs from before the background sweep lack it
+        white += f"; other clips as background {' / '.join(_f(r['background_audio_accuracy']) for r in sweep)}"
+    return f"{white} ({head} dB)"
 
 
 def _gates(m: Mapping) -> str:
@@ -299,8 +302,10 @@ def _measures(m: Mapping) -> list[Row]:
         ("Eval: misaligned clips / held-out sound kinds (audio accuracy)",
          lambda m: f"{_f(_at(m, 'eval', 'robustness', 'misaligned', 'audio_accuracy'))} / "
          f"{_f(_at(m, 'eval', 'robustness', 'ood_sounds', 'audio_accuracy'))}"),
-        ("Eval: VL answers changed with the gate forced open and audio-question clips attached",
-         lambda m: f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'answers_changed'))} of "
+        ("Eval: irrelevance stress, VL questions with random other rows' clips: policy false positives / VL "
+         "answers changed with the gate forced open",
+         lambda m: f"{_f(_at(m, 'eval', 'robustness', 'irrelevant', 'false_positive_rate'))} / "
+         f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'answers_changed'))} of "
          f"{fmt(_at(m, 'eval', 'robustness', 'irrelevant', 'n'))}"),
         ("Eval: the proposal's targets (stage gates, docs/design.md)", _gates),
     ]

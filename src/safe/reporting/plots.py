@@ -134,14 +134,15 @@ def snr_plot(sweep: Sequence[Mapping[str, Any]] | None) -> bytes | None:
     rows = [r for r in sweep or () if isinstance(r, Mapping)]
     fig, (ax,) = _figure()
     drawn = False
-    for key, color in (("audio_accuracy", "tab:blue"), ("vl_accuracy", "tab:green")):
+    for key, color in (("audio_accuracy", "tab:blue"), ("background_audio_accuracy", "tab:orange"),
+                       ("vl_accuracy", "tab:green")):
         line = sorted((_num(r.get("snr_db")), _num(r.get(key))) for r in rows
                       if _num(r.get("snr_db")) is not None and _num(r.get(key)) is not None)
         if line:
             ax.plot(*zip(*line), marker="o", color=color, label=key.replace("_", " "))
             drawn = True
         clean = [_num(r.get(key)) for r in rows if r.get("snr_db") is None]
-        if clean and clean[0] is not None:
+        if clean and clean[0] is not None and key != "background_audio_accuracy":  # the same clean line
             ax.axhline(clean[0], color=color, linestyle="--", linewidth=1,
                        label=f"{key.replace('_', ' ')} (clean)")
             drawn = True

@@ -306,8 +306,10 @@ def _robustness(m: Mapping, figs: Figures) -> str:
     sweep = [s for s in r.get("snr_sweep") or () if isinstance(s, Mapping)]
     if sweep:
         rows = [["clean" if s.get("snr_db") is None else fmt(s.get("snr_db"), 1),
-                 fmt(s.get("audio_accuracy")), fmt(s.get("vl_accuracy"))] for s in sweep]
-        parts += [h3("SNR sweep"), table(["SNR (dB)", "audio accuracy", "VL accuracy"], rows),
+                 fmt(s.get("audio_accuracy")), fmt(s.get("background_audio_accuracy")), fmt(s.get("vl_accuracy"))]
+                for s in sweep]
+        parts += [h3("SNR sweep"), table(["SNR (dB)", "audio accuracy (white noise)",
+                                          "audio accuracy (other clips as background)", "VL accuracy"], rows),
                   _img(figs, "snr_sweep")]
     for key, title in (("misaligned", "Misaligned audio"), ("irrelevant", "Irrelevant audio"),
                        ("ood_sounds", "Unseen sounds")):

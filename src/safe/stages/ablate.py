@@ -38,7 +38,7 @@ class AblateConfig(DataOptions):
     """Seeds per entry (mean and 95% CI over seeds)."""
     only: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
     """Run only this entry (repeatable); entries: "reference", "no retention loss", "k=4", "k=8", "k=12",
-    "k=16", "rank=4", "rank=16", "no dense block"."""
+    "k=16", "rank=4", "rank=16", "no dense block", "no Fisher", "no curriculum"."""
     split: str = "test"
     """Benchmark split the entries are scored on."""
 

@@ -216,3 +216,17 @@ class StageLog:
             self.mark(mark)
         return result
 
+
+
+def check_gate(run_dir, gate: dict, continue_anyway: bool) -> bool:
+    """Record ``gate`` under ``metrics.json``'s ``gates`` (by its name) in ``run_dir`` and return whether it
+    passed; a failed gate raises :class:`~safe.evaluation.gates.GateFailed` (naming it) unless
+    ``continue_anyway`` (``--continue-on-gate-failure``), when the record says the run went on anyway."""
+    from safe.evaluation.gates import require
+    from safe.runs import RunDir
+
+    run = RunDir(run_dir)
+    gates = dict(run.metrics().get("gates") or {})
+    gates[gate["gate"]] = {**gate, "continued_anyway": bool(continue_anyway and not gate["passed"])}
+    run.record("gates", gates)
+    return require(gate, continue_anyway)

@@ -51,7 +51,7 @@ class DataCheckResult(StageResult):
         lines = [f"data spec {m['spec']} (seed {m['seed']}, audio_share {share}, fingerprint {m['fingerprint']})"]
         for name, sp in m["splits"].items():
             tasks = ", ".join(f"{t} {n}" for t, n in sp["tasks"].items())
-            origin = " (derived: train's VL-only rows)" if sp["derived_from_train"] else ""
+            origin = " (held out of train's VL-only rows; train no longer has them)" if sp["derived_from_train"] else ""
             lines.append(f"{name}{origin}: {sp['rows']} rows, audio-dependent share {sp['audio_dependent_share']:.3f}; "
                          f"tasks: {tasks}; paired: {sp['paired_audio']} VL rows got an unrelated clip, "
                          f"{sp['stand_in_image']} rows the stand-in image")

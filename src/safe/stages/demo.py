@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from safe.evaluation.gates import GateFailed
 from safe.policy.features import STATE_KINDS
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
@@ -45,6 +46,9 @@ class DemoConfig(RunOptions):
     runs) or cascade (the proposal's state with the base's confidence; the base answers first)."""
     ablations: bool = False
     """Also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 5 more minutes)."""
+    continue_on_gate_failure: bool = False
+    """Go on to the next stage when a go / no-go gate fails (Stage 1 verification before Stage A; Stage 2,
+    audio gain >= 3 points with VL loss < 0.5 points, before Stage B); default: stop there and exit 1."""
     track: Literal["synthetic", "speech", "depth"] = "synthetic"
     """Benchmark track: synthetic (shapes, tones), speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
@@ -66,7 +70,19 @@ class DemoResult(StageResult):
         return self.passed
 
     def summary(self) -> str:
+        if self.metrics.get("stopped_at_gate"):
+            return (f"demo stopped after {self.metrics['seconds']:.0f} s at the {self.metrics['stopped_at_gate']}: "
+                    f"{self.metrics['gate_message']}; metrics under {self.run_dir}")
         return f"demo finished in {self.metrics['seconds']:.0f} s; metrics and report under {self.run_dir}"
+
+
+def stopped(run_dir: str, step: StageLog, failure, echo=print) -> DemoResult:
+    """The demo's result when a go / no-go gate stopped it (``failure``: a
+    :class:`~safe.evaluation.gates.GateFailed`): recorded, printed, not ok (the command exits 1)."""
+    result = DemoResult({**step.timing, "seconds": step.elapsed(), "stopped_at_gate": failure.gate["gate"],
+                         "gate_message": str(failure)}, False, run_dir)
+    RunDir(run_dir).record(result)
+    return result
 
 
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
@@ -94,11 +110,16 @@ def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     recipe = cfg.recipe or BUILTIN_RECIPE
     echo(f"\n== 4. Stage A: projector + gated adapters ({recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(bench.path), base=str(base.path))
-    step(train(make_config(TrainConfig, recipe, {**paths, "fresh": cfg.fresh})),
-         "stage_a_done_seconds")
-    echo("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
-    policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
-    step(train_policy(PolicyTrainConfig(**paths, policy=policy)), "policy_done_seconds")
+    go_on = cfg.continue_on_gate_failure
+    try:  # each stage checks the gate before it (Stage 1 before Stage A, Stage 2 before Stage B)
+        step(train(make_config(TrainConfig, recipe, {**paths, "fresh": cfg.fresh, "continue_on_gate_failure": go_on})),
+             "stage_a_done_seconds")
+        echo("\n== 5. Stages B and C: policy (PPO over measured outcomes), baselines, distilled gate ==")
+        policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state)
+        step(train_policy(PolicyTrainConfig(**paths, policy=policy, continue_on_gate_failure=go_on)),
+             "policy_done_seconds")
+    except GateFailed as failure:
+        return stopped(cfg.run_dir, step, failure, echo)
     echo("\n== 6. Evaluation protocol and report ==")
     run.record(DemoResult({**step.timing, "seconds": step.elapsed()}))
     step(evaluate(EvalConfig(**paths)))
@@ -138,11 +159,15 @@ def demo_speech(cfg: DemoConfig, echo=print) -> DemoResult:
          "verify_done_seconds")
     echo(f"\n== 5. Stage A: projector + gated adapters ({cfg.recipe}) ==")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base.path), audio=str(audio))
-    step(train(make_config(TrainConfig, cfg.recipe, {**paths, "fresh": cfg.fresh})),
-         "stage_a_done_seconds")
-    echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
-    step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state))),
-         "policy_done_seconds")
+    go_on = cfg.continue_on_gate_failure
+    try:  # the Stage 1 and Stage 2 go / no-go gates stop the run (unless --continue-on-gate-failure)
+        step(train(make_config(TrainConfig, cfg.recipe, {**paths, "fresh": cfg.fresh, "continue_on_gate_failure": go_on})),
+             "stage_a_done_seconds")
+        echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
+        step(train_policy(PolicyTrainConfig(**paths, policy=PolicyStageConfig(seeds=cfg.seeds, state=cfg.state),
+                                            continue_on_gate_failure=go_on)), "policy_done_seconds")
+    except GateFailed as failure:
+        return stopped(cfg.run_dir, step, failure, echo)
     echo("\n== 7. Evaluation protocol ==")
     step(evaluate(EvalConfig(**paths)), "eval_done_seconds")
     echo("\n== 8. The track's own figures: per voice, window check, encoder cost ==")

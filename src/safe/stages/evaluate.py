@@ -44,12 +44,12 @@ class EvalResult(StageResult):
                  "  audio accuracy [95% CI]: " + ", ".join(
                      f"{k} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in g["audio_accuracy"].items()),
                  *_per_benchmark(r, g),
-                 "  SNR sweep (audio accuracy): " + ", ".join(
+                 "  SNR sweep (audio accuracy, white noise / other clips as background): " + ", ".join(
                      f"{'clean' if p['snr_db'] is None else str(int(p['snr_db'])) + ' dB'} {p['audio_accuracy']:.3f}"
-                     for p in rob["snr_sweep"]),
+                     f" / {p.get('background_audio_accuracy', float('nan')):.3f}" for p in rob["snr_sweep"]),
                  f"  misaligned clips: audio accuracy {rob['misaligned']['audio_accuracy']:.3f} (aligned "
-                 f"{rob['misaligned']['aligned_audio_accuracy']:.3f}); irrelevant audio on VL questions: policy false "
-                 f"positives {rob['irrelevant']['false_positive_rate']:.4f}, answers changed with the gate forced open "
+                 f"{rob['misaligned']['aligned_audio_accuracy']:.3f}); irrelevant audio (other rows' clips) on VL questions: "
+                 f"policy false positives {rob['irrelevant']['false_positive_rate']:.4f}, answers changed with the gate forced open "
                  f"{rob['irrelevant']['answers_changed']} of {rob['irrelevant']['n']}"]
         if "ood_sounds" in rob:
             o = rob["ood_sounds"]

@@ -19,6 +19,9 @@ class PolicyTrainConfig(DataOptions):
     """Stage A SAFE checkpoint (default <run-dir>/checkpoints/final)."""
     policy: PolicyStageConfig = field(default_factory=PolicyStageConfig)
     """Stages B and C settings (flags --alphas, --alpha, --steps, ...)."""
+    continue_on_gate_failure: bool = False
+    """Train Stage B even when the run's Stage A misses the Stage 2 gate (audio gain >= 3 points, VL loss
+    < 0.5 points; default: stop, naming the gate)."""
 
 
 @dataclass
@@ -65,6 +68,7 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     cfg = from_run(cfg)  # base, encoder and data as `safe train` recorded them, unless given (and then matching)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"
+    _stage2(run, cfg.continue_on_gate_failure)
     data, model, fmt, frontend, cache = open_checkpoint(
         ckpt, data=cfg.data, base=cfg.base, audio=cfg.audio, load_options=load_options(cfg),
         missing=f"run `safe train --run-dir {cfg.run_dir}` first or pass --checkpoint")
@@ -80,6 +84,17 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
                            **({"data": data.summary()} if hasattr(data, "summary") else {})})
     run.record(result)
     return result
+
+
+def _stage2(run: RunDir, continue_anyway: bool) -> None:
+    """The Stage 2 go / no-go gate on the run's recorded Stage A figures (none recorded: nothing to check)."""
+    from safe.evaluation.gates import stage2_gate
+    from safe.stages.common import check_gate
+    from safe.stages.stage_a import StageAResult
+
+    stage_a = run.read(StageAResult)
+    if stage_a is not None and "audio_accuracy" in stage_a.metrics:
+        check_gate(run.path, stage2_gate(stage_a.metrics), continue_anyway)
 
 
 def distill_again(cfg: DistillConfig) -> PolicyResult:

@@ -38,6 +38,8 @@ class TrainConfig(DataOptions):
     """Ignore checkpoints in the run directory (default: resume)."""
     tiny: bool = field(default=False, metadata={"hidden": True})
     """Tiny benchmark and models (for tests)."""
+    continue_on_gate_failure: bool = False
+    """Train even when the run's recorded Stage 1 verification failed (default: stop, naming the gate)."""
 
 
 @dataclass
@@ -105,6 +107,13 @@ def train(cfg: TrainConfig) -> StageAResult:
                              "(a local checkpoint of a supported VLM family and of a supported audio encoder)")
         build_base(BaseBuildConfig(data=str(data.root), out=str(base), tiny=cfg.tiny, run_dir=None))
     run = RunDir(cfg.run_dir)
+    from safe.evaluation.gates import stage1_gate
+    from safe.stages.common import check_gate
+    from safe.stages.verify import VerifyResult
+
+    verified = run.read(VerifyResult)
+    if verified is not None:  # the Stage 1 go / no-go gate: no Stage A on a base that failed verification
+        check_gate(run.path, stage1_gate(verified.metrics), cfg.continue_on_gate_failure)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
                           fresh=cfg.fresh, load_options=opts)
     if metrics.get("main_process", True):
@@ -180,8 +189,11 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "train_seconds": fit["seconds"], "prepare_seconds": round(prep_seconds, 2),
         "eval_seconds": round(time.perf_counter() - t1, 2),
         "seconds": round(time.perf_counter() - t0, 2),
-        "steps": fit["steps"], "lambda_retention_final": fit["lambda_retention"],
+        "steps": fit["steps"], "lambda_retention_final": fit["lambda_retention"], "curriculum": fit["curriculum"],
         "base_retention_accuracy": fit["base_retention_accuracy"],
+        "retention_buffer": {**(data.retention_source() if hasattr(data, "retention_source") else
+                                {"source": f"the {data.name} source's retention split", "rows": len(retention)}),
+                             "rows_per_measurement": len(trainer.retention)},
         "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
         "history": fit["history"], "config": cfg.to_dict(),
         "parameters": dict(model.parameter_report()),

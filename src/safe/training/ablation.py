@@ -29,6 +29,8 @@ STAGE_A_GRID: dict[str, list[str]] = {
     "rank=4": ["safe.lora_rank=4"],
     "rank=16": ["safe.lora_rank=16"],
     "no dense block": ["safe.ffn_rank=0"],
+    "no Fisher": ["lambda_fisher=0"],
+    "no curriculum": ["curriculum.start=1.0", "curriculum.end=1.0", "curriculum.ramp_fraction=0"],
 }
 """Entry name -> overrides of the recipe. ``reference`` is the recipe itself (k and rank as it sets them)."""
 

@@ -21,9 +21,13 @@ class ConfigError(ValueError):
     """A config file or override has an unknown field or a bad value; the message names it."""
 
 
+CURRICULUM_ORDERS = ("base_loss", "family", "none")
+
+
 @dataclass
 class CurriculumConfig:
-    """Gradual audio exposure: the fraction of the audio-dependent pool available, easy -> hard."""
+    """Gradual audio exposure: the fraction of the audio-dependent pool available, easy -> hard (25% -> 100%
+    by default), the order measured before training."""
 
     start: float = 0.25
     """Fraction of the audio pool available at step 0."""
@@ -31,9 +35,12 @@ class CurriculumConfig:
     """Fraction available once the ramp is over."""
     ramp_fraction: float = 0.5
     """Share of the schedule over which exposure rises linearly from start to end."""
-    family_order: list[str] = field(default_factory=lambda: ["sound_kind", "pitch", "beep_count", "sounding_object",
-                                                             "caption"])
-    """Audio families from easiest to hardest; unknown families come last."""
+    order: str = "base_loss"
+    """How the audio rows are ordered easy -> hard: base_loss (measured: each row's answer cross-entropy under
+    the frozen base, per answer token, before training; works on any reader's rows), family (by family_order),
+    or none (data order)."""
+    family_order: list[str] = field(default_factory=list)
+    """With order: family, the families from easiest to hardest; unknown families come last."""
 
 
 @dataclass
@@ -65,11 +72,16 @@ class StageAConfig:
     lambda_retention: float = 1.0
     """Initial weight of the retention KL (raised by dual ascent below the floor)."""
     lambda_fisher: float = 0.0
-    """Weight of the Fisher (EWC) penalty on the trainable parameters."""
+    """Weight of the Fisher (EWC) penalty on the trainable parameters (0: off)."""
+    fisher_warmup: int = 100
+    """Step of the first diagonal-Fisher estimate: at initialisation only the gates have a gradient, so the
+    estimate waits until they have opened."""
     fisher_every: int = 100
-    """Re-estimate the diagonal Fisher every N steps (0: never)."""
-    fisher_batches: int = 4
-    """Retention batches per Fisher estimate."""
+    """Refresh the Fisher estimate every N steps after the first (0: estimate once)."""
+    fisher_examples: int = 64
+    """Retention rows per Fisher estimate (one backward pass each: the per-row squared gradients)."""
+    fisher_decay: float = 0.5
+    """Weight of the previous estimate when refreshing (exponential moving average; 0: replace it)."""
     retention_every: int = 100
     """Measure VL accuracy (gate open) on the retention buffer every N steps (0: never)."""
     retention_tau: float = RETENTION_TAU
@@ -95,11 +107,11 @@ class StageAConfig:
         self.betas = tuple(self.betas)
         if isinstance(self.curriculum, dict):
             self.curriculum = _build(CurriculumConfig, self.curriculum, "curriculum.")
-        positive = ("steps", "batch_size", "grad_accum", "retention_examples", "fisher_batches")
+        positive = ("steps", "batch_size", "grad_accum", "retention_examples", "fisher_examples")
         for name in positive:
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
                    "a positive integer")
-        for name in ("warmup_steps", "fisher_every", "retention_every", "checkpoint_every", "log_every", "seed"):
+        for name in ("warmup_steps", "fisher_warmup", "fisher_every", "retention_every", "checkpoint_every", "log_every", "seed"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, getattr(self, name),
                    "an integer >= 0")
         for name in ("lr_projector", "lr_adapters", "grad_clip", "dual_lr"):
@@ -108,6 +120,8 @@ class StageAConfig:
                "a number > 0 or null")
         for name in ("weight_decay", "lambda_retention", "lambda_fisher", "retention_tau"):
             _check(_num(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
+        _check(_num(self.fisher_decay) and 0 <= self.fisher_decay < 1, "fisher_decay", self.fisher_decay,
+               "a number in [0, 1)")
         _check(_num(self.audio_share) and 0 < self.audio_share < 1, "audio_share", self.audio_share,
                "a number strictly between 0 and 1")
         _check(self.warmup_steps < self.steps, "warmup_steps", self.warmup_steps, f"fewer than steps={self.steps}")
@@ -122,6 +136,7 @@ class StageAConfig:
             _check(_num(getattr(c, name)) and 0 < getattr(c, name) <= 1, f"curriculum.{name}", getattr(c, name),
                    "a number in (0, 1]")
         _check(c.start <= c.end, "curriculum.start", c.start, f"<= curriculum.end={c.end}")
+        _check(c.order in CURRICULUM_ORDERS, "curriculum.order", c.order, f"one of {CURRICULUM_ORDERS}")
         _check(_num(c.ramp_fraction) and 0 <= c.ramp_fraction <= 1, "curriculum.ramp_fraction", c.ramp_fraction,
                "a number in [0, 1]")
         try:

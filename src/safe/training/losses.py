@@ -33,6 +33,7 @@ __all__ = [
     "answer_positions",
     "answer_cross_entropy",
     "retention_kl",
+    "sample_answer_labels",
     "DiagonalFisher",
     "named_trainable_parameters",
 ]
@@ -166,6 +167,25 @@ def retention_kl(adapted_logits: Tensor, base_logits: Tensor, labels: Tensor,
     return _reduce(kl, mask, reduction)
 
 
+def sample_answer_labels(base_logits: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``labels`` with every answer token replaced by a draw from the base model's own predictive
+    distribution at that position (``softmax(base_logits[:, t])`` predicts token ``t + 1``; the context
+    stays the teacher-forced one). The labels of the *true* Fisher of the base's output distribution: with
+    gold labels the squared gradients measure the empirical Fisher, which vanishes where the model fits
+    the data and says nothing about what the base itself would answer. Positions that are not scored
+    keep ``-100``. ``generator``: a seeded draw (the trainer's resume stays exact)."""
+    _check_labels(labels)
+    _check_logits(base_logits, labels, "base_logits")
+    mask = answer_positions(labels)
+    probs = F.softmax(base_logits.detach()[:, :-1][mask].float(), dim=-1)           # (N, V)
+    out = labels.clone()
+    if probs.numel():
+        draws = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)    # (N,)
+        shifted = out[:, 1:]
+        shifted[mask] = draws.to(device=labels.device, dtype=labels.dtype)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Fisher penalty
 # --------------------------------------------------------------------------------------------
@@ -194,30 +214,33 @@ class DiagonalFisher:
 
     ``penalty(theta) = sum_i F_i * (theta_i - anchor_i)^2``, with ``F`` a diagonal Fisher estimate.
 
-    What the Fisher is of (docs/design.md, "Fisher penalty on the adapters"): the frozen base cannot
-    drift, so EWC is applied to the adapters and projector themselves. ``F`` is the diagonal Fisher
-    of the *retention* objective: the squared gradients of the NLL of the base model's own answers
-    on VL-only rows, computed with the gate OPEN. Directions of parameter space that move VL answers
-    are then expensive, the others free.
+    What the Fisher is of (docs/design.md, "Fisher penalty on the adapters"): the frozen base cannot drift, so EWC is applied to the adapters and
+    projector themselves. ``F`` is the diagonal Fisher of SAFE's output distribution on the VL-only
+    rows of the retention buffer, with the gate OPEN (unrelated audio attached), *under the base
+    model's own output distribution*: each row's answer tokens are drawn from the base's predictive
+    distribution (:func:`sample_answer_labels`, not the gold answers) and ``F_i`` is the mean over rows
+    of the squared per-row gradient of their log-likelihood. Directions of parameter space that move
+    the VL answers away from what the base would say are then expensive, the others free; the anchor is
+    the zero-gate start, where SAFE's VL outputs are the base's exactly.
 
-    Why re-estimated periodically (by the trainer, with ``accumulate`` then ``finalize``): at the
-    zero-gate initialisation the adapter output is multiplied by ``tanh(0) = 0``, so every adapter
-    and projector gradient except the gate's is exactly zero, and a Fisher estimated once at the
-    start would be zero everywhere but on the gate. The estimate only becomes informative once the
-    gate has opened; ``finalize(decay=...)`` keeps an exponential moving average across estimates.
+    Why estimated after a warm-up and refreshed (by the trainer, with ``accumulate`` then
+    ``finalize``): at the zero-gate initialisation the adapter output is multiplied by ``tanh(0) = 0``,
+    so every adapter and projector gradient except the gate's is exactly zero, and a Fisher estimated
+    at the start would be zero everywhere but on the gate. The trainer takes its first estimate once
+    the gates have opened (``fisher_warmup`` steps) and refreshes it every ``fisher_every`` steps;
+    ``finalize(decay=...)`` keeps an exponential moving average across estimates.
 
     Usage::
 
         fisher = DiagonalFisher(named_trainable_parameters(model))   # anchors = initial values
-        ...                                                          # every K steps:
-        for batch in retention_batches:
-            model.zero_grad(); retention_nll(batch).backward(); fisher.accumulate(named)
-        fisher.finalize(decay=0.9)
+        ...                                                          # after the warm-up, every K steps:
+        for row in retention_rows:                                   # one backward per row
+            model.zero_grad(); sampled_nll(row).backward(); fisher.accumulate(named)
+        fisher.finalize(decay=0.5)
         loss = ... + lambda_fisher * fisher.penalty(named)
 
-    ``accumulate`` squares whatever gradient it finds, so with mini-batch gradients the estimate is
-    the Fisher of mini-batch means (smaller than the per-example empirical Fisher by about the batch
-    size); it is consistent across estimates, which is what a penalty weight needs.
+    ``accumulate`` squares whatever gradient it finds: fed one row's gradient at a time it estimates
+    the per-example Fisher (fed mini-batch gradients it would estimate the smaller Fisher of batch means).
 
     State: anchors in the parameters' own dtype (exact), Fisher and accumulator in float32 on the
     parameters' device. ``state_dict()`` is a flat ``dict[str, Tensor]`` (``torch.save`` and

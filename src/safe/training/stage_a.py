@@ -4,12 +4,15 @@
 
 ``L_audio``: answer cross-entropy on audio-dependent rows, gate open. ``L_ret``: KL(base || adapted) on
 VL-only rows *with the gate open and unrelated audio attached* (with the gate closed it is zero by
-construction). ``L_fisher``: EWC on the trainable parameters, anchored at their zero-gate start.
+construction). ``L_fisher``: EWC on the trainable parameters, anchored at their zero-gate start, with the
+diagonal Fisher of SAFE's outputs on the retention buffer under the base's own output distribution, first
+estimated after ``fisher_warmup`` steps (the gates open first) and refreshed every ``fisher_every``.
 ``lambda_ret`` rises by dual ascent while VL accuracy (gate open) on the retention buffer is below
 the base's minus tau. Runs on Hugging Face Accelerate; checkpoints resume bit-exactly on CPU.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -117,7 +120,8 @@ class StageATrainer:
                  fingerprint: dict | None = None) -> None:
         from accelerate import Accelerator
 
-        from safe.data.mixture import BalancedMixtureSampler, order_by_family
+        from safe.data.mixture import BalancedMixtureSampler
+        from safe.training.curriculum import base_losses, curriculum_order
         from safe.training.losses import DiagonalFisher
         from safe.training.schedules import DualAscent, make_lr_lambda
 
@@ -135,12 +139,16 @@ class StageATrainer:
         if not audio_idx or not vl_idx:
             raise ValueError(f"Stage A needs audio-dependent and VL-only training examples; got {len(audio_idx)} "
                              f"and {len(vl_idx)}")
-        order = order_by_family(train.examples, cfg.curriculum.family_order)
-        self.sampler = BalancedMixtureSampler(audio_idx, vl_idx, cfg.batch_size, audio_share=cfg.audio_share,
-                                              seed=cfg.seed, audio_order=order)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(cfg.steps, cfg.warmup_steps))
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        order, self.curriculum = curriculum_order(
+            cfg.curriculum.order, audio_idx, train.examples, family_order=cfg.curriculum.family_order,
+            losses=lambda rows: base_losses(self._unwrapped.base_model, self._base_inputs, rows,
+                                            autocast=self.accelerator.autocast),
+            folder=self.ckpt_dir, key_extra=json.dumps(self.fingerprint, sort_keys=True, default=str))
+        self.sampler = BalancedMixtureSampler(audio_idx, vl_idx, cfg.batch_size, audio_share=cfg.audio_share,
+                                              seed=cfg.seed, audio_order=order)
         self.named_trainable = {n: p for n, p in self._unwrapped.named_parameters() if p.requires_grad}
         self.fisher = DiagonalFisher(self.named_trainable)
         self.dual = DualAscent(cfg.lambda_retention, cfg.dual_lr, floor=0.0)
@@ -165,6 +173,11 @@ class StageATrainer:
         labels = batch.pop("labels")
         batch["pixel_values"] = data.pixels[idx].to(dev)
         return batch, labels, data.needs_audio[idx].to(dev)
+
+    def _base_inputs(self, idx: Sequence[int]) -> tuple[dict, torch.Tensor]:
+        """Training rows ``idx`` as the base model takes them (no audio), and their labels."""
+        batch, labels, _ = self._inputs(self.train_set, idx)
+        return batch, labels
 
     def _answer_tokens(self, rows: Sequence[int], audio: bool) -> int:
         """Answer tokens (the positions both losses average over) of the audio or VL rows among ``rows``."""
@@ -201,21 +214,38 @@ class StageATrainer:
         out["total"] = out["audio"] + self.dual.value * out["retention"] + self.cfg.lambda_fisher * out["fisher"]
         return out
 
+    def _fisher_due(self) -> bool:
+        """Whether the step just taken is the first Fisher estimate (after the warm-up) or a refresh."""
+        cfg = self.cfg
+        if cfg.lambda_fisher <= 0 or self.step < max(cfg.fisher_warmup, 1):
+            return False
+        since = self.step - max(cfg.fisher_warmup, 1)
+        return since == 0 or (cfg.fisher_every > 0 and since % cfg.fisher_every == 0)
+
     def _estimate_fisher(self) -> None:
-        """Diagonal Fisher of the retention objective: squared gradients of the NLL of the VL answers
-        with the gate open (unrelated audio attached), at the current parameters."""
-        from safe.training.losses import answer_cross_entropy
+        """Diagonal Fisher of SAFE's outputs on the retention buffer's VL rows (gate open, unrelated audio
+        attached), under the base's own output distribution: each row's answer tokens are drawn from the
+        frozen base's predictive distribution and the squared gradient of their log-likelihood is taken row
+        by row. The draws come from a generator seeded by (seed, step), so a resumed run draws the same."""
+        from safe.training.losses import answer_cross_entropy, answer_positions, sample_answer_labels
 
         n = len(self.retention)
-        per = max(1, self.cfg.batch_size // 2)
-        for b in range(self.cfg.fisher_batches):
-            idx = [(b * per + j) % n for j in range(per)]
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        dev = self.accelerator.device
+        for j in range(self.cfg.fisher_examples):
+            idx = [(self.step + j) % n]
             batch, labels, _ = self._inputs(self.retention, idx)
+            with torch.no_grad(), self.accelerator.autocast():
+                base = self._unwrapped.base_model(**batch).logits
+            sampled = sample_answer_labels(base, labels, gen)
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.model(**batch, audio_embeddings=self.retention.audio[idx].to(self.accelerator.device)).logits
-            answer_cross_entropy(logits, labels).backward()
+            with self.accelerator.autocast():
+                logits = self.model(**batch, audio_embeddings=self.retention.audio[idx].to(dev)).logits
+            # the row's log-likelihood (summed over its answer tokens), not the per-token mean
+            nll = answer_cross_entropy(logits, sampled) * int(answer_positions(sampled).sum())
+            nll.backward()
             self.fisher.accumulate(self.named_trainable)
-        self.fisher.finalize()
+        self.fisher.finalize(decay=self.cfg.fisher_decay)
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
@@ -349,7 +379,7 @@ class StageATrainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                if cfg.lambda_fisher > 0 and cfg.fisher_every and self.step % cfg.fisher_every == 0:
+                if self._fisher_due():
                     self._estimate_fisher()
                 record = {"step": self.step, **{f"loss_{k}": round(v, 6) for k, v in logs.items()},
                           "lambda_retention": self.dual.value, "audio_exposure": exposure,
@@ -380,4 +410,5 @@ class StageATrainer:
             self._checkpoint()
             self._unwrapped.save_pretrained(self.ckpt_dir / "final")
         return {"steps": self.step, "seconds": round(time.perf_counter() - t0, 2), "history": self.history,
+                "curriculum": self.curriculum,
                 "base_retention_accuracy": self.base_retention_accuracy, "lambda_retention": self.dual.value}
