@@ -28,7 +28,7 @@ def test_pipeline_one_row_and_a_batch(run):
     run_dir, rows = run
     p = safe.pipeline(run_dir)
     one = p(image=rows[0].image, question=rows[0].question, audio=rows[0].audio)
-    assert set(one) == {"answer", "used_audio", "audio_probability"}
+    assert set(one) == {"answer", "used_audio", "audio_probability", "modalities"} and one["modalities"] == ["audio"]
     assert isinstance(one["answer"], str) and one["used_audio"] is True and one["audio_probability"] is None
     batch = p(image=[e.image for e in rows], question=[e.question for e in rows],
               audio=[rows[0].audio, None, rows[2].audio, None, None, rows[5].audio])

@@ -4,6 +4,7 @@ The weights (:func:`load_models`) and the prompt format and audio front end (:fu
 separately, so a checkpoint that saved its processor is not given a second one."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -92,3 +93,41 @@ def load_trained(base: str | Path, checkpoint: str | Path, audio: str | Path | N
     """(SAFE model loaded from a ``save_pretrained`` folder, prompt format, audio front end), in eval mode."""
     model = load_trained_model(base, checkpoint, audio, dtype=dtype, **load_options)
     return (model, *build_formats(base, model.base_model, audio, template))
+
+
+def load_modality_encoder(path: str | Path, dtype=torch.float32):
+    """(frozen encoder, front end) of an image-like modality (depth, ...) from a local folder holding a
+    transformers vision model (``config.json`` + weights) and its image processor (``preprocessor_config.json``)."""
+    from transformers import AutoConfig, AutoModel
+
+    from safe.processing.modalities import ImageModalityFrontEnd
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "preprocessor_config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a modality encoder folder (a transformers vision model's "
+                                "config.json and weights, with its image processor's preprocessor_config.json)")
+    # ViT's pooler is never read (SAFE uses the last hidden states): not building it keeps the load exact and quiet.
+    extra = {"add_pooling_layer": False} if AutoConfig.from_pretrained(str(path)).model_type == "vit" else {}
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, **extra)
+    return model.to(dtype).requires_grad_(False).eval(), ImageModalityFrontEnd.from_pretrained(path)
+
+
+def load_trained_modalities(base: str | Path, checkpoint: str | Path, audio: str | Path | None,
+                            encoders: dict[str, str | Path], *, dtype=torch.float32, **load_options):
+    """(SAFE model in eval mode, {modality: front end}) for a checkpoint whose primary modality is not audio
+    (``modality`` in its config) or that carries added modalities; ``encoders``: each such modality's encoder
+    folder (:func:`load_modality_encoder`). The base is a built-in folder or a checkpoint (:func:`load_models`)."""
+    meta = json.loads((Path(checkpoint) / "safe_config.json").read_text())
+    primary = meta.get("modality", "audio")
+    fronts, loaded = {}, {}
+    for name in [n for n in (primary, *(meta.get("modalities") or {})) if n != "audio"]:
+        if encoders.get(name) is None:
+            raise ValueError(f"{checkpoint}: the checkpoint carries the {name} modality; give its encoder "
+                             f"folder (encoders={{'{name}': DIR}}, or --{name}-encoder DIR)")
+        loaded[name], fronts[name] = load_modality_encoder(encoders[name], dtype)
+    if primary == "audio":
+        vl, first = load_models(base, audio, dtype=dtype, **load_options)
+    else:
+        vl = load_base(str(Path(base) / "vl" if is_builtin_dir(base) else base), dtype, **load_options)
+        first = loaded.pop(primary)
+    return SAFEModel.from_pretrained(checkpoint, vl, first, encoders=loaded).eval(), fronts

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from safe.inference.loading import load_trained, load_trained_model
+from safe.inference.loading import build_formats, load_trained, load_trained_modalities, load_trained_model
 from safe.models.backbones import VL_INPUT_KEYS
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.models.safe_model import CONFIG_NAME
@@ -72,10 +72,15 @@ def _only_rows_with_audio(model, has_audio: torch.Tensor) -> Iterator[None]:
 
 
 class Pipeline:
-    """``p(image=..., question=..., audio=None, use_audio=None, sampling_rate=None)``: one question ->
-    ``{"answer", "used_audio", "audio_probability"}``; lists of questions (images, clips alike) -> a list
-    of those, from one ``generate`` for the batch. ``audio_probability`` is the policy's P(use audio)
-    for rows with audio when the policy decided, else None."""
+    """``p(image=..., question=..., audio=None, use_audio=None, sampling_rate=None, **modalities)``: one
+    question -> ``{"answer", "used_audio", "audio_probability", "modalities"}``; lists of questions (images,
+    clips, maps alike) -> a list of those, from one ``generate`` for the batch. ``audio_probability`` is the
+    policy's P(use audio) for rows with audio when the policy decided, else None. ``modalities``: the
+    modalities the row's answer used, in the model's order.
+
+    Each other modality the model carries (``depth``, ...) takes one map per row (``depth=[...]``, ``None``
+    for rows without one) and ``use_depth=True / False / None`` (None: every row with a map uses it), and
+    its rows carry ``used_depth``. A row that uses no modality is the base model's answer on the same batch."""
 
     def __init__(self, model, processor: SAFEProcessor, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
         self.model, self.processor, self.max_new_tokens = model, processor, int(max_new_tokens)
@@ -84,54 +89,98 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.model.base_model.parameters()).device
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities beside audio this pipeline takes inputs for (``depth``, ...)."""
+        return [m for m in self.model.modality_names if m != "audio"]
+
+    def _split(self, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        maps = {k: v for k, v in given.items() if not k.startswith("use_")}
+        uses = {k[4:]: v for k, v in given.items() if k.startswith("use_")}
+        for name in (*maps, *uses):
+            if name not in self.modalities:
+                raise ValueError(f"{name}: this model has no {name} modality (it has "
+                                 f"{', '.join(self.model.modality_names)})")
+        return maps, uses
+
     @torch.no_grad()
     def __call__(self, image: Any = None, question: str | Sequence[str] | None = None, audio: Any = None,
-                 use_audio: bool | Sequence[bool] | None = None, sampling_rate: Any = None):
+                 use_audio: bool | Sequence[bool] | None = None, sampling_rate: Any = None, **modalities: Any):
         single = isinstance(question, str)
-        inputs = self.processor(text=question, images=image, audio=audio, sampling_rate=sampling_rate)
+        maps, uses = self._split(modalities)
+        has_audio_modality = "audio" in self.model.modality_names
+        if not has_audio_modality and (use_audio or (audio is not None and any(
+                a is not None for a in (audio if isinstance(audio, (list, tuple)) else [audio])))):
+            raise ValueError(f"audio: this model has no audio modality (it has {', '.join(self.model.modality_names)})")
+        inputs = self.processor(text=question, images=image, audio=audio, sampling_rate=sampling_rate, **maps)
         n = inputs["input_ids"].shape[0]
         has = inputs["audio_mask"]
         vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}
         gen = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
+        extra, used_by = {}, {}
+        for name in self.modalities:  # each other modality: its rows (forced or with a map), its features
+            mask = inputs.get(f"{name}_mask", torch.zeros(n, dtype=torch.bool))
+            used_by[name] = self._mask(uses.get(name), mask, n, name)
+            if bool(used_by[name].any()):
+                extra[f"{name}_features"] = inputs[f"{name}_features"].to(self.device)
+                extra[f"{name}_mask"] = used_by[name].to(self.device)
         prob: list[float | None] = [None] * n
-        if use_audio is None and self.model.policy is not None and bool(has.any()):
+        if (use_audio is None and self.model.policy is not None and has_audio_modality
+                and self.model.primary_modality == "audio" and bool(has.any())):
+            if extra:
+                raise ValueError(f"the attached policy decides audio only; pass use_audio=True / False to use "
+                                 f"it together with {', '.join(n for n in used_by if used_by[n].any())}")
             with _only_rows_with_audio(self.model, has):
                 out = self.model.generate(**vl, **gen, audio_features=inputs["audio_features"].to(self.device),
                                           audio_preview=inputs["audio_preview"])
             sequences, used = out.sequences, out.used_audio.cpu() & has
             prob = [float(p) if h else None for p, h in zip(out.use_probability.tolist(), has.tolist())]
         else:
-            used = self._mask(use_audio, has, n)
+            used = self._mask(use_audio, has, n, "audio")
             if bool(used.any()):
-                sequences = self.model.generate(**vl, **gen, audio_features=inputs["audio_features"].to(self.device),
-                                                audio_mask=used.to(self.device))
+                sequences = self.model.generate(**vl, **gen, **extra, audio_features=inputs["audio_features"].to(
+                    self.device), audio_mask=used.to(self.device))
             else:
-                sequences = self.model.generate(**vl, **gen)
+                sequences = self.model.generate(**vl, **gen, **extra)
         answers = self.processor.decode(sequences, vl["input_ids"].shape[1])
-        rows = [{"answer": a, "used_audio": bool(u), "audio_probability": p}
-                for a, u, p in zip(answers, used.tolist(), prob)]
+        rows = []
+        for i, (a, u, p) in enumerate(zip(answers, used.tolist(), prob)):
+            row = {"answer": a, "used_audio": bool(u), "audio_probability": p}
+            row.update({f"used_{m}": bool(used_by[m][i]) for m in self.modalities})
+            row["modalities"] = [m for m in self.model.modality_names
+                                 if (bool(u) if m == "audio" else row[f"used_{m}"])]
+            rows.append(row)
         return rows[0] if single else rows
 
     @staticmethod
-    def _mask(use_audio, has: torch.Tensor, n: int) -> torch.Tensor:
-        if use_audio is None:
+    def _mask(use, has: torch.Tensor, n: int, name: str = "audio") -> torch.Tensor:
+        if use is None:
             return has.clone()
-        want = [bool(use_audio)] * n if isinstance(use_audio, bool) else [bool(u) for u in use_audio]
+        want = [bool(use)] * n if isinstance(use, bool) else [bool(u) for u in use]
         if len(want) != n:
-            raise ValueError(f"use_audio: {len(want)} values given for {n} questions")
+            raise ValueError(f"use_{name}: {len(want)} values given for {n} questions")
         missing = [i for i, (w, h) in enumerate(zip(want, has.tolist())) if w and not h]
         if missing:
-            raise ValueError(f"use_audio=True for row(s) {missing}, which have no audio")
+            raise ValueError(f"use_{name}=True for row(s) {missing}, which have no {name}")
         return torch.tensor(want, dtype=torch.bool)
+
+
+def checkpoint_modalities(checkpoint: str | os.PathLike) -> list[str]:
+    """The modalities a SAFE checkpoint carries beside audio (its primary one when not audio, then those added)."""
+    meta = json.loads((Path(checkpoint) / CONFIG_NAME).read_text())
+    names = [meta.get("modality", "audio"), *(meta.get("modalities") or {})]
+    return [m for m in names if m != "audio"]
 
 
 def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike | None = None,
              audio: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
              max_new_tokens: int = MAX_NEW_TOKENS, load_options: dict | None = None,
-             **processor_options: Any) -> Pipeline:
+             encoders: dict[str, str | os.PathLike] | None = None, **processor_options: Any) -> Pipeline:
     """A :class:`Pipeline` from a run directory or a SAFE checkpoint directory (module docstring).
     ``base`` / ``audio``: the frozen base (built-in models folder or a checkpoint of a supported family) and
     the audio encoder checkpoint, when the processor saved with the checkpoint does not name them.
+    ``encoders``: the encoder folder of each other modality the checkpoint carries (``{"depth": DIR}``: a
+    transformers vision model with its image processor), when the saved processor does not name it.
     ``processor_options``: ``max_seconds`` / ``long_audio`` instead of the saved length rule.
     ``load_options``: the base's ``attn_implementation`` / ``device_map`` (:func:`~safe.inference.loading.load_frozen`)."""
     ckpt = find_checkpoint(run_dir_or_checkpoint)
@@ -144,7 +193,19 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
         from safe.data.source import cache_dir
 
         base = cache_dir() / "base"
-    if processor is not None:  # the saved processor is the prompt format and front end: none built twice
+    others = checkpoint_modalities(ckpt)
+    if others:  # depth-primary or added modalities: each encoder from its folder, with its image processor
+        recorded = processor.sources if processor is not None else {}
+        paths = {m: (encoders or {}).get(m) or recorded.get(m) for m in others}
+        model, fronts = load_trained_modalities(base, ckpt, audio, paths, dtype=dtype, **(load_options or {}))
+        if processor is None:
+            fmt, frontend = build_formats(base, model.base_model, audio)
+            processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base, audio=audio,
+                                                      **processor_options)
+        for m in others:  # the processor a checkpoint saved keeps its own front end; the encoder's fills a gap
+            processor.modalities.setdefault(m, fronts[m])
+            processor.sources[m] = str(Path(paths[m]).resolve())
+    elif processor is not None:  # the saved processor is the prompt format and front end: none built twice
         model = load_trained_model(base, ckpt, audio, dtype=dtype, **(load_options or {}))
     else:
         model, fmt, frontend = load_trained(base, ckpt, audio, dtype=dtype, **(load_options or {}))
@@ -157,8 +218,9 @@ def pipeline(run_dir_or_checkpoint: str | os.PathLike, base: str | os.PathLike |
 # safe predict
 def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file: one object per line with ``question`` (required), ``image``,
-    ``audio`` (paths, relative ones taken from the file's folder), ``use_audio`` (bool) and any ``id``
-    (echoed). Blank lines are skipped. ``ValueError`` names the file and line of a bad row."""
+    ``audio`` (paths, relative ones taken from the file's folder), ``use_audio`` (bool), a map per other
+    modality (``depth``: a ``.npy`` or image path, resolved by :func:`predict` against the file's folder,
+    ``_dir``), ``use_depth`` (bool) and any ``id`` (echoed). Blank lines are skipped. ``ValueError`` names the file and line of a bad row."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: no such file")
@@ -175,13 +237,14 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: each line must be a JSON object with a 'question' string")
         if not row["question"].strip():
             raise ValueError(f"{where}: the question is empty")
-        if row.get("use_audio") is not None and not isinstance(row["use_audio"], bool):
-            raise ValueError(f"{where}: use_audio must be true, false or null, got {row['use_audio']!r}")
+        for key in [k for k in row if k.startswith("use_")]:
+            if row[key] is not None and not isinstance(row[key], bool):
+                raise ValueError(f"{where}: {key} must be true, false or null, got {row[key]!r}")
         for key in ("image", "audio"):
             if row.get(key) is not None:
                 p = Path(row[key])
                 row[key] = str(p if p.is_absolute() else path.parent / p)
-        rows.append({**row, "_where": where})
+        rows.append({**row, "_where": where, "_dir": str(path.parent)})
     if not rows:
         raise ValueError(f"--input {path}: no requests in the file")
     return rows
@@ -189,18 +252,23 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str | os.PathLike | None = None,
             audio: str | os.PathLike | None = None, batch_size: int = 16,
-            long_audio: str = "truncate", load_options: dict | None = None) -> list[dict[str, Any]]:
+            long_audio: str = "truncate", load_options: dict | None = None,
+            encoders: dict[str, str | os.PathLike] | None = None) -> list[dict[str, Any]]:
     """Answer ``requests`` (dicts with ``question``, optional ``image`` / ``audio`` paths, ``use_audio``,
     ``id``, ``_where`` for error messages) with the run or checkpoint ``source``, ``batch_size`` rows per
     ``generate`` (rows sharing a ``use_audio`` choice and having an image or not batch together). Every
     input is read and checked before anything runs; errors name the request (``_where``) and the file.
+    A request may give a map per other modality the checkpoint carries (``depth``: a ``.npy`` or image path)
+    and ``use_depth``; ``encoders``: those modalities' encoder folders (:func:`pipeline`).
     ``long_audio``: clips longer than the encoder's window are cut (``truncate``, logged) or refused."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    p = pipeline(source, base, audio, long_audio=long_audio, load_options=load_options)
-    prepared = []
+    p = pipeline(source, base, audio, long_audio=long_audio, load_options=load_options, encoders=encoders)
+    names = p.modalities
+    prepared, maps = [], []
     for i, r in enumerate(requests):
         where = r.get("_where", f"request {i}")
+        maps.append(_read_maps(r, names, where))
         img = None if r.get("image") is None else open_image(r["image"], f"{where}: image {r['image']}",
                                                               p.processor.image_size)
         try:
@@ -213,13 +281,17 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
     out: list[dict[str, Any] | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
-        groups.setdefault((r.get("use_audio"), prepared[i][0] is not None), []).append(i)
-    for (use, _), idx in groups.items():
+        key = (r.get("use_audio"), prepared[i][0] is not None, *(r.get(f"use_{m}") for m in names))
+        groups.setdefault(key, []).append(i)
+    for (use, _, *use_other), idx in groups.items():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
+            other = {m: [maps[i][m] for i in chunk] for m in names}
+            other.update({f"use_{m}": u for m, u in zip(names, use_other)})
             try:
                 res = p(image=[prepared[i][0] for i in chunk], question=[requests[i]["question"] for i in chunk],
-                        audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate)
+                        audio=[prepared[i][1] for i in chunk], use_audio=use, sampling_rate=p.processor.sampling_rate,
+                        **other)
             except ValueError as err:  # name the requests by file:line, not by their place in this batch
                 names = [requests[i].get("_where", f"request {i}") for i in chunk]
                 raise ValueError(f"{names[0] if len(names) == 1 else names[0] + ' .. ' + names[-1]} "
@@ -227,3 +299,26 @@ def predict(source: str | os.PathLike, requests: list[dict[str, Any]], base: str
             for i, row in zip(chunk, res):
                 out[i] = {**({"id": requests[i]["id"]} if "id" in requests[i] else {}), **row}
     return out  # type: ignore[return-value]
+
+
+def _read_maps(request: dict[str, Any], names: list[str], where: str) -> dict[str, Any]:
+    """Each other modality's map of one request, read and checked now (errors name the request and file)."""
+    from safe.processing.modalities import read_map
+
+    for key in request:
+        if key.startswith("use_") and key not in ("use_audio", *(f"use_{m}" for m in names)):
+            raise ValueError(f"{where}: {key}: this checkpoint has no {key[4:]} modality (it takes use_audio"
+                             f"{''.join(f', use_{m}' for m in names)})")
+    out = {}
+    for m in names:
+        value = request.get(m)
+        if value is not None:
+            value = Path(value)
+            value = value if value.is_absolute() or "_dir" not in request else Path(request["_dir"]) / value
+            if not value.is_file():
+                raise ValueError(f"{where}: {m} {value}: no such file")
+            value = read_map(value, f"{where}: {m} {value}")
+        if request.get(f"use_{m}") is True and value is None:
+            raise ValueError(f"{where}: use_{m} is true but the request has no {m} map")
+        out[m] = value
+    return out

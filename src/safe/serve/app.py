@@ -144,6 +144,7 @@ def _response(name: str, result: RowResult, info: BatchInfo, total: float) -> di
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
                       "total_tokens": result.prompt_tokens + completion},
             "safe": {"used_audio": result.used_audio, "audio_probability": result.audio_probability,
+                     "modalities": result.modalities, **{f"used_{m}": u for m, u in result.used_other.items()},
                      "decided_by": result.decided_by, "policy": result.batch.get("policy"),
                      "policy_state": result.batch.get("policy_state"),
                      "encoder": {"ran": result.used_audio and result.cache_hit is False,

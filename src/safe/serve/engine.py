@@ -42,8 +42,15 @@ class RowResult:
     audio_probability: float | None
     decided_by: str
     cache_hit: bool | None
+    used_other: dict[str, bool] = field(default_factory=dict)
+    """Whether the row used each other modality the model carries (``depth``, ...)."""
     batch: dict[str, Any] = field(default_factory=dict)
     timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities the row's answer used (audio first)."""
+        return ["audio"] * self.used_audio + [m for m, u in self.used_other.items() if u]
 
 
 class _Decided(nn.Module):
@@ -100,10 +107,43 @@ class Engine:
                 and row.wave is not None:
             raise RequestError("n > 1 with sampling is not supported when this run's cascade policy decides; "
                                "send n: 1, or safe.use_audio true/false", param="n", code="unsupported_parameter")
+        for name, where in row.where.items():
+            self._check_map(name, row.maps[name], where)
+        if self.model.policy is not None and row.wave is not None and row.use_audio is None \
+                and any(row.use.get(m) is not False for m in row.maps):
+            raise RequestError("safe.use_audio: this run's policy decides audio only, and not together with "
+                               f"{', '.join(row.maps)}; send safe.use_audio true/false with an input_"
+                               f"{next(iter(row.maps))} part", param="safe.use_audio", code="unsupported_parameter")
+        if row.wave is not None and "audio" not in self.model.modality_names:
+            raise RequestError(f"messages[0].content: this model has no audio modality (it has "
+                               f"{', '.join(self.model.modality_names)}); send no input_audio part",
+                               param="messages[0].content", code="unsupported_modality")
         fmt = self.processor.prompt_format
         if row.image is None and self.processor.kind == "checkpoint" and fmt.arch.startswith("blip2"):
             raise RequestError("messages[0].content: this BLIP-2 model needs an image_url part", param="messages",
                                code="missing_image")
+
+    def _check_map(self, name: str, value, where: str) -> None:
+        """Refuse (400 naming the part) a map this model has no modality for, or one its encoder cannot read:
+        the image processor must take it and give the encoder's input size (checked on this map alone, so a
+        bad map never fails its batch-mates)."""
+        if name not in self.pipeline.modalities:
+            raise RequestError(f"{where}: this model has no {name} modality (it has "
+                               f"{', '.join(self.model.modality_names)})", param=where, code="unsupported_modality")
+        try:
+            with self._processor_lock:
+                pixels = self.processor.modalities[name]([value], where)
+        except (ValueError, TypeError) as err:
+            raise RequestError(f"{where}: the {name} encoder's image processor cannot read this map ({err})",
+                               param=f"{where}.data", code="invalid_map") from None
+        config = getattr(getattr(self.model.modality(name).encoder, "model", None), "config", None)
+        size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+        want = (channels, *((size, size) if isinstance(size, int) else size)) if size and channels else None
+        if want is not None and tuple(pixels.shape[1:]) != tuple(want):
+            c, h, w = pixels.shape[1:]
+            raise RequestError(f"{where}: the {name} encoder reads {want[1]}x{want[2]} maps of {want[0]} channel(s); "
+                               f"this one gives {h}x{w} of {c} after its image processor", param=f"{where}.data",
+                               code="invalid_map")
 
     def _embed(self, waves: list, keys: list, timing: dict, hits: dict):
         """``rows -> encoder outputs of those rows`` (on the model's device), from the cache or the encoder."""
@@ -146,9 +186,17 @@ class Engine:
             raise ValueError("a batch mixes generation settings; the batcher groups rows by Row.key")
         t_start = time.perf_counter()
         first, n, model = rows[0], len(rows), self.model
+        names = sorted({name for r in rows for name in r.maps})
         with self._processor_lock:
-            inputs = self.processor(text=[r.question for r in rows], images=[r.image for r in rows])
+            inputs = self.processor(text=[r.question for r in rows], images=[r.image for r in rows],
+                                    **{m: [r.maps.get(m) for r in rows] for m in names})
         vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}  # every processor input
+        other, extra = {}, {}  # each other modality: the rows that use it (a map, not turned off) and its inputs
+        for m in names:
+            other[m] = inputs[f"{m}_mask"] & torch.tensor([r.use.get(m) is not False for r in rows])
+            if bool(other[m].any()):
+                extra.update({f"{m}_features": inputs[f"{m}_features"].to(self.device),
+                              f"{m}_mask": other[m].to(self.device)})
         gen: dict[str, Any] = dict(max_new_tokens=first.max_tokens, do_sample=first.temperature > 0)
         r = 1
         if first.temperature > 0:
@@ -168,7 +216,7 @@ class Engine:
         prob = [None] * n
         t_gen = time.perf_counter()
         timing["prepare"] = t_gen - t_start
-        if model.policy is not None and bool(free.any()):
+        if model.policy is not None and bool(free.any()) and not extra:  # (Row.key keeps maps out of such batches)
             preview = torch.zeros(n, PREVIEW_DIM)
             preview[has] = audio_preview([w for w in waves if w is not None])
             decider = _Decided(model.policy, free, forced)
@@ -187,9 +235,9 @@ class Engine:
                 picked = embed(used.nonzero().squeeze(1))
                 full = picked.new_zeros((n, *picked.shape[1:]))
                 full[used.to(full.device)] = picked
-                sequences = model.generate(**vl, **gen, audio_embeddings=full, audio_mask=used.to(self.device))
+                sequences = model.generate(**vl, **gen, **extra, audio_embeddings=full, audio_mask=used.to(self.device))
             else:
-                sequences = model.generate(**vl, **gen)
+                sequences = model.generate(**vl, **gen, **extra)
             timing["state"] = 0.0
             decided = ["default" if f else None for f in free.tolist()]
         t_end = time.perf_counter()
@@ -217,6 +265,7 @@ class Engine:
                 answers=texts, finish=list(finish), completion_tokens=list(counts),
                 prompt_tokens=int(vl["attention_mask"][i].sum()), used_audio=bool(used[i]),
                 audio_probability=prob[i], decided_by=how, cache_hit=hits.get(i) if bool(used[i]) else None,
+                used_other={m: bool(other[m][i]) if m in other else False for m in self.pipeline.modalities},
                 batch={"size": n, "row": i, "policy": self.policy_kind, "policy_state": self.policy_state},
                 timing_ms={k: round(v * 1000, 3) for k, v in timing.items()}))
         return out_rows

@@ -6,7 +6,9 @@ Images come as ``data:`` URLs (base64); a local path or ``file://`` URL only whe
 ``--allow-local-media``; remote URLs are never fetched. Audio comes as ``input_audio`` parts (base64
 bytes of a WAV / FLAC / OGG / MP3 file), decoded by :func:`safe.processing.audio.load_audio` (any PCM
 width, stereo downmixed, resampled with soxr). A clip over the server's limit is refused; a clip within
-the limit but over the encoder's window is cut to the window (the processor's rule).
+the limit but over the encoder's window is cut to the window (the processor's rule). Maps of other
+modalities come as ``input_depth`` (...) parts: base64 ``.npy`` or PNG bytes (:func:`decode_map`), under the
+image side limits.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import io
 import math
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ from PIL import Image
 
 from safe.processing.audio import MAX_CHANNELS, MAX_PEAK, AudioInputError, AudioTooLongError, load_audio
 from safe.processing.images import MAX_SIDE, SERVE_FORMATS, ImageInputError, ImageTooLargeError, read_image
-from safe.serve.schemas import AudioPart, ChatRequest, ImagePart, RequestError, TextPart
+from safe.serve.schemas import MAP_PARTS, AudioPart, ChatRequest, ImagePart, RequestError, TextPart
 
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
+MAP_FORMATS = ("npy", "png")
+MAX_MAP_CHANNELS = 4
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -73,12 +77,20 @@ class Row:
     temperature: float
     top_p: float | None
     n: int
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each other modality's map (``depth``: ``(H, W, C)`` numbers), by modality name."""
+    use: dict[str, bool | None] = field(default_factory=dict)
+    """``safe.use_<name>`` of each other modality the request set."""
+    where: dict[str, str] = field(default_factory=dict)
+    """The content part each map came from (``messages[0].content[2]``), for errors."""
 
     @property
     def key(self) -> tuple:
         # Image presence too: in a batch with images, a text-only row would get the processor's stand-in
-        # image (and its image tokens), so its answer would depend on its batch-mates.
-        return (self.image is not None, self.max_tokens, self.temperature, self.top_p, self.n)
+        # image (and its image tokens), so its answer would depend on its batch-mates. Rows with maps batch
+        # apart: the policy chooses audio rows only, so a batch it decides in carries no other modality.
+        return (self.image is not None, self.max_tokens, self.temperature, self.top_p, self.n,
+                tuple(sorted(self.maps)))
 
 
 def _b64(data: str, where: str) -> bytes:
@@ -145,6 +157,48 @@ def decode_audio(part: AudioPart, where: str, rate: int, limits: Limits) -> np.n
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def decode_map(data: str, fmt: str, where: str, limits: Limits) -> np.ndarray:
+    """An ``input_<modality>`` part's base64 ``.npy`` (numbers, 2-D or ``(H, W, C)``, no pickled objects) or PNG
+    (any bit depth; 16-bit grey kept as it is) -> an ``(H, W, C)`` array, refused (its size read from the
+    header, before the data) over the image side limits or :data:`MAX_MAP_CHANNELS` channels."""
+    if fmt.lower() not in MAP_FORMATS:
+        raise RequestError(f"{where}.format: {fmt!r} is not supported; use one of {MAP_FORMATS}",
+                           param=f"{where}.format", code="invalid_map")
+    raw = io.BytesIO(_b64(data, f"{where}.data"))
+    try:
+        if fmt.lower() == "npy":
+            version = np.lib.format.read_magic(raw)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+            shape, _, dtype = read[version](raw)  # the header only: no data is read or allocated yet
+            raw.seek(0)
+        else:
+            im = Image.open(raw, formats=("PNG",))
+            shape, dtype = (im.size[1], im.size[0], len(im.getbands())), np.dtype(np.uint16)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise RequestError(f"{where}.data: not a {fmt} file ({err})", param=f"{where}.data",
+                           code="invalid_map") from None
+    if dtype.kind not in "iuf" or len(shape) not in (2, 3) or 0 in shape:
+        raise RequestError(f"{where}.data: expected a 2-D map or an (H, W, C) array of numbers, got {dtype} of "
+                           f"shape {tuple(shape)}", param=f"{where}.data", code="invalid_map")
+    if shape[0] > limits.max_image_height or shape[1] > limits.max_image_width \
+            or (len(shape) == 3 and shape[2] > MAX_MAP_CHANNELS):
+        raise RequestError(f"{where}: a {shape[1]}x{shape[0]} map{f' of {shape[2]} channels' if len(shape) == 3 else ''}"
+                           f" is larger than the {limits.max_image_width}x{limits.max_image_height} (at most "
+                           f"{MAX_MAP_CHANNELS} channels) read here (--max-image-width / --max-image-height)",
+                           param=where, code="map_too_large")
+    try:
+        arr = np.load(raw, allow_pickle=False) if fmt.lower() == "npy" else np.asarray(im)
+    except (ValueError, OSError, EOFError) as err:
+        raise RequestError(f"{where}.data: cannot read the {fmt} data ({err})", param=f"{where}.data",
+                           code="invalid_map") from None
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise RequestError(f"{where}.data: the map holds NaN or infinite values", param=f"{where}.data",
+                           code="invalid_map")
+    return np.ascontiguousarray(arr[..., None] if arr.ndim == 2 else arr)
+
+
 def clip_key(wave: np.ndarray) -> str:
     """SHA-256 of the decoded clip (shape + float32 samples at the encoder's rate): the same sound sent
     as WAV or FLAC, or by two clients, shares one key."""
@@ -166,14 +220,17 @@ def to_row(req: ChatRequest, rate: int, limits: Limits, decodes: threading.Semap
     if content is None or (isinstance(content, str) and not content.strip()):
         raise RequestError(f"{where}: the user message has no text", param=where, code="missing_text")
     texts, images, clips = [], [], []
+    maps: dict[str, list] = {name: [] for name in MAP_PARTS}
     parts = [TextPart(type="text", text=content)] if isinstance(content, str) else content
     for i, part in enumerate(parts):
         if isinstance(part, TextPart):
             texts.append(part.text)
         elif isinstance(part, ImagePart):
             images.append((i, part))
-        else:
+        elif isinstance(part, AudioPart):
             clips.append((i, part))
+        else:
+            maps[part.type.removeprefix("input_")].append((i, part))
     question = " ".join(t.strip() for t in texts if t.strip())
     if not question:
         raise RequestError(f"{where}: no text part with the question", param=where, code="missing_text")
@@ -181,10 +238,19 @@ def to_row(req: ChatRequest, rate: int, limits: Limits, decodes: threading.Semap
         if len(got) > most:
             raise RequestError(f"{where}: {len(got)} {what}s in one request; this model takes at most {most}",
                                param=where, code="too_many_parts")
+    for name, got in maps.items():
+        if len(got) > 1:
+            raise RequestError(f"{where}: {len(got)} input_{name} parts in one request; this model takes at most 1",
+                               param=where, code="too_many_parts")
     use = req.safe.use_audio if req.safe is not None else None
     if use is True and not clips:
         raise RequestError("safe.use_audio is true but the request has no input_audio part", param="safe.use_audio",
                            code="missing_audio")
+    use_other = {name: getattr(req.safe, f"use_{name}") for name in MAP_PARTS if req.safe is not None}
+    for name, u in use_other.items():
+        if u is True and not maps[name]:
+            raise RequestError(f"safe.use_{name} is true but the request has no input_{name} part",
+                               param=f"safe.use_{name}", code=f"missing_{name}")
     max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
     if req.max_tokens is not None and req.max_completion_tokens is not None \
             and req.max_tokens != req.max_completion_tokens:
@@ -209,8 +275,16 @@ def to_row(req: ChatRequest, rate: int, limits: Limits, decodes: threading.Semap
         image = (decode_image(images[0][1].image_url.url, f"{where}[{images[0][0]}].image_url.url", limits)
                  if images else None)
         wave = decode_audio(clips[0][1], f"{where}[{clips[0][0]}].input_audio", rate, limits) if clips else None
+        arrays, wheres = {}, {}
+        for name, got in maps.items():
+            if got:
+                i, part = got[0]
+                wheres[name] = f"{where}[{i}].input_{name}"
+                m = getattr(part, f"input_{name}")
+                arrays[name] = decode_map(m.data, m.format, wheres[name], limits)
     return Row(question, image, wave, None if wave is None else clip_key(wave), use, int(max_tokens), temperature,
-               top_p, int(req.n))
+               top_p, int(req.n), arrays, {k: v for k, v in use_other.items() if v is not None}, wheres)
 
 
-__all__ = ["AUDIO_FORMATS", "MIN_TEMPERATURE", "Limits", "Row", "clip_key", "decode_audio", "decode_image", "to_row"]
+__all__ = ["AUDIO_FORMATS", "MAP_FORMATS", "MIN_TEMPERATURE", "Limits", "Row", "clip_key", "decode_audio", "decode_image",
+           "decode_map", "to_row"]

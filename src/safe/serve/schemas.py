@@ -1,9 +1,9 @@
 """The OpenAI chat-completions request shape (pydantic), and the one error type every bad request becomes.
 
 Only what SAFE can honour is accepted: ``messages`` (one user turn whose content is a string or a list
-of ``text`` / ``image_url`` / ``input_audio`` parts), ``max_tokens`` (or ``max_completion_tokens``),
+of ``text`` / ``image_url`` / ``input_audio`` / ``input_depth`` parts), ``max_tokens`` (or ``max_completion_tokens``),
 ``temperature`` (0 or absent: greedy; > 0: sampling), ``top_p`` (with sampling), ``n``, ``user``,
-``stream: false`` and SAFE's own ``"safe": {"use_audio": true | false}``. Other OpenAI parameters
+``stream: false`` and SAFE's own ``"safe": {"use_audio": true | false, "use_depth": true | false}``. Other OpenAI parameters
 (``stop``, ``seed``, ``logprobs``, ``tools``, ...) are refused with a 400 naming the parameter rather
 than silently ignored, and an unknown field is refused the same way.
 """
@@ -68,7 +68,24 @@ class AudioPart(_Shape):
     input_audio: InputAudio
 
 
-Part = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
+class InputMap(_Shape):
+    """``{"data": <base64 .npy or PNG file bytes>, "format": "npy" | "png"}``: one map of an image-like modality."""
+
+    data: StrictStr
+    format: StrictStr
+
+
+class DepthPart(_Shape):
+    """``{"type": "input_depth", "input_depth": {...}}``: the depth map (for a run carrying depth)."""
+
+    type: Literal["input_depth"]
+    input_depth: InputMap
+
+
+#: The content part type of each image-like modality the server reads, by modality name.
+MAP_PARTS = {"depth": DepthPart}
+
+Part = Annotated[TextPart | ImagePart | AudioPart | DepthPart, Field(discriminator="type")]
 
 
 class Message(_Shape):
@@ -84,6 +101,8 @@ class SafeOptions(_Shape):
 
     use_audio: StrictBool | None = None
     """True: use the clip (the request must carry one); False: never; absent: the policy decides."""
+    use_depth: StrictBool | None = None
+    """True: use the depth map (the request must carry an input_depth part); False: never; absent: used when sent."""
 
 
 Number = StrictInt | StrictFloat
@@ -175,4 +194,4 @@ def parse_request(data: Any) -> ChatRequest:
     return req
 
 
-__all__ = ["ChatRequest", "Message", "RequestError", "SafeOptions", "parse_request"]
+__all__ = ["MAP_PARTS", "ChatRequest", "DepthPart", "Message", "RequestError", "SafeOptions", "parse_request"]

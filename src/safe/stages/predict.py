@@ -30,9 +30,16 @@ class PredictConfig(LoadOptions):
     """Audio file (WAV / FLAC / OGG / MP3) for the question."""
     use_audio: Literal["true", "false"] | None = None
     """Force the audio path on or off (default: the policy decides, or audio is used when given)."""
+    depth_file: str | None = None
+    """Depth map (.npy array in metres, or an image file) for the question, for a checkpoint carrying depth."""
+    use_depth: Literal["true", "false"] | None = None
+    """Force the depth path on or off (default: used when a depth map is given)."""
+    depth_encoder: str | None = None
+    """Depth encoder folder (a transformers vision model with its image processor; default: the one saved
+    with the checkpoint's processor, else the shipped depth encoder)."""
     input: str | None = None
-    """JSON lines, one {question, image, audio, use_audio, id} object a line (relative paths from the file's
-    folder); prints one JSON object a line, in order."""
+    """JSON lines, one {question, image, audio, use_audio, depth, use_depth, id} object a line (relative paths
+    from the file's folder); prints one JSON object a line, in order."""
     batch_size: int = 16
     """Questions per generate call with --input."""
     long_audio: Literal["truncate", "error"] = "truncate"
@@ -42,7 +49,7 @@ class PredictConfig(LoadOptions):
         if (self.checkpoint or self.run_dir) is None:
             raise ValueError("give --run-dir DIR (or --checkpoint DIR)")
         if (self.input is None) == (self.question is None):
-            raise ValueError("give either --question (with --image / --audio-file) or --input FILE.jsonl")
+            raise ValueError("give either --question (with --image / --audio-file / --depth-file) or --input FILE.jsonl")
         if self.question is not None and not self.question.strip():
             raise ValueError("--question is empty: give the question to answer")
 
@@ -82,8 +89,12 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
             use = None if cfg.use_audio is None else cfg.use_audio == "true"
             requests = [{"question": cfg.question, "image": cfg.image, "audio": cfg.audio_file, "use_audio": use,
                          "_where": "--question"}]
-        rows = predict(cfg.checkpoint or cfg.run_dir, requests, cfg.base, cfg.audio, cfg.batch_size,
-                       cfg.long_audio, opts)
+            if cfg.depth_file is not None or cfg.use_depth is not None:
+                requests[0].update(depth=cfg.depth_file,
+                                   use_depth=None if cfg.use_depth is None else cfg.use_depth == "true")
+        source = cfg.checkpoint or cfg.run_dir
+        rows = predict(source, requests, cfg.base or default_base(source), cfg.audio, cfg.batch_size,
+                       cfg.long_audio, opts, encoders=default_encoders(source, cfg.depth_encoder))
     finally:
         log.removeHandler(handler)
         hf_logging.set_verbosity(verbosity)
@@ -91,3 +102,37 @@ def predict_command(cfg: PredictConfig) -> PredictResult:
             hf_logging.enable_progress_bar()
     return PredictResult(rows=rows)
 
+
+
+def default_base(source) -> str | None:
+    """None (the recorded or built-in base) unless the checkpoint carries another modality, names no base and
+    no built-in base is built: then the built-in VL model SAFE ships (the depth track trains on it without
+    ``safe base build``)."""
+    from safe.bench.build import SHIPPED_DIR
+    from safe.data.source import cache_dir
+    from safe.inference.pipeline import checkpoint_modalities, find_checkpoint
+    from safe.processing.processor import PROCESSOR_FILE
+
+    ckpt = find_checkpoint(source)
+    if not checkpoint_modalities(ckpt) or (ckpt / PROCESSOR_FILE).is_file() \
+            or (cache_dir() / "base" / "manifest.json").is_file():
+        return None
+    return str(SHIPPED_DIR)
+
+
+def default_encoders(source, given: str | None) -> dict[str, str] | None:
+    """``{"depth": folder}``: --depth-encoder, else (a checkpoint carrying depth whose processor names no
+    depth encoder) the shipped one; None when the checkpoint has no depth modality."""
+    from safe.bench.depth import SHIPPED_DEPTH_ENCODER
+    from safe.inference.pipeline import checkpoint_modalities, find_checkpoint
+    from safe.processing.processor import PROCESSOR_FILE
+
+    if given is not None:
+        return {"depth": given}
+    ckpt = find_checkpoint(source)
+    if "depth" not in checkpoint_modalities(ckpt):
+        return None
+    saved = ckpt / PROCESSOR_FILE
+    if saved.is_file() and json.loads(saved.read_text()).get("sources", {}).get("depth"):
+        return None
+    return {"depth": str(SHIPPED_DEPTH_ENCODER)}

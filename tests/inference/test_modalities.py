@@ -1,0 +1,141 @@
+"""safe.pipeline and `safe predict` on checkpoints carrying other modalities: a depth-primary checkpoint (as the
+depth track saves) and an audio run with depth added. Rows without a modality's input are the base's (or the
+audio-only model's) own answers on the same batch (torch.equal on logits and generated ids); the answers say
+which modalities they used; bad maps and missing encoders are refused by name."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import safe
+from safe import bench as synth
+from safe.bench.depth import depth_processor
+from safe.bench.vision import IMAGE_SIZE, tiny_vision_encoder
+from safe.cli import main
+from safe.models.config import SAFEConfig
+from safe.models.loading import load_base
+from safe.models.safe_model import SAFEModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _maps(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.5, 4.0, (IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def modal(trained_run, tmp_path_factory):
+    """(built-in base, depth encoder folder, depth-primary checkpoint, audio + depth run, audio run, examples)."""
+    bench, base, run = trained_run
+    root = tmp_path_factory.mktemp("modal")
+    vit = tiny_vision_encoder("vit")
+    vit.save_pretrained(root / "vit")
+    depth_processor(IMAGE_SIZE).save_pretrained(str(root / "vit"))
+    torch.manual_seed(0)
+    depth = SAFEModel(load_base(str(base / "vl")), vit, SAFEConfig(fusion_layers=[-1], num_audio_tokens=4),
+                      modality="depth")
+    with torch.no_grad():  # a trained-looking depth branch: open gates, nonzero adapters
+        for p in depth.trainable_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    depth.set_gates(1.0)
+    ckpt = depth.save_pretrained(root / "depth" / "checkpoints" / "final")
+    depth.remove_hooks()
+    p = safe.pipeline(run)
+    p.model.load_modality("depth", ckpt, vit)
+    p.processor.modalities["depth"] = safe.processing.modalities.ImageModalityFrontEnd(depth_processor(IMAGE_SIZE))
+    p.processor.sources["depth"] = str(root / "vit")
+    both = p.model.save_pretrained(root / "both" / "checkpoints" / "final")
+    p.processor.save_pretrained(both)
+    p.model.remove_hooks()
+    test = synth.load_split(bench, "test")
+    rows = [e for e in test if e.needs_audio][:2] + [e for e in test if not e.needs_audio][:2]
+    return base, root / "vit", root / "depth", root / "both", run, rows
+
+
+def test_a_depth_primary_checkpoint_answers_with_depth_and_rows_without_a_map_are_the_base(modal):
+    base, vit, depth_run, _, _, rows = modal
+    p = safe.pipeline(depth_run, base, encoders={"depth": vit})
+    assert p.modalities == ["depth"] and p.model.primary_modality == "depth"
+    qs, imgs, maps = [e.question for e in rows], [e.image for e in rows], _maps(4)
+    depth = [maps[0], None, maps[2], None]
+    inputs = p.processor(text=qs, images=imgs, depth=depth)
+    vl = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    gen = dict(max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        extra = {"depth_features": inputs["depth_features"], "depth_mask": inputs["depth_mask"]}
+        ids, logits = p.model.generate(**vl, **extra, **gen), p.model(**vl, **extra).logits
+        with p.model.hooks_detached() as bare:
+            base_ids, base_logits = bare.generate(**vl, **gen), bare(**vl).logits
+    closed, length = ~inputs["depth_mask"], base_ids.shape[1]
+    # The depth rows may answer longer: the closed rows' ids are the base's, then padding only.
+    assert torch.equal(ids[closed, :length], base_ids[closed]) and ids[closed, length:].unique().numel() <= 1
+    assert torch.equal(logits[closed], base_logits[closed])
+    assert not torch.equal(logits[~closed], base_logits[~closed])  # the rows with a map did use it
+    out = p(image=imgs, question=qs, depth=depth)
+    assert [r["used_depth"] for r in out] == [True, False, True, False]
+    assert [r["modalities"] for r in out] == [["depth"], [], ["depth"], []]
+    base_answers = p.processor.decode(base_ids, vl["input_ids"].shape[1])
+    with_depth = p.processor.decode(ids, vl["input_ids"].shape[1])
+    assert [r["answer"] for r in out] == with_depth  # rows with a map answer with it, the others as the base
+    assert [a for a, c in zip(with_depth, closed) if not c] != [b for b, c in zip(base_answers, closed) if not c]
+    off = p(image=imgs, question=qs, depth=depth, use_depth=False)
+    assert [r["modalities"] for r in off] == [[]] * 4 and [r["answer"] for r in off] == base_answers
+    assert [a for a, c in zip(with_depth, closed) if c] == [b for b, c in zip(base_answers, closed) if c]
+    with pytest.raises(ValueError, match=r"use_depth=True for row\(s\) \[1, 3\], which have no depth"):
+        p(image=imgs, question=qs, depth=depth, use_depth=True)
+    with pytest.raises(ValueError, match="audio: this model has no audio modality"):
+        p(image=imgs[0], question=qs[0], audio=rows[0].audio)
+
+
+def test_audio_and_depth_together_each_row_uses_its_own(modal):
+    """An audio run with depth added, loaded from its saved processor (which names the depth encoder): rows
+    using audio only answer as the audio-only run does, rows using neither as the base."""
+    _, _, _, both, run, rows = modal
+    p = safe.pipeline(both)
+    assert p.model.modality_names == ["audio", "depth"]
+    qs, imgs, maps = [e.question for e in rows], [e.image for e in rows], _maps(4, 1)
+    audio, depth = [rows[0].audio, None, rows[2].audio, None], [None, maps[1], maps[2], None]
+    out = p(image=imgs, question=qs, audio=audio, depth=depth)
+    assert [r["modalities"] for r in out] == [["audio"], ["depth"], ["audio", "depth"], []]
+    assert [r["used_audio"] for r in out] == [True, False, True, False]
+    alone = safe.pipeline(run)(image=imgs, question=qs, audio=audio)  # the run before depth was added
+    assert out[0]["answer"] == alone[0]["answer"] and out[3]["answer"] == alone[3]["answer"]
+    assert {k: v for k, v in out[0].items() if k not in ("used_depth", "modalities")} == \
+        {k: v for k, v in alone[0].items() if k != "modalities"}
+    with pytest.raises(ValueError, match="thermal: this model has no thermal modality"):
+        p(image=imgs[0], question=qs[0], thermal=maps[0])
+    with pytest.raises(ValueError, match=r"depth\[0\]: expected a 2-D map"):
+        p(image=imgs[0], question=qs[0], depth=np.zeros((2, 2, 2, 2)))
+
+
+def test_a_missing_encoder_is_refused_naming_the_modality_and_the_flag(modal):
+    base, _, depth_run, _, _, _ = modal
+    with pytest.raises(ValueError, match=r"carries the depth modality; give its encoder .*--depth-encoder"):
+        safe.pipeline(depth_run, base)
+
+
+def _predict(capsys, *argv):
+    rc = main(["predict", *map(str, argv)])
+    out = capsys.readouterr()
+    return rc, [json.loads(line) for line in out.out.splitlines() if line.strip()], out.err
+
+
+def test_safe_predict_with_a_depth_file(modal, tmp_path, capsys):
+    base, vit, depth_run, both, _, rows = modal
+    maps = _maps(2, 2)
+    np.save(tmp_path / "d0.npy", maps[0])
+    rc, out, _ = _predict(capsys, "--run-dir", depth_run, "--base", base, "--depth-encoder", vit,
+                          "--question", rows[0].question, "--image", rows[0].image,
+                          "--depth-file", tmp_path / "d0.npy")
+    assert rc == 0 and out[0]["modalities"] == ["depth"]
+    lines = [{"id": "a", "question": rows[0].question, "image": rows[0].image, "depth": "d0.npy"},
+             {"id": "b", "question": rows[1].question, "image": rows[0].image},
+             {"id": "c", "question": rows[1].question, "image": rows[0].image, "depth": "d0.npy", "use_depth": False}]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    rc, out, _ = _predict(capsys, "--checkpoint", both / "checkpoints" / "final", "--input", tmp_path / "in.jsonl")
+    assert rc == 0 and [(r["id"], r["modalities"]) for r in out] == [("a", ["depth"]), ("b", []), ("c", [])]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q?", "depth": "nope.npy"}))
+    rc, _, err = _predict(capsys, "--checkpoint", both / "checkpoints" / "final", "--input", tmp_path / "bad.jsonl")
+    assert rc == 2 and "bad.jsonl:1: depth" in err and "nope.npy: no such file" in err
