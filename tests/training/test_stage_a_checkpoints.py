@@ -60,5 +60,5 @@ def test_stage_a_runs_on_checkpoint_directories(tiny_builtin, tmp_path, base_kin
 def test_checkpoint_base_needs_an_audio_checkpoint(tiny_builtin, tmp_path):
     bench, _ = tiny_builtin
     base = _save_base("llava", bench, tmp_path / "base")
-    with pytest.raises(ValueError, match="--audio must name a local CLAP / Whisper checkpoint"):
+    with pytest.raises(ValueError, match="--audio must name a local audio encoder checkpoint"):
         run_stage_a(BuiltinSource(bench), base, load_stage_a_config(None, FAST), tmp_path / "run", progress=False)
