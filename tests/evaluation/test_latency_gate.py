@@ -86,3 +86,11 @@ def test_latency_gate_names_the_shape_it_was_measured_on(results):
         latency_gate({}, results.parent / "nope.json")
     with pytest.raises(ScaleResultsError, match="benchmarks/scale.py output"):
         load_scale_results({"cells": []})
+
+
+def test_the_shipped_results_are_named_as_such():
+    from safe.evaluation.protocol import shipped_scale_results
+
+    gate = latency_gate({}, shipped_scale_results())
+    assert gate["source"]["file"].startswith("the scale results SAFE ships")
+    assert "read from the scale results SAFE ships" in gate["measured"] and "given in memory" not in gate["measured"]
