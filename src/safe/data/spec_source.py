@@ -31,8 +31,7 @@ Records on disk: a split is read once, the readers streaming each record into a 
 (:mod:`safe.data.record_table`, ``cache_dir/records/<split>-<key>.sqlite``; the interleaving and the
 pairing are queries on that file), and :meth:`SpecSource.split` returns a lazy view of it, so no split is
 ever held as ``Example`` objects. The key (:meth:`SpecSource.table_key`) covers what the records are made
-from; a table with the same key is reused when no medium it names changed size or mtime since.
-"""
+from; a table with the same key is reused when no medium it names changed size or mtime since."""
 from __future__ import annotations
 
 import functools
