@@ -47,7 +47,7 @@ def _ms_per_row(model, fmt, data, rows: list[int], with_depth: bool, maps: torch
 
 def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set, test_set, *, alpha: float = 0.1,
                  steps: int | None = None, train_rows: int = 1200, cost_rows: int = 32,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, save_dir=None) -> dict[str, Any]:
     """Stage B for depth on the trained depth model: outcome tables of the first ``train_rows`` of
     ``train_set`` and of ``test_set`` (prepared by :func:`~safe.bench.depth_model.prepare_depth` from the same
     ``splits``), measured costs, PPO at ``alpha``, and the policy's test figures beside never / always / oracle."""
@@ -73,6 +73,12 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
                  "with_audio": _ms_per_row(model, fmt, test_set, r, True, maps)} for kind, r in rows.items()}
     costs = {e.family: ms[e.needs_audio] for d in (train_set, test_set) for e in d.examples}
     train, test = (build_table(o, d, costs) for o, d, _ in tables.values())
+    if save_dir is not None:  # the tables, so the policy can be retrained and rescored without the model
+        from pathlib import Path
+
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        train.save(Path(save_dir) / "depth_train_table.pt")
+        test.save(Path(save_dir) / "depth_test_table.pt")
     cfg = PolicyStageConfig(alphas=[alpha], alpha=alpha, **({"steps": steps} if steps else {}))
     net, _ = train_ppo(train, cfg.ppo(alpha))
     ev = evaluate_policy(net, test)
