@@ -3,7 +3,6 @@ chosen on held-out training rows within the accuracy tolerance, Stage C distilli
 report's per-modality rows. PPO itself is tested in test_ppo.py: here a stand-in teacher (a threshold on the
 first state feature, lower for larger alpha) keeps these tests to seconds."""
 import pytest
-import torch
 
 import safe.policy.modalities as M
 from safe.policy import baselines as B
