@@ -17,6 +17,9 @@ from safe.bench.depth import BACKGROUND_DEPTH, NEAR, DepthSplits, depth_split, l
 from safe.bench.questions import SynthConfig
 from safe.processing.features import PREVIEW_DIM
 
+ALPHAS = (0.0, 0.1, 0.3)
+"""Latency weights the depth policy's alpha is chosen among (on held-out training rows)."""
+
 
 def depth_preview(maps: np.ndarray, grid: int) -> torch.Tensor:
     """(n, PREVIEW_DIM): each grid cell's nearest point as nearness in [0, 1], then zeros."""
@@ -45,17 +48,17 @@ def _ms_per_row(model, fmt, data, rows: list[int], with_depth: bool, maps: torch
     return 1000 * float(np.median(times)) / len(rows)
 
 
-def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set, test_set, *, alpha: float = 0.1,
+def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set, test_set, *,
+                 alphas: tuple[float, ...] = ALPHAS,
                  steps: int | None = None, train_rows: int = 1200, cost_rows: int = 32,
                  progress: bool = False, save_dir=None) -> dict[str, Any]:
     """Stage B for depth on the trained depth model: outcome tables of the first ``train_rows`` of
     ``train_set`` and of ``test_set`` (prepared by :func:`~safe.bench.depth_model.prepare_depth` from the same
-    ``splits``), measured costs, PPO at ``alpha``, and the policy's test figures beside never / always / oracle."""
-    from safe.policy import baselines as B
+    ``splits``), measured costs, then :func:`~safe.policy.modalities.modality_policy`: alpha chosen among
+    ``alphas`` on held-out training rows, PPO, Stage C, and the test figures beside never / always / oracle;
+    ``save_dir``: where the two tables are saved (``depth_{train,test}_table.pt``)."""
+    from safe.policy.modalities import modality_policy
     from safe.policy.outcomes import build_table, collect_outcomes
-    from safe.policy.ppo import evaluate_policy, train_ppo
-    from safe.policy.stage import PolicyStageConfig
-    from safe.policy.table import evaluate_actions
 
     t0 = time.perf_counter()
     model.eval()
@@ -79,16 +82,9 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         train.save(Path(save_dir) / "depth_train_table.pt")
         test.save(Path(save_dir) / "depth_test_table.pt")
-    cfg = PolicyStageConfig(alphas=[alpha], alpha=alpha, **({"steps": steps} if steps else {}))
-    net, _ = train_ppo(train, cfg.ppo(alpha))
-    ev = evaluate_policy(net, test)
-    keep = ("accuracy", "use_rate", "mean_latency_ms", "vl_accuracy")
+    out = modality_policy(train, test, alphas=alphas, **({"ppo": {"steps": steps}} if steps else {}))
     return {
-        "policy": {k: ev[k] for k in keep},
-        "never": {k: v for k, v in evaluate_actions(test, B.never(test)).items() if k in keep},
-        "always": {k: v for k, v in evaluate_actions(test, B.always(test)).items() if k in keep},
-        "oracle": {k: v for k, v in evaluate_actions(test, B.oracle(test)).items() if k in keep},
+        **out,
         "costs_ms_per_query": {"depth_question": ms[True], "vl_question": ms[False]},
-        "alpha": alpha, "rows": {"train": len(train), "test": len(test)},
         "seconds": round(time.perf_counter() - t0, 1),
     }

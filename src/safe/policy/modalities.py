@@ -65,7 +65,7 @@ def choose_alpha(train: OutcomeTable, alphas: Sequence[float], *, ppo: dict[str,
     return best["alpha"], sweep
 
 
-def modality_policy(train: OutcomeTable, test: OutcomeTable, *, alphas: Sequence[float] = (0.1, 0.3, 0.6, 1.0),
+def modality_policy(train: OutcomeTable, test: OutcomeTable, *, alphas: Sequence[float] = (0.0, 0.1, 0.3),
                     ppo: dict[str, Any] | None = None, tolerance: float = 0.01, seed: int = 0,
                     distill_hidden: int = 32, distill_epochs: int = 100) -> dict[str, Any]:
     """One modality's Stage B and C (module docstring): ``{"policy", "distilled", "never", "always", "oracle"}``
