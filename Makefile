@@ -64,9 +64,10 @@ demo-depth: $(STAMP)
 ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
 
-# The README's results table and docs/results.md, generated from the demo's metrics.json.
+# The README's results table and docs/results.md, generated from the demo's metrics.json (with the depth
+# track's per-modality row when runs/demo-depth holds one).
 docs: $(STAMP)
-	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md
+	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md $(if $(wildcard runs/demo-depth/metrics.json),--depth-run runs/demo-depth)
 
 # The README's speech-track block, generated from runs/demo-speech/metrics.json.
 docs-speech: $(STAMP)

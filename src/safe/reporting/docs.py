@@ -17,6 +17,7 @@ from typing import Any
 from safe.atomic import write_atomic
 from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci
+from safe.reporting.modalities import modality_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS_FILE = "results.md"
@@ -432,6 +433,8 @@ def results_page(metrics: Mapping[str, Any], *, command: str | None = None) -> s
     parts += [
         _section("Per family after Stage A", _stage_a_families, m, "Accuracy per question family, base -> SAFE "
                  "with the gate open (each row with its own clip).\n\n"),
+        _section("Per modality", modality_table, m, "Each modality's questions without and with it, the VL answers "
+                 "it keeps, and its own policy (use rate beside its oracle's, accuracy beside always-on's).\n\n"),
         _section("Stages B and C: policy vs baselines", _policy_table, m, "Priced from the outcome table (measured "
                  "costs per query); random / confidence / entropy at the policy's use rate.\n\n"),
         _section("Pareto points of the PPO policy", _pareto_table, m),
