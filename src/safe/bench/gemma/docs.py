@@ -24,7 +24,6 @@ def results_block(build: Mapping[str, Any], conversion: Mapping[str, Any], sourc
     """The table of the build: the language model and its fingerprint, what trained, the VL accuracy per family
     against the 0.90 target, and the limits next to the numbers."""
     acc = build["monitor_accuracy"]
-    cfg = build["config"]
     gap = acc["all"] - TARGET
     verdict = "met" if gap >= 0 else f"missed by {-gap * 100:.1f} points"
     rows = [
