@@ -2,8 +2,8 @@
 
 No package on the registry ships a pretrained image encoder, so the vision side is trained here, through the
 frozen Gemma, on the built-in scenes (LLaVA's first stage): the built-in base's vision tower (a 2-layer CLIP
-tower trained on these scenes with a per-patch shape / colour loss) and a fresh LLaVA projector (64 -> 640 ->
-640). Only those two train; every Gemma tensor keeps ``requires_grad=False`` from construction on, and its
+tower trained on these scenes with a per-patch shape / colour loss; frozen unless ``lr_tower``) and a LLaVA
+projector (64 -> 640 -> 640), warm-started by :mod:`.warm`. Only those two can train; every Gemma tensor keeps ``requires_grad=False`` from construction on, and its
 SHA-256 is checked against the conversion's after training and in the saved checkpoint.
 
 Prompt (the checkpoint's own chat template, so every SAFE stage builds it without a ``--template``)::
@@ -18,9 +18,9 @@ projected image features, so that row is never read and no embedding row changes
 literal text ``<start_of_image>`` is therefore read as an image placeholder, as in Gemma 3's own processor.)
 **The end of an answer.** The pretrained Gemma ends a short answer with a line break (" Blue\\n"), not
 ``<eos>``: the vision side is trained on "{answer}\\n" and the generation config stops at either (ids 107, 1).
-The projector's output is scaled at initialisation to the mean norm of Gemma's (scaled) token embeddings
-(about 26; Gemma multiplies its embeddings by sqrt(640)): at the default scale (about 1) the image tokens are
-nearly invisible to the language model and training starts far slower.
+Without the warm start, the projector's output is scaled at initialisation to the mean norm of Gemma's
+(scaled) token embeddings (about 26; Gemma multiplies its embeddings by sqrt(640)): at the default scale
+(about 1) the image tokens are nearly invisible to the language model and training starts far slower.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Training the vision side of the Gemma base (:mod:`safe.bench.gemma.base`) on the built-in scenes, resumably.
 
-Only the vision tower and the projector train; the Gemma language model is frozen from construction and its
-tensors' SHA-256 are checked against the conversion's before training, after training and in the saved
+Only the projector (and the vision tower, when its rate is above 0) trains, after the projector's warm start
+(:mod:`.warm`), with the question's keys and values computed once (:mod:`.prefix`); the Gemma language model
+is frozen from construction and its tensors' SHA-256 are checked against the conversion's before training, after training and in the saved
 checkpoint reloaded from disk. A resumable state (trainable weights, optimiser, step, history) is written
 every ``checkpoint_every`` steps into a work folder beside the output; a killed build resumes there, taking
 the same batches it would have taken. The finished checkpoint is written to a temporary folder renamed into
