@@ -137,6 +137,10 @@ def test_open_gate_changes_the_measured_distribution(parts, track_run):
 def test_a_killed_track_starts_again_where_it_stopped(parts, track_run, tmp_path, monkeypatch):
     import shutil
 
+    import safe.stages.evaluate as ev
+    import safe.stages.policy as po
+    import safe.stages.stage_a as sa
+    import safe.stages.verify as ve
     from safe.stages import gemma as stage
 
     run, _ = track_run
@@ -144,27 +148,20 @@ def test_a_killed_track_starts_again_where_it_stopped(parts, track_run, tmp_path
     shutil.copytree(run, copy)
     monkeypatch.setenv("SAFE_CACHE", str(parts[2] / "cache"))
     m = json.loads((copy / "metrics.json").read_text())
-    del m["gemma"]  # killed during the last stage: everything before it is recorded
+    recorded_eval = m.pop("eval")  # killed during the last stage: everything before it is recorded
+    m["timing"] = {**m["timing"], "partial": True}
     (copy / "metrics.json").write_text(json.dumps(m))
     ran = []
-    import safe.stages.evaluate as ev
-    import safe.stages.policy as po
-    import safe.stages.verify as ve
-
     monkeypatch.setattr(ve, "verify", lambda *a, **k: pytest.fail("verification ran again"))
-    monkeypatch.setattr(po, "train_policy", lambda *a, **k: pytest.fail("the policy stage ran again"))
-    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("the evaluation ran again"))
-    monkeypatch.setattr(stage, "gemma_figures", lambda *a, **k: ran.append(1) or stage.GemmaResult(
-        {**m_old(run), "seconds": 0.0}))
-    import safe.stages.stage_a as sa
-
     monkeypatch.setattr(sa, "run_stage_a", lambda *a, **k: pytest.fail("Stage A ran again"))
+    monkeypatch.setattr(stage, "gemma_figures", lambda *a, **k: pytest.fail("the retention figures ran again"))
+    monkeypatch.setattr(po, "train_policy", lambda *a, **k: pytest.fail("the policy stage ran again"))
+    monkeypatch.setattr(ev, "evaluate", lambda cfg: ran.append(cfg.run_dir) or ev.EvalResult(recorded_eval))
     result = _demo(parts, copy)
-    assert ran == [1] and result.ok
-
-
-def m_old(run):
-    return json.loads((run / "metrics.json").read_text())["gemma"]
+    assert ran == [str(copy)] and result.ok
+    after = json.loads((copy / "metrics.json").read_text())
+    assert after["timing"]["seconds"] > m["timing"]["seconds"]  # the killed run's time is counted in
+    assert after["gemma"]["lm_sha256"]["all_equal"] and "after_eval" in after["gemma"]["lm_sha256"]
 
 
 def test_docs_block_comes_from_metrics(track_run, tmp_path):

@@ -157,6 +157,15 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base), audio=str(audio))
     go_on = cfg.continue_on_gate_failure
     digests = {"expected": expected, "before": gt.saved_lm_sha256(base)}
+    def boundary(name: str) -> None:
+        """The saved base's digest after a stage, added to the recorded figures (when recorded already)."""
+        digests[name] = gt.saved_lm_sha256(base)
+        recorded = run.read(GemmaResult)
+        if recorded is not None and recorded.metrics:
+            found = {**recorded.metrics["lm_sha256"], **digests}
+            found["all_equal"] = all(v == expected for k, v in found.items() if k != "all_equal")
+            run.record(GemmaResult({**recorded.metrics, "lm_sha256": found}))
+
     resuming = not cfg.fresh  # a stage already recorded is kept while every stage before it was kept too
 
     def kept(result_type, folder: str | None = None) -> bool:
@@ -180,27 +189,28 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
             step(train(make_config(TrainConfig, cfg.recipe, {**paths, **over, "fresh": cfg.fresh,
                                                               "continue_on_gate_failure": go_on})))
         mark("stage_a_done_seconds")
-        digests["after_stage_a"] = gt.saved_lm_sha256(base)
-        echo("\n== 5. Stages B and C: policy, baselines, distilled gate ==")
+        boundary("after_stage_a")
+        # on Stage A's weights (the policy changes none of them; the measurement forces every row's gate)
+        echo("\n== 5. The track's own figures: text retention set, VL questions, Gemma's SHA-256 ==")
+        if not kept(GemmaResult):
+            step(gemma_figures(cfg.run_dir, str(data), str(base), str(audio), track, digests, checkpoint="final"))
+        mark("gemma_done_seconds")
+        echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
         if not kept(PolicyResult, "policy"):
             policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state, train_rows=track.policy_train_rows,
                                        latency_batches=list(track.latency_batches), **track.policy)
             step(train_policy(PolicyTrainConfig(**paths, policy=policy, continue_on_gate_failure=go_on)))
         mark("policy_done_seconds")
-        digests["after_policy"] = gt.saved_lm_sha256(base)
+        boundary("after_policy")
     except GateFailed as failure:
         return stopped(cfg.run_dir, step, failure, echo)
-    echo("\n== 6. Evaluation protocol ==")
+    echo("\n== 7. Evaluation protocol ==")
     from safe.stages.evaluate import EvalResult
 
     if not kept(EvalResult):
         step(evaluate(EvalConfig(**paths)))
     mark("eval_done_seconds")
-    digests["after_eval"] = gt.saved_lm_sha256(base)
-    echo("\n== 7. The track's own figures: text retention set, VL questions, Gemma's SHA-256 ==")
-    if not kept(GemmaResult):
-        step(gemma_figures(cfg.run_dir, str(data), str(base), str(audio), track, digests))
-    mark("gemma_done_seconds")
+    boundary("after_eval")
     timing = {**step.timing, "seconds": round(spent + step.elapsed(), 1), "this_invocation_seconds": step.elapsed(),
               "load_average": load}
     result = DemoResult(timing, step.ok, cfg.run_dir)
