@@ -17,6 +17,7 @@ from typing import Any
 from safe.atomic import write_atomic
 from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci
+from safe.reporting.stage_b_rows import floor_stress, row_costs
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS_FILE = "results.md"
@@ -289,6 +290,10 @@ def _measures(m: Mapping) -> list[Row]:
          f"{_f(_at(m, 'policy', 'baselines', 'entropy', 'accuracy'))}"),
         ("Stage B: PPO at every alpha strictly above every no-slower threshold point", _pareto),
         ("Stage B: PPO seeds, accuracy / use rate, mean [95% CI]", _seeds),
+        ("Stage B: audio's extra cost per row (test): runtime ms, mean [5th, 95th percentile] / LM tokens, mean",
+         row_costs),
+        ("Stage B: retention floor under stress (audio breaks a share of VL rows, state blanked, audio free): "
+         "VL accuracy with dual ascent / lambda = 0 / floor; lambda max / final", floor_stress),
         ("Stage C: MLP gate, agreement with PPO on test / accuracy / use rate", _stage_c),
         ("Deployed gate measured end to end: accuracy / use rate",
          lambda m: f"{_f(_deployed(m)['accuracy'])} / {_f(_deployed(m)['use_rate'])} "
