@@ -13,14 +13,13 @@ from safe.stages.common import DataOptions, check_run_data, from_run, load_optio
 @dataclass
 class StateAblationConfig(DataOptions):
     """Options of ``safe policy ablate-state``: the Stage A checkpoint, the Stage B settings every entry
-    shares, seeds and the entries."""
+    shares (its seeds: per entry) and the entries."""
 
     checkpoint: str | None = None
     """Stage A SAFE checkpoint (default <run-dir>/checkpoints/final)."""
     policy: PolicyStageConfig = field(default_factory=PolicyStageConfig)
-    """Stage B settings shared by every entry (PPO --steps, --alpha, --train-rows, ...)."""
-    seeds: int = 5
-    """PPO seeds per entry (mean and 95% CI over seeds)."""
+    """Stage B settings shared by every entry (PPO --steps, --alpha, --train-rows, and --seeds: PPO seeds
+    per entry, mean and 95% CI over seeds)."""
     only: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
     """Run only this entry (repeatable); the entries are safe.policy.state_ablation.STATE_SUBSETS's names."""
 
@@ -62,7 +61,7 @@ def ablate_state(cfg: StateAblationConfig) -> StateAblationResult:
     train_ex = data.split("train")[: p.train_rows] + data.split("val")
     train = prepare_policy_data(model, fmt, frontend, train_ex, cache, True, early=False)
     test = prepare_policy_data(model, fmt, frontend, data.split(p.eval_split), cache, True, early=False)
-    metrics = run_state_ablation(model, fmt, frontend, train, test, p, seeds=cfg.seeds, names=cfg.only or None,
+    metrics = run_state_ablation(model, fmt, frontend, train, test, p, seeds=p.seeds, names=cfg.only or None,
                                  progress=True)
     result = StateAblationResult(metrics)
     run.record(result)
