@@ -404,6 +404,33 @@ def _stage_a_grid(m: Mapping) -> str:
                            else DASH, fmt(r.get("train_seconds"), 1)] for r in rows])
 
 
+def _ci_cell(r: Mapping, key: str, digits: int = 3) -> str:
+    """``mean [low, high]`` of a row's metric over seeds (the mean alone for one seed)."""
+    ci = r.get(f"{key}_ci")
+    return fmt(r.get(key), digits) + (f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+                                      if isinstance(ci, list) and len(ci) == 2 else "")
+
+
+def _state_ablation(m: Mapping) -> str:
+    g = _at(m, "policy_state_ablation")
+    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
+    if not rows:
+        return ""
+    verdict = (f"The default state (`{g.get('default')}`) is the best measured." if g.get("default_is_best") else
+               f"Best measured: `{g.get('best')}`; the default state is `{g.get('default')}`.")
+    head = (f"`safe policy ablate-state`: PPO on each part subset of the state, {fmt(g.get('seeds'))} seeds x "
+            f"{fmt(g.get('ppo_steps'))} updates per entry at alpha {fmt(g.get('alpha'), 2)}, scored on the "
+            f"{fmt(g.get('split'))} split; mean [95% CI over seeds]. ms / query is priced from measured costs "
+            f"(batch {fmt(g.get('cost_batch'))}, one thread): with the confidence the cascade, without it the "
+            "early path, plus the entry's preview (preview ms: statistics or the encoder-first-layer embedding, "
+            f"{fmt(g.get('preview_embedding_ms'), 3)} ms per clip). Best: highest accuracy (3 decimals), then "
+            f"lowest ms / query. {verdict}\n\n")
+    return head + _table(["state", "dim", "accuracy", "use rate", "ms / query", "preview ms", "collapsed seeds"],
+                         [[r.get("name", DASH), fmt(r.get("state_dim")), _ci_cell(r, "accuracy"),
+                           _ci_cell(r, "use_rate"), _ci_cell(r, "mean_latency_ms"), fmt(r.get("state_ms"), 3),
+                           fmt(r.get("collapsed"))] for r in rows])
+
+
 def _stage_b_ablations(m: Mapping) -> str:
     rows = [r for r in _at(m, "eval", "ablations").get("rows") or () if isinstance(r, Mapping)]
     return _table(["Stage B / C variant", "accuracy", "VL acc", "audio acc", "use rate"],
@@ -449,6 +476,7 @@ def results_page(metrics: Mapping[str, Any], *, command: str | None = None) -> s
         _section("Evaluation: stage gates", _gates_table, m),
         _section("Ablations: Stage A", _stage_a_grid, m),
         _section("Ablations: Stages B and C", _stage_b_ablations, m),
+        _section("Ablations: the policy's state", _state_ablation, m),
         _section("Time per stage", _timing, m),
     ]
     return "".join(parts).rstrip("\n") + "\n"
