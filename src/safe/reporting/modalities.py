@@ -16,6 +16,8 @@ from safe.reporting.format import DASH, fmt
 
 COLUMNS = ("modality", "questions: without -> with", "VL identical, gate closed", "VL moved, gate open",
            "policy use rate (oracle)", "policy accuracy (always-on)")
+INTRO = ("Each modality's questions without and with it, the VL answers it keeps, and its own policy (use rate "
+         "beside its oracle's, accuracy beside always-on's).")
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -64,7 +66,7 @@ def modality_table(metrics: Mapping[str, Any]) -> str:
     rows = modality_rows(metrics)
     if not rows:
         return ""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [INTRO, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         moved = DASH if r["moved_open"] is None else f"{r['moved_open']} of {r['vl'] if r['vl'] is not None else DASH}"
         lines.append("| " + " | ".join([
