@@ -86,7 +86,7 @@ def test_closed_rows_bit_exact_open_rows_change(tiny_builtin, tiny_lm):
 
 def test_vision_side_trains_resumes_after_a_kill_and_keeps_the_lm(tiny_builtin, tiny_lm, tmp_path, monkeypatch):
     bench, base = tiny_builtin
-    cfg = gb.GemmaBaseConfig(steps=4, batch_size=4, checkpoint_every=2, monitor_rows=8)
+    cfg = gb.GemmaBaseConfig(steps=4, batch_size=4, checkpoint_every=2, monitor_rows=8, warm_start_steps=30)
     whole = build_gemma_base(bench, tmp_path / "whole", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
     assert whole["reused"] is False and whole["steps"] == 4
     assert whole["lm_sha256"] == gemma_lm.read_conversion(tiny_lm)["lm_sha256"]
