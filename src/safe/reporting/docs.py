@@ -10,13 +10,18 @@ Only plain data is read (no torch), as the report does.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from safe.atomic import write_atomic
+from safe.reporting.ablation_rows import stage_a_grid as _stage_a_grid
+from safe.reporting.ablation_rows import stage_b_ablations as _stage_b_ablations
+from safe.reporting.ablation_rows import state_ablation as _state_ablation
 from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci
+from safe.reporting.format import at as _at
+from safe.reporting.format import md_table as _table
 from safe.reporting.modalities import modality_table
 from safe.reporting.stage_b_rows import floor_stress, row_costs
 
@@ -30,13 +35,6 @@ class DocsError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- values
-def _at(metrics: Any, *keys: str) -> Any:
-    """``metrics[k1][k2]...``; raises KeyError when a level is missing or not a mapping (the row is left out)."""
-    for key in keys:
-        if not isinstance(metrics, Mapping) or key not in metrics:
-            raise KeyError(key)
-        metrics = metrics[key]
-    return metrics
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -52,18 +50,8 @@ def _yes(value: Any) -> str:
     return DASH if value is None else ("yes" if value else "NO")
 
 
-def _cell(text: Any) -> str:
-    """Text for a markdown cell: pipes escaped, newlines flattened."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    rows = [list(r) for r in rows]
-    if not rows:
-        return ""
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 Row = tuple[str, Callable[[Mapping], str]]
@@ -380,63 +368,8 @@ def _gates_table(m: Mapping) -> str:
                     "PASS" if g.get("passed") is True else "FAIL"] for g in gates])
 
 
-def _stage_a_grid(m: Mapping) -> str:
-    g = _at(m, "ablations")
-    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
-    if not rows:
-        return ""
-    cols = (("audio_accuracy", "audio acc"), ("vl_accuracy_gate_open", "VL acc, gate open"),
-            ("vl_answers_changed_gate_open", "VL answers changed"), ("caption_cider_d", "caption CIDEr-D"))
-
-    def cell(r: Mapping, key: str) -> str:
-        ci = r.get(f"{key}_ci")
-        return fmt(r.get(key)) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "")
-
-    def changes(c: Any) -> str:  # safe ablate records a string ("the recipe", "lambda_retention=0, ...")
-        if isinstance(c, Mapping):
-            return ", ".join(f"{k}={v}" for k, v in c.items()) or "the recipe"
-        return str(c) if c else "the recipe"
-
-    head = (f"Stage A grid (`safe ablate`): {fmt(g.get('steps'))} steps per entry, {fmt(g.get('seeds'))} seed(s), "
-            f"scored on the {fmt(g.get('split'))} split; mean [95% CI over seeds] where there are several.\n\n")
-    return head + _table(["entry", "changes", *(h for _, h in cols), "trainable", "train s"],
-                         [[r.get("name", DASH), changes(r.get("changes")), *(cell(r, k) for k, _ in cols),
-                           f"{r['trainable_parameters']:,}" if isinstance(r.get("trainable_parameters"), int)
-                           else DASH, fmt(r.get("train_seconds"), 1)] for r in rows])
 
 
-def _ci_cell(r: Mapping, key: str, digits: int = 3) -> str:
-    """``mean [low, high]`` of a row's metric over seeds (the mean alone for one seed)."""
-    ci = r.get(f"{key}_ci")
-    return fmt(r.get(key), digits) + (f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
-                                      if isinstance(ci, list) and len(ci) == 2 else "")
-
-
-def _state_ablation(m: Mapping) -> str:
-    g = _at(m, "policy_state_ablation")
-    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
-    if not rows:
-        return ""
-    verdict = (f"The default state (`{g.get('default')}`) is the best measured." if g.get("default_is_best") else
-               f"Best measured: `{g.get('best')}`; the default state is `{g.get('default')}`.")
-    head = (f"`safe policy ablate-state`: PPO on each part subset of the state, {fmt(g.get('seeds'))} seeds x "
-            f"{fmt(g.get('ppo_steps'))} updates per entry at alpha {fmt(g.get('alpha'), 2)}, scored on the "
-            f"{fmt(g.get('split'))} split; mean [95% CI over seeds]. ms / query is priced from measured costs "
-            f"(batch {fmt(g.get('cost_batch'))}, one thread): with the confidence the cascade, without it the "
-            "early path, plus the entry's preview (preview ms: statistics or the encoder-first-layer embedding, "
-            f"{fmt(g.get('preview_embedding_ms'), 3)} ms per clip). Best: highest accuracy (3 decimals), then "
-            f"lowest ms / query. {verdict}\n\n")
-    return head + _table(["state", "dim", "accuracy", "use rate", "ms / query", "preview ms", "collapsed seeds"],
-                         [[r.get("name", DASH), fmt(r.get("state_dim")), _ci_cell(r, "accuracy"),
-                           _ci_cell(r, "use_rate"), _ci_cell(r, "mean_latency_ms"), fmt(r.get("state_ms"), 3),
-                           fmt(r.get("collapsed"))] for r in rows])
-
-
-def _stage_b_ablations(m: Mapping) -> str:
-    rows = [r for r in _at(m, "eval", "ablations").get("rows") or () if isinstance(r, Mapping)]
-    return _table(["Stage B / C variant", "accuracy", "VL acc", "audio acc", "use rate"],
-                  [[r.get("name", DASH), *(_f(r.get(k)) for k in ("accuracy", "vl_accuracy", "audio_accuracy",
-                                                                   "use_rate"))] for r in rows])
 
 
 def _section(title: str, render: Callable[[Mapping], str], m: Mapping, intro: str = "") -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["DASH", "fmt", "fmt_ci", "fmt_key", "is_num"]
@@ -60,3 +60,27 @@ def fmt_ci(d: Any, digits: int = 3) -> str:
     if "ci_low" in d or "ci_high" in d:
         text += f" [{fmt(d.get('ci_low'), digits)}, {fmt(d.get('ci_high'), digits)}]"
     return text
+
+
+def at(metrics: Any, *keys: str) -> Any:
+    """``metrics[k1][k2]...``; raises KeyError when a level is missing or not a mapping (the row is left out)."""
+    for key in keys:
+        if not isinstance(metrics, Mapping) or key not in metrics:
+            raise KeyError(key)
+        metrics = metrics[key]
+    return metrics
+
+
+def md_cell(text: Any) -> str:
+    """Text for a markdown cell: pipes escaped, newlines flattened."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table ("" when there are no rows)."""
+    rows = [list(r) for r in rows]
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

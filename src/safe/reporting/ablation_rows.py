@@ -1,0 +1,71 @@
+"""Ablation tables of docs/results.md from ``metrics.json``: the Stage A grid (``safe ablate``), the policy-state
+ablation (``safe policy ablate-state``) and the Stage B / C variants (``safe eval``); :mod:`safe.reporting.docs`
+lists them on the page. Each returns "" when the run lacks its numbers."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from safe.reporting.format import DASH, fmt
+from safe.reporting.format import at as _at
+from safe.reporting.format import md_table as _table
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return fmt(value, digits)
+
+
+def stage_a_grid(m: Mapping) -> str:
+    g = _at(m, "ablations")
+    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
+    if not rows:
+        return ""
+    cols = (("audio_accuracy", "audio acc"), ("vl_accuracy_gate_open", "VL acc, gate open"),
+            ("vl_answers_changed_gate_open", "VL answers changed"), ("caption_cider_d", "caption CIDEr-D"))
+
+    def cell(r: Mapping, key: str) -> str:
+        ci = r.get(f"{key}_ci")
+        return fmt(r.get(key)) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "")
+
+    def changes(c: Any) -> str:  # safe ablate records a string ("the recipe", "lambda_retention=0, ...")
+        if isinstance(c, Mapping):
+            return ", ".join(f"{k}={v}" for k, v in c.items()) or "the recipe"
+        return str(c) if c else "the recipe"
+
+    head = (f"Stage A grid (`safe ablate`): {fmt(g.get('steps'))} steps per entry, {fmt(g.get('seeds'))} seed(s), "
+            f"scored on the {fmt(g.get('split'))} split; mean [95% CI over seeds] where there are several.\n\n")
+    return head + _table(["entry", "changes", *(h for _, h in cols), "trainable", "train s"],
+                         [[r.get("name", DASH), changes(r.get("changes")), *(cell(r, k) for k, _ in cols),
+                           f"{r['trainable_parameters']:,}" if isinstance(r.get("trainable_parameters"), int)
+                           else DASH, fmt(r.get("train_seconds"), 1)] for r in rows])
+
+def ci_cell(r: Mapping, key: str, digits: int = 3) -> str:
+    """``mean [low, high]`` of a row's metric over seeds (the mean alone for one seed)."""
+    ci = r.get(f"{key}_ci")
+    return fmt(r.get(key), digits) + (f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+                                      if isinstance(ci, list) and len(ci) == 2 else "")
+
+def state_ablation(m: Mapping) -> str:
+    g = _at(m, "policy_state_ablation")
+    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
+    if not rows:
+        return ""
+    verdict = (f"The default state (`{g.get('default')}`) is the best measured." if g.get("default_is_best") else
+               f"Best measured: `{g.get('best')}`; the default state is `{g.get('default')}`.")
+    head = (f"`safe policy ablate-state`: PPO on each part subset of the state, {fmt(g.get('seeds'))} seeds x "
+            f"{fmt(g.get('ppo_steps'))} updates per entry at alpha {fmt(g.get('alpha'), 2)}, scored on the "
+            f"{fmt(g.get('split'))} split; mean [95% CI over seeds]. ms / query is priced from measured costs "
+            f"(batch {fmt(g.get('cost_batch'))}, one thread): with the confidence the cascade, without it the "
+            "early path, plus the entry's preview (preview ms: statistics or the encoder-first-layer embedding, "
+            f"{fmt(g.get('preview_embedding_ms'), 3)} ms per clip). Best: highest accuracy (3 decimals), then "
+            f"lowest ms / query. {verdict}\n\n")
+    return head + _table(["state", "dim", "accuracy", "use rate", "ms / query", "preview ms", "collapsed seeds"],
+                         [[r.get("name", DASH), fmt(r.get("state_dim")), ci_cell(r, "accuracy"),
+                           ci_cell(r, "use_rate"), ci_cell(r, "mean_latency_ms"), fmt(r.get("state_ms"), 3),
+                           fmt(r.get("collapsed"))] for r in rows])
+
+def stage_b_ablations(m: Mapping) -> str:
+    rows = [r for r in _at(m, "eval", "ablations").get("rows") or () if isinstance(r, Mapping)]
+    return _table(["Stage B / C variant", "accuracy", "VL acc", "audio acc", "use rate"],
+                  [[r.get("name", DASH), *(_f(r.get(k)) for k in ("accuracy", "vl_accuracy", "audio_accuracy",
+                                                                   "use_rate"))] for r in rows])
