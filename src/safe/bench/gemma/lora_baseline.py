@@ -353,12 +353,22 @@ def compare(vl_dir: str | Path, audio_dir: str | Path, data_dir: str | Path, out
         "text_source": text_source,
         "base": {"spoken_accuracy": _accuracy(spoken_rows, base["spoken"]),
                  "vl_accuracy": _accuracy([data.examples[i] for i in sets.vl], base["vl"]), "answers": base},
+        "vl_base_build": _build_summary(vl_dir),
         "safe": safe, "lora": lora, "torch_threads": torch.get_num_threads(),
         "load_average_start": load_start, "load_average_end": _load_avg(), "cpu_count": os.cpu_count(),
         "seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     write_atomic(out / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
+
+
+def _build_summary(vl_dir) -> dict | None:
+    """The Gemma base's own build record (its vision side's steps and accuracy), when the folder has one."""
+    f = Path(vl_dir) / "safe_gemma_build.json"
+    if not f.is_file():
+        return None
+    b = json.loads(f.read_text())
+    return {k: b.get(k) for k in ("steps", "monitor_accuracy", "lm_sha256", "config_hash")}
 
 
 def recipe_overrides(cfg: CompareConfig) -> list[str]:
