@@ -51,10 +51,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's safe, first
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # scale_gemma, also when loaded by file path
 
-import scale_gemma  # noqa: E402
-
 import numpy as np  # noqa: E402
+import scale_gemma  # noqa: E402
 import torch  # noqa: E402
+from scale_report import markdown  # noqa: E402,F401  (scale.markdown: the tables of a run)
 
 PATHS = ("base", "closed", "always", "policy", "skip", "early_audio")
 
@@ -411,54 +411,6 @@ def _cell_line(c: dict) -> str:
     return f"batch {c['batch']:>3} new {c['new_tokens']:>3}: " + ", ".join(parts)
 
 
-def markdown(res: dict) -> str:
-    sh = res["shape"]
-    pc = sh["parameters"]
-    mem = sh["memory_bytes"]
-    clock = "CPU time of the one torch thread (time.thread_time)" if res.get("clock") == "thread" else "wall clock"
-    lines = [f"### `{res['preset']}` on {res['device']} ({res['dtype']}, {res['threads']} thread(s), {clock})", "",
-             f"Command: `{res['command']}`  ", f"Load average at the end (1, 5, 15 min): "
-             f"{', '.join(f'{x:.2f}' for x in res['machine']['load_average'])}; {res['repeats']} timed repeats "
-             f"after {res['warmup']} warm-up per cell, paths interleaved in rotating order.", "",
-             f"Shape: LM {pc['language_model']:,} parameters, vision tower {pc['vision_tower']:,}, audio encoder "
-             f"{pc['audio_encoder']:,} (LM / audio encoder {pc['lm_to_audio_encoder']:.0f}x, LM / vision "
-             f"{pc['lm_to_vision_tower']:.1f}x); {sh['image_tokens']} image + {sh['text_tokens']} text tokens; "
-             f"FLOPs of a batch-1 prefill (LM + vision) / one clip through the audio encoder "
-             f"{sh['flops_per_row']['prefill_to_audio_encoder']:.0f}x; "
-             f"SAFE parts {mem['safe_parts']:,} bytes ({100 * mem['safe_parts_fraction']:.3f}% of the frozen "
-             f"models), audio encoder {mem['audio_encoder']:,} bytes.", "",
-             "| batch | new tokens | base ms (p95) | closed / base | always / base | policy / base (use rate) "
-             "| skip-all / base | added ms: closed / always / policy / skip |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for c in res["cells"]:
-        p = c["paths"]
-        pol = p["policy"]
-        lines.append(
-            f"| {c['batch']} | {c['new_tokens']} | {p['base']['median_ms']:.2f} ({p['base']['p95_ms']:.2f}) "
-            f"| {p['closed']['ratio_to_base']:.3f} | {p['always']['ratio_to_base']:.3f} "
-            f"| {pol['ratio_to_base']:.3f} ({c['use_rate']:.3f}){' *' if pol.get('derived') else ''} "
-            f"| {p['skip']['ratio_to_base']:.3f} | {p['closed']['added_ms']:+.2f} / {p['always']['added_ms']:+.2f} / "
-            f"{pol['added_ms']:+.2f} / {p['skip']['added_ms']:+.2f} |")
-    lines += ["", "\\* batch 1: the use rate mixes whole queries, so the policy figure is "
-              "rate x early-audio + (1 - rate) x skip-all, from the same run's medians "
-              + ", ".join(f"early-audio / base {c['paths']['early_audio']['ratio_to_base']:.3f} "
-                          f"({c['new_tokens']} new)" for c in res["cells"] if "early_audio" in c["paths"]) + "."]
-    m = res["memory"]
-    if res["device"] == "cuda":
-        last = res["cells"][-1]["paths"]
-        lines.append("Peak CUDA memory allocated (weights included), per path at the last cell: " + ", ".join(
-            f"{k} {v['peak_allocated_bytes'] / 2**20:.0f} MiB" for k, v in last.items()
-            if "peak_allocated_bytes" in v) + ".")
-        added = (mem["safe_parts"] + mem["audio_encoder"]
-                 + max(0, last["always"]["peak_allocated_bytes"] - last["base"]["peak_allocated_bytes"]))
-        lines.append(f"SAFE parts + audio encoder + the always-audio path's extra peak over the base's: "
-                     f"{added / 2**20:.0f} MiB (the proposal: <= 750 MB).")
-    else:
-        lines.append(f"Process RSS after building {m['cpu_rss_after_build_bytes'] / 2**20:.0f} MiB, peak over the "
-                     f"run {m['cpu_peak_rss_bytes'] / 2**20:.0f} MiB (CPU RSS is one figure per process).")
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -479,6 +431,8 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="wall: time.perf_counter (latency); thread: time.thread_time, the CPU time of this "
                         "thread (one torch thread: all of the work), immune to other processes on a loaded CPU")
+    p.add_argument("--docs", help="with --out: also write this preset's runs of the file between "
+                                  "<!-- scale-PRESET:start --> and <!-- scale-PRESET:end --> in this page")
     p.add_argument("--out", help="add the run to this JSON file (replacing the same preset and device) and "
                                  "write its markdown tables next to it (.md)")
     args = p.parse_args(argv)
@@ -518,6 +472,13 @@ def main(argv=None) -> int:
         runs = sorted([*runs, res], key=lambda r: (order.get(r["preset"], 99), r["device"]))
         out.write_text(json.dumps({"runs": runs}, indent=2))
         out.with_suffix(".md").write_text("\n".join(markdown(r) for r in runs))
+        if args.docs:  # the preset's runs of this file, between its markers in that page
+            from safe.bench.speech.docs import splice
+
+            page = Path(args.docs)
+            start, end = f"<!-- scale-{res['preset']}:start -->", f"<!-- scale-{res['preset']}:end -->"
+            block = "\n".join(markdown(r) for r in runs if r["preset"] == res["preset"])
+            page.write_text(splice(page.read_text(), block, start, end))
     return 0
 
 

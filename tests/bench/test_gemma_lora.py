@@ -8,12 +8,10 @@ import pytest
 import torch
 
 from safe.bench import files
-from safe.bench.gemma import base as gb
 from safe.bench.gemma import lora_baseline as lb
 from safe.bench.gemma import lora_docs
 from safe.bench.gemma.lora_model import AudioPrefixLoRA, LoraBaselineConfig
-from safe.processing.prompts import words_of
-from tests.bench.gemma_helpers import tiny_gemma_lm
+from tests.bench.gemma_lora_helpers import tiny_gemma_vl as tiny_gemma_vl_dirs
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -21,21 +19,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_gemma_vl(tiny_builtin, tmp_path_factory):
-    """A saved tiny Gemma LLaVA base (one vision-side step), a tiny Whisper folder and the tiny benchmark."""
-    from safe.bench import presets as P
-    from safe.bench.gemma.train import build_gemma_base
-
+    """A saved tiny Gemma LLaVA base, a tiny Whisper folder and the tiny benchmark."""
     bench, base = tiny_builtin
-    root = tmp_path_factory.mktemp("gemma_lora")
-    rows = [e for s in ("train", "test") for e in files.load_split(bench, s)]
-    words = [t for e in rows for t in (e.question, *e.answers)] + [w for p in lb.builtin_text_prompts() for w in [p]]
-    lm = tiny_gemma_lm(root / "lm", words_of(words))
-    build_gemma_base(bench, root / "vl", lm_dir=lm, builtin_vl=base / "vl",
-                     cfg=gb.GemmaBaseConfig(steps=1, batch_size=2, monitor_rows=4), progress=False)
-    whisper = root / "whisper"
-    P.tiny_audio_encoder("whisper").save_pretrained(whisper)
-    P.tiny_feature_extractor("whisper").save_pretrained(whisper)
-    return bench, root / "vl", whisper
+    vl, whisper = tiny_gemma_vl_dirs(bench, base, tmp_path_factory.mktemp("gemma_lora"), lb.builtin_text_prompts())
+    return bench, vl, whisper
 
 
 def _rows(bench, fmt, n=4):
