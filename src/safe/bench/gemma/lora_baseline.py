@@ -66,11 +66,11 @@ def text_prompts(limit: int | None = None) -> tuple[list[str], str]:
     """(prompts, where they come from): the Gemma track's text retention set when this checkout has it, else
     :func:`builtin_text_prompts`."""
     try:
-        from safe.bench.gemma.track_text import retention_prompts  # the Gemma track's set, when present
-        prompts, source = list(retention_prompts()), "safe.bench.gemma.track_text.retention_prompts"
+        from safe.bench.gemma.track_text import text_prompts as track_set  # the Gemma track's set, when present
     except ImportError:
-        prompts, source = builtin_text_prompts(), "safe.bench.gemma.lora_baseline.builtin_text_prompts"
-    return prompts[:limit], source
+        return builtin_text_prompts()[:limit], "safe.bench.gemma.lora_baseline.builtin_text_prompts"
+    # a total below the set's written prompts takes a third from each kind (facts, completions, arithmetic)
+    return [p.text for p in (track_set(limit) if limit else track_set())], "safe.bench.gemma.track_text.text_prompts"
 
 
 @dataclass
