@@ -119,7 +119,8 @@ def build(preset: str, device: str, dtype: torch.dtype, args=None):
         default_base, default_audio = scale_gemma.default_paths()
         model, spec, n_image, image_token, memory = scale_gemma.build_gemma(
             getattr(args, "gemma_base", None) or default_base, getattr(args, "audio", None) or default_audio,
-            device, dtype, warm_base=lambda base: _warm_base(base, spec_of(base), args, device, dtype))
+            device, dtype, warm_base=lambda base: _warm_base(base, spec_of(base), args, device, dtype),
+            safe_overrides=getattr(args, "safe_override", None) or ())
         return _with_policy(model, spec), spec, n_image, image_token, memory
     v, t = spec["vision"], spec["text"]
     n_image = (v["image_size"] // v["patch_size"]) ** 2
@@ -170,7 +171,7 @@ def spec_of(base) -> dict:
     """The parts of a preset's spec :func:`vl_inputs` reads, for a loaded base (the gemma preset)."""
     v = base.config.vision_config
     return {**scale_gemma.SPEC, "vision": {"image_size": v.image_size, "patch_size": v.patch_size},
-            "text": {"vocab_size": scale_gemma.SAFE_TEXT_IDS}}
+            "text": {"vocab_size": scale_gemma.text_ids(base.config)}}
 
 
 def _warm_base(base, spec, args, device, dtype) -> None:
@@ -431,6 +432,8 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="wall: time.perf_counter (latency); thread: time.thread_time, the CPU time of this "
                         "thread (one torch thread: all of the work), immune to other processes on a loaded CPU")
+    p.add_argument("--safe-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="gemma preset: a setting over SAFE's recipe, e.g. 'safe.fusion_layers=[0, -1]' (repeatable)")
     p.add_argument("--docs", help="with --out: also write this preset's runs of the file between "
                                   "<!-- scale-PRESET:start --> and <!-- scale-PRESET:end --> in this page")
     p.add_argument("--out", help="add the run to this JSON file (replacing the same preset and device) and "

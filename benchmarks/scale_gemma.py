@@ -30,6 +30,11 @@ SPEC = dict(real=True, text_tokens=TEXT_TOKENS, feature_layer=-1, clip_samples=3
             cpu_only=False, default_use_rate=SPEECH_USE_RATE)
 
 
+def text_ids(cfg) -> int:
+    """The bound random prompt ids are drawn below: Gemma's plain words (not its special / image tokens)."""
+    return min(SAFE_TEXT_IDS, int(cfg.image_token_id), int(cfg.text_config.vocab_size))
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("SAFE_CACHE", ".cache/safe"))
 
@@ -55,10 +60,10 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_gemma(base_dir, audio_dir, device: str, dtype: torch.dtype, warm_base=None):
+def build_gemma(base_dir, audio_dir, device: str, dtype: torch.dtype, warm_base=None, safe_overrides=()):
     """(SAFEModel with an early-state policy, spec, image tokens, image token id, memory notes): the real Gemma
-    VL base and audio encoder, SAFE's parts from the recipe. ``warm_base(base)`` runs before SAFE is attached
-    (the base-alone peak RSS is taken right after it)."""
+    VL base and audio encoder, SAFE's parts from the recipe (``safe_overrides``: more ``key=value`` settings over
+    it). ``warm_base(base)`` runs before SAFE is attached (the base-alone peak RSS is taken right after it)."""
     from transformers import LlavaForConditionalGeneration
 
     from safe import SAFEModel
@@ -75,17 +80,18 @@ def build_gemma(base_dir, audio_dir, device: str, dtype: torch.dtype, warm_base=
     real_audio = audio_dir is not None and (Path(audio_dir) / "config.json").is_file()
     encoder = load_audio_encoder(str(audio_dir), dtype) if real_audio else _whisper_tiny_shape(dtype)
     encoder = encoder.to(device)
+    recipe = load_stage_a_config(SAFE_RECIPE, [*SAFE_OVERRIDES, *safe_overrides])
     cfg = base.config
     base.generation_config.pad_token_id = cfg.text_config.pad_token_id
     base.generation_config.eos_token_id = cfg.text_config.eos_token_id
-    spec = {**SPEC, "vision": {"image_size": cfg.vision_config.image_size, "patch_size": cfg.vision_config.patch_size},
-            "text": {"vocab_size": SAFE_TEXT_IDS}, "base_dir": str(base_dir),
+    spec = {**SPEC, "safe": recipe.safe_config().to_dict(),
+            "vision": {"image_size": cfg.vision_config.image_size, "patch_size": cfg.vision_config.patch_size},
+            "text": {"vocab_size": text_ids(cfg)}, "base_dir": str(base_dir),
             "audio_dir": str(audio_dir) if real_audio else None}
     memory = {"cpu_rss_base_loaded_bytes": _rss_now()}
     if warm_base is not None:
         warm_base(base)
         memory["cpu_peak_rss_base_alone_bytes"] = peak_rss_bytes()
-    recipe = load_stage_a_config(SAFE_RECIPE, list(SAFE_OVERRIDES))
     torch.manual_seed(0)
     model = SAFEModel(base, encoder, recipe.safe_config()).to(device)
     return model, spec, int(cfg.image_seq_length), int(cfg.image_token_id), memory

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bench.gemma_lora_helpers import tiny_gemma_vl
+from tests.bench.gemma_lora_helpers import tiny_gemma_llava
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,9 +22,13 @@ def _scale():
 
 
 @pytest.fixture(scope="module")
-def dirs(tiny_builtin, tmp_path_factory):
-    bench, base = tiny_builtin
-    return tiny_gemma_vl(bench, base, tmp_path_factory.mktemp("gemma_scale"))
+def dirs(tmp_path_factory):
+    from safe.bench import presets as P
+
+    root = tmp_path_factory.mktemp("gemma_scale")
+    P.tiny_audio_encoder("whisper").save_pretrained(root / "whisper")
+    P.tiny_feature_extractor("whisper").save_pretrained(root / "whisper")
+    return tiny_gemma_llava(root), root / "whisper"
 
 
 def test_gemma_preset_runs_the_real_base_in_both_dtypes(dirs, tmp_path):
@@ -38,7 +42,7 @@ def test_gemma_preset_runs_the_real_base_in_both_dtypes(dirs, tmp_path):
         for dtype in ("float32", "bfloat16", "float32"):  # the second float32 run replaces the first
             rc = scale.main(["--preset", "gemma", "--gemma-base", str(vl), "--audio", str(whisper), "--dtype", dtype,
                              "--batches", "2", "--new-tokens", "1", "--repeats", "1", "--warmup", "0",
-                             "--out", str(out)])
+                             "--safe-override", "safe.fusion_layers=[0, -1]", "--out", str(out)])
             assert rc == 0
     finally:
         torch.set_num_threads(threads)
