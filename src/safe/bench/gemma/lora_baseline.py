@@ -115,9 +115,8 @@ def answer(model, fmt, enc, index: Sequence[int], *, pixels=None, audio=None, ne
         px = pixels[idx] if pixels is not None else None
         au = audio[idx] if audio is not None else None
         if prefix is not None:
-            gen = prefix.generate(b, px, au, new_tokens)
-            out.extend(fmt.decode(gen, gen.shape[1] - min(gen.shape[1], new_tokens))
-                       if gen.shape[1] > new_tokens else fmt.decode(gen, 0))
+            # generate from inputs_embeds alone returns the new tokens only
+            out.extend(fmt.decode(prefix.generate(b, px, au, new_tokens), 0))
             continue
         more = {"pixel_values": px} if px is not None else {}
         if au is not None:
