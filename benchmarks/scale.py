@@ -54,7 +54,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))  # scale_gemma, also wh
 import numpy as np  # noqa: E402
 import scale_gemma  # noqa: E402
 import torch  # noqa: E402
-from scale_report import markdown  # noqa: E402,F401  (scale.markdown: the tables of a run)
+from scale_report import markdown, render  # noqa: E402  (the tables of a run, and the files they go to)
 
 PATHS = ("base", "closed", "always", "policy", "skip", "early_audio")
 
@@ -434,6 +434,8 @@ def parse_args(argv=None):
                         "thread (one torch thread: all of the work), immune to other processes on a loaded CPU")
     p.add_argument("--safe-override", action="append", default=[], metavar="KEY=VALUE",
                    help="gemma preset: a setting over SAFE's recipe, e.g. 'safe.fusion_layers=[0, -1]' (repeatable)")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: rewrite --out's markdown (and --docs's blocks) from its JSON")
     p.add_argument("--docs", help="with --out: also write this preset's runs of the file between "
                                   "<!-- scale-PRESET:start --> and <!-- scale-PRESET:end --> in this page")
     p.add_argument("--out", help="add the run to this JSON file (replacing the same preset and device) and "
@@ -459,6 +461,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        if not args.out or not Path(args.out).is_file():
+            print("scale.py: --render needs --out naming an existing results file", file=sys.stderr)
+            return 2
+        render(Path(args.out), args.docs)
+        return 0
     try:
         res = run(args)
     except BenchmarkError as e:
@@ -474,14 +482,7 @@ def main(argv=None) -> int:
         order = {name: i for i, name in enumerate(PRESETS)}
         runs = sorted([*runs, res], key=lambda r: (order.get(r["preset"], 99), r["device"]))
         out.write_text(json.dumps({"runs": runs}, indent=2))
-        out.with_suffix(".md").write_text("\n".join(markdown(r) for r in runs))
-        if args.docs:  # the preset's runs of this file, between its markers in that page
-            from safe.bench.speech.docs import splice
-
-            page = Path(args.docs)
-            start, end = f"<!-- scale-{res['preset']}:start -->", f"<!-- scale-{res['preset']}:end -->"
-            block = "\n".join(markdown(r) for r in runs if r["preset"] == res["preset"])
-            page.write_text(splice(page.read_text(), block, start, end))
+        render(out, args.docs)
     return 0
 
 

@@ -2,6 +2,9 @@
 load it was measured under, and the memory figures (CUDA per path, or the process's RSS on a CPU)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def markdown(res: dict) -> str:
     sh = res["shape"]
@@ -31,10 +34,12 @@ def markdown(res: dict) -> str:
             f"| {pol['ratio_to_base']:.3f} ({c['use_rate']:.3f}){' *' if pol.get('derived') else ''} "
             f"| {p['skip']['ratio_to_base']:.3f} | {p['closed']['added_ms']:+.2f} / {p['always']['added_ms']:+.2f} / "
             f"{pol['added_ms']:+.2f} / {p['skip']['added_ms']:+.2f} |")
-    lines += ["", "\\* batch 1: the use rate mixes whole queries, so the policy figure is "
-              "rate x early-audio + (1 - rate) x skip-all, from the same run's medians "
-              + ", ".join(f"early-audio / base {c['paths']['early_audio']['ratio_to_base']:.3f} "
-                          f"({c['new_tokens']} new)" for c in res["cells"] if "early_audio" in c["paths"]) + "."]
+    lines.append("")
+    if any("early_audio" in c["paths"] for c in res["cells"]):
+        lines.append("\\* batch 1: the use rate mixes whole queries, so the policy figure is "
+                     "rate x early-audio + (1 - rate) x skip-all, from the same run's medians "
+                     + ", ".join(f"early-audio / base {c['paths']['early_audio']['ratio_to_base']:.3f} "
+                                 f"({c['new_tokens']} new)" for c in res["cells"] if "early_audio" in c["paths"]) + ".")
     m = res["memory"]
     if res["device"] == "cuda":
         last = res["cells"][-1]["paths"]
@@ -55,3 +60,19 @@ def markdown(res: dict) -> str:
         lines.append(f"Process RSS after building {m['cpu_rss_after_build_bytes'] / 2**20:.0f} MiB, peak over the "
                      f"run {m['cpu_peak_rss_bytes'] / 2**20:.0f} MiB (CPU RSS is one figure per process).")
     return "\n".join(lines) + "\n"
+
+
+def render(out: Path, docs: str | None) -> None:
+    """Rewrite ``out``'s markdown (``.md``) from its runs and, with ``docs``, each preset's block in that page."""
+    runs = json.loads(out.read_text())["runs"]
+    out.with_suffix(".md").write_text("\n".join(markdown(r) for r in runs))
+    if docs:  # each preset's runs of this file, between its markers in that page (where the page has them)
+        from safe.bench.speech.docs import splice
+
+        page = Path(docs)
+        text = page.read_text()
+        for preset in dict.fromkeys(r["preset"] for r in runs):
+            start, end = f"<!-- scale-{preset}:start -->", f"<!-- scale-{preset}:end -->"
+            if start in text:
+                text = splice(text, "\n".join(markdown(r) for r in runs if r["preset"] == preset), start, end)
+        page.write_text(text)

@@ -58,6 +58,13 @@ def test_gemma_preset_runs_the_real_base_in_both_dtypes(dirs, tmp_path):
         assert 0 < m["cpu_peak_rss_base_alone_bytes"] <= m["cpu_peak_rss_bytes"]
     md = out.with_suffix(".md").read_text()
     assert "`gemma` on cpu (bfloat16" in md and "peak RSS with the base alone" in md
+    assert "batch 1: the use rate" not in md  # no batch-1 cell, no footnote about one
+    # --render measures nothing: the page's gemma block is rewritten from the file, both dtypes in it
+    page = tmp_path / "page.md"
+    page.write_text("head\n<!-- scale-gemma:start -->\nold\n<!-- scale-gemma:end -->\ntail\n")
+    assert scale.main(["--render", "--out", str(out), "--docs", str(page)]) == 0
+    text = page.read_text()
+    assert "old" not in text and "(float32," in text and "(bfloat16," in text and text.endswith("tail\n")
 
 
 def test_gemma_preset_names_a_missing_base(tmp_path, capsys):
