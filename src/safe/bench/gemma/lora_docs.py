@@ -33,6 +33,15 @@ def _row(label: str, m: Mapping[str, Any], lora_cfg: Mapping[str, Any] | None) -
             f"| {logits} | {m['spoken_accuracy']:.3f} |")
 
 
+def _base_note(build: Mapping[str, Any] | None) -> str:
+    """What the VL base's own vision side had learned (its build record), which bounds every VL figure."""
+    if not build:
+        return ""
+    acc = (build.get("monitor_accuracy") or {}).get("all")
+    return (f" The VL base's vision side was trained {build.get('steps')} steps"
+            + (f" (VL accuracy {acc:.3f} on its own probe rows)" if acc is not None else "") + ".")
+
+
 def block(record: Mapping[str, Any], source: str) -> str:
     """The comparison table, the deaf base's figures, the budget, the load it was measured under, and the limits."""
     cfg = record["config"]
@@ -55,7 +64,8 @@ def block(record: Mapping[str, Any], source: str) -> str:
             f"with its retention KL; the baseline: audio rows only, {record['train_audio_rows']} of them), the "
             f"same frozen base and Whisper encoder, {record['torch_threads']} torch thread(s); load average "
             f"{ls[0]:.1f} at the start, {le[0]:.1f} at the end, on {record['cpu_count']} cores. "
-            f"SAFE's base byte-identical after training: {'yes' if record['safe'].get('base_byte_identical') else 'NO'}.\n\n"
+            f"SAFE's base byte-identical after training: {'yes' if record['safe'].get('base_byte_identical') else 'NO'}."
+            f"{_base_note(record.get('vl_base_build'))}\n\n"
             f"Measured {record['date']}. Generated from `{source}` by `python -m safe.bench.gemma.lora_docs`.\n")
     return text
 
