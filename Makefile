@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # fresh clone installs what was tested. pyproject.toml keeps its ranges for library users.
 LOCK   := constraints.txt
 
-.PHONY: lint test test-all gemma-base gemma-lora demo demo-speech demo-depth ablations docs docs-speech install clean lock
+.PHONY: lint test test-all gemma-base gemma-lora demo demo-speech demo-depth demo-gemma ablations docs docs-speech docs-gemma install clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,16 @@ demo-speech: $(STAMP)
 # answers, Stage A for depth on the built-in VL model; about 4 minutes on 2 cores. Results under runs/demo-depth/.
 demo-depth: $(STAMP)
 	$(VENV)/bin/safe demo --track depth $(DEMO_ARGS)
+
+# The Gemma track: every stage on the Gemma VL base (make gemma-base: the real, frozen Gemma 3 270M) with the real
+# Whisper tiny.en encoder, the speech track's spoken questions and facts and a text retention set. Resumes after a
+# kill (Stage A at its last checkpoint, later stages where they stopped). Results under runs/demo-gemma/.
+demo-gemma: gemma-base
+	$(VENV)/bin/safe demo --track gemma $(DEMO_ARGS)
+
+# The Gemma track's README block and docs/gemma.md section, generated from runs/demo-gemma/metrics.json.
+docs-gemma: $(STAMP)
+	$(PY) -m safe.bench.gemma.track_docs --run-dir runs/demo-gemma --readme README.md --page docs/gemma.md
 
 # The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
 ablations: $(STAMP)

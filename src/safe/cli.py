@@ -47,6 +47,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                          "Stages B and C: PPO policy over measured outcome tables, baselines, Pareto, distilled gate"),
         "distill": Command(S + "policy:distill_again", S + "policy:DistillConfig",
                            "Stage C again from the tables and PPO policy a train run saved"),
+        "ablate-state": Command(S + "policy_state:ablate_state", S + "policy_state:StateAblationConfig",
+                                "the policy's state ablated part by part: use rate, accuracy, cost over seeds"),
     },
     "eval": Command(S + "evaluate:evaluate", S + "evaluate:EvalConfig",
                     "the evaluation protocol: retention, audio gains, efficiency, attribution, robustness, gates"),

@@ -11,6 +11,7 @@ import torch
 from safe.bench import files
 from safe.bench.gemma import base as gb
 from safe.bench.gemma import lm as gemma_lm
+from safe.bench.gemma.prefix import PrefixCachedLoss
 from safe.bench.gemma.train import build_gemma_base, read_build
 from safe.processing.prompts import words_of
 from tests.bench.gemma_helpers import tiny_gemma_lm
@@ -85,12 +86,15 @@ def test_closed_rows_bit_exact_open_rows_change(tiny_builtin, tiny_lm):
 
 def test_vision_side_trains_resumes_after_a_kill_and_keeps_the_lm(tiny_builtin, tiny_lm, tmp_path, monkeypatch):
     bench, base = tiny_builtin
-    cfg = gb.GemmaBaseConfig(steps=4, batch_size=4, checkpoint_every=2, monitor_rows=8)
+    cfg = gb.GemmaBaseConfig(steps=4, batch_size=4, checkpoint_every=2, monitor_rows=8, warm_start_steps=30)
     whole = build_gemma_base(bench, tmp_path / "whole", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
     assert whole["reused"] is False and whole["steps"] == 4
     assert whole["lm_sha256"] == gemma_lm.read_conversion(tiny_lm)["lm_sha256"]
+    fit = whole["history"][0]["warm_start"]
+    assert fit["distance_after"] < fit["distance_before"]
+    assert set(whole["monitor_accuracy"]) >= {"all"} and whole["test_accuracy"]["all"] >= 0
 
-    real_loss, calls = gb.answer_loss, []
+    real_loss, calls = PrefixCachedLoss.__call__, []
 
     def killed_at_step_3(*a, **k):
         calls.append(1)
@@ -98,12 +102,12 @@ def test_vision_side_trains_resumes_after_a_kill_and_keeps_the_lm(tiny_builtin, 
             raise KeyboardInterrupt("killed")
         return real_loss(*a, **k)
 
-    monkeypatch.setattr(gb, "answer_loss", killed_at_step_3)
+    monkeypatch.setattr(PrefixCachedLoss, "__call__", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         build_gemma_base(bench, tmp_path / "resumed", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg, progress=False)
     assert read_build(tmp_path / "resumed") is None  # an interrupted build never looks complete
     counted = []
-    monkeypatch.setattr(gb, "answer_loss", lambda *a, **k: counted.append(1) or real_loss(*a, **k))
+    monkeypatch.setattr(PrefixCachedLoss, "__call__", lambda *a, **k: counted.append(1) or real_loss(*a, **k))
     resumed = build_gemma_base(bench, tmp_path / "resumed", lm_dir=tiny_lm, builtin_vl=base / "vl", cfg=cfg,
                                progress=False)
     assert len(counted) == 2  # resumed at the checkpoint of step 2: only steps 3 and 4 ran again
@@ -156,3 +160,53 @@ def test_docs_block_comes_from_the_records(tmp_path):
     docs.write(tmp_path / "vl", tmp_path / "lm", [page], "record.json")
     text = page.read_text()
     assert "old" not in text and text.startswith("head\n") and text.endswith("tail\n") and "missed by 15.0" in text
+
+
+def test_prefix_cached_loss_equals_the_full_forward(tiny_builtin, tiny_lm):
+    """The training loss with each question's keys and values computed once is the loss of the whole prompt."""
+    bench, base = tiny_builtin
+    model, tok, ip = gb.assemble(tiny_lm, base / "vl")
+    fmt = gb.prompt_format(model, tok, ip)
+    rows = [e for e in files.load_split(bench, "train") if not e.needs_audio][:6]
+    enc = fmt.encode(rows)
+    answers = [gb.answer_ids(tok, e.answers[0]) for e in rows]
+    answers[1] = answers[1][:1] + answers[1]  # answers of different lengths: right padding in the cached rest
+    cached = PrefixCachedLoss(model, enc.prompts, answers, image_token=fmt.image, pad=fmt.pad)
+    assert cached.n_prefixes < len(rows)  # rows share questions
+    idx = [0, 1, 2, 3, 4, 5, 1]
+    pixels = fmt.pixels([rows[i].image for i in idx])
+    with torch.no_grad():
+        batch, target = gb.train_batch(fmt, tok, [enc.prompts[i] for i in idx], [answers[i] for i in idx])
+        full = gb.answer_loss(model, batch, pixels, target)
+        assert torch.allclose(cached(idx, pixels), full, atol=1e-5, rtol=1e-5)
+        # the bfloat16 copy computes nearly the same loss and leaves the model's own Gemma float32 and unchanged
+        fast = PrefixCachedLoss(model, enc.prompts, answers, image_token=fmt.image, pad=fmt.pad, dtype=torch.bfloat16)
+        assert abs(fast(idx, pixels).item() - full.item()) < 0.05 * full.item()
+    assert fast.lm is not model.model.language_model and model.lm_head.weight.dtype == torch.float32
+    conv = gemma_lm.read_conversion(tiny_lm)
+    assert gemma_lm.check_digests(model.model.language_model, conv["tensors"], "after the copy") == conv["lm_sha256"]
+
+
+def test_warm_start_fit_moves_patches_onto_their_cells_words(tiny_builtin, tiny_lm):
+    from safe.bench.gemma import warm
+
+    bench, base = tiny_builtin
+    model, tok, ip = gb.assemble(tiny_lm, base / "vl")
+    fmt = gb.prompt_format(model, tok, ip)
+    rows = [e for e in files.load_split(bench, "train") if not e.needs_audio][:32]
+    ex = rows[0]
+    words = warm.cell_words(ex)
+    for o in ex.meta["objects"]:  # row-major patch order, one object per cell
+        assert words[o["row"] * 3 + o["col"]] == [o["colour"], o["shape"]]
+    assert sum(w == [warm.EMPTY_WORD] for w in words) == 9 - len(ex.meta["objects"])
+    feats = warm.patch_features(model, fmt.pixels([e.image for e in rows]))
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():  # the features are what LLaVA feeds its projector
+        llava = model.model.get_image_features(pixel_values=fmt.pixels([e.image for e in rows[:2]])).pooler_output
+        assert torch.allclose(projector(feats[:2]), torch.stack(list(llava)).reshape(2, 9, -1), atol=1e-6)
+    targets = warm.cell_targets(model, tok, rows)
+    assert targets.shape == (32, 9, model.config.text_config.hidden_size)
+    fit = warm.fit_projector(projector, feats, targets, steps=60)
+    assert fit["distance_after"] < 0.5 * fit["distance_before"]
+    conv = gemma_lm.read_conversion(tiny_lm)  # the fit only reads Gemma's embeddings
+    assert gemma_lm.check_digests(model.model.language_model, conv["tensors"], "after the fit") == conv["lm_sha256"]

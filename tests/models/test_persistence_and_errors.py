@@ -9,8 +9,9 @@ from safe.models.safe_model import CONFIG_NAME, WEIGHTS_NAME
 from tests.models.helpers import MIXED, build, inputs
 
 
-def test_save_load_round_trip_gives_identical_logits(tmp_path):
-    model, _, enc = build("blip2-opt", "clap")
+@pytest.mark.parametrize("rank_maps", ["query", "all"])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, rank_maps):
+    model, _, enc = build("blip2-opt", "clap", rank_maps=rank_maps)
     x, audio = inputs(model, enc)
     with torch.no_grad():
         for p in model.trainable_parameters():

@@ -72,17 +72,24 @@ def test_parameter_report_counts():
         assert part in table
 
 
-@pytest.mark.parametrize("ffn_rank", [0, 6], ids=["xattn", "xattn+dense"])
-def test_adapter_state_dict_keys(ffn_rank):
-    model, _, _ = build(fusion_layers=[1], ffn_rank=ffn_rank)
+@pytest.mark.parametrize("ffn_rank,rank_maps", [(0, "query"), (6, "query"), (0, "all")],
+                         ids=["xattn", "xattn+dense", "xattn, rank on every map"])
+def test_adapter_state_dict_keys(ffn_rank, rank_maps):
+    model, _, _ = build(fusion_layers=[1], ffn_rank=ffn_rank, rank_maps=rank_maps)
     keys = set(model.safe_state_dict())
     expected = {"projector.norm.weight", "projector.norm.bias", "projector.fc1.weight", "projector.fc1.bias",
                 "projector.fc2.weight", "projector.fc2.bias"}
-    for part in ("norm.weight", "norm.bias", "q_down.weight", "q_up.weight", "k_proj.weight", "k_proj.bias",
-                 "v_proj.weight", "v_proj.bias", "o_proj.weight", "o_proj.bias", "null_key", "gate.value"):
+    # rank_maps="query": the keys of checkpoints saved before the choice existed; "all": k / v / o are
+    # down (0, no bias) / up (1, with the bias) products of rank lora_rank
+    maps = (("k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias", "o_proj.weight", "o_proj.bias")
+            if rank_maps == "query" else
+            tuple(f"{m}.{p}" for m in ("k_proj", "v_proj", "o_proj") for p in ("0.weight", "1.weight", "1.bias")))
+    for part in ("norm.weight", "norm.bias", "q_down.weight", "q_up.weight", *maps, "null_key", "gate.value"):
         expected.add(f"adapters.1.{part}")
     if ffn_rank:  # the dense block; without it the keys are those of checkpoints saved before it existed
         expected |= {f"adapters.1.{part}" for part in ("ffn_norm.weight", "ffn_norm.bias", "ffn_down.weight",
                                                          "ffn_down.bias", "ffn_up.weight")}
         assert model.safe_state_dict()["adapters.1.ffn_down.weight"].shape == (6, model.hidden_size)
+    if rank_maps == "all":
+        assert model.safe_state_dict()["adapters.1.k_proj.0.weight"].shape == (4, model.hidden_size)
     assert keys == expected

@@ -70,6 +70,13 @@ def test_policy_stage_with_the_early_state(tiny_ckpt):
         assert costs["without_audio"] == pytest.approx(costs["early_skip"] + extra)
         assert costs["with_audio"] == pytest.approx(costs["early_audio"] + extra)
         assert costs["state"] > 0 and costs["early_skip"] > 0 and costs["early_audio"] > 0
+        assert costs["ms_per_token_base"] >= 0 and costs["ms_per_token_audio"] >= 0  # the per-row model's slope
+        assert 1 <= costs["tokens_base"] <= 6 and 1 <= costs["tokens_audio"] <= 6
+    rc = m["row_costs"]["test"]  # tokens per row: generated (>= 1) plus the k = 4 audio tokens with audio
+    assert rc["tokens_with"] >= 5 and 1 <= rc["tokens_without"] <= 6 and rc["runtime_ms_extra"] >= 0
+    stress = m["floor_stress"]
+    assert stress["harm"] == 0.25 and len(stress["with_dual"]["lambda"]) == 4
+    assert stress["without_dual"]["lambda_max"] == 0.0
     c = m["deployed"]
     assert c["encoder_rows"] == c["rows_using_audio"]
     assert c["accuracy"] == pytest.approx(m["baselines"]["distilled"]["accuracy"], abs=1e-6)

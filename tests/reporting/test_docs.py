@@ -160,3 +160,23 @@ def test_retention_table_shows_the_mcnemar_p_value_the_evaluation_writes(metrics
     assert "pvalue" in mcnemar([1, 0, 1], [1, 1, 1]).to_dict()
     row = next(line for line in results_page(metrics).splitlines() if line.startswith("| gate open |"))
     assert row.rstrip(" |").endswith("0.500"), row
+
+
+def test_state_ablation_section_shows_mean_and_ci_per_entry_and_the_verdict(metrics):
+    row = {"name": "question + image + preview (early)", "parts": ["question", "image", "preview"], "state_dim": 290,
+           "seeds": 5, "collapsed": 0, "accuracy": 0.9912, "accuracy_ci": [0.9851, 0.9973], "use_rate": 0.33,
+           "use_rate_ci": [0.31, 0.35], "mean_latency_ms": 1.5, "mean_latency_ms_ci": [1.4, 1.6], "state_ms": 0.05}
+    metrics["policy_state_ablation"] = {
+        "rows": [row, {**row, "name": "question", "state_dim": 128, "accuracy": 0.95, "accuracy_ci": [0.9, 1.0]}],
+        "best": row["name"], "default": row["name"], "default_is_best": True, "seeds": 5, "ppo_steps": 200,
+        "alpha": 0.1, "cost_batch": 16, "preview_embedding_ms": 0.2, "split": "test"}
+    text = results_page(metrics)
+    assert "\n## Ablations: the policy's state\n" in text
+    assert "The default state (`question + image + preview (early)`) is the best measured." in text
+    got = {r[0]: r for r in _table_rows(text)}
+    assert got["question + image + preview (early)"][1:5] == ["290", "0.991 [0.985, 0.997]", "0.330 [0.310, 0.350]",
+                                                             "1.500 [1.400, 1.600]"]
+    metrics["policy_state_ablation"]["default_is_best"] = False
+    metrics["policy_state_ablation"]["best"] = "question"
+    assert "Best measured: `question`; the default state is" in results_page(metrics)
+    _well_formed(text)

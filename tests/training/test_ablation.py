@@ -13,7 +13,7 @@ STEPS = 6
 
 
 def test_grid_covers_the_issue_and_selection_checks_names():
-    assert {"reference", "no retention loss", "k=4", "k=8", "k=12", "k=16", "rank=4", "rank=16",
+    assert {"reference", "no retention loss", "k=4", "k=8", "k=12", "k=16", "rank=4", "rank=8", "rank=16",
             "no dense block", "no Fisher", "no curriculum"} == set(STAGE_A_GRID)
     assert list(select_grid(["rank=4", "k=4"])) == ["k=4", "rank=4"]  # grid order, not argument order
     with pytest.raises(ValueError, match="unknown ablation \\['k=5'\\]; choose from"):
@@ -92,3 +92,21 @@ def test_ablate_command_prints_both_halves_of_the_grid(tiny_builtin, tmp_path, m
     for name in ("learned gate (PPO, alpha=0.1)", "lambda = 0 in Stage B", "entropy threshold"):
         assert name in out
     assert RunDir(run.path).metrics()["ablations"] == grid
+
+
+def test_five_seeds_give_the_t_interval_of_scipy():
+    """`safe ablate --seeds 5`: each row's interval is the Student-t 95% interval over the five seeds
+    (scipy.stats.t.interval with n - 1 degrees of freedom and the standard error of the mean)."""
+    import numpy as np
+    from scipy import stats as st
+
+    values = [0.62, 0.70, 0.66, 0.74, 0.69]
+    runs = {f"rank=8/seed{s}": {"audio_accuracy": v, "caption_cider_d": 5 + v, "trainable_parameters": 1,
+                                "train_seconds": 1.0} for s, v in enumerate(values)}
+    (row,) = summarise(runs, select_grid(["rank=8"]))
+    x = np.array(values)
+    want = st.t.interval(0.95, 4, loc=x.mean(), scale=x.std(ddof=1) / np.sqrt(5))
+    assert row["seeds"] == 5 and row["audio_accuracy"] == pytest.approx(x.mean())
+    assert row["audio_accuracy_ci"] == pytest.approx(list(want), abs=1e-12)
+    assert row["caption_cider_d_ci"] == pytest.approx([5 + want[0], 5 + want[1]], abs=1e-12)  # unbounded metric
+    assert row["changes"] == "safe.lora_rank=8, safe.rank_maps=all"

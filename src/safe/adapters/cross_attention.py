@@ -8,12 +8,28 @@ from torch import nn
 
 from safe.adapters.gate import TanhGate
 
+RANK_MAPS = ("query", "all")
+"""Which of the adapter's attention maps take the rank ``rank``: ``"query"`` the query map only (keys, values
+and output full-width: the layout of every checkpoint saved before the choice existed), ``"all"`` the query,
+key, value and output maps, each a rank-``rank`` factorisation."""
+
+
+def _map(fan_in: int, fan_out: int, rank: int | None) -> nn.Module:
+    """A full ``Linear`` (``rank`` None) or the rank-``rank`` product ``up(down(x))`` (a ``Sequential``, so its
+    keys are ``<name>.0.weight`` / ``<name>.1.weight`` / ``<name>.1.bias``: the bias sits on the up map as on
+    the full one)."""
+    if rank is None:
+        return nn.Linear(fan_in, fan_out)
+    return nn.Sequential(nn.Linear(fan_in, rank, bias=False), nn.Linear(rank, fan_out))
+
 
 class GatedCrossAttention(nn.Module):
     """``delta = tanh(g) * (x + dense(h + x))`` with ``x = W_o . attn(q = LN(h) A B, k = W_k a, v = W_v a)``.
 
     The query is a LoRA-style low-rank map of the hidden state (rank ``rank``); keys and values are
-    projections of the audio tokens; an optional learned *null key* with a zero value lets a head
+    projections of the audio tokens, full-width or, with ``rank_maps="all"``, of rank ``rank`` too, as is
+    then the output map (:data:`RANK_MAPS`: the rank reaches every attention map, so it is what sizes
+    the adapter); an optional learned *null key* with a zero value lets a head
     attend to "nothing" when the audio is irrelevant. With ``ffn_rank > 0`` a low-rank dense block
     ``dense(z) = U gelu(D LN(z))`` reads the fused state ``h + x``: attention alone returns a convex
     mix of the same audio values at every position, so it cannot say "low" at one step and "organ" at
@@ -27,22 +43,27 @@ class GatedCrossAttention(nn.Module):
     """
 
     def __init__(self, hidden_size: int, *, rank: int = 8, num_heads: int = 4, attn_dim: int | None = None,
-                 null_key: bool = True, gate_init: float = 0.0, ffn_rank: int = 0) -> None:
+                 null_key: bool = True, gate_init: float = 0.0, ffn_rank: int = 0,
+                 rank_maps: str = "query") -> None:
         super().__init__()
         attn_dim = attn_dim or min(hidden_size, 256)
         if attn_dim % num_heads:
             raise ValueError(f"attn_dim={attn_dim} must be divisible by num_heads={num_heads}")
         if rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {rank}")
+        if rank_maps not in RANK_MAPS:
+            raise ValueError(f"rank_maps must be one of {RANK_MAPS}, got {rank_maps!r}")
         if isinstance(ffn_rank, bool) or not isinstance(ffn_rank, int) or ffn_rank < 0:
             raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {ffn_rank!r}")
         self.num_heads, self.head_dim = num_heads, attn_dim // num_heads
         self.norm = nn.LayerNorm(hidden_size)
         self.q_down = nn.Linear(hidden_size, rank, bias=False)
         self.q_up = nn.Linear(rank, attn_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, attn_dim)
-        self.v_proj = nn.Linear(hidden_size, attn_dim)
-        self.o_proj = nn.Linear(attn_dim, hidden_size)
+        low = rank if rank_maps == "all" else None
+        self.rank_maps = rank_maps
+        self.k_proj = _map(hidden_size, attn_dim, low)
+        self.v_proj = _map(hidden_size, attn_dim, low)
+        self.o_proj = _map(attn_dim, hidden_size, low)
         self.null_key = nn.Parameter(torch.randn(num_heads, self.head_dim) * 0.02) if null_key else None
         if ffn_rank:
             self.ffn_norm = nn.LayerNorm(hidden_size)
@@ -56,7 +77,7 @@ class GatedCrossAttention(nn.Module):
         return x.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
-        dtype = self.o_proj.weight.dtype
+        dtype = self.norm.weight.dtype
         h = hidden.to(dtype)
         a = audio_tokens.to(dtype)
         q = self._heads(self.q_up(self.q_down(self.norm(h))))

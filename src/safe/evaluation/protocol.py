@@ -302,6 +302,12 @@ def stage_b_ablations(policy_metrics: dict | None) -> dict:
             {"name": "distilled 2-layer MLP gate (Stage C)", **_row(b["distilled"])},
             {"name": "heuristic: confidence threshold at the same use rate", **_row(b["confidence"])},
             {"name": "heuristic: entropy threshold at the same use rate", **_row(b["entropy"])}]
+    stress = policy_metrics.get("floor_stress") or {}
+    for key, what in (("with_dual", "dual ascent"), ("without_dual", "lambda = 0")):
+        if key in stress:  # the retention floor under stress (safe.policy.stress): audio hurts VL rows
+            rows.append({"name": f"floor stress (audio breaks {100 * stress['harm']:g}% of VL rows, blank state), "
+                                 f"{what}", **{k: stress[key][k] for k in ("accuracy", "vl_accuracy",
+                                                                          "audio_accuracy", "use_rate")}})
     return {"rows": rows, "note": "Stage A ablations (no retention loss, k in {4, 8, 12, 16}, LoRA rank in {4, 8, 16}): "
             "not run for this report; `safe ablate --run-dir <run>` (make ablations) adds them here."}
 

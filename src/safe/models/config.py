@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from safe.adapters.cross_attention import RANK_MAPS
 from safe.models.projector import PROJECTOR_MODES
 
 
@@ -15,7 +16,10 @@ class SAFEConfig:
     num_audio_tokens: int = 8
     """k: audio tokens the projector emits (proposal: 4, 8, 12)."""
     lora_rank: int = 8
-    """Rank of the low-rank query map in each cross-attention adapter."""
+    """Rank r of each cross-attention adapter's low-rank maps (which ones: ``rank_maps``)."""
+    rank_maps: str = "query"
+    """``query``: r is the rank of the query map only (keys, values, output full-width; the layout of
+    checkpoints saved before the field existed); ``all``: of the query, key, value and output maps."""
     num_heads: int = 4
     """Attention heads per adapter."""
     attn_dim: int | None = None
@@ -43,6 +47,8 @@ class SAFEConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if isinstance(self.ffn_rank, bool) or not isinstance(self.ffn_rank, int) or self.ffn_rank < 0:
             raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {self.ffn_rank!r}")
+        if self.rank_maps not in RANK_MAPS:
+            raise ValueError(f"rank_maps must be one of {RANK_MAPS}, got {self.rank_maps!r}")
         if self.projector_mode not in PROJECTOR_MODES:
             raise ValueError(f"projector_mode must be one of {PROJECTOR_MODES}, got {self.projector_mode!r}")
 

@@ -84,7 +84,8 @@ class ModalityBranch(nn.Module):
         self.fusion_layers = resolve_fusion_layers(c, backbone)
         self.adapters = nn.ModuleDict({
             str(i): GatedCrossAttention(hidden, rank=c.lora_rank, num_heads=c.num_heads, attn_dim=c.attn_dim,
-                                        null_key=c.null_key, gate_init=c.gate_init, ffn_rank=c.ffn_rank)
+                                        null_key=c.null_key, gate_init=c.gate_init, ffn_rank=c.ffn_rank,
+                                        rank_maps=c.rank_maps)
             for i in self.fusion_layers})
         for i in self.fusion_layers:  # each adapter on its layer's device (a base spread by device_map="auto")
             layer_param = next(backbone.decoder_layers[i].parameters(), None)

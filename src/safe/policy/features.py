@@ -43,6 +43,15 @@ from torch import nn
 # The preview lives in safe.processing (the processor computes it); its width is part of the state.
 from safe.processing.features import PREVIEW_DIM
 
+IMAGE_KINDS = ("projection", "pooled")
+"""Which image embedding the state holds: ``projection`` the mean over image tokens of the base's image
+projection (the layout of every policy saved before the choice existed), ``pooled`` the vision tower's own
+pooled output (CLIP's ``pooler_output``: the post-layer-norm class token), read off the same forward."""
+PREVIEW_KINDS = ("stats", "embedding")
+"""Which audio preview the state holds: ``stats`` the waveform statistics of
+:func:`safe.processing.features.audio_preview` (the layout of every policy saved before the choice
+existed), ``embedding`` :func:`preview_embedding`, the frozen encoder's first layer on a short window."""
+
 STATE_KINDS = ("early", "cascade")
 """The two state layouts a policy can be trained on, the default first (``safe policy train --state``):
 without the base's confidence (``confidence_dim = 0``) or with it (the proposal's)."""
@@ -61,10 +70,18 @@ class StateSpec:
     image_dim: int
     preview_dim: int = PREVIEW_DIM
     confidence_dim: int = CONFIDENCE_DIM
+    image_kind: str = IMAGE_KINDS[0]
+    """:data:`IMAGE_KINDS`; a spec saved before the field existed reads as ``projection``."""
+    preview_kind: str = PREVIEW_KINDS[0]
+    """:data:`PREVIEW_KINDS`; a spec saved before the field existed reads as ``stats``."""
 
     def __post_init__(self) -> None:
         if self.confidence_dim not in (0, CONFIDENCE_DIM):
             raise ValueError(f"confidence_dim must be 0 (early state) or {CONFIDENCE_DIM}, got {self.confidence_dim}")
+        if self.image_kind not in IMAGE_KINDS:
+            raise ValueError(f"image_kind must be one of {IMAGE_KINDS}, got {self.image_kind!r}")
+        if self.preview_kind not in PREVIEW_KINDS:
+            raise ValueError(f"preview_kind must be one of {PREVIEW_KINDS}, got {self.preview_kind!r}")
 
     @property
     def early(self) -> bool:
@@ -75,12 +92,14 @@ class StateSpec:
     def dim(self) -> int:
         return self.question_dim + self.image_dim + self.preview_dim + self.confidence_dim
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StateSpec:
-        return cls(**{k: int(v) for k, v in d.items()})
+        """From :meth:`to_dict`'s form; a dict saved before the ``*_kind`` fields existed (widths only) gives
+        the layout it was saved with (projection image, statistics preview)."""
+        return cls(**{k: (str(v) if k.endswith("_kind") else int(v)) for k, v in d.items()})
 
 
 def confidence_features(first_logits: torch.Tensor) -> torch.Tensor:
@@ -115,6 +134,13 @@ def _image_hooks(source, seen: dict, stop=None) -> list:
     handles = []
     backbone = source if hasattr(source, "image_projection") else None
     inner = None if backbone is None else backbone.model._modules.get("model")
+    tower = None if backbone is None else _vision_tower(backbone.model)
+    if tower is not None:  # the pooled image embedding (IMAGE_KINDS "pooled"), recorded on the same forward
+        def pooled_hook(_module, _args, output):
+            pooled = getattr(output, "pooler_output", None)
+            if "pooled" not in seen and isinstance(pooled, torch.Tensor) and pooled.dim() == 2:
+                seen["pooled"] = pooled.detach().float()
+        handles.append(tower.register_forward_hook(pooled_hook))
     if inner is not None:  # the batch's input_ids (rows, and where the image placeholders are)
         def ids_hook(_module, args, kwargs):
             if "_ids" not in seen:
@@ -176,6 +202,17 @@ _IMAGE_PATH = ("vision_tower", "vision_model", "visual", "qformer")
 projection: LLaVA's vision tower, BLIP-2's vision model and Q-Former."""
 
 
+def _vision_tower(base_model: nn.Module) -> nn.Module | None:
+    """The first of :data:`_IMAGE_PATH`'s towers the model has (LLaVA's vision tower, BLIP-2's vision model),
+    or None."""
+    for owner in (base_model, base_model._modules.get("model")):
+        for name in _IMAGE_PATH[:3]:
+            m = None if owner is None else owner._modules.get(name)
+            if m is not None:
+                return m
+    return None
+
+
 def _image_path(base_model: nn.Module, projection: nn.Module) -> list[nn.Module]:
     found: list[nn.Module] = []
     for owner in (base_model, base_model._modules.get("model")):
@@ -227,8 +264,11 @@ class ImageProbe:
     inputs computes the same tensor), and the image tower runs once per early-path batch when the
     prefill's call matches (``replays`` counts the calls served from the record)."""
 
-    def __init__(self, embedding: torch.Tensor, records: list[tuple[nn.Module, dict[str, Any], Any]]) -> None:
+    def __init__(self, embedding: torch.Tensor, records: list[tuple[nn.Module, dict[str, Any], Any]],
+                 pooled: torch.Tensor | None = None) -> None:
         self.embedding, self.records, self.replays = embedding, records, 0
+        self.pooled = pooled
+        """(n, vision hidden) the vision tower's pooled output where it has one (else None)."""
 
     @contextlib.contextmanager
     def reused(self) -> Iterator[ImageProbe]:
@@ -300,7 +340,8 @@ def probe_image(base_model: nn.Module, projection, vl_inputs: dict[str, Any]) ->
             h.remove()
     if "image" not in seen:
         raise RuntimeError("the base model's forward never reached its image projection")
-    return ImageProbe(seen["image"].cpu(), records)
+    pooled = seen.get("pooled")
+    return ImageProbe(seen["image"].cpu(), records, None if pooled is None else pooled.cpu())
 
 
 def image_embedding(base_model: nn.Module, projection: nn.Module, vl_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -320,3 +361,52 @@ def assemble_state(question: torch.Tensor, image: torch.Tensor, preview: torch.T
         if t.dim() != 2 or t.shape != (n, width):
             raise ValueError(f"{name} features must have shape ({n}, {width}), got {tuple(t.shape)}")
     return torch.cat([t.detach().float().cpu() for t, _ in parts.values()], dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The audio preview as an embedding (PREVIEW_KINDS "embedding")
+PREVIEW_SECONDS = 0.25
+"""The window of each clip the embedding preview reads: its first quarter second."""
+
+
+def _window_features(frontend, waveforms, seconds: float) -> torch.Tensor:
+    """Log-mel features of the first ``seconds`` of each clip only, (n, mels, frames of the window): the front
+    end's own Whisper extractor, padded to the longest window instead of the full chunk (so the short-time
+    Fourier transform covers the window, not the whole clip)."""
+    import numpy as np
+
+    extractor = getattr(frontend, "_preview_extractor", None) or frontend.extractor
+    frontend._preview_extractor = extractor  # the built-in front end builds a new one per access
+    if type(extractor).__name__ != "WhisperFeatureExtractor":
+        raise ValueError(f"the embedding preview reads log-mel features of a Whisper front end, not "
+                         f"{type(extractor).__name__}; use the statistics preview (preview_kind 'stats')")
+    sr = int(extractor.sampling_rate)
+    n = max(int(round(seconds * sr)), int(extractor.hop_length) * 4)
+    clips = [np.asarray(w, dtype=np.float32).reshape(-1)[:n] for w in waveforms]
+    clips = [c if c.size else np.zeros(1, np.float32) for c in clips]
+    out = extractor(clips, sampling_rate=sr, return_tensors="pt", padding="longest", truncation=False)
+    return out["input_features"].float()
+
+
+@torch.no_grad()
+def preview_embedding(encoder, frontend, waveforms, seconds: float = PREVIEW_SECONDS, layers: int = 1) -> torch.Tensor:
+    """The frozen audio encoder's first ``layers`` layer(s) on the first ``seconds`` of each clip, mean-pooled
+    over positions: (n, encoder width) float32 on the CPU. The window's log-mel features go through the
+    encoder's own convolution stem (which halves the frame rate), positions and first layer(s), nothing
+    after; a cheap look at the clip in the encoder's own feature space. Whisper-kind encoders only (the
+    built-in encoder is one); others raise ``ValueError``."""
+    enc = getattr(encoder, "model", encoder)  # an AudioEncoder wrapper or the WhisperEncoder itself
+    if getattr(encoder, "kind", "whisper") not in ("whisper",) or not hasattr(enc, "conv1"):
+        raise ValueError(f"the embedding preview needs a Whisper-kind audio encoder, got "
+                         f"{getattr(encoder, 'kind', type(encoder).__name__)}; use the statistics preview")
+    if len(waveforms) == 0:
+        return torch.zeros(0, enc.config.d_model)
+    param = next(enc.parameters())
+    x = _window_features(frontend, waveforms, seconds).to(device=param.device, dtype=param.dtype)
+    h = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(x)))).permute(0, 2, 1)
+    t = min(h.shape[1], enc.embed_positions.num_embeddings)
+    h = h[:, :t] + enc.embed_positions.weight[:t]
+    for layer in enc.layers[:layers]:
+        out = layer(h, None)
+        h = out[0] if isinstance(out, tuple) else out
+    return h.mean(1).float().cpu()

@@ -2,13 +2,23 @@
 
 For every example of a split, :func:`collect_outcomes` runs the base model's VL-only ``generate``
 (which also yields the state; the early state keeps only its confidence-free parts) and SAFE with the
-example's own clip (gate open), and scores both answers: exact match for short answers, token F1 for
-captions. :func:`measure_costs` times, per query in a batch on one CPU thread, every piece of the
-deployed path for examples of each question family: the plain base, the base pass with state features, the audio preview,
-the policy forward, and the audio path (front end + encoder + projector + SAFE ``generate``). Costs
-then enter the table per family: in the cascade, answering without audio costs the base pass + preview
-+ policy, with audio that plus the audio path (the early state's prices: see :func:`measure_costs`).
-Nothing is assumed free.
+example's own clip (gate open), scores both answers (exact match for short answers, token F1 for
+captions) and counts the tokens each answer generated. :func:`measure_costs` times, per query in a batch
+on one CPU thread, every piece of the deployed path for examples of each question family: the plain
+base, the base pass with state features, the audio preview, the policy forward, and the audio path
+(front end + encoder + projector + SAFE ``generate``). In the cascade, answering without audio costs the
+base pass + preview + policy, with audio that plus the audio path (the early state's prices: see
+:func:`measure_costs`). Nothing is assumed free.
+
+Costs per row, not per family (:func:`build_table`): timing every row alone would measure batch-1
+overheads, not the batched path that is deployed, and would cost a generate per row and action. So the
+family's batch is timed, and the price is spread over its rows by a measured per-row model: the time of
+one more generated token (the family batch timed with exactly 1 and exactly ``MAX_NEW_TOKENS`` new
+tokens, without and with audio). A row that generates ``t`` tokens where the timed batch averaged
+``t_mean`` costs the family's price plus ``(t - t_mean)`` times that per-token time; so a family's mean
+price is kept and a long caption costs more than a one-word answer. The table also records each row's
+language-model tokens per action (generated, plus the ``k`` audio tokens the adapters attend to with
+audio): Stage B's token cost (:mod:`safe.policy.reward`).
 """
 from __future__ import annotations
 
@@ -22,12 +32,17 @@ from safe.data.prepared import PreparedSet
 from safe.data.records import Example
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.scoring import answer_score
-from safe.models.generation import MAX_NEW_TOKENS, answer_questions
+from safe.models.generation import MAX_NEW_TOKENS
 from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state
 from safe.policy.network import PolicyNetwork
 from safe.policy.runtime import base_pass, early_probe, early_state_parts, reusing
 from safe.policy.table import OutcomeTable
 from safe.processing.features import audio_preview
+
+ROW_COST_MODEL = ("runtime per row: the family's batch price (batch of up to cost_batch, one thread) plus the "
+                  "measured time of one more generated token times the row's generated tokens above or below the "
+                  "timed batch's mean; tokens per row: generated tokens, plus the k audio tokens the adapters "
+                  "attend to with audio")
 
 
 def state_spec(model, early: bool = False) -> StateSpec:
@@ -47,27 +62,46 @@ def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batc
 
     spec = state_spec(model, early)
     device = next(model.base_model.parameters()).device
-    states, base_answers, conf = [], [], []
+    states, base_answers, conf, tok_without, tok_with, audio_answers = [], [], [], [], [], []
     for s in tqdm(range(0, len(data), batch_size), desc="base pass", disable=not progress, leave=False):
         idx = list(range(s, min(s + batch_size, len(data))))
         batch = data.prompt_inputs(fmt, idx, device)
+        prompt_len = batch["input_ids"].shape[1]
         bp = base_pass(model, batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        base_answers += fmt.decode(bp.sequences, batch["input_ids"].shape[1])
+        base_answers += fmt.decode(bp.sequences, prompt_len)
+        tok_without.append(generated_tokens(bp.sequences[:, prompt_len:], fmt.eos))
         conf_part = bp.confidence[:, : spec.confidence_dim]  # (n, 0) for the early state
         states.append(assemble_state(bp.question, bp.image, previews[idx], conf_part, spec))
         conf.append(bp.confidence)
-    audio_answers = answer_questions(model, fmt, data.enc, data.pixels, batch_size=batch_size,
-                                     max_new_tokens=MAX_NEW_TOKENS, progress=progress,
-                                     extra=lambda idx: {"audio_embeddings": data.audio[idx],
-                                                        "audio_mask": torch.ones(len(idx), dtype=torch.bool)})
+    for s in tqdm(range(0, len(data), batch_size), desc="answering", disable=not progress, leave=False):
+        idx = list(range(s, min(s + batch_size, len(data))))
+        batch = data.prompt_inputs(fmt, idx, device)
+        prompt_len = batch["input_ids"].shape[1]
+        seq = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                             audio_embeddings=data.audio[idx].to(device),
+                             audio_mask=torch.ones(len(idx), dtype=torch.bool, device=device))
+        audio_answers += fmt.decode(seq, prompt_len)
+        tok_with.append(generated_tokens(seq[:, prompt_len:], fmt.eos))
     conf_t = torch.cat(conf)
     return {
+        "generated_without": torch.cat(tok_without), "generated_with": torch.cat(tok_with),
+        "audio_tokens": int(model.config.num_audio_tokens),
         "states": torch.cat(states),
         "correct_without": torch.tensor([answer_score(p, e) for p, e in zip(base_answers, data.examples)]),
         "correct_with": torch.tensor([answer_score(p, e) for p, e in zip(audio_answers, data.examples)]),
         "confidence": conf_t[:, 0], "entropy": conf_t[:, 1],
         "base_answers": base_answers, "audio_answers": audio_answers,
     }
+
+
+def generated_tokens(new: torch.Tensor, eos: int) -> torch.Tensor:
+    """Tokens each row of ``generate``'s new tokens (n, L) generated: up to and including its first ``eos``
+    (the padding after it is not generated), or all ``L`` when it has none; float32 (n,)."""
+    if new.shape[1] == 0:
+        return torch.zeros(new.shape[0])
+    is_eos = (new == eos).cpu()
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((new.shape[0],), new.shape[1]))
+    return first.float()
 
 
 def _sample_by_family(examples: Sequence[Example], per_family: int) -> dict[str, list[int]]:
@@ -97,6 +131,11 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     longest audio answer ends, so the table overstates what a skip saves there; the end-to-end
     latency of :func:`safe.policy.stage.measure_deployed` is the number to trust.
 
+    For the per-row model of :func:`build_table` each family also gets ``ms_per_token_base`` and
+    ``ms_per_token_audio`` (per query: the batch generating exactly ``MAX_NEW_TOKENS`` new tokens minus
+    exactly 1, over the tokens between, without and with audio; at least 0) and ``tokens_base`` /
+    ``tokens_audio``, the mean tokens the timed rows generate greedily without / with audio.
+
     Batch size matters on small models: at batch 1 fixed per-call overheads dominate every piece."""
     spec = state_spec(model, early)
     device = next(model.base_model.parameters()).device
@@ -122,8 +161,17 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
         def audio_path():
             model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
 
+        def forced(tokens: int, with_audio: bool):  # exactly `tokens` new tokens: the per-token time
+            kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            if with_audio:
+                return lambda: model.generate(**batch, **kw, audio_features=frontend(wav).to(device), audio_mask=mask)
+            return lambda: model.base_model.generate(**batch, **kw)
+
         pieces = [("base", plain_base), ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
                   ("audio", audio_path)]
+        if MAX_NEW_TOKENS > 1:
+            pieces += [(f"forced_{k}_{a}", forced(k, a == "audio")) for k in (1, MAX_NEW_TOKENS)
+                       for a in ("base", "audio")]
         if early:
             def early_run(with_audio: bool) -> None:  # the deployed early sequence: probe, then one generate
                 _, probe = early_probe(model, batch)  # whose prefill reuses the probe's image features
@@ -138,7 +186,20 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
                        ("early_skip", lambda: early_run(False)), ("early_audio", lambda: early_run(True))]
         else:
             pieces.append(("base_pass", lambda: base_pass(model, batch, **gen)))
-        med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows) for name, fn in pieces}
+        with model.audio_disabled():  # the forced base runs: SAFE's gates closed, as in the base pass
+            med = {name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows)
+                   for name, fn in pieces if name.endswith("_base")}
+        med.update({name: statistics.median(time_calls(fn, repeats=repeats, warmup=1)) / len(rows)
+                    for name, fn in pieces if not name.endswith("_base")})
+        prompt_len = batch["input_ids"].shape[1]
+        for a in ("base", "audio"):
+            first, last = med.pop(f"forced_1_{a}", None), med.pop(f"forced_{MAX_NEW_TOKENS}_{a}", None)
+            med[f"ms_per_token_{a}"] = max(0.0, (last - first) / (MAX_NEW_TOKENS - 1)) if first is not None else 0.0
+        with model.audio_disabled():
+            seq = model.base_model.generate(**batch, **gen)
+        med["tokens_base"] = float(generated_tokens(seq[:, prompt_len:], fmt.eos).mean())
+        seq = model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
+        med["tokens_audio"] = float(generated_tokens(seq[:, prompt_len:], fmt.eos).mean())
         if early:
             overhead = med["preview"] + med["policy"]
             med["without_audio"] = med["early_skip"] + overhead
@@ -151,15 +212,37 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     return out
 
 
+def row_costs(outcomes: dict[str, Any], families: Sequence[str],
+              costs: dict[str, dict[str, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row milliseconds ``(without, with)`` audio, (n,) each: the family's price plus the per-token time
+    times the row's generated tokens above or below the timed batch's mean (module docstring), at least 0.
+    Costs measured before the per-token times existed (or outcomes without token counts) give the family's
+    price on every row. In the cascade (``base_pass`` priced) the audio action also pays the base's answer."""
+    def col(key: str, default: float = 0.0) -> torch.Tensor:
+        return torch.tensor([float(costs[f].get(key, default)) for f in families], dtype=torch.float64)
+
+    without, with_ = col("without_audio"), col("with_audio")
+    if "generated_without" in outcomes and "generated_with" in outcomes:
+        d_base = col("ms_per_token_base") * (outcomes["generated_without"].double() - col("tokens_base"))
+        d_audio = col("ms_per_token_audio") * (outcomes["generated_with"].double() - col("tokens_audio"))
+        cascade = torch.tensor([float("base_pass" in costs[f]) for f in families], dtype=torch.float64)
+        without, with_ = without + d_base, with_ + d_audio + cascade * d_base
+    return without.clamp_min(0).float(), with_.clamp_min(0).float()
+
+
 def build_table(outcomes: dict[str, Any], data: PreparedSet, costs: dict[str, dict[str, float]]) -> OutcomeTable:
-    """The :class:`OutcomeTable` of ``data`` from :func:`collect_outcomes` and :func:`measure_costs`."""
+    """The :class:`OutcomeTable` of ``data`` from :func:`collect_outcomes` and :func:`measure_costs`: costs per
+    row (:func:`row_costs`), tokens per row (generated, plus the ``k`` audio tokens with audio)."""
     missing = sorted({e.family for e in data.examples} - set(costs))
     if missing:
         raise ValueError(f"no measured costs for families {missing}")
-    fam = [e.family for e in data.examples]
+    without, with_ = row_costs(outcomes, [e.family for e in data.examples], costs)
+    tokens = {}
+    if "generated_without" in outcomes:
+        tokens = {"tokens_without": outcomes["generated_without"],
+                  "tokens_with": outcomes["generated_with"] + float(outcomes.get("audio_tokens", 0))}
     return OutcomeTable(
         states=outcomes["states"], correct_without=outcomes["correct_without"],
         correct_with=outcomes["correct_with"], needs_audio=data.needs_audio.clone(),
-        is_vl=~data.needs_audio, cost_without_ms=torch.tensor([costs[f]["without_audio"] for f in fam]),
-        cost_with_ms=torch.tensor([costs[f]["with_audio"] for f in fam]),
-        confidence=outcomes["confidence"], entropy=outcomes["entropy"])
+        is_vl=~data.needs_audio, cost_without_ms=without, cost_with_ms=with_,
+        confidence=outcomes["confidence"], entropy=outcomes["entropy"], **tokens)

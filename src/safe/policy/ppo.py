@@ -1,20 +1,14 @@
 """Stage B: PPO over an outcome table, with a Lagrangian retention constraint (the proposal's Stage B, docs/design.md).
 
 Each episode is one step: a row of the :class:`~safe.policy.table.OutcomeTable` is the state, the
-policy decides whether to consult audio, and the reward is read from the table:
+policy decides whether to consult audio, and the reward is read from the table (:mod:`safe.policy.reward`):
 
-    r = correct - alpha * latency_cost - gamma * irrelevance_penalty - lambda * is_vl * (1 - correct)
+    r = correct - alpha * cost - gamma * irrelevance_penalty - lambda * is_vl * (1 - correct)
 
-* ``correct``: ``correct_with`` if audio was used, else ``correct_without`` (a score in [0, 1]: 0/1 for QA);
-* ``latency_cost``: the measured extra latency of the action, ``max(0, cost_ms - base_cost_ms)``,
-  divided by a table-wide scale (:func:`latency_scale`): by default the mean extra latency of audio
-  over the table, so consulting audio costs about 1 unit and ``alpha`` is unitless — with
-  ``alpha = 0.6``, audio pays off on a row only when it raises the chance of a right answer by
-  more than 0.6 (before the irrelevance penalty);
-* ``irrelevance_penalty``: 1 where audio is used on a row that does not need it (``~needs_audio``);
-* the last term is the Lagrangian of the retention constraint, see :class:`PPOConfig` and
-  :func:`retention_penalty`; ``lambda`` follows projected dual ascent
-  (:class:`safe.training.schedules.DualAscent`, reused from Stage A).
+where ``cost`` is the row's measured extra runtime and extra language-model tokens of audio, each
+normalised over the table (an average audio call costs 1, so ``alpha`` is unitless), and the last term is
+the Lagrangian of the retention constraint, see :class:`PPOConfig`; ``lambda`` follows projected dual
+ascent (:class:`safe.training.schedules.DualAscent`, reused from Stage A).
 
 Since an episode ends after one step there is nothing to bootstrap: the return is the reward and
 the advantage is ``reward - value`` (GAE with any lambda reduces to this). The rest is standard
@@ -36,6 +30,7 @@ from typing import Any
 import torch
 
 from safe.policy.network import PolicyNetwork
+from safe.policy.reward import LATENCY_NORMS, _vector, latency_scale, retention_penalty, reward, token_scale
 from safe.policy.table import OutcomeTable, evaluate_actions
 from safe.training.config import RETENTION_TAU
 from safe.training.schedules import DualAscent
@@ -43,6 +38,7 @@ from safe.validation import int_arg, real_arg
 
 __all__ = [
     "latency_scale",
+    "token_scale",
     "reward",
     "retention_penalty",
     "alpha_schedule",
@@ -54,85 +50,6 @@ __all__ = [
     "train_ppo",
     "evaluate_policy",
 ]
-
-LATENCY_NORMS = ("mean_extra", "base")
-
-
-def _vector(name: str, value: Any, n: int | None = None) -> torch.Tensor:
-    t = torch.as_tensor(value)
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if n is not None and t.shape[0] != n:
-        raise ValueError(f"{name} must have length {n}, got {t.shape[0]}")
-    return t
-
-
-# --------------------------------------------------------------------------------------------
-# reward
-# --------------------------------------------------------------------------------------------
-def latency_scale(table: OutcomeTable, mode: str = "mean_extra") -> float:
-    """The divisor that turns extra milliseconds into the unitless ``latency_cost``.
-
-    * ``"mean_extra"`` (default): ``mean(max(0, cost_with_ms - cost_without_ms))`` over the table —
-      consulting audio costs 1 on an average row, so ``alpha`` reads as "accuracy points one audio
-      call must buy";
-    * ``"base"``: ``mean(cost_without_ms)`` — the cost is the extra runtime relative to the base
-      model's (0.3 = 30 % slower), so ``alpha`` trades accuracy against relative slow-down.
-
-    Raises ``ValueError`` if the scale is not positive (audio measured as free: there is no latency
-    trade-off to learn, and the caller should set ``alpha_final = 0`` rather than divide by 0).
-    """
-    if mode == "mean_extra":
-        s = float((table.cost_with_ms - table.cost_without_ms).clamp_min(0).double().mean())
-    elif mode == "base":
-        s = float(table.cost_without_ms.double().mean())
-    else:
-        raise ValueError(f"mode must be one of {LATENCY_NORMS}, got {mode!r}")
-    if not s > 0:
-        raise ValueError(f"latency scale for mode={mode!r} is {s}; the table measures no extra cost for audio")
-    return s
-
-
-def reward(correct: Any, use_audio: Any, cost_ms: Any, base_cost_ms: Any, alpha: float, gamma: float,
-           needs_audio: Any, *, latency_scale: float) -> torch.Tensor:
-    """Per-row reward ``correct - alpha * latency_cost - gamma * irrelevance_penalty``, float32 (n,).
-
-    ``correct``: (n,) score in [0, 1] (bool accepted); ``use_audio``, ``needs_audio``: (n,) bool or 0/1; ``cost_ms``: measured latency of the
-    action taken; ``base_cost_ms``: measured latency of the no-audio action on the same row (so the
-    latency cost of skipping is exactly 0); ``latency_cost = max(0, cost_ms - base_cost_ms) /
-    latency_scale`` (clamped at 0 so timing noise never makes audio look cheaper than skipping);
-    ``irrelevance_penalty = use_audio & ~needs_audio``. ``alpha``, ``gamma`` >= 0; ``latency_scale``
-    > 0 (see :func:`latency_scale`; keyword-only so a raw-millisecond cost is never used by accident).
-    """
-    c = _vector("correct", correct)
-    n = c.shape[0]
-    u = _vector("use_audio", use_audio, n).bool()
-    cost = _vector("cost_ms", cost_ms, n).double()
-    base = _vector("base_cost_ms", base_cost_ms, n).double()
-    needs = _vector("needs_audio", needs_audio, n).bool()
-    alpha = real_arg("alpha", alpha, 0.0)
-    gamma = real_arg("gamma", gamma, 0.0)
-    scale = real_arg("latency_scale", latency_scale, 0.0, lo_open=True)
-    latency_cost = (cost - base).clamp_min(0.0) / scale
-    irrelevant = (u & ~needs).double()
-    return (c.double() - alpha * latency_cost - gamma * irrelevant).float()
-
-
-def retention_penalty(correct: Any, is_vl: Any, lam: float) -> torch.Tensor:
-    """The Lagrangian term of the VL-retention constraint, per row: ``lam * is_vl * (1 - correct)``, (n,).
-
-    The constraint is ``acc_VL >= floor``; its Lagrangian adds ``lam * (acc_VL - floor)`` to the
-    objective. Written per row, ``acc_VL`` is the mean of ``correct`` over VL rows, so up to a
-    constant (which the value baseline absorbs) and the factor ``1 / P(VL)`` (folded into ``lam``)
-    the term is ``-lam`` for every wrong VL answer. A per-row term is needed: the proposal's
-    batch-level ``lam * max(0, floor - acc_VL)`` is the same for every action in the batch and so
-    gives the policy no gradient at all. Subtract this from :func:`reward`.
-    """
-    c = _vector("correct", correct)
-    vl = _vector("is_vl", is_vl, c.shape[0]).bool()
-    lam = real_arg("lam", lam, 0.0)
-    return (lam * vl.double() * (1.0 - c.double())).float()
-
 
 # --------------------------------------------------------------------------------------------
 # schedules and statistics
@@ -296,7 +213,11 @@ class PPOConfig:
     gamma: float = 0.1
     """Irrelevance penalty for consulting audio on a row that does not need it."""
     latency_norm: str = "mean_extra"
-    """How extra milliseconds become ``latency_cost``: ``"mean_extra"`` or ``"base"`` (:func:`latency_scale`)."""
+    """How extra milliseconds become the runtime cost: ``"mean_extra"`` or ``"base"`` (:func:`latency_scale`)."""
+    token_weight: float = 1.0
+    """Weight of the token cost beside the runtime cost's 1 (0: runtime only); the weighted sum is divided by
+    ``1 + token_weight``, so an average audio call costs 1 (:func:`safe.policy.reward.reward`). Tables without
+    token counts have no token cost whatever this is."""
     tau: float = RETENTION_TAU
     """Retention tolerance: the constraint is VL accuracy >= base VL accuracy - tau (0.3 points)."""
     dual_lr: float = 1.0
@@ -324,7 +245,7 @@ class PPOConfig:
             raise ValueError(f"minibatch_size must be <= batch_size={self.batch_size}, got {self.minibatch_size}")
         for name in ("lr", "clip"):
             setattr(self, name, real_arg(name, getattr(self, name), 0.0, lo_open=True))
-        for name in ("ent_coef", "vf_coef", "alpha_final", "gamma", "tau", "dual_lr", "lambda_init"):
+        for name in ("ent_coef", "vf_coef", "alpha_final", "gamma", "tau", "dual_lr", "lambda_init", "token_weight"):
             setattr(self, name, real_arg(name, getattr(self, name), 0.0))
         self.max_grad_norm = real_arg("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
         if self.target_kl is not None:
@@ -387,6 +308,7 @@ def train_ppo(table: OutcomeTable, cfg: PPOConfig | None = None, progress: bool 
     policy.train()
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5, foreach=True)  # foreach: one fused pass on CPU too
     scale = latency_scale(table, cfg.latency_norm)
+    t_scale = token_scale(table)
 
     has_vl = bool(table.is_vl.any())
     base_vl_acc = float(table.correct_without[table.is_vl].double().mean()) if has_vl else math.nan
@@ -418,8 +340,10 @@ def train_ppo(table: OutcomeTable, cfg: PPOConfig | None = None, progress: bool 
         correct = torch.where(use, table.correct_with[idx], table.correct_without[idx])
         cost = torch.where(use, table.cost_with_ms[idx], table.cost_without_ms[idx])
         is_vl = table.is_vl[idx]
+        tokens = torch.where(use, table.tokens_with[idx], table.tokens_without[idx])
         r = reward(correct, use, cost, table.cost_without_ms[idx], alpha, cfg.gamma, table.needs_audio[idx],
-                   latency_scale=scale)
+                   latency_scale=scale, tokens=tokens, base_tokens=table.tokens_without[idx], token_scale=t_scale,
+                   token_weight=cfg.token_weight)
         r = r - retention_penalty(correct, is_vl, lam)
         returns = r
         adv = normalize_advantages(returns - old_values)

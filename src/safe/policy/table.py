@@ -20,7 +20,13 @@ field              shape/dtype meaning
 ``cost_with_ms``   (n,) f32    measured latency of answering with audio, milliseconds
 ``confidence``     (n,) f32    the base's confidence in its VL-only answer (threshold baseline)
 ``entropy``        (n,) f32    the entropy of the base's VL-only answer (threshold baseline)
+``tokens_without`` (n,) f32    language-model tokens of answering without audio (the tokens generated)
+``tokens_with``    (n,) f32    the same with audio: the tokens generated plus the ``k`` audio tokens the
+                               adapters attend to
 ================== =========== =================================================================
+
+The two token columns are optional: a table written before they existed loads with zeros there, which
+Stage B reads as "no token cost measured" (:func:`safe.policy.reward.token_scale`).
 
 Scores are 1/0 correctness for short-answer questions (bools are accepted and stored as 1.0/0.0) and
 a graded score such as token F1 for captions (the proposal's "QA accuracy (0/1) or normalized caption
@@ -30,7 +36,8 @@ A row cannot be both ``needs_audio`` and ``is_vl`` (a VL-only question does not 
 row may be neither (an audio-visual question that the image alone answers).
 
 :func:`evaluate_actions` scores any decision vector against the table (the PPO policy, its
-distilled MLP and every baseline use it, so their numbers are comparable), and
+distilled MLP and every baseline use it, so their numbers are comparable), :func:`cost_summary` says what
+audio costs on it per row, and
 :func:`make_synthetic_table` builds a table with a known optimal policy for tests and demos.
 """
 from __future__ import annotations
@@ -43,12 +50,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["OutcomeTable", "evaluate_actions", "oracle_gap", "make_synthetic_table", "TABLE_FIELDS"]
+__all__ = ["OutcomeTable", "evaluate_actions", "oracle_gap", "cost_summary", "make_synthetic_table", "TABLE_FIELDS"]
 
 _SCORE_FIELDS = ("correct_without", "correct_with")
 _BOOL_FIELDS = ("needs_audio", "is_vl")
 _FLOAT_FIELDS = ("cost_without_ms", "cost_with_ms", "confidence", "entropy")
-TABLE_FIELDS = ("states",) + _SCORE_FIELDS + _BOOL_FIELDS + _FLOAT_FIELDS
+_TOKEN_FIELDS = ("tokens_without", "tokens_with")
+"""Optional columns (zeros when not given, and in tables saved before they existed)."""
+TABLE_FIELDS = ("states",) + _SCORE_FIELDS + _BOOL_FIELDS + _FLOAT_FIELDS + _TOKEN_FIELDS
 _FORMAT = "safe.policy.OutcomeTable/1"
 
 
@@ -124,6 +133,8 @@ class OutcomeTable:
     cost_with_ms: torch.Tensor
     confidence: torch.Tensor
     entropy: torch.Tensor
+    tokens_without: torch.Tensor | None = None
+    tokens_with: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         s = _as_tensor("states", self.states)
@@ -144,6 +155,9 @@ class OutcomeTable:
             setattr(self, name, _as_bool(name, getattr(self, name), n))
         for name in _FLOAT_FIELDS:
             setattr(self, name, _as_float(name, getattr(self, name), n, nonnegative=name.startswith("cost_")))
+        for name in _TOKEN_FIELDS:
+            value = getattr(self, name)
+            setattr(self, name, torch.zeros(n) if value is None else _as_float(name, value, n, nonnegative=True))
         both = self.needs_audio & self.is_vl
         if bool(both.any()):
             raise ValueError(f"needs_audio and is_vl are both set on {int(both.sum())} row(s) "
@@ -212,10 +226,10 @@ class OutcomeTable:
             if fmt != _FORMAT:
                 raise ValueError(f"path {str(p)!r} is not an OutcomeTable file (format tag {fmt!r}, expected {_FORMAT!r})")
             keys = set(f.keys())
-            missing = sorted(set(TABLE_FIELDS) - keys)
+            missing = sorted(set(TABLE_FIELDS) - set(_TOKEN_FIELDS) - keys)
             if missing:
                 raise ValueError(f"path {str(p)!r} is missing field(s) {missing}")
-            return cls(**{k: f.get_tensor(k) for k in TABLE_FIELDS})
+            return cls(**{k: f.get_tensor(k) for k in TABLE_FIELDS if k in keys})
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +247,7 @@ def _score(table: OutcomeTable, use: torch.Tensor) -> dict[str, float]:
     base_cost = float(table.cost_without_ms.double().mean())
     mean_cost = float(cost.double().mean())
     return {
+        "mean_tokens": float(torch.where(use, table.tokens_with, table.tokens_without).double().mean()),
         "accuracy": _mean(correct),
         "vl_accuracy": _mean(correct[table.is_vl]),
         "audio_accuracy": _mean(correct[table.needs_audio]),
@@ -261,8 +276,9 @@ def evaluate_actions(table: OutcomeTable, use_audio: Any) -> dict[str, float]:
     * ``latency_ratio_to_base``: ``mean_latency_ms / mean(cost_without_ms)`` (1.0 = never-audio
       cost; NaN if the base cost is 0);
     * ``false_positive_rate``: fraction of ``is_vl`` rows that consult audio (NaN if none);
+    * ``mean_tokens``: mean language-model tokens of the action taken (0 for a table without token counts);
 
-    then the same seven numbers for the oracle (audio exactly where it raises the score, see :func:`safe.policy.baselines.oracle`) under ``oracle_<name>``, and the
+    then the same eight numbers for the oracle (audio exactly where it raises the score, see :func:`safe.policy.baselines.oracle`) under ``oracle_<name>``, and the
     never-audio reference ``base_accuracy`` / ``base_vl_accuracy`` (the retention floor's anchor).
     """
     use = _check_actions(table, use_audio)
@@ -309,6 +325,21 @@ def oracle_gap(table: OutcomeTable, use_audio: Any) -> dict[str, Any]:
         out[f"{k}_points"] = 100.0 * out[k] / n if n else math.nan
     out["gap_points"] = 100.0 * (int(use.sum()) - int(oracle_use.sum())) / n if n else math.nan
     out["rows"] = n
+    return out
+
+
+def cost_summary(table: OutcomeTable) -> dict[str, float]:
+    """What audio costs on ``table``, per row: runtime (ms) and language-model tokens without and with audio
+    (means), audio's extra (``max(0, with - without)``) as a mean and its 5th / 95th percentiles, and
+    ``runtime_rows_distinct``: how many distinct extra-runtime values the rows hold (1 = one price for all)."""
+    out: dict[str, float] = {}
+    for name, without, with_ in (("runtime_ms", table.cost_without_ms, table.cost_with_ms),
+                                 ("tokens", table.tokens_without, table.tokens_with)):
+        extra = (with_ - without).clamp_min(0).double()
+        q = torch.quantile(extra, torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
+        out.update({f"{name}_without": float(without.double().mean()), f"{name}_with": float(with_.double().mean()),
+                    f"{name}_extra": float(extra.mean()), f"{name}_extra_p5": q[0], f"{name}_extra_p95": q[1]})
+    out["runtime_rows_distinct"] = int(torch.unique(table.cost_with_ms - table.cost_without_ms).numel())
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from safe.atomic import write_atomic
 from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci
+from safe.reporting.stage_b_rows import floor_stress, row_costs
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS_FILE = "results.md"
@@ -289,6 +290,10 @@ def _measures(m: Mapping) -> list[Row]:
          f"{_f(_at(m, 'policy', 'baselines', 'entropy', 'accuracy'))}"),
         ("Stage B: PPO at every alpha strictly above every no-slower threshold point", _pareto),
         ("Stage B: PPO seeds, accuracy / use rate, mean [95% CI]", _seeds),
+        ("Stage B: audio's extra cost per row (test): runtime ms, mean [5th, 95th percentile] / LM tokens, mean",
+         row_costs),
+        ("Stage B: retention floor under stress (audio breaks a share of VL rows, state blanked, audio free): "
+         "VL accuracy with dual ascent / lambda = 0 / floor; lambda max / final", floor_stress),
         ("Stage C: MLP gate, agreement with PPO on test / accuracy / use rate", _stage_c),
         ("Deployed gate measured end to end: accuracy / use rate",
          lambda m: f"{_f(_deployed(m)['accuracy'])} / {_f(_deployed(m)['use_rate'])} "
@@ -399,6 +404,33 @@ def _stage_a_grid(m: Mapping) -> str:
                            else DASH, fmt(r.get("train_seconds"), 1)] for r in rows])
 
 
+def _ci_cell(r: Mapping, key: str, digits: int = 3) -> str:
+    """``mean [low, high]`` of a row's metric over seeds (the mean alone for one seed)."""
+    ci = r.get(f"{key}_ci")
+    return fmt(r.get(key), digits) + (f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+                                      if isinstance(ci, list) and len(ci) == 2 else "")
+
+
+def _state_ablation(m: Mapping) -> str:
+    g = _at(m, "policy_state_ablation")
+    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
+    if not rows:
+        return ""
+    verdict = (f"The default state (`{g.get('default')}`) is the best measured." if g.get("default_is_best") else
+               f"Best measured: `{g.get('best')}`; the default state is `{g.get('default')}`.")
+    head = (f"`safe policy ablate-state`: PPO on each part subset of the state, {fmt(g.get('seeds'))} seeds x "
+            f"{fmt(g.get('ppo_steps'))} updates per entry at alpha {fmt(g.get('alpha'), 2)}, scored on the "
+            f"{fmt(g.get('split'))} split; mean [95% CI over seeds]. ms / query is priced from measured costs "
+            f"(batch {fmt(g.get('cost_batch'))}, one thread): with the confidence the cascade, without it the "
+            "early path, plus the entry's preview (preview ms: statistics or the encoder-first-layer embedding, "
+            f"{fmt(g.get('preview_embedding_ms'), 3)} ms per clip). Best: highest accuracy (3 decimals), then "
+            f"lowest ms / query. {verdict}\n\n")
+    return head + _table(["state", "dim", "accuracy", "use rate", "ms / query", "preview ms", "collapsed seeds"],
+                         [[r.get("name", DASH), fmt(r.get("state_dim")), _ci_cell(r, "accuracy"),
+                           _ci_cell(r, "use_rate"), _ci_cell(r, "mean_latency_ms"), fmt(r.get("state_ms"), 3),
+                           fmt(r.get("collapsed"))] for r in rows])
+
+
 def _stage_b_ablations(m: Mapping) -> str:
     rows = [r for r in _at(m, "eval", "ablations").get("rows") or () if isinstance(r, Mapping)]
     return _table(["Stage B / C variant", "accuracy", "VL acc", "audio acc", "use rate"],
@@ -444,6 +476,7 @@ def results_page(metrics: Mapping[str, Any], *, command: str | None = None) -> s
         _section("Evaluation: stage gates", _gates_table, m),
         _section("Ablations: Stage A", _stage_a_grid, m),
         _section("Ablations: Stages B and C", _stage_b_ablations, m),
+        _section("Ablations: the policy's state", _state_ablation, m),
         _section("Time per stage", _timing, m),
     ]
     return "".join(parts).rstrip("\n") + "\n"

@@ -278,6 +278,15 @@ def _policy(m: Mapping, figs: Figures) -> str:
                   details(f"The {len(pareto)} points of the plot",
                           table(["name", *(label(c) for c in cols)],
                                 [[q.get("name", DASH), *(fmt_key(c, q.get(c)) for c in cols)] for q in pareto]))]
+    if isinstance(_get(pol, "row_costs", "test"), Mapping):
+        parts += [h3("Costs per row (test table): runtime and language-model tokens, without / with audio"),
+                  para(str(_get(pol, "row_costs", "model") or ""), "note"), kv_table(pol["row_costs"]["test"])]
+    stress = _m(pol.get("floor_stress"))
+    if isinstance(stress.get("with_dual"), Mapping) and isinstance(stress.get("without_dual"), Mapping):
+        parts += [h3("Retention floor under stress: audio breaks VL rows, state blanked, with / without dual ascent"),
+                  grid({k: {c: v for c, v in stress[k].items() if c != "lambda"} for k in ("with_dual", "without_dual")},
+                       ["vl_accuracy", "accuracy", "use_rate", "lambda_max", "lambda_final"], "variant"),
+                  kv_table({k: v for k, v in stress.items() if not isinstance(v, Mapping)})]
     history = [h for h in pol.get("history") or () if isinstance(h, Mapping)]
     if history:
         parts += [h3(f"PPO training ({len(history)} updates)"), _img(figs, "ppo_curves"),

@@ -1,5 +1,5 @@
-"""``safe ablate``: the Stage A ablation grid (no retention loss, k in {4, 8, 12, 16}, LoRA rank in {4, 16},
-no dense block) trained and scored on the run's data, seeds with 95% CIs, resumable; the Stage B half of
+"""``safe ablate``: the Stage A ablation grid (no retention loss, k in {4, 8, 12, 16} audio tokens, LoRA rank
+in {4, 8, 16} on every attention map, no dense block) trained and scored on the run's data, seeds with 95% CIs, resumable; the Stage B half of
 the grid (lambda = 0, heuristic gates) comes from the run's own ``safe policy train``."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class AblateConfig(DataOptions):
     """Seeds per entry (mean and 95% CI over seeds)."""
     only: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
     """Run only this entry (repeatable); entries: "reference", "no retention loss", "k=4", "k=8", "k=12",
-    "k=16", "rank=4", "rank=16", "no dense block", "no Fisher", "no curriculum"."""
+    "k=16", "rank=4", "rank=8", "rank=16", "no dense block", "no Fisher", "no curriculum"."""
     split: str = "test"
     """Benchmark split the entries are scored on."""
 

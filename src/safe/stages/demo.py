@@ -18,6 +18,9 @@ from safe.stages.depth import RECIPE as DEPTH_RECIPE
 from safe.stages.depth import RUN_DIR as DEPTH_RUN_DIR
 from safe.stages.depth import demo_depth
 from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
+from safe.stages.gemma import RECIPE as GEMMA_RECIPE
+from safe.stages.gemma import RUN_DIR as GEMMA_RUN_DIR
+from safe.stages.gemma import demo_gemma
 from safe.stages.options import make_config
 from safe.stages.policy import PolicyTrainConfig, train_policy
 from safe.stages.speech import RECIPE as SPEECH_RECIPE
@@ -49,11 +52,13 @@ class DemoConfig(RunOptions):
     continue_on_gate_failure: bool = False
     """Go on to the next stage when a go / no-go gate fails (Stage 1 verification before Stage A; Stage 2,
     audio gain >= 3 points with VL loss < 0.5 points, before Stage B); default: stop there and exit 1."""
-    track: Literal["synthetic", "speech", "depth"] = "synthetic"
+    track: Literal["synthetic", "speech", "depth", "gemma"] = "synthetic"
     """Benchmark track: synthetic (shapes, tones), speech (spoken questions in eSpeak NG voices, the real
     Whisper tiny.en encoder; needs safe-av[speech]; default run directory runs/demo-speech, recipe
     stage_a_speech.yaml) or depth (the scenes' depth maps through the shipped depth encoder, questions
-    only depth answers; default run directory runs/demo-depth, recipe stage_a_depth.yaml)."""
+    only depth answers; default run directory runs/demo-depth, recipe stage_a_depth.yaml) or gemma (the speech
+    track's questions on the Gemma VL base, a LLaVA over the real, frozen Gemma 3 270M from make gemma-base, plus
+    a text retention set; default run directory runs/demo-gemma, recipe stage_a_gemma.yaml)."""
 
 
 @dataclass
@@ -88,9 +93,10 @@ def stopped(run_dir: str, step: StageLog, failure, echo=print) -> DemoResult:
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:
     """Each stage in turn, printing its summary through ``echo``; the result is not ok when any stage's
     own check failed (verification, frozen weights)."""
-    if cfg.track in ("speech", "depth"):
+    if cfg.track in ("speech", "depth", "gemma"):
         run_dir, recipe, run_track = {"speech": (SPEECH_RUN_DIR, SPEECH_RECIPE, demo_speech),
-                                      "depth": (DEPTH_RUN_DIR, DEPTH_RECIPE, demo_depth)}[cfg.track]
+                                      "depth": (DEPTH_RUN_DIR, DEPTH_RECIPE, demo_depth),
+                                      "gemma": (GEMMA_RUN_DIR, GEMMA_RECIPE, demo_gemma)}[cfg.track]
         defaults = DemoConfig()
         return run_track(dataclasses.replace(
             cfg, run_dir=run_dir if cfg.run_dir == defaults.run_dir else cfg.run_dir,

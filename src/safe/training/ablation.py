@@ -26,13 +26,16 @@ STAGE_A_GRID: dict[str, list[str]] = {
     "k=8": ["safe.num_audio_tokens=8"],
     "k=12": ["safe.num_audio_tokens=12"],
     "k=16": ["safe.num_audio_tokens=16"],
-    "rank=4": ["safe.lora_rank=4"],
-    "rank=16": ["safe.lora_rank=16"],
+    "rank=4": ["safe.lora_rank=4", "safe.rank_maps=all"],
+    "rank=8": ["safe.lora_rank=8", "safe.rank_maps=all"],
+    "rank=16": ["safe.lora_rank=16", "safe.rank_maps=all"],
     "no dense block": ["safe.ffn_rank=0"],
     "no Fisher": ["lambda_fisher=0"],
     "no curriculum": ["curriculum.start=1.0", "curriculum.end=1.0", "curriculum.ramp_fraction=0"],
 }
-"""Entry name -> overrides of the recipe. ``reference`` is the recipe itself (k and rank as it sets them)."""
+"""Entry name -> overrides of the recipe. ``reference`` is the recipe itself (k and rank as it sets them); k is
+the number of audio tokens; the rank entries apply r to every attention map of each adapter (query, key,
+value, output: ``rank_maps=all``), so r sizes the whole adapter, not only its query."""
 
 METRICS = ("audio_accuracy", "vl_accuracy_gate_open", "vl_retention_ratio_gate_open", "vl_answers_changed_gate_open",
            "caption_cider_d", "answers_identical_gate_closed")

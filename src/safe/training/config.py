@@ -92,6 +92,10 @@ class StageAConfig:
     """Examples of the retention buffer used per measurement."""
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     """Audio exposure schedule."""
+    answer_logits_only: bool = False
+    """Compute the language model head only at the answer positions (``logits_to_keep``; decoder-only bases whose
+    prompts are left-padded, so every answer ends the row). The losses are the same; a large vocabulary's head
+    over every position can cost more than the layers (Gemma 3: 262,144 words). Off: every position's logits."""
     mixed_precision: str = "no"
     """``no``, ``bf16`` or ``fp16`` (Accelerate autocast where the device has it)."""
     checkpoint_every: int = 100

@@ -191,6 +191,10 @@ class StageATrainer:
         from safe.training.losses import answer_cross_entropy, retention_kl
 
         batch, labels, needs = self._inputs(self.train_set, idx)
+        if self.cfg.answer_logits_only and "decoder_input_ids" not in batch:
+            # left padding puts every answer at the end: the head runs on the last k positions only
+            k = labels.shape[1] - int((labels != -100).any(0).nonzero()[0]) + 1
+            batch["logits_to_keep"], labels = k, labels[:, -k:]
         emb = self.train_set.audio[idx].to(self.accelerator.device)
         with self.accelerator.autocast():
             logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row

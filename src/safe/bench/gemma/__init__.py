@@ -5,7 +5,8 @@
   transformers checkpoint (safetensors + config + tokenizer) and fingerprints the language model's tensors;
 * :mod:`safe.bench.gemma.base` builds a ``LlavaForConditionalGeneration`` whose language model is that
   Gemma, loaded strict and frozen from the first step; :mod:`safe.bench.gemma.train` trains only its vision
-  tower and projector, on the built-in scenes, resumably; :mod:`safe.bench.gemma.docs` writes the README block
+  side (the projector, warm-started by :mod:`safe.bench.gemma.warm`; the tower optionally), on the built-in
+  scenes, resumably, with the questions' keys and values cached (:mod:`safe.bench.gemma.prefix`); :mod:`safe.bench.gemma.docs` writes the README block
   and docs/gemma.md's results from the build record; ``python -m safe.bench.gemma`` does it all.
 
 SAFE does not redistribute Gemma's weights: they come under the Gemma terms of use

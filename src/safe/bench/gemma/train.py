@@ -1,7 +1,8 @@
 """Training the vision side of the Gemma base (:mod:`safe.bench.gemma.base`) on the built-in scenes, resumably.
 
-Only the vision tower and the projector train; the Gemma language model is frozen from construction and its
-tensors' SHA-256 are checked against the conversion's before training, after training and in the saved
+Only the projector (and the vision tower, when its rate is above 0) trains, after the projector's warm start
+(:mod:`.warm`), with the question's keys and values computed once (:mod:`.prefix`); the Gemma language model
+is frozen from construction and its tensors' SHA-256 are checked against the conversion's before training, after training and in the saved
 checkpoint reloaded from disk. A resumable state (trainable weights, optimiser, step, history) is written
 every ``checkpoint_every`` steps into a work folder beside the output; a killed build resumes there, taking
 the same batches it would have taken. The finished checkpoint is written to a temporary folder renamed into
@@ -23,6 +24,8 @@ import torch
 from safe.atomic import staged_dir
 from safe.bench.gemma import base as gb
 from safe.bench.gemma import lm as gemma_lm
+from safe.bench.gemma import warm
+from safe.bench.gemma.prefix import PrefixCachedLoss
 
 STATE_FILE = "state.pt"
 
@@ -60,6 +63,32 @@ def _batches(n: int, batch_size: int, seed: int, step: int) -> list[int]:
     return out
 
 
+def _load() -> list[float] | None:
+    """The machine's 1 / 5 / 15 minute load averages (how shared the CPU was), where the OS tells them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _initialise(model, tok, fmt, enc, rows: Sequence, pixels: torch.Tensor, cfg: gb.GemmaBaseConfig,
+                progress: bool) -> dict:
+    """The projector's starting point: fitted to the words of each patch's cell (:mod:`.warm`) when
+    ``cfg.warm_start_steps``, else its output scaled to the norm of Gemma's token embeddings. Deterministic
+    (seeded), and saved with the first checkpoint, so a resumed build never fits again."""
+    t = time.perf_counter()
+    if cfg.warm_start_steps > 0:
+        if progress:
+            print(f"warm start: fitting the projector to Gemma's word embeddings of each cell ({len(rows)} pictures)",
+                  flush=True)
+        feats = warm.patch_features(model, pixels)
+        fit = warm.fit_projector(model.model.multi_modal_projector, feats, warm.cell_targets(model, tok, rows),
+                                 steps=cfg.warm_start_steps, seed=cfg.seed)
+        return {"warm_start": {**fit, "steps": cfg.warm_start_steps, "seconds": round(time.perf_counter() - t, 1)}}
+    target = gb.embedding_norm(model, [i for p in enc.prompts[:64] for i in p if i not in (fmt.image, fmt.bos)])
+    return {"projector_scale": gb.scale_projector(model, pixels[:64], target), "embedding_norm": target}
+
+
 def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -85,7 +114,7 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
     if not force and old and old.get("format_version") == gb.FORMAT_VERSION and old.get("config_hash") == cfg.digest() \
             and old.get("lm_sha256") == conversion["lm_sha256"] and (out_dir / "config.json").is_file():
         return {**old, "reused": True}
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), _load()
     model, tok, image_processor = gb.assemble(lm_dir, builtin_vl, cfg.seed)
     text_model = model.model.language_model
     expected = conversion["tensors"]
@@ -96,6 +125,7 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
     monitor = monitor_rows(test_rows, cfg.monitor_rows, questions.VL_FAMILIES)
     enc = fmt.encode(train_rows)
     answers = [gb.answer_ids(tok, e.answers[0]) for e in train_rows]
+    pixels = fmt.pixels([e.image for e in train_rows])  # 48 px pictures: all of them fit in memory
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     if cfg.lr_tower <= 0:
         gemma_lm.frozen(tower.parameters())
@@ -120,9 +150,9 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
         if progress:
             print(f"resuming the Gemma base's vision side at step {step} of {cfg.steps} ({work})", flush=True)
     else:
-        init = fmt.pixels([e.image for e in train_rows[:64]])
-        target = gb.embedding_norm(model, [i for p in enc.prompts[:64] for i in p if i not in (fmt.image, fmt.bos)])
-        history.append({"projector_scale": gb.scale_projector(model, init, target), "embedding_norm": target})
+        history.append(_initialise(model, tok, fmt, enc, train_rows, pixels, cfg, progress))
+    loss_fn = PrefixCachedLoss(model, enc.prompts, answers, image_token=fmt.image, pad=fmt.pad,
+                               dtype=getattr(torch, cfg.train_dtype))
 
     def checkpoint():
         _save_state(state_path, {"step": step, "tower": tower.state_dict(), "projector": projector.state_dict(),
@@ -135,8 +165,7 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
         model.train()
         text_model.eval()  # no dropout in the frozen LM either way; eval keeps it explicit
         idx = _batches(len(train_rows), cfg.batch_size, cfg.seed, step)
-        batch, target = gb.train_batch(fmt, tok, [enc.prompts[i] for i in idx], [answers[i] for i in idx])
-        loss = gb.answer_loss(model, batch, fmt.pixels([train_rows[i].image for i in idx]), target)
+        loss = loss_fn(idx, pixels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -157,6 +186,7 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
     model.eval()
     gemma_lm.check_digests(text_model, expected, "after training the vision side")
     monitor_acc = evaluate(model, fmt, monitor, progress=progress)
+    test_acc = evaluate(model, fmt, test_rows, progress=progress) if cfg.full_test else None
     with staged_dir(out_dir, "saving") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -166,7 +196,10 @@ def build_gemma_base(bench_dir: str | Path, out_dir: str | Path, *, lm_dir: str 
                   "package": gemma_lm.PACKAGE, "image_token": gb.IMAGE_TOKEN, "steps": step,
                   "train_rows": len(train_rows), "monitor_rows": len(monitor), "monitor_accuracy": monitor_acc,
                   "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
+                  "test_rows": len(test_rows) if test_acc else 0, "test_accuracy": test_acc,
                   "train_seconds": round(trained_seconds, 1), "torch_threads": torch.get_num_threads(),
+                  "cpus": os.cpu_count(), "load_before": load_before, "load_after": _load(),
+                  "build_seconds": round(time.perf_counter() - t0, 1),
                   "history": history}
         saved = gb.load_saved_lm_digests(tmp)
         if gemma_lm.combined_digest(saved) != conversion["lm_sha256"]:
