@@ -108,10 +108,13 @@ def test_compare_writes_the_record_and_the_docs_section(tiny_gemma_vl, tmp_path)
     assert f"{lora['parameters']['trainable']:,}" in text
 
 
-def test_text_prompts_fall_back_to_the_modules_own():
+def test_text_prompts_are_the_tracks_set_else_the_modules_own(monkeypatch):
+    prompts, source = lb.text_prompts(6)
+    assert source == "safe.bench.gemma.track_text.text_prompts" and len(prompts) == 6
+    assert all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in prompts)
+    monkeypatch.setitem(__import__("sys").modules, "safe.bench.gemma.track_text", None)  # as before the track
     prompts, source = lb.text_prompts(5)
-    assert len(prompts) == 5 and source
-    assert all(isinstance(p, str) and p for p in prompts)
+    assert source.endswith("builtin_text_prompts") and prompts == lb.builtin_text_prompts()[:5]
 
 
 def test_cli_names_a_missing_folder(tmp_path, capsys):
