@@ -33,7 +33,7 @@ RSS (``resource.getrusage``, one figure for the run: CPU RSS cannot be split by 
 
     PYTHONPATH=src python benchmarks/scale.py --preset proxy --out docs/scale_proxy.json
 
-adds the run to that JSON file (one run per preset and device, others kept) and rewrites the markdown
+adds the run to that JSON file (one run per preset, device and dtype, others kept) and rewrites the markdown
 tables next to it (``.md``).
 """
 from __future__ import annotations
