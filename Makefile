@@ -77,13 +77,16 @@ demo-gemma: gemma-base
 docs-gemma: $(STAMP)
 	$(PY) -m safe.bench.gemma.track_docs --run-dir runs/demo-gemma --readme README.md --page docs/gemma.md
 
-# The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores.
+# The Stage A ablation grid on the demo's run (after `make demo`): safe ablate, about 5 minutes on 2 cores; then
+# the policy's state part by part (safe policy ablate-state: PPO per subset of the state's parts, five seeds).
 ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
+	$(VENV)/bin/safe policy ablate-state --run-dir runs/demo
 
-# The README's results table and docs/results.md, generated from the demo's metrics.json.
+# The README's results table and docs/results.md, generated from the demo's metrics.json (with the depth
+# track's per-modality row when runs/demo-depth holds one).
 docs: $(STAMP)
-	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md
+	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md $(if $(wildcard runs/demo-depth/metrics.json),--depth-run runs/demo-depth)
 
 # The README's speech-track block, generated from runs/demo-speech/metrics.json.
 docs-speech: $(STAMP)

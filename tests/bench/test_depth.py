@@ -100,7 +100,10 @@ def tiny_track(tmp_path_factory):
 def test_depth_policy_is_scored_beside_never_always_and_oracle(tiny_track):
     p = tiny_track[0]["policy"]
     assert p["rows"] == {"train": 24, "test": 16}
-    for name in ("policy", "never", "always", "oracle"):
+    from safe.bench.depth_policy import ALPHAS
+
+    assert p["alpha"] in ALPHAS and [s["alpha"] for s in p["alpha_sweep"]] == sorted(ALPHAS)
+    for name in ("policy", "distilled", "never", "always", "oracle"):
         assert 0.0 <= p[name]["accuracy"] <= 1.0 and 0.0 <= p[name]["use_rate"] <= 1.0
     assert p["never"]["use_rate"] == 0.0 and p["always"]["use_rate"] == 1.0
     assert p["oracle"]["accuracy"] >= max(p["never"]["accuracy"], p["always"]["accuracy"])

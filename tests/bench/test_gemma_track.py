@@ -4,7 +4,8 @@ base (vision side trained 2 steps), a tiny Whisper converted from a CTranslate2 
 resume after a kill, the docs block from its metrics.json, and `safe predict` on the resulting run. What users
 depend on: the closed path is bit-exact on the text set and the VL questions, the language model's digest is
 the same at every stage boundary, a killed track starts again where it stopped, and the docs say what the run
-measured (skipped without espeakng-loader)."""
+measured (skipped without espeakng-loader). Marked ``slow`` (about 80 s of CPU: `make test-all` runs it); CI runs
+the fast tiny-model checks of the same measurements (test_gemma_track_text.py, test_gemma_track_losses.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,7 @@ import torch
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None,
                                  reason="speech synthesis needs espeakng-loader (pip install 'safe-av[speech]')"),
-              pytest.mark.usefixtures("one_torch_thread")]
+              pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 RECIPE = """stage_a:
   steps: 3

@@ -93,3 +93,12 @@ def test_docs_block_reports_each_target_from_the_metrics(tmp_path):
     (tmp_path / "run" / "metrics.json").write_text(__import__("json").dumps(m))
     track_docs.write(tmp_path / "run", [page])
     assert page.read_text().startswith("head\n") and "old" not in page.read_text()
+
+
+def test_demo_without_the_gemma_base_names_the_command(tmp_path, monkeypatch, capsys):
+    from safe.cli import main
+
+    monkeypatch.setenv("SAFE_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--track", "gemma", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "no Gemma VL base at" in err and "make gemma-base" in err

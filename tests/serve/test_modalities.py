@@ -105,3 +105,22 @@ def test_a_run_without_depth_refuses_an_input_depth_part(policy_run):
         m = np.ones((IMAGE_SIZE, IMAGE_SIZE), np.float32)
         _expect(client, _with(request(rows[3], audio=False), _depth(_npy(m))), 400,
                 "messages[0].content[2].input_depth", "this model has no depth modality")
+
+
+def test_safe_serve_takes_the_depth_encoder_folder(modal):  # noqa: F811
+    """A depth-primary run whose processor names no encoder starts with --depth-encoder and answers with depth;
+    without it the start is refused naming the flag."""
+    base, vit, depth_run, _, _, rows = modal
+    from safe.cli import COMMANDS, build_parser
+
+    assert "--depth-encoder" in build_parser("serve", COMMANDS["serve"]).format_help()
+    from safe.serve.app import load_engine
+
+    with pytest.raises(ValueError, match="--depth-encoder"):
+        load_engine(ServeConfig(run_dir=str(depth_run), base=str(base)))
+    cfg = ServeConfig(run_dir=str(depth_run), base=str(base), depth_encoder=str(vit), max_wait_ms=0)
+    m = np.random.default_rng(1).uniform(0.5, 4.0, (IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    with TestClient(create_app(cfg)) as client:
+        r = client.post(URL, json=_with(request(rows[2], audio=False), _depth(_npy(m))))
+    assert r.status_code == 200, r.text
+    assert r.json()["safe"]["modalities"] == ["depth"]

@@ -101,16 +101,18 @@ def subset_costs(parts: tuple[str, ...], costs: dict[str, dict[str, float]], ear
     """Per family ``without_audio`` / ``with_audio`` ms for a state reading ``parts``: with the confidence the
     cascade's prices (base pass, then the audio path), without it the early path's (probe + one generate);
     plus the preview the entry reads (statistics: measured ``preview``; embedding: ``embedding_ms``; none: 0)
-    and the policy forward."""
+    and the policy forward. The other measured figures of the path (per-token times) are kept, so the
+    table prices each row by its answer's length as :func:`~safe.policy.outcomes.row_costs` does."""
     out = {}
     for fam, c in costs.items():
         e = early_costs[fam]
         preview = (c["preview"] if "preview" in parts else 0.0) + (embedding_ms if "preview_embedding" in parts else 0.0)
+        # the path's own measured figures ride along (per-token times; base_pass marks a cascade's prices)
         if "confidence" in parts:
             without = c["base_pass"] + preview + c["policy"]
-            out[fam] = {"without_audio": without, "with_audio": without + c["audio"], "state_ms": preview}
+            out[fam] = {**c, "without_audio": without, "with_audio": without + c["audio"], "state_ms": preview}
         else:
-            out[fam] = {"without_audio": e["early_skip"] + preview + e["policy"],
+            out[fam] = {**e, "without_audio": e["early_skip"] + preview + e["policy"],
                         "with_audio": e["early_audio"] + preview + e["policy"], "state_ms": preview}
     return out
 

@@ -17,6 +17,7 @@ from typing import Any
 from safe.atomic import write_atomic
 from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci
+from safe.reporting.modalities import modality_table
 from safe.reporting.stage_b_rows import floor_stress, row_costs
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -464,6 +465,7 @@ def results_page(metrics: Mapping[str, Any], *, command: str | None = None) -> s
     parts += [
         _section("Per family after Stage A", _stage_a_families, m, "Accuracy per question family, base -> SAFE "
                  "with the gate open (each row with its own clip).\n\n"),
+        _section("Per modality", modality_table, m),
         _section("Stages B and C: policy vs baselines", _policy_table, m, "Priced from the outcome table (measured "
                  "costs per query); random / confidence / entropy at the policy's use rate.\n\n"),
         _section("Pareto points of the PPO policy", _pareto_table, m),

@@ -42,14 +42,18 @@ RETRY_AFTER_S = 1
 """Seconds a client refused with 429 (the server busy, ``--max-queue``) is told to wait (``Retry-After``)."""
 
 
-def load_engine(cfg) -> Engine:
+def load_engine(cfg, encoders: dict[str, str] | None = None) -> Engine:
     """The run of ``cfg`` (:class:`safe.stages.serve.ServeConfig`) loaded once, checked against
-    ``cfg.certificate`` when given (:class:`~safe.models.certificate.CertificateError` on other weights)."""
+    ``cfg.certificate`` when given (:class:`~safe.models.certificate.CertificateError` on other weights);
+    ``encoders``: the encoder folder of each other modality the run carries (``{"depth": DIR}``; default:
+    ``cfg.depth_encoder`` when given, else the ones the run's saved processor names)."""
+    if encoders is None and getattr(cfg, "depth_encoder", None):
+        encoders = {"depth": cfg.depth_encoder}
     from safe.inference.pipeline import pipeline
     from safe.models.loading import parse_dtype
 
     pipe = pipeline(cfg.run_dir, cfg.base, cfg.audio, dtype=parse_dtype(cfg.dtype), device=cfg.device,
-                    max_new_tokens=cfg.default_max_tokens)
+                    max_new_tokens=cfg.default_max_tokens, encoders=encoders)
     pipe.model.eval()
     if cfg.certificate:
         from safe.models.certificate import check_certificate

@@ -10,10 +10,11 @@ from typing import Literal
 from safe.evaluation.gates import GateFailed
 from safe.policy.features import STATE_KINDS
 from safe.policy.stage import PolicyStageConfig
-from safe.runs import RunDir, StageResult
+from safe.runs import RunDir
 from safe.stages.ablate import AblateConfig, ablate
 from safe.stages.builtin import BaseBuildConfig, SynthStageConfig, build_base, synth
 from safe.stages.common import RunOptions, StageLog, base_path, cache_dir
+from safe.stages.demo_result import DemoResult, stopped
 from safe.stages.depth import RECIPE as DEPTH_RECIPE
 from safe.stages.depth import RUN_DIR as DEPTH_RUN_DIR
 from safe.stages.depth import demo_depth
@@ -59,35 +60,6 @@ class DemoConfig(RunOptions):
     only depth answers; default run directory runs/demo-depth, recipe stage_a_depth.yaml) or gemma (the speech
     track's questions on the Gemma VL base, a LLaVA over the real, frozen Gemma 3 270M from make gemma-base, plus
     a text retention set; default run directory runs/demo-gemma, recipe stage_a_gemma.yaml)."""
-
-
-@dataclass
-class DemoResult(StageResult):
-    """Whether every stage's own check passed, and where the report is (``metrics.json`` key ``timing``
-    holds the times)."""
-
-    KEY = "timing"
-    passed: bool = True
-    run_dir: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.passed
-
-    def summary(self) -> str:
-        if self.metrics.get("stopped_at_gate"):
-            return (f"demo stopped after {self.metrics['seconds']:.0f} s at the {self.metrics['stopped_at_gate']}: "
-                    f"{self.metrics['gate_message']}; metrics under {self.run_dir}")
-        return f"demo finished in {self.metrics['seconds']:.0f} s; metrics and report under {self.run_dir}"
-
-
-def stopped(run_dir: str, step: StageLog, failure, echo=print) -> DemoResult:
-    """The demo's result when a go / no-go gate stopped it (``failure``: a
-    :class:`~safe.evaluation.gates.GateFailed`): recorded, printed, not ok (the command exits 1)."""
-    result = DemoResult({**step.timing, "seconds": step.elapsed(), "stopped_at_gate": failure.gate["gate"],
-                         "gate_message": str(failure)}, False, run_dir)
-    RunDir(run_dir).record(result)
-    return result
 
 
 def demo(cfg: DemoConfig, echo=print) -> DemoResult:

@@ -42,9 +42,10 @@ class DepthResult(StageResult):
                      f"{'yes' if m['frozen_byte_identical'] else 'NO':>8}")
         p = m.get("policy")
         if p:
-            lines.append(f"  depth policy (PPO, alpha {p['alpha']:g}; test split): use rate / accuracy")
+            lines.append(f"  depth policy (PPO, alpha {p['alpha']:g} chosen on held-out training rows; test split): "
+                         "use rate / accuracy")
             lines += [f"    {name:<10}{p[name]['use_rate']:>7.3f} / {p[name]['accuracy']:.3f}"
-                      for name in ("policy", "oracle", "always", "never")]
+                      for name in ("policy", "distilled", "oracle", "always", "never") if name in p]
             c = p["costs_ms_per_query"]["depth_question"]
             lines.append(f"    cost of a depth question: {c['without_audio']:.2f} ms without depth, "
                          f"{c['with_audio']:.2f} ms with it (measured)")

@@ -136,6 +136,8 @@ class ReportConfig(RunOptions):
     """Also write the generated results tables (results.md) into this folder."""
     readme: str | None = None
     """With --docs: also replace the results block of this README (between its results markers)."""
+    depth_run: str | None = None
+    """The depth track's run directory (safe demo --track depth): its figures join the per-modality rows."""
 
 
 @dataclass
@@ -162,6 +164,12 @@ def report(cfg: ReportConfig) -> ReportResult:
     metrics = run.metrics()
     if not metrics:
         raise StageError(f"{run.metrics_file} is missing or empty: run the pipeline (make demo) first")
+    if cfg.depth_run:
+        depth = RunDir(cfg.depth_run).metrics().get("depth")
+        if not depth:
+            raise StageError(f"--depth-run {cfg.depth_run}: no depth figures in its metrics.json "
+                             "(run safe demo --track depth first)")
+        metrics = {**metrics, "depth": depth}
     figures = render_plots(metrics)  # drawn once: embedded in the report, and the same bytes exported
     path = write_report(metrics, run.path / "report.html", figures=figures)
     out = {"path": str(path.resolve()), "missing": [k for k, v in report_sections(metrics).items() if not v]}

@@ -123,7 +123,7 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
     from safe.evaluation.gates import GateFailed
     from safe.policy.stage import PolicyStageConfig
     from safe.stages.common import StageLog, cache_dir
-    from safe.stages.demo import DemoResult, stopped
+    from safe.stages.demo_result import DemoResult, stopped
     from safe.stages.evaluate import EvalConfig, ReportConfig, evaluate, report
     from safe.stages.options import make_config
     from safe.stages.policy import PolicyResult, PolicyTrainConfig, train_policy
@@ -229,10 +229,11 @@ def main(argv=None) -> int:
     measurement on a busy machine); prints each stage's summary like the demo."""
     import argparse
     import sys
+    from types import SimpleNamespace
 
     from safe.bench.gemma.track import GemmaTrackConfig
     from safe.bench.speech.track import SpeechConfig
-    from safe.stages.demo import DemoConfig
+    from safe.policy.stage import PolicyStageConfig
 
     d, sp = GemmaTrackConfig(), GemmaTrackConfig().speech
     p = argparse.ArgumentParser(prog="python -m safe.stages.gemma", description=main.__doc__.split("\n")[0])
@@ -244,14 +245,16 @@ def main(argv=None) -> int:
     p.add_argument("--text-prompts", type=int, default=d.text_prompts)
     p.add_argument("--policy-train-rows", type=int, default=d.policy_train_rows)
     p.add_argument("--latency-batches", type=int, nargs="+", default=list(d.latency_batches))
-    p.add_argument("--seeds", type=int, default=DemoConfig.seeds)
+    p.add_argument("--seeds", type=int, default=PolicyStageConfig.seeds)
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--skip-verify", action="store_true", help="no Stage 1 verification (nor its gate) first")
     a = p.parse_args(argv)
     speech = SpeechConfig(n_train=a.train, n_val=a.val, n_test=a.test, n_retention=a.retention, n_ood_test=a.ood_test)
     track = GemmaTrackConfig(speech=speech, text_prompts=a.text_prompts, policy_train_rows=a.policy_train_rows,
                              latency_batches=tuple(a.latency_batches))
-    cfg = DemoConfig(run_dir=a.run_dir, recipe=RECIPE, track="gemma", fresh=a.fresh, seeds=a.seeds)
+    # safe demo's options as demo_gemma reads them (not DemoConfig itself: safe.stages.demo imports this module)
+    cfg = SimpleNamespace(run_dir=a.run_dir, recipe=RECIPE, fresh=a.fresh, seeds=a.seeds, continue_on_gate_failure=False,
+                          state=PolicyStageConfig.state)
     try:
         result = demo_gemma(cfg, track=track, stage_a={"steps": a.steps} if a.steps else None,
                             verify_first=not a.skip_verify)

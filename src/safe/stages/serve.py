@@ -78,6 +78,9 @@ class ServeConfig:
     """Frozen base (default: the one the run was trained on, recorded with it)."""
     audio: str | None = None
     """Audio encoder checkpoint (default: the one the run was trained with, recorded with it)."""
+    depth_encoder: str | None = None
+    """Depth encoder folder (a transformers vision model with its image processor; default: the one saved with
+    the checkpoint's processor, else the shipped depth encoder), for a run carrying depth."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda:0."""
     dtype: DType = "float32"
@@ -137,13 +140,14 @@ def serve(cfg: ServeConfig) -> ServeResult:
     from transformers.utils import logging as hf_logging
 
     from safe.stages.common import from_run
+    from safe.stages.predict import default_encoders
 
     cfg = from_run(cfg, data=False)  # the run's own base and encoder; one given must be them
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        engine = load_engine(cfg)
+        engine = load_engine(cfg, default_encoders(cfg.run_dir, cfg.depth_encoder))
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
