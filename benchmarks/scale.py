@@ -24,13 +24,16 @@ Presets (``--preset``):
   width and fusion depths scaled with the LM), as large as runs in minutes on 2 CPU cores;
 * ``llava7b``: the true LLaVA-1.5-7B shape (CLIP ViT-L/14-336, Vicuna-7B) with a CLAP-HTSAT audio tower
   in bfloat16, the proposal's SAFE recipe (stage_a.yaml); GPU only (``--device cuda``).
+* ``gemma``: a real model, not a shape: the Gemma 3 270M VL base with its real weights (``--gemma-base``,
+  default ``$SAFE_CACHE/gemma/vl``) and the real Whisper tiny.en encoder (``--audio``), float32 or bfloat16
+  (``--dtype``), CPU or CUDA; the policy's default use rate is the speech track's (see ``scale_gemma.py``).
 
 Peak memory: CUDA max allocated per path (reset before each path's calls), else the process's peak
 RSS (``resource.getrusage``, one figure for the run: CPU RSS cannot be split by path in one process).
 
     PYTHONPATH=src python benchmarks/scale.py --preset proxy --out docs/scale_proxy.json
 
-adds the run to that JSON file (one run per preset and device, others kept) and rewrites the markdown
+adds the run to that JSON file (one run per preset, device and dtype, others kept) and rewrites the markdown
 tables next to it (``.md``).
 """
 from __future__ import annotations
@@ -46,9 +49,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's safe, first
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # scale_gemma, also when loaded by file path
 
 import numpy as np  # noqa: E402
+import scale_gemma  # noqa: E402
 import torch  # noqa: E402
+from scale_report import markdown, render  # noqa: E402  (the tables of a run, and the files they go to)
 
 PATHS = ("base", "closed", "always", "policy", "skip", "early_audio")
 
@@ -85,7 +91,9 @@ PRESETS = {
         audio=dict(kind="clap"),  # transformers' ClapAudioConfig defaults: HTSAT, 27.5M parameters
         safe=dict(fusion_layers=[8, 16, 24], num_audio_tokens=8, lora_rank=8, num_heads=4),
         clip_samples=480000, policy_hidden=32, cpu_only=False),
+    "gemma": scale_gemma.SPEC,
 }
+DEFAULT_USE_RATE = 0.34  # the demo's deployed rate (the gemma preset: the speech track's)
 
 
 class BenchmarkError(ValueError):
@@ -98,17 +106,22 @@ def _quiet() -> None:
     logging.set_verbosity_error()
 
 
-def build(preset: str, device: str, dtype: torch.dtype):
-    """(SAFEModel with an early-state policy attached, the preset's spec): random weights throughout."""
+def build(preset: str, device: str, dtype: torch.dtype, args=None):
+    """(SAFEModel with an early-state policy attached, the preset's spec, image tokens, image token id, memory
+    notes): random weights throughout, except for the ``gemma`` preset (its real weights)."""
     import transformers as tf
 
     from safe import SAFEConfig, SAFEModel
-    from safe.policy.features import StateSpec
-    from safe.policy.network import GateMLP
-    from safe.policy.runtime import AudioPolicy
 
     _quiet()
     spec = PRESETS[preset]
+    if spec.get("real"):
+        default_base, default_audio = scale_gemma.default_paths()
+        model, spec, n_image, image_token, memory = scale_gemma.build_gemma(
+            getattr(args, "gemma_base", None) or default_base, getattr(args, "audio", None) or default_audio,
+            device, dtype, warm_base=lambda base: _warm_base(base, spec_of(base), args, device, dtype),
+            safe_overrides=getattr(args, "safe_override", None) or ())
+        return _with_policy(model, spec), spec, n_image, image_token, memory
     v, t = spec["vision"], spec["text"]
     n_image = (v["image_size"] // v["patch_size"]) ** 2
     image_token = t["vocab_size"] - 1
@@ -139,11 +152,37 @@ def build(preset: str, device: str, dtype: torch.dtype):
         torch.set_default_dtype(previous)
     base.generation_config.pad_token_id, base.generation_config.eos_token_id = 0, 2
     model = SAFEModel(base, encoder, SAFEConfig(**spec["safe"]))
+    return _with_policy(model, spec), spec, n_image, image_token, {}
+
+
+def _with_policy(model, spec):
+    from safe.policy.features import StateSpec
+    from safe.policy.network import GateMLP
+    from safe.policy.runtime import AudioPolicy
+
     model.set_gates(0.5)  # open gates: audio rows really run the adapters
     state = StateSpec(model.hidden_size, model.hidden_size, confidence_dim=0)
     model.attach_policy(AudioPolicy(state, "mlp", spec["policy_hidden"],
                                     net=_preview_gate(GateMLP(state.dim, spec["policy_hidden"]), state)))
-    return model, spec, n_image, image_token
+    return model
+
+
+def spec_of(base) -> dict:
+    """The parts of a preset's spec :func:`vl_inputs` reads, for a loaded base (the gemma preset)."""
+    v = base.config.vision_config
+    return {**scale_gemma.SPEC, "vision": {"image_size": v.image_size, "patch_size": v.patch_size},
+            "text": {"vocab_size": scale_gemma.text_ids(base.config)}}
+
+
+def _warm_base(base, spec, args, device, dtype) -> None:
+    """The base alone answers the run's largest batch at its longest answer once (its own peak RSS)."""
+    if args is None:
+        return
+    cfg = base.config
+    vl = vl_inputs(spec, int(cfg.image_seq_length), int(cfg.image_token_id), max(args.batches), device, dtype)
+    n = max(args.new_tokens)
+    with torch.no_grad():
+        base.generate(**vl, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
 
 def _preview_gate(net, state):
@@ -164,14 +203,19 @@ def _audio_shape(encoder) -> tuple[int, ...]:
     return (1, cfg.spec_size * max(1, cfg.spec_size // cfg.num_mel_bins), cfg.num_mel_bins)
 
 
-def make_inputs(model, spec, n_image: int, image_token: int, batch: int, device: str, dtype: torch.dtype):
+def vl_inputs(spec, n_image: int, image_token: int, batch: int, device: str, dtype: torch.dtype) -> dict:
     g = torch.Generator().manual_seed(batch)
     vocab = spec["text"]["vocab_size"]
     text = torch.randint(3, vocab - 1, (batch, spec["text_tokens"]), generator=g)
     ids = torch.cat([torch.full((batch, n_image), image_token), text], dim=1)
     size = spec["vision"]["image_size"]
-    vl = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-          "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device, dtype)}
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device, dtype)}
+
+
+def make_inputs(model, spec, n_image: int, image_token: int, batch: int, device: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(batch + 1)
+    vl = vl_inputs(spec, n_image, image_token, batch, device, dtype)
     feats = torch.randn((batch, *_audio_shape(model.audio_encoder.model)), generator=g).to(device, dtype)
     wavs = [np.random.default_rng(i).standard_normal(spec["clip_samples"]).astype(np.float32) * 0.1
             for i in range(batch)]
@@ -252,8 +296,10 @@ def measure_cell(model, vl, feats, wavs, gen, rate, repeats, warmup, device, clo
     return {"use_rate": actual_rate, "paths": stats}
 
 
-def _params(m) -> int:
-    return sum(p.numel() for p in m.parameters())
+def _params(*modules) -> int:
+    """Parameters of ``modules`` counted once (a head tied to the embeddings, as Gemma's, is not counted twice)."""
+    seen = {id(p): p for m in modules for p in m.parameters()}
+    return sum(p.numel() for p in seen.values())
 
 
 def describe(model, spec, n_image) -> dict:
@@ -262,7 +308,7 @@ def describe(model, spec, n_image) -> dict:
     base = model.base_model
     lm = base.model.language_model
     enc = model.audio_encoder.model
-    counts = {"language_model": _params(lm) + _params(base.lm_head), "vision_tower": _params(base.model.vision_tower),
+    counts = {"language_model": _params(lm, base.lm_head), "vision_tower": _params(base.model.vision_tower),
               "projector": _params(base.model.multi_modal_projector), "audio_encoder": _params(enc)}
     counts["lm_to_audio_encoder"] = counts["language_model"] / counts["audio_encoder"]
     counts["lm_to_vision_tower"] = counts["language_model"] / counts["vision_tower"]
@@ -297,10 +343,17 @@ def run(args) -> dict:
     spec = PRESETS[args.preset]
     if args.preset == "llava7b" and args.device != "cuda":
         raise BenchmarkError("--preset llava7b needs --device cuda (the 7B shape in bfloat16 is GPU only)")
-    dtype = torch.bfloat16 if args.preset == "llava7b" else torch.float32
+    own = torch.bfloat16 if args.preset == "llava7b" else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else own
+    if args.preset != "gemma" and dtype != own:
+        raise BenchmarkError(f"--dtype {args.dtype}: only the gemma preset takes another dtype than its own")
     torch.set_num_threads(args.threads)  # one thread: the only stable CPU medians on a shared machine
+    load_start = _load()
     t0 = time.perf_counter()
-    model, spec, n_image, image_token = build(args.preset, args.device, dtype)
+    try:
+        model, spec, n_image, image_token, base_memory = build(args.preset, args.device, dtype, args)
+    except FileNotFoundError as err:
+        raise BenchmarkError(str(err)) from err
     build_s = time.perf_counter() - t0
     rss_built = _rss_now()
     flops = flops_per_row(model, spec, n_image, image_token, args.device, dtype)
@@ -317,8 +370,9 @@ def run(args) -> dict:
     return {"preset": args.preset, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
             "threads": args.threads, "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "use_rate": args.use_rate,
             "shape": {**describe(model, spec, n_image), "flops_per_row": flops}, "build_seconds": round(build_s, 1),
-            "seconds": round(time.perf_counter() - t0, 1), "memory": _memory(args.device, rss_built),
+            "seconds": round(time.perf_counter() - t0, 1), "memory": {**_memory(args.device, rss_built), **base_memory},
             "machine": {"platform": platform.platform(), "cpu_count": _cpus(), "load_average": _load(),
+                        "load_average_start": load_start,
                         "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
             "date": time.strftime("%Y-%m-%d", time.gmtime()),  # the latency gate names when it was measured
@@ -358,54 +412,6 @@ def _cell_line(c: dict) -> str:
     return f"batch {c['batch']:>3} new {c['new_tokens']:>3}: " + ", ".join(parts)
 
 
-def markdown(res: dict) -> str:
-    sh = res["shape"]
-    pc = sh["parameters"]
-    mem = sh["memory_bytes"]
-    clock = "CPU time of the one torch thread (time.thread_time)" if res.get("clock") == "thread" else "wall clock"
-    lines = [f"### `{res['preset']}` on {res['device']} ({res['dtype']}, {res['threads']} thread(s), {clock})", "",
-             f"Command: `{res['command']}`  ", f"Load average at the end (1, 5, 15 min): "
-             f"{', '.join(f'{x:.2f}' for x in res['machine']['load_average'])}; {res['repeats']} timed repeats "
-             f"after {res['warmup']} warm-up per cell, paths interleaved in rotating order.", "",
-             f"Shape: LM {pc['language_model']:,} parameters, vision tower {pc['vision_tower']:,}, audio encoder "
-             f"{pc['audio_encoder']:,} (LM / audio encoder {pc['lm_to_audio_encoder']:.0f}x, LM / vision "
-             f"{pc['lm_to_vision_tower']:.1f}x); {sh['image_tokens']} image + {sh['text_tokens']} text tokens; "
-             f"FLOPs of a batch-1 prefill (LM + vision) / one clip through the audio encoder "
-             f"{sh['flops_per_row']['prefill_to_audio_encoder']:.0f}x; "
-             f"SAFE parts {mem['safe_parts']:,} bytes ({100 * mem['safe_parts_fraction']:.3f}% of the frozen "
-             f"models), audio encoder {mem['audio_encoder']:,} bytes.", "",
-             "| batch | new tokens | base ms (p95) | closed / base | always / base | policy / base (use rate) "
-             "| skip-all / base | added ms: closed / always / policy / skip |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for c in res["cells"]:
-        p = c["paths"]
-        pol = p["policy"]
-        lines.append(
-            f"| {c['batch']} | {c['new_tokens']} | {p['base']['median_ms']:.2f} ({p['base']['p95_ms']:.2f}) "
-            f"| {p['closed']['ratio_to_base']:.3f} | {p['always']['ratio_to_base']:.3f} "
-            f"| {pol['ratio_to_base']:.3f} ({c['use_rate']:.3f}){' *' if pol.get('derived') else ''} "
-            f"| {p['skip']['ratio_to_base']:.3f} | {p['closed']['added_ms']:+.2f} / {p['always']['added_ms']:+.2f} / "
-            f"{pol['added_ms']:+.2f} / {p['skip']['added_ms']:+.2f} |")
-    lines += ["", "\\* batch 1: the use rate mixes whole queries, so the policy figure is "
-              "rate x early-audio + (1 - rate) x skip-all, from the same run's medians "
-              + ", ".join(f"early-audio / base {c['paths']['early_audio']['ratio_to_base']:.3f} "
-                          f"({c['new_tokens']} new)" for c in res["cells"] if "early_audio" in c["paths"]) + "."]
-    m = res["memory"]
-    if res["device"] == "cuda":
-        last = res["cells"][-1]["paths"]
-        lines.append("Peak CUDA memory allocated (weights included), per path at the last cell: " + ", ".join(
-            f"{k} {v['peak_allocated_bytes'] / 2**20:.0f} MiB" for k, v in last.items()
-            if "peak_allocated_bytes" in v) + ".")
-        added = (mem["safe_parts"] + mem["audio_encoder"]
-                 + max(0, last["always"]["peak_allocated_bytes"] - last["base"]["peak_allocated_bytes"]))
-        lines.append(f"SAFE parts + audio encoder + the always-audio path's extra peak over the base's: "
-                     f"{added / 2**20:.0f} MiB (the proposal: <= 750 MB).")
-    else:
-        lines.append(f"Process RSS after building {m['cpu_rss_after_build_bytes'] / 2**20:.0f} MiB, peak over the "
-                     f"run {m['cpu_peak_rss_bytes'] / 2**20:.0f} MiB (CPU RSS is one figure per process).")
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,11 +421,23 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", default="1,16", help="comma-separated answer lengths (default 1,16)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per path and cell")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per path and cell first")
-    p.add_argument("--use-rate", type=float, default=0.34, help="the policy's audio-use rate (the demo's: 0.34)")
+    p.add_argument("--use-rate", type=float, default=None,
+                   help="the policy's audio-use rate (default: the demo's 0.34; gemma: the speech track's 0.5)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="the gemma preset's dtype (default float32); the others have their own")
+    p.add_argument("--gemma-base", default=None, help="gemma preset: the VL base folder (default $SAFE_CACHE/gemma/vl)")
+    p.add_argument("--audio", default=None, help="gemma preset: the audio encoder folder (default "
+                                                  "$SAFE_CACHE/whisper-tiny.en/window-2s; missing: same shape, random)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable medians on a shared CPU)")
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="wall: time.perf_counter (latency); thread: time.thread_time, the CPU time of this "
                         "thread (one torch thread: all of the work), immune to other processes on a loaded CPU")
+    p.add_argument("--safe-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="gemma preset: a setting over SAFE's recipe, e.g. 'safe.fusion_layers=[0, -1]' (repeatable)")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: rewrite --out's markdown (and --docs's blocks) from its JSON")
+    p.add_argument("--docs", help="with --out: also write this preset's runs of the file between "
+                                  "<!-- scale-PRESET:start --> and <!-- scale-PRESET:end --> in this page")
     p.add_argument("--out", help="add the run to this JSON file (replacing the same preset and device) and "
                                  "write its markdown tables next to it (.md)")
     args = p.parse_args(argv)
@@ -434,6 +452,8 @@ def parse_args(argv=None):
         p.error("--repeats and --threads must be >= 1, --warmup >= 0")
     if args.clock == "thread" and (args.device != "cpu" or args.threads != 1):
         p.error("--clock thread measures one CPU thread: it needs --device cpu --threads 1")
+    if args.use_rate is None:
+        args.use_rate = PRESETS[args.preset].get("default_use_rate", DEFAULT_USE_RATE)
     if not 0.0 <= args.use_rate <= 1.0 or math.isnan(args.use_rate):
         p.error(f"--use-rate must be in [0, 1], got {args.use_rate}")
     return args
@@ -441,21 +461,28 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        if not args.out or not Path(args.out).is_file():
+            print("scale.py: --render needs --out naming an existing results file", file=sys.stderr)
+            return 2
+        render(Path(args.out), args.docs)
+        return 0
     try:
         res = run(args)
     except BenchmarkError as e:
         print(f"scale.py: {e}", file=sys.stderr)
         return 2
     print(markdown(res))
-    if args.out:  # merge: one run per (preset, device) in the file, the others kept
+    if args.out:  # merge: one run per (preset, device, dtype) in the file, the others kept
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-        runs = [r for r in old.get("runs", [old]) if (r.get("preset"), r.get("device")) != (res["preset"], res["device"])]
+        key = (res["preset"], res["device"], res["dtype"])
+        runs = [r for r in old.get("runs", [old]) if (r.get("preset"), r.get("device"), r.get("dtype")) != key]
         order = {name: i for i, name in enumerate(PRESETS)}
         runs = sorted([*runs, res], key=lambda r: (order.get(r["preset"], 99), r["device"]))
         out.write_text(json.dumps({"runs": runs}, indent=2))
-        out.with_suffix(".md").write_text("\n".join(markdown(r) for r in runs))
+        render(out, args.docs)
     return 0
 
 
