@@ -489,6 +489,31 @@ def test_vggsound_records_and_split(vggsound, tmp_path):
     assert ex.image == str(frames / "---g-f_I2yQ_000001" / "0001.jpg")
 
 
+def test_vggsound_presence_questions(vggsound):
+    """questions='yes_no': per clip "Is there <its label>?" -> yes and "Is there <another label>?" -> no, the
+    other label drawn from the file's labels, the same on every read; 'both' keeps the classification row first."""
+    cf, audio, _ = vggsound
+    res = read_vggsound(cf, audio, questions="yes_no", skip_bad=True)
+    by_id = {e.id: e for e in res.examples}
+    assert list(by_id) == ["---g-f_I2yQ_000001:yes", "---g-f_I2yQ_000001:no",
+                           "--0PQM4-hqg_000030:yes", "--0PQM4-hqg_000030:no"] and res.skipped == 1
+    yes, no = by_id["---g-f_I2yQ_000001:yes"], by_id["---g-f_I2yQ_000001:no"]
+    assert (yes.question, yes.answers, yes.family) == ("Is there people marching?", ("yes",), "presence")
+    assert no.answers == ("no",) and no.meta["asked_label"] in {"waterfall burbling", "playing tennis"}
+    assert no.question == f"Is there {no.meta['asked_label']}?" and no.needs_audio and no.audio == yes.audio
+    again = read_vggsound(cf, audio, questions="yes_no", skip_bad=True).examples
+    assert [(e.id, e.question) for e in again] == [(e.id, e.question) for e in res.examples]
+
+    both = read_vggsound(cf, audio, questions="both", skip_bad=True).examples
+    assert [e.family for e in both[:3]] == ["classification", "presence", "presence"]
+    assert [e.id for e in read_vggsound(cf, audio, questions="label", skip_bad=True).examples] == \
+        ["---g-f_I2yQ_000001", "--0PQM4-hqg_000030"]
+    with pytest.raises(ValueError, match="at least two distinct labels"):
+        read_vggsound(cf, audio, split="test", questions="yes_no")  # one label in the test split
+    with pytest.raises(ValueError, match="questions must be one of"):
+        read_vggsound(cf, audio, questions="presence")
+
+
 def test_vggsound_malformed_rows(vggsound):
     cf, audio, rows = vggsound
     rows[0] = ["---g-f_I2yQ", "1", "people", "marching", "test"]  # unquoted comma in the label

@@ -324,3 +324,20 @@ def test_data_check_takes_a_builtin_benchmark_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     n = len(synth.load_split(bench, "train"))
     assert f"train: {n} rows" in out and "tasks: synth" in out and "ood_test:" in out
+
+
+def test_a_vggsound_source_asks_presence_questions(roots, tmp_path):
+    """The spec passes the reader's ``questions`` option on: VGGSound clips become yes / no presence rows."""
+    spec = {"train": [{"reader": "vggsound", "root": str(roots["vggsound"]), "split": "train", "questions": "yes_no"}],
+            "test": [{"reader": "vggsound", "root": str(roots["vggsound"]), "split": "test", "questions": "both"}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    src = SpecSource(load_spec(tmp_path / "s.yaml"))
+    train, test = src.split("train"), src.split("test")
+    assert len(train) == 8 and {e.family for e in train} == {"presence"}
+    assert sorted(e.answers[0] for e in train) == ["no"] * 4 + ["yes"] * 4
+    assert all(e.question.startswith("Is there ") and e.needs_audio for e in train)
+    assert len(test) == 12 and [e.family for e in test].count("classification") == 4
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(
+        {"train": [{"reader": "vggsound", "root": str(roots["vggsound"]), "split": "train", "questions": 2}]}))
+    with pytest.raises(SpecError, match="questions"):
+        load_spec(tmp_path / "bad.yaml")

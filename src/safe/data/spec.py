@@ -107,7 +107,7 @@ LAYOUTS: dict[str, Layout] = {
     "clotho": Layout(read_clotho, {"captions_csv": "clotho_captions_{split}.csv",
                                    "audio_dir": "clotho_audio_{split}"}),
     "vggsound": Layout(read_vggsound, {"csv_path": "vggsound.csv", "audio_dir": "audio", "frames_dir": None},
-                       {"audio_name": str}, split="filter"),
+                       {"audio_name": str, "questions": str}, split="filter"),
 }
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import string
 import wave
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -147,9 +147,10 @@ class _Collector:
 def _run_rows(
     col: _Collector,
     rows: Iterable[tuple[str, Any]],
-    build: Callable[[Any], Example | None],
+    build: Callable[[Any], Example | Sequence[Example] | None],
 ) -> ReadResult:
-    """Build one record per (where, row); a _RowError becomes a file+row error or a skip."""
+    """Build the records of each (where, row) (one, several as a list, or none); a _RowError becomes a
+    file+row error or a skip."""
     try:
         for where, row in rows:
             try:
@@ -157,8 +158,8 @@ def _run_rows(
             except _RowError as err:
                 col.bad(where, str(err))
                 continue
-            if ex is not None:
-                col.add(where, ex)
+            for one in ex if isinstance(ex, (list, tuple)) else (() if ex is None else (ex,)):
+                col.add(where, one)
     finally:
         col.close()
     return col.result

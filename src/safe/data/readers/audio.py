@@ -1,6 +1,7 @@
 """Audio captioning and classification: AudioCaps, Clotho and VGGSound, in their published CSV layouts."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -131,10 +132,11 @@ def read_vggsound(
     split: str | None = None,
     audio_name: str = "{youtube_id}_{start_seconds:06d}.wav",
     frames_dir: str | os.PathLike[str] | None = None,
+    questions: str = "label",
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
-    """Read VGGSound (``vggsound.csv``), one classification record per clip.
+    """Read VGGSound (``vggsound.csv``): per clip, a classification record, or presence questions.
 
     Expected layout::
 
@@ -151,8 +153,21 @@ def read_vggsound(
     ``answers=(label,)``, ``family="classification"``, ``needs_audio=True``, ``id`` =
     ``"<youtube_id>_<start_seconds:06d>"``. Rows of other splits are checked for shape (four
     non-empty fields) but their media are not looked at.
+
+    ``questions`` picks what each clip becomes (:data:`VGGSOUND_QUESTIONS`):
+
+    * ``"label"`` (default): the classification record above;
+    * ``"yes_no"``: two presence records, ``"Is there <label>?"`` -> ``("yes",)`` (id ``<id>:yes``) and
+      ``"Is there <other>?"`` -> ``("no",)`` (id ``<id>:no``), ``family="presence"``, where ``<other>`` is
+      another label of the same rows (of ``split`` when given), chosen from the clip's id by a hash, so the
+      same file always gives the same questions (``meta["asked_label"]`` names the label asked about). Needs
+      at least two distinct labels;
+    * ``"both"``: the classification record, then the two presence records.
     """
     _check_template(audio_name, {"youtube_id": "x", "start_seconds": 0}, "audio_name")
+    if questions not in VGGSOUND_QUESTIONS:
+        raise ValueError(f"questions must be one of {VGGSOUND_QUESTIONS}, got {questions!r}")
+    labels = _vggsound_labels(csv_path, split) if questions != "label" else []
     cfile, rows = _load_csv(csv_path, header=False)
     adir = _require_dir(audio_dir, "VGGSound audio_dir")
     fdir = _require_dir(frames_dir, "VGGSound frames_dir") if frames_dir is not None else None
@@ -174,13 +189,43 @@ def read_vggsound(
         fname = audio_name.format(youtube_id=ytid, start_seconds=start)
         audio = media.audio(inside(adir, fname))
         image = media.frame(fdir, Path(fname).stem) if fdir is not None else None
-        return Example(
-            id=f"{ytid}_{start:06d}", task="vggsound", family="classification", question=VGGSOUND_PROMPT,
-            answers=(label,), image=image, audio=audio, needs_audio=True,
-            meta={"youtube_id": ytid, "start_seconds": start, "split": row_split},
-        )
+        meta = {"youtube_id": ytid, "start_seconds": start, "split": row_split}
+        clip_id = f"{ytid}_{start:06d}"
+        out = []
+        if questions in ("label", "both"):
+            out.append(Example(id=clip_id, task="vggsound", family="classification", question=VGGSOUND_PROMPT,
+                               answers=(label,), image=image, audio=audio, needs_audio=True, meta=meta))
+        if questions in ("yes_no", "both"):
+            for asked, answer in ((label, "yes"), (_other_label(labels, label, clip_id), "no")):
+                out.append(Example(id=f"{clip_id}:{answer}", task="vggsound", family="presence",
+                                   question=VGGSOUND_PRESENCE_PROMPT.format(label=asked), answers=(answer,),
+                                   image=image, audio=audio, needs_audio=True,
+                                   meta={**meta, "asked_label": asked}))
+        return out
 
     result = _run_rows(col, ((_where(i, r[0] if r else None, line), r) for i, (line, r) in enumerate(rows)), build)
     if split is not None and split not in seen_splits:
         raise ValueError(f"{cfile}: no rows of split {split!r}; splits present: {sorted(seen_splits)}")
     return result
+
+
+#: What ``read_vggsound(questions=...)`` makes of a clip.
+VGGSOUND_QUESTIONS = ("label", "yes_no", "both")
+VGGSOUND_PRESENCE_PROMPT = "Is there {label}?"
+
+
+def _vggsound_labels(csv_path: str | os.PathLike[str], split: str | None) -> list[str]:
+    """The distinct labels of the CSV's well-formed rows (of ``split`` when given), sorted: the pool the
+    ``"no"`` questions draw from. Raises ``ValueError`` when there are fewer than two."""
+    cfile, rows = _load_csv(csv_path, header=False)
+    found = {r[2].strip() for _, r in rows if len(r) == 4 and r[2].strip() and (split is None or r[3].strip() == split)}
+    if len(found) < 2:
+        raise ValueError(f"{cfile}: questions='yes_no' needs at least two distinct labels to ask about one that is "
+                         f"not there; found {sorted(found)}")
+    return sorted(found)
+
+
+def _other_label(labels: list[str], label: str, clip_id: str) -> str:
+    """A label other than ``label``, picked from ``labels`` by a hash of ``clip_id`` (the same every read)."""
+    others = [x for x in labels if x != label]
+    return others[int(hashlib.sha256(clip_id.encode()).hexdigest(), 16) % len(others)]
