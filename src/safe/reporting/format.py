@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["DASH", "fmt", "fmt_ci", "fmt_key", "is_num"]
@@ -84,3 +84,15 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def label_value_table(metrics: Any, rows: Iterable[tuple[str, Callable[[Any], str]]]) -> str:
+    """A two-column markdown table ("|  | value |") of ``(label, value(metrics))`` rows, leaving out each row
+    whose value the metrics lack (a missing key, a None, a zero count); "" when no row is left."""
+    lines = []
+    for label, value in rows:
+        try:
+            lines.append(f"| {label} | {value(metrics)} |")
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            continue
+    return "|  | value |\n|---|---|\n" + "\n".join(lines) + "\n" if lines else ""

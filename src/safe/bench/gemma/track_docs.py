@@ -19,6 +19,7 @@ from typing import Any
 from safe.atomic import write_atomic
 from safe.bench.speech.docs import splice
 from safe.bench.speech.track import AUDIO_FAMILIES
+from safe.reporting.format import label_value_table
 
 START, END = "<!-- gemma-track:start -->", "<!-- gemma-track:end -->"
 #: The track's targets (as :data:`safe.stages.gemma.TARGETS`; bench does not import stages).
@@ -111,15 +112,10 @@ ROWS: list[tuple[str, Callable[[Mapping], str]]] = [
 
 def block(metrics: Mapping[str, Any], run_dir: str = "runs/demo-gemma") -> str:
     """The track's table from ``metrics.json``, then the limits and where the numbers come from."""
-    rows = []
-    for label, value in ROWS:
-        try:
-            rows.append(f"| {label} | {value(metrics)} |")
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            continue
-    if not rows:
+    table = label_value_table(metrics, ROWS)
+    if not table:
         return "No Gemma-track results in this run's metrics.json yet: run `make demo-gemma`.\n"
-    return ("|  | value |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+    return (table + "\n"
             "Test split of the Gemma track. Synthetic pictures whose vision side SAFE trained itself (no PyPI package "
             "ships a pretrained image encoder), a 270M language model, Q4_K_M weights dequantised to float32, eSpeak NG "
             f"voices. Generated from `{run_dir}/metrics.json` by `make docs-gemma`.\n")

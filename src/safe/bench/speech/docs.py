@@ -17,6 +17,7 @@ from typing import Any
 
 from safe.atomic import write_atomic
 from safe.bench.speech.track import AUDIO_FAMILIES
+from safe.reporting.format import label_value_table
 
 START, END = "<!-- speech-results:start -->", "<!-- speech-results:end -->"
 
@@ -92,15 +93,10 @@ ROWS: list[tuple[str, Callable[[Mapping], str]]] = [
 
 def readme_block(metrics: Mapping[str, Any]) -> str:
     """The speech track's table from ``metrics.json``, then a line saying where it comes from."""
-    rows = []
-    for label, value in ROWS:
-        try:
-            rows.append(f"| {label} | {value(metrics)} |")
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            continue
-    if not rows:
+    table = label_value_table(metrics, ROWS)
+    if not table:
         return "No speech-track results in this run's metrics.json yet: run `make demo-speech`.\n"
-    return ("|  | value |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+    return (table + "\n"
             "Test split of the speech track (held-out voices: its `ood_test` split); generated from "
             "`runs/demo-speech/metrics.json` by `make docs-speech`. How the track is built and measured: "
             "[docs/speech.md](docs/speech.md).\n")
