@@ -120,3 +120,32 @@ def test_text_prompts_are_the_tracks_set_else_the_modules_own(monkeypatch):
 def test_cli_names_a_missing_folder(tmp_path, capsys):
     assert lb.main(["--base", str(tmp_path / "nope"), "--audio", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert "--base" in capsys.readouterr().err
+
+
+def test_compare_takes_safe_from_a_finished_run(tiny_gemma_vl, tmp_path):
+    """--safe-run: SAFE's side is a finished Stage A run's checkpoint (same answers as training it here), and a
+    run on other data is refused by name."""
+    import shutil
+
+    bench, vl_dir, whisper = tiny_gemma_vl
+    cfg = lb.CompareConfig(lora=LoraBaselineConfig(steps=1, batch_size=4, lora_rank=4, lora_alpha=8,
+                                                   num_audio_tokens=4, warmup_steps=0),
+                           safe_overrides=("safe.fusion_layers=[0, -1]", "safe.num_audio_tokens=4",
+                                           "curriculum.order=none", "retention_every=0", "checkpoint_every=0"),
+                           max_train=32, n_vl=4, n_audio=4, n_text=3)
+    first = lb.compare(vl_dir, whisper, bench, tmp_path / "a", cfg, progress=False)
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "a" / "safe_run" / "checkpoints" / "final", run / "checkpoints" / "final")
+    (run / "run.json").write_text(json.dumps({"base": str(vl_dir), "audio": str(whisper), "data": str(bench),
+                                              "recipe": {"batch_size": 4}}))
+    (run / "metrics.json").write_text(json.dumps({"stage_a": {"train_seconds": 12.5, "steps": 1}}))
+    from dataclasses import replace
+
+    again = lb.compare(vl_dir, whisper, bench, tmp_path / "b", replace(cfg, safe_run=str(run)), progress=False)
+    assert again["safe"]["answers"] == first["safe"]["answers"]
+    assert again["safe"]["train_seconds"] == 12.5 and again["config"]["safe_run"] == str(run)
+    assert not (tmp_path / "b" / "safe_run").exists()  # nothing trained here
+    assert f"Stage A of `{run}`" in lora_docs.block(again, "r.json")
+    (run / "run.json").write_text(json.dumps({"base": str(vl_dir), "audio": str(whisper), "data": str(tmp_path)}))
+    with pytest.raises(ValueError, match="was trained with data"):
+        lb.compare(vl_dir, whisper, bench, tmp_path / "c", replace(cfg, safe_run=str(run)), progress=False)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from safe.adapters.cross_attention import RANK_MAPS
+from safe.adapters.cross_attention import RANK_MAPS, check_output_scale
 from safe.models.projector import PROJECTOR_MODES
+
+HIDDEN_RMS = "hidden_rms"
+"""``SAFEConfig.output_scale``'s measured setting."""
 
 
 @dataclass
@@ -35,6 +38,13 @@ class SAFEConfig:
     checkpoints saved before the field existed)."""
     gate_init: float = 0.0
     """Initial gate value g (tanh(g) scales the adapter). 0 makes a fresh model exactly the base."""
+    output_scale: float | list[float] | str = 1.0
+    """A constant multiplying each adapter's output: one number for every fusion layer, a list (one per
+    fusion layer, in ``fusion_layers``' order), or ``"hidden_rms"``: the frozen base's hidden-state RMS after
+    each fusion layer, measured on the first training rows when Stage A starts
+    (:func:`safe.models.calibration.calibrate_output_scale`) and saved as that list. 1.0: the layout of
+    checkpoints saved before the field existed. A pretrained LM's residual stream is wide (Gemma 3 270M:
+    RMS 200 to 900 in its middle layers), so an adapter at unit scale barely moves it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion_layers, int):
@@ -49,11 +59,25 @@ class SAFEConfig:
             raise ValueError(f"ffn_rank must be an integer >= 0 (0: no dense block), got {self.ffn_rank!r}")
         if self.rank_maps not in RANK_MAPS:
             raise ValueError(f"rank_maps must be one of {RANK_MAPS}, got {self.rank_maps!r}")
+        if isinstance(self.output_scale, (list, tuple)):
+            if len(self.output_scale) != len(self.fusion_layers):
+                raise ValueError(f"output_scale lists one value per fusion layer: {len(self.fusion_layers)} "
+                                 f"layers {self.fusion_layers}, got {len(self.output_scale)} values")
+            self.output_scale = [check_output_scale(v) for v in self.output_scale]
+        elif self.output_scale != HIDDEN_RMS:
+            self.output_scale = check_output_scale(self.output_scale)
         if self.projector_mode not in PROJECTOR_MODES:
             raise ValueError(f"projector_mode must be one of {PROJECTOR_MODES}, got {self.projector_mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def layer_output_scales(self) -> list[float]:
+        """``output_scale`` for each fusion layer (1.0 each while ``"hidden_rms"`` is not yet measured)."""
+        s = self.output_scale
+        if isinstance(s, list):
+            return list(s)
+        return [1.0 if s == HIDDEN_RMS else float(s)] * len(self.fusion_layers)
 
     @classmethod
     def from_dict(cls, d: dict) -> SAFEConfig:

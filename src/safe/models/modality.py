@@ -82,11 +82,13 @@ class ModalityBranch(nn.Module):
             self.projector = AudioProjector(self.encoder.output_dim, hidden, c.num_audio_tokens,
                                             mode=c.projector_mode, hidden_dim=c.projector_hidden).to(device)
         self.fusion_layers = resolve_fusion_layers(c, backbone)
+        # output_scale lists follow fusion_layers' own order; the adapters are keyed by the resolved index
+        scales = {i % backbone.num_layers: s for i, s in zip(c.fusion_layers, c.layer_output_scales())}
         self.adapters = nn.ModuleDict({
             str(i): GatedCrossAttention(hidden, rank=c.lora_rank, num_heads=c.num_heads, attn_dim=c.attn_dim,
                                         null_key=c.null_key, gate_init=c.gate_init, ffn_rank=c.ffn_rank,
-                                        rank_maps=c.rank_maps)
-            for i in self.fusion_layers})
+                                        rank_maps=c.rank_maps, output_scale=scale)
+            for i, scale in ((i, scales[i]) for i in self.fusion_layers)})
         for i in self.fusion_layers:  # each adapter on its layer's device (a base spread by device_map="auto")
             layer_param = next(backbone.decoder_layers[i].parameters(), None)
             self.adapters[str(i)].to(device if layer_param is None else layer_param.device)

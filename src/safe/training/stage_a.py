@@ -33,6 +33,8 @@ from safe.training.config import StageAConfig
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
+CALIBRATION_ROWS = 16
+"""Training rows the adapters' output scale is measured on (``SAFEConfig.output_scale="hidden_rms"``)."""
 
 
 class ResumeMismatch(ValueError):
@@ -133,6 +135,9 @@ class StageATrainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         self.model = model
+        # adapters at the residual stream's scale (SAFEConfig.output_scale="hidden_rms"), measured before any
+        # step; a resumed run measures again on the same rows and gets the same scales
+        self.output_scales = self._calibrate_output_scale()
         self.retention = retention.subset(range(min(cfg.retention_examples, len(retention))))
         audio_idx = [i for i, n in enumerate(train.needs_audio.tolist()) if n]
         vl_idx = [i for i, n in enumerate(train.needs_audio.tolist()) if not n]
@@ -155,6 +160,17 @@ class StageATrainer:
         self.step = 0
         self.history: list[dict] = []
         self.base_retention_accuracy: float | None = None
+
+    def _calibrate_output_scale(self) -> dict[str, list[float]]:
+        import inspect
+
+        from safe.models.calibration import calibrate_output_scale
+
+        rows = list(range(min(CALIBRATION_ROWS, len(self.train_set))))
+        batch, _ = self._base_inputs(rows)
+        if "logits_to_keep" in inspect.signature(self.model.base_model.forward).parameters:
+            batch["logits_to_keep"] = 1  # the head over every position would cost more than the layers
+        return calibrate_output_scale(self.model, batch)
 
     @property
     def _unwrapped(self) -> SAFEModel:

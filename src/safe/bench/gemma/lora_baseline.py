@@ -88,6 +88,10 @@ class CompareConfig:
     n_text: int | None = None
     """Text retention prompts (None: all)."""
     eval_batch: int = 16
+    safe_run: str | None = None
+    """A Stage A run directory on the same base, encoder and data (e.g. the Gemma track's ``runs/demo-gemma``):
+    SAFE's side is its ``checkpoints/final``, with its recipe, steps and training time, instead of a Stage A
+    trained here (None)."""
 
 
 def _load_avg() -> list[float]:
@@ -203,14 +207,37 @@ def logits_check(run, reference: torch.Tensor) -> dict:
             "logits_max_abs_diff_no_audio": float((got - reference).abs().max())}
 
 
+def trained_safe_run(run_dir: str | Path, vl_dir, audio_dir, data_dir) -> dict:
+    """What a finished Stage A run directory says about itself (its ``run.json`` and Stage A figures), checked
+    against the base, encoder and data of this comparison: ValueError naming the disagreement."""
+    run = Path(run_dir)
+    meta_file, metrics_file = run / "run.json", run / "metrics.json"
+    final = run / "checkpoints" / "final"
+    if not meta_file.is_file() or not (final / "safe_config.json").is_file():
+        raise ValueError(f"--safe-run {run}: not a finished Stage A run (needs run.json and checkpoints/final)")
+    meta = json.loads(meta_file.read_text())
+    for key, mine in (("base", vl_dir), ("audio", audio_dir), ("data", data_dir)):
+        if Path(meta[key]).resolve() != Path(mine).resolve():
+            raise ValueError(f"--safe-run {run} was trained with {key} {meta[key]}, this comparison uses {mine}")
+    stage_a = json.loads(metrics_file.read_text()).get("stage_a", {}) if metrics_file.is_file() else {}
+    if "train_seconds" not in stage_a:
+        raise ValueError(f"--safe-run {run}: its metrics.json has no Stage A figures (train_seconds, steps)")
+    return {"checkpoint": str(final), "recipe": meta.get("recipe", {}), "steps": stage_a["steps"],
+            "seconds": stage_a["train_seconds"]}
+
+
 def run_safe(model, fmt, train_set, retention_set, sets: EvalSets, base: dict, ref_logits, logit_rows, cfg: CompareConfig,
-             recipe, run_dir: Path, progress: bool) -> dict:
-    """Train SAFE's Stage A (resuming a killed run) and answer every set with it."""
+             recipe, run_dir: Path, progress: bool, trained: dict | None = None) -> dict:
+    """Train SAFE's Stage A (resuming a killed run), or take ``trained`` (:func:`trained_safe_run`: ``model``
+    is then that run's checkpoint), and answer every set with it."""
     from safe.training.stage_a import StageATrainer
 
     t0 = time.perf_counter()
-    trainer = StageATrainer(model, fmt, train_set, retention_set, recipe, run_dir, progress=progress)
-    fit = trainer.fit(resume=True)
+    if trained is None:
+        trainer = StageATrainer(model, fmt, train_set, retention_set, recipe, run_dir, progress=progress)
+        fit = trainer.fit(resume=True)
+    else:
+        fit = trained
     train_s = time.perf_counter() - t0
     model.eval()
     d, t = sets.data, sets.text
@@ -306,7 +333,7 @@ def compare(vl_dir: str | Path, audio_dir: str | Path, data_dir: str | Path, out
     from safe.bench.files import BuiltinSource
     from safe.data.embedding_cache import AudioEmbeddingCache
     from safe.data.prepared import encoder_fingerprint, prepare
-    from safe.inference.loading import load_frozen, load_safe
+    from safe.inference.loading import load_frozen, load_safe, load_trained
     from safe.models.integrity import state_hash
     from safe.training.config import load_stage_a_config
 
@@ -316,7 +343,11 @@ def compare(vl_dir: str | Path, audio_dir: str | Path, data_dir: str | Path, out
     t0, load_start = time.perf_counter(), _load_avg()
     lc = cfg.lora
     recipe = load_stage_a_config(SAFE_RECIPE, recipe_overrides(cfg))
-    model, fmt, frontend = load_safe(vl_dir, recipe, audio_dir)
+    trained = trained_safe_run(cfg.safe_run, vl_dir, audio_dir, data_dir) if cfg.safe_run else None
+    if trained is None:
+        model, fmt, frontend = load_safe(vl_dir, recipe, audio_dir)
+    else:
+        model, fmt, frontend = load_trained(vl_dir, trained["checkpoint"], audio_dir)
     source = BuiltinSource(data_dir)
     cache = AudioEmbeddingCache(out / "embeddings", encoder_fingerprint(model.audio_encoder, frontend))
     test = source.split("test")
@@ -335,7 +366,7 @@ def compare(vl_dir: str | Path, audio_dir: str | Path, data_dir: str | Path, out
         with torch.no_grad():
             ref_logits = vl(**data.prompt_inputs(fmt, logit_rows)).logits
     safe = run_safe(model, fmt, train_set, retention_set, sets, base, ref_logits, logit_rows, cfg, recipe,
-                    out / "safe_run", progress)
+                    out / "safe_run", progress, trained)
     safe["base_byte_identical"] = state_hash(model.base_model) == frozen_before
     del model
     gc.collect()
@@ -347,7 +378,9 @@ def compare(vl_dir: str | Path, audio_dir: str | Path, data_dir: str | Path, out
         "format_version": FORMAT_VERSION, "vl_base": str(vl_dir), "audio_encoder": str(audio_dir),
         "data": str(data_dir), "train_rows": len(train_set),
         "train_audio_rows": int(train_set.needs_audio.sum()), "config": {
-            "lora": lc.to_dict(), "safe_recipe": SAFE_RECIPE, "safe_overrides": list(recipe_overrides(cfg)),
+            "lora": lc.to_dict(),
+            **({"safe_recipe": SAFE_RECIPE, "safe_overrides": list(recipe_overrides(cfg))} if trained is None else
+               {"safe_run": str(cfg.safe_run), "safe_recipe": trained["recipe"]}),
             "n_vl": len(sets.vl), "n_spoken": len(sets.spoken), "n_text": len(prompts)},
         "text_source": text_source,
         "base": {"spoken_accuracy": _accuracy(spoken_rows, base["spoken"]),
@@ -397,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-audio", type=int, default=48)
     p.add_argument("--n-text", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--safe-run", default=None,
+                   help="a finished Stage A run on the same base, encoder and data (e.g. runs/demo-gemma): SAFE's "
+                        "side is its checkpoints/final instead of a Stage A trained here")
     p.add_argument("--docs", nargs="*", default=None, help="after the run, rewrite the section in these files")
     a = p.parse_args(argv)
     if a.steps < 1 or a.batch_size < 1 or a.lora_rank < 1:
@@ -409,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     lora = LoraBaselineConfig(steps=a.steps, batch_size=a.batch_size, lora_rank=a.lora_rank,
                               lora_alpha=2 * a.lora_rank, warmup_steps=min(d.warmup_steps, a.steps - 1))
-    cfg = CompareConfig(lora=lora, max_train=a.max_train, n_vl=a.n_vl, n_audio=a.n_audio, n_text=a.n_text)
+    cfg = CompareConfig(lora=lora, max_train=a.max_train, n_vl=a.n_vl, n_audio=a.n_audio, n_text=a.n_text,
+                        safe_run=a.safe_run)
     record = compare(a.base, a.audio, a.data, a.out, cfg)
     from safe.bench.gemma import lora_docs
 

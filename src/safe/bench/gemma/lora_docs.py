@@ -21,12 +21,12 @@ def _of(n: int, total: int) -> str:
     return f"{n} of {total}"
 
 
-def _row(label: str, m: Mapping[str, Any], lora_cfg: Mapping[str, Any] | None) -> str:
+def _row(label: str, m: Mapping[str, Any], batch: int | str) -> str:
     p = m["parameters"]
     parts = (f"projector {p['projector']:,} + LoRA {p['lora']:,}" if "lora" in p
              else f"projector {p['projector']:,} + adapters {p['adapters']:,}")
     logits = "yes (`torch.equal`)" if m["logits_equal_no_audio"] else f"no (max change {m['logits_max_abs_diff_no_audio']:.3g})"
-    return (f"| {label} | {p['trainable']:,} ({parts}) | {m['steps']} x {lora_cfg['batch_size'] if lora_cfg else ''} "
+    return (f"| {label} | {p['trainable']:,} ({parts}) | {m['steps']} x {batch} "
             f"in {m['train_seconds'] / 60:.1f} min "
             f"| {_of(m['text_changed_no_audio'], m['text_prompts'])} / {_of(m['text_changed_unrelated_audio'], m['text_prompts'])} "
             f"| {_of(m['vl_changed_no_audio'], m['vl_questions'])} / {_of(m['vl_changed_unrelated_audio'], m['vl_questions'])} "
@@ -49,20 +49,29 @@ def block(record: Mapping[str, Any], source: str) -> str:
     head = ("| method | trainable parameters | training (steps x batch, time) | text answers changed: no audio / "
             "unrelated clip | VL answers changed: no audio / unrelated clip | logits without audio = base's | "
             "spoken accuracy |\n|---|---:|---|---|---|---|---:|")
-    rows = [_row("SAFE (gated adapters, Stage A)", record["safe"], lc),
+    safe_recipe = cfg.get("safe_recipe")
+    safe_batch = safe_recipe.get("batch_size", "?") if isinstance(safe_recipe, dict) else lc["batch_size"]
+    rows = [_row("SAFE (gated adapters, Stage A)", record["safe"], safe_batch),
             _row(f"audio prefix + LoRA r={lc['lora_rank']} on {', '.join(lc['target_modules'])} (PEFT)",
-                 record["lora"], lc)]
+                 record["lora"], lc["batch_size"])]
+    if cfg.get("safe_run"):
+        budget = (f"SAFE's side is the Stage A of `{cfg['safe_run']}` ({record['safe']['steps']} steps of {safe_batch} "
+                  f"rows: half audio rows, half typed VL rows with unrelated clips, with its retention KL); the "
+                  f"baseline trained {record['lora']['steps']} steps of {lc['batch_size']} audio rows "
+                  f"({record['train_audio_rows']} of them) from the same {record['train_rows']} training rows, ")
+    else:
+        budget = (f"Both methods trained {record['lora']['steps']} steps of {lc['batch_size']} rows from the same "
+                  f"{record['train_rows']} training rows (SAFE: half audio rows, half typed VL rows with unrelated "
+                  f"clips, with its retention KL; the baseline: audio rows only, {record['train_audio_rows']} of "
+                  "them), ")
     base = record["base"]
     ls, le = record["load_average_start"], record["load_average_end"]
     text = (f"{head}\n" + "\n".join(rows) + "\n\n"
             f"The base alone (deaf): spoken accuracy {base['spoken_accuracy']:.3f}, VL accuracy {base['vl_accuracy']:.3f} "
             f"on the same {cfg['n_vl']} typed VL questions. Changed answers are counted against the base's own greedy "
             f"answers: {cfg['n_text']} text-only prompts (no image; `{record['text_source']}`), {cfg['n_vl']} typed VL "
-            f"test questions of the speech track, {cfg['n_spoken']} spoken test rows scored by exact match. Both "
-            f"methods trained {record['lora']['steps']} steps of {lc['batch_size']} rows from the same "
-            f"{record['train_rows']} training rows (SAFE: half audio rows, half typed VL rows with unrelated clips, "
-            f"with its retention KL; the baseline: audio rows only, {record['train_audio_rows']} of them), the "
-            f"same frozen base and Whisper encoder, {record['torch_threads']} torch thread(s); load average "
+            f"test questions of the speech track, {cfg['n_spoken']} spoken test rows scored by exact match. "
+            f"{budget}the same frozen base and Whisper encoder, {record['torch_threads']} torch thread(s); load average "
             f"{ls[0]:.1f} at the start, {le[0]:.1f} at the end, on {record['cpu_count']} cores. "
             f"SAFE's base byte-identical after training: {'yes' if record['safe'].get('base_byte_identical') else 'NO'}."
             f"{_base_note(record.get('vl_base_build'))}\n\n"
