@@ -6,7 +6,8 @@ import torch
 
 from safe.bench.files import BuiltinSource
 from safe.inference.loading import load_trained
-from safe.policy.features import PREVIEW_SECONDS, StateSpec, preview_embedding, probe_image
+from safe.policy.features import StateSpec, probe_image
+from safe.policy.preview import PREVIEW_SECONDS, preview_embedding
 from safe.policy.stage import PolicyStageConfig, prepare_policy_data
 from safe.policy.state_ablation import STATE_SUBSETS, run_state_ablation, select_subsets, subset_costs
 
