@@ -57,6 +57,7 @@ from safe.data.readers import (
     read_vggsound,
     read_vqav2,
 )
+from safe.data.readers.frames import MAX_KEY_FRAMES
 from safe.data.yaml_bounded import load_yaml
 from safe.data.yaml_bounded import show as _show
 
@@ -85,12 +86,18 @@ class Layout:
     ``paths``: reader parameter -> default path under ``root`` (``{split}`` is the source's split;
     None: optional, passed only when the spec gives it); ``options``: the reader's other options and
     their types; ``split``: ``"required"`` (it names the files) or ``"filter"`` (passed to the reader's
-    own ``split`` argument; optional)."""
+    own ``split`` argument; optional); ``cache_folders``: reader parameter -> folder under the spec's
+    ``cache_dir`` the reader writes derived media to (AVQA's tiled key frames)."""
 
     read: Callable[..., Any]
     paths: dict[str, str | None]
     options: dict[str, type] = field(default_factory=dict)
     split: str = "required"
+    cache_folders: dict[str, str] = field(default_factory=dict)
+
+    def read_in(self, cache_dir: Path, **kwargs: Any) -> Any:
+        """``read(**kwargs)`` with each :attr:`cache_folders` parameter set to its folder under ``cache_dir``."""
+        return self.read(**kwargs, **{k: Path(cache_dir) / v for k, v in self.cache_folders.items()})
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -99,7 +106,7 @@ LAYOUTS: dict[str, Layout] = {
                     {"image_subtype": str}),
     "gqa": Layout(read_gqa, {"questions_json": "{split}_balanced_questions.json", "image_dir": "images"}),
     "avqa": Layout(read_avqa, {"questions_json": "{split}_qa.json", "frames_dir": "frames", "audio_dir": "audio"},
-                   {"include_choices": bool}),
+                   {"include_choices": bool, "key_frames": int}, cache_folders={"tiles_dir": "key_frames"}),
     "music_avqa": Layout(read_music_avqa, {"questions_json": "avqa-{split}.json", "frames_dir": "frames",
                                            "audio_dir": "audio"}),
     "audiocaps": Layout(read_audiocaps, {"captions_csv": "{split}.csv", "audio_dir": "audio", "frames_dir": None},
@@ -291,7 +298,11 @@ def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str
         for opt, tp in layout.options.items():
             if opt in raw:
                 value = raw[opt]
-                if not isinstance(value, tp) or (tp is str and not value.strip()):
+                if tp is int:  # (key_frames, the only int option: its range is the reader's, checked here)
+                    value = _int(f"{where}.{opt}", value, 1)
+                    if opt == "key_frames" and value > MAX_KEY_FRAMES:
+                        raise SpecError(f"{where}.{opt}: at most {MAX_KEY_FRAMES} key frames, got {value}")
+                elif not isinstance(value, tp) or (tp is str and not value.strip()):
                     raise SpecError(f"{where}.{opt}: expected {'true or false' if tp is bool else 'a string'}, "
                                     f"got {_show(value)}")
                 options[opt] = value

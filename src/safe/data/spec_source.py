@@ -90,8 +90,7 @@ class VerifiedMedia:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "verified_media.sqlite"
-        self._db = None
-        self._new: list[tuple[str, str]] = []
+        self._db, self._new = None, []  # (the new entries: (path, stamp))
 
     @staticmethod
     def _stamp(path: str) -> str | None:
@@ -285,7 +284,8 @@ class SpecSource:
             keep(e)
 
         with stream_rows(sink):
-            result = LAYOUTS[entry.reader].read(**entry.paths, **entry.options, skip_bad=skip, verify_media=False)
+            result = LAYOUTS[entry.reader].read_in(self.cache_dir, **entry.paths, **entry.options, skip_bad=skip,
+                                                   verify_media=False)
         if checked is not None:
             checked.commit()
         report.problems = list(result.problems)

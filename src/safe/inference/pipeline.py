@@ -89,6 +89,15 @@ class Pipeline:
 
     def __init__(self, model, processor: SAFEProcessor, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
         self.model, self.processor, self.max_new_tokens = model, processor, int(max_new_tokens)
+        policy = model.policy
+        if policy is not None and hasattr(policy, "check_deployable"):
+            # The policy reads the state parts it was trained on (recorded in its spec): refuse a model that
+            # cannot compute one now, and give the processor the preview kind the policy reads.
+            policy.check_deployable(model, processor.front_end)
+            from safe.policy.preview import policy_preview
+
+            spec, encoder, front = policy.spec, model.audio_encoder, processor.front_end
+            processor.preview = lambda waves: policy_preview(spec, waves, encoder, front)
 
     @property
     def device(self) -> torch.device:
