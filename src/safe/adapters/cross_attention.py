@@ -45,8 +45,8 @@ class GatedCrossAttention(nn.Module):
     the next unless the frozen LM already tracks what it has said; the dense block can, because it
     mixes the current token with the audio. Both parts sit under the one gate, so ``g = 0`` still
     makes the adapter exactly nothing. ``output_scale`` (a constant, not trained) multiplies both parts'
-    output: a pretrained LM's residual stream is far wider than 1 (Gemma 3 270M's hidden RMS is 200 to 900
-    in its middle layers), and an adapter speaking at unit scale there moves nothing for hundreds of steps;
+    output: a pretrained LM's residual stream is far wider than 1 (Gemma 3 270M's hidden RMS is 700 to 1,100
+    after layers 9 to 15), and an adapter speaking at unit scale there moves nothing for hundreds of steps;
     set to the layer's hidden RMS, a unit change of the adapter's weights is a unit change relative to it. The module returns only the gated delta; the caller adds it to
     the rows that use audio.
 

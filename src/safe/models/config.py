@@ -44,7 +44,7 @@ class SAFEConfig:
     each fusion layer, measured on the first training rows when Stage A starts
     (:func:`safe.models.calibration.calibrate_output_scale`) and saved as that list. 1.0: the layout of
     checkpoints saved before the field existed. A pretrained LM's residual stream is wide (Gemma 3 270M:
-    RMS 200 to 900 in its middle layers), so an adapter at unit scale barely moves it."""
+    RMS 700 to 1,100 after layers 9 to 15), so an adapter at unit scale barely moves it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.fusion_layers, int):
