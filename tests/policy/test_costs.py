@@ -44,6 +44,9 @@ def test_row_costs_spread_the_family_price_by_tokens():
     old = {"f": {"without_audio": 10.0, "with_audio": 20.0}}             # costs measured before per-token times
     assert [v.tolist() for v in row_costs(outcomes, ["f"] * 3, old)] == [[10.0] * 3, [20.0] * 3]
     assert [v.tolist() for v in row_costs({}, ["f"] * 3, early)] == [[10.0] * 3, [20.0] * 3]
+    floored = {"f": {**early["f"], "encode": 4.0}}                       # audio costs at least the encoder above skipping
+    without_f, with_f = row_costs(outcomes, ["f"] * 3, floored)
+    assert with_f.tolist() == pytest.approx([20.0, 26.0, 22.0]) and without_f.tolist() == without.tolist()
     cheap = {"f": {**early["f"], "without_audio": 1.0}}                  # never below 0 ms
     assert float(row_costs(outcomes, ["f"] * 3, cheap)[0].min()) == 0.0
 
