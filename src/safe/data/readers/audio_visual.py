@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from safe.data.readers._common import (
@@ -22,6 +23,7 @@ from safe.data.readers._common import (
     _where,
     inside,
 )
+from safe.data.readers.maps import MapColumn, RowMaps
 from safe.data.records import Example
 
 # --------------------------------------------------------------------------- MUSIC-AVQA
@@ -35,6 +37,7 @@ def read_music_avqa(
     frames_dir: str | os.PathLike[str],
     audio_dir: str | os.PathLike[str],
     *,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -55,6 +58,8 @@ def read_music_avqa(
     mismatch is a bad row. ``needs_audio`` = the first type is ``Audio`` or ``Audio-Visual``
     (``Visual`` questions are False; their audio is still attached). ``family`` = the type list
     lower-cased and joined with ``/`` (e.g. ``"audio/counting"``). ``id`` = the question id.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
     """
     qfile, root, _ = _json_root(questions_json)
     fdir = _require_dir(frames_dir, "MUSIC-AVQA frames_dir")
@@ -96,7 +101,7 @@ def read_music_avqa(
         )
 
     rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(_json_items(qfile, "item")))
-    return _run_rows(col, rows, build)
+    return _run_rows(col, rows, build, RowMaps(modalities))
 
 
 # --------------------------------------------------------------------------- AVQA (Yang et al., MM 2022)
@@ -111,6 +116,7 @@ def read_avqa(
     audio_dir: str | os.PathLike[str],
     *,
     include_choices: bool = False,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -136,6 +142,8 @@ def read_avqa(
     ``answers`` = ``(multi_choice[answer],)``; the choices go to ``meta["choices"]``. With
     ``include_choices=True`` the question ends with ``" Choices: a; b; c; d."``. ``family`` =
     ``question_type`` lower-cased with ``_`` for spaces (e.g. ``"come_from"``). ``id`` = ``id``.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
     """
     qfile, root, _ = _json_root(questions_json)
     fdir = _require_dir(frames_dir, "AVQA frames_dir")
@@ -184,4 +192,4 @@ def read_avqa(
         )
 
     rows = ((_where(i, _peek(q, "id")), q) for i, q in enumerate(_json_items(qfile, "item")))
-    return _run_rows(col, rows, build)
+    return _run_rows(col, rows, build, RowMaps(modalities))
