@@ -221,3 +221,14 @@ def test_vqav2_question_objects_name_maps(tmp_path):
     vqa = {e.id: Path(e.meta["modalities"]["depth"]).name for e in rows if e.task == "vqav2"}
     assert sorted(vqa.values()) == ["1.npy", "2.npy", "3.npy"][:len(vqa)] or len(vqa) == 2
     assert all(e.meta.get("paired_audio") for e in rows if e.task == "vqav2")
+
+
+def test_data_check_counts_the_rows_with_a_map(avqa, tmp_path, capsys):
+    import yaml
+
+    from safe.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(avqa)))
+    assert main(["data", "check", str(path)]) == 0
+    assert "6 rows with a depth map" in capsys.readouterr().out
