@@ -93,7 +93,7 @@ def test_report_takes_the_encoder_rows_of_another_run(tmp_path):
     assert [r["name"] for r in merged["ablations"]["rows"]] == ["reference", "encoder B alone"]
     text = stage_a_grid(merged)
     assert "400 steps per entry" in text and "150 steps per entry" in text
-    assert "(3000 training rows, 600 scored)" in text and "| B: Whisper tiny.en |" in text
+    assert "(3000 training rows, 600 scored), measured in its own run" in text and "| B: Whisper tiny.en |" in text
     RunDir(tmp_path / "none").record("ablations", {"steps": 400, "rows": [grid]})
     with pytest.raises(StageError, match="no encoder comparison in its metrics.json"):
         with_encoder_rows({}, str(tmp_path / "none"))

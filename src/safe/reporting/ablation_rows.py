@@ -58,15 +58,18 @@ def encoder_comparison(g: Mapping, rows: list[Mapping]) -> str:
     steps = sorted({r.get("steps", g.get("steps")) for r in rows}, key=str)
     seeds = sorted({r.get("seeds", g.get("seeds")) for r in rows}, key=str)
     split = rows[0].get("split", g.get("split"))
+    where = f", measured in its own run, `{rows[0]['run']}`" if rows[0].get("run") else ""
     size = (f" ({fmt(rows[0].get('train_rows', g.get('train_rows')))} training rows, "
             f"{fmt(rows[0].get('eval_rows', g.get('eval_rows')))} scored)"
             if rows[0].get("eval_rows", g.get("eval_rows")) is not None else "")
     head = (f"Encoder comparison (`safe ablate --encoder-b`): the recipe unchanged, only the frozen audio encoder(s) "
             f"differ; {' / '.join(fmt(s) for s in steps)} steps per entry, {' / '.join(fmt(s) for s in seeds)} "
-            f"seed(s), scored on the {fmt(split)} split{size}. The encoders are exactly those the second column "
+            f"seed(s), scored on the {fmt(split)} split{size}{where}. The encoders are exactly those the second column "
             f"names.{clap} VL retention "
             "is VL accuracy with the gate open over the base's; encoder ms is the frozen encoder's features and "
-            "forward per clip (one batch of 16 training clips, best of 3; an ensemble's is its members' sum).\n\n")
+            "forward per clip (one batch of 16 training clips, best of 3; an ensemble's is its members' sum). Seconds are "
+            "wall-clock on the machine as it was loaded then; the first entry trained in a call also decodes the "
+            "images the later ones reuse.\n\n")
     return head + _table(["entry", "frozen encoder(s)", "audio acc", "VL acc, gate open", "VL retention",
                           "VL answers changed", "trainable", "encoder params", "encoder ms / clip", "train s"],
                          [[r.get("name", DASH), str(r.get("encoders", DASH)), ci_cell(r, "audio_accuracy"),

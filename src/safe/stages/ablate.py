@@ -196,11 +196,13 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: StageAConfig |
     for name, recipe in configs.items():
         for seed in range(seeds):
             key = f"{name}/seed{seed}"
-            if key in state["runs"]:
+            members, entry_sets, extra = compare.get(name, ([encoder], sets, {}))
+            if key in state["runs"]:  # done: only what names the encoders is refreshed (not what was measured)
+                state["runs"][key].update({k: v for k, v in extra.get("record", {}).items()
+                                           if k in ("encoders", "encoder_parameters")})
                 continue
             cfg = dataclasses.replace(recipe, seed=seed)
             torch.manual_seed(cfg.seed)
-            members, entry_sets, extra = compare.get(name, ([encoder], sets, {}))
             model = SAFEModel(vl, members[0] if len(members) == 1 else members, cfg.safe_config())
             try:
                 if progress:
@@ -216,6 +218,7 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: StageAConfig |
             state["runs"][key] = {**{m: result[m] for m in METRICS if m in result}, "trainable_parameters": trainable,
                                   "train_seconds": fit["seconds"], "steps": fit["steps"], **extra.get("record", {})}
             write_state(state_file, state)
+    write_state(state_file, state)
     done = {k.split("/")[0] for k in state["runs"]}  # this call's entries and the ones earlier calls left here
     shown = {n: v for n, v in select_grid(None, encoders=True).items() if n in grid or n in done}
     rows = summarise(state["runs"], shown)
@@ -246,7 +249,8 @@ def _encoder_comparison(encoders: dict, sets: dict, data: DataSource, base_dir, 
     train = sets["train"].examples
     clips = [train[i].audio for i in range(min(16, len(train)))]
     cost = {k: _ms_per_clip(enc, front, clips) for k, (enc, front) in encoders.items()}
-    params = {k: sum(p.numel() for p in enc.parameters()) for k, (enc, _) in encoders.items()}
+    # the part that runs (Whisper's encoder, not its unused decoder), as the wrapper registers it
+    params = {k: sum(p.numel() for p in wrap_encoder(enc).parameters()) for k, (enc, _) in encoders.items()}
     hash_b = state_hash(enc_b)
     out = {}
     for name, keys in ENCODER_GRID.items():

@@ -163,7 +163,8 @@ def with_encoder_rows(metrics: dict, run_dir: str) -> dict:
     """``metrics`` whose Stage A ablations hold the encoder comparison rows of ``run_dir`` (each row carries its
     own steps and the run's split and seeds) instead of any of their own."""
     other = RunDir(run_dir).metrics().get("ablations") or {}
-    rows = [{"split": other.get("split"), "train_rows": other.get("train_rows"), "eval_rows": other.get("eval_rows"), **r}
+    rows = [{"split": other.get("split"), "train_rows": other.get("train_rows"), "eval_rows": other.get("eval_rows"),
+             "run": str(run_dir), **r}
             for r in other.get("rows") or () if "encoders" in r]
     if not rows:
         raise StageError(f"--encoders-run {run_dir}: no encoder comparison in its metrics.json (run safe ablate "
