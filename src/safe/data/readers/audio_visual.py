@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from safe.data.readers._common import (
     inside,
 )
 from safe.data.readers.frames import check_key_frames, key_frame_paths, tile_frames
+from safe.data.readers.maps import MapColumn, RowMaps
 from safe.data.records import Example
 
 # --------------------------------------------------------------------------- MUSIC-AVQA
@@ -37,6 +39,7 @@ def read_music_avqa(
     frames_dir: str | os.PathLike[str],
     audio_dir: str | os.PathLike[str],
     *,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -57,6 +60,8 @@ def read_music_avqa(
     mismatch is a bad row. ``needs_audio`` = the first type is ``Audio`` or ``Audio-Visual``
     (``Visual`` questions are False; their audio is still attached). ``family`` = the type list
     lower-cased and joined with ``/`` (e.g. ``"audio/counting"``). ``id`` = the question id.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
     """
     qfile, root, _ = _json_root(questions_json)
     fdir = _require_dir(frames_dir, "MUSIC-AVQA frames_dir")
@@ -98,7 +103,7 @@ def read_music_avqa(
         )
 
     rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(_json_items(qfile, "item")))
-    return _run_rows(col, rows, build)
+    return _run_rows(col, rows, build, RowMaps(modalities))
 
 
 # --------------------------------------------------------------------------- AVQA (Yang et al., MM 2022)
@@ -115,6 +120,7 @@ def read_avqa(
     include_choices: bool = False,
     key_frames: int = 1,
     tiles_dir: str | os.PathLike[str] | None = None,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -146,6 +152,9 @@ def read_avqa(
     tiled into one near-square image written under ``tiles_dir`` (required then; a data spec passes its
     ``cache_dir``), since the base takes one image per row (:mod:`safe.data.readers.frames`: which frames,
     the grid, why). ``meta["key_frames"]`` lists the frames tiled. A video with fewer frames is a bad row.
+
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
     """
     key_frames = check_key_frames(key_frames)
     if key_frames > 1 and tiles_dir is None:
@@ -202,4 +211,4 @@ def read_avqa(
         )
 
     rows = ((_where(i, _peek(q, "id")), q) for i, q in enumerate(_json_items(qfile, "item")))
-    return _run_rows(col, rows, build)
+    return _run_rows(col, rows, build, RowMaps(modalities))
