@@ -160,3 +160,19 @@ def test_hidden_flags_and_shown_defaults_in_help():
 def test_set_is_refused_with_what_replaces_it():
     with pytest.raises((SystemExit, argparse.ArgumentError)):
         _parser(Command).parse_args(["--set", "steps=3"])
+
+
+def test_a_union_field_takes_a_number_a_list_or_its_named_setting():
+    """SAFEConfig.output_scale (a number, one per fusion layer, or \"hidden_rms\") through safe train's flags."""
+    from safe.stages.stage_a import TrainConfig
+
+    def scale(*flag):
+        p = argparse.ArgumentParser(prog="t")
+        add_config_flags(p, TrainConfig)
+        return config_from_args(TrainConfig, vars(p.parse_args(list(flag)))).stage_a.safe_config().output_scale
+
+    assert scale("--stage_a.safe.output_scale", "2.5") == 2.5
+    assert scale("--stage_a.safe.output_scale", "hidden_rms") == "hidden_rms"
+    assert scale("--stage_a.safe.fusion_layers", "0,1", "--stage_a.safe.output_scale", "3,4") == [3.0, 4.0]
+    with pytest.raises(ValueError, match="output_scale"):
+        scale("--stage_a.safe.output_scale", "large")

@@ -92,6 +92,25 @@ def _scalar(tp: type, flag: str, optional: bool):
     return parse
 
 
+def _union_value(tp: Any, flag: str):
+    """A flag for a union field: the text as the first member it parses as (a number; a comma-separated list
+    of numbers when it holds a comma), else as the text itself when a string is allowed."""
+    def parse(text: str):
+        for member in get_args(tp):
+            item = get_args(member)[0] if get_origin(member) in (list, tuple) and get_args(member) else None
+            try:
+                if member in (int, float):
+                    return member(text)
+                if item in (int, float) and "," in text:
+                    return [item(v) for v in text.split(",") if v.strip()]
+            except ValueError:
+                continue
+        if str in get_args(tp):
+            return text
+        raise argparse.ArgumentTypeError(f"{flag} takes {_describe(tp)}, got {text!r}")
+    return parse
+
+
 def _default_value(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -182,6 +201,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: st
         elif tp in (str, int, float):
             metavar = f.metadata.get("metavar", f.name.upper())
             parser.add_argument(flag, type=_scalar(tp, flag, optional), metavar=metavar, **kw)
+        elif origin in (Union, types.UnionType):  # e.g. a number, a list of numbers or a named setting
+            parser.add_argument(flag, type=_union_value(tp, flag), metavar=f.metadata.get("metavar", "VALUE"), **kw)
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {tp!r}")
     grouped = [flag for flag in seen if "." in flag]
