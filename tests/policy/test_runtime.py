@@ -79,10 +79,10 @@ def test_rows_chosen_for_audio_stop_the_vl_only_pass_after_one_step():
         n_full = len(steps)
         steps.clear()
         chosen = torch.tensor([True, False, True, False])
-        part = base_pass(model, x, decide=lambda q, i, c: chosen.clone(), **gen)
+        part = base_pass(model, x, decide=lambda parts: chosen.clone(), **gen)
         n_part = len(steps)
         steps.clear()
-        base_pass(model, x, decide=lambda q, i, c: torch.ones(4, dtype=torch.bool), **gen)
+        base_pass(model, x, decide=lambda parts: torch.ones(4, dtype=torch.bool), **gen)
         n_none_left = len(steps)
     finally:
         handle.remove()

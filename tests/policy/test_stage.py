@@ -7,28 +7,14 @@ import torch
 from safe.bench.files import BuiltinSource
 from safe.cli import main
 from safe.inference.loading import load_frozen, load_trained
-from safe.models.safe_model import SAFEConfig, SAFEModel
+from safe.models.safe_model import SAFEModel
 from safe.policy.stage import PolicyStageConfig, run_policy_stage
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_builtin, tmp_path_factory):
-    """An untrained SAFE checkpoint on the tiny built-in models, gates opened so audio changes answers."""
-    bench, base = tiny_builtin
-    vl, enc, _, _ = load_frozen(base)
-    torch.manual_seed(0)
-    model = SAFEModel(vl, enc, SAFEConfig(fusion_layers=[0, -1], num_audio_tokens=4, lora_rank=4))
-    model.set_gates(1.0)
-    path = tmp_path_factory.mktemp("ckpt") / "final"
-    model.save_pretrained(path)
-    model.remove_hooks()
-    return bench, base, path
-
-
-def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tmp_path):
-    bench, base, ckpt = tiny_ckpt
+def test_policy_stage_reports_every_figure_and_counts_encoder_rows(untrained_ckpt, tmp_path):
+    bench, base, ckpt = untrained_ckpt
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0, 0.3], alpha=0.0, steps=4, seeds=2, train_rows=40, cost_batch=8,
                             distill_epochs=3, latency_batches=[1, 8], state="cascade")
@@ -56,10 +42,10 @@ def test_policy_stage_reports_every_figure_and_counts_encoder_rows(tiny_ckpt, tm
     json.dumps(m)  # everything recorded is plain JSON
 
 
-def test_policy_stage_with_the_early_state(tiny_ckpt):
+def test_policy_stage_with_the_early_state(untrained_ckpt):
     """The early state: no confidence in the state, costs without a base pass, the deployed gate decides
     before the language model and still encodes exactly the rows it picks."""
-    bench, base, ckpt = tiny_ckpt
+    bench, base, ckpt = untrained_ckpt
     model, fmt, frontend = load_trained(base, ckpt)
     cfg = PolicyStageConfig(alphas=[0.0], alpha=0.0, steps=4, seeds=1, train_rows=40, cost_batch=8,
                             distill_epochs=3, latency_batches=[8], state="early")
@@ -89,8 +75,8 @@ def test_policy_stage_with_the_early_state(tiny_ckpt):
         PolicyStageConfig(state="late")
 
 
-def test_policy_cli_train_then_distill(tiny_ckpt, tmp_path, capsys):
-    bench, base, ckpt = tiny_ckpt
+def test_policy_cli_train_then_distill(untrained_ckpt, tmp_path, capsys):
+    bench, base, ckpt = untrained_ckpt
     args = ["--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base), "--checkpoint", str(ckpt),
             "--alphas", "0,0.5", "--alpha", "0", "--steps", "3", "--seeds", "1", "--train-rows", "20",
             "--distill-epochs", "2"]

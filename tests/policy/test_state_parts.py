@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from safe.bench.files import BuiltinSource
-from safe.inference.loading import load_frozen, load_trained
-from safe.models.safe_model import SAFEConfig, SAFEModel
-from safe.policy.features import PREVIEW_SECONDS, StateSpec, preview_embedding, probe_image
+from safe.inference.loading import load_trained
+from safe.policy.features import StateSpec, probe_image
+from safe.policy.preview import PREVIEW_SECONDS, preview_embedding
 from safe.policy.stage import PolicyStageConfig, prepare_policy_data
 from safe.policy.state_ablation import STATE_SUBSETS, run_state_ablation, select_subsets, subset_costs
 
@@ -15,15 +15,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_builtin, tmp_path_factory):
-    bench, base = tiny_builtin
-    vl, enc, _, _ = load_frozen(base)
-    torch.manual_seed(0)
-    model = SAFEModel(vl, enc, SAFEConfig(fusion_layers=[0, -1], num_audio_tokens=4, lora_rank=4))
-    model.set_gates(1.0)
-    path = tmp_path_factory.mktemp("ckpt") / "final"
-    model.save_pretrained(path)
-    model.remove_hooks()
+def tiny_model(untrained_ckpt):
+    bench, base, path = untrained_ckpt
     model, fmt, frontend = load_trained(base, path)
     return bench, model, fmt, frontend
 

@@ -40,3 +40,18 @@ def test_safe_report_joins_the_depth_track_run(tmp_path, capsys):
     assert "| depth | 0.246 -> 0.898" in page and "| audio | 0.128 -> 0.923" in page
     assert main(["report", "--run-dir", str(demo), "--docs", str(tmp_path / "d2"), "--depth-run", str(demo)]) == 2
     assert "no depth figures" in capsys.readouterr().err
+
+
+def test_report_html_has_a_per_modality_section_with_each_target(tmp_path):
+    from safe.reporting.modalities import modality_html, targets
+    from safe.reporting.report import report_sections, write_report
+
+    rows = {r["modality"]: targets(r) for r in modality_rows({**AUDIO, "depth": DEPTH})}
+    # audio: 0.335 vs oracle 0.292 (4.3 points), 0.950 vs 0.951; depth: 0.600 vs 0.406 (19.4 points off)
+    assert rows == {"audio": {"use_rate": True, "accuracy": True}, "depth": {"use_rate": False, "accuracy": True}}
+    text = write_report({**AUDIO, "depth": DEPTH}, tmp_path / "report.html").read_text()
+    section = text[text.index('<section id="modalities">'):]
+    section = section[: section.index("</section>")]
+    assert "<h2>Per modality</h2>" in section and "<td>0.600 (0.406)</td>" in section
+    assert section.count('class="pass">PASS') == 3 and section.count('class="fail">FAIL') == 1
+    assert report_sections(AUDIO)["modalities"] is False and modality_html({}) == ""

@@ -139,7 +139,7 @@ def test_malformed_sections_do_not_crash(tmp_path):
                     "audio_gains": {"audio_accuracy": [0.5], "caption_cider_d": {"safe": "x"},
                                     "per_family": 3}},
            "policy": {"pareto": {"x": 1}, "history": [None], "baselines": []},
-           "stage_a": {"history": "none"}, "timing": 12.5}
+           "stage_a": {"history": "none"}, "timing": 12.5, "depth": {"depth_accuracy": "n/a", "policy": "bad"}}
     text = write_report(odd, tmp_path / "r.html").read_text()
     assert "run time 12.5 s" in text and "OOM" in text and "FAIL" in text
     assert "not run in this report" not in text     # present, if malformed: rendered, not skipped

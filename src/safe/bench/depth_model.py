@@ -178,7 +178,8 @@ def run_depth_track(run_dir: str | Path, vl_dir: str | Path, recipe, *, encoder_
         from safe.bench.depth_policy import depth_policy
 
         renamed["policy"] = depth_policy(model, fmt, scene, splits, data["train"], data["test"],
-                                         **{"save_dir": Path(run_dir) / "policy", **policy})
+                                         **{"save_dir": Path(run_dir) / "policy",
+                                            "checkpoint_dir": Path(run_dir) / "checkpoints" / "policy", **policy})
     return {**renamed, "depth_families": list(DEPTH_FAMILIES), "frozen_byte_identical": hashes == after,
             "train_seconds": fit["seconds"], "steps": fit["steps"], "seconds": round(time.perf_counter() - t0, 2),
             "parameters": dict(model.parameter_report()), "config": recipe.to_dict(),

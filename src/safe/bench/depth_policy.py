@@ -15,7 +15,7 @@ import torch
 
 from safe.bench.depth import BACKGROUND_DEPTH, NEAR, DepthSplits, depth_split, load_depth_processor
 from safe.bench.questions import SynthConfig
-from safe.processing.features import PREVIEW_DIM
+from safe.processing.modalities import map_preview
 
 ALPHAS = (0.0, 0.1, 0.3)
 """Latency weights the depth policy's alpha is chosen among (on held-out training rows)."""
@@ -25,12 +25,15 @@ rows under the 1-point target on the test split (at 1 point a run picked alpha 0
 
 
 def depth_preview(maps: np.ndarray, grid: int) -> torch.Tensor:
-    """(n, PREVIEW_DIM): each grid cell's nearest point as nearness in [0, 1], then zeros."""
-    n, h, w = maps.shape
-    cells = maps.reshape(n, grid, h // grid, grid, w // grid).min(axis=(2, 4)).reshape(n, grid * grid)
-    out = torch.zeros(n, PREVIEW_DIM)
-    out[:, : grid * grid] = torch.from_numpy((BACKGROUND_DEPTH - cells) / (BACKGROUND_DEPTH - NEAR)).float()[:, :PREVIEW_DIM]
-    return out
+    """(n, PREVIEW_DIM): each grid cell's nearest point as nearness in [0, 1], then zeros: the deployed
+    preview (:func:`~safe.processing.modalities.map_preview`) of the maps as the depth encoder's input, so the
+    policy is trained on what the pipeline computes from a map."""
+    return map_preview(torch.from_numpy(depth_pixels_batch(maps)), grid)
+
+
+def depth_pixels_batch(maps: np.ndarray) -> np.ndarray:
+    """(n, 1, H, W) nearness in [-1, 1]: :func:`~safe.bench.depth.depth_pixels` of each map of ``maps`` (n, H, W)."""
+    return ((BACKGROUND_DEPTH - maps) / (BACKGROUND_DEPTH - NEAR) * 2.0 - 1.0).astype(np.float32)[:, None]
 
 
 @torch.no_grad()
@@ -54,13 +57,15 @@ def _ms_per_row(model, fmt, data, rows: list[int], with_depth: bool, maps: torch
 def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set, test_set, *,
                  alphas: tuple[float, ...] = ALPHAS,
                  steps: int | None = None, train_rows: int = 1200, cost_rows: int = 32,
-                 progress: bool = False, save_dir=None) -> dict[str, Any]:
+                 progress: bool = False, save_dir=None, checkpoint_dir=None) -> dict[str, Any]:
     """Stage B for depth on the trained depth model: outcome tables of the first ``train_rows`` of
     ``train_set`` and of ``test_set`` (prepared by :func:`~safe.bench.depth_model.prepare_depth` from the same
     ``splits``), measured costs, then :func:`~safe.policy.modalities.modality_policy`: alpha chosen among
     ``alphas`` on held-out training rows, PPO, Stage C, and the test figures beside never / always / oracle;
-    ``save_dir``: where the two tables are saved (``depth_{train,test}_table.pt``)."""
-    from safe.policy.modalities import modality_policy
+    ``save_dir``: where the two tables are saved (``depth_{train,test}_table.pt``); ``checkpoint_dir``: where
+    the SAFE depth weights are saved with the distilled gate attached (as ``safe policy train`` deploys audio's),
+    so ``safe.pipeline`` / ``safe predict`` consult the depth policy per row."""
+    from safe.policy.modalities import train_modality_policy
     from safe.policy.outcomes import build_table, collect_outcomes
 
     t0 = time.perf_counter()
@@ -85,7 +90,15 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         train.save(Path(save_dir) / "depth_train_table.pt")
         test.save(Path(save_dir) / "depth_test_table.pt")
-    out = modality_policy(train, test, alphas=alphas, tolerance=TOLERANCE, **({"ppo": {"steps": steps}} if steps else {}))
+    out, _, gate = train_modality_policy(train, test, alphas=alphas, tolerance=TOLERANCE,
+                                         **({"ppo": {"steps": steps}} if steps else {}))
+    if checkpoint_dir is not None:
+        from safe.policy.outcomes import state_spec
+        from safe.policy.runtime import AudioPolicy
+
+        model.attach_policy(AudioPolicy(state_spec(model, early=True), "mlp", gate.hidden, net=gate))
+        out["checkpoint"] = str(model.save_pretrained(checkpoint_dir))
+        model.attach_policy(None)
     return {
         **out,
         "costs_ms_per_query": {"depth_question": ms[True], "vl_question": ms[False]},

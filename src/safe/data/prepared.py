@@ -192,12 +192,8 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     if missing:
         raise ValueError(f"{len(missing)} examples lack an image or audio clip (first: {missing[0]}); "
                          "Stage A needs both")
-    paths = _column(examples, "audio")
-    if cache is None:
-        audio: RowStore = TensorRows(encode_clips(model, paths, frontend, progress=progress, workers=workers))
-    else:
-        audio = _keep_small(CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress,
-                                                         workers=workers), cache_bytes), cache_bytes, keep_all_bytes)
+    audio = encoder_rows(examples, model, frontend, cache, progress, cache_bytes=cache_bytes,
+                         keep_all_bytes=keep_all_bytes, workers=workers)
     if getattr(fmt, "packs_pixels", False):  # Qwen-VL / InternVL: one patch block per row, a batch concatenates them
         store: RowStore = PackedImageRows(_column(examples, "image"), fmt.pixel_blocks, cache_bytes)
     else:
@@ -205,6 +201,19 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
     images = _keep_small(store, cache_bytes, keep_all_bytes)
     return PreparedSet(examples, _encode(fmt, examples), images, audio,
                        torch.tensor(list(_column(examples, "needs_audio")), dtype=torch.bool))
+
+
+def encoder_rows(examples: Sequence[Example], model, frontend, cache=None, progress: bool = False, *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, keep_all_bytes: int = KEEP_ALL_BYTES,
+                 workers: int | None = None) -> RowStore:
+    """The frozen encoder outputs of ``examples``' clips as a row store (``model.audio_encoder`` through
+    ``frontend``; through ``cache`` when given, else in memory): :func:`prepare`'s ``audio``, or another
+    encoder's for the same rows (the encoder comparison of ``safe ablate``)."""
+    paths = _column(examples, "audio")
+    if cache is None:
+        return TensorRows(encode_clips(model, paths, frontend, progress=progress, workers=workers))
+    return _keep_small(CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress,
+                                                    workers=workers), cache_bytes), cache_bytes, keep_all_bytes)
 
 
 def _column(examples: Sequence[Example], name: str) -> Sequence:

@@ -177,6 +177,29 @@ class _Mapped(RowStore):
         return out[0] if single and not self.packed else out  # a packed single row is its whole block
 
 
+class TupleRows(RowStore):
+    """Several stores of one length read together: ``store[idx]`` is the tuple ``(s[idx] for s in stores)`` (the
+    features of an encoder ensemble, one member's outputs per store, as :class:`~safe.models.encoders.EncoderEnsemble`
+    takes them). Guarantees: every member store has the same length; ``take`` keeps the members aligned."""
+
+    def __init__(self, stores: Sequence[RowStore]) -> None:
+        stores = list(stores)
+        if len(stores) < 2 or len({len(s) for s in stores}) != 1:
+            raise ValueError(f"TupleRows needs two or more stores of one length, got lengths {[len(s) for s in stores]}")
+        super().__init__(len(stores[0]), 0)
+        self.stores = stores
+
+    def __getitem__(self, index: Any) -> tuple:  # type: ignore[override]
+        return tuple(s[index] for s in self.stores)
+
+    def take(self, index: Any) -> RowStore:
+        return TupleRows([s.take(index) for s in self.stores])
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        raise TypeError("TupleRows has one row shape per member store: read .stores[i].row_shape")
+
+
 class ImageRows(RowStore):
     """Pixel values of image files, decoded on demand by ``pixels(paths) -> (k, ...) tensor`` (the
     prompt format's own image processing, row by row). Keeps one path per row, or reads them from a lazy

@@ -33,7 +33,9 @@ A source is ``{reader, root, split, limit, skip_bad, verify_media, ...reader opt
 reads has a default path under ``root`` that a reader option of the same name replaces), plus every
 reader of :data:`safe.data.source.READERS` (``builtin``: the built-in benchmark, whose ``split``
 defaults to the spec split's own name and whose ``root`` defaults to ``$SAFE_CACHE/benchmark``).
-``limit`` keeps the first N good rows in file order. The built-in demo as a spec is
+``modalities`` (every dataset reader but ``vggsound``): per extra modality, the column of the annotation file
+naming each row's map, ``{depth: {column: depth_file, dir: depth/}}`` or ``{depth: depth_file}`` (files under
+``root``); see :mod:`safe.data.readers.maps`. ``limit`` keeps the first N good rows in file order. The built-in demo as a spec is
 ``{reader: builtin}`` at the top level: every split of that source under its own name.
 
 Every error is a :class:`SpecError` (a ``ValueError``) naming the field, e.g. ``train[1].reader``,
@@ -57,6 +59,7 @@ from safe.data.readers import (
     read_vggsound,
     read_vqav2,
 )
+from safe.data.readers.frames import MAX_KEY_FRAMES
 from safe.data.yaml_bounded import load_yaml
 from safe.data.yaml_bounded import show as _show
 
@@ -85,12 +88,21 @@ class Layout:
     ``paths``: reader parameter -> default path under ``root`` (``{split}`` is the source's split;
     None: optional, passed only when the spec gives it); ``options``: the reader's other options and
     their types; ``split``: ``"required"`` (it names the files) or ``"filter"`` (passed to the reader's
-    own ``split`` argument; optional)."""
+    own ``split`` argument; optional); ``cache_folders``: reader parameter -> folder under the spec's
+    ``cache_dir`` the reader writes derived media to (AVQA's tiled key frames); ``maps``: the reader takes
+    ``modalities`` (a map column per extra modality, :mod:`safe.data.readers.maps`; needs named columns, so not a
+    header-less CSV)."""
 
     read: Callable[..., Any]
     paths: dict[str, str | None]
     options: dict[str, type] = field(default_factory=dict)
     split: str = "required"
+    cache_folders: dict[str, str] = field(default_factory=dict)
+    maps: bool = True
+
+    def read_in(self, cache_dir: Path, **kwargs: Any) -> Any:
+        """``read(**kwargs)`` with each :attr:`cache_folders` parameter set to its folder under ``cache_dir``."""
+        return self.read(**kwargs, **{k: Path(cache_dir) / v for k, v in self.cache_folders.items()})
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -99,7 +111,7 @@ LAYOUTS: dict[str, Layout] = {
                     {"image_subtype": str}),
     "gqa": Layout(read_gqa, {"questions_json": "{split}_balanced_questions.json", "image_dir": "images"}),
     "avqa": Layout(read_avqa, {"questions_json": "{split}_qa.json", "frames_dir": "frames", "audio_dir": "audio"},
-                   {"include_choices": bool}),
+                   {"include_choices": bool, "key_frames": int}, cache_folders={"tiles_dir": "key_frames"}),
     "music_avqa": Layout(read_music_avqa, {"questions_json": "avqa-{split}.json", "frames_dir": "frames",
                                            "audio_dir": "audio"}),
     "audiocaps": Layout(read_audiocaps, {"captions_csv": "{split}.csv", "audio_dir": "audio", "frames_dir": None},
@@ -107,7 +119,7 @@ LAYOUTS: dict[str, Layout] = {
     "clotho": Layout(read_clotho, {"captions_csv": "clotho_captions_{split}.csv",
                                    "audio_dir": "clotho_audio_{split}"}),
     "vggsound": Layout(read_vggsound, {"csv_path": "vggsound.csv", "audio_dir": "audio", "frames_dir": None},
-                       {"audio_name": str, "questions": str}, split="filter"),
+                       {"audio_name": str, "questions": str}, split="filter", maps=False),
 }
 
 
@@ -234,6 +246,53 @@ def _check_factory_options(where: str, reader: str, options: dict[str, Any]) -> 
                         f"{', '.join([*ENTRY_FIELDS, *takes])}")
 
 
+MAP_FIELDS: tuple[str, ...] = ("column", "dir")
+#: Names a source's ``modalities`` may not use: the row's own inputs (and the processor's arguments).
+TAKEN_NAMES = ("audio", "image", "images", "text")
+
+
+def _modalities(where: str, raw: Any, root: Path) -> dict[str, dict[str, str]]:
+    """A source's ``modalities``: modality name -> ``column`` (a column name, or ``{column, dir}``; ``dir``
+    relative to ``root``, default ``root``), as ``{name: {"column": ..., "dir": absolute folder}}``."""
+    from safe.models.modality import check_modality_name
+
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError(f"{where}: expected a mapping of modality name -> column, e.g. {{depth: depth_file}} or "
+                        f"{{depth: {{column: depth_file, dir: depth/}}}}, got {_show(raw)}")
+    out: dict[str, dict[str, str]] = {}
+    for name, value in raw.items():
+        at = f"{where}.{name}"
+        if name in TAKEN_NAMES:
+            raise SpecError(f"{at}: {name!r} is one of each row's own inputs; name the extra modality as its "
+                            "model does (e.g. depth)")
+        try:
+            check_modality_name(name)
+        except ValueError as err:
+            raise SpecError(f"{at}: {err}") from None
+        spec = {"column": value} if isinstance(value, str) else value
+        if not isinstance(spec, Mapping):
+            raise SpecError(f"{at}: expected a column name or {{column: ..., dir: ...}}, got {_show(value)}")
+        _unknown(at, spec, MAP_FIELDS)
+        if "column" not in spec:
+            raise SpecError(f"{at}: missing field 'column' (the CSV column or JSON key naming each row's map)")
+        column = _text(f"{at}.column", spec["column"]).strip()
+        folder = _path(root, _text(f"{at}.dir", spec["dir"])) if "dir" in spec else root
+        if not folder.is_dir():
+            raise SpecError(f"{at}.dir: {folder} is not a folder")
+        out[name] = {"column": column, "dir": str(folder)}
+    return out
+
+
+def reader_options(entry: SourceEntry) -> dict[str, Any]:
+    """``entry``'s options as its reader takes them (``modalities`` as :class:`~safe.data.readers.maps.MapColumn`)."""
+    from safe.data.readers.maps import MapColumn
+
+    options = dict(entry.options)
+    if "modalities" in options:
+        options["modalities"] = {k: MapColumn(v["column"], Path(v["dir"])) for k, v in options["modalities"].items()}
+    return options
+
+
 def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str, bool],
            implicit: bool = False) -> SourceEntry:
     if not isinstance(raw, Mapping):
@@ -246,7 +305,11 @@ def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str
     if reader not in known_readers():
         raise SpecError(f"{where}.reader: unknown reader {_show(name)}; known readers: {', '.join(known_readers())}")
     layout = LAYOUTS.get(reader)
-    known = [*ENTRY_FIELDS, *(list(layout.paths) + list(layout.options) if layout else [])]
+    known = [*ENTRY_FIELDS, *(list(layout.paths) + list(layout.options) + (["modalities"] if layout.maps else [])
+                              if layout else [])]
+    if layout is not None and not layout.maps and "modalities" in raw:
+        raise SpecError(f"{where}.modalities: the {reader} file has no header row to name a map column in; put the "
+                        "rows in a layout with named columns (e.g. audiocaps' CSV) to give them maps")
     if layout is not None:
         _unknown(where, raw, known)
     else:
@@ -291,10 +354,16 @@ def _entry(where: str, raw: Any, split_name: str, base: Path, defaults: dict[str
         for opt, tp in layout.options.items():
             if opt in raw:
                 value = raw[opt]
-                if not isinstance(value, tp) or (tp is str and not value.strip()):
+                if tp is int:  # (key_frames, the only int option: its range is the reader's, checked here)
+                    value = _int(f"{where}.{opt}", value, 1)
+                    if opt == "key_frames" and value > MAX_KEY_FRAMES:
+                        raise SpecError(f"{where}.{opt}: at most {MAX_KEY_FRAMES} key frames, got {value}")
+                elif not isinstance(value, tp) or (tp is str and not value.strip()):
                     raise SpecError(f"{where}.{opt}: expected {'true or false' if tp is bool else 'a string'}, "
                                     f"got {_show(value)}")
                 options[opt] = value
+        if "modalities" in raw:
+            options["modalities"] = _modalities(f"{where}.modalities", raw["modalities"], root)
         if layout.split == "filter" and split is not None:
             options["split"] = split
     return SourceEntry(where, reader, root, split, limit, skip_bad, verify, paths, options, implicit)
@@ -388,4 +457,4 @@ def is_spec_file(path: str | os.PathLike) -> bool:
 
 
 __all__ = ["DataSpec", "LAYOUTS", "Layout", "SPLITS", "SourceEntry", "SpecError", "is_spec_file", "known_readers",
-           "load_spec"]
+           "load_spec", "reader_options"]

@@ -27,6 +27,13 @@ Pairing rules (every stage needs an image and a clip per row; deterministic give
 
 Every row also gets ``meta["source"]`` (e.g. ``"train[1] vqav2:train2014"``).
 
+Other modalities: a source's ``modalities`` (:func:`safe.data.spec._modalities`) names, per extra modality, the
+column of its annotation file that gives each row's map (:mod:`safe.data.readers.maps`); a row keeps its maps
+as ``meta["modalities"]`` (``{"depth": "/abs/path.npy"}``), the files ``safe predict`` takes for that modality.
+With ``verify_media`` every map is decoded once as inference would (``read_map``); the maps are media of the
+table (a changed map makes it stale; the fingerprint covers them). A row without a map keeps none (no pairing
+rule supplies one); a source none of whose kept rows names a map of a listed modality is an error.
+
 Records on disk: a split is read once, the readers streaming each record into a record table
 (:mod:`safe.data.record_table`, ``cache_dir/records/<split>-<key>.sqlite``; the interleaving and the
 pairing are queries on that file), and :meth:`SpecSource.split` returns a lazy view of it, so no split is
@@ -51,16 +58,19 @@ import numpy as np
 from safe.atomic import staged_file
 from safe.data.readers import DatasetFormatError, stream_rows
 from safe.data.readers._common import MAX_PROBLEMS, _Media, _RowError
+from safe.data.readers.maps import check_map
 from safe.data.record_table import CHUNK, RecordView, TableWriter, stamp
 from safe.data.records import Example
-from safe.data.spec import LAYOUTS, SPLITS, DataSpec, SourceEntry, SpecError, load_spec
+from safe.data.spec import LAYOUTS, SPLITS, DataSpec, SourceEntry, SpecError, load_spec, reader_options
+from safe.data.verified_media import VerifiedMedia
 
 #: Side of the black stand-in image (pixels); the checkpoint's image processor resizes it anyway.
 STAND_IN_SIZE = 224
 STAND_IN_NAME = "stand_in_black_224.png"
 #: Version of the record tables' layout (part of their key): bump when a table written before would be wrong.
 TABLE_FORMAT = 1
-_MEDIA = re.compile(r"image file not found|audio file not found|unreadable (image|audio)|no frame for|has no samples")
+_MEDIA = re.compile(r"image file not found|audio file not found|unreadable (image|audio)|no frame for|has no samples"
+                    r"|map file not found|unreadable \w+ map")
 
 
 @dataclass
@@ -76,57 +86,13 @@ class EntryReport:
     problems: list[str] = field(default_factory=list)
     media_problems: list[str] = field(default_factory=list)
     media_failures: int = 0
+    modalities: dict[str, int] = field(default_factory=dict)  # rows kept with a map of each extra modality
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.where, "reader": self.label, "rows": self.rows, "skipped": self.skipped,
                 "problems": self.problems[:5], "media_failures": self.media_failures,
-                "media_problems": self.media_problems[:5]}
-
-
-class VerifiedMedia:
-    """Media files that passed verification, keyed by path, size and mtime, in ``<cache_dir>/verified_media.sqlite``:
-    later reads of the spec (every stage, every process) decode each unchanged file once, not once per run.
-    Only successes are stored, so a file that failed is checked again next time."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "verified_media.sqlite"
-        self._db = None
-        self._new: list[tuple[str, str]] = []
-
-    @staticmethod
-    def _stamp(path: str) -> str | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return f"{st.st_size}:{st.st_mtime_ns}"
-
-    def _conn(self):
-        if self._db is None:
-            import sqlite3
-
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=60)
-            self._db.execute("CREATE TABLE IF NOT EXISTS ok (path TEXT PRIMARY KEY, stamp TEXT NOT NULL)")
-        return self._db
-
-    def known(self, path: str) -> bool:
-        stamp = self._stamp(path)
-        row = self._conn().execute("SELECT stamp FROM ok WHERE path = ?", (path,)).fetchone()
-        return stamp is not None and row is not None and row[0] == stamp
-
-    def add(self, path: str) -> None:
-        stamp = self._stamp(path)
-        if stamp is not None:
-            self._new.append((path, stamp))
-            if len(self._new) >= 4096:  # bounded memory on a large split
-                self.commit()
-
-    def commit(self) -> None:
-        if self._new:
-            with self._conn() as db:
-                db.executemany("INSERT OR REPLACE INTO ok (path, stamp) VALUES (?, ?)", self._new)
-            self._new = []
+                "media_problems": self.media_problems[:5],
+                **({"modalities": dict(self.modalities)} if self.modalities else {})}
 
 
 def _digest(text: str) -> int:
@@ -232,6 +198,8 @@ class SpecSource:
             for entry in self.spec.splits[name]:
                 inputs = ({k: stamp(str(p)) for k, p in sorted(entry.paths.items())} if entry.is_dataset
                           else self._open(entry).fingerprint())
+                if entry.options.get("modalities"):  # a map added or removed changes its folder's mtime
+                    inputs = [inputs, {k: stamp(v["dir"]) for k, v in sorted(entry.options["modalities"].items())}]
                 parts.append([entry.to_dict(), self._flags(entry), inputs])
             if name != "train" and "train" in self.spec.splits:
                 parts.append(self.table_key("train"))
@@ -244,13 +212,19 @@ class SpecSource:
         origin = f"{entry.where} {entry.label()}"
         skip, verify = self._flags(entry)
 
+        maps = sorted(entry.options.get("modalities") or {}) if entry.is_dataset else []
+        report.modalities = dict.fromkeys(maps, 0)
+
         def keep(e: Example) -> None:
             uid = f"{e.task}/{e.id}"
             first = out.add(replace(e, id=uid, meta={**e.meta, "source": origin}), entry.where)
             if first is not None:
                 raise SpecError(f"split {name!r}: id {uid!r} comes from both {first} and {entry.where}; "
                                 "a row listed twice would be trained or scored twice")
-            out.add_media((p for p in (e.image, e.audio) if p), used=True)
+            extra = e.meta.get("modalities") or {}
+            out.add_media((p for p in (e.image, e.audio, *extra.values()) if p), used=True)
+            for m in extra:
+                report.modalities[m] = report.modalities.get(m, 0) + 1
             report.rows += 1
 
         if not entry.is_dataset:
@@ -267,8 +241,11 @@ class SpecSource:
             if entry.limit is not None and report.rows >= entry.limit:
                 return  # a limit of 1000 over a 200k-row file decodes about 1000 clips
             path = None
+            checks = [(e.image, media.image), (e.audio, media.audio)]
+            if verify:  # the reader checked that each map exists; decoding it is verification
+                checks += [(p, functools.partial(check_map, name=m)) for m, p in (e.meta.get("modalities") or {}).items()]
             try:
-                for path, check in ((e.image, media.image), (e.audio, media.audio)):
+                for path, check in checks:
                     if path is not None and not (checked is not None and checked.known(path)):
                         check(Path(path))
                         if checked is not None:
@@ -285,7 +262,8 @@ class SpecSource:
             keep(e)
 
         with stream_rows(sink):
-            result = LAYOUTS[entry.reader].read(**entry.paths, **entry.options, skip_bad=skip, verify_media=False)
+            result = LAYOUTS[entry.reader].read_in(self.cache_dir, **entry.paths, **reader_options(entry), skip_bad=skip,
+                                                   verify_media=False)
         if checked is not None:
             checked.commit()
         report.problems = list(result.problems)
@@ -296,6 +274,12 @@ class SpecSource:
             if len(report.problems) < MAX_PROBLEMS:
                 report.problems.append(msg)
                 report.media_problems.append(msg)
+        unnamed = [m for m in maps if not report.modalities[m]]
+        if report.rows and unnamed:  # a misspelt JSON key reads as "no map" on every row: say so, not train blind
+            cols = entry.options["modalities"]
+            raise SpecError(f"{entry.where} {entry.label()}: modalities: no row of its {report.rows} kept names a "
+                            + ", ".join(f"{m} map (column {cols[m]['column']!r})" for m in unnamed)
+                            + "; check the column name against the annotation file")
         return report
 
     def _build(self, name: str, path: Path) -> RecordView:
@@ -474,15 +458,18 @@ class SpecSource:
             rows = self.split(name)
             derived = name not in self.spec.splits
             paired = stand_in = 0
+            maps: Counter = Counter()
             for meta in rows.column("meta"):
                 paired += bool(meta.get("paired_audio"))
                 stand_in += bool(meta.get("stand_in_image"))
+                maps.update(list(meta.get("modalities") or ()))  # the names, not the paths
             out[name] = {
                 "rows": len(rows), "derived_from_train": derived,
                 "tasks": dict(sorted(Counter(rows.column("task")).items())),
                 "audio_dependent_share": sum(rows.column("needs_audio")) / len(rows),
                 "paired_audio": paired, "stand_in_image": stand_in,
                 "sources": [] if derived else [r.to_dict() for r in self._reports[name]],
+                **({"modalities": dict(sorted(maps.items()))} if maps else {}),
             }
         return out
 
@@ -493,7 +480,8 @@ class SpecSource:
         return {"spec": str(self.spec.path) if self.spec.path else None, "fingerprint": self.fingerprint(),
                 "audio_share": self.spec.audio_share, "seed": self.spec.seed,
                 "splits": {k: {"rows": v["rows"], "skipped": sum(s["skipped"] for s in v["sources"]),
-                               "tasks": v["tasks"], "audio_dependent_share": round(v["audio_dependent_share"], 4)}
+                               "tasks": v["tasks"], "audio_dependent_share": round(v["audio_dependent_share"], 4),
+                               **({"modalities": v["modalities"]} if "modalities" in v else {})}
                            for k, v in reps.items()}}
 
 

@@ -27,7 +27,6 @@ from safe.evaluation.robustness import add_noise, mix_background, other_rows
 from safe.evaluation.scoring import BINARY_METRICS, answer_score, task_metric
 from safe.evaluation.stats import bootstrap_ci, cohens_d, mcnemar
 from safe.models.generation import MAX_NEW_TOKENS, answer_questions
-from safe.processing.features import audio_preview
 
 SNR_LEVELS_DB = (20.0, 10.0, 0.0, -10.0)
 
@@ -127,7 +126,7 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
     ex = data.split(split)
     prepared = prepare(ex, fmt, model, frontend, cache, progress=progress)
     wav = read_waveforms(ex, frontend.sampling_rate)
-    previews = audio_preview(wav)
+    previews = model.policy.preview(model, frontend, wav)  # the preview part the policy was trained on
     answers: dict[str, list[str]] = {}
     with model.hooks_detached() as base:
         answers["base"] = _answers(base, fmt, prepared)

@@ -80,10 +80,24 @@ class Pipeline:
 
     Each other modality the model carries (``depth``, ...) takes one map per row (``depth=[...]``, ``None``
     for rows without one) and ``use_depth=True / False / None`` (None: every row with a map uses it), and
-    its rows carry ``used_depth``. A row that uses no modality is the base model's answer on the same batch."""
+    its rows carry ``used_depth``. A row that uses no modality is the base model's answer on the same batch.
+
+    A checkpoint whose primary modality is such a map (the depth track's ``checkpoints/policy``) and that
+    carries a policy lets that policy decide per row when ``use_depth`` is None: it reads the early state and
+    a preview of the map (:func:`~safe.processing.modalities.map_preview`, one cell per encoder patch), a row
+    without a map never uses depth, and the rows carry ``depth_probability`` (the policy's P(use depth))."""
 
     def __init__(self, model, processor: SAFEProcessor, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
         self.model, self.processor, self.max_new_tokens = model, processor, int(max_new_tokens)
+        policy = model.policy
+        if policy is not None and hasattr(policy, "check_deployable"):
+            # The policy reads the state parts it was trained on (recorded in its spec): refuse a model that
+            # cannot compute one now, and give the processor the preview kind the policy reads.
+            policy.check_deployable(model, processor.front_end)
+            from safe.policy.preview import policy_preview
+
+            spec, encoder, front = policy.spec, model.audio_encoder, processor.front_end
+            processor.preview = lambda waves: policy_preview(spec, waves, encoder, front)
 
     @property
     def device(self) -> torch.device:
@@ -125,7 +139,23 @@ class Pipeline:
                 extra[f"{name}_features"] = inputs[f"{name}_features"].to(self.device)
                 extra[f"{name}_mask"] = used_by[name].to(self.device)
         prob: list[float | None] = [None] * n
-        if (use_audio is None and self.model.policy is not None and has_audio_modality
+        primary = self.model.primary_modality
+        if (primary != "audio" and self.model.policy is not None and uses.get(primary) is None
+                and bool(used_by[primary].any())):  # the attached policy decides the primary modality's rows
+            others = [m for m in used_by if m != primary and bool(used_by[m].any())]
+            if others:
+                raise ValueError(f"the attached policy decides {primary} only; pass use_{primary}=True / False to "
+                                 f"use it together with {', '.join(others)}")
+            has_map = used_by[primary]
+            feats = extra.pop(f"{primary}_features")
+            extra.pop(f"{primary}_mask")
+            with _only_rows_with_audio(self.model, has_map):
+                out = self.model.generate(**vl, **gen, **{f"{primary}_features": feats},
+                                          audio_preview=self._map_preview(primary, feats))
+            used_by[primary] = out.used_audio.cpu() & has_map
+            prob = [float(p) if h else None for p, h in zip(out.use_probability.tolist(), has_map.tolist())]
+            sequences, used = out.sequences, torch.zeros(n, dtype=torch.bool)
+        elif (use_audio is None and self.model.policy is not None and has_audio_modality
                 and self.model.primary_modality == "audio" and bool(has.any())):
             if extra:
                 raise ValueError(f"the attached policy decides audio only; pass use_audio=True / False to use "
@@ -145,12 +175,27 @@ class Pipeline:
         answers = self.processor.decode(sequences, vl["input_ids"].shape[1])
         rows = []
         for i, (a, u, p) in enumerate(zip(answers, used.tolist(), prob)):
-            row = {"answer": a, "used_audio": bool(u), "audio_probability": p}
+            row = {"answer": a, "used_audio": bool(u), "audio_probability": p if primary == "audio" else None}
+            if primary != "audio":
+                row[f"{primary}_probability"] = p
             row.update({f"used_{m}": bool(used_by[m][i]) for m in self.modalities})
             row["modalities"] = [m for m in self.model.modality_names
                                  if (bool(u) if m == "audio" else row[f"used_{m}"])]
             rows.append(row)
         return rows[0] if single else rows
+
+    def _map_preview(self, name: str, features: torch.Tensor) -> torch.Tensor:
+        """The policy's preview of an image-like primary modality: one cell per patch of its encoder
+        (:func:`~safe.processing.modalities.map_preview`), as the depth track's policy was trained on."""
+        from safe.processing.modalities import map_preview
+
+        cfg = getattr(getattr(self.model.modality(name).encoder, "model", None), "config", None)
+        patch = getattr(cfg, "patch_size", None)
+        if not isinstance(patch, int) or features.shape[-1] % patch:
+            raise ValueError(f"the attached {name} policy reads a preview of one cell per encoder patch; this {name} "
+                             f"encoder has no patch grid over {tuple(features.shape[-2:])} inputs "
+                             f"(patch_size {patch!r}): pass use_{name}=True / False")
+        return map_preview(features, features.shape[-1] // patch)
 
     @staticmethod
     def _mask(use, has: torch.Tensor, n: int, name: str = "audio") -> torch.Tensor:

@@ -155,6 +155,11 @@ def as_features(x: Features, name: str) -> Features:
     return as_feature_tensor(x, name)
 
 
+def features_to(x: Features, device) -> Features:
+    """``x`` on ``device``: a tensor, or each tensor of an ensemble's tuple."""
+    return tuple(t.to(device) for t in x) if isinstance(x, (tuple, list)) else x.to(device)
+
+
 def feature_rows(x: Features) -> int:
     return int(x[0].shape[0] if isinstance(x, tuple) else x.shape[0])
 

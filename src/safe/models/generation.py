@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from safe.models.encoders import features_to
+
 MAX_NEW_TOKENS = 6
 """Tokens generated per answer: the short answers and template captions fit in six."""
 
@@ -33,7 +35,8 @@ def answer_questions(model: nn.Module, fmt: Any, enc: Any, pixels: torch.Tensor,
         idx = index[s:s + batch_size]
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in fmt.prompt_batch(enc, idx).items()}
-        more = {k: v.to(device) for k, v in (extra(idx) if extra is not None else {}).items()}
+        # an encoder ensemble's embeddings are a tuple, one tensor per member
+        more = {k: features_to(v, device) for k, v in (extra(idx) if extra is not None else {}).items()}
         gen = model.generate(**batch, pixel_values=pixels[idx].to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, **more)
         out.extend(fmt.decode(gen, batch["input_ids"].shape[1]))

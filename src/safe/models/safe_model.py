@@ -185,9 +185,12 @@ class SAFEModel(nn.Module):
             offers = [hasattr(policy, "spec")] + [callable(getattr(policy, m, None)) for m in ("config", "generate_with")]
             if not (isinstance(policy, nn.Module) and all(offers)):
                 raise TypeError(f"policy must be a safe.policy.runtime.AudioPolicy, got {type(policy).__name__}")
-            want = {"question_dim": self.hidden_size, "image_dim": self.hidden_size}
-            have = {"question_dim": policy.spec.question_dim, "image_dim": policy.spec.image_dim}
-            if want != have:
+            # the parts at the language model's width (a part of width 0 is not in the state; the pooled image
+            # has the vision tower's width, checked with the other parts by the policy's check_deployable)
+            have = {"question_dim": policy.spec.question_dim}
+            if getattr(policy.spec, "image_kind", "projection") == "projection":
+                have["image_dim"] = policy.spec.image_dim
+            if any(v not in (0, self.hidden_size) for v in have.values()):
                 raise ValueError(f"policy state {have} does not match this base (hidden size {self.hidden_size})")
             policy = policy.to(next(self.base_model.parameters()).device)
         self.policy = policy

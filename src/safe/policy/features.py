@@ -21,6 +21,9 @@ The parts:
   zeros for a batch without images;
 * confidence: from the logits of the first generated token (max probability, entropy in nats,
   top-1 minus top-2 probability) — read off the base's pass (cascade only);
+* which parts a state holds (the image as the projection's mean or the tower's pooled output, the preview
+  as statistics or the encoder's embedding, any part left out) is its :class:`StateSpec`, saved with the
+  policy; :func:`state_from_parts` builds every state, in the training tables and the deployed paths alike;
 * audio preview (:func:`safe.processing.features.audio_preview`): log-RMS energy and zero-crossing
   rate in ``PREVIEW_SEGMENTS`` equal segments of the raw waveform, plus overall log-RMS and log-peak. It never runs the audio front end or encoder;
   its measured cost is recorded by :func:`safe.policy.outcomes.measure_costs` (``make demo``, batches
@@ -52,6 +55,10 @@ PREVIEW_KINDS = ("stats", "embedding")
 :func:`safe.processing.features.audio_preview` (the layout of every policy saved before the choice
 existed), ``embedding`` :func:`preview_embedding`, the frozen encoder's first layer on a short window."""
 
+STATE_PARTS = ("question", "image", "image_pooled", "preview", "preview_embedding", "confidence")
+"""Every part a policy's state can read, by name; a :class:`StateSpec` reads at most one image and one preview
+part, in the order question, image, preview, confidence (:attr:`StateSpec.parts`)."""
+
 STATE_KINDS = ("early", "cascade")
 """The two state layouts a policy can be trained on, the default first (``safe policy train --state``):
 without the base's confidence (``confidence_dim = 0``) or with it (the proposal's)."""
@@ -60,7 +67,10 @@ CONFIDENCE_DIM = 3
 
 @dataclass(frozen=True)
 class StateSpec:
-    """Widths of the four parts of the state vector, in order: question, image, preview, confidence.
+    """Widths of the four parts of the state vector, in order: question, image, preview, confidence, and
+    which image and preview part the state holds (``image_kind`` / ``preview_kind``). Saved with the policy
+    (its ``config()``), so the deployed path rebuilds exactly the parts the policy was trained on
+    (:func:`state_from_parts`); a width of 0 leaves that part out (:attr:`parts`).
 
     ``confidence_dim = 0`` is the *early* state: question, image and preview only, all computable
     before the language model runs, so the policy decides first and one ``generate`` serves the batch
@@ -82,6 +92,27 @@ class StateSpec:
             raise ValueError(f"image_kind must be one of {IMAGE_KINDS}, got {self.image_kind!r}")
         if self.preview_kind not in PREVIEW_KINDS:
             raise ValueError(f"preview_kind must be one of {PREVIEW_KINDS}, got {self.preview_kind!r}")
+        for name in ("question_dim", "image_dim", "preview_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: the state leaves the part out), got {v!r}")
+        if self.dim == 0:
+            raise ValueError("a policy state needs at least one part (every width is 0)")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The :data:`STATE_PARTS` this state reads, in state order (a part of width 0 is left out)."""
+        image = "image" if self.image_kind == "projection" else "image_pooled"
+        preview = "preview" if self.preview_kind == "stats" else "preview_embedding"
+        widths = ((self.question_dim, "question"), (self.image_dim, image), (self.preview_dim, preview),
+                  (self.confidence_dim, "confidence"))
+        return tuple(name for width, name in widths if width)
+
+    def width(self, part: str) -> int:
+        """The width of ``part`` (a name of :attr:`parts`) in this state."""
+        return {"question": self.question_dim, "image": self.image_dim, "image_pooled": self.image_dim,
+                "preview": self.preview_dim, "preview_embedding": self.preview_dim,
+                "confidence": self.confidence_dim}[part]
 
     @property
     def early(self) -> bool:
@@ -351,6 +382,76 @@ def image_embedding(base_model: nn.Module, projection: nn.Module, vl_inputs: dic
     return probe_image(base_model, projection, vl_inputs).embedding
 
 
+PART_SOURCES = {
+    "question": "the mean input embedding of the prompt's text tokens",
+    "image": "the mean of the base's image projection over image tokens",
+    "image_pooled": "the vision tower's pooled output (its pooler_output)",
+    "preview": "the waveform statistics preview",
+    "preview_embedding": "the audio encoder's first layer on the clip's first quarter second",
+    "confidence": "the base's first-token confidence",
+}
+"""What each part of :data:`STATE_PARTS` is, for error messages."""
+
+
+def state_from_parts(spec: StateSpec, parts: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """The state ``spec`` describes, (n, spec.dim) float32 on the CPU: its :attr:`~StateSpec.parts` taken
+    from ``parts`` (name -> (n, width) tensor, or None where this deployment cannot compute the part), in
+    state order. The one place both the training-time tables and the deployed path build a state, so a
+    policy reads at inference the parts it was trained on. A part the state reads that is None or absent
+    raises ``ValueError`` naming it; a part of the wrong shape too."""
+    out = []
+    n = None
+    for name in spec.parts:
+        t = parts.get(name)
+        if t is None:
+            raise ValueError(f"this policy was trained on a state with {PART_SOURCES[name]} ({name!r}), which "
+                             f"this model cannot compute here; deploy it on the base and audio encoder it was "
+                             f"trained with, or train a policy on parts this model has")
+        n = t.shape[0] if n is None else n
+        if t.dim() != 2 or t.shape != (n, spec.width(name)):
+            raise ValueError(f"{name} features must have shape ({n}, {spec.width(name)}), got {tuple(t.shape)}")
+        out.append(t.detach().float().cpu())
+    return torch.cat(out, dim=1)
+
+
+def pooled_width(base_model: nn.Module) -> int | None:
+    """The width of the vision tower's pooled output (:data:`IMAGE_KINDS` ``pooled``), None without a tower."""
+    tower = _vision_tower(base_model)
+    cfg = None if tower is None else getattr(tower, "config", None)
+    return None if cfg is None else int(getattr(cfg, "hidden_size", 0)) or None
+
+
+def check_deployable(spec: StateSpec, model, frontend) -> None:
+    """``ValueError`` naming the part unless ``model`` (a SAFE model; ``frontend``: its audio front end) computes
+    every part ``spec`` reads at the width the policy was trained on: the question and projection image at the
+    language model's width, the pooled image at the vision tower's, the statistics preview at its fixed width,
+    the preview embedding with a Whisper-kind encoder and front end at the encoder's width."""
+    have: dict[str, tuple[int | None, str]] = {
+        "question": (model.hidden_size, "the language model's embedding width"),
+        "image": (model.hidden_size, "the language model's width"),
+        "image_pooled": (pooled_width(model.base_model), "the vision tower's pooled output"),
+        "preview": (PREVIEW_DIM, "the statistics preview's width"),
+        "preview_embedding": (getattr(model.audio_encoder, "output_dim", None), "the audio encoder's width")}
+    for name in spec.parts:
+        if name == "confidence":
+            continue
+        width, what = have[name]
+        if name == "preview_embedding":
+            enc = getattr(model.audio_encoder, "model", model.audio_encoder)
+            extractor = type(getattr(frontend, "extractor", None)).__name__
+            if getattr(model.audio_encoder, "kind", None) != "whisper" or not hasattr(enc, "conv1") \
+                    or extractor != "WhisperFeatureExtractor":
+                width, what = None, (f"a Whisper-kind encoder and front end (this model has a "
+                                     f"{getattr(model.audio_encoder, 'kind', '?')} encoder, {extractor} front end)")
+        if width is None:
+            raise ValueError(f"this policy was trained on a state with {PART_SOURCES[name]} ({name!r}), which this "
+                             f"model cannot compute: it needs {what}; deploy the policy on the base and audio "
+                             f"encoder it was trained with, or train one on parts this model has")
+        if width != spec.width(name):
+            raise ValueError(f"this policy was trained on {PART_SOURCES[name]} ({name!r}) of width {spec.width(name)}; "
+                             f"this model's is {width} ({what}): not the model the policy was trained with")
+
+
 def assemble_state(question: torch.Tensor, image: torch.Tensor, preview: torch.Tensor,
                    confidence: torch.Tensor, spec: StateSpec) -> torch.Tensor:
     """Concatenate the four parts into (n, spec.dim) float32 on the CPU, checking every width."""
@@ -361,52 +462,3 @@ def assemble_state(question: torch.Tensor, image: torch.Tensor, preview: torch.T
         if t.dim() != 2 or t.shape != (n, width):
             raise ValueError(f"{name} features must have shape ({n}, {width}), got {tuple(t.shape)}")
     return torch.cat([t.detach().float().cpu() for t, _ in parts.values()], dim=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# The audio preview as an embedding (PREVIEW_KINDS "embedding")
-PREVIEW_SECONDS = 0.25
-"""The window of each clip the embedding preview reads: its first quarter second."""
-
-
-def _window_features(frontend, waveforms, seconds: float) -> torch.Tensor:
-    """Log-mel features of the first ``seconds`` of each clip only, (n, mels, frames of the window): the front
-    end's own Whisper extractor, padded to the longest window instead of the full chunk (so the short-time
-    Fourier transform covers the window, not the whole clip)."""
-    import numpy as np
-
-    extractor = getattr(frontend, "_preview_extractor", None) or frontend.extractor
-    frontend._preview_extractor = extractor  # the built-in front end builds a new one per access
-    if type(extractor).__name__ != "WhisperFeatureExtractor":
-        raise ValueError(f"the embedding preview reads log-mel features of a Whisper front end, not "
-                         f"{type(extractor).__name__}; use the statistics preview (preview_kind 'stats')")
-    sr = int(extractor.sampling_rate)
-    n = max(int(round(seconds * sr)), int(extractor.hop_length) * 4)
-    clips = [np.asarray(w, dtype=np.float32).reshape(-1)[:n] for w in waveforms]
-    clips = [c if c.size else np.zeros(1, np.float32) for c in clips]
-    out = extractor(clips, sampling_rate=sr, return_tensors="pt", padding="longest", truncation=False)
-    return out["input_features"].float()
-
-
-@torch.no_grad()
-def preview_embedding(encoder, frontend, waveforms, seconds: float = PREVIEW_SECONDS, layers: int = 1) -> torch.Tensor:
-    """The frozen audio encoder's first ``layers`` layer(s) on the first ``seconds`` of each clip, mean-pooled
-    over positions: (n, encoder width) float32 on the CPU. The window's log-mel features go through the
-    encoder's own convolution stem (which halves the frame rate), positions and first layer(s), nothing
-    after; a cheap look at the clip in the encoder's own feature space. Whisper-kind encoders only (the
-    built-in encoder is one); others raise ``ValueError``."""
-    enc = getattr(encoder, "model", encoder)  # an AudioEncoder wrapper or the WhisperEncoder itself
-    if getattr(encoder, "kind", "whisper") not in ("whisper",) or not hasattr(enc, "conv1"):
-        raise ValueError(f"the embedding preview needs a Whisper-kind audio encoder, got "
-                         f"{getattr(encoder, 'kind', type(encoder).__name__)}; use the statistics preview")
-    if len(waveforms) == 0:
-        return torch.zeros(0, enc.config.d_model)
-    param = next(enc.parameters())
-    x = _window_features(frontend, waveforms, seconds).to(device=param.device, dtype=param.dtype)
-    h = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(x)))).permute(0, 2, 1)
-    t = min(h.shape[1], enc.embed_positions.num_embeddings)
-    h = h[:, :t] + enc.embed_positions.weight[:t]
-    for layer in enc.layers[:layers]:
-        out = layer(h, None)
-        h = out[0] if isinstance(out, tuple) else out
-    return h.mean(1).float().cpu()

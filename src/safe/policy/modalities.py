@@ -29,7 +29,7 @@ from safe.policy import baselines as B
 from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
 from safe.policy.table import OutcomeTable, evaluate_actions
 
-__all__ = ["modality_policy", "modality_rows", "choose_alpha", "KEEP"]
+__all__ = ["modality_policy", "train_modality_policy", "modality_rows", "choose_alpha", "KEEP"]
 
 KEEP = ("accuracy", "use_rate", "mean_latency_ms", "vl_accuracy", "audio_accuracy")
 """The figures kept per operating point (``audio_accuracy``: accuracy on the rows that need the modality)."""
@@ -70,12 +70,23 @@ def modality_policy(train: OutcomeTable, test: OutcomeTable, *, alphas: Sequence
                     distill_hidden: int = 32, distill_epochs: int = 100) -> dict[str, Any]:
     """One modality's Stage B and C (module docstring): ``{"policy", "distilled", "never", "always", "oracle"}``
     (each :data:`KEEP` on ``test``), ``alpha`` (chosen), ``alpha_sweep``, ``distill_agreement`` (test rows on
-    which the distilled gate decides as the policy), ``rows``."""
+    which the distilled gate decides as the policy), ``rows``. :func:`train_modality_policy` also returns the
+    trained networks."""
+    return train_modality_policy(train, test, alphas=alphas, ppo=ppo, tolerance=tolerance, seed=seed,
+                                 distill_hidden=distill_hidden, distill_epochs=distill_epochs)[0]
+
+
+def train_modality_policy(train: OutcomeTable, test: OutcomeTable, *, alphas: Sequence[float] = (0.0, 0.1, 0.3),
+                          ppo: dict[str, Any] | None = None, tolerance: float = 0.01, seed: int = 0,
+                          distill_hidden: int = 32, distill_epochs: int = 100) -> tuple[dict[str, Any], Any, Any]:
+    """:func:`modality_policy`'s figures, the Stage B :class:`~safe.policy.network.PolicyNetwork` and the
+    Stage C gate (a :class:`~safe.policy.network.GateMLP` of ``distill_hidden``): what a deployment attaches
+    (:class:`~safe.policy.runtime.AudioPolicy` ``"mlp"`` over the gate, as ``safe policy train`` does)."""
     from safe.policy.stage import distill_gate
 
     alpha, sweep = choose_alpha(train, alphas, ppo=ppo, tolerance=tolerance, seed=seed)
     net, _ = train_ppo(train, PPOConfig(alpha_final=alpha, seed=seed, **(ppo or {})))
-    _, report = distill_gate(net, train, test, distill_hidden, distill_epochs)
+    gate, report = distill_gate(net, train, test, distill_hidden, distill_epochs)
     return {
         "policy": _keep(evaluate_policy(net, test)),
         "distilled": _keep(report["test"]),
@@ -84,7 +95,7 @@ def modality_policy(train: OutcomeTable, test: OutcomeTable, *, alphas: Sequence
         "oracle": _keep(evaluate_actions(test, B.oracle(test))),
         "alpha": alpha, "alpha_sweep": sweep, "distill_agreement": float(report["test_agreement"]),
         "rows": {"train": len(train), "test": len(test)},
-    }
+    }, net, gate
 
 
 def modality_rows(per_modality: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -33,11 +33,12 @@ from safe.data.records import Example
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.scoring import answer_score
 from safe.models.generation import MAX_NEW_TOKENS
-from safe.policy.features import CONFIDENCE_DIM, StateSpec, assemble_state
+from safe.policy.features import CONFIDENCE_DIM, STATE_PARTS, StateSpec, pooled_width, state_from_parts
 from safe.policy.network import PolicyNetwork
+from safe.policy.preview import policy_preview
 from safe.policy.runtime import base_pass, early_probe, early_state_parts, reusing
 from safe.policy.table import OutcomeTable
-from safe.processing.features import audio_preview
+from safe.processing.features import PREVIEW_DIM
 
 ROW_COST_MODEL = ("runtime per row: the family's batch price (batch of up to cost_batch, one thread) plus the "
                   "measured time of one more generated token times the row's generated tokens above or below the "
@@ -45,22 +46,57 @@ ROW_COST_MODEL = ("runtime per row: the family's batch price (batch of up to cos
                   "attend to with audio")
 
 
-def state_spec(model, early: bool = False) -> StateSpec:
-    """The state layout for ``model``: the proposal's (with the base's confidence) or, with ``early``,
-    the one decided before the base runs (see :class:`~safe.policy.features.StateSpec`)."""
-    return StateSpec(question_dim=model.hidden_size, image_dim=model.hidden_size,
-                     confidence_dim=0 if early else CONFIDENCE_DIM)
+DEFAULT_PARTS = ("question", "image", "preview")
+"""The parts of the state beside the confidence that ``safe policy train`` reads by default."""
+
+
+def check_parts(parts) -> tuple[str, ...]:
+    """``parts`` (names of :data:`~safe.policy.features.STATE_PARTS` without the confidence, which the
+    early / cascade choice decides) in state order; ``ValueError`` for an unknown or repeated name, two
+    image or two preview parts, or none."""
+    parts = list(parts)
+    allowed = [p for p in STATE_PARTS if p != "confidence"]
+    bad = [p for p in parts if p not in allowed]
+    if bad:
+        raise ValueError(f"state parts: unknown part {bad[0]!r}; choose from {allowed} (the confidence comes with "
+                         f"--state cascade)")
+    if not parts or len(set(parts)) != len(parts):
+        raise ValueError(f"state parts must name at least one part, each once, got {parts}")
+    for pair in (("image", "image_pooled"), ("preview", "preview_embedding")):
+        if set(pair) <= set(parts):
+            raise ValueError(f"state parts: {pair[0]!r} and {pair[1]!r} are two kinds of one part; choose one")
+    return tuple(p for p in allowed if p in parts)
+
+
+def state_spec(model, early: bool = False, parts=DEFAULT_PARTS) -> StateSpec:
+    """The state layout for ``model`` reading ``parts`` (:func:`check_parts`; default question, projection
+    image, statistics preview): the proposal's (with the base's confidence) or, with ``early``, the one
+    decided before the base runs (see :class:`~safe.policy.features.StateSpec`). ``ValueError`` for the
+    pooled image on a base without a vision tower."""
+    parts = check_parts(parts)
+    pooled = "image_pooled" in parts
+    width = pooled_width(model.base_model) if pooled else model.hidden_size
+    if width is None:
+        raise ValueError("state parts: 'image_pooled' needs a vision tower with a pooled output; this base has none")
+    preview = model.audio_encoder.output_dim if "preview_embedding" in parts else PREVIEW_DIM
+    return StateSpec(question_dim=model.hidden_size if "question" in parts else 0,
+                     image_dim=width if {"image", "image_pooled"} & set(parts) else 0,
+                     preview_dim=preview if {"preview", "preview_embedding"} & set(parts) else 0,
+                     confidence_dim=0 if early else CONFIDENCE_DIM,
+                     image_kind="pooled" if pooled else "projection",
+                     preview_kind="embedding" if "preview_embedding" in parts else "stats")
 
 
 @torch.no_grad()
 def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batch_size: int = 200,
-                     progress: bool = False, early: bool = False) -> dict[str, Any]:
+                     progress: bool = False, early: bool = False, spec: StateSpec | None = None) -> dict[str, Any]:
     """States, both answers and both scores for every row of ``data`` (see the module docstring);
     ``early``: states without the base's confidence (the confidence is still recorded for the
-    threshold baselines)."""
+    threshold baselines); ``spec``: the state's parts (default :func:`state_spec` of ``early``),
+    ``previews`` the preview part it reads (:func:`~safe.policy.preview.policy_preview`)."""
     from tqdm.auto import tqdm
 
-    spec = state_spec(model, early)
+    spec = spec or state_spec(model, early)
     device = next(model.base_model.parameters()).device
     states, base_answers, conf, tok_without, tok_with, audio_answers = [], [], [], [], [], []
     for s in tqdm(range(0, len(data), batch_size), desc="base pass", disable=not progress, leave=False):
@@ -70,8 +106,7 @@ def collect_outcomes(model, fmt, data: PreparedSet, previews: torch.Tensor, batc
         bp = base_pass(model, batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         base_answers += fmt.decode(bp.sequences, prompt_len)
         tok_without.append(generated_tokens(bp.sequences[:, prompt_len:], fmt.eos))
-        conf_part = bp.confidence[:, : spec.confidence_dim]  # (n, 0) for the early state
-        states.append(assemble_state(bp.question, bp.image, previews[idx], conf_part, spec))
+        states.append(state_from_parts(spec, bp.parts(previews[idx], spec.preview_kind)))
         conf.append(bp.confidence)
     for s in tqdm(range(0, len(data), batch_size), desc="answering", disable=not progress, leave=False):
         idx = list(range(s, min(s + batch_size, len(data))))
@@ -114,7 +149,7 @@ def _sample_by_family(examples: Sequence[Example], per_family: int) -> dict[str,
 
 @torch.no_grad()
 def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], frontend, batch_size: int = 16,
-                  repeats: int = 5, early: bool = False) -> dict[str, dict[str, float]]:
+                  repeats: int = 5, early: bool = False, spec: StateSpec | None = None) -> dict[str, dict[str, float]]:
     """Milliseconds per query, per family, of each piece of the deployed path, timed on a batch of up
     to ``batch_size`` examples of the family on one thread (median of ``repeats`` batch times divided
     by the batch): ``base`` (the unwrapped base's ``generate``), ``base_pass`` (the same with the state
@@ -137,8 +172,11 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
     ``tokens_audio``, the mean tokens the timed rows generate greedily without / with audio. ``encode`` (front
     end + encoder + projector alone) is the floor of audio's price: ``with_audio >= without_audio + encode``.
 
+    ``spec``: the state's parts (default :func:`state_spec` of ``early``): ``preview`` times the preview it
+    reads, ``policy`` the assembly of its state.
+
     Batch size matters on small models: at batch 1 fixed per-call overheads dominate every piece."""
-    spec = state_spec(model, early)
+    spec = spec or state_spec(model, early)
     device = next(model.base_model.parameters()).device
     probe = PolicyNetwork(spec.dim).eval()
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
@@ -154,10 +192,14 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
                 base.generate(**batch, **gen)
 
         bp = base_pass(model, batch, **gen)
-        prev = audio_preview(wav)
+
+        def preview():
+            return policy_preview(spec, wav, model.audio_encoder, frontend)
+
+        prev = preview()
 
         def policy_forward():
-            probe.decide(assemble_state(bp.question, bp.image, prev, bp.confidence[:, : spec.confidence_dim], spec))
+            probe.decide(state_from_parts(spec, bp.parts(prev, spec.preview_kind)))
 
         def audio_path():
             model.generate(**batch, **gen, audio_features=frontend(wav).to(device), audio_mask=mask)
@@ -168,7 +210,7 @@ def measure_costs(model, fmt, data: PreparedSet, waveforms: Sequence[Any], front
                 return lambda: model.generate(**batch, **kw, audio_features=frontend(wav).to(device), audio_mask=mask)
             return lambda: model.base_model.generate(**batch, **kw)
 
-        pieces = [("base", plain_base), ("preview", lambda: audio_preview(wav)), ("policy", policy_forward),
+        pieces = [("base", plain_base), ("preview", preview), ("policy", policy_forward),
                   ("audio", audio_path), ("encode", lambda: model.encode_audio(frontend(wav).to(device)))]
         if MAX_NEW_TOKENS > 1:
             pieces += [(f"forced_{k}_{a}", forced(k, a == "audio")) for k in (1, MAX_NEW_TOKENS)

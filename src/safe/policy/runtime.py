@@ -46,13 +46,15 @@ from safe.models.backbones import VL_INPUT_KEYS
 from safe.policy.features import (
     ImageProbe,
     StateSpec,
-    assemble_state,
     capture_image_embedding,
+    check_deployable,
     confidence_features,
     probe_image,
     question_embedding,
+    state_from_parts,
 )
 from safe.policy.network import SKIP_AUDIO, USE_AUDIO, GateMLP, PolicyNetwork
+from safe.policy.preview import policy_preview
 from safe.processing.vlm_prompts import ROW_PACKED, take_rows
 
 POLICY_KINDS = ("ppo", "mlp")
@@ -84,6 +86,18 @@ class AudioPolicy(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "hidden": self.hidden, "state": self.spec.to_dict()}
+
+    def check_deployable(self, model, frontend) -> None:
+        """Raise ``ValueError`` unless ``model`` (with its audio ``frontend``) computes every part of the
+        state this policy was trained on, at its width (:func:`safe.policy.features.check_deployable`):
+        a deployed path calls this when it loads, so a mismatch fails there, not on the first request."""
+        check_deployable(self.spec, model, frontend)
+
+    def preview(self, model, frontend, waveforms) -> torch.Tensor:
+        """The preview part of this policy's state for ``waveforms`` (:func:`safe.policy.preview.policy_preview`
+        with ``model``'s audio encoder): what ``generate`` takes as ``audio_preview``. Layers below the policy
+        (the evaluation) call it on the attached policy instead of importing this package."""
+        return policy_preview(self.spec, waveforms, model.audio_encoder, frontend)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> AudioPolicy:
@@ -122,7 +136,8 @@ class AudioPolicy(nn.Module):
 @dataclass
 class BasePass:
     """The VL-only pass: ``sequences`` exactly as the base's ``generate`` returns them, and per row the
-    ``state`` parts it yields (question / image embeddings (n, hidden), confidence features (n, 3));
+    ``state`` parts it yields (question / image embeddings (n, hidden), confidence features (n, 3), the
+    vision tower's pooled output (n, vision width) where it has one, else None);
     ``use``: (n,) bool, the rows a ``decide`` callback chose for audio (None without one)."""
 
     sequences: torch.Tensor
@@ -130,6 +145,17 @@ class BasePass:
     image: torch.Tensor
     confidence: torch.Tensor
     use: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+    def parts(self, preview: torch.Tensor | None = None, preview_kind: str = "stats") -> dict[str, Any]:
+        """The state parts by :data:`~safe.policy.features.STATE_PARTS` name (``preview``: the clips'
+        preview of ``preview_kind``), for :func:`~safe.policy.features.state_from_parts`."""
+        return _parts(self.question, self.image, self.pooled, preview, preview_kind, self.confidence)
+
+
+def _parts(question, image, pooled, preview, preview_kind: str, confidence=None) -> dict[str, Any]:
+    return {"question": question, "image": image, "image_pooled": pooled,
+            "preview" if preview_kind == "stats" else "preview_embedding": preview, "confidence": confidence}
 
 
 @dataclass
@@ -195,9 +221,10 @@ def _with(kwargs: dict[str, Any], key: str, extra, kind) -> Any:
 def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate_kwargs) -> BasePass:
     """The base model's ``generate`` on ``vl_inputs`` with every SAFE gate closed, plus the state parts.
 
-    ``decide``: optional ``(question, image, confidence) -> bool (n,)`` called at the first step; the
-    rows it marks stop generating there (their ``sequences`` rows are then not the base's answer) and
-    come back as ``BasePass.use``. Without it every row is the base's full answer."""
+    ``decide``: optional ``(parts) -> bool (n,)`` called at the first step with the state parts by name
+    (question, image, image_pooled, confidence; see :meth:`BasePass.parts`); the rows it marks stop
+    generating there (their ``sequences`` rows are then not the base's answer) and come back as
+    ``BasePass.use``. Without it every row is the base's full answer."""
     bb = model.backbone
     n = vl_inputs["input_ids"].shape[0]
     question = question_embedding(model.base_model, vl_inputs["input_ids"], vl_inputs.get("attention_mask"),
@@ -208,8 +235,12 @@ def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate
             got = seen.get("image")  # no image in this batch: the image part of the state is zeros
             return torch.zeros(n, bb.hidden_size) if got is None else got.cpu()
 
-        first = _FirstStep(None if decide is None else
-                           lambda scores: decide(question, image(), confidence_features(scores).cpu()))
+        def pooled() -> torch.Tensor | None:  # None: the tower has no pooled output (a batch without images
+            got = seen.get("pooled")           # gets zeros of the width the policy reads, in _zero_image)
+            return None if got is None else got.cpu()
+
+        first = _FirstStep(None if decide is None else lambda scores: decide(_parts(
+            question, image(), pooled(), None, "stats", confidence_features(scores).cpu())))
         kwargs = dict(generate_kwargs)
         kwargs["logits_processor"] = _with(kwargs, "logits_processor", first, LogitsProcessorList)
         if decide is not None:
@@ -219,7 +250,7 @@ def base_pass(model, vl_inputs: dict[str, torch.Tensor], decide=None, **generate
     if first.scores is None:
         raise RuntimeError("the base model's generate produced no token (max_new_tokens must be >= 1)")
     use = None if first.use is None else first.use.cpu()
-    return BasePass(sequences, question, image(), confidence_features(first.scores).cpu(), use)
+    return BasePass(sequences, question, image(), confidence_features(first.scores).cpu(), use, pooled())
 
 
 def _rows(kwargs: dict[str, Any], rows: torch.Tensor, n: int, packed_image_token: int | None = None) -> dict[str, Any]:
@@ -251,8 +282,8 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
     """The cascade or the early path of the module docstring (by ``model.policy.spec.early``), for a
     ``SAFEModel`` with ``model.policy`` set.
 
-    ``audio_preview``: (n, preview_dim) from :func:`safe.policy.features.audio_preview` of the same
-    clips; ``audio_features`` (encoder input) or ``audio_embeddings`` (cached encoder output): (n, ...)
+    ``audio_preview``: (n, preview_dim), the preview part the policy's state reads, of the same clips
+    (:func:`safe.policy.preview.policy_preview`: statistics, the encoder's preview embedding, or (n, 0)); ``audio_features`` (encoder input) or ``audio_embeddings`` (cached encoder output): (n, ...)
     for every row, of which only the chosen rows are used — or ``audio_features`` as a callable
     ``rows (LongTensor) -> features of those rows``, so the front end runs for chosen rows only.
     Other keyword arguments go to ``generate``.
@@ -278,8 +309,9 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
         return _generate_early(model, policy, vl_inputs, kwargs, preview, audio, lazy, audio_embeddings is not None)
     decided: dict[str, torch.Tensor] = {}
 
-    def decide(question: torch.Tensor, image: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        decided["states"] = assemble_state(question, image, preview, confidence, policy.spec)
+    def decide(parts: dict[str, Any]) -> torch.Tensor:
+        parts[_preview_name(policy.spec)] = preview
+        decided["states"] = state_from_parts(policy.spec, _zero_image(parts, policy.spec, vl_inputs))
         use, decided["prob"] = policy.decide_with_probability(decided["states"])
         return use
 
@@ -296,6 +328,19 @@ def generate_with_policy(model, *, audio_preview: torch.Tensor, audio_features: 
             audio_out = model.base_model.generate(**sub)
         sequences = _merge(sequences, audio_out, rows, _pad_id(model.base_model))
     return PolicyGenerateOutput(sequences, use, prob, states)
+
+
+def _preview_name(spec: StateSpec) -> str:
+    return "preview" if spec.preview_kind == "stats" else "preview_embedding"
+
+
+def _zero_image(parts: dict[str, Any], spec: StateSpec, vl_inputs: dict[str, Any]) -> dict[str, Any]:
+    """A batch without images has no image part: zeros of the width the state reads, whichever kind (as the
+    projection part always was); with images, a missing pooled output stays missing (an error)."""
+    if vl_inputs.get("pixel_values") is None:
+        n = vl_inputs["input_ids"].shape[0]
+        parts = {**parts, "image": torch.zeros(n, spec.image_dim), "image_pooled": torch.zeros(n, spec.image_dim)}
+    return parts
 
 
 def early_probe(model, vl_inputs: dict[str, Any]) -> tuple[torch.Tensor, ImageProbe | None]:
@@ -340,7 +385,8 @@ def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, p
     vision = {k: v for k, v in kwargs.items() if k in _VISION_KWARGS}
     question, probe = early_probe(model, {**vl_inputs, **vision})
     image = torch.zeros(n, model.backbone.hidden_size) if probe is None else probe.embedding
-    states = assemble_state(question, image, preview, torch.zeros(n, 0), policy.spec)
+    parts = _parts(question, image, None if probe is None else probe.pooled, preview, policy.spec.preview_kind)
+    states = state_from_parts(policy.spec, _zero_image(parts, policy.spec, vl_inputs))
     use, prob = policy.decide_with_probability(states)
     if not bool(use.any()):
         with model.audio_disabled(), reusing(probe):

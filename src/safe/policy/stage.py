@@ -24,13 +24,21 @@ from safe.evaluation.stats import PROPORTION, mean_ci
 from safe.models.generation import MAX_NEW_TOKENS
 from safe.policy import baselines as B
 from safe.policy.distill import distill
-from safe.policy.features import STATE_KINDS
-from safe.policy.outcomes import ROW_COST_MODEL, build_table, collect_outcomes, measure_costs, state_spec
+from safe.policy.features import STATE_KINDS, StateSpec
+from safe.policy.outcomes import (
+    DEFAULT_PARTS,
+    ROW_COST_MODEL,
+    build_table,
+    check_parts,
+    collect_outcomes,
+    measure_costs,
+    state_spec,
+)
 from safe.policy.ppo import PPOConfig, evaluate_policy, train_ppo
+from safe.policy.preview import policy_preview
 from safe.policy.runtime import AudioPolicy
 from safe.policy.stress import floor_binding
 from safe.policy.table import OutcomeTable, cost_summary, evaluate_actions, oracle_gap
-from safe.processing.features import audio_preview
 
 SWEEP_RATES = tuple(i / 20 for i in range(21))
 
@@ -74,8 +82,15 @@ class PolicyStageConfig:
     the default because the cascade pays a second decode loop for the rows that use audio: on the
     built-in model (make demo, README "Stages B and C") that made it slower than always-audio at batch
     16, while the early state was faster at every batch size measured, at the same accuracy."""
+    parts: list[str] = field(default_factory=lambda: list(DEFAULT_PARTS), metadata={"metavar": "PART"})
+    """The state's parts beside the confidence (which ``state`` decides): question, image (the projection's
+    mean) or image_pooled (the vision tower's pooled output), preview (waveform statistics) or
+    preview_embedding (the encoder's first layer on 0.25 s); repeatable (``--parts question --parts
+    image_pooled --parts preview``). Saved with the policy; the deployed paths compute the same parts
+    (``safe policy ablate-state`` compares them)."""
 
     def __post_init__(self) -> None:
+        self.parts = list(check_parts(self.parts))
         self.alphas = [float(a) for a in self.alphas]
         if not self.alphas or any(not math.isfinite(a) or a < 0 for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
@@ -106,12 +121,17 @@ class PolicyData:
 
 
 def prepare_policy_data(model, fmt, frontend, examples, cache, progress: bool = False,
-                        early: bool = False) -> PolicyData:
+                        early: bool = False, spec: StateSpec | None = None) -> PolicyData:
+    """``examples`` ready for the policy, their states reading ``spec``'s parts (default :func:`state_spec`
+    of ``early``: question, projection image, statistics preview), computed as the deployed path computes them
+    (:func:`~safe.policy.features.state_from_parts`, :func:`~safe.policy.preview.policy_preview`)."""
     from safe.data.prepared import prepare
 
+    spec = spec or state_spec(model, early)
     prepared = prepare(examples, fmt, model, frontend, cache, progress=progress)
     waveforms = read_waveforms(examples, frontend.sampling_rate)
-    outcomes = collect_outcomes(model, fmt, prepared, audio_preview(waveforms), progress=progress, early=early)
+    previews = policy_preview(spec, waveforms, model.audio_encoder, frontend)
+    outcomes = collect_outcomes(model, fmt, prepared, previews, progress=progress, early=early, spec=spec)
     return PolicyData(list(examples), prepared, waveforms, outcomes)
 
 
@@ -191,7 +211,7 @@ def measure_deployed(model, fmt, data: PolicyData, frontend, batch_size: int = 1
             samples["always_audio"].append((time.perf_counter() - t) * 1e3 / len(idx))
             before = model.audio_encoder_calls
             t = time.perf_counter()
-            preview = audio_preview(wav)
+            preview = policy_preview(model.policy.spec, wav, model.audio_encoder, frontend)
             out = _deployed(model, batch, gen, preview, wav, frontend, device)
             samples["policy"].append((time.perf_counter() - t) * 1e3 / len(idx))
             enc_calls += model.audio_encoder_calls - before
@@ -232,15 +252,16 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
     train_ex = data.split("train")[: cfg.train_rows] + data.split("val")
     test_ex = data.split(cfg.eval_split)
     early = cfg.state == "early"
-    train = prepare_policy_data(model, fmt, frontend, train_ex, cache, progress, early)
-    test = prepare_policy_data(model, fmt, frontend, test_ex, cache, progress, early)
+    spec = state_spec(model, early, cfg.parts)
+    train = prepare_policy_data(model, fmt, frontend, train_ex, cache, progress, early, spec)
+    test = prepare_policy_data(model, fmt, frontend, test_ex, cache, progress, early, spec)
     costs = measure_costs(model, fmt, train.prepared, train.waveforms, frontend, batch_size=cfg.cost_batch,
-                          early=early)
+                          early=early, spec=spec)
     unseen = sorted({e.family for e in test.examples} - set(costs))
     if unseen:  # a test benchmark's own question families (a data spec's test sources): timed on its rows
         rows = [i for i, e in enumerate(test.examples) if e.family in unseen]
         costs.update(measure_costs(model, fmt, test.prepared.subset(rows), [test.waveforms[i] for i in rows],
-                                   frontend, batch_size=cfg.cost_batch, early=early))
+                                   frontend, batch_size=cfg.cost_batch, early=early, spec=spec))
     train.table = build_table(train.outcomes, train.prepared, costs)
     test.table = build_table(test.outcomes, test.prepared, costs)
     t_tables = time.perf_counter() - t0
@@ -264,7 +285,6 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
     gate, dist = distill_gate(teacher, train.table, test.table, cfg.distill_hidden, cfg.distill_epochs)
     t_train = time.perf_counter() - t0 - t_tables
 
-    spec = state_spec(model, early)
     model.attach_policy(AudioPolicy(spec, "mlp", cfg.distill_hidden, net=gate))
     deployed = measure_deployed(model, fmt, test, frontend, batch_size=cfg.cost_batch)
     by_batch = {}
@@ -350,7 +370,8 @@ def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int],
     wav = [data.waveforms[i] for i in vl_rows]
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     calls = model.audio_encoder_calls
-    out = _deployed(model, batch, gen, audio_preview(wav), wav, frontend, device)
+    preview = lambda: policy_preview(model.policy.spec, wav, model.audio_encoder, frontend)  # noqa: E731
+    out = _deployed(model, batch, gen, preview(), wav, frontend, device)
     encoder_rows = model.audio_encoder_calls - calls
 
     def base():
@@ -359,7 +380,7 @@ def measure_skip_all(model, fmt, data: PolicyData, frontend, vl_rows: list[int],
 
     t_base = statistics.median(time_calls(base, repeats=repeats, warmup=1)) / len(vl_rows)
     t_cascade = statistics.median(time_calls(
-        lambda: _deployed(model, batch, gen, audio_preview(wav), wav, frontend, device),
+        lambda: _deployed(model, batch, gen, preview(), wav, frontend, device),
         repeats=repeats, warmup=1)) / len(vl_rows)
     model.audio_encoder_calls = calls
     return {"rows": len(vl_rows), "rows_using_audio": int(out.used_audio.sum()), "encoder_rows": encoder_rows,

@@ -28,12 +28,11 @@ import torch
 
 from safe.evaluation.efficiency import time_calls
 from safe.evaluation.stats import PROPORTION, mean_ci
-from safe.policy.features import CONFIDENCE_DIM, preview_embedding, probe_image
+from safe.policy.features import CONFIDENCE_DIM, probe_image
 from safe.policy.outcomes import build_table, measure_costs, state_spec
 from safe.policy.ppo import evaluate_policy, train_ppo
+from safe.policy.preview import preview_embedding
 from safe.policy.table import OutcomeTable
-
-STATE_PARTS = ("question", "image", "image_pooled", "preview", "preview_embedding", "confidence")
 
 STATE_SUBSETS: dict[str, tuple[str, ...]] = {
     "question": ("question",),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from safe.processing.features import PREVIEW_DIM
 from safe.processing.images import ImageInputError, ImageTooLargeError, read_image
 
 _KEPT_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
@@ -82,3 +83,22 @@ class ImageModalityFrontEnd:
         from transformers import AutoImageProcessor
 
         return cls(AutoImageProcessor.from_pretrained(str(path), local_files_only=True))
+
+
+def map_preview(pixel_values: torch.Tensor, grid: int) -> torch.Tensor:
+    """The policy's cheap preview of an image-like modality, read off its front end's output without the
+    encoder: (n, PREVIEW_DIM) float32, each of the ``grid`` x ``grid`` cells' largest value of the first
+    channel mapped from the encoder's input range [-1, 1] to [0, 1] (for depth: the nearness of the cell's
+    nearest point), row by row, then zeros. ``pixel_values``: (n, C, H, W) with H and W multiples of ``grid``
+    (one cell per encoder patch when ``grid`` is the patch grid); other shapes raise ``ValueError``."""
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1 or grid * grid > PREVIEW_DIM:
+        raise ValueError(f"grid must be an integer in [1, {int(PREVIEW_DIM ** 0.5)}], got {grid!r}")
+    if pixel_values.dim() != 4 or pixel_values.shape[2] % grid or pixel_values.shape[3] % grid:
+        raise ValueError(f"pixel_values must be (n, C, H, W) with H and W multiples of grid={grid}, "
+                         f"got shape {tuple(pixel_values.shape)}")
+    n, _, h, w = pixel_values.shape
+    x = pixel_values[:, 0].float().cpu().reshape(n, grid, h // grid, grid, w // grid)
+    cells = x.amax(dim=(2, 4)).reshape(n, grid * grid)
+    out = torch.zeros(n, PREVIEW_DIM)
+    out[:, : grid * grid] = ((cells + 1.0) / 2.0).clamp(0.0, 1.0)
+    return out

@@ -30,7 +30,7 @@ from PIL import Image
 
 from safe.atomic import write_atomic
 from safe.processing.audio import LONG_AUDIO_RULES, load_audio
-from safe.processing.features import PREVIEW_DIM, BuiltinFrontEnd, FeatureFrontEnd, audio_preview
+from safe.processing.features import BuiltinFrontEnd, FeatureFrontEnd, audio_preview
 from safe.processing.hf_prompts import ProcessorFormat
 from safe.processing.modalities import ImageModalityFrontEnd
 from safe.processing.prompts import PromptFormat, image_processor, open_image
@@ -91,6 +91,9 @@ class SAFEProcessor:
         self.long_audio = long_audio
         # Front ends of the image-like modalities beside audio (depth, ...), by modality name.
         self.modalities: dict[str, ImageModalityFrontEnd] = dict(modalities or {})
+        # The policy's preview of the given clips (list of waveforms -> (clips, width)): the statistics unless
+        # the pipeline's policy reads another preview (it sets this to safe.policy.preview.policy_preview).
+        self.preview = audio_preview
         bad = [m for m in self.modalities if not m.isidentifier() or m in ("text", "images", "audio")]
         if bad:
             raise ValueError(f"modality names must be identifiers other than text / images / audio, got {bad}")
@@ -202,8 +205,9 @@ class SAFEProcessor:
             feats = torch.as_tensor(self.front_end(given))
             full = feats.new_zeros((n, *feats.shape[1:]))
             full[has] = feats
-            preview = torch.zeros(n, PREVIEW_DIM)
-            preview[has] = audio_preview(given)
+            got = self.preview(given)
+            preview = got.new_zeros((n, *got.shape[1:]))
+            preview[has] = got
             out["audio_features"], out["audio_preview"] = full, preview
         return out
 

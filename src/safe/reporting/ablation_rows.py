@@ -16,10 +16,13 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def stage_a_grid(m: Mapping) -> str:
+    """The Stage A grid's table, then the encoder comparison's (its rows carry ``encoders``) when it ran."""
     g = _at(m, "ablations")
-    rows = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
+    every = [r for r in g.get("rows") or () if isinstance(r, Mapping)]
+    rows = [r for r in every if "encoders" not in r]
+    compared = encoder_comparison(g, [r for r in every if "encoders" in r])
     if not rows:
-        return ""
+        return compared
     cols = (("audio_accuracy", "audio acc"), ("vl_accuracy_gate_open", "VL acc, gate open"),
             ("vl_answers_changed_gate_open", "VL answers changed"), ("caption_cider_d", "caption CIDEr-D"))
 
@@ -36,8 +39,44 @@ def stage_a_grid(m: Mapping) -> str:
             f"scored on the {fmt(g.get('split'))} split; mean [95% CI over seeds] where there are several.\n\n")
     return head + _table(["entry", "changes", *(h for _, h in cols), "trainable", "train s"],
                          [[r.get("name", DASH), changes(r.get("changes")), *(cell(r, k) for k, _ in cols),
-                           f"{r['trainable_parameters']:,}" if isinstance(r.get("trainable_parameters"), int)
-                           else DASH, fmt(r.get("train_seconds"), 1)] for r in rows])
+                           _count(r.get("trainable_parameters")), fmt(r.get("train_seconds"), 1)] for r in rows]) \
+        + (f"\n{compared}" if compared else "")
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else DASH
+
+
+def encoder_comparison(g: Mapping, rows: list[Mapping]) -> str:
+    """The encoder comparison of ``safe ablate --encoder-b`` (A alone, B alone, A + B as an ensemble): which
+    frozen encoders each row used, what it scored and what it cost. "" without such rows."""
+    if not rows:
+        return ""
+    named = " ".join(str(r.get("encoders", "")) for r in rows).lower()
+    clap = ("" if "clap" in named else " No CLAP model is among them (no pretrained CLAP installs offline here), so "
+            "this is not a CLAP vs Whisper comparison.")
+    steps = sorted({r.get("steps", g.get("steps")) for r in rows}, key=str)
+    seeds = sorted({r.get("seeds", g.get("seeds")) for r in rows}, key=str)
+    split = rows[0].get("split", g.get("split"))
+    where = f", measured in its own run, `{rows[0]['run']}`" if rows[0].get("run") else ""
+    size = (f" ({fmt(rows[0].get('train_rows', g.get('train_rows')))} training rows, "
+            f"{fmt(rows[0].get('eval_rows', g.get('eval_rows')))} scored)"
+            if rows[0].get("eval_rows", g.get("eval_rows")) is not None else "")
+    head = (f"Encoder comparison (`safe ablate --encoder-b`): the recipe unchanged, only the frozen audio encoder(s) "
+            f"differ; {' / '.join(fmt(s) for s in steps)} steps per entry, {' / '.join(fmt(s) for s in seeds)} "
+            f"seed(s), scored on the {fmt(split)} split{size}{where}. The encoders are exactly those the second column "
+            f"names.{clap} VL retention "
+            "is VL accuracy with the gate open over the base's; encoder ms is the frozen encoder's features and "
+            "forward per clip (one batch of 16 training clips, best of 3; an ensemble's is its members' sum). Seconds are "
+            "wall-clock on the machine as it was loaded then; the first entry trained in a call also decodes the "
+            "images the later ones reuse.\n\n")
+    return head + _table(["entry", "frozen encoder(s)", "audio acc", "VL acc, gate open", "VL retention",
+                          "VL answers changed", "trainable", "encoder params", "encoder ms / clip", "train s"],
+                         [[r.get("name", DASH), str(r.get("encoders", DASH)), ci_cell(r, "audio_accuracy"),
+                           ci_cell(r, "vl_accuracy_gate_open"), fmt(r.get("vl_retention_ratio_gate_open"), 4),
+                           fmt(r.get("vl_answers_changed_gate_open")), _count(r.get("trainable_parameters")),
+                           _count(r.get("encoder_parameters")), fmt(r.get("encoder_ms_per_clip"), 2),
+                           fmt(r.get("train_seconds"), 1)] for r in rows])
 
 def ci_cell(r: Mapping, key: str, digits: int = 3) -> str:
     """``mean [low, high]`` of a row's metric over seeds (the mean alone for one seed)."""

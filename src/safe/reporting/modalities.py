@@ -4,8 +4,10 @@ A run records audio under ``stage_a`` / ``policy`` (``make demo``) and depth und
 --track depth``); :func:`modality_rows` reads whichever the metrics hold into one row per modality, and
 :func:`modality_table` lays them out as markdown: the modality's questions without and with it, the VL answers
 kept with the gate closed and moved with it open, and its policy's use rate and accuracy beside its oracle
-and always-on. A modality whose numbers the metrics lack gets no row; a missing figure shows "—".
-Only plain data is read (no torch).
+and always-on; :func:`modality_html` lays the same rows out for ``report.html``, each with the two per-modality
+targets (use rate within :data:`USE_RATE_TOLERANCE` of the oracle's, accuracy within
+:data:`ACCURACY_TOLERANCE` of always-on's) passed or failed. A modality whose numbers the metrics lack gets no
+row; a missing figure shows "—". Only plain data is read (no torch).
 """
 from __future__ import annotations
 
@@ -13,9 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from safe.reporting.format import DASH, fmt
+from safe.reporting.html import badge, p, table
 
 COLUMNS = ("modality", "questions: without -> with", "VL identical, gate closed", "VL moved, gate open",
            "policy use rate (oracle)", "policy accuracy (always-on)")
+USE_RATE_TOLERANCE = 0.05
+"""The per-modality target: the policy's use rate within 5 points of its modality's oracle (test split)."""
+ACCURACY_TOLERANCE = 0.01
+"""The per-modality target: the policy's accuracy within 1 point of always running its modality (test split)."""
 INTRO = ("Each modality's questions without and with it, the VL answers it keeps, and its own policy (use rate "
          "beside its oracle's, accuracy beside always-on's).")
 
@@ -61,6 +68,10 @@ def _f(v: Any) -> str:
     return DASH if v is None else fmt(v, 3)
 
 
+def _moved(r: Mapping[str, Any]) -> str:
+    return DASH if r["moved_open"] is None else f"{r['moved_open']} of {r['vl'] if r['vl'] is not None else DASH}"
+
+
 def modality_table(metrics: Mapping[str, Any]) -> str:
     """The per-modality rows as a markdown table ("" when the metrics hold no modality's figures)."""
     rows = modality_rows(metrics)
@@ -68,8 +79,38 @@ def modality_table(metrics: Mapping[str, Any]) -> str:
         return ""
     lines = [INTRO, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        moved = DASH if r["moved_open"] is None else f"{r['moved_open']} of {r['vl'] if r['vl'] is not None else DASH}"
         lines.append("| " + " | ".join([
-            r["modality"], f"{_f(r['base'])} -> {_f(r['safe'])}", _f(r["identical_closed"]), moved,
+            r["modality"], f"{_f(r['base'])} -> {_f(r['safe'])}", _f(r["identical_closed"]), _moved(r),
             f"{_f(r['use_rate'])} ({_f(r['oracle_use_rate'])})", f"{_f(r['accuracy'])} ({_f(r['always_accuracy'])})"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def targets(row: Mapping[str, Any]) -> dict[str, bool | None]:
+    """Whether a :func:`modality_rows` row meets the two per-modality targets (None where a figure is missing):
+    ``use_rate`` (within :data:`USE_RATE_TOLERANCE` of the oracle's) and ``accuracy`` (at most
+    :data:`ACCURACY_TOLERANCE` below always-on's)."""
+    def near(a: Any, b: Any, ok) -> bool | None:
+        return None if a is None or b is None else bool(ok(float(a), float(b)))
+
+    # 1e-9: a figure exactly on the tolerance passes whatever the float rounding of the difference
+    return {"use_rate": near(row["use_rate"], row["oracle_use_rate"],
+                             lambda a, b: abs(a - b) <= USE_RATE_TOLERANCE + 1e-9),
+            "accuracy": near(row["accuracy"], row["always_accuracy"],
+                             lambda a, b: a >= b - ACCURACY_TOLERANCE - 1e-9)}
+
+
+def modality_html(metrics: Mapping[str, Any]) -> str:
+    """The per-modality rows as an HTML table for ``report.html`` (the markdown table's columns, then each
+    target's verdict); "" when the metrics hold no modality's figures."""
+    rows = modality_rows(metrics)
+    if not rows:
+        return ""
+    out = []
+    for r in rows:
+        t = targets(r)
+        out.append([r["modality"], f"{_f(r['base'])} -> {_f(r['safe'])}", _f(r["identical_closed"]), _moved(r),
+                    f"{_f(r['use_rate'])} ({_f(r['oracle_use_rate'])})", badge(t["use_rate"]),
+                    f"{_f(r['accuracy'])} ({_f(r['always_accuracy'])})", badge(t["accuracy"])])
+    headers = [*COLUMNS[:5], f"use rate within {USE_RATE_TOLERANCE:g} of oracle", COLUMNS[5],
+               f"accuracy within {ACCURACY_TOLERANCE:g} of always-on"]
+    return p(INTRO) + table(headers, out)

@@ -25,6 +25,7 @@ from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci, fmt_key, is_num
 from safe.reporting.html import CSS, badge, details, duration, esc, grid, h3, kv_table, label, table, value
 from safe.reporting.html import p as para
+from safe.reporting.modalities import modality_html
 from safe.reporting.plots import PLOTS, export_plots, render_plots
 
 __all__ = ["SECTION_TITLES", "export_plots", "fmt", "fmt_ci", "fmt_key", "render_plots", "render_report",
@@ -396,6 +397,9 @@ _SECTIONS: list[tuple[str, str, tuple[str, ...], Callable[[Mapping, Figures], st
     ("robustness", "Evaluation: robustness", ("eval", "robustness"), _robustness),
     ("seeds", "Evaluation: seeds", ("eval", "seeds"), _plain(_seeds)),
     ("ablations", "Ablations", ("eval", "ablations"), _plain(_ablations)),
+    # present once a second modality's figures are in (the depth track's, safe report --depth-run): with audio
+    # alone the section would repeat Stages B and C
+    ("modalities", "Per modality", ("depth",), _plain(modality_html)),
 ]
 SECTION_TITLES = {key: title for key, title, _, _ in _SECTIONS}
 

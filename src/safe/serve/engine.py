@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from safe.models.backbones import VL_INPUT_KEYS
-from safe.processing.features import PREVIEW_DIM, audio_preview
+from safe.policy.preview import policy_preview
 from safe.serve.clip_cache import ClipCache
 from safe.serve.media import Row
 from safe.serve.schemas import RequestError
@@ -217,8 +217,11 @@ class Engine:
         t_gen = time.perf_counter()
         timing["prepare"] = t_gen - t_start
         if model.policy is not None and bool(free.any()) and not extra:  # (Row.key keeps maps out of such batches)
-            preview = torch.zeros(n, PREVIEW_DIM)
-            preview[has] = audio_preview([w for w in waves if w is not None])
+            # the preview part the policy was trained on (statistics, the encoder's preview embedding, none)
+            got = policy_preview(model.policy.spec, [w for w in waves if w is not None], model.audio_encoder,
+                                 self.processor.front_end)
+            preview = got.new_zeros((n, *got.shape[1:]))
+            preview[has] = got
             decider = _Decided(model.policy, free, forced)
             policy, model.policy = model.policy, decider
             try:

@@ -54,7 +54,8 @@ class DataCheckResult(StageResult):
             origin = " (held out of train's VL-only rows; train no longer has them)" if sp["derived_from_train"] else ""
             lines.append(f"{name}{origin}: {sp['rows']} rows, audio-dependent share {sp['audio_dependent_share']:.3f}; "
                          f"tasks: {tasks}; paired: {sp['paired_audio']} VL rows got an unrelated clip, "
-                         f"{sp['stand_in_image']} rows the stand-in image")
+                         f"{sp['stand_in_image']} rows the stand-in image"
+                         + "".join(f"; {n} rows with a {k} map" for k, n in (sp.get("modalities") or {}).items()))
             for s in sp["sources"]:
                 lines.append(f"  {s['source']:<12}{s['reader']:<28}{s['rows']:>8} rows {s['skipped']:>6} skipped "
                              f"{s['media_failures']:>6} media not opened")

@@ -49,6 +49,8 @@ class DepthResult(StageResult):
             c = p["costs_ms_per_query"]["depth_question"]
             lines.append(f"    cost of a depth question: {c['without_audio']:.2f} ms without depth, "
                          f"{c['with_audio']:.2f} ms with it (measured)")
+            if p.get("checkpoint"):
+                lines.append(f"    the distilled gate with the depth weights (safe.pipeline consults it): {p['checkpoint']}")
         lines.append(f"  Stage A for depth took {m['seconds']:.0f} s ({m['train_seconds']:.0f} s training, "
                      f"{m['steps']} steps); SAFE depth weights: {m['checkpoint']}")
         return "\n".join(lines)

@@ -138,6 +138,9 @@ class ReportConfig(RunOptions):
     """With --docs: also replace the results block of this README (between its results markers)."""
     depth_run: str | None = None
     """The depth track's run directory (safe demo --track depth): its figures join the per-modality rows."""
+    encoders_run: str | None = None
+    """A run directory holding an encoder comparison (safe ablate --encoder-b, e.g. make ablations-encoders-quick):
+    its encoder rows replace this run's in the Stage A ablations."""
 
 
 @dataclass
@@ -156,6 +159,22 @@ class ReportResult(StageResult):
         return "\n".join(lines)
 
 
+def with_encoder_rows(metrics: dict, run_dir: str) -> dict:
+    """``metrics`` whose Stage A ablations hold the encoder comparison rows of ``run_dir`` (each row carries its
+    own steps and the run's split and seeds) instead of any of their own."""
+    other = RunDir(run_dir).metrics().get("ablations") or {}
+    rows = [{"split": other.get("split"), "train_rows": other.get("train_rows"), "eval_rows": other.get("eval_rows"),
+             "run": str(run_dir), **r}
+            for r in other.get("rows") or () if "encoders" in r]
+    if not rows:
+        raise StageError(f"--encoders-run {run_dir}: no encoder comparison in its metrics.json (run safe ablate "
+                         "--encoder-b there first)")
+    own = metrics.get("ablations") or {}
+    kept = [r for r in own.get("rows") or () if "encoders" not in r]
+    return {**metrics, "ablations": {**({"split": other.get("split"), "steps": other.get("steps"),
+                                         "seeds": other.get("seeds")} if not own else own), "rows": kept + rows}}
+
+
 def report(cfg: ReportConfig) -> ReportResult:
     """report.html from the run's metrics.json (every section that ran), plus plots / docs on request."""
     from safe.reporting.report import render_plots, report_sections, write_report
@@ -170,6 +189,8 @@ def report(cfg: ReportConfig) -> ReportResult:
             raise StageError(f"--depth-run {cfg.depth_run}: no depth figures in its metrics.json "
                              "(run safe demo --track depth first)")
         metrics = {**metrics, "depth": depth}
+    if cfg.encoders_run:
+        metrics = with_encoder_rows(metrics, cfg.encoders_run)
     figures = render_plots(metrics)  # drawn once: embedded in the report, and the same bytes exported
     path = write_report(metrics, run.path / "report.html", figures=figures)
     out = {"path": str(path.resolve()), "missing": [k for k, v in report_sections(metrics).items() if not v]}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from safe.data.prepared import PreparedSet
+from safe.models.encoders import features_to
 from safe.models.generation import accuracy_by_family, answer_questions
 from safe.models.safe_model import SAFEModel
 from safe.processing.prompts import PromptFormat
@@ -211,7 +212,7 @@ class StageATrainer:
             # left padding puts every answer at the end: the head runs on the last k positions only
             k = labels.shape[1] - int((labels != -100).any(0).nonzero()[0]) + 1
             batch["logits_to_keep"], labels = k, labels[:, -k:]
-        emb = self.train_set.audio[idx].to(self.accelerator.device)
+        emb = features_to(self.train_set.audio[idx], self.accelerator.device)  # a tuple for an ensemble
         with self.accelerator.autocast():
             logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row
         vl = ~needs
@@ -260,7 +261,7 @@ class StageATrainer:
             sampled = sample_answer_labels(base, labels, gen)
             self.optimizer.zero_grad(set_to_none=True)
             with self.accelerator.autocast():
-                logits = self.model(**batch, audio_embeddings=self.retention.audio[idx].to(dev)).logits
+                logits = self.model(**batch, audio_embeddings=features_to(self.retention.audio[idx], dev)).logits
             # the row's log-likelihood (summed over its answer tokens), not the per-token mean
             nll = answer_cross_entropy(logits, sampled) * int(answer_positions(sampled).sum())
             nll.backward()

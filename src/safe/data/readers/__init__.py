@@ -21,6 +21,10 @@ some good rows (e.g. truncated) still raises :class:`DatasetFormatError`, after 
 sink.
 
 All paths in the records are absolute (not symlink-resolved).
+
+Every reader whose rows have named fields (all but VGGSound's header-less CSV) takes ``modalities``: per
+extra modality (depth, ...), the column or JSON key naming each row's map file
+(:class:`~safe.data.readers.maps.MapColumn`), kept as ``meta["modalities"]`` (:mod:`safe.data.readers.maps`).
 """
 from __future__ import annotations
 
@@ -30,11 +34,13 @@ from typing import Any
 from safe.data.readers._common import MAX_PROBLEMS, DatasetFormatError, ReadResult, stream_rows
 from safe.data.readers.audio import read_audiocaps, read_clotho, read_vggsound
 from safe.data.readers.audio_visual import read_avqa, read_music_avqa
+from safe.data.readers.maps import MapColumn
 from safe.data.readers.vl import read_gqa, read_vqav2
 
 __all__ = [
     "DatasetFormatError",
     "MAX_PROBLEMS",
+    "MapColumn",
     "ReadResult",
     "READERS",
     "read_dataset",

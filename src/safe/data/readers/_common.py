@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,18 +148,22 @@ def _run_rows(
     col: _Collector,
     rows: Iterable[tuple[str, Any]],
     build: Callable[[Any], Example | Sequence[Example] | None],
+    maps: Any = None,
+    fields: Callable[[Any], Any] | None = None,
 ) -> ReadResult:
     """Build the records of each (where, row) (one, several as a list, or none); a _RowError becomes a
-    file+row error or a skip."""
+    file+row error or a skip. ``maps``: a :class:`~safe.data.readers.maps.RowMaps` whose columns each record
+    of a row gets as ``meta["modalities"]``, read from ``fields(row)`` (the row itself when None)."""
     try:
         for where, row in rows:
             try:
                 ex = build(row)
+                found = maps.read(row if fields is None else fields(row)) if maps and ex else {}
             except _RowError as err:
                 col.bad(where, str(err))
                 continue
             for one in ex if isinstance(ex, (list, tuple)) else (() if ex is None else (ex,)):
-                col.add(where, one)
+                col.add(where, replace(one, meta={**one.meta, "modalities": found}) if found else one)
     finally:
         col.close()
     return col.result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from safe.data.readers._common import (
     _where,
     inside,
 )
+from safe.data.readers.maps import MapColumn, RowMaps
 from safe.data.records import Example
 
 # --------------------------------------------------------------------------- AudioCaps
@@ -33,6 +35,7 @@ def read_audiocaps(
     *,
     audio_name: str = "{youtube_id}_{start_time}.wav",
     frames_dir: str | os.PathLike[str] | None = None,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -53,9 +56,13 @@ def read_audiocaps(
     ``needs_audio=True``, ``id`` = ``audiocap_id``; ``image`` is None without ``frames_dir``. The
     test split has five rows (captions) per clip: group them by ``meta["youtube_id"]`` and
     ``meta["start_time"]`` for multi-reference scoring.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
     """
     _check_template(audio_name, {"audiocap_id": "0", "youtube_id": "x", "start_time": 0}, "audio_name")
-    cfile, rows = _load_csv(captions_csv, header=True, required=("audiocap_id", "youtube_id", "start_time", "caption"))
+    maps = RowMaps(modalities)
+    cfile, rows = _load_csv(captions_csv, header=True, required=("audiocap_id", "youtube_id", "start_time", "caption",
+                                                                  *maps.csv_columns()))
     adir = _require_dir(audio_dir, "AudioCaps audio_dir")
     fdir = _require_dir(frames_dir, "AudioCaps frames_dir") if frames_dir is not None else None
     media = _Media(verify_media)
@@ -77,7 +84,7 @@ def read_audiocaps(
             meta={"audiocap_id": cap_id, "youtube_id": ytid, "start_time": start},
         )
 
-    return _run_rows(col, ((_where(i, r.get("audiocap_id"), line), r) for i, (line, r) in enumerate(rows)), build)
+    return _run_rows(col, ((_where(i, r.get("audiocap_id"), line), r) for i, (line, r) in enumerate(rows)), build, maps)
 
 
 # --------------------------------------------------------------------------- Clotho
@@ -89,6 +96,7 @@ def read_clotho(
     captions_csv: str | os.PathLike[str],
     audio_dir: str | os.PathLike[str],
     *,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -102,8 +110,12 @@ def read_clotho(
     Question ``"Describe the sound."``; ``answers`` = the five captions in column order (all five
     must be non-empty); ``family="caption"``; ``needs_audio=True``; ``image=None`` (Clotho has no
     video); ``id`` = ``file_name``.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
     """
-    cfile, rows = _load_csv(captions_csv, header=True, required=("file_name", *CLOTHO_CAPTION_COLUMNS))
+    maps = RowMaps(modalities)
+    cfile, rows = _load_csv(captions_csv, header=True, required=("file_name", *CLOTHO_CAPTION_COLUMNS,
+                                                                  *maps.csv_columns()))
     adir = _require_dir(audio_dir, "Clotho audio_dir")
     media = _Media(verify_media)
     col = _Collector(cfile, skip_bad)
@@ -119,7 +131,7 @@ def read_clotho(
             image=None, audio=audio, needs_audio=True, meta={"file_name": name},
         )
 
-    return _run_rows(col, ((_where(i, r.get("file_name"), line), r) for i, (line, r) in enumerate(rows)), build)
+    return _run_rows(col, ((_where(i, r.get("file_name"), line), r) for i, (line, r) in enumerate(rows)), build, maps)
 
 
 # --------------------------------------------------------------------------- VGGSound

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from safe.data.readers._common import (
     _where,
     inside,
 )
+from safe.data.readers.maps import MapColumn, RowMaps
 from safe.data.records import Example
 
 # --------------------------------------------------------------------------- VQAv2
@@ -35,6 +37,7 @@ def read_vqav2(
     image_dir: str | os.PathLike[str],
     *,
     image_subtype: str | None = None,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -55,6 +58,9 @@ def read_vqav2(
     ``answers[1:]``). ``family`` = ``answer_type`` (``"yes/no"``, ``"number"``, ``"other"``), else
     ``question_type``. ``id`` = the question id. Questions without an annotation are bad rows;
     annotations without a question are ignored. ``skipped`` counts bad rows of both files.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
+    The map columns are keys of the question objects.
     """
     # Only the top levels are read here (up to the keys needed); the rows are parsed one at a time below.
     qfile, qroot, qtop = _json_root(questions_json, ("questions",) if image_subtype else ("data_subtype", "questions"))
@@ -79,7 +85,7 @@ def read_vqav2(
             first = anns.add(qid, i, ann)
             if first is not None:
                 ann_col.bad(_where(i, qid), f"duplicate question_id (first at row {first})")
-        result = _read_questions(qfile, afile, anns, img_dir, subtype, skip_bad, verify_media)
+        result = _read_questions(qfile, afile, anns, img_dir, subtype, skip_bad, verify_media, RowMaps(modalities))
     result.skipped += ann_col.result.skipped
     result.problems = (ann_col.result.problems + result.problems)[:MAX_PROBLEMS]
     return result
@@ -128,7 +134,7 @@ class _Annotations:
 
 
 def _read_questions(qfile: Path, afile: Path, anns: _Annotations, img_dir: Path, subtype: str, skip_bad: bool,
-                    verify_media: bool) -> ReadResult:
+                    verify_media: bool, maps: RowMaps | None = None) -> ReadResult:
     media = _Media(verify_media)
     col = _Collector(qfile, skip_bad)
 
@@ -155,7 +161,7 @@ def _read_questions(qfile: Path, afile: Path, anns: _Annotations, img_dir: Path,
         )
 
     rows = ((_where(i, _peek(q, "question_id")), q) for i, q in enumerate(_json_items(qfile, "questions.item")))
-    return _run_rows(col, rows, build)
+    return _run_rows(col, rows, build, maps)
 
 
 
@@ -167,6 +173,7 @@ def read_gqa(
     questions_json: str | os.PathLike[str],
     image_dir: str | os.PathLike[str],
     *,
+    modalities: Mapping[str, MapColumn] | None = None,
     skip_bad: bool = False,
     verify_media: bool = True,
 ) -> ReadResult:
@@ -182,6 +189,9 @@ def read_gqa(
     ``detailed`` type (falling back to ``semantic``, then ``structural``); all three types and
     ``fullAnswer`` go to ``meta``. The test/challenge files publish no answers, so their rows are
     bad rows here.
+    ``modalities``: maps of other modalities named by a column of each row (:mod:`safe.data.readers.maps`),
+    recorded as ``meta["modalities"]``.
+    The map columns are keys of each question's object.
     """
     qfile, root, _ = _json_root(questions_json)
     img_dir = _require_dir(image_dir, "GQA image_dir")
@@ -208,4 +218,4 @@ def read_gqa(
         )
 
     rows = ((_where(i, k), (k, q)) for i, (k, q) in enumerate(_json_items(qfile, "", pairs=True)))
-    return _run_rows(col, rows, build)
+    return _run_rows(col, rows, build, RowMaps(modalities), fields=lambda item: item[1])
