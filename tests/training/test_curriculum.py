@@ -84,3 +84,25 @@ def test_dual_ascent_raises_the_retention_weight_below_the_floor(prepared, tmp_p
     assert lam[1] == pytest.approx(lam[0] + 50 * (0.89 - 0.45))
     assert lam[2] == pytest.approx(max(1.0, lam[1] + 50 * (0.89 - 0.99)))
     assert lam[1] > lam[0] > 1.0 and lam[2] < lam[1]
+
+
+def test_stage_a_measures_the_adapters_output_scale_before_its_first_step(prepared, tiny_builtin, tmp_path):
+    """safe.output_scale=hidden_rms: the trainer measures the base's hidden RMS at each fusion layer, scales the
+    adapters by it, and the checkpoint saves the measured list."""
+    import json
+
+    from safe.inference.loading import load_safe
+    from safe.training.stage_a import StageATrainer
+
+    _, fmt, train, retention = prepared
+    cfg = load_stage_a_config(None, ["batch_size=8", "warmup_steps=0", "safe.fusion_layers=[0, 1]", "steps=1",
+                                     "safe.num_audio_tokens=4", "checkpoint_every=0", "retention_every=0",
+                                     "safe.output_scale=hidden_rms"])
+    model, _, _ = load_safe(tiny_builtin[1], cfg)
+    trainer = StageATrainer(model, fmt, train, retention, cfg, tmp_path, progress=False)
+    scales = trainer.output_scales["audio"]
+    assert len(scales) == 2 and all(s > 0 for s in scales) and scales != [1.0, 1.0]
+    assert [model.adapters[str(i)].output_scale for i in model.fusion_layers] == scales
+    trainer.fit()
+    saved = json.loads((tmp_path / "checkpoints" / "final" / "safe_config.json").read_text())["config"]
+    assert saved["output_scale"] == scales

@@ -166,7 +166,11 @@ class StageATrainer:
         import inspect
 
         from safe.models.calibration import calibrate_output_scale
+        from safe.models.config import HIDDEN_RMS
 
+        model = self.model
+        if all(model.modality(n).config.output_scale != HIDDEN_RMS for n in model.modality_names):
+            return {}  # nothing to measure: no batch built
         rows = list(range(min(CALIBRATION_ROWS, len(self.train_set))))
         batch, _ = self._base_inputs(rows)
         if "logits_to_keep" in inspect.signature(self.model.base_model.forward).parameters:
