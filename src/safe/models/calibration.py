@@ -1,8 +1,8 @@
 """Measured adapter output scales: ``SAFEConfig.output_scale = "hidden_rms"`` resolved on real inputs.
 
 A pretrained language model's residual stream is far wider than the unit scale an adapter starts at (Gemma 3
-270M: hidden RMS 733 after layer 9 and 1,107 after layer 15 on the Gemma track's training prompts), so an adapter's delta is a ten-thousandth of it
-and training barely moves the model. Scaling each adapter's output by its layer's measured hidden RMS makes
+270M: hidden RMS 733 after layer 9 and 1,107 after layer 15 on the Gemma track's training prompts), so an
+adapter's delta is a ten-thousandth of it and training barely moves the model. Scaling each adapter's output by its layer's measured hidden RMS makes
 its weights' unit a unit of the stream. The gate still multiplies the whole delta, so a closed gate is still
 exactly nothing; the scale is a constant of the checkpoint, saved in its config.
 """
@@ -11,6 +11,17 @@ from __future__ import annotations
 import torch
 
 from safe.models.config import HIDDEN_RMS
+
+
+def _asking(model) -> list:
+    """The modality branches of ``model`` whose ``output_scale`` is still to be measured."""
+    return [model.modality(n) for n in model.modality_names if model.modality(n).config.output_scale == HIDDEN_RMS]
+
+
+def needs_calibration(model) -> bool:
+    """Whether any modality of ``model`` asks for ``output_scale="hidden_rms"`` (so a caller can skip building
+    the inputs of :func:`calibrate_output_scale`)."""
+    return bool(_asking(model))
 
 
 def hidden_rms(model, inputs: dict, layers: list[int]) -> dict[int, float]:
@@ -51,8 +62,7 @@ def calibrate_output_scale(model, inputs: dict) -> dict[str, list[float]]:
     and write the list into the config, so ``save_pretrained`` records it. Returns ``{modality: scales}``
     (empty when no modality asks). The same base and inputs give the same scales, so a resumed run that
     calibrates again gets what the interrupted one had."""
-    branches = [model.modality(n) for n in model.modality_names
-                if model.modality(n).config.output_scale == HIDDEN_RMS]
+    branches = _asking(model)
     if not branches:
         return {}
     n_layers = model.backbone.num_layers

@@ -165,11 +165,9 @@ class StageATrainer:
     def _calibrate_output_scale(self) -> dict[str, list[float]]:
         import inspect
 
-        from safe.models.calibration import calibrate_output_scale
-        from safe.models.config import HIDDEN_RMS
+        from safe.models.calibration import calibrate_output_scale, needs_calibration
 
-        model = self.model
-        if all(model.modality(n).config.output_scale != HIDDEN_RMS for n in model.modality_names):
+        if not needs_calibration(self.model):
             return {}  # nothing to measure: no batch built
         rows = list(range(min(CALIBRATION_ROWS, len(self.train_set))))
         batch, _ = self._base_inputs(rows)
