@@ -27,6 +27,8 @@ RECIPE = """stage_a:
   checkpoint_every: 1
   lr_gates: 0.05
   answer_logits_only: true
+  text_retention: text_retention.jsonl
+  text_retention_rows: 2
   safe:
     fusion_layers: [0, -1]
     num_audio_tokens: 4
@@ -40,7 +42,7 @@ def parts(tiny_builtin, tmp_path_factory):
 
     from safe.bench import files
     from safe.bench.gemma import base as gb
-    from safe.bench.gemma.track_text import text_prompts
+    from safe.bench.gemma.track_text import text_prompts, training_prompts
     from safe.bench.gemma.train import build_gemma_base
     from safe.bench.speech.track import PROMPTS
     from safe.bench.speech.whisper import convert
@@ -52,7 +54,7 @@ def parts(tiny_builtin, tmp_path_factory):
     root = tmp_path_factory.mktemp("gemma-track")
     rows = [e for s in ("train", "test") for e in files.load_split(bench, s)]
     words = words_of([t for e in rows for t in (e.question, *e.answers)] + list(PROMPTS.values())
-                     + [p.text for p in text_prompts(12)])
+                     + [p.text for p in text_prompts(12) + training_prompts()])
     lm = tiny_gemma_lm(root / "lm", words)
     vl = root / "gemma" / "vl"
     build_gemma_base(bench, vl, lm_dir=lm, builtin_vl=base / "vl",
@@ -102,6 +104,11 @@ def test_every_stage_runs_and_the_closed_path_is_bit_exact(track_run):
     m = json.loads((run / "metrics.json").read_text())
     assert {"verify", "stage_a", "policy", "eval", "gemma", "timing"} <= set(m)
     assert m["stage_a"]["frozen_byte_identical"] and m["stage_a"]["config"]["answer_logits_only"]
+    from safe.bench.gemma.track_text import training_prompts
+
+    text = m["stage_a"]["text_retention"]  # Stage A's text-only rows: the file the track wrote into its data folder
+    assert text["prompts"] == len(training_prompts()) and text["file"].endswith("text_retention.jsonl")
+    assert all("loss_text_retention" in h for h in m["stage_a"]["history"])
     g = m["gemma"]
     for key in ("text", "vl"):
         s = g[key]
@@ -162,6 +169,10 @@ def test_a_killed_track_starts_again_where_it_stopped(parts, track_run, tmp_path
     assert ran == [str(copy)] and result.ok
     after = json.loads((copy / "metrics.json").read_text())
     assert after["timing"]["seconds"] > m["timing"]["seconds"]  # the killed run's time is counted in
+    for kept in ("verify_done_seconds", "stage_a_done_seconds", "gemma_done_seconds", "policy_done_seconds"):
+        assert after["timing"][kept] == m["timing"][kept]  # a kept stage keeps the time it took when it ran
+        assert after["timing"]["load_average"][kept] == m["timing"]["load_average"][kept]
+    assert after["timing"]["eval_done_seconds"] > m["timing"]["policy_done_seconds"]
     assert after["gemma"]["lm_sha256"]["all_equal"] and "after_eval" in after["gemma"]["lm_sha256"]
 
 

@@ -75,6 +75,31 @@ def test_policy_stage_with_the_early_state(untrained_ckpt):
         PolicyStageConfig(state="late")
 
 
+def test_the_deployed_alpha_can_be_chosen_on_held_out_training_rows(untrained_ckpt, monkeypatch):
+    """choose_alpha: the deployed policy, its seeds and the saved teacher follow the alpha chosen on the training
+    table's held-out quarter (here forced to 0.3 while alpha says 0.0); the test table plays no part."""
+    import safe.policy.modalities as mod
+
+    bench, base, ckpt = untrained_ckpt
+    model, fmt, frontend = load_trained(base, ckpt)
+    seen = []
+
+    def chosen(table, alphas, **kw):
+        seen.append((len(table), list(alphas), kw["tolerance"]))
+        return 0.3, [{"alpha": 0.3, "val_accuracy": 0.5}]
+
+    monkeypatch.setattr(mod, "choose_alpha", chosen)
+    cfg = PolicyStageConfig(alphas=[0.0, 0.3], alpha=0.0, steps=4, seeds=1, train_rows=40, cost_batch=8,
+                            distill_epochs=3, latency_batches=[8], floor_stress=0.0, choose_alpha=True,
+                            alpha_tolerance=0.02)
+    m, _ = run_policy_stage(model, fmt, frontend, BuiltinSource(bench), cfg)
+    assert seen == [(m["rows"]["train"], [0.0, 0.3], 0.02)]
+    assert m["alpha"] == 0.3 and m["test"] == m["runs"]["0.3"]["test"]
+    assert m["alpha_choice"]["chosen_on"].startswith("a held-out quarter") and m["alpha_choice"]["sweep"]
+    with pytest.raises(ValueError, match="alpha_tolerance must be a fraction"):
+        PolicyStageConfig(alpha_tolerance=2)
+
+
 def test_policy_cli_train_then_distill(untrained_ckpt, tmp_path, capsys):
     bench, base, ckpt = untrained_ckpt
     args = ["--run-dir", str(tmp_path), "--data", str(bench), "--base", str(base), "--checkpoint", str(ckpt),

@@ -51,6 +51,13 @@ class PolicyStageConfig:
     """Final latency weights of the PPO runs that make the Pareto table (proposal: alpha 0 -> 0.6)."""
     alpha: float = 0.1
     """The operating point deployed and reported as "the policy"; must be one of ``alphas``."""
+    choose_alpha: bool = False
+    """Choose the deployed alpha among ``alphas`` on held-out rows instead: PPO at each on three quarters of the
+    training table, scored on the other quarter; deployed is the one with the lowest held-out use rate whose
+    held-out accuracy is within ``alpha_tolerance`` of always-audio's (the smallest alpha when none is). The test
+    split plays no part in the choice; ``metrics.json`` keeps the sweep (``alpha_choice``)."""
+    alpha_tolerance: float = 0.01
+    """With choose_alpha: the held-out accuracy an alpha may lose to always-audio (0.01: one point)."""
     steps: int = PPOConfig.steps
     """PPO updates per run (batch 256, alpha ramped over the first 20%)."""
     gamma: float = PPOConfig.gamma
@@ -98,6 +105,9 @@ class PolicyStageConfig:
             raise ValueError(f"state must be one of {STATE_KINDS}, got {self.state!r}")
         if float(self.alpha) not in self.alphas:
             raise ValueError(f"alpha {self.alpha} must be one of alphas {self.alphas}")
+        if isinstance(self.alpha_tolerance, bool) or not (isinstance(self.alpha_tolerance, (int, float))
+                                                          and 0.0 <= self.alpha_tolerance <= 1.0):
+            raise ValueError(f"alpha_tolerance must be a fraction in [0, 1], got {self.alpha_tolerance!r}")
         if not (isinstance(self.floor_stress, (int, float)) and 0.0 <= self.floor_stress <= 1.0):
             raise ValueError(f"floor_stress must be a fraction in [0, 1], got {self.floor_stress!r}")
         for name in ("steps", "seeds", "train_rows", "cost_batch", "distill_hidden", "distill_epochs"):
@@ -266,22 +276,30 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
     test.table = build_table(test.outcomes, test.prepared, costs)
     t_tables = time.perf_counter() - t0
 
+    alpha, alpha_choice = cfg.alpha, {"chosen_on": "configured (alpha)"}
+    if cfg.choose_alpha:  # on the training table's held-out quarter: the test split plays no part
+        from safe.policy.modalities import choose_alpha
+
+        alpha, sweep = choose_alpha(train.table, cfg.alphas, tolerance=cfg.alpha_tolerance,
+                                    ppo={"steps": cfg.steps, "gamma": cfg.gamma, "tau": cfg.tau})
+        alpha_choice = {"chosen_on": "a held-out quarter of the training table", "tolerance": cfg.alpha_tolerance,
+                        "sweep": sweep}
     runs, ppo_points, policies = {}, [], {}
-    for alpha in cfg.alphas:
-        net, hist = train_ppo(train.table, cfg.ppo(alpha), progress=False)
+    for a in cfg.alphas:
+        net, hist = train_ppo(train.table, cfg.ppo(a), progress=False)
         ev = evaluate_policy(net, test.table)
-        policies[alpha] = net
-        runs[alpha] = {"test": ev, "history": hist}
-        ppo_points.append(_point(f"PPO alpha={alpha:g}", "ppo", ev, alpha=alpha))
+        policies[a] = net
+        runs[a] = {"test": ev, "history": hist}
+        ppo_points.append(_point(f"PPO alpha={a:g}", "ppo", ev, alpha=a))
     points = pareto_points(test.table, ppo_points)
     for p in ppo_points:
         p["beats_thresholds"] = beats_thresholds(p, points)
 
-    seed_evals = [runs[cfg.alpha]["test"]] + [
-        evaluate_policy(train_ppo(train.table, cfg.ppo(cfg.alpha, seed=s))[0], test.table) for s in range(1, cfg.seeds)]
-    no_constraint = evaluate_policy(train_ppo(train.table, cfg.ppo(cfg.alpha, dual_lr=0.0))[0], test.table)
+    seed_evals = [runs[alpha]["test"]] + [
+        evaluate_policy(train_ppo(train.table, cfg.ppo(alpha, seed=s))[0], test.table) for s in range(1, cfg.seeds)]
+    no_constraint = evaluate_policy(train_ppo(train.table, cfg.ppo(alpha, dual_lr=0.0))[0], test.table)
     floor_stress = floor_binding(train.table, test.table, cfg.ppo(0.0), cfg.floor_stress) if cfg.floor_stress else {}
-    teacher = policies[cfg.alpha]
+    teacher = policies[alpha]
     gate, dist = distill_gate(teacher, train.table, test.table, cfg.distill_hidden, cfg.distill_epochs)
     t_train = time.perf_counter() - t0 - t_tables
 
@@ -300,7 +318,7 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
     skipped_vl = [i for i, e in enumerate(test.examples) if not e.needs_audio and not bool(deployed["used_audio"][i])]
     skip_all = measure_skip_all(model, fmt, test, frontend, skipped_vl[: cfg.cost_batch])
 
-    headline = runs[cfg.alpha]["test"]
+    headline = runs[alpha]["test"]
     always = evaluate_actions(test.table, B.always(test.table))
     direct_always_ms = float(torch.tensor([costs[e.family]["audio"] for e in test.examples]).mean())
     base_ms = float(torch.tensor([costs[e.family]["base"] for e in test.examples]).mean())
@@ -317,7 +335,7 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
         "floor_stress": floor_stress,
         "test": headline,
         "oracle_gap": oracle_gap(test.table, teacher.decide(test.table.states)),
-        "alpha": cfg.alpha,
+        "alpha": alpha, "alpha_choice": alpha_choice,
         "always_audio_direct_ms": direct_always_ms, "base_ms": base_ms,
         "policy_vs_always_direct_latency": headline["mean_latency_ms"] / direct_always_ms,
         "baselines": {
@@ -333,7 +351,7 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
         },
         "pareto": points,
         "runs": {f"{a:g}": {"test": r["test"], "collapse": r["test"]["collapse"]} for a, r in runs.items()},
-        "history": runs[cfg.alpha]["history"],
+        "history": runs[alpha]["history"],
         "collapse": headline["collapse"],
         "seeds": seeds,
         "distill": {k: v for k, v in dist.items() if k not in ("student", "teacher")},
@@ -352,7 +370,7 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(out / "ppo_policy.safetensors"),
-                  metadata={"alpha": str(cfg.alpha), "state_dim": str(spec.dim), "hidden": str(teacher.hidden)})
+                  metadata={"alpha": str(alpha), "state_dim": str(spec.dim), "hidden": str(teacher.hidden)})
         test.table.save(out / "table_test.safetensors")
     return metrics, {"train": train, "test": test, "deployed": deployed, "policies": policies, "gate": gate}
 

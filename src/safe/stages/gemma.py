@@ -17,6 +17,7 @@ from safe.stages.common import StageError
 #: Run directory and recipe of the track when ``safe demo``'s defaults are left as they are.
 RUN_DIR = "runs/demo-gemma"
 RECIPE = "stage_a_gemma.yaml"  # a shipped recipe (safe.training's recipes/)
+TEXT_RETENTION_FILE = "text_retention.jsonl"  # in the track's data folder; the recipe's stage_a.text_retention
 #: The share of answers that must stay identical with the gate open (text and VL), the gain over the deaf base
 #: and the policy's distances the track is held to.
 TARGETS = {"open_identical": 0.995, "audio_gain": 0.30, "use_rate_vs_oracle": 0.05, "accuracy_vs_always": 0.01,
@@ -119,6 +120,7 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
 
     from safe.bench.gemma import track as gt
     from safe.bench.gemma.base import BUILD_FILE
+    from safe.bench.gemma.track_text import training_prompts
     from safe.bench.speech.files import generate_speech_benchmark
     from safe.evaluation.gates import GateFailed
     from safe.policy.stage import PolicyStageConfig
@@ -130,19 +132,25 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
     from safe.stages.speech import whisper_dirs
     from safe.stages.stage_a import StageAResult, TrainConfig, train
     from safe.stages.verify import VerifyConfig, VerifyResult, verify
+    from safe.training.text_retention import write_prompts
 
     track = track or gt.GemmaTrackConfig()
     run = RunDir(cfg.run_dir)
     step = StageLog(echo)
     previous = {} if cfg.fresh else run.metrics().get("timing", {})
     spent = float(previous.get("seconds", 0.0))
-
-    load: dict[str, float] = {}
+    # each stage's mark: seconds since the run directory's last fresh start; a stage that a resumed invocation
+    # keeps keeps the mark (and load average) of the invocation that ran it
+    resuming = not cfg.fresh  # a stage already recorded is kept while every stage before it was kept too
+    marks = {k: v for k, v in previous.items() if k.endswith("_done_seconds")}
+    load: dict[str, float] = dict(previous.get("load_average") or {})
 
     def mark(name: str) -> None:  # recorded at once: a killed run keeps the time it spent up to here
         step.mark(name)
-        load[name] = round(os.getloadavg()[0], 2)  # the machine is shared: its load says what the times mean
-        run.record("timing", {**step.timing, "seconds": round(spent + step.elapsed(), 1), "partial": True,
+        if not (resuming and name in marks):
+            marks[name] = round(spent + step.elapsed(), 1)
+            load[name] = round(os.getloadavg()[0], 2)  # the machine is shared: its load says what the times mean
+        run.record("timing", {**marks, "seconds": round(spent + step.elapsed(), 1), "partial": True,
                               "load_average": load})
     echo("== 1. the Gemma VL base (make gemma-base) and the real Whisper tiny.en encoder ==")
     base = Path(base) if base else gemma_base_dir()
@@ -154,6 +162,9 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
     name = "speech-gemma" if track.speech == gt.GemmaTrackConfig().speech else \
         "speech-gemma-" + hashlib.sha256(json.dumps(track.speech.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     data = generate_speech_benchmark(cache_dir() / name, track.speech, progress=True)
+    # Stage A's text-only retention prompts (the recipe's text_retention, read from the data folder): none of the
+    # text retention set the track measures on
+    write_prompts(Path(data) / TEXT_RETENTION_FILE, [p.text for p in training_prompts()])
     mark("data_done_seconds")
     paths = dict(run_dir=cfg.run_dir, data=str(data), base=str(base), audio=str(audio))
     go_on = cfg.continue_on_gate_failure
@@ -167,7 +178,6 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
             found["all_equal"] = all(v == expected for k, v in found.items() if k != "all_equal")
             run.record(GemmaResult({**recorded.metrics, "lm_sha256": found}))
 
-    resuming = not cfg.fresh  # a stage already recorded is kept while every stage before it was kept too
 
     def kept(result_type, folder: str | None = None) -> bool:
         nonlocal resuming
@@ -215,7 +225,7 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
         step(evaluate(EvalConfig(**paths)))
     mark("eval_done_seconds")
     boundary("after_eval")
-    timing = {**step.timing, "seconds": round(spent + step.elapsed(), 1), "this_invocation_seconds": step.elapsed(),
+    timing = {**marks, "seconds": round(spent + step.elapsed(), 1), "this_invocation_seconds": step.elapsed(),
               "load_average": load}
     result = DemoResult(timing, step.ok, cfg.run_dir)
     run.record(result)

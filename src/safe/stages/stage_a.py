@@ -2,6 +2,7 @@
 (``--stage_a.steps``, ``--stage_a.safe.lora_rank``) over a recipe (``--config``, default the built-in one)."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -129,6 +130,19 @@ def train(cfg: TrainConfig) -> StageAResult:
     return result if metrics.get("main_process", True) else run.read(StageAResult)
 
 
+def text_retention_file(path: str | None, data: DataSource) -> Path | None:
+    """Where ``stage_a.text_retention`` points: an absolute path, a path from the working directory, or one in the
+    data folder (a data source's ``root``); StageError naming the setting when none exists."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    tried = [p] if p.is_absolute() else [p, *([Path(data.root) / p] if hasattr(data, "root") else [])]
+    for c in tried:
+        if c.is_file():
+            return c
+    raise StageError(f"stage_a.text_retention: no file {path!r} (looked at {', '.join(str(c) for c in tried)})")
+
+
 def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_dir: str | Path, *,
                 audio: str | Path | None = None, dtype=torch.float32, template: str | None = None,
                 fresh: bool = False, stop_after: int | None = None, eval_split: str = "test",
@@ -144,6 +158,7 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
     from safe.inference.loading import load_safe
     from safe.training.evaluate import evaluate_stage_a
     from safe.training.stage_a import StageATrainer
+    from safe.training.text_retention import load_prompts
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
@@ -165,10 +180,14 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
         test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
     prep_seconds = time.perf_counter() - t0
+    text_file = text_retention_file(cfg.text_retention, data)
+    text_prompts = load_prompts(text_file) if text_file is not None else None
     fingerprint = {**hashes, "benchmark": data.fingerprint(),
                    "max_train": max_train}
+    if text_prompts is not None:  # another prompt set is another run: a checkpoint of the old one is refused
+        fingerprint["text_retention"] = hashlib.sha256("\n".join(text_prompts).encode()).hexdigest()
     trainer = StageATrainer(model, fmt, train_set, retention_set, cfg, run_dir, progress=progress,
-                            fingerprint=fingerprint)
+                            fingerprint=fingerprint, text_prompts=text_prompts)
     fit = trainer.fit(resume=True, stop_after=stop_after)
     if fit.get("interrupted"):
         return fit
@@ -194,6 +213,9 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         "retention_buffer": {**(data.retention_source() if hasattr(data, "retention_source") else
                                 {"source": f"the {data.name} source's retention split", "rows": len(retention)}),
                              "rows_per_measurement": len(trainer.retention)},
+        **({"text_retention": {"file": str(text_file), "prompts": len(text_prompts),
+                               "rows_per_step": cfg.text_retention_rows * cfg.grad_accum,
+                               "reference": "the base's own greedy answer"}} if text_prompts else {}),
         "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
         "history": fit["history"], "config": cfg.to_dict(),
         "parameters": dict(model.parameter_report()),

@@ -90,6 +90,16 @@ class StageAConfig:
     """Dual-ascent step: lambda += dual_lr * (floor - accuracy)."""
     retention_examples: int = 300
     """Examples of the retention buffer used per measurement."""
+    text_retention: str | None = None
+    """A JSON Lines file of text-only prompts (``{"prompt": ...}`` per line, no image; a relative path is read from
+    the data folder): each step also pulls SAFE's answer distribution (gate open, an unrelated clip) onto the base's
+    own greedy answer on ``text_retention_rows`` of them, with the retention KL's weight. Null: VL rows only."""
+    text_retention_rows: int = 4
+    """Text-only prompts per micro-batch (with text_retention)."""
+    text_retention_weight: float = 1.0
+    """Their KL's weight relative to the VL rows' (both multiplied by the dual-ascent lambda)."""
+    text_answer_tokens: int = 8
+    """Longest reference answer the base generates for a text-only prompt (tokens; the stop token ends it)."""
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     """Audio exposure schedule."""
     answer_logits_only: bool = False
@@ -111,7 +121,8 @@ class StageAConfig:
         self.betas = tuple(self.betas)
         if isinstance(self.curriculum, dict):
             self.curriculum = _build(CurriculumConfig, self.curriculum, "curriculum.")
-        positive = ("steps", "batch_size", "grad_accum", "retention_examples", "fisher_examples")
+        positive = ("steps", "batch_size", "grad_accum", "retention_examples", "fisher_examples",
+                    "text_retention_rows", "text_answer_tokens")
         for name in positive:
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, getattr(self, name),
                    "a positive integer")
@@ -122,7 +133,9 @@ class StageAConfig:
             _check(_num(getattr(self, name)) and getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
         _check(self.lr_gates is None or (_num(self.lr_gates) and self.lr_gates > 0), "lr_gates", self.lr_gates,
                "a number > 0 or null")
-        for name in ("weight_decay", "lambda_retention", "lambda_fisher", "retention_tau"):
+        _check(self.text_retention is None or (isinstance(self.text_retention, str) and self.text_retention.strip() != ""),
+               "text_retention", self.text_retention, "a file path or null")
+        for name in ("weight_decay", "lambda_retention", "lambda_fisher", "retention_tau", "text_retention_weight"):
             _check(_num(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
         _check(_num(self.fisher_decay) and 0 <= self.fisher_decay < 1, "fisher_decay", self.fisher_decay,
                "a number in [0, 1)")

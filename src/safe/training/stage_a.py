@@ -120,7 +120,7 @@ class StageATrainer:
 
     def __init__(self, model: SAFEModel, fmt: PromptFormat, train: PreparedSet, retention: PreparedSet,
                  cfg: StageAConfig, run_dir: str | Path, *, progress: bool = True,
-                 fingerprint: dict | None = None) -> None:
+                 fingerprint: dict | None = None, text_prompts: Sequence[str] | None = None) -> None:
         from accelerate import Accelerator
 
         from safe.data.mixture import BalancedMixtureSampler
@@ -158,6 +158,7 @@ class StageATrainer:
         self.named_trainable = {n: p for n, p in self._unwrapped.named_parameters() if p.requires_grad}
         self.fisher = DiagonalFisher(self.named_trainable)
         self.dual = DualAscent(cfg.lambda_retention, cfg.dual_lr, floor=0.0)
+        self.text = self._text_retention(text_prompts)
         self.step = 0
         self.history: list[dict] = []
         self.base_retention_accuracy: float | None = None
@@ -174,6 +175,49 @@ class StageATrainer:
         if "logits_to_keep" in inspect.signature(self.model.base_model.forward).parameters:
             batch["logits_to_keep"] = 1  # the head over every position would cost more than the layers
         return calibrate_output_scale(self.model, batch)
+
+    def _text_retention(self, prompts: Sequence[str] | None):
+        """The text-only retention rows (:mod:`safe.training.text_retention`), or None without a prompt file."""
+        from safe.training.text_retention import TextRetention
+
+        if self.cfg.text_retention is None:
+            return None
+        if not prompts:
+            raise ValueError(f"text_retention={self.cfg.text_retention!r}: the trainer was given no prompts")
+        base = self._unwrapped.base_model
+        tok = getattr(self.fmt, "tok", None)
+        if tok is None:
+            raise ValueError("text_retention: the prompt format has no tokenizer (text-only rows need one)")
+        return TextRetention(prompts, tok, base, max_answer_tokens=self.cfg.text_answer_tokens,
+                             cache_dir=self.ckpt_dir, base_hash=self._base_hash(base), device=self.accelerator.device,
+                             progress=self.progress)
+
+    def _base_hash(self, base) -> str:
+        from safe.models.integrity import state_hash
+
+        return str(self.fingerprint.get("base_vl") or state_hash(base))
+
+    def _text_loss(self, micro: int) -> torch.Tensor:
+        """The retention KL of this step's text-only rows: SAFE with the gate open and unrelated clips (drawn
+        from the training split) against the frozen base, at the base's answer tokens."""
+        from safe.training.losses import retention_kl
+
+        cfg, acc = self.cfg, self.accelerator
+        rows = self.text.draw(cfg.text_retention_rows, seed=cfg.seed, step=self.step, micro=micro,
+                              process=acc.process_index)
+        clips = random.Random(f"text-clips/{cfg.seed}/{self.step}/{micro}/{acc.process_index}").sample(
+            range(len(self.train_set)), min(len(rows), len(self.train_set)))
+        clips = (clips * len(rows))[:len(rows)]
+        batch, labels = self.text.batch(rows)
+        if cfg.answer_logits_only:
+            k = labels.shape[1] - int((labels != -100).any(0).nonzero()[0]) + 1
+            batch["logits_to_keep"], labels = k, labels[:, -k:]
+        emb = features_to(self.train_set.audio[clips], acc.device)
+        with acc.autocast():
+            logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row
+            with torch.no_grad():
+                base = self._unwrapped.base_model(**batch).logits
+        return retention_kl(logits, base, labels)
 
     @property
     def _unwrapped(self) -> SAFEModel:
@@ -203,7 +247,8 @@ class StageATrainer:
         needs, answers = self.train_set.needs_audio, self.train_set.enc.answers
         return sum(len(answers[i]) for i in rows if bool(needs[i]) == audio)
 
-    def _losses(self, idx: Sequence[int], whole: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    def _losses(self, idx: Sequence[int], whole: Sequence[int] | None = None,
+                micro: int = 0) -> dict[str, torch.Tensor]:
         """The losses of rows ``idx``. ``whole``: the rows of this micro-batch over all processes; each
         process then scales its token means by (its tokens / all tokens) * processes, so the gradient
         the processes average is the single-process mean over ``whole`` (and so are the logged values)."""
@@ -234,7 +279,11 @@ class StageATrainer:
         else:
             out["retention"] = zero
         out["fisher"] = self.fisher.penalty(self.named_trainable) if self.cfg.lambda_fisher > 0 else zero
-        out["total"] = out["audio"] + self.dual.value * out["retention"] + self.cfg.lambda_fisher * out["fisher"]
+        retention = out["retention"]
+        if self.text is not None:
+            out["text_retention"] = self._text_loss(micro)
+            retention = retention + self.cfg.text_retention_weight * out["text_retention"]
+        out["total"] = out["audio"] + self.dual.value * retention + self.cfg.lambda_fisher * out["fisher"]
         return out
 
     def _fisher_due(self) -> bool:
@@ -329,8 +378,12 @@ class StageATrainer:
         from safetensors.torch import load_file
 
         state = load_resume_state(path / STATE_FILE)
-        if state["config"] != self.cfg.to_dict():
-            diff = sorted(k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k))
+        now = self.cfg.to_dict()
+        # a setting added since the checkpoint was written counts at its default (older runs still resume)
+        added = {k: v for k, v in StageAConfig().to_dict().items() if k not in state["config"]}
+        saved = {**added, **state["config"]}
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ResumeMismatch(f"{path} was written with a different config (fields {diff}); "
                                  f"start a fresh run directory or pass --fresh (make demo DEMO_ARGS=--fresh)")
         if state.get("fingerprint", {}) != self.fingerprint:
@@ -391,7 +444,7 @@ class StageATrainer:
                 for m in range(cfg.grad_accum):
                     parts = [sh[m * micro // world:(m + 1) * micro // world] or sh for sh in shards]
                     whole = [i for p in parts for i in p] if world > 1 else None
-                    losses = self._losses(parts[acc.process_index], whole)
+                    losses = self._losses(parts[acc.process_index], whole, micro=m)
                     acc.backward(losses["total"] / cfg.grad_accum)
                     if world > 1:  # log the global mean: each process holds its scaled share of it
                         losses = {k: acc.reduce(v.detach().clone(), "mean") for k, v in losses.items()}

@@ -19,7 +19,7 @@ def cache_root() -> Path:
 def main(argv=None) -> int:
     from safe.bench.build import build_builtin_models
     from safe.bench.files import generate_benchmark
-    from safe.bench.gemma.base import GemmaBaseConfig
+    from safe.bench.gemma.base import GemmaBaseConfig, fast_dtype
     from safe.bench.gemma.lm import MissingExtra, convert
     from safe.bench.gemma.train import build_gemma_base
     from safe.bench.questions import SynthConfig
@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr-tower", type=float, default=defaults.lr_tower, help="0 keeps the tower frozen")
     p.add_argument("--warm-start-steps", type=int, default=defaults.warm_start_steps,
                    help="steps of the projector's fit to Gemma's word embeddings (0: no warm start)")
-    p.add_argument("--train-dtype", choices=("bfloat16", "float32"), default=defaults.train_dtype,
-                   help="dtype of the Gemma copy the steps run through (the saved Gemma stays float32)")
+    p.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                   help="dtype of the Gemma copy the steps run through (the saved Gemma stays float32; auto: the faster on this CPU)")
     p.add_argument("--eval-every", type=int, default=defaults.eval_every,
                    help="steps between accuracy probes on the 96 monitor rows (0: only at the end)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     base = cache_root() / "base"
     build_builtin_models(bench, base)  # the shipped build, installed when it matches
     cfg = GemmaBaseConfig(steps=a.steps, batch_size=a.batch_size, lr_projector=a.lr_projector, lr_tower=a.lr_tower,
-                          warm_start_steps=a.warm_start_steps, train_dtype=a.train_dtype,
+                          warm_start_steps=a.warm_start_steps, train_dtype=fast_dtype(a.train_dtype),
                           eval_every=a.eval_every)
     record = build_gemma_base(bench, a.out or root / "vl", lm_dir=lm_dir, builtin_vl=base / "vl", cfg=cfg,
                               force=a.force)

@@ -62,8 +62,9 @@ class GemmaBaseConfig:
     warmup_steps: int = 10
     train_dtype: str = "bfloat16"
     """The dtype of the frozen Gemma *copy* the training steps run through (:mod:`.prefix`); the saved, checked
-    Gemma stays float32. bfloat16 halves a step on CPUs with bfloat16 instructions (AVX512-BF16, AMX) and
-    is slower than float32 on CPUs without them."""
+    Gemma stays float32. bfloat16 halves a step on CPUs with bfloat16 instructions (AVX512-BF16, AMX); on a CPU
+    without them (AVX2 only) a bfloat16 matrix product was measured 66 times slower than float32, and a step took
+    150 s instead of about 2. ``python -m safe.bench.gemma`` picks by measurement (:func:`fast_dtype`)."""
     warm_start_steps: int = 300
     """Minibatch steps of the projector's fit to Gemma's word embeddings of each cell (:mod:`.warm`) before
     any Gemma forward; 0 starts from a fresh projector scaled to the embeddings' norm instead."""
@@ -80,6 +81,29 @@ class GemmaBaseConfig:
         import hashlib
 
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fast_dtype(requested: str = "auto") -> str:
+    """``requested`` unless it is ``auto``; then ``bfloat16`` when a bfloat16 matrix product on this CPU is faster
+    than a float32 one (timed here, a few milliseconds), else ``float32``. The choice changes the build (the record
+    names it), so two machines that choose differently build different, equally checked, bases."""
+    import time
+
+    import torch
+
+    if requested != "auto":
+        return requested
+    best = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(128, 256, dtype=dt), torch.randn(256, 256, dtype=dt)
+        a @ b  # the first call sets up the kernel
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        best[dt] = min(times)
+    return "bfloat16" if best[torch.bfloat16] < best[torch.float32] else "float32"
 
 
 def prompt_tokenizer(lm_dir: str | Path):

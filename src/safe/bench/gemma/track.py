@@ -48,8 +48,9 @@ class GemmaTrackConfig:
     """Rows of train added to val for the policy's outcome table."""
     latency_batches: tuple[int, ...] = (1, 16)
     """Batch sizes of the deployed gate's end-to-end latency."""
-    policy: dict[str, Any] = field(default_factory=dict)
-    """Further Stages B/C settings (PolicyStageConfig fields)."""
+    policy: dict[str, Any] = field(default_factory=lambda: {"choose_alpha": True})
+    """Further Stages B/C settings (PolicyStageConfig fields). The deployed alpha is chosen on held-out training
+    rows (the depth track's rule): at the fixed alpha 0.1 the policy lost 8.3 points to always-audio."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

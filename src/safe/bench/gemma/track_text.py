@@ -189,3 +189,66 @@ def is_correct(answer: str, gold: tuple[str, ...]) -> bool:
         if a == g or (a.startswith(g) and not a[len(g)].isalnum()):
             return True
     return False
+
+
+# The training side of text retention (Stage A's ``text_retention`` file): prompts of the same kinds and form as
+# the set above, none of them in it (a test checks), so the set above measures retention on prompts Stage A never
+# saw. No answers: the reference is the base's own greedy answer.
+_TRAIN_CAPITALS = ("the Netherlands", "Belgium", "Denmark", "Finland", "Switzerland", "Turkey", "India", "Kenya",
+                   "Argentina", "Peru", "Cuba", "Thailand", "Hungary", "Iceland", "Scotland", "Mexico", "Chile",
+                   "South Korea", "Vietnam", "Morocco")
+_TRAIN_COLOURS = ("a lemon", "a strawberry", "milk", "a carrot", "a cucumber", "the sea", "a polar bear", "a crow",
+                  "chocolate", "a lime", "a cherry", "a pumpkin", "a fire engine", "a daffodil", "an eggplant")
+_TRAIN_OPPOSITES = ("cold", "down", "small", "night", "white", "right", "slow", "sad", "closed", "tall", "old",
+                    "wet", "hard", "light", "early", "empty", "loud", "rich", "young", "near")
+_TRAIN_PLURALS = ("goose", "man", "woman", "person", "sheep", "leaf", "knife", "wolf", "box", "city")
+_TRAIN_LEGS = ("cat", "horse", "ant", "chicken", "cow", "duck", "beetle", "octopus")
+_TRAIN_DAYS = ("Tuesday", "Wednesday", "Thursday", "Saturday", "Sunday")
+_TRAIN_MONTHS = ("February", "March", "April", "May", "July", "August", "September", "October", "November")
+_TRAIN_BABIES = ("cow", "sheep", "horse", "duck", "goat", "frog")
+_TRAIN_SOUNDS = ("a duck", "a sheep", "a pig", "a lion", "an owl", "a horse")
+_TRAIN_COMPLETIONS = ("3, 6, 9, 12,", "1, 3, 5, 7,", "100, 200, 300,", "Z, Y, X, W,", "five, six, seven,",
+                      "Thursday, Friday, Saturday,", "April, May, June,", "A stitch in time saves",
+                      "When in Rome, do as the", "All that glitters is not", "Cats and", "Fish and",
+                      "Peanut butter and", "Black and", "Up, down, left and", "Hide and", "Once in a blue",
+                      "The quick brown fox jumps over the lazy", "Birds of a feather flock", "Look before you")
+
+
+def training_prompts(arithmetic: int = 100, seed: int = 1) -> list[TextPrompt]:
+    """Stage A's text retention prompts for the Gemma track: capitals, colours, opposites, plurals, legs, days,
+    months, baby animals and animal sounds not asked in :func:`text_prompts`, other completions, and
+    ``arithmetic`` sums, differences and products (drawn from ``seed``) none of which :func:`text_prompts` asks."""
+    qs = ([f"What is the capital of {c}?" for c in _TRAIN_CAPITALS]
+          + [f"What colour is {t}?" for t in _TRAIN_COLOURS]
+          + [f"What is the opposite of {w}?" for w in _TRAIN_OPPOSITES]
+          + [f"What is the plural of {w}?" for w in _TRAIN_PLURALS]
+          + [f"How many legs does a {a} have?" for a in _TRAIN_LEGS]
+          + [f"What day comes after {d}?" for d in _TRAIN_DAYS]
+          + [f"What month comes after {m}?" for m in _TRAIN_MONTHS]
+          + [f"What do you call a baby {a}?" for a in _TRAIN_BABIES]
+          + [f"What sound does {a} make?" for a in _TRAIN_SOUNDS])
+    out = [TextPrompt(f"train-fact-{i:03d}", "fact", q) for i, q in enumerate(qs)]
+    out += [TextPrompt(f"train-completion-{i:03d}", "completion", f"Complete: {t}") for i, t in enumerate(_TRAIN_COMPLETIONS)]
+    held_out = text_prompts()
+    asked = {_sum_of(p.question) for p in held_out} - {None}
+    pool = [(a, op, b) for op in OPS for a in range(1, 21) for b in range(1, 21)
+            if (op != "-" or a >= b) and (op != "x" or (a <= 10 and b <= 10 and min(a, b) >= 2))]
+    pool = [t for t in pool if t not in asked]  # not the same sum in either phrasing
+    random.Random(seed).shuffle(pool)
+    for i, (a, op, b) in enumerate(pool[:arithmetic]):
+        word = {"+": "plus", "-": "minus", "x": "times"}[op]
+        q = f"What is {a} {op if op != 'x' else '*'} {b}?" if i % 2 else f"What is {a} {word} {b}?"
+        out.append(TextPrompt(f"train-arith-{i:03d}", "arithmetic", q))
+    questions = {p.question for p in held_out}
+    return [p for p in out if p.question not in questions]
+
+
+def _sum_of(question: str) -> tuple[int, str, int] | None:
+    """``(a, op, b)`` of an arithmetic question of :func:`_arithmetic` (either phrasing), else None."""
+    import re
+
+    m = re.fullmatch(r"What is (\d+) (plus|minus|times|\+|-|\*) (\d+)\?", question)
+    if m is None:
+        return None
+    op = {"plus": "+", "minus": "-", "times": "x", "*": "x"}.get(m.group(2), m.group(2))
+    return int(m.group(1)), op, int(m.group(3))
