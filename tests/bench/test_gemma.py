@@ -162,6 +162,38 @@ def test_docs_block_comes_from_the_records(tmp_path):
     assert "old" not in text and text.startswith("head\n") and text.endswith("tail\n") and "missed by 15.0" in text
 
 
+def test_the_build_trains_in_the_faster_dtype_of_this_cpu_and_says_which(monkeypatch):
+    from safe.bench.gemma import docs
+
+    assert gb.fast_dtype("float32") == "float32" and gb.fast_dtype("bfloat16") == "bfloat16"  # forced: as asked
+    assert gb.fast_dtype("auto") in ("float32", "bfloat16")
+    slow = {torch.bfloat16: 1.0, torch.float32: 0.01}  # a CPU whose bfloat16 products are 100 times slower
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *shape, dtype: _Timed(real_randn(*shape), slow[dtype]))
+    monkeypatch.setattr("time.perf_counter", lambda: _Timed.now)  # the clock moves only by the products' costs
+    assert gb.fast_dtype("auto") == "float32"
+    slow[torch.bfloat16], slow[torch.float32] = 0.01, 1.0
+    assert gb.fast_dtype("auto") == "bfloat16"
+    build = {"config": {"batch_size": 32, "train_dtype": "float32"}, "trainable_parameters": 452_000, "steps": 700,
+             "train_rows": 7800, "train_seconds": 1736.0, "torch_threads": 2}
+    assert "through the frozen Gemma in float32" in docs._trained(build)
+    build["config"]["train_dtype"] = "bfloat16"
+    assert "through a bfloat16 copy of the frozen Gemma" in docs._trained(build)
+
+
+class _Timed:
+    """A stand-in tensor whose product advances a fake clock by its cost (fast_dtype times products)."""
+
+    now = 0.0
+
+    def __init__(self, t, cost):
+        self.t, self.cost = t, cost
+
+    def __matmul__(self, other):
+        _Timed.now += self.cost
+        return self
+
+
 def test_prefix_cached_loss_equals_the_full_forward(tiny_builtin, tiny_lm):
     """The training loss with each question's keys and values computed once is the loss of the whole prompt."""
     bench, base = tiny_builtin

@@ -58,7 +58,9 @@ def _trained(build: Mapping[str, Any]) -> str:
     start = (f"warm start: fitted in {warm['seconds']:.0f} s to Gemma's embeddings of each cell's words "
              f"(relative distance {warm['distance_before']:.2f} -> {warm['distance_after']:.4f}), then ") if warm else ""
     dtype = cfg.get("train_dtype")
-    through = f" through a {dtype} copy of the frozen Gemma" if dtype and dtype != "float32" else ""
+    through = f" through a {dtype} copy of the frozen Gemma" if dtype and dtype != "float32" else \
+        " through the frozen Gemma in float32 (the build's choice on this CPU: its bfloat16 was slower)" \
+        if dtype == "float32" else ""
     load = build.get("load_before")
     where = f"load {load[0]:.0f} to {build['load_after'][0]:.0f} on {build.get('cpus', 2)} cores" \
         if load and build.get("load_after") else "a shared 2-core CPU"
