@@ -4,8 +4,9 @@
 
 ``L_audio``: answer cross-entropy on audio-dependent rows, gate open. ``L_ret``: KL(base || adapted) on
 VL-only rows *with the gate open and unrelated audio attached* (with the gate closed it is zero by
-construction). ``L_fisher``: EWC on the trainable parameters, anchored at their zero-gate start, with the
-diagonal Fisher of SAFE's outputs on the retention buffer under the base's own output distribution, first
+construction), plus, with ``text_retention``, the same KL on text-only prompts against the base's own
+greedy answer (:mod:`safe.training.text_retention`). ``L_fisher``: EWC on the trainable parameters, anchored
+at their zero-gate start, with the diagonal Fisher of SAFE's outputs on the retention buffer under the base's own output distribution, first
 estimated after ``fisher_warmup`` steps (the gates open first) and refreshed every ``fisher_every``.
 ``lambda_ret`` rises by dual ascent while VL accuracy (gate open) on the retention buffer is below
 the base's minus tau. Runs on Hugging Face Accelerate; checkpoints resume bit-exactly on CPU.
