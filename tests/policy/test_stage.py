@@ -78,7 +78,7 @@ def test_policy_stage_with_the_early_state(untrained_ckpt):
 def test_the_deployed_alpha_can_be_chosen_on_held_out_training_rows(untrained_ckpt, monkeypatch):
     """choose_alpha: the deployed policy, its seeds and the saved teacher follow the alpha chosen on the training
     table's held-out quarter (here forced to 0.3 while alpha says 0.0); the test table plays no part."""
-    import safe.policy.modalities as mod
+    import safe.policy.alpha as mod
 
     bench, base, ckpt = untrained_ckpt
     model, fmt, frontend = load_trained(base, ckpt)

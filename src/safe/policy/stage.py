@@ -278,7 +278,7 @@ def run_policy_stage(model, fmt, frontend, data: DataSource, cfg: PolicyStageCon
 
     alpha, alpha_choice = cfg.alpha, {"chosen_on": "configured (alpha)"}
     if cfg.choose_alpha:  # on the training table's held-out quarter: the test split plays no part
-        from safe.policy.modalities import choose_alpha
+        from safe.policy.alpha import choose_alpha
 
         alpha, sweep = choose_alpha(train.table, cfg.alphas, tolerance=cfg.alpha_tolerance,
                                     ppo={"steps": cfg.steps, "gamma": cfg.gamma, "tau": cfg.tau})
