@@ -4,6 +4,7 @@ report's per-modality rows. PPO itself is tested in test_ppo.py: here a stand-in
 first state feature, lower for larger alpha) keeps these tests to seconds."""
 import pytest
 
+import safe.policy.alpha as A
 import safe.policy.modalities as M
 from safe.policy import baselines as B
 from safe.policy.table import evaluate_actions, make_synthetic_table
@@ -31,8 +32,9 @@ def stand_in(monkeypatch):
         seen.append((len(table), cfg.alpha_final))
         return Gate({0.1: -0.2, 0.3: 0.6, 3.0: 1.5}[cfg.alpha_final]), {}
 
-    monkeypatch.setattr(M, "train_ppo", train_ppo)
-    monkeypatch.setattr(M, "evaluate_policy", lambda net, t: evaluate_actions(t, net.decide(t.states)))
+    for module in (M, A):  # the per-modality stages and the held-out alpha choice (safe.policy.alpha)
+        monkeypatch.setattr(module, "train_ppo", train_ppo)
+        monkeypatch.setattr(module, "evaluate_policy", lambda net, t: evaluate_actions(t, net.decide(t.states)))
     return seen
 
 
