@@ -51,6 +51,14 @@ class UnsafeCheckpoint(ResumeMismatch):
     """
 
 
+def keep_answer_logits(batch: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Ask the head for the last positions only, from the first column holding an answer token on: left padding
+    puts every answer at the end of its row. Sets ``batch["logits_to_keep"]`` and returns the labels cut alike."""
+    k = labels.shape[1] - int((labels != -100).any(0).nonzero()[0]) + 1
+    batch["logits_to_keep"] = k
+    return labels[:, -k:]
+
+
 def _rng_state() -> dict:
     """The three generators' states as tensors and plain values only (a weights_only load accepts them)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -211,8 +219,7 @@ class StageATrainer:
         clips = (clips * len(rows))[:len(rows)]
         batch, labels = self.text.batch(rows)
         if cfg.answer_logits_only:
-            k = labels.shape[1] - int((labels != -100).any(0).nonzero()[0]) + 1
-            batch["logits_to_keep"], labels = k, labels[:, -k:]
+            labels = keep_answer_logits(batch, labels)
         emb = features_to(self.train_set.audio[clips], acc.device)
         with acc.autocast():
             logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row
@@ -257,9 +264,7 @@ class StageATrainer:
 
         batch, labels, needs = self._inputs(self.train_set, idx)
         if self.cfg.answer_logits_only and "decoder_input_ids" not in batch:
-            # left padding puts every answer at the end: the head runs on the last k positions only
-            k = labels.shape[1] - int((labels != -100).any(0).nonzero()[0]) + 1
-            batch["logits_to_keep"], labels = k, labels[:, -k:]
+            labels = keep_answer_logits(batch, labels)
         emb = features_to(self.train_set.audio[idx], self.accelerator.device)  # a tuple for an ensemble
         with self.accelerator.autocast():
             logits = self.model(**batch, audio_embeddings=emb).logits  # gate open on every row
