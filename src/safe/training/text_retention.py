@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from safe.atomic import write_atomic
 from safe.training.losses import IGNORE_INDEX
 
 #: Cache file of the base's reference answers (under the run's checkpoints folder).
@@ -59,10 +60,7 @@ def write_prompts(path: str | Path, prompts: Sequence[str]) -> Path:
     p = Path(path)
     text = "".join(json.dumps({"prompt": x}, ensure_ascii=False) + "\n" for x in prompts)
     if not p.is_file() or p.read_text(encoding="utf-8") != text:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(p)
+        write_atomic(p, text)
     return p
 
 
@@ -98,10 +96,7 @@ class TextRetention:
         if answers is None:
             answers = self._base_answers(base_model, max_answer_tokens, batch_size, progress)
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"key": key, "answers": answers}))
-                tmp.replace(cache)
+                write_atomic(cache, json.dumps({"key": key, "answers": answers}))
         self.answer_ids: list[list[int]] = answers
 
     def __len__(self) -> int:
