@@ -141,8 +141,9 @@ def test_safe_predict_with_a_depth_file(modal, tmp_path, capsys):
     assert rc == 2 and "bad.jsonl:1: depth" in err and "nope.npy: no such file" in err
 
 
-def _preview_gate(spec):
-    """A gate that uses depth exactly where the preview's first cell is near (> 0.5): a known decision."""
+def _preview_gate(spec, reads_preview: bool = True):
+    """A gate with a known decision: it uses its modality exactly where the preview's first cell is near (> 0.5),
+    or with ``reads_preview`` False on every row."""
     from safe.policy.network import GateMLP
     from safe.policy.runtime import AudioPolicy
 
@@ -151,9 +152,12 @@ def _preview_gate(spec):
     with torch.no_grad():
         for prm in gate.parameters():
             prm.zero_()
-        gate.net[0].weight[0, spec.question_dim + spec.image_dim] = 1.0
-        gate.net[0].bias[0] = -0.5
-        gate.net[2].weight[0, 0] = 10.0
+        if reads_preview:
+            gate.net[0].weight[0, spec.question_dim + spec.image_dim] = 1.0
+            gate.net[0].bias[0] = -0.5
+            gate.net[2].weight[0, 0] = 10.0
+        else:
+            gate.net[2].bias[0] = 10.0
     return AudioPolicy(spec, "mlp", 4, net=gate)
 
 
@@ -181,3 +185,64 @@ def test_a_depth_policy_in_the_checkpoint_decides_the_depth_rows(modal, tmp_path
     given = p(image=imgs, question=qs, depth=[near, None, far, None], use_depth=[True, False, True, False])
     assert [r["used_depth"] for r in given] == [True, False, True, False]  # a given choice overrides the policy
     assert all(r["depth_probability"] is None for r in given)
+
+
+def near_and_far() -> tuple[np.ndarray, np.ndarray]:
+    """A map with an object in the first patch (the preview gate uses depth) and an empty one (it does not)."""
+    near, far = np.full((IMAGE_SIZE, IMAGE_SIZE), 6.0, np.float32), np.full((IMAGE_SIZE, IMAGE_SIZE), 6.0, np.float32)
+    near[:8, :8] = 1.0
+    return near, far
+
+
+@pytest.fixture(scope="module")
+def composed(modal, tmp_path_factory):
+    """The audio run with depth added from a depth checkpoint saved with its own policy (the preview gate), and an
+    audio policy that uses every clip: one checkpoint with two policies, saved with its processor."""
+    from safe.policy.outcomes import state_spec
+
+    base, vit, depth_run, both, _, _ = modal
+    root = tmp_path_factory.mktemp("composed")
+    depth_alone = safe.pipeline(depth_run, base, encoders={"depth": vit})
+    depth_alone.model.attach_policy(_preview_gate(state_spec(depth_alone.model, early=True)))
+    depth_ckpt = depth_alone.model.save_pretrained(root / "depth_policy")
+    depth_alone.model.remove_hooks()
+    p = safe.pipeline(both)
+    p.model.remove_modality("depth")
+    p.model.load_modality("depth", depth_ckpt, tiny_vision_encoder("vit"))  # brings its policy along
+    assert p.model.policy_of("depth") is not None and p.model.policy is None
+    p.model.attach_policy(_preview_gate(state_spec(p.model, early=True), reads_preview=False))  # audio's own
+    out = p.model.save_pretrained(root / "checkpoints" / "policy")
+    p.processor.save_pretrained(out)
+    p.model.remove_hooks()
+    return root
+
+
+def test_two_policies_side_by_side_each_decides_its_own_modality(modal, composed):
+    """Audio's policy and depth's policy (loaded with the depth checkpoint by load_modality) each decide their own
+    rows in one batch, as each decides alone; the composed model saves and reloads both; rows using audio only
+    answer as the audio-only run, rows using nothing as the base."""
+    _, _, _, _, run, rows = modal
+    ckpt = composed / "checkpoints" / "policy"
+    assert set(json.loads((ckpt / "safe_config.json").read_text())["modalities"]["depth"]) >= {"policy"}
+    p = safe.pipeline(composed)  # both policies reloaded from the one checkpoint
+    near, far = near_and_far()
+    qs, imgs = [e.question for e in rows], [e.image for e in rows]
+    audio, depth = [rows[0].audio, None, rows[2].audio, None], [None, near, far, None]
+    out = p(image=imgs, question=qs, audio=audio, depth=depth)
+    assert [r["used_audio"] for r in out] == [True, False, True, False]
+    assert [r["used_depth"] for r in out] == [False, True, False, False]  # the preview gate: near yes, far no
+    assert [r["modalities"] for r in out] == [["audio"], ["depth"], ["audio"], []]
+    assert out[0]["audio_probability"] > 0.99 and out[1]["audio_probability"] is None
+    assert out[1]["depth_probability"] > 0.5 and out[2]["depth_probability"] == 0.5 and out[0]["depth_probability"] is None
+    # each policy decides as it does alone: depth's on the depth-only model, audio's choice forced here
+    alone = safe.pipeline(run)(image=imgs, question=qs, audio=audio)
+    assert out[0]["answer"] == alone[0]["answer"] and out[2]["answer"] == alone[2]["answer"]
+    assert out[3]["answer"] == alone[3]["answer"]
+    forced = p(image=imgs, question=qs, audio=audio, depth=depth, use_audio=[True, False, True, False],
+               use_depth=[False, True, False, False])
+    assert [r["answer"] for r in forced] == [r["answer"] for r in out]
+    # a given choice for one modality leaves the other to its policy
+    half = p(image=imgs, question=qs, audio=audio, depth=depth, use_audio=False)
+    assert [r["used_audio"] for r in half] == [False] * 4 and [r["used_depth"] for r in half] == [False, True, False, False]
+    p.model.remove_modality("depth")
+    assert "depth_policy" not in p.model.safe_modules()

@@ -88,8 +88,9 @@ def test_results_page_holds_every_figure_of_the_long_table(metrics):
     metrics["ablations"]["rows"][1]["changes"] = {"lambda_retention": 0, "retention_every": 0}  # a dict reads alike
     assert results_page(metrics) == text
     grid = {r[0]: r for r in _table_rows(text) if r[0] in ("reference", "no retention loss")}
-    assert grid["no retention loss"][1:6] == ["lambda_retention=0, retention_every=0", "0.429", "0.149", "664", "0.278"]
-    assert grid["reference"][1] == "the recipe" and grid["reference"][6] == "266,756"
+    assert grid["no retention loss"][1:7] == ["lambda_retention=0, retention_every=0", "1", "0.429", "0.149", "664",
+                                              "0.278"]
+    assert grid["reference"][1] == "the recipe" and grid["reference"][7] == "266,756"
     _well_formed(text)
 
 

@@ -13,7 +13,7 @@ import safe
 from safe.bench.vision import IMAGE_SIZE
 from safe.serve.app import create_app
 from safe.stages.serve import ServeConfig
-from tests.inference.test_modalities import modal  # noqa: F401 (the fixture: an audio run with depth added)
+from tests.inference.test_modalities import composed, modal  # noqa: F401 (fixtures: an audio run with depth added; the same with two policies)
 from tests.serve.conftest import request
 
 URL = "/v1/chat/completions"
@@ -124,3 +124,23 @@ def test_safe_serve_takes_the_depth_encoder_folder(modal):  # noqa: F811
         r = client.post(URL, json=_with(request(rows[2], audio=False), _depth(_npy(m))))
     assert r.status_code == 200, r.text
     assert r.json()["safe"]["modalities"] == ["depth"]
+
+
+def test_served_composed_model_lets_each_modality_policy_decide(modal, composed):  # noqa: F811
+    """A composed checkpoint with an audio policy and a depth policy: each request's depth is decided by the depth
+    policy (its preview), its audio by the audio policy, as safe.pipeline decides them."""
+    from tests.inference.test_modalities import near_and_far
+
+    _, _, _, _, _, rows = modal
+    near, far = near_and_far()
+    p = safe.pipeline(composed)
+    with TestClient(create_app(ServeConfig(run_dir=str(composed), max_batch=1, max_wait_ms=0))) as client:
+        for row, m, want_depth in ((rows[2], near, True), (rows[3], far, False), (rows[0], near, True)):
+            audio = row.audio is not None and row is rows[0]
+            r = client.post(URL, json=_with(request(row, audio=audio), _depth(_npy(m))))
+            assert r.status_code == 200, r.text
+            got = r.json()["safe"]
+            assert got["used_depth"] is want_depth and got["used_audio"] is audio
+            alone = p(image=row.image, question=row.question, audio=row.audio if audio else None, depth=m)
+            assert r.json()["choices"][0]["message"]["content"] == alone["answer"]
+            assert alone["used_depth"] is want_depth

@@ -36,24 +36,6 @@ def depth_pixels_batch(maps: np.ndarray) -> np.ndarray:
     return ((BACKGROUND_DEPTH - maps) / (BACKGROUND_DEPTH - NEAR) * 2.0 - 1.0).astype(np.float32)[:, None]
 
 
-@torch.no_grad()
-def _ms_per_row(model, fmt, data, rows: list[int], with_depth: bool, maps: torch.Tensor, repeats: int = 3) -> float:
-    """Median milliseconds per row to answer ``rows`` greedily, with depth (its encoder run on the maps) or not."""
-    from safe.models.generation import MAX_NEW_TOKENS
-
-    batch = data.prompt_inputs(fmt, rows)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        if with_depth:
-            model.generate(**batch, audio_features=maps[rows], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        else:
-            with model.audio_disabled():
-                model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times)) / len(rows)
-
-
 def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set, test_set, *,
                  alphas: tuple[float, ...] = ALPHAS,
                  steps: int | None = None, train_rows: int = 1200, cost_rows: int = 32,
@@ -65,6 +47,7 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
     ``save_dir``: where the two tables are saved (``depth_{train,test}_table.pt``); ``checkpoint_dir``: where
     the SAFE depth weights are saved with the distilled gate attached (as ``safe policy train`` deploys audio's),
     so ``safe.pipeline`` / ``safe predict`` consult the depth policy per row."""
+    from safe.policy.map_modality import ms_per_row
     from safe.policy.modalities import train_modality_policy
     from safe.policy.outcomes import build_table, collect_outcomes
 
@@ -80,8 +63,8 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
     maps = load_depth_processor()(tables["test"][2])
     rows = {True: [i for i, e in enumerate(test_set.examples) if e.needs_audio][:cost_rows],
             False: [i for i, e in enumerate(test_set.examples) if not e.needs_audio][:cost_rows]}
-    ms = {kind: {"without_audio": _ms_per_row(model, fmt, test_set, r, False, maps),
-                 "with_audio": _ms_per_row(model, fmt, test_set, r, True, maps)} for kind, r in rows.items()}
+    ms = {kind: {"without_audio": ms_per_row(model, fmt, test_set, r, None),
+                 "with_audio": ms_per_row(model, fmt, test_set, r, maps[r])} for kind, r in rows.items()}
     costs = {e.family: ms[e.needs_audio] for d in (train_set, test_set) for e in d.examples}
     train, test = (build_table(o, d, costs) for o, d, _ in tables.values())
     if save_dir is not None:  # the tables, so the policy can be retrained and rescored without the model

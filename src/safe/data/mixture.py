@@ -207,8 +207,10 @@ class BalancedMixtureSampler:
         self.batches_drawn = int(state["batches_drawn"])
 
 
-def order_by_family(examples: Sequence[Example], family_order: Sequence[str]) -> list[int]:
-    """Indices (into ``examples``) of the audio-dependent examples, easy -> hard by family.
+def order_by_family(examples: Sequence[Example], family_order: Sequence[str],
+                    rows: Sequence[int] | None = None) -> list[int]:
+    """Indices (into ``examples``) of the audio-dependent examples (or of ``rows``: another modality's), easy ->
+    hard by family.
 
     Examples with ``needs_audio`` are sorted by the position of their ``family`` in
     ``family_order``; the sort is stable (dataset order within a family) and families not in
@@ -222,5 +224,5 @@ def order_by_family(examples: Sequence[Example], family_order: Sequence[str]) ->
     for pos, fam in enumerate(family_order):
         rank.setdefault(fam, pos)  # a name listed twice keeps its first position
     last = len(rank) + len(family_order)
-    audio = [i for i, e in enumerate(examples) if e.needs_audio]
+    audio = [i for i, e in enumerate(examples) if e.needs_audio] if rows is None else list(rows)
     return sorted(audio, key=lambda i: rank.get(examples[i].family, last))

@@ -97,20 +97,22 @@ def default_workers() -> int:
 
 
 def _encode_batches(model, paths: Sequence[str], positions: list[int], frontend, batch_size: int,
-                    workers: int, progress: bool):
-    """Yield ``(positions_of_batch, (k, T, D) float32 CPU)`` in order; the next batch's WAVs are decoded
-    by the worker pool while the encoder runs on the current one."""
+                    workers: int, progress: bool, read=None, what: str = "audio"):
+    """Yield ``(positions_of_batch, (k, T, D) float32 CPU)`` in order; the next batch's inputs are decoded
+    by the worker pool while the encoder runs on the current one. ``read``: one path -> the front end's input
+    (default: the WAV at the front end's rate); ``what``: the progress bar's word."""
     from tqdm.auto import tqdm
 
     from safe.processing.audio import read_wav
 
-    def read(path: str):
+    def read_clip(path: str):
         return read_wav(path, target_rate=frontend.sampling_rate)[0]
 
+    read = read or read_clip
     starts = list(range(0, len(positions), batch_size))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.submit(read, paths[i]) for i in positions[:batch_size]] if starts else []
-        for s in tqdm(starts, desc="encoding audio", disable=not progress, leave=False):
+        for s in tqdm(starts, desc=f"encoding {what}", disable=not progress, leave=False):
             part = positions[s:s + batch_size]
             wavs = [f.result() for f in pending]
             pending = [pool.submit(read, paths[i]) for i in positions[s + batch_size:s + 2 * batch_size]]
@@ -119,25 +121,28 @@ def _encode_batches(model, paths: Sequence[str], positions: list[int], frontend,
 
 
 def encode_clips(model, paths: Sequence[str], frontend, cache=None, batch_size: int = 256,
-                 progress: bool = False, workers: int | None = None) -> torch.Tensor:
-    """Frozen-encoder outputs (n, T, D) of WAV files, in memory (through the cache when given)."""
+                 progress: bool = False, workers: int | None = None, read=None, what: str = "audio") -> torch.Tensor:
+    """Frozen-encoder outputs (n, T, D) of WAV files (or of other inputs ``read`` decodes), in memory (through
+    the cache when given)."""
     if cache is not None:
-        keys = fill_cache(model, paths, frontend, cache, batch_size, progress=progress, workers=workers)
+        keys = fill_cache(model, paths, frontend, cache, batch_size, progress=progress, workers=workers,
+                          read=read, what=what)
         return CachedRows(cache, keys, 0).tensor()
     chunks = [emb for _, emb in _encode_batches(model, list(paths), list(range(len(paths))), frontend,
-                                                batch_size, workers or default_workers(), progress)]
+                                                batch_size, workers or default_workers(), progress, read, what)]
     return torch.cat(chunks)
 
 
 def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 256, *,
-               progress: bool = False, workers: int | None = None) -> PackedKeys:
+               progress: bool = False, workers: int | None = None, read=None, what: str = "audio") -> PackedKeys:
     """Encode every clip of ``paths`` not yet in ``cache`` and store it there; returns each path's key
     (a :class:`~safe.data.rows.PackedKeys`: hex strings, like a list, held as 32 bytes each).
 
     Clips are hashed and decoded by a pool of ``workers`` threads and encoded ``batch_size`` at a time
     (the missing ones, in order of first appearance); each batch is written to disk before the next
     starts, so a run killed midway loses at most one batch and a rerun encodes only what is missing.
-    Counts one cache hit or miss per distinct clip. Memory holds one batch, not the set."""
+    Counts one cache hit or miss per distinct clip. Memory holds one batch, not the set. ``read`` / ``what``:
+    see :func:`_encode_batches` (another modality's maps instead of clips)."""
     from tqdm.auto import tqdm
 
     workers = workers or default_workers()
@@ -156,7 +161,7 @@ def fill_cache(model, paths: Sequence[str], frontend, cache, batch_size: int = 2
     cache.hits += int(present.sum())
     cache.misses += int((~present).sum())
     missing = first[~present]
-    for part_pos, emb in _encode_batches(model, paths, missing, frontend, batch_size, workers, progress):
+    for part_pos, emb in _encode_batches(model, paths, missing, frontend, batch_size, workers, progress, read, what):
         for j, pos in enumerate(part_pos):
             cache.put(keys[pos], emb[j], remember=False)
     return keys
@@ -194,26 +199,34 @@ def prepare(examples: Sequence[Example], fmt, model, frontend, cache=None, progr
                          "Stage A needs both")
     audio = encoder_rows(examples, model, frontend, cache, progress, cache_bytes=cache_bytes,
                          keep_all_bytes=keep_all_bytes, workers=workers)
+    return PreparedSet(examples, _encode(fmt, examples), image_rows(examples, fmt, cache_bytes, keep_all_bytes),
+                       audio, torch.tensor(list(_column(examples, "needs_audio")), dtype=torch.bool))
+
+
+def image_rows(examples: Sequence[Example], fmt, cache_bytes: int = DEFAULT_CACHE_BYTES,
+               keep_all_bytes: int = KEEP_ALL_BYTES) -> RowStore:
+    """The row store of ``examples``' images in ``fmt``'s pixels (see :func:`prepare`)."""
     if getattr(fmt, "packs_pixels", False):  # Qwen-VL / InternVL: one patch block per row, a batch concatenates them
         store: RowStore = PackedImageRows(_column(examples, "image"), fmt.pixel_blocks, cache_bytes)
     else:
         store = ImageRows(_column(examples, "image"), fmt.pixels, cache_bytes)
-    images = _keep_small(store, cache_bytes, keep_all_bytes)
-    return PreparedSet(examples, _encode(fmt, examples), images, audio,
-                       torch.tensor(list(_column(examples, "needs_audio")), dtype=torch.bool))
+    return _keep_small(store, cache_bytes, keep_all_bytes)
 
 
-def encoder_rows(examples: Sequence[Example], model, frontend, cache=None, progress: bool = False, *,
+def encoder_rows(examples: Sequence[Example] | None, model, frontend, cache=None, progress: bool = False, *,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, keep_all_bytes: int = KEEP_ALL_BYTES,
-                 workers: int | None = None) -> RowStore:
+                 workers: int | None = None, paths: Sequence[str] | None = None, read=None,
+                 what: str = "audio") -> RowStore:
     """The frozen encoder outputs of ``examples``' clips as a row store (``model.audio_encoder`` through
     ``frontend``; through ``cache`` when given, else in memory): :func:`prepare`'s ``audio``, or another
-    encoder's for the same rows (the encoder comparison of ``safe ablate``)."""
-    paths = _column(examples, "audio")
+    encoder's for the same rows (the encoder comparison of ``safe ablate``). ``paths`` instead of the clips,
+    with ``read`` decoding each (another modality's maps, :mod:`safe.data.modality_rows`)."""
+    paths = _column(examples, "audio") if paths is None else paths
     if cache is None:
-        return TensorRows(encode_clips(model, paths, frontend, progress=progress, workers=workers))
-    return _keep_small(CachedRows(cache, fill_cache(model, paths, frontend, cache, progress=progress,
-                                                    workers=workers), cache_bytes), cache_bytes, keep_all_bytes)
+        return TensorRows(encode_clips(model, paths, frontend, progress=progress, workers=workers, read=read,
+                                       what=what))
+    keys = fill_cache(model, paths, frontend, cache, progress=progress, workers=workers, read=read, what=what)
+    return _keep_small(CachedRows(cache, keys, cache_bytes), cache_bytes, keep_all_bytes)
 
 
 def _column(examples: Sequence[Example], name: str) -> Sequence:

@@ -32,7 +32,9 @@ column of its annotation file that gives each row's map (:mod:`safe.data.readers
 as ``meta["modalities"]`` (``{"depth": "/abs/path.npy"}``), the files ``safe predict`` takes for that modality.
 With ``verify_media`` every map is decoded once as inference would (``read_map``); the maps are media of the
 table (a changed map makes it stale; the fingerprint covers them). A row without a map keeps none (no pairing
-rule supplies one); a source none of whose kept rows names a map of a listed modality is an error.
+rule supplies one); a source none of whose kept rows names a map of a listed modality is an error. A spec that
+names maps and has no audio rows at all leaves its VL-only rows without a clip (it trains that modality:
+``safe train --modality NAME``, :mod:`safe.data.modality_rows`) instead of failing the clip pairing.
 
 Records on disk: a split is read once, the readers streaming each record into a record table
 (:mod:`safe.data.record_table`, ``cache_dir/records/<split>-<key>.sqlite``; the interleaving and the
@@ -327,11 +329,12 @@ class SpecSource:
             if e.audio is None:
                 if e.needs_audio:  # the readers never build this; a plug-in source might
                     raise SpecError(f"row {e.id!r} ({meta.get('source')}) needs audio but has no clip")
-                if not pool:
+                if pool:
+                    fix["audio"] = out.pool_path(_digest(f"{self.spec.seed}:{name}:{e.id}") % pool)
+                    meta["paired_audio"] = True
+                elif not self._lists_maps():
                     raise SpecError(f"split {name!r}: VL-only row {e.id!r} needs an unrelated clip, but the spec has "
                                     "no audio rows to pair it with (add an audio source to this split or to train)")
-                fix["audio"] = out.pool_path(_digest(f"{self.spec.seed}:{name}:{e.id}") % pool)
-                meta["paired_audio"] = True
             if e.image is None:
                 fix["image"] = stand_in
                 meta["stand_in_image"] = True
@@ -342,6 +345,11 @@ class SpecSource:
         out.update(changes)
         if stand_in:
             out.add_media([stand_in], used=True)
+
+    def _lists_maps(self) -> bool:
+        """A source of the spec names maps of another modality: a spec without audio then trains that modality
+        (``safe train --modality``), so its VL-only rows keep no clip instead of failing the pairing."""
+        return any(e.options.get("modalities") for entries in self.spec.splits.values() for e in entries)
 
     def _table(self, name: str) -> RecordView:
         """Split ``name``'s record table: the one in ``cache_dir/records`` when its key matches and no medium
@@ -373,10 +381,13 @@ class SpecSource:
     def _held_out(self) -> np.ndarray:
         """Positions in train's table of the retention buffer carved out of it (the spec lists no retention
         split): ``retention_size`` of its VL-only rows, at most half, those with the smallest
-        ``sha256(seed:retention:id)`` (independent of the rows' order), in file order."""
+        ``sha256(seed:retention:id)`` (independent of the rows' order), in file order. A row naming a map of
+        another modality is that modality's training row, never a retention row."""
         if self._held is None:
             table = self._table("train")
             vl = table.where("needs_audio", 0)
+            if self._lists_maps():
+                vl = vl.take([k for k, m in enumerate(vl.column("meta")) if not (m or {}).get("modalities")])
             n = min(self.spec.retention_size, len(vl) // 2)
             keys = [(hashlib.sha256(f"{self.spec.seed}:retention:{i}".encode()).digest(), k)
                     for k, i in enumerate(vl.column("id"))]

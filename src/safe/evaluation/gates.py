@@ -42,17 +42,19 @@ def stage1_gate(verify: Mapping[str, Any] | None) -> dict[str, Any]:
             "frozen weights, only SAFE's parameters train)", "measured": measured, "passed": passed}
 
 
-def stage2_gate(stage_a: Mapping[str, Any]) -> dict[str, Any]:
+def stage2_gate(stage_a: Mapping[str, Any], modality: str = "audio") -> dict[str, Any]:
     """Stage 2 from Stage A's test-split figures: audio-dependent accuracy gain over the base >= 3 points and
     VL accuracy with the gate open (unrelated audio attached) less than 0.5 points below the base's. The
-    gate-open figure is the strict one: with the gate closed SAFE is the base, so its loss is 0 by construction."""
-    gain = float(stage_a["audio_accuracy"]) - float(stage_a["audio_accuracy_base"])
+    gate-open figure is the strict one: with the gate closed SAFE is the base, so its loss is 0 by construction.
+    ``modality``: the same for a run of another modality (its figures ``<modality>_accuracy``, ...)."""
+    m = modality
+    gain = float(stage_a[f"{m}_accuracy"]) - float(stage_a[f"{m}_accuracy_base"])
     loss = float(stage_a["vl_accuracy_base"]) - float(stage_a["vl_accuracy_gate_open"])
     passed = gain >= STAGE2_MIN_AUDIO_GAIN - 1e-12 and loss < STAGE2_MAX_VL_LOSS
-    return {"gate": "Stage 2 gate: audio gain with VL retained",
-            "target": f">= {100 * STAGE2_MIN_AUDIO_GAIN:g} points audio gain, < {100 * STAGE2_MAX_VL_LOSS:g} "
+    return {"gate": f"Stage 2 gate: {m} gain with VL retained",
+            "target": f">= {100 * STAGE2_MIN_AUDIO_GAIN:g} points {m} gain, < {100 * STAGE2_MAX_VL_LOSS:g} "
                       "points VL loss (gate open)",
-            "measured": f"audio gain {100 * gain:+.1f} points, VL loss {100 * loss:.2f} points",
+            "measured": f"{m} gain {100 * gain:+.1f} points, VL loss {100 * loss:.2f} points",
             "passed": passed, "audio_gain": round(gain, 6), "vl_loss": round(loss, 6)}
 
 

@@ -49,14 +49,32 @@ def load_models(base: str | Path, audio: str | Path | None = None, *, dtype=torc
 def build_formats(base: str | Path, vl, audio: str | Path | None = None, template: str | None = None):
     """(prompt format, audio front end) for the base ``vl`` loaded from ``base`` and the encoder from ``audio``
     (see :func:`load_models`): the tokenizer, image processor and feature extractor read from those folders."""
+    fmt = prompt_format(base, vl, template)
+    if is_builtin_dir(base):
+        return fmt, (BuiltinFrontEnd() if audio is None else FeatureFrontEnd(audio))
+    return fmt, FeatureFrontEnd(audio)
+
+
+def prompt_format(base: str | Path, vl, template: str | None = None):
+    """The prompt format of the base ``vl`` loaded from ``base`` (a built-in folder or a checkpoint)."""
     if is_builtin_dir(base):
         tokenizer = AutoTokenizer.from_pretrained(str(Path(base) / "vl"), local_files_only=True)
-        fmt = PromptFormat(tokenizer, vl.config.image_seq_length)
-        return fmt, (BuiltinFrontEnd() if audio is None else FeatureFrontEnd(audio))
+        return PromptFormat(tokenizer, vl.config.image_seq_length, int(vl.config.vision_config.image_size))
     if resolve_backbone(vl).name in FIXED_IMAGE_TOKEN_FAMILIES:
-        return ProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
+        return ProcessorFormat(base, vl, template)
     # the families whose image-token count depends on the image: the checkpoint's own processor builds prompts
-    return VLMProcessorFormat(base, vl, template), FeatureFrontEnd(audio)
+    return VLMProcessorFormat(base, vl, template)
+
+
+def load_modality_safe(base: str | Path, cfg: StageAConfig, name: str, encoder: str | Path, *,
+                       dtype=torch.float32, template: str | None = None, **load_options):
+    """(SAFE model whose primary modality is ``name``, prompt format, that modality's front end), SAFE parts
+    initialised from ``cfg.seed``: the frozen base of ``base`` (a built-in folder's VL model, or a checkpoint)
+    and the frozen encoder folder ``encoder`` (:func:`load_modality_encoder`). No audio encoder is loaded."""
+    vl = load_base(str(Path(base) / "vl" if is_builtin_dir(base) else base), dtype, **load_options)
+    enc, front = load_modality_encoder(encoder, dtype)
+    torch.manual_seed(cfg.seed)
+    return SAFEModel(vl, enc, cfg.safe_config(), modality=name), prompt_format(base, vl, template), front
 
 
 def load_frozen(base: str | Path, audio: str | Path | None = None, *, dtype=torch.float32,

@@ -140,7 +140,24 @@ class Pipeline:
                 extra[f"{name}_mask"] = used_by[name].to(self.device)
         prob: list[float | None] = [None] * n
         primary = self.model.primary_modality
-        if (primary != "audio" and self.model.policy is not None and uses.get(primary) is None
+        probs: dict[str, list[float | None]] = {}  # side by side: each deciding modality's P(use)
+        asked = {"audio": use_audio, **uses}
+        in_play = [m for m in self.model.modality_names if bool((has if m == "audio" else used_by[m]).any())]
+        deciders = [m for m in in_play if asked.get(m) is None and self.model.policy_of(m) is not None]
+        if deciders and (len(in_play) > 1 or deciders != [primary]):
+            used = self._decide_side_by_side(vl, inputs, deciders, has, used_by, probs)
+            if "audio" not in deciders:
+                used = self._mask(use_audio, has, n, "audio")
+            for name in self.modalities:
+                extra.pop(f"{name}_features", None)
+                extra.pop(f"{name}_mask", None)
+                if bool(used_by[name].any()):
+                    extra[f"{name}_features"] = inputs[f"{name}_features"].to(self.device)
+                    extra[f"{name}_mask"] = used_by[name].to(self.device)
+            audio = ({"audio_features": inputs["audio_features"].to(self.device), "audio_mask": used.to(self.device)}
+                     if bool(used.any()) else {})
+            sequences = self.model.generate(**vl, **gen, **extra, **audio)
+        elif (primary != "audio" and self.model.policy is not None and uses.get(primary) is None
                 and bool(used_by[primary].any())):  # the attached policy decides the primary modality's rows
             others = [m for m in used_by if m != primary and bool(used_by[m].any())]
             if others:
@@ -178,11 +195,33 @@ class Pipeline:
             row = {"answer": a, "used_audio": bool(u), "audio_probability": p if primary == "audio" else None}
             if primary != "audio":
                 row[f"{primary}_probability"] = p
+            row.update({f"{m}_probability": v[i] for m, v in probs.items()})
             row.update({f"used_{m}": bool(used_by[m][i]) for m in self.modalities})
             row["modalities"] = [m for m in self.model.modality_names
                                  if (bool(u) if m == "audio" else row[f"used_{m}"])]
             rows.append(row)
         return rows[0] if single else rows
+
+    def _decide_side_by_side(self, vl: dict, inputs: dict, deciders: list[str], has: torch.Tensor,
+                             used_by: dict[str, torch.Tensor], probs: dict) -> torch.Tensor:
+        """Each modality of ``deciders`` asks its own policy which of its rows use it (an early-state decision
+        from the question, the image and that modality's preview, made before the language model runs: the
+        decision its policy makes alone); ``used_by`` and ``probs`` are filled in. Returns the audio rows
+        (all False when audio does not decide)."""
+        from safe.policy.runtime import decide_rows
+
+        used = torch.zeros_like(has)
+        for name in deciders:
+            rows = has if name == "audio" else used_by[name]
+            preview = (inputs["audio_preview"] if name == "audio"
+                       else self._map_preview(name, inputs[f"{name}_features"]))
+            use, p = decide_rows(self.model, self.model.policy_of(name), vl, preview)
+            probs[name] = [float(x) if h else None for x, h in zip(p.tolist(), rows.tolist())]
+            if name == "audio":
+                used = use & rows
+            else:
+                used_by[name] = use & rows
+        return used
 
     def _map_preview(self, name: str, features: torch.Tensor) -> torch.Tensor:
         """The policy's preview of an image-like primary modality: one cell per patch of its encoder

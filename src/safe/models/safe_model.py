@@ -81,6 +81,7 @@ class SAFEModel(nn.Module):
         self.signature = {**backbone.signature, "audio_encoder": self.audio_encoder.kind,
                           "audio_dim": self.audio_encoder.output_dim}
         self.policy: nn.Module | None = None
+        self.modality_policies = nn.ModuleDict()  # an added modality's own policy (each decides its own rows)
         self._injector = AdapterInjector(self.backbone.decoder_layers, self._adapter_layers())
         self._injector.attach()
         self._audio_off = False
@@ -136,9 +137,12 @@ class SAFEModel(nn.Module):
                                                         "audio_dim": branch_encoder.output_dim})
         branch = self.add_modality(name, branch_encoder, config_of(meta, "config", Path(path)))
         try:
+            parts = {"projector": branch.projector, "adapters": branch.adapters}
+            if meta.get("has_policy"):  # the checkpoint's own policy decides this modality's rows here too
+                self.attach_policy(_policy_class().from_config(meta["policy"]), modality=name)
+                parts["policy"] = self.modality_policies[name]
             state = load_weights(w_file)
-            load_parts({"projector": branch.projector, "adapters": branch.adapters},
-                        {k: v for k, v in state.items() if k.startswith(("projector.", "adapters."))}, w_file)
+            load_parts(parts, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, w_file)
         except Exception:
             self.remove_modality(name)
             raise
@@ -150,6 +154,8 @@ class SAFEModel(nn.Module):
             raise ValueError(f"cannot remove modality {name!r}: only added modalities ({list(self.modalities)}) can be")
         del self.modalities[name]
         del self._branches[name]
+        if name in self.modality_policies:
+            del self.modality_policies[name]
         # the same injector, re-hooked: contexts active around this call and audio_disabled() stay in force
         self._injector.set_adapters(self._adapter_layers())
 
@@ -170,14 +176,17 @@ class SAFEModel(nn.Module):
             parts[f"{name}_projector"], parts[f"{name}_adapters"] = branch.projector, branch.adapters
         if self.policy is not None:
             parts["policy"] = self.policy
+        for name, policy in self.modality_policies.items():
+            parts[f"{name}_policy"] = policy
         return parts
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.safe_modules().values() for p in m.parameters() if p.requires_grad]
 
-    def attach_policy(self, policy: nn.Module | None) -> None:
+    def attach_policy(self, policy: nn.Module | None, modality: str | None = None) -> None:
         """Attach a trained :class:`safe.policy.runtime.AudioPolicy` (None detaches). It is frozen, counted
-        in :meth:`parameter_report` and saved with :meth:`save_pretrained`.
+        in :meth:`parameter_report` and saved with :meth:`save_pretrained`. ``modality``: an added modality
+        whose rows this policy decides (:meth:`policy_of`; default the primary one, which ``generate`` consults).
 
         Checked by what it offers (``spec``, ``config()``, ``generate_with(model, **kwargs)``), not by
         class, so this package does not import ``safe.policy`` (the policy package builds on this one)."""
@@ -193,7 +202,23 @@ class SAFEModel(nn.Module):
             if any(v not in (0, self.hidden_size) for v in have.values()):
                 raise ValueError(f"policy state {have} does not match this base (hidden size {self.hidden_size})")
             policy = policy.to(next(self.base_model.parameters()).device)
-        self.policy = policy
+        name = modality or self.primary_modality
+        if name == self.primary_modality:
+            self.policy = policy
+            return
+        if name not in self.modalities:
+            raise KeyError(f"this SAFE model has no added modality {name!r}; it has {self.modality_names}")
+        if policy is not None:
+            self.modality_policies[name] = policy
+        elif name in self.modality_policies:
+            del self.modality_policies[name]
+
+    def policy_of(self, name: str) -> nn.Module | None:
+        """The policy that decides modality ``name``'s rows (the primary's is :attr:`policy`), or None."""
+        if name == self.primary_modality:
+            return self.policy
+        self.modality(name)  # KeyError naming the modalities for an unknown name
+        return self.modality_policies[name] if name in self.modality_policies else None
 
     def gates(self, modality: str | None = None) -> dict[int, nn.Parameter]:
         """The gate parameters by layer of ``modality`` (default the primary one)."""
@@ -400,7 +425,9 @@ class SAFEModel(nn.Module):
         if self.primary_modality != "audio":
             meta["modality"] = self.primary_modality
         if self.modalities:  # absent for a single-modality model: its files are what they always were
-            meta["modalities"] = {name: {"config": b.config.to_dict(), "signature": b.signature}
+            meta["modalities"] = {name: {"config": b.config.to_dict(), "signature": b.signature,
+                                         **({"policy": self.modality_policies[name].config()}
+                                            if name in self.modality_policies else {})}
                                   for name, b in self.modalities.items()}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.safe_state_dict().items()}
         with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as f:
@@ -443,6 +470,8 @@ class SAFEModel(nn.Module):
         try:
             for name in extra:
                 model.add_modality(name, wrapped[name], extra_configs[name])
+                if extra[name].get("policy"):
+                    model.attach_policy(_policy_class().from_config(extra[name]["policy"]), modality=name)
             if meta.get("has_policy"):
                 model.attach_policy(_policy_class().from_config(meta["policy"]))
             load_parts(model.safe_modules(), load_weights(w_file), w_file)

@@ -282,13 +282,16 @@ def row_costs(outcomes: dict[str, Any], families: Sequence[str],
     return without.float(), with_.float()
 
 
-def build_table(outcomes: dict[str, Any], data: PreparedSet, costs: dict[str, dict[str, float]]) -> OutcomeTable:
+def build_table(outcomes: dict[str, Any], data: PreparedSet, costs: dict[str, dict[str, float]],
+                keys: Sequence[str] | None = None) -> OutcomeTable:
     """The :class:`OutcomeTable` of ``data`` from :func:`collect_outcomes` and :func:`measure_costs`: costs per
-    row (:func:`row_costs`), tokens per row (generated, plus the ``k`` audio tokens with audio)."""
-    missing = sorted({e.family for e in data.examples} - set(costs))
+    row (:func:`row_costs`), tokens per row (generated, plus the ``k`` audio tokens with audio). ``keys``: each
+    row's key into ``costs`` (default its family)."""
+    keys = [e.family for e in data.examples] if keys is None else list(keys)
+    missing = sorted(set(keys) - set(costs))
     if missing:
         raise ValueError(f"no measured costs for families {missing}")
-    without, with_ = row_costs(outcomes, [e.family for e in data.examples], costs)
+    without, with_ = row_costs(outcomes, keys, costs)
     tokens = {}
     if "generated_without" in outcomes:
         tokens = {"tokens_without": outcomes["generated_without"],

@@ -372,6 +372,32 @@ def reusing(probe: ImageProbe | None):
     return contextlib.nullcontext() if probe is None else probe.reused()
 
 
+def early_states(model, policy: AudioPolicy, vl_inputs: dict[str, Any],
+                 preview: torch.Tensor) -> tuple[torch.Tensor, ImageProbe | None]:
+    """``(states, probe)``: the early state ``policy`` reads for each row of a batch (question and image
+    embeddings without running the language model, and ``preview``: its modality's preview of each row), and
+    the image probe (None without images). ``ValueError`` for a policy whose state needs the base's confidence."""
+    if policy.spec.confidence_dim:
+        raise ValueError("this policy's state includes the base's confidence (a cascade policy): it decides inside "
+                         "its own generate, not beside another modality's policy")
+    n = vl_inputs["input_ids"].shape[0]
+    question, probe = early_probe(model, vl_inputs)
+    image = torch.zeros(n, model.backbone.hidden_size) if probe is None else probe.embedding
+    parts = _parts(question, image, None if probe is None else probe.pooled, preview, policy.spec.preview_kind)
+    return state_from_parts(policy.spec, _zero_image(parts, policy.spec, vl_inputs)), probe
+
+
+@torch.no_grad()
+def decide_rows(model, policy: AudioPolicy, vl_inputs: dict[str, Any],
+                preview: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(use, probability)``, (n,) each on the CPU: an early-state ``policy``'s decision for every row of a
+    batch, made before the language model runs (:func:`early_states`), as :func:`generate_with_policy` makes it.
+    A model carrying several modalities asks each one's policy so, then runs one ``generate`` with every
+    modality in its chosen rows (``safe.pipeline``)."""
+    states, _ = early_states(model, policy, vl_inputs, preview)
+    return policy.decide_with_probability(states)
+
+
 def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, preview: torch.Tensor, audio,
                     lazy: bool, embeddings: bool) -> PolicyGenerateOutput:
     """The early state's path: decide from question, image and preview before the language model runs,
@@ -383,10 +409,7 @@ def _generate_early(model, policy: AudioPolicy, vl_inputs: dict, kwargs: dict, p
     # options that change the vision side (LLaVA's feature layer, BLIP-2's position interpolation) reach
     # the probe too, so its image features are the ones the generate's prefill computes (and reuses)
     vision = {k: v for k, v in kwargs.items() if k in _VISION_KWARGS}
-    question, probe = early_probe(model, {**vl_inputs, **vision})
-    image = torch.zeros(n, model.backbone.hidden_size) if probe is None else probe.embedding
-    parts = _parts(question, image, None if probe is None else probe.pooled, preview, policy.spec.preview_kind)
-    states = state_from_parts(policy.spec, _zero_image(parts, policy.spec, vl_inputs))
+    states, probe = early_states(model, policy, {**vl_inputs, **vision}, preview)
     use, prob = policy.decide_with_probability(states)
     if not bool(use.any()):
         with model.audio_disabled(), reusing(probe):

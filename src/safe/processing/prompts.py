@@ -82,10 +82,12 @@ def open_image(image, name: str = "image", size: int | None = None) -> Image.Ima
     return im
 
 
-def load_pixels(paths: Sequence) -> torch.Tensor:
+def load_pixels(paths: Sequence, size: int | None = None) -> torch.Tensor:
     """Images (paths, PIL images or uint8 arrays) -> (n, 3, H, W) float32, normalised exactly as
-    :func:`image_processor` does."""
-    arr = np.stack([np.asarray(open_image(p, f"image[{i}]"), dtype=np.float32) for i, p in enumerate(paths)]) / 255.0
+    :func:`image_processor` does; resized to ``size`` x ``size`` first where given and different (as
+    :func:`open_image`)."""
+    arr = np.stack([np.asarray(open_image(p, f"image[{i}]", size), dtype=np.float32)
+                    for i, p in enumerate(paths)]) / 255.0
     arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
     return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())
 
@@ -101,16 +103,17 @@ class Encoded:
 class PromptFormat:
     """Builds prompt / training batches for a LLaVA whose vision tower yields ``num_image_tokens`` tokens."""
 
-    def __init__(self, tokenizer, num_image_tokens: int) -> None:
+    def __init__(self, tokenizer, num_image_tokens: int, image_size: int | None = None) -> None:
         self.tok = tokenizer
         self.n_image = num_image_tokens
+        self.image_size = image_size  # training images of another size are resized to it (None: taken as they are)
         ids = tokenizer.convert_tokens_to_ids
         self.pad, self.bos, self.eos = ids("<pad>"), ids("<bos>"), ids("<eos>")
         self.image, self.sep = ids("<image>"), ids("<sep>")
 
     def pixels(self, paths: Sequence[str]) -> torch.Tensor:
-        """Images -> pixel values as the saved image processor makes them."""
-        return load_pixels(paths)
+        """Images -> pixel values as the saved image processor makes them (at the model's size, when known)."""
+        return load_pixels(paths, self.image_size)
 
     def encode(self, examples: Sequence) -> Encoded:
         """``examples``: objects with ``question`` and ``answer`` strings (e.g. ``safe.data.records.Example``)."""

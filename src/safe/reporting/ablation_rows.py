@@ -35,10 +35,15 @@ def stage_a_grid(m: Mapping) -> str:
             return ", ".join(f"{k}={v}" for k, v in c.items()) or "the recipe"
         return str(c) if c else "the recipe"
 
-    head = (f"Stage A grid (`safe ablate`): {fmt(g.get('steps'))} steps per entry, {fmt(g.get('seeds'))} seed(s), "
-            f"scored on the {fmt(g.get('split'))} split; mean [95% CI over seeds] where there are several.\n\n")
-    return head + _table(["entry", "changes", *(h for _, h in cols), "trainable", "train s"],
-                         [[r.get("name", DASH), changes(r.get("changes")), *(cell(r, k) for k, _ in cols),
+    seeds = sorted({r.get("seeds", g.get("seeds")) for r in rows}, key=str)
+    head = (f"Stage A grid (`safe ablate`): {fmt(g.get('steps'))} steps per entry, "
+            + (f"{fmt(seeds[0])} seed(s)" if len(seeds) == 1 else "seeds per entry as the seeds column says")
+            + f", scored on the {fmt(g.get('split'))} split; mean [95% CI over seeds] where there are several. "
+            "The reference entry's interval is Stage A's own spread over seeds: an entry whose mean lies inside it "
+            "is not told apart from the recipe.\n\n")
+    return head + _table(["entry", "changes", "seeds", *(h for _, h in cols), "trainable", "train s"],
+                         [[r.get("name", DASH), changes(r.get("changes")), fmt(r.get("seeds", g.get("seeds"))),
+                           *(cell(r, k) for k, _ in cols),
                            _count(r.get("trainable_parameters")), fmt(r.get("train_seconds"), 1)] for r in rows]) \
         + (f"\n{compared}" if compared else "")
 

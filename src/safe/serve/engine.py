@@ -3,7 +3,9 @@
 Per batch, which rows use audio: a row whose request says ``"safe": {"use_audio": true|false}`` gets
 that; otherwise the run's policy decides among the rows that carry a clip (one forward of the policy
 for the batch, :func:`safe.policy.runtime.generate_with_policy`); without a policy every row with a
-clip uses it; a row without a clip never does.
+clip uses it; a row without a clip never does. Another modality (``depth``) is the same with its own
+``use_depth`` and its own policy when the model carries one (a composed model: each modality's early-state
+policy decides its own rows, :func:`safe.policy.runtime.decide_rows`, then one ``generate``).
 
 **The guarantee, per batch**: a row that does not use audio gets exactly the tokens the frozen base
 model generates for that row on the same batch (same rows, same order, same padding) — SAFE's closed
@@ -109,11 +111,12 @@ class Engine:
                                "send n: 1, or safe.use_audio true/false", param="n", code="unsupported_parameter")
         for name, where in row.where.items():
             self._check_map(name, row.maps[name], where)
-        if self.model.policy is not None and row.wave is not None and row.use_audio is None \
+        if self.policy_state == "cascade" and row.wave is not None and row.use_audio is None \
                 and any(row.use.get(m) is not False for m in row.maps):
-            raise RequestError("safe.use_audio: this run's policy decides audio only, and not together with "
-                               f"{', '.join(row.maps)}; send safe.use_audio true/false with an input_"
-                               f"{next(iter(row.maps))} part", param="safe.use_audio", code="unsupported_parameter")
+            raise RequestError("safe.use_audio: this run's cascade policy decides audio only inside its own pass, "
+                               f"not together with {', '.join(row.maps)}; send safe.use_audio true/false with an "
+                               f"input_{next(iter(row.maps))} part", param="safe.use_audio",
+                               code="unsupported_parameter")
         if row.wave is not None and "audio" not in self.model.modality_names:
             raise RequestError(f"messages[0].content: this model has no audio modality (it has "
                                f"{', '.join(self.model.modality_names)}); send no input_audio part",
@@ -192,8 +195,12 @@ class Engine:
                                     **{m: [r.maps.get(m) for r in rows] for m in names})
         vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}  # every processor input
         other, extra = {}, {}  # each other modality: the rows that use it (a map, not turned off) and its inputs
+        map_free = {}  # rows with a map and no request choice, where the modality's own policy decides
         for m in names:
             other[m] = inputs[f"{m}_mask"] & torch.tensor([r.use.get(m) is not False for r in rows])
+            if self.model.policy_of(m) is not None:
+                map_free[m] = inputs[f"{m}_mask"] & torch.tensor([r.use.get(m) is None for r in rows])
+                other[m] = other[m] & ~map_free[m]
             if bool(other[m].any()):
                 extra.update({f"{m}_features": inputs[f"{m}_features"].to(self.device),
                               f"{m}_mask": other[m].to(self.device)})
@@ -216,7 +223,18 @@ class Engine:
         prob = [None] * n
         t_gen = time.perf_counter()
         timing["prepare"] = t_gen - t_start
-        if model.policy is not None and bool(free.any()) and not extra:  # (Row.key keeps maps out of such batches)
+        if map_free or (model.policy is not None and bool(free.any()) and extra):  # each modality's own policy
+            used, prob = self._side_by_side(vl, inputs, waves, has, free, forced, map_free, other)
+            timing["state"] = time.perf_counter() - t_gen
+            for m in other:
+                extra.pop(f"{m}_features", None)
+                extra.pop(f"{m}_mask", None)
+                if bool(other[m].any()):
+                    extra[f"{m}_features"] = inputs[f"{m}_features"].to(self.device)
+                    extra[f"{m}_mask"] = other[m].to(self.device)
+            sequences = self._generate_masked(vl, gen, extra, embed, used)
+            decided = ["policy" if f and model.policy is not None else "default" if f else None for f in free.tolist()]
+        elif model.policy is not None and bool(free.any()) and not extra:  # (Row.key keeps maps out of such batches)
             # the preview part the policy was trained on (statistics, the encoder's preview embedding, none)
             got = policy_preview(model.policy.spec, [w for w in waves if w is not None], model.audio_encoder,
                                  self.processor.front_end)
@@ -234,13 +252,7 @@ class Engine:
             decided = ["policy" if f else None for f in free.tolist()]
         else:
             used = forced | (free if model.policy is None else torch.zeros_like(free))
-            if bool(used.any()):
-                picked = embed(used.nonzero().squeeze(1))
-                full = picked.new_zeros((n, *picked.shape[1:]))
-                full[used.to(full.device)] = picked
-                sequences = model.generate(**vl, **gen, **extra, audio_embeddings=full, audio_mask=used.to(self.device))
-            else:
-                sequences = model.generate(**vl, **gen, **extra)
+            sequences = self._generate_masked(vl, gen, extra, embed, used)
             timing["state"] = 0.0
             decided = ["default" if f else None for f in free.tolist()]
         t_end = time.perf_counter()
@@ -272,6 +284,39 @@ class Engine:
                 batch={"size": n, "row": i, "policy": self.policy_kind, "policy_state": self.policy_state},
                 timing_ms={k: round(v * 1000, 3) for k, v in timing.items()}))
         return out_rows
+
+    def _generate_masked(self, vl: dict, gen: dict, extra: dict, embed, used: torch.Tensor) -> torch.Tensor:
+        """One ``generate`` with audio in the ``used`` rows (their encoder outputs through ``embed``, the others
+        zeros, unread) and the other modalities' inputs in ``extra``."""
+        if not bool(used.any()):
+            return self.model.generate(**vl, **gen, **extra)
+        picked = embed(used.nonzero().squeeze(1))
+        full = picked.new_zeros((len(used), *picked.shape[1:]))
+        full[used.to(full.device)] = picked
+        return self.model.generate(**vl, **gen, **extra, audio_embeddings=full, audio_mask=used.to(self.device))
+
+    def _side_by_side(self, vl, inputs, waves, has, free, forced, map_free, other) -> tuple[torch.Tensor, list]:
+        """Each modality's own policy picks its rows among those it may decide (``free`` audio rows, ``map_free``
+        map rows), from the early state and its own preview, before the language model runs; ``other`` gets
+        each map modality's chosen rows added. Returns (audio rows used, audio P(use) per row)."""
+        from safe.policy.runtime import decide_rows
+
+        model, n = self.model, len(waves)
+        used, prob = forced.clone(), [None] * n
+        if model.policy is not None and bool(free.any()):
+            got = policy_preview(model.policy.spec, [w for w in waves if w is not None], model.audio_encoder,
+                                 self.processor.front_end)
+            preview = got.new_zeros((n, *got.shape[1:]))
+            preview[has] = got
+            use, p = decide_rows(model, model.policy, vl, preview)
+            used = used | (use & free)
+            prob = [float(x) if f else None for x, f in zip(p.tolist(), free.tolist())]
+        elif model.policy is None:
+            used = used | free
+        for m, rows in map_free.items():
+            use, _ = decide_rows(model, model.policy_of(m), vl, self.pipeline._map_preview(m, inputs[f"{m}_features"]))
+            other[m] = other[m] | (use & rows)
+        return used, prob
 
     def _finish(self, tokens: torch.Tensor, max_tokens: int) -> tuple[int, str]:
         ids = tokens.tolist()

@@ -18,7 +18,7 @@ import torch
 from safe.data.source import DataSource
 from safe.models.integrity import state_hash
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, StageError, base_path, data_source, load_options
+from safe.stages.common import DataOptions, StageError, audio_runs_only, base_path, data_source, load_options
 from safe.stages.options import given_flags
 from safe.stages.stage_a import BUILTIN_RECIPE
 from safe.training.ablation import ENCODER_GRID, METRICS, _slug, select_grid, summarise, write_state
@@ -34,8 +34,9 @@ class AblateConfig(DataOptions):
 
     stage_a: StageAConfig = field(default_factory=StageAConfig, metadata={"group": True})
     """Stage A, every entry before its own change"""
-    steps: int = 400
-    """Stage A steps of every entry (the same for all, so entries compare)."""
+    steps: int | None = None
+    """Stage A steps of every entry (the same for all, so entries compare; default: the recipe's own, 2,000 for
+    the built-in one)."""
     seeds: int = 1
     """Seeds per entry (mean and 95% CI over seeds)."""
     only: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
@@ -87,6 +88,7 @@ def ablate(cfg: AblateConfig) -> AblationResult:
     from safe.stages.evaluate import EvalResult, ReportConfig, report
     from safe.stages.policy import PolicyResult
 
+    audio_runs_only(cfg.run_dir, "safe ablate")
     opts = load_options(cfg)
     base = base_path(cfg.base)
     if not (base / "manifest.json").is_file() and cfg.audio is None:
@@ -162,9 +164,11 @@ def run_ablations(data: DataSource, base_dir: str | Path, config: StageAConfig |
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"--steps must be a positive integer, got {steps!r}")
     grid = select_grid(names, encoders=encoder_b is not None)
-    common = [*overrides, *([f"steps={steps}"] if steps is not None else [])]
     start = config if isinstance(config, StageAConfig) else None
     path = None if start is not None else config
+    if steps is None:  # the recipe's own, named in the overrides so a run given the same number explicitly matches
+        steps = load_stage_a_config(path, list(overrides), base=start).steps
+    common = [*overrides, f"steps={steps}"]
     configs = {name: load_stage_a_config(path, [*common, *extra], base=start)
                for name, extra in grid.items()}  # fail early
     out = Path(out_dir)

@@ -133,6 +133,17 @@ def run_record(run_dir: str | os.PathLike | None) -> dict[str, Any] | None:
     return json.loads((Path(run_dir) / RUN_FILE).read_text())
 
 
+def audio_runs_only(run_dir: str | os.PathLike | None, command: str) -> None:
+    """Refuse, naming the command, a run that trained another modality (``safe train --modality``): ``command``
+    measures audio."""
+    rec = run_record(run_dir)
+    name = (rec or {}).get("modality", "audio")
+    if name != "audio":
+        raise StageError(f"{command} measures the audio path; {run_dir} trained {name} (safe train --modality "
+                         f"{name}): its figures are Stage A's (metrics.json stage_a) and its policy's (safe policy "
+                         f"train --run-dir {run_dir})")
+
+
 def _same(given: str | None, recorded: str | None) -> bool:
     if given is None or recorded is None:
         return given is None and recorded is None

@@ -62,10 +62,16 @@ class DataCheckResult(StageResult):
                 lines += [f"      media not opened: {p}" for p in s["media_problems"][: self.reasons]]
                 lines += [f"      skipped: {p}" for p in [p for p in s["problems"] if p not in s["media_problems"]]
                           [: self.reasons]]
+        train = m["splits"].get("train") or {}
         for stage, needs in STAGE_SPLITS.items():
             missing = [s for s in needs if s not in m["splits"]]
+            deaf = stage != "safe eval" and train and not train["audio_dependent_share"]
             lines.append(f"{stage}: " + (f"needs {', '.join(missing)}, which the spec does not give" if missing
+                                         else "needs audio-dependent rows in train (none here)" if deaf
                                          else f"ok ({', '.join(needs)})"))
+        for name, n in (train.get("modalities") or {}).items():  # safe train --modality NAME reads the maps
+            lines.append(f"safe train --modality {name}: " + (f"ok ({n} training rows with a {name} map)" if n else
+                                                               f"needs training rows with a {name} map (none here)"))
         if self.skipped and not m["skip_bad"]:
             lines.append("note: skip_bad is false in the spec, so the stages stop at the first skipped row above")
         return "\n".join(lines)

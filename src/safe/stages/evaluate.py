@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, RunOptions, StageError, check_run_data, from_run, load_options
+from safe.stages.common import (
+    DataOptions,
+    RunOptions,
+    StageError,
+    audio_runs_only,
+    check_run_data,
+    from_run,
+    load_options,
+)
 
 
 @dataclass
@@ -91,6 +99,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
 
+    audio_runs_only(cfg.run_dir, "safe eval")
     cfg = from_run(cfg)  # base, encoder and data as `safe train` recorded them, unless given (and then matching)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"

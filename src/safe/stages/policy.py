@@ -61,10 +61,17 @@ class PolicyResult(StageResult):
 
 def train_policy(cfg: PolicyTrainConfig) -> PolicyResult:
     """Stages B and C on the Stage A checkpoint of ``cfg.run_dir``; saves the SAFE + policy checkpoint under
-    ``checkpoints/policy`` and the tables under ``policy/``."""
+    ``checkpoints/policy`` and the tables under ``policy/``. A run of another modality (``safe train
+    --modality``) trains that modality's policy (:mod:`safe.stages.modality_policy`)."""
     from safe.policy.stage import run_policy_stage
     from safe.stages.checkpoint import open_checkpoint
+    from safe.stages.common import run_record
 
+    record = run_record(cfg.run_dir)
+    if record is not None and record.get("modality", "audio") != "audio":  # safe train --modality depth
+        from safe.stages.modality_policy import train_map_policy
+
+        return train_map_policy(cfg, record)
     cfg = from_run(cfg)  # base, encoder and data as `safe train` recorded them, unless given (and then matching)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"

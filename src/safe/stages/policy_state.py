@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safe.policy.stage import PolicyStageConfig
 from safe.runs import RunDir, StageResult
-from safe.stages.common import DataOptions, check_run_data, from_run, load_options
+from safe.stages.common import DataOptions, audio_runs_only, check_run_data, from_run, load_options
 
 
 @dataclass
@@ -50,6 +50,7 @@ def ablate_state(cfg: StateAblationConfig) -> StateAblationResult:
     from safe.stages.checkpoint import open_checkpoint
 
     select_subsets(cfg.only)  # a misspelt entry fails before anything loads
+    audio_runs_only(cfg.run_dir, "safe policy ablate-state")
     cfg = from_run(cfg)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "final"

@@ -41,6 +41,14 @@ class TrainConfig(DataOptions):
     """Tiny benchmark and models (for tests)."""
     continue_on_gate_failure: bool = False
     """Train even when the run's recorded Stage 1 verification failed (default: stop, naming the gate)."""
+    modality: str = "audio"
+    """The modality Stage A trains: audio (the rows' clips), or one whose maps a data spec's source names
+    (modalities: {NAME: COLUMN}, e.g. depth): its rows are those naming a map, the VL-only rows its retention
+    rows with an unrelated map (docs/data.md)."""
+    modality_encoder: str | None = None
+    """The frozen encoder of --modality when it is not audio: a folder holding a transformers vision model and
+    its image processor (ViT, Dinov2, SigLIP / CLIP vision, ConvNext; default for depth: the depth encoder SAFE
+    ships)."""
 
 
 @dataclass
@@ -60,15 +68,17 @@ class StageAResult(StageResult):
 
     def summary(self) -> str:
         m = self.metrics
-        lines = ["Stage A summary (test split; gate open = each row with its own clip, VL rows with unrelated audio)"]
+        a = m.get("modality", "audio")  # a run of another modality names its figures after it
+        what = "clip, VL rows with unrelated audio" if a == "audio" else f"{a} map, VL rows with an unrelated one"
+        lines = [f"Stage A summary (test split; gate open = each row with its own {what})"]
         rows = [
             ("VL accuracy, base", m["vl_accuracy_base"]),
             ("VL accuracy, SAFE gate closed", m["vl_accuracy_gate_closed"]),
             ("VL accuracy, SAFE gate open", m["vl_accuracy_gate_open"]),
             ("VL retention ratio (gate open / base)", m["vl_retention_ratio_gate_open"]),
             ("answers identical to base, gate closed", m["answers_identical_gate_closed"]),
-            ("audio-dependent accuracy, base", m["audio_accuracy_base"]),
-            ("audio-dependent accuracy, SAFE", m["audio_accuracy"]),
+            (f"{a}-dependent accuracy, base", m[f"{a}_accuracy_base"]),
+            (f"{a}-dependent accuracy, SAFE", m[f"{a}_accuracy"]),
         ]
         if "caption_cider_d" in m:
             rows += [("caption CIDEr-D, base", m["caption_cider_d_base"]),
@@ -80,6 +90,9 @@ class StageAResult(StageResult):
         lines.append(f"  {'base + encoder byte-identical (sha256)':<42}{'yes' if m['frozen_byte_identical'] else 'NO':>8}")
         lines.append("  per family (base -> SAFE gate open):")
         lines += [f"    {fam:<18}{v['base']:>7.3f} -> {v['open']:.3f}" for fam, v in m["per_family"].items()]
+        for split, r in (m.get("modality_rows") or {}).items():
+            lines.append(f"  {split}: {r['with_map']} rows with a {a} map, {r['paired']} VL rows given an unrelated "
+                         f"one, {r['dropped_audio']} audio rows left out")
         lines.append(f"  Stage A took {m['seconds']:.0f} s ({m['train_seconds']:.0f} s training, {m['steps']} steps)")
         lines.append(f"SAFE weights: {m['checkpoint']}")
         return "\n".join(lines)
@@ -102,7 +115,12 @@ def train(cfg: TrainConfig) -> StageAResult:
     if share is not None and "stage_a.audio_share" not in given_flags(cfg):
         recipe = load_stage_a_config(base=recipe, overrides=[f"audio_share={share}"])
     base = base_path(cfg.base, tiny=cfg.tiny)
-    if cfg.base is None and not (base / "manifest.json").is_file():
+    encoder = modality_encoder(cfg)
+    if encoder is not None and cfg.base is None and not (base / "manifest.json").is_file():
+        from safe.bench.build import SHIPPED_DIR
+
+        base = SHIPPED_DIR  # another modality needs only the VL model: the built-in one SAFE ships
+    elif cfg.base is None and not (base / "manifest.json").is_file():
         if not hasattr(data, "root"):
             raise StageError(f"--base: no built-in models at {base}; with a data spec pass --base and --audio "
                              "(a local checkpoint of a supported VLM family and of a supported audio encoder)")
@@ -116,18 +134,49 @@ def train(cfg: TrainConfig) -> StageAResult:
     if verified is not None:  # the Stage 1 go / no-go gate: no Stage A on a base that failed verification
         check_gate(run.path, stage1_gate(verified.metrics), cfg.continue_on_gate_failure)
     metrics = run_stage_a(data, base, recipe, run.path, audio=cfg.audio, dtype=dtype, template=cfg.template,
-                          fresh=cfg.fresh, load_options=opts)
+                          fresh=cfg.fresh, load_options=opts, modality=cfg.modality, modality_encoder=encoder)
     if metrics.get("main_process", True):
         result = StageAResult({k: v for k, v in metrics.items() if k != "samples"})
         run.record(result)
         record_run(run.path, base=base, audio=cfg.audio, data=cfg.data if cfg.data is not None else data.root,
                    data_fingerprint=data.fingerprint(), recipe=recipe.to_dict(), dtype=cfg.dtype,
-                   template=cfg.template)
+                   template=cfg.template,
+                   **({"modality": cfg.modality, "modality_encoder": str(encoder)} if encoder is not None else {}))
     from accelerate import PartialState
 
     # Several processes: the others wait for the main one's record and print it.
     PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
     return result if metrics.get("main_process", True) else run.read(StageAResult)
+
+
+def modality_encoder(cfg: TrainConfig) -> Path | None:
+    """The encoder folder of ``--modality`` (None for audio); StageError naming the flag for a bad name or a
+    missing encoder."""
+    from safe.models.modality import check_modality_name
+
+    if cfg.modality == "audio":
+        if cfg.modality_encoder is not None:
+            raise StageError("--modality-encoder is for --modality other than audio; the audio encoder is --audio")
+        return None
+    try:
+        check_modality_name(cfg.modality)
+    except ValueError as err:
+        raise StageError(f"--modality: {err}") from None
+    if cfg.audio is not None:
+        raise StageError(f"--audio names an audio encoder; --modality {cfg.modality} trains without one (its "
+                         "encoder is --modality-encoder)")
+    if cfg.modality_encoder is None:
+        if cfg.modality != "depth":
+            raise StageError(f"--modality {cfg.modality}: give its frozen encoder with --modality-encoder DIR (a "
+                             "transformers vision model with its image processor)")
+        from safe.bench.depth import SHIPPED_DEPTH_ENCODER
+
+        return SHIPPED_DEPTH_ENCODER
+    path = Path(cfg.modality_encoder)
+    if not (path / "config.json").is_file() or not (path / "preprocessor_config.json").is_file():
+        raise StageError(f"--modality-encoder: {path} is not an encoder folder (a transformers vision model's "
+                         "config.json and weights, with its image processor's preprocessor_config.json)")
+    return path
 
 
 def text_retention_file(path: str | None, data: DataSource) -> Path | None:
@@ -147,10 +196,13 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
                 audio: str | Path | None = None, dtype=torch.float32, template: str | None = None,
                 fresh: bool = False, stop_after: int | None = None, eval_split: str = "test",
                 max_train: int | None = None, max_eval: int | None = None, progress: bool = True,
-                load_options: dict | None = None) -> dict:
+                load_options: dict | None = None, modality: str = "audio",
+                modality_encoder: str | Path | None = None) -> dict:
     """Train Stage A on ``data``'s ``train`` and ``retention`` splits into ``run_dir`` (resuming a killed
     run unless ``fresh``) and evaluate on its ``eval_split``. ``base_dir``/``audio``: see
-    :func:`load_safe`. Returns the ``stage_a`` metrics."""
+    :func:`load_safe`. ``modality`` other than audio: train that modality from the data's maps
+    (:mod:`safe.data.modality_rows`) with the frozen encoder folder ``modality_encoder``; the metrics then name
+    it (``depth_accuracy`` ...). Returns the ``stage_a`` metrics."""
     from accelerate import PartialState
 
     from safe.data.embedding_cache import AudioEmbeddingCache
@@ -162,8 +214,14 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template, **(load_options or {}))
-    hashes = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
+    if modality == "audio":
+        model, fmt, frontend = load_safe(base_dir, cfg, audio, dtype=dtype, template=template, **(load_options or {}))
+    else:
+        from safe.inference.loading import load_modality_safe
+
+        model, fmt, frontend = load_modality_safe(base_dir, cfg, modality, modality_encoder, dtype=dtype,
+                                                  template=template, **(load_options or {}))
+    hashes = {"base_vl": state_hash(model.base_model), f"{modality}_encoder": state_hash(model.audio_encoder)}
     # cpu= as the trainer's Accelerator (accelerate needs it to join several CPU processes). Under
     # `accelerate launch`, the main process cleans the run and fills the cache; the others follow.
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -171,14 +229,23 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         for sub in ("checkpoints", "logs/stage_a"):
             if (run_dir / sub).exists():
                 shutil.rmtree(run_dir / sub)
-    cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
     train = data.split("train")[:max_train]
     retention = data.split("retention")
     test = data.split(eval_split)[:max_eval]
+    rows = {}
     with state.main_process_first():
-        train_set = prepare(train, fmt, model, frontend, cache, progress=progress)
-        retention_set = prepare(retention, fmt, model, frontend, cache, progress=progress)
-        test_set = prepare(test, fmt, model, frontend, cache, progress=progress)
+        if modality == "audio":
+            cache = AudioEmbeddingCache(data.cache_dir, encoder_fingerprint(model.audio_encoder, frontend))
+            train_set, retention_set, test_set = (prepare(split, fmt, model, frontend, cache, progress=progress)
+                                                  for split in (train, retention, test))
+        else:
+            from safe.data.modality_rows import map_pool, modality_encoder_id, prepare_modality
+
+            cache = AudioEmbeddingCache(data.cache_dir, modality_encoder_id(model, frontend))
+            pool = map_pool(train, modality)
+            (train_set, rows["train"]), (retention_set, rows["retention"]), (test_set, rows[eval_split]) = (
+                prepare_modality(split, fmt, model, frontend, modality, cache, pool=pool, progress=progress)
+                for split in (train, retention, test))
     prep_seconds = time.perf_counter() - t0
     text_file = text_retention_file(cfg.text_retention, data)
     text_prompts = load_prompts(text_file) if text_file is not None else None
@@ -195,11 +262,22 @@ def run_stage_a(data: DataSource, base_dir: str | Path, cfg: StageAConfig, run_d
         return {"steps": fit["steps"], "main_process": False}
     from safe.processing.processor import SAFEProcessor  # beside the weights: the checkpoint is complete for inference
 
-    SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_dir, audio=audio).save_pretrained(
-        run_dir / "checkpoints" / "final")
+    if modality == "audio":
+        processor = SAFEProcessor.from_components(fmt, frontend, model.base_model, base=base_dir, audio=audio)
+    else:  # the modality's front end and encoder folder, so `safe predict --run-dir` finds both
+        from safe.processing.features import BuiltinFrontEnd
+
+        processor = SAFEProcessor.from_components(fmt, BuiltinFrontEnd(), model.base_model, base=base_dir,
+                                                  modalities={modality: frontend})
+        processor.sources[modality] = str(Path(modality_encoder).resolve())
+    processor.save_pretrained(run_dir / "checkpoints" / "final")
     t1 = time.perf_counter()
     result = evaluate_stage_a(model, fmt, test_set, progress=progress)
-    after = {"base_vl": state_hash(model.base_model), "audio_encoder": state_hash(model.audio_encoder)}
+    after = {"base_vl": state_hash(model.base_model), f"{modality}_encoder": state_hash(model.audio_encoder)}
+    if modality != "audio":  # the figures name the modality they measure (as the depth track's do)
+        result = {k.replace("audio_", f"{modality}_"): v for k, v in result.items()}
+        result.update(modality=modality, modality_encoder=str(modality_encoder),
+                      modality_rows={k: v.to_dict() for k, v in rows.items()})
     return {
         **result,
         "eval_split": eval_split,

@@ -67,7 +67,7 @@ def curriculum_order(kind: str, rows: Sequence[int], examples, *, family_order: 
     if kind == "none":
         order = rows
     elif kind == "family":
-        order = order_by_family(examples, family_order)
+        order = order_by_family(examples, family_order, rows)
     elif kind == "base_loss":
         if losses is None:
             raise ValueError("curriculum order base_loss needs a way to measure the base's losses")

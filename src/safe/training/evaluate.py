@@ -37,8 +37,10 @@ def evaluate_stage_a(model: SAFEModel, fmt: PromptFormat, data: PreparedSet, pro
     ex = data.examples
     right = {name: [exact_match(p, e.answers) == 1.0 for p, e in zip(preds, ex)]
              for name, preds in (("base", base_preds), ("closed", closed_preds), ("open", open_preds))}
-    vl = [i for i, e in enumerate(ex) if not e.needs_audio]
-    audio_qa = [i for i, e in enumerate(ex) if e.needs_audio and not e.is_caption]
+    # The set's own flags, not the records': a set of another modality's rows marks the rows naming its maps.
+    needs = [bool(n) for n in data.needs_audio.tolist()]
+    vl = [i for i in range(len(ex)) if not needs[i]]
+    audio_qa = [i for i, e in enumerate(ex) if needs[i] and not e.is_caption]
     captions = [i for i, e in enumerate(ex) if e.is_caption]
 
     def acc(name: str, rows: list[int]) -> float:
