@@ -14,7 +14,7 @@ STEPS = 6
 
 def test_grid_covers_the_issue_and_selection_checks_names():
     assert {"reference", "no retention loss", "k=4", "k=8", "k=12", "k=16", "rank=4", "rank=8", "rank=16",
-            "no dense block", "no Fisher", "no curriculum"} == set(STAGE_A_GRID)
+            "no dense block", "no Fisher", "Fisher 0.1", "no curriculum"} == set(STAGE_A_GRID)
     assert list(select_grid(["rank=4", "k=4"])) == ["k=4", "rank=4"]  # grid order, not argument order
     with pytest.raises(ValueError, match="unknown ablation \\['k=5'\\]; choose from"):
         select_grid(["k=5"])

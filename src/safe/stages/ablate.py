@@ -41,7 +41,7 @@ class AblateConfig(DataOptions):
     """Seeds per entry (mean and 95% CI over seeds)."""
     only: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
     """Run only this entry (repeatable); entries: "reference", "no retention loss", "k=4", "k=8", "k=12",
-    "k=16", "rank=4", "rank=8", "rank=16", "no dense block", "no Fisher", "no curriculum", and with --encoder-b
+    "k=16", "rank=4", "rank=8", "rank=16", "no dense block", "no Fisher", "Fisher 0.1", "no curriculum", and with --encoder-b
     "encoder A alone", "encoder B alone", "encoders A + B (ensemble)"."""
     split: str = "test"
     """Benchmark split the entries are scored on."""

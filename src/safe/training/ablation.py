@@ -31,11 +31,14 @@ STAGE_A_GRID: dict[str, list[str]] = {
     "rank=16": ["safe.lora_rank=16", "safe.rank_maps=all"],
     "no dense block": ["safe.ffn_rank=0"],
     "no Fisher": ["lambda_fisher=0"],
+    "Fisher 0.1": ["lambda_fisher=0.1"],
     "no curriculum": ["curriculum.start=1.0", "curriculum.end=1.0", "curriculum.ramp_fraction=0"],
 }
 """Entry name -> overrides of the recipe. ``reference`` is the recipe itself (k and rank as it sets them); k is
 the number of audio tokens; the rank entries apply r to every attention map of each adapter (query, key,
-value, output: ``rank_maps=all``), so r sizes the whole adapter, not only its query."""
+value, output: ``rank_maps=all``), so r sizes the whole adapter, not only its query. ``no Fisher`` / ``Fisher 0.1``:
+the penalty off and on, whichever the recipe sets (the built-in recipe has it off, so there ``no Fisher`` is the
+recipe itself and ``Fisher 0.1`` the row that measures it)."""
 
 ENCODER_GRID: dict[str, tuple[str, ...]] = {
     "encoder A alone": ("a",),
