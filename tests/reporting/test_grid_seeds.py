@@ -16,3 +16,14 @@ def test_each_entry_shows_its_seeds_and_the_header_says_they_differ():
     assert "| reference | the recipe | 5 | 0.990 [0.980, 1.000] |" in text and "| k=4 | k=4 | 2 | 0.900 |" in text
     same = stage_a_grid({"ablations": {"steps": 400, "seeds": 1, "split": "test", "rows": [_row("reference", 1, 0.5)]}})
     assert "400 steps per entry, 1 seed(s)" in same
+
+
+def test_intervals_of_counts_and_scores_never_go_below_zero():
+    from safe.training.ablation import summarise
+
+    runs = {f"reference/seed{k}": {"audio_accuracy": 1.0, "vl_accuracy_gate_open": 1.0, "caption_cider_d": c,
+                                   "vl_answers_changed_gate_open": n, "trainable_parameters": 1, "train_seconds": 1.0}
+            for k, (n, c) in enumerate(((0, 0.1), (1, 8.0)))}
+    row = summarise(runs, {"reference": []})[0]
+    assert row["vl_answers_changed_gate_open_ci"][0] == 0.0 and row["caption_cider_d_ci"][0] == 0.0
+    assert row["vl_answers_changed_gate_open_ci"][1] > 1.0 and row["audio_accuracy_ci"] == [1.0, 1.0]

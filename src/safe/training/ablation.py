@@ -58,6 +58,8 @@ METRICS = ("audio_accuracy", "vl_accuracy_gate_open", "vl_retention_ratio_gate_o
 """What each run records from :func:`~safe.training.evaluate.evaluate_stage_a` (test split)."""
 FRACTIONS = frozenset({"audio_accuracy", "vl_accuracy_gate_open", "answers_identical_gate_closed"})
 """The metrics that are fractions: their intervals over seeds are kept inside [0, 1]."""
+NON_NEGATIVE = frozenset({"vl_answers_changed_gate_open", "caption_cider_d", "vl_retention_ratio_gate_open"})
+"""Counts and scores that cannot be negative: their intervals over seeds start at 0 at the lowest."""
 
 
 def _slug(name: str) -> str:
@@ -85,7 +87,8 @@ def select_grid(names: Sequence[str] | None, encoders: bool = False) -> dict[str
 
 def summarise(runs: dict[str, dict[str, Any]], grid: dict[str, list[str]]) -> list[dict[str, Any]]:
     """One row per entry: the overrides, seeds, and per metric the mean with a 95% t interval over
-    seeds (clipped to [0, 1] for :data:`FRACTIONS`; ``ci_low``/``ci_high`` NaN for one seed), plus trainable
+    seeds (clipped to [0, 1] for :data:`FRACTIONS`, at 0 for :data:`NON_NEGATIVE`; ``ci_low``/``ci_high`` NaN for one
+    seed), plus trainable
     parameters and seconds."""
     rows = []
     for name, overrides in grid.items():
@@ -101,7 +104,8 @@ def summarise(runs: dict[str, dict[str, Any]], grid: dict[str, list[str]]) -> li
                 continue
             row[m] = float(sum(values) / len(values))
             if len(values) > 1:
-                ci = mean_ci(values, bounds=PROPORTION if m in FRACTIONS else None)
+                ci = mean_ci(values, bounds=PROPORTION if m in FRACTIONS else (0.0, None) if m in NON_NEGATIVE
+                             else None)
                 row[f"{m}_ci"] = [ci.low, ci.high]
         row["trainable_parameters"] = done[0]["trainable_parameters"]
         if "steps" in done[0]:
