@@ -224,17 +224,11 @@ class Pipeline:
         return used
 
     def _map_preview(self, name: str, features: torch.Tensor) -> torch.Tensor:
-        """The policy's preview of an image-like primary modality: one cell per patch of its encoder
-        (:func:`~safe.processing.modalities.map_preview`), as the depth track's policy was trained on."""
-        from safe.processing.modalities import map_preview
+        """The policy's preview of an image-like modality: one cell per patch of its encoder, as its policy was
+        trained on (:func:`safe.policy.map_modality.patch_preview`)."""
+        from safe.policy.map_modality import patch_preview
 
-        cfg = getattr(getattr(self.model.modality(name).encoder, "model", None), "config", None)
-        patch = getattr(cfg, "patch_size", None)
-        if not isinstance(patch, int) or features.shape[-1] % patch:
-            raise ValueError(f"the attached {name} policy reads a preview of one cell per encoder patch; this {name} "
-                             f"encoder has no patch grid over {tuple(features.shape[-2:])} inputs "
-                             f"(patch_size {patch!r}): pass use_{name}=True / False")
-        return map_preview(features, features.shape[-1] // patch)
+        return patch_preview(self.model, name, features)
 
     @staticmethod
     def _mask(use, has: torch.Tensor, n: int, name: str = "audio") -> torch.Tensor:

@@ -33,25 +33,23 @@ WITH_MAP, WITHOUT_MAP = "row with a map", "row without a map"
 """The two kinds of row a modality's costs are measured and priced for."""
 
 
-def patch_grid(model, pixel_values: torch.Tensor) -> int:
-    """Cells per side of the preview: the input's width over the primary encoder's patch size (as the pipeline
-    reads it); ``ValueError`` when the encoder has no patch grid over such inputs."""
-    cfg = getattr(getattr(model.modality(model.primary_modality).encoder, "model", None), "config", None)
+def patch_preview(model, name: str, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The preview modality ``name``'s policy reads from its front end's output: one cell per patch of its
+    encoder (:func:`~safe.processing.modalities.map_preview`); training, ``safe.pipeline`` and ``safe serve`` all
+    call this. ``ValueError`` when the encoder has no patch grid over such inputs."""
+    cfg = getattr(getattr(model.modality(name).encoder, "model", None), "config", None)
     patch = getattr(cfg, "patch_size", None)
     if not isinstance(patch, int) or pixel_values.shape[-1] % patch:
-        raise ValueError(f"the {model.primary_modality} policy reads a preview of one cell per encoder patch; this "
-                         f"encoder has no patch grid over {tuple(pixel_values.shape[-2:])} inputs (patch_size "
-                         f"{patch!r})")
-    return pixel_values.shape[-1] // patch
+        raise ValueError(f"the attached {name} policy reads a preview of one cell per encoder patch; this {name} "
+                         f"encoder has no patch grid over {tuple(pixel_values.shape[-2:])} inputs "
+                         f"(patch_size {patch!r}): pass use_{name}=True / False")
+    return map_preview(pixel_values, pixel_values.shape[-1] // patch)
 
 
 def map_previews(model, front, paths: Sequence[str], name: str, batch: int = 256) -> torch.Tensor:
     """(n, PREVIEW_DIM): the preview of each map of ``paths`` as the deployed policy reads it."""
-    parts = []
-    for s in range(0, len(paths), batch):
-        pixels = front(list(paths[s:s + batch]), name)
-        parts.append(map_preview(pixels, patch_grid(model, pixels)))
-    return torch.cat(parts)
+    return torch.cat([patch_preview(model, name, front(list(paths[s:s + batch]), name))
+                      for s in range(0, len(paths), batch)])
 
 
 @torch.no_grad()

@@ -299,6 +299,7 @@ class Engine:
         """Each modality's own policy picks its rows among those it may decide (``free`` audio rows, ``map_free``
         map rows), from the early state and its own preview, before the language model runs; ``other`` gets
         each map modality's chosen rows added. Returns (audio rows used, audio P(use) per row)."""
+        from safe.policy.map_modality import patch_preview
         from safe.policy.runtime import decide_rows
 
         model, n = self.model, len(waves)
@@ -314,7 +315,7 @@ class Engine:
         elif model.policy is None:
             used = used | free
         for m, rows in map_free.items():
-            use, _ = decide_rows(model, model.policy_of(m), vl, self.pipeline._map_preview(m, inputs[f"{m}_features"]))
+            use, _ = decide_rows(model, model.policy_of(m), vl, patch_preview(model, m, inputs[f"{m}_features"]))
             other[m] = other[m] | (use & rows)
         return used, prob
 
