@@ -131,13 +131,11 @@ class Pipeline:
         has = inputs["audio_mask"]
         vl = {k: inputs[k].to(self.device) for k in VL_INPUT_KEYS if k in inputs}
         gen = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
-        extra, used_by = {}, {}
-        for name in self.modalities:  # each other modality: its rows (forced or with a map), its features
+        used_by = {}
+        for name in self.modalities:  # each other modality: its rows (forced or with a map)
             mask = inputs.get(f"{name}_mask", torch.zeros(n, dtype=torch.bool))
             used_by[name] = self._mask(uses.get(name), mask, n, name)
-            if bool(used_by[name].any()):
-                extra[f"{name}_features"] = inputs[f"{name}_features"].to(self.device)
-                extra[f"{name}_mask"] = used_by[name].to(self.device)
+        extra = self._map_inputs(inputs, used_by)
         prob: list[float | None] = [None] * n
         primary = self.model.primary_modality
         probs: dict[str, list[float | None]] = {}  # side by side: each deciding modality's P(use)
@@ -148,12 +146,7 @@ class Pipeline:
             used = self._decide_side_by_side(vl, inputs, deciders, has, used_by, probs)
             if "audio" not in deciders:
                 used = self._mask(use_audio, has, n, "audio")
-            for name in self.modalities:
-                extra.pop(f"{name}_features", None)
-                extra.pop(f"{name}_mask", None)
-                if bool(used_by[name].any()):
-                    extra[f"{name}_features"] = inputs[f"{name}_features"].to(self.device)
-                    extra[f"{name}_mask"] = used_by[name].to(self.device)
+            extra = self._map_inputs(inputs, used_by)  # the rows each policy chose
             audio = ({"audio_features": inputs["audio_features"].to(self.device), "audio_mask": used.to(self.device)}
                      if bool(used.any()) else {})
             sequences = self.model.generate(**vl, **gen, **extra, **audio)
@@ -201,6 +194,12 @@ class Pipeline:
                                  if (bool(u) if m == "audio" else row[f"used_{m}"])]
             rows.append(row)
         return rows[0] if single else rows
+
+    def _map_inputs(self, inputs: dict, used_by: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``<name>_features`` / ``<name>_mask`` of each other modality some row uses, on the model's device."""
+        return {k: v for name, rows in used_by.items() if bool(rows.any())
+                for k, v in ((f"{name}_features", inputs[f"{name}_features"].to(self.device)),
+                             (f"{name}_mask", rows.to(self.device)))}
 
     def _decide_side_by_side(self, vl: dict, inputs: dict, deciders: list[str], has: torch.Tensor,
                              used_by: dict[str, torch.Tensor], probs: dict) -> torch.Tensor:
