@@ -151,11 +151,7 @@ class Pipeline:
                      if bool(used.any()) else {})
             sequences = self.model.generate(**vl, **gen, **extra, **audio)
         elif (primary != "audio" and self.model.policy is not None and uses.get(primary) is None
-                and bool(used_by[primary].any())):  # the attached policy decides the primary modality's rows
-            others = [m for m in used_by if m != primary and bool(used_by[m].any())]
-            if others:
-                raise ValueError(f"the attached policy decides {primary} only; pass use_{primary}=True / False to "
-                                 f"use it together with {', '.join(others)}")
+                and bool(used_by[primary].any())):  # the primary modality alone in the batch: its policy decides
             has_map = used_by[primary]
             feats = extra.pop(f"{primary}_features")
             extra.pop(f"{primary}_mask")
@@ -166,10 +162,7 @@ class Pipeline:
             prob = [float(p) if h else None for p, h in zip(out.use_probability.tolist(), has_map.tolist())]
             sequences, used = out.sequences, torch.zeros(n, dtype=torch.bool)
         elif (use_audio is None and self.model.policy is not None and has_audio_modality
-                and self.model.primary_modality == "audio" and bool(has.any())):
-            if extra:
-                raise ValueError(f"the attached policy decides audio only; pass use_audio=True / False to use "
-                                 f"it together with {', '.join(n for n in used_by if used_by[n].any())}")
+                and self.model.primary_modality == "audio" and bool(has.any())):  # audio alone in the batch
             with _only_rows_with_audio(self.model, has):
                 out = self.model.generate(**vl, **gen, audio_features=inputs["audio_features"].to(self.device),
                                           audio_preview=inputs["audio_preview"])
