@@ -70,7 +70,7 @@ def parts(tiny_builtin, tmp_path_factory):
     return vl, audio, root
 
 
-def _demo(parts, run_dir, **kw):
+def _demo(parts, run_dir, until=None, **kw):
     from safe.bench.gemma.track import GemmaTrackConfig
     from safe.stages.demo import DemoConfig
     from safe.stages.gemma import demo_gemma
@@ -78,7 +78,8 @@ def _demo(parts, run_dir, **kw):
     vl, audio, root = parts
     cfg = DemoConfig(run_dir=str(run_dir), recipe=str(root / "recipe.yaml"), track="gemma",
                      continue_on_gate_failure=True, seeds=1, **kw)
-    return demo_gemma(cfg, echo=lambda *a: None, track=GemmaTrackConfig.tiny(), base=str(vl), audio=str(audio))
+    return demo_gemma(cfg, echo=lambda *a: None, track=GemmaTrackConfig.tiny(), base=str(vl), audio=str(audio),
+                      until=until)
 
 
 @pytest.fixture(scope="module")
@@ -142,23 +143,28 @@ def test_open_gate_changes_the_measured_distribution(parts, track_run):
     assert still["open_mean_kl"] == 0.0 and still["open_identical"] == 1.0
 
 
-def test_a_killed_track_starts_again_where_it_stopped(parts, track_run, tmp_path, monkeypatch):
+def _killed_copy(parts, track_run, tmp_path, monkeypatch, metrics: dict):
+    """A copy of the track's run directory holding ``metrics`` (a run killed part way), the tiny cache in use."""
     import shutil
 
+    copy = tmp_path / "demo-gemma"
+    shutil.copytree(track_run[0], copy)
+    monkeypatch.setenv("SAFE_CACHE", str(parts[2] / "cache"))
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    return copy
+
+
+def test_a_killed_track_starts_again_where_it_stopped(parts, track_run, tmp_path, monkeypatch):
     import safe.stages.evaluate as ev
     import safe.stages.policy as po
     import safe.stages.stage_a as sa
     import safe.stages.verify as ve
     from safe.stages import gemma as stage
 
-    run, _ = track_run
-    copy = tmp_path / "demo-gemma"
-    shutil.copytree(run, copy)
-    monkeypatch.setenv("SAFE_CACHE", str(parts[2] / "cache"))
-    m = json.loads((copy / "metrics.json").read_text())
+    m = json.loads((track_run[0] / "metrics.json").read_text())
     recorded_eval = m.pop("eval")  # killed during the last stage: everything before it is recorded
     m["timing"] = {**m["timing"], "partial": True}
-    (copy / "metrics.json").write_text(json.dumps(m))
+    copy = _killed_copy(parts, track_run, tmp_path, monkeypatch, m)
     ran = []
     monkeypatch.setattr(ve, "verify", lambda *a, **k: pytest.fail("verification ran again"))
     monkeypatch.setattr(sa, "run_stage_a", lambda *a, **k: pytest.fail("Stage A ran again"))
@@ -174,6 +180,23 @@ def test_a_killed_track_starts_again_where_it_stopped(parts, track_run, tmp_path
         assert after["timing"]["load_average"][kept] == m["timing"]["load_average"][kept]
     assert after["timing"]["eval_done_seconds"] > m["timing"]["policy_done_seconds"]
     assert after["gemma"]["lm_sha256"]["all_equal"] and "after_eval" in after["gemma"]["lm_sha256"]
+
+
+def test_until_figures_stops_before_the_policy(parts, track_run, tmp_path, monkeypatch):
+    """``python -m safe.stages.gemma --until figures``: a Stage A variant measured without Stages B/C."""
+    import safe.stages.evaluate as ev
+    import safe.stages.policy as po
+
+    m = json.loads((track_run[0] / "metrics.json").read_text())
+    for key in ("policy", "eval"):
+        m.pop(key)
+    copy = _killed_copy(parts, track_run, tmp_path, monkeypatch, m)
+    monkeypatch.setattr(po, "train_policy", lambda *a, **k: pytest.fail("the policy stage ran"))
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("the evaluation ran"))
+    result = _demo(parts, copy, until="figures")
+    assert result.ok and result.metrics["stopped_after"] == "figures" and "stopped after figures" in result.summary()
+    after = json.loads((copy / "metrics.json").read_text())
+    assert "gemma" in after and "policy" not in after and after["timing"]["stopped_after"] == "figures"
 
 
 def test_docs_block_comes_from_metrics(track_run, tmp_path):

@@ -11,7 +11,7 @@ from safe.data.records import Example
 from safe.evaluation import captions as caps
 from safe.evaluation.metrics import bleu_scores, cider_d_scores
 from safe.evaluation.per_task import gains_per_task, paired_graded_test, retention_per_task
-from safe.evaluation.protocol import _ci
+from safe.evaluation.protocol import bootstrap_mean as _ci
 from safe.evaluation.scoring import answer_score
 from safe.evaluation.stats import mcnemar
 

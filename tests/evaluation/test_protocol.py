@@ -30,7 +30,7 @@ def evaluated(tiny_builtin):
     from safe.evaluation import protocol
 
     calls = {"policy": [], "noisy": []}  # what the stress tests fed the model (spied, not changed)
-    real_policy, real_noisy = protocol._policy_answers, protocol._noisy_embeddings
+    real_policy, real_noisy = protocol.policy_answers, protocol._noisy_embeddings
 
     def policy_answers(model, fmt, data, previews, *a, **k):
         calls["policy"].append(previews.clone())
@@ -41,7 +41,7 @@ def evaluated(tiny_builtin):
         return real_noisy(model, frontend, waveforms, snr_db, seed, background)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(protocol, "_policy_answers", policy_answers)
+        mp.setattr(protocol, "policy_answers", policy_answers)
         mp.setattr(protocol, "_noisy_embeddings", noisy)
         ev = run_eval(model, fmt, frontend, data, policy_metrics=policy, stage_a={"frozen_byte_identical": True})
     ev["_calls"] = calls

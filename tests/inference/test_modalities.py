@@ -246,3 +246,22 @@ def test_two_policies_side_by_side_each_decides_its_own_modality(modal, composed
     assert [r["used_audio"] for r in half] == [False] * 4 and [r["used_depth"] for r in half] == [False, True, False, False]
     p.model.remove_modality("depth")
     assert "depth_policy" not in p.model.safe_modules()
+
+
+def test_a_cascade_policy_beside_another_modality_names_the_flag_that_decides_instead(modal, composed):
+    """A policy that reads the base's confidence decides inside its own generate: beside depth's policy in one
+    batch it is refused, and the error names use_audio, which decides those rows instead."""
+    from safe.policy.outcomes import state_spec
+
+    _, _, _, _, _, rows = modal
+    p = safe.pipeline(composed)
+    spec = state_spec(p.model, early=False)
+    assert spec.confidence_dim  # the cascade state
+    p.model.attach_policy(_preview_gate(spec, reads_preview=False))
+    near, _ = near_and_far()
+    qs, imgs = [e.question for e in rows[:2]], [e.image for e in rows[:2]]
+    with pytest.raises(ValueError, match=r"audio policy's state includes the base's confidence.*use_audio=True / False"):
+        p(image=imgs, question=qs, audio=[rows[0].audio, None], depth=[None, near])
+    out = p(image=imgs, question=qs, audio=[rows[0].audio, None], depth=[None, near], use_audio=[True, False])
+    assert [r["used_audio"] for r in out] == [True, False] and out[1]["used_depth"] is True
+    p.model.remove_hooks()

@@ -92,8 +92,25 @@ def test_depth_trains_from_the_spec_maps_and_predict_reads_the_run(spec, tmp_pat
     assert main([*args, "--depth-file", str(depth)]) == 0, capsys.readouterr().err
     decided = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= decided["depth_probability"] <= 1.0
-    assert main(["eval", "--run-dir", str(run)]) == 2
-    assert "safe eval measures the audio path" in capsys.readouterr().err
+
+    # safe eval on the deployed depth checkpoint: the protocol's sections and gates for depth, into the report
+    assert main(["eval", "--run-dir", str(run)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "depth evaluation on test (6 rows: 3 with a depth map, 3 VL rows" in out and "stage gates:" in out
+    ev = json.loads((run / "metrics.json").read_text())["modality_eval"]["depth"]
+    r, g, pol = ev["retention"], ev["gains"], ev["policy"]
+    assert r["answers_identical_gate_closed"] == {"identical": 6, "n": 6} and r["answers_changed"]["gate_closed"] == 0
+    assert g["n"] == 3 and set(g["accuracy"]) == {"base", "safe", "policy"}
+    assert pol["always"]["use_rate"] == 1.0 and pol["never"]["use_rate"] == 0.0
+    assert 0.0 <= pol["policy"]["use_rate"] <= 1.0 and ev["irrelevance"]["n"] == 3
+    assert set(ev["efficiency"]["ms_per_query"]) == {"never", "policy", "oracle", "always"}
+    assert [s["passed"] for s in ev["stage_gates"]][0] is True and len(ev["stage_gates"]) == 5
+    html = (run / "report.html").read_text()
+    assert "Evaluation of another modality" in html and "Stages B and C for another modality" in html
+    passed = sum(s["passed"] for s in ev["stage_gates"])
+    assert f"{passed} of 5 targets met" in html
+    assert main(["ablate", "--run-dir", str(run)]) == 2
+    assert "safe ablate measures the audio path" in capsys.readouterr().err
 
 
 def test_bad_modality_flags_are_named(spec, tmp_path, capsys):

@@ -47,7 +47,7 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
     ``save_dir``: where the two tables are saved (``depth_{train,test}_table.pt``); ``checkpoint_dir``: where
     the SAFE depth weights are saved with the distilled gate attached (as ``safe policy train`` deploys audio's),
     so ``safe.pipeline`` / ``safe predict`` consult the depth policy per row."""
-    from safe.policy.map_modality import ms_per_row
+    from safe.policy.map_modality import deploy_gate, ms_per_row
     from safe.policy.modalities import train_modality_policy
     from safe.policy.outcomes import build_table, collect_outcomes
 
@@ -76,12 +76,7 @@ def depth_policy(model, fmt, scene: SynthConfig, splits: DepthSplits, train_set,
     out, _, gate = train_modality_policy(train, test, alphas=alphas, tolerance=TOLERANCE,
                                          **({"ppo": {"steps": steps}} if steps else {}))
     if checkpoint_dir is not None:
-        from safe.policy.outcomes import state_spec
-        from safe.policy.runtime import AudioPolicy
-
-        model.attach_policy(AudioPolicy(state_spec(model, early=True), "mlp", gate.hidden, net=gate))
-        out["checkpoint"] = str(model.save_pretrained(checkpoint_dir))
-        model.attach_policy(None)
+        out["checkpoint"] = deploy_gate(model, gate, checkpoint_dir)
     return {
         **out,
         "costs_ms_per_query": {"depth_question": ms[True], "vl_question": ms[False]},

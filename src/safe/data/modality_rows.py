@@ -38,6 +38,10 @@ from safe.data.prepared import (
 from safe.data.record_table import RecordView
 from safe.data.records import Example
 
+WITH_MAP, WITHOUT_MAP = "row with a map", "row without a map"
+"""The two kinds of row a modality's costs are measured and priced for (``safe policy train``) and its
+evaluation prices each row by (``safe eval``)."""
+
 
 @dataclass(frozen=True)
 class ModalityRows:

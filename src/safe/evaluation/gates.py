@@ -15,6 +15,11 @@ STAGE2_MIN_AUDIO_GAIN = 0.03
 STAGE2_MAX_VL_LOSS = 0.005
 """Stage 2: VL accuracy (gate open, unrelated audio attached) may fall by less than 0.5 points."""
 
+USE_RATE_TOLERANCE = 0.05
+"""The per-modality policy target: the policy's use rate within 5 points of its modality's oracle (test split)."""
+ACCURACY_TOLERANCE = 0.01
+"""The per-modality policy target: the policy's accuracy within 1 point of always running its modality."""
+
 CONTINUE_FLAG = "--continue-on-gate-failure"
 
 

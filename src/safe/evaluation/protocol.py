@@ -39,7 +39,9 @@ def _answers(model, fmt, data, pixels=None, audio=None, progress=False) -> list[
                             max_new_tokens=MAX_NEW_TOKENS, extra=extra, progress=progress)
 
 
-def _policy_answers(model, fmt, data, previews: torch.Tensor, batch_size: int = 200) -> tuple[list[str], torch.Tensor]:
+def policy_answers(model, fmt, data, previews: torch.Tensor, batch_size: int = 200) -> tuple[list[str], torch.Tensor]:
+    """Greedy answers of ``data`` with the attached policy deciding each row from ``previews`` (and its state),
+    and its choices (bool tensor)."""
     answers, used = [], []
     for s in range(0, len(data), batch_size):
         idx = list(range(s, min(s + batch_size, len(data))))
@@ -51,7 +53,8 @@ def _policy_answers(model, fmt, data, previews: torch.Tensor, batch_size: int = 
     return answers, torch.cat(used)
 
 
-def _ci(values: Sequence[float]) -> dict[str, float]:
+def bootstrap_mean(values: Sequence[float]) -> dict[str, float]:
+    """``{mean, ci_low, ci_high, n}``: the mean with a percentile bootstrap 95% CI (NaN bounds under two values)."""
     if len(values) < 2:
         return {"mean": float(np.mean(values)) if len(values) else float("nan"), "ci_low": float("nan"),
                 "ci_high": float("nan"), "n": len(values)}
@@ -86,7 +89,7 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
     }
     qa_d = cohens_d([scores["gate_open"][i] for i in qa], [scores["base"][i] for i in qa], paired=True) if qa else None
     gains = {
-        "audio_accuracy": {k: _ci([scores[src][i] for i in qa]) for k, src in
+        "audio_accuracy": {k: bootstrap_mean([scores[src][i] for i in qa]) for k, src in
                            (("base", "base"), ("safe", "gate_open"), ("policy", "policy"))},
         "audio_cohens_d_safe_vs_base": qa_d,
         "per_family": {f: {k: _acc(scores[src], [i for i in qa + cap if ex[i].family == f]) for k, src in
@@ -95,10 +98,10 @@ def retention_and_gains(ex, scores: dict[str, list[float]], answers: dict[str, l
     }
     if cap:
         refs = [list(ex[i].answers) for i in cap]
-        gains["caption_cider_d"] = {k: _ci(cider_d_scores([answers[src][i] for i in cap], refs)) for k, src in
+        gains["caption_cider_d"] = {k: bootstrap_mean(cider_d_scores([answers[src][i] for i in cap], refs)) for k, src in
                                     (("base", "base"), ("safe", "gate_open"), ("policy", "policy"))}
     retention["per_task"] = retention_per_task(ex, scores, answers)
-    gains["per_task"], gains["captions_per_task"] = gains_per_task(ex, scores, answers, _ci, meteor=meteor)
+    gains["per_task"], gains["captions_per_task"] = gains_per_task(ex, scores, answers, bootstrap_mean, meteor=meteor)
     return retention, gains
 
 
@@ -133,7 +136,7 @@ def run_eval(model, fmt, frontend, data: DataSource, cache=None, policy_metrics:
     with model.audio_disabled():
         answers["gate_closed"] = _answers(model, fmt, prepared)
     answers["gate_open"] = _answers(model, fmt, prepared, audio=prepared.audio)
-    answers["policy"], used = _policy_answers(model, fmt, prepared, previews)
+    answers["policy"], used = policy_answers(model, fmt, prepared, previews)
     blank = prepared.pixels.map(torch.zeros_like)  # the normalised mean image: no visual information
     answers["no_image_no_audio"] = _answers(model, fmt, prepared, pixels=blank)
     answers["audio_only"] = _answers(model, fmt, prepared, pixels=blank, audio=prepared.audio)
@@ -199,7 +202,7 @@ def _robustness(model, fmt, frontend, source, cache, data, ex, wav, scores, answ
         others = [int(pick[i]) for i in vl_rows]
         vl = dataclasses.replace(data.subset(vl_rows), audio=data.audio.take(others))
         irr = _answers(model, fmt, vl, audio=vl.audio)
-        policy_irr, used_irr = _policy_answers(model, fmt, vl, previews[others])
+        policy_irr, used_irr = policy_answers(model, fmt, vl, previews[others])
     out = {
         "snr_sweep": sweep,
         "misaligned": {"audio_accuracy": mis_acc, "aligned_audio_accuracy": _acc(scores["gate_open"], qa), "n": len(qa)},

@@ -207,7 +207,7 @@ class Pipeline:
             rows = has if name == "audio" else used_by[name]
             preview = (inputs["audio_preview"] if name == "audio"
                        else self._map_preview(name, inputs[f"{name}_features"]))
-            use, p = decide_rows(self.model, self.model.policy_of(name), vl, preview)
+            use, p = decide_rows(self.model, self.model.policy_of(name), vl, preview, name)
             probs[name] = [float(x) if h else None for x, h in zip(p.tolist(), rows.tolist())]
             if name == "audio":
                 used = use & rows

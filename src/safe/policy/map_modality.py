@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from safe.data.modality_rows import WITH_MAP, WITHOUT_MAP
 from safe.data.prepared import PreparedSet
 from safe.processing.modalities import map_preview
 
@@ -29,8 +30,6 @@ ALPHAS = (0.0, 0.1, 0.3)
 """Latency weights alpha is chosen among (on held-out training rows), as for the depth track."""
 TOLERANCE = 0.005
 """Held-out accuracy an alpha may lose to always-on (half a point, as for the depth track)."""
-WITH_MAP, WITHOUT_MAP = "row with a map", "row without a map"
-"""The two kinds of row a modality's costs are measured and priced for."""
 
 
 def patch_preview(model, name: str, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -93,6 +92,20 @@ def row_kinds(data: PreparedSet) -> list[str]:
     return [WITH_MAP if n else WITHOUT_MAP for n in data.needs_audio.tolist()]
 
 
+def deploy_gate(model, gate, checkpoint_dir: str | Path) -> str:
+    """Save the SAFE weights of ``model`` with the distilled early-state ``gate`` attached as its policy (what
+    ``safe.pipeline`` / ``safe predict`` consult per row) into ``checkpoint_dir``; the model leaves without it
+    whatever happens. Returns the checkpoint's path."""
+    from safe.policy.outcomes import state_spec
+    from safe.policy.runtime import AudioPolicy
+
+    model.attach_policy(AudioPolicy(state_spec(model, early=True), "mlp", gate.hidden, net=gate))
+    try:
+        return str(model.save_pretrained(checkpoint_dir))
+    finally:
+        model.attach_policy(None)
+
+
 def map_modality_policy(model, fmt, front, name: str, train: PreparedSet, train_paths: Sequence[str],
                         test: PreparedSet, test_paths: Sequence[str], *, alphas: Sequence[float] = ALPHAS,
                         tolerance: float = TOLERANCE, steps: int | None = None, train_rows: int = 1200,
@@ -104,8 +117,7 @@ def map_modality_policy(model, fmt, front, name: str, train: PreparedSet, train_
     SAFE weights are saved with the distilled gate attached. Returns the figures (as
     :func:`~safe.policy.modalities.modality_policy`) with the measured costs."""
     from safe.policy.modalities import train_modality_policy
-    from safe.policy.outcomes import build_table, collect_outcomes, state_spec
-    from safe.policy.runtime import AudioPolicy
+    from safe.policy.outcomes import build_table, collect_outcomes
 
     t0 = time.perf_counter()
     was = model.training
@@ -125,10 +137,6 @@ def map_modality_policy(model, fmt, front, name: str, train: PreparedSet, train_
     out, _, gate = train_modality_policy(tables["train"], tables["test"], alphas=alphas, tolerance=tolerance,
                                          **({"ppo": {"steps": steps}} if steps else {}))
     if checkpoint_dir is not None:
-        model.attach_policy(AudioPolicy(state_spec(model, early=True), "mlp", gate.hidden, net=gate))
-        try:
-            out["checkpoint"] = str(model.save_pretrained(checkpoint_dir))
-        finally:
-            model.attach_policy(None)
+        out["checkpoint"] = deploy_gate(model, gate, checkpoint_dir)
     model.train(was)
     return {**out, "modality": name, "costs_ms_per_query": costs, "seconds": round(time.perf_counter() - t0, 1)}

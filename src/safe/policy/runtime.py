@@ -372,14 +372,16 @@ def reusing(probe: ImageProbe | None):
     return contextlib.nullcontext() if probe is None else probe.reused()
 
 
-def early_states(model, policy: AudioPolicy, vl_inputs: dict[str, Any],
-                 preview: torch.Tensor) -> tuple[torch.Tensor, ImageProbe | None]:
-    """``(states, probe)``: the early state ``policy`` reads for each row of a batch (question and image
-    embeddings without running the language model, and ``preview``: its modality's preview of each row), and
-    the image probe (None without images). ``ValueError`` for a policy whose state needs the base's confidence."""
+def early_states(model, policy: AudioPolicy, vl_inputs: dict[str, Any], preview: torch.Tensor,
+                 name: str = "audio") -> tuple[torch.Tensor, ImageProbe | None]:
+    """``(states, probe)``: the early state ``policy`` (modality ``name``'s) reads for each row of a batch
+    (question and image embeddings without running the language model, and ``preview``: its modality's preview
+    of each row), and the image probe (None without images). ``ValueError`` for a policy whose state needs the
+    base's confidence, naming the flag that decides those rows instead."""
     if policy.spec.confidence_dim:
-        raise ValueError("this policy's state includes the base's confidence (a cascade policy): it decides inside "
-                         "its own generate, not beside another modality's policy")
+        raise ValueError(f"the {name} policy's state includes the base's confidence (a cascade policy): it decides "
+                         "inside its own generate, not beside another modality's policy; pass "
+                         f"use_{name}=True / False for these rows")
     n = vl_inputs["input_ids"].shape[0]
     question, probe = early_probe(model, vl_inputs)
     image = torch.zeros(n, model.backbone.hidden_size) if probe is None else probe.embedding
@@ -388,13 +390,13 @@ def early_states(model, policy: AudioPolicy, vl_inputs: dict[str, Any],
 
 
 @torch.no_grad()
-def decide_rows(model, policy: AudioPolicy, vl_inputs: dict[str, Any],
-                preview: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decide_rows(model, policy: AudioPolicy, vl_inputs: dict[str, Any], preview: torch.Tensor,
+                name: str = "audio") -> tuple[torch.Tensor, torch.Tensor]:
     """``(use, probability)``, (n,) each on the CPU: an early-state ``policy``'s decision for every row of a
     batch, made before the language model runs (:func:`early_states`), as :func:`generate_with_policy` makes it.
     A model carrying several modalities asks each one's policy so, then runs one ``generate`` with every
     modality in its chosen rows (``safe.pipeline``)."""
-    states, _ = early_states(model, policy, vl_inputs, preview)
+    states, _ = early_states(model, policy, vl_inputs, preview, name)
     return policy.decide_with_probability(states)
 
 

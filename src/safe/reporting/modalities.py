@@ -14,15 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from safe.evaluation.gates import ACCURACY_TOLERANCE, USE_RATE_TOLERANCE
 from safe.reporting.format import DASH, fmt
 from safe.reporting.html import badge, p, table
 
 COLUMNS = ("modality", "questions: without -> with", "VL identical, gate closed", "VL moved, gate open",
            "policy use rate (oracle)", "policy accuracy (always-on)")
-USE_RATE_TOLERANCE = 0.05
-"""The per-modality target: the policy's use rate within 5 points of its modality's oracle (test split)."""
-ACCURACY_TOLERANCE = 0.01
-"""The per-modality target: the policy's accuracy within 1 point of always running its modality (test split)."""
 INTRO = ("Each modality's questions without and with it, the VL answers it keeps, and its own policy (use rate "
          "beside its oracle's, accuracy beside always-on's).")
 
@@ -59,9 +56,25 @@ def _depth(m: Mapping) -> dict[str, Any] | None:
             "accuracy": _get(p, "policy", "accuracy"), "always_accuracy": _get(p, "always", "accuracy")}
 
 
+def _trained(m: Mapping) -> dict[str, Any] | None:
+    """A run of another modality (``safe train --modality``): Stage A's figures under its name, its policy under
+    ``modality_policy``."""
+    s = m.get("stage_a")
+    name = s.get("modality") if isinstance(s, Mapping) else None
+    if not name or name == "audio" or f"{name}_accuracy" not in s:
+        return None
+    p = _get(m, "modality_policy", name) or {}
+    return {"modality": name, "base": s.get(f"{name}_accuracy_base"), "safe": s.get(f"{name}_accuracy"),
+            "identical_closed": s.get("answers_identical_gate_closed"),
+            "moved_open": s.get("vl_answers_changed_gate_open"), "vl": s.get("vl_examples"),
+            "use_rate": _get(p, "policy", "use_rate"), "oracle_use_rate": _get(p, "oracle", "use_rate"),
+            "accuracy": _get(p, "policy", "accuracy"), "always_accuracy": _get(p, "always", "accuracy")}
+
+
 def modality_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One dict per modality the metrics hold (audio, then depth): the fields :func:`modality_table` shows."""
-    return [r for r in (_audio(metrics), _depth(metrics)) if r is not None]
+    """One dict per modality the metrics hold (audio, then depth, or the modality a ``safe train --modality`` run
+    trained): the fields :func:`modality_table` shows."""
+    return [r for r in (_audio(metrics), _depth(metrics), _trained(metrics)) if r is not None]
 
 
 def _f(v: Any) -> str:
@@ -114,3 +127,31 @@ def modality_html(metrics: Mapping[str, Any]) -> str:
     headers = [*COLUMNS[:5], f"use rate within {USE_RATE_TOLERANCE:g} of oracle", COLUMNS[5],
                f"accuracy within {ACCURACY_TOLERANCE:g} of always-on"]
     return p(INTRO) + table(headers, out)
+
+
+def modality_eval_html(metrics: Mapping[str, Any]) -> str:
+    """``safe eval`` of a run of another modality (``metrics.json`` key ``modality_eval``) for ``report.html``:
+    per modality, the stage gates, VL retention per pass, the modality's accuracy with 95% CIs, and the policy
+    beside its oracle, always-on and never."""
+    from safe.reporting.format import fmt_ci
+    from safe.reporting.html import h3
+
+    out = []
+    for name, ev in (metrics.get("modality_eval") or {}).items():
+        if not isinstance(ev, Mapping):
+            continue
+        r, g, pol = ev.get("retention") or {}, ev.get("gains") or {}, ev.get("policy") or {}
+        out.append(h3(f"{name}: {ev.get('examples', DASH)} rows of {ev.get('split', DASH)}"))
+        gates = [x for x in ev.get("stage_gates") or () if isinstance(x, Mapping)]
+        out.append(table(["target", "required", "this run", "result"],
+                         [[x.get("gate", DASH), x.get("target", DASH), x.get("measured", DASH), badge(x.get("passed"))]
+                          for x in gates], text_cols=(0, 1, 2)))
+        changed = r.get("answers_changed") or {}
+        out.append(table(["pass", f"VL accuracy ({r.get('n', DASH)} rows)", "VL answers changed"],
+                         [[k, _f(v), changed.get(k, 0 if k == "base" else DASH)]
+                          for k, v in (r.get("vl_accuracy") or {}).items()]))
+        out.append(table(["system", f"{name} accuracy, {g.get('n', DASH)} rows (mean [95% CI])"],
+                         [[k, fmt_ci(v)] for k, v in (g.get("accuracy") or {}).items()]))
+        out.append(table(["system", "use rate", "accuracy"],
+                         [[k, _f(_get(v, "use_rate")), _f(_get(v, "accuracy"))] for k, v in pol.items()]))
+    return "".join(out)

@@ -25,10 +25,10 @@ from safe.reporting.benchmark_tables import BENCH_SECTIONS, render
 from safe.reporting.format import DASH, fmt, fmt_ci, fmt_key, is_num
 from safe.reporting.html import CSS, badge, details, duration, esc, grid, h3, kv_table, label, table, value
 from safe.reporting.html import p as para
-from safe.reporting.modalities import modality_html
+from safe.reporting.modalities import modality_eval_html, modality_html
 from safe.reporting.plots import PLOTS, export_plots, render_plots
 
-__all__ = ["SECTION_TITLES", "export_plots", "fmt", "fmt_ci", "fmt_key", "render_plots", "render_report",
+__all__ = ["OPTIONAL_SECTIONS", "SECTION_TITLES", "export_plots", "fmt", "fmt_ci", "fmt_key", "render_plots", "render_report",
            "report_sections", "write_report"]
 Figures = Mapping[str, bytes]  # plot name -> PNG bytes, as render_plots returns them
 
@@ -400,14 +400,22 @@ _SECTIONS: list[tuple[str, str, tuple[str, ...], Callable[[Mapping, Figures], st
     # present once a second modality's figures are in (the depth track's, safe report --depth-run): with audio
     # alone the section would repeat Stages B and C
     ("modalities", "Per modality", ("depth",), _plain(modality_html)),
+    # a run of another modality (safe train --modality, safe policy train): its row, policy beside oracle
+    ("modality_policy", "Stages B and C for another modality", ("modality_policy",), _plain(modality_html)),
+    ("modality_eval", "Evaluation of another modality (safe eval)", ("modality_eval",), _plain(modality_eval_html)),
 ]
 SECTION_TITLES = {key: title for key, title, _, _ in _SECTIONS}
+OPTIONAL_SECTIONS = frozenset({"modality_policy", "modality_eval"})
+"""Sections of another kind of run (``safe train --modality``): left out of a report whose metrics lack them,
+rather than shown as not run."""
 
 
 def report_sections(metrics: Mapping[str, Any]) -> dict[str, bool]:
     """For each report section (keys of :data:`SECTION_TITLES`, in report order), whether the
-    metrics hold data for it (a non-empty dict or list at its place)."""
-    return {key: _present(_get(metrics, *where)) for key, _, where, _ in _SECTIONS}
+    metrics hold data for it (a non-empty dict or list at its place); an :data:`OPTIONAL_SECTIONS` section only
+    where it has data."""
+    present = {key: _present(_get(metrics, *where)) for key, _, where, _ in _SECTIONS}
+    return {key: v for key, v in present.items() if v or key not in OPTIONAL_SECTIONS}
 
 
 def _timing_rows(t: Mapping) -> list[list[str]]:
@@ -427,6 +435,8 @@ def _lead(metrics: Mapping) -> str:
     """One line a reader sees first: targets met, the verification's verdict, the run's time; and the contents."""
     bits = []
     gates = [g for g in _get(metrics, "eval", "stage_gates") or () if isinstance(g, Mapping)]
+    gates += [g for ev in _maps(metrics.get("modality_eval")).values()  # a run of another modality's safe eval
+              for g in ev.get("stage_gates") or () if isinstance(g, Mapping)]
     if gates:
         bits.append(f"{sum(g.get('passed') is True for g in gates)} of {len(gates)} targets met")
     v = _m(metrics.get("verify"))
@@ -439,7 +449,7 @@ def _lead(metrics: Mapping) -> str:
     if is_num(total):
         bits.append(f"run time {duration(total)}")
     present = report_sections(metrics)
-    nav = " ".join(f'<a href="#{k}">{esc(title)}</a>' for k, title in SECTION_TITLES.items() if present[k])
+    nav = " ".join(f'<a href="#{k}">{esc(title)}</a>' for k, title in SECTION_TITLES.items() if present.get(k))
     return (para(" · ".join(bits), "lead") if bits else "") + (f"<nav>{nav}</nav>" if nav else "")
 
 
@@ -464,6 +474,8 @@ def render_report(metrics: Mapping[str, Any], title: str = "SAFE report", *,
     body = [f"<h1>{esc(title)}</h1>", _lead(metrics)]
     present = report_sections(metrics)
     for key, heading, _, section in _SECTIONS:
+        if key not in present:  # an optional section this run has no figures for
+            continue
         content = section(metrics, figs) if present[key] else para("not run in this report", "missing")
         body.append(f'<section id="{key}"><h2>{esc(heading)}</h2>{content}</section>')
     body += [_timing(metrics), _footer(metrics)]

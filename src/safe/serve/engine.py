@@ -315,7 +315,7 @@ class Engine:
         elif model.policy is None:
             used = used | free
         for m, rows in map_free.items():
-            use, _ = decide_rows(model, model.policy_of(m), vl, patch_preview(model, m, inputs[f"{m}_features"]))
+            use, _ = decide_rows(model, model.policy_of(m), vl, patch_preview(model, m, inputs[f"{m}_features"]), m)
             other[m] = other[m] | (use & rows)
         return used, prob
 

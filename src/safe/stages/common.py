@@ -140,8 +140,8 @@ def audio_runs_only(run_dir: str | os.PathLike | None, command: str) -> None:
     name = (rec or {}).get("modality", "audio")
     if name != "audio":
         raise StageError(f"{command} measures the audio path; {run_dir} trained {name} (safe train --modality "
-                         f"{name}): its figures are Stage A's (metrics.json stage_a) and its policy's (safe policy "
-                         f"train --run-dir {run_dir})")
+                         f"{name}): its figures are Stage A's (metrics.json stage_a), its policy's (safe policy "
+                         f"train --run-dir {run_dir}) and safe eval's")
 
 
 def _same(given: str | None, recorded: str | None) -> bool:

@@ -49,7 +49,8 @@ class DemoConfig(RunOptions):
     """State the policy is trained on: early (question, image and preview; decided before the language model
     runs) or cascade (the proposal's state with the base's confidence; the base answers first)."""
     ablations: bool = False
-    """Also run the Stage A ablation grid (safe ablate, 400 steps per entry; about 5 more minutes)."""
+    """Also run the Stage A ablation grid (safe ablate, one seed per entry at the recipe's 2,000 steps: about 6
+    minutes per entry on 2 cores; make ablations runs the reference over five seeds)."""
     continue_on_gate_failure: bool = False
     """Go on to the next stage when a go / no-go gate fails (Stage 1 verification before Stage A; Stage 2,
     audio gain >= 3 points with VL loss < 0.5 points, before Stage B); default: stop there and exit 1."""

@@ -25,6 +25,9 @@ class DemoResult(StageResult):
         if self.metrics.get("stopped_at_gate"):
             return (f"demo stopped after {self.metrics['seconds']:.0f} s at the {self.metrics['stopped_at_gate']}: "
                     f"{self.metrics['gate_message']}; metrics under {self.run_dir}")
+        if self.metrics.get("stopped_after"):
+            return (f"demo stopped after {self.metrics['stopped_after']} ({self.metrics['seconds']:.0f} s, as asked); "
+                    f"metrics under {self.run_dir}")
         return f"demo finished in {self.metrics['seconds']:.0f} s; metrics and report under {self.run_dir}"
 
 

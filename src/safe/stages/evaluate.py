@@ -10,10 +10,10 @@ from safe.stages.common import (
     DataOptions,
     RunOptions,
     StageError,
-    audio_runs_only,
     check_run_data,
     from_run,
     load_options,
+    run_record,
 )
 
 
@@ -91,15 +91,22 @@ def _per_benchmark(r: dict, g: dict) -> list[str]:
     return lines
 
 
-def evaluate(cfg: EvalConfig) -> EvalResult:
+def evaluate(cfg: EvalConfig) -> StageResult:
     """The evaluation protocol on the SAFE + policy checkpoint of ``cfg.run_dir``, reading the run's Stage A
-    and Stage B results; then writes report.html."""
+    and Stage B results; then writes report.html. A run of another modality (``safe train --modality``) gets
+    that modality's protocol (:mod:`safe.stages.modality_eval`)."""
     from safe.evaluation.protocol import run_eval
     from safe.stages.checkpoint import open_checkpoint
     from safe.stages.policy import PolicyResult
     from safe.stages.stage_a import StageAResult
 
-    audio_runs_only(cfg.run_dir, "safe eval")
+    record = run_record(cfg.run_dir)
+    if (record or {}).get("modality", "audio") != "audio":
+        from safe.stages.modality_eval import evaluate_modality
+
+        result = evaluate_modality(cfg, record)
+        report(ReportConfig(run_dir=cfg.run_dir))
+        return result
     cfg = from_run(cfg)  # base, encoder and data as `safe train` recorded them, unless given (and then matching)
     run = RunDir(cfg.run_dir)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"

@@ -108,12 +108,13 @@ def gemma_figures(run_dir: str, data: str, base: str, audio: str, track, digests
 
 
 def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str | None = None,
-               stage_a: dict | None = None, verify_first: bool = True):
+               stage_a: dict | None = None, verify_first: bool = True, until: str | None = None):
     """The Gemma track into ``cfg.run_dir`` (a :class:`~safe.stages.demo.DemoConfig`); ``track``: its sizes (default
     :class:`~safe.bench.gemma.track.GemmaTrackConfig`); ``base`` / ``audio``: the Gemma VL base and the encoder
     (default: :func:`gemma_base_dir` and the converted Whisper tiny.en); ``stage_a``: recipe settings over
     ``cfg.recipe``'s (``{"steps": 60}``); ``verify_first`` False skips the Stage 1 verification (and so its gate:
-    for a measurement on a machine too busy for it; the record says so). Returns the demo's result (``timing``: the seconds spent
+    for a measurement on a machine too busy for it; the record says so); ``until="figures"`` stops after the track's own
+    figures (a Stage A variant measured without Stages B/C). Returns the demo's result (``timing``: the seconds spent
     on the run directory since its last fresh start, killed invocations included up to their last stage)."""
     import hashlib
     import json
@@ -209,6 +210,12 @@ def demo_gemma(cfg, echo=print, track=None, base: str | None = None, audio: str 
         if not kept(GemmaResult):
             step(gemma_figures(cfg.run_dir, str(data), str(base), str(audio), track, digests, checkpoint="final"))
         mark("gemma_done_seconds")
+        if until == "figures":
+            echo("stopped after the track's own figures (--until figures)")
+            result = DemoResult({**marks, "seconds": round(spent + step.elapsed(), 1), "stopped_after": "figures",
+                                 "load_average": load}, step.ok, cfg.run_dir)
+            run.record(result)
+            return result
         echo("\n== 6. Stages B and C: policy, baselines, distilled gate ==")
         if not kept(PolicyResult, "policy"):
             policy = PolicyStageConfig(seeds=cfg.seeds, state=cfg.state, train_rows=track.policy_train_rows,
@@ -258,6 +265,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=PolicyStageConfig.seeds)
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--skip-verify", action="store_true", help="no Stage 1 verification (nor its gate) first")
+    p.add_argument("--until", choices=("figures",), default=None,
+                   help="stop after the track's own figures (Stage A and the retention sets; no Stages B/C, no eval)")
     a = p.parse_args(argv)
     speech = SpeechConfig(n_train=a.train, n_val=a.val, n_test=a.test, n_retention=a.retention, n_ood_test=a.ood_test)
     track = GemmaTrackConfig(speech=speech, text_prompts=a.text_prompts, policy_train_rows=a.policy_train_rows,
@@ -267,7 +276,7 @@ def main(argv=None) -> int:
                           state=PolicyStageConfig.state)
     try:
         result = demo_gemma(cfg, track=track, stage_a={"steps": a.steps} if a.steps else None,
-                            verify_first=not a.skip_verify)
+                            verify_first=not a.skip_verify, until=a.until)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
