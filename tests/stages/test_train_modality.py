@@ -228,3 +228,12 @@ def test_data_check_says_which_training_the_spec_allows(spec, capsys):
     assert "6 rows with a depth map" in out
     assert "safe train / safe ablate: needs audio-dependent rows in train (none here)" in out
     assert "safe train --modality depth: ok (6 training rows with a depth map)" in out
+
+
+def test_eval_on_the_depth_track_says_what_it_is(tmp_path, capsys):
+    """The depth track's run directory has no safe train record: safe eval names the track and where its figures
+    are, instead of failing while loading its checkpoint."""
+    (tmp_path / "metrics.json").write_text(json.dumps({"depth": {"depth_accuracy": 0.9}}))
+    assert main(["eval", "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is the depth track (safe demo --track depth)" in err and "metrics.json key depth" in err

@@ -101,6 +101,10 @@ def evaluate(cfg: EvalConfig) -> StageResult:
     from safe.stages.stage_a import StageAResult
 
     record = run_record(cfg.run_dir)
+    if record is None and "depth" in RunDir(cfg.run_dir).metrics():
+        raise StageError(f"{cfg.run_dir} is the depth track (safe demo --track depth): its figures are its own "
+                         "(metrics.json key depth); safe eval evaluates a run of safe train (audio, or --modality "
+                         "with safe policy train)")
     if (record or {}).get("modality", "audio") != "audio":
         from safe.stages.modality_eval import evaluate_modality
 
