@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe.runs import RunDir, StageResult
-from safe.stages.common import StageError, check_run_data, data_source, load_options
+from safe.stages.common import StageError
 
 
 def _pct(v: float) -> str:
@@ -55,31 +55,21 @@ class ModalityEvalResult(StageResult):
 def evaluate_modality(cfg, record: dict) -> ModalityEvalResult:
     """The protocol on the modality ``record`` (the run's ``run.json``) names; ``cfg``: the
     :class:`~safe.stages.evaluate.EvalConfig` (``checkpoint``, ``split``, ``data``, ``base`` apply)."""
-    from safe.data.embedding_cache import AudioEmbeddingCache
-    from safe.data.modality_rows import map_pool, modality_encoder_id, prepare_modality
+    from safe.data.modality_rows import map_pool, prepare_modality
     from safe.evaluation.modality_protocol import run_modality_eval
-    from safe.inference.loading import load_trained_modalities, prompt_format
     from safe.policy.map_modality import map_previews
-    from safe.stages.modality_policy import ModalityPolicyResult
+    from safe.stages.modality_policy import ModalityPolicyResult, check_modality_flags, load_modality_run
 
     name, run = record["modality"], RunDir(cfg.run_dir)
-    if cfg.audio is not None:
-        raise StageError(f"--audio: the run trained {name} (safe train --modality {name}), not audio")
-    if cfg.base is not None and Path(cfg.base).resolve() != Path(record["base"]).resolve():
-        raise StageError(f"--base {cfg.base}: the run was trained on {record['base']}; leave --base out")
+    check_modality_flags(cfg, record)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else run.checkpoints / "policy"
     if not (ckpt / "safe_config.json").is_file():
         raise StageError(f"{ckpt} is not a SAFE checkpoint: run `safe policy train --run-dir {cfg.run_dir}` first "
                          "or pass --checkpoint")
-    data = data_source(cfg.data or record["data"])
-    check_run_data(data, cfg.run_dir)
-    model, fronts = load_trained_modalities(record["base"], ckpt, None, {name: record["modality_encoder"]},
-                                            **load_options(cfg))
+    data, model, front, fmt, cache = load_modality_run(cfg, record, ckpt)
     if model.policy is None:
         raise StageError(f"{ckpt} has no {name} policy attached: run `safe policy train --run-dir {cfg.run_dir}` "
                          "first")
-    front, fmt = fronts[name], prompt_format(record["base"], model.base_model, record.get("template"))
-    cache = AudioEmbeddingCache(data.cache_dir, modality_encoder_id(model, front))
     split, rows = prepare_modality(data.split(cfg.split), fmt, model, front, name, cache,
                                    pool=map_pool(data.split("train"), name), progress=True)
     if not int(split.needs_audio.sum()):

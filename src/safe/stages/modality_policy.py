@@ -31,14 +31,38 @@ class ModalityPolicyResult(StageResult):
         return "\n".join(lines)
 
 
+def check_modality_flags(cfg, record: dict) -> None:
+    """``--audio`` / ``--base`` given to a command on a run of modality ``record["modality"]``: refused, named."""
+    name = record["modality"]
+    if cfg.audio is not None:
+        raise StageError(f"--audio: the run trained {name} (safe train --modality {name}), not audio")
+    if cfg.base is not None and Path(cfg.base).resolve() != Path(record["base"]).resolve():
+        raise StageError(f"--base {cfg.base}: the run was trained on {record['base']}; leave --base out")
+
+
+def load_modality_run(cfg, record: dict, ckpt: Path):
+    """``(data, model, front end, prompt format, embedding cache)`` of a run of another modality: its data (the
+    record's unless ``cfg.data``; checked against the run's fingerprint) and the SAFE checkpoint ``ckpt`` on the
+    recorded base with the recorded encoder."""
+    from safe.data.embedding_cache import AudioEmbeddingCache
+    from safe.data.modality_rows import modality_encoder_id
+    from safe.inference.loading import load_trained_modalities, prompt_format
+
+    name = record["modality"]
+    data = data_source(cfg.data or record["data"])
+    check_run_data(data, cfg.run_dir)
+    model, fronts = load_trained_modalities(record["base"], ckpt, None, {name: record["modality_encoder"]},
+                                            **load_options(cfg))
+    front, fmt = fronts[name], prompt_format(record["base"], model.base_model, record.get("template"))
+    return data, model, front, fmt, AudioEmbeddingCache(data.cache_dir, modality_encoder_id(model, front))
+
+
 def train_map_policy(cfg, record: dict) -> ModalityPolicyResult:
     """Stages B and C for the modality ``record`` (the run's ``run.json``) names; ``cfg``: the
     :class:`~safe.stages.policy.PolicyTrainConfig` (its ``policy.steps``, ``policy.train_rows``,
     ``policy.eval_split``, ``policy.alphas`` apply; the alpha is always chosen on held-out training rows)."""
-    from safe.data.embedding_cache import AudioEmbeddingCache
-    from safe.data.modality_rows import map_pool, modality_encoder_id, prepare_modality
+    from safe.data.modality_rows import map_pool, prepare_modality
     from safe.evaluation.gates import stage2_gate
-    from safe.inference.loading import load_trained_modalities, prompt_format
     from safe.policy.map_modality import map_modality_policy
     from safe.processing.processor import SAFEProcessor
     from safe.stages.common import check_gate
@@ -46,10 +70,7 @@ def train_map_policy(cfg, record: dict) -> ModalityPolicyResult:
     from safe.stages.stage_a import StageAResult
 
     name, run = record["modality"], RunDir(cfg.run_dir)
-    if cfg.audio is not None:
-        raise StageError(f"--audio: the run trained {name} (safe train --modality {name}), not audio")
-    if cfg.base is not None and Path(cfg.base).resolve() != Path(record["base"]).resolve():
-        raise StageError(f"--base {cfg.base}: the run was trained on {record['base']}; leave --base out")
+    check_modality_flags(cfg, record)
     stage_a = run.read(StageAResult)
     if stage_a is not None and f"{name}_accuracy" in stage_a.metrics:
         check_gate(run.path, stage2_gate(stage_a.metrics, modality=name), cfg.continue_on_gate_failure)
@@ -57,12 +78,7 @@ def train_map_policy(cfg, record: dict) -> ModalityPolicyResult:
     if not (ckpt / "safe_config.json").is_file():
         raise StageError(f"{ckpt} is not a SAFE checkpoint: run `safe train --modality {name} --run-dir "
                          f"{cfg.run_dir}` first or pass --checkpoint")
-    data = data_source(cfg.data or record["data"])
-    check_run_data(data, cfg.run_dir)
-    model, fronts = load_trained_modalities(record["base"], ckpt, None, {name: record["modality_encoder"]},
-                                            **load_options(cfg))
-    front, fmt = fronts[name], prompt_format(record["base"], model.base_model, record.get("template"))
-    cache = AudioEmbeddingCache(data.cache_dir, modality_encoder_id(model, front))
+    data, model, front, fmt, cache = load_modality_run(cfg, record, ckpt)
     train = data.split("train")
     pool = map_pool(train, name)
     (train_set, train_rows), (test_set, test_rows) = (
